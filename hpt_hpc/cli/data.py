@@ -1,0 +1,42 @@
+"""``hpt-hpc data``: prepare the offline datasets, check a dataset for broken files."""
+from __future__ import annotations
+
+import json
+
+import click
+
+DATASETS = ("fashion-mnist", "mnist", "digits")
+
+
+@click.group()
+def data() -> None:
+    """Prepare and check image datasets."""
+
+
+@data.command("prepare")
+@click.argument("name", type=click.Choice(DATASETS))
+@click.argument("dest", type=click.Path(file_okay=False))
+@click.option("--seed", default=0, show_default=True, help="Seed of the split assignment.")
+@click.option("--limit", type=int, default=None, help="At most this many images per split.")
+def prepare(name: str, dest: str, seed: int, limit) -> None:
+    """Write an offline dataset NAME as an image tree DEST/{train,val,test}/<class>/."""
+    from ..data.prepare import prepare_dataset
+    summary = prepare_dataset(name, dest, seed=seed, limit=limit)
+    click.echo(json.dumps(summary, indent=2, default=str))
+
+
+@data.command("check")
+@click.argument("path", type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["imagefolder", "filelist"]),
+              default="imagefolder", show_default=True)
+@click.option("--channels", type=click.Choice(["1", "3"]), default="3", show_default=True)
+@click.option("--write-clean-list", type=click.Path(dir_okay=False), default=None,
+              help="Write CSV file lists of the readable images (one per split).")
+def check(path: str, fmt: str, channels: str, write_clean_list) -> None:
+    """Count images and classes per split and list unreadable files."""
+    from ..data.check import check_dataset, format_report
+    report = check_dataset(path, fmt=fmt, channels=int(channels),
+                           write_clean_list=write_clean_list)
+    click.echo(format_report(report))
+    if report.get("unreadable"):
+        raise SystemExit(1)

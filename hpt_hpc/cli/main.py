@@ -1,0 +1,44 @@
+"""``hpt-hpc``: the command group. Heavy imports (torch, DALI, MLflow) happen inside
+commands, so ``hpt-hpc --help`` answers quickly."""
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from .. import __version__
+from .data import data
+from .train import config_group, probe, train
+from .quickstart import quickstart
+
+
+class _ErrorHandlingGroup(click.Group):
+    """Turn the toolkit's user-facing errors into one clear line and exit code 2."""
+
+    def invoke(self, ctx: click.Context):
+        from ..errors import USER_ERRORS
+        try:
+            return super().invoke(ctx)
+        except USER_ERRORS as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_ErrorHandlingGroup)
+@click.version_option(__version__, prog_name="hpt-hpc")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def cli(verbose: bool) -> None:
+    """Hierarchical PreTraining (staged MoCo-v2) for SLURM clusters and local machines."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+cli.add_command(data)
+cli.add_command(train)
+cli.add_command(probe)
+cli.add_command(config_group)
+cli.add_command(quickstart)
+
+if __name__ == "__main__":  # pragma: no cover
+    cli()

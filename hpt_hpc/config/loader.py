@@ -1,0 +1,179 @@
+"""YAML -> typed config, strictly: unknown keys and wrong types fail with the key's path
+and the nearest valid key; ``--set a.b=c`` overrides are applied before validation."""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from pathlib import Path
+from typing import Any, Dict, Iterable, Optional, Union
+
+import yaml
+
+from ..errors import HptError
+from .schema import STAGE_NAMES, VARIANTS, ExperimentConfig
+
+
+class ConfigError(HptError, ValueError):
+    """A configuration problem, with a message meant for the user."""
+
+
+def _suggest(key: str, valid: Iterable[str]) -> str:
+    close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is Union:  # Optional[X]
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return _build(tp, value, where)
+    if origin in (dict, Dict):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return {str(k): _coerce(v, args[1], f"{where}.{k}") for k, v in value.items()}
+    if origin in (list, typing.List):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _build(cls: type, data: Dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            raise ConfigError(
+                f"unknown config key '{where + '.' if where else ''}{key}'{_suggest(key, names)}; "
+                f"valid keys here: {', '.join(names)}")
+    kwargs = {k: _coerce(v, hints[k], f"{where + '.' if where else ''}{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def apply_overrides(data: Dict[str, Any], overrides: Iterable[str]) -> Dict[str, Any]:
+    """Apply ``dotted.key=value`` overrides (values parsed as YAML) to a raw config dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key.path=value")
+        dotted, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw.strip() else None
+        node = data
+        parts = dotted.strip().split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override '{dotted}': '{part}' is not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def validate(cfg: ExperimentConfig) -> ExperimentConfig:
+    """Cross-field checks that types alone cannot express."""
+    if cfg.model.arch not in ("resnet18", "resnet50"):
+        raise ConfigError(f"model.arch: '{cfg.model.arch}' is not one of resnet18, resnet50")
+    if cfg.model.in_channels != cfg.data.channels:
+        raise ConfigError(f"model.in_channels ({cfg.model.in_channels}) must equal "
+                          f"data.channels ({cfg.data.channels})")
+    if len(cfg.data.mean) != cfg.data.channels or len(cfg.data.std) != cfg.data.channels:
+        raise ConfigError(f"data.mean and data.std need {cfg.data.channels} values "
+                          f"(one per channel)")
+    if cfg.data.backend not in ("torchvision", "dali"):
+        raise ConfigError(f"data.backend: '{cfg.data.backend}' is not one of torchvision, dali")
+    for name, ds in cfg.datasets.items():
+        if ds.format not in ("imagefolder", "filelist"):
+            raise ConfigError(f"datasets.{name}.format: '{ds.format}' is not one of "
+                              f"imagefolder, filelist")
+    for name, stage in cfg.stages.items():
+        where = f"stages.{name}"
+        if name not in STAGE_NAMES:
+            raise ConfigError(f"{where}: stage names are {', '.join(STAGE_NAMES)}"
+                              f"{_suggest(name, STAGE_NAMES)}")
+        if stage.variant not in VARIANTS:
+            raise ConfigError(f"{where}.variant: '{stage.variant}' is not one of "
+                              f"{', '.join(VARIANTS)}{_suggest(stage.variant, VARIANTS)}")
+        if stage.dataset not in cfg.datasets:
+            raise ConfigError(f"{where}.dataset: '{stage.dataset}' is not defined under "
+                              f"datasets{_suggest(stage.dataset, cfg.datasets)}")
+        if stage.init and stage.init.startswith("stage:"):
+            ref = stage.init.split(":", 1)[1]
+            if ref not in cfg.stages or ref == name:
+                raise ConfigError(f"{where}.init: '{stage.init}' names no other stage")
+        if stage.variant in ("bn", "bn-stats") and not stage.init:
+            raise ConfigError(f"{where}: variant '{stage.variant}' needs an init checkpoint")
+    if cfg.optim.schedule not in ("cosine", "constant"):
+        raise ConfigError(f"optim.schedule: '{cfg.optim.schedule}' is not one of cosine, constant")
+    return cfg
+
+
+def config_from_dict(data: Dict[str, Any], overrides: Iterable[str] = ()) -> ExperimentConfig:
+    """Build and validate a config from a raw dict plus ``key=value`` overrides."""
+    data = apply_overrides(dict(data or {}), overrides)
+    return validate(_build(ExperimentConfig, data, ""))
+
+
+def load_config(path: Union[str, Path], overrides: Iterable[str] = ()) -> ExperimentConfig:
+    """Read a YAML experiment file (see ``configs/``) into a validated config."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file '{path}' is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping at the top level")
+    return config_from_dict(data, overrides)
+
+
+def config_to_dict(cfg: Any) -> Dict[str, Any]:
+    """Plain nested dict of a config (for checkpoints, YAML dumps and MLflow params)."""
+    return dataclasses.asdict(cfg)
+
+
+def flatten(data: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    """``{'a': {'b': 1}} -> {'a.b': 1}`` (for MLflow parameters)."""
+    out: Dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def stage_settings(cfg: ExperimentConfig, stage: str) -> Dict[str, Optional[Any]]:
+    """Effective iterations / lr / batch size of a stage (stage value or the optim default)."""
+    st = cfg.stages[stage]
+    return {
+        "iterations": st.iterations if st.iterations is not None else cfg.optim.iterations,
+        "lr": st.lr if st.lr is not None else cfg.optim.lr,
+        "batch_size": st.batch_size if st.batch_size is not None else cfg.optim.batch_size,
+    }

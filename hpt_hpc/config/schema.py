@@ -1,0 +1,180 @@
+"""Typed experiment configuration: one YAML file maps onto :class:`ExperimentConfig`.
+
+Every section is a dataclass; unknown keys are rejected by :mod:`hpt_hpc.config.loader`.
+Defaults are the small CPU-friendly settings of the quickstart; ``configs/paper/``
+carries the published HPT settings.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+VARIANTS = ("full", "bn", "bn-stats", "scratch")
+STAGE_NAMES = ("base", "source", "target")
+
+
+@dataclass
+class DatasetConfig:
+    """Where one dataset lives and how it is split.
+
+    ``format`` is ``imagefolder`` (``path/<split>/<class>/<image>``) or ``filelist``
+    (``path/<split>`` is a CSV/TXT file of ``image_path[,label[,label...]]`` lines,
+    image paths relative to the list's folder unless absolute).
+    """
+
+    path: str = ""
+    format: str = "imagefolder"
+    splits: Dict[str, str] = field(
+        default_factory=lambda: {"train": "train", "val": "val", "test": "test"})
+    max_images: Optional[int] = None  # use only the first N training images (deterministic)
+
+
+@dataclass
+class ModelConfig:
+    """Backbone: a torchvision ResNet layout, optionally narrowed and with a small-image stem."""
+
+    arch: str = "resnet18"  # resnet18 | resnet50
+    width: float = 1.0  # multiplier on the 64-128-256-512 stage widths
+    small_stem: bool = False  # 3x3 conv, no max-pool (for 32x32-ish images)
+    stem_stride: int = 1  # stride of the small stem's conv (2 halves the compute at 32x32)
+    in_channels: int = 3
+
+
+@dataclass
+class MocoConfig:
+    """MoCo-v2 hyper-parameters (He et al. 2020; Chen et al. 2020)."""
+
+    queue_size: int = 65536  # K
+    momentum: float = 0.999  # m
+    temperature: float = 0.2  # T
+    dim: int = 128  # projection output
+    mlp: bool = True  # MoCo-v2 MLP head
+    mlp_hidden: Optional[int] = None  # None: the backbone's feature width (2048 for ResNet-50)
+    shuffle_bn: bool = True  # shuffle-BN across ranks; split-batch BN in one process
+    bn_splits: int = 2  # single-process stand-in for shuffle-BN: key BN over this many sub-batches
+
+
+@dataclass
+class OptimConfig:
+    """SGD with cosine decay (to 0) after an optional linear warm-up."""
+
+    lr: float = 0.03
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    batch_size: int = 256
+    iterations: int = 5000
+    schedule: str = "cosine"  # cosine | constant
+    warmup_iterations: int = 0
+
+
+@dataclass
+class CropConfig:
+    enabled: bool = True
+    scale: List[float] = field(default_factory=lambda: [0.2, 1.0])
+    ratio: List[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
+
+
+@dataclass
+class ColorJitterConfig:
+    enabled: bool = True
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.4
+    hue: float = 0.1
+    p: float = 0.8
+
+
+@dataclass
+class GrayscaleConfig:
+    enabled: bool = True
+    p: float = 0.2
+
+
+@dataclass
+class BlurConfig:
+    enabled: bool = True
+    sigma: List[float] = field(default_factory=lambda: [0.1, 2.0])
+    kernel_size: Optional[int] = None  # None: about 10% of the image side, odd
+    p: float = 0.5
+
+
+@dataclass
+class FlipConfig:
+    enabled: bool = True
+    p: float = 0.5
+
+
+@dataclass
+class AugmentConfig:
+    """MoCo-v2's augmentations, each switchable (the paper's robustness study drops them)."""
+
+    crop: CropConfig = field(default_factory=CropConfig)
+    color_jitter: ColorJitterConfig = field(default_factory=ColorJitterConfig)
+    grayscale: GrayscaleConfig = field(default_factory=GrayscaleConfig)
+    blur: BlurConfig = field(default_factory=BlurConfig)
+    flip: FlipConfig = field(default_factory=FlipConfig)
+
+
+@dataclass
+class DataConfig:
+    """How images are read and fed: image size, channels, normalisation, loader backend."""
+
+    backend: str = "torchvision"  # torchvision | dali
+    device: str = "auto"  # DALI operators: auto | cpu | gpu
+    image_size: int = 224
+    channels: int = 3  # 1 for grey images (converted on load)
+    mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    workers: int = 4
+
+
+@dataclass
+class StageConfig:
+    """One HPT stage. ``init``: ``null`` (random), ``stage:<name>`` (that stage's final
+    checkpoint), or a checkpoint file (this toolkit's, official MoCo, OpenSelfSup/HPT or a
+    torchvision state dict). Unset optimisation fields fall back to ``optim``."""
+
+    dataset: str = ""
+    variant: str = "full"  # full (HPT) | bn (HPT-BN) | bn-stats (Base) | scratch (Target)
+    init: Optional[str] = None
+    iterations: Optional[int] = None
+    lr: Optional[float] = None
+    batch_size: Optional[int] = None
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 1000  # periodic checkpoint interval in steps (0: final only)
+
+
+@dataclass
+class ProbeConfig:
+    """Linear probe on a frozen backbone (defaults: the paper's protocol)."""
+
+    lr: float = 30.0
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    iterations: int = 5000
+    milestones: List[int] = field(default_factory=lambda: [1651, 3333])
+    batch_size: int = 512
+    eval_every: int = 100
+    max_train_images: Optional[int] = None  # label budget for the probe's training split
+
+
+@dataclass
+class ExperimentConfig:
+    """A whole HPT experiment: data, model, MoCo, optimisation, augmentation and stages."""
+
+    name: str = "experiment"
+    seed: int = 0
+    output_dir: str = "outputs"
+    device: str = "auto"  # auto | cpu | cuda
+    datasets: Dict[str, DatasetConfig] = field(default_factory=dict)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    moco: MocoConfig = field(default_factory=MocoConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    stages: Dict[str, StageConfig] = field(default_factory=dict)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)

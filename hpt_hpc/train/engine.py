@@ -1,0 +1,214 @@
+"""The stage engine: one MoCo-v2 stage from a config, a data loader, a tracker and an init.
+
+Iteration-based SGD with cosine decay. Periodic and final checkpoints are written
+atomically; if the stage's output folder already holds a checkpoint the stage resumes
+from it at the saved step. Variants: ``full`` (HPT), ``bn`` (HPT-BN), ``bn-stats`` (the
+Base baseline: BatchNorm statistics re-estimated, no gradient step), ``scratch`` (Target).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
+
+import torch
+
+from ..config import ExperimentConfig, config_to_dict, flatten, stage_settings
+from ..models import (MoCo, cap_queue_size, configure_variant, load_checkpoint,
+                      load_initial_weights, reestimate_bn_stats, save_checkpoint_atomic)
+from ..tracking import NullTracker, Tracker
+from .distributed import DistInfo
+from .state import capture_rng_state, resolve_device, restore_rng_state, seed_everything
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "hpt-hpc/1"
+LAST = "last.pt"
+FINAL = "final.pt"
+
+
+@dataclass
+class StageResult:
+    """What a finished (or interrupted) stage leaves behind."""
+
+    stage: str
+    variant: str
+    checkpoint: Path
+    steps: int
+    total_steps: int
+    final_loss: float = float("nan")
+    skipped_images: int = 0
+    resumed_from: Optional[int] = None
+    init_report: Dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def completed(self) -> bool:
+        return self.steps >= self.total_steps
+
+
+def learning_rate(step: int, total: int, base_lr: float, warmup: int, schedule: str) -> float:
+    """Linear warm-up for ``warmup`` steps, then cosine decay to 0 (or constant)."""
+    if warmup > 0 and step < warmup:
+        return base_lr * (step + 1) / warmup
+    if schedule == "constant":
+        return base_lr
+    progress = (step - warmup) / max(1, total - warmup)
+    return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _batches(loader: Any, start_step: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    """The loader's batch stream positioned at ``start_step`` (resumable loaders)."""
+    if hasattr(loader, "iterate"):
+        return iter(loader.iterate(start_step))
+    return iter(loader)
+
+
+def _checkpoint(model: MoCo, optimizer: Optional[torch.optim.Optimizer], step: int,
+                total: int, stage: str, variant: str, cfg: ExperimentConfig,
+                tracker: Tracker, init: Optional[str]) -> Dict[str, Any]:
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "step": step,
+        "total_steps": total,
+        "stage": stage,
+        "variant": variant,
+        "init": init,
+        "config": config_to_dict(cfg),
+        "rng": capture_rng_state(),
+        "tracker_run_id": tracker.run_id,
+    }
+
+
+def build_model(cfg: ExperimentConfig, num_images: int, global_batch: int) -> MoCo:
+    """MoCo-v2 for this config, its queue capped to what ``num_images`` can fill."""
+    queue = cap_queue_size(cfg.moco.queue_size, num_images, global_batch)
+    return MoCo.from_config(cfg.model, cfg.moco, queue_size=queue)
+
+
+def run_stage(cfg: ExperimentConfig, stage: str, loader: Any, out_dir: Path,
+              tracker: Optional[Tracker] = None, init: Optional[str] = None,
+              dist: Optional[DistInfo] = None, stop_after: Optional[int] = None,
+              on_step: Optional[Callable[[int, float], None]] = None) -> StageResult:
+    """Run (or resume) one stage; return where its checkpoint is and how far it got.
+
+    ``loader`` yields ``(view1, view2)`` batches and reports ``num_images``;
+    ``init`` is a checkpoint path (``None``: random init). ``stop_after`` ends the run
+    early after that many steps of this call (used to test resumption).
+    """
+    tracker = tracker or NullTracker()
+    dist = dist or DistInfo()
+    st_cfg = cfg.stages[stage]
+    settings = stage_settings(cfg, stage)
+    total, base_lr = settings["iterations"], settings["lr"]
+    variant = st_cfg.variant
+    out_dir = Path(out_dir)
+    ckpt_dir = out_dir / "checkpoints"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device)
+    started = time.time()
+
+    seed_everything(cfg.seed + dist.rank)
+    model = build_model(cfg, loader.num_images * dist.world_size,
+                        settings["batch_size"] * dist.world_size)
+    result = StageResult(stage, variant, ckpt_dir / FINAL, 0, total)
+
+    resume_path = ckpt_dir / LAST
+    resume_state = load_checkpoint(resume_path) if resume_path.exists() else None
+    if resume_state is None and init:
+        result.init_report = load_initial_weights(model, init)
+        log.info("stage %s: initial weights from %s (%s)", stage, init,
+                 result.init_report.get("layout"))
+    model.to(device)
+
+    params = configure_variant(model, variant)
+    optimizer = (torch.optim.SGD(params, lr=base_lr, momentum=cfg.optim.momentum,
+                                 weight_decay=cfg.optim.weight_decay) if params else None)
+    start = 0
+    if resume_state is not None:
+        model.load_state_dict(resume_state["model"])
+        if optimizer is not None and resume_state.get("optimizer"):
+            optimizer.load_state_dict(resume_state["optimizer"])
+        restore_rng_state(resume_state["rng"])
+        start = result.resumed_from = int(resume_state["step"])
+        log.info("stage %s: resuming at step %d of %d", stage, start, total)
+
+    tracker.log_params(flatten(config_to_dict(cfg)))
+    tracker.set_tags({"hpt.stage": stage, "hpt.variant": variant,
+                      "hpt.dataset": st_cfg.dataset, "hpt.init": init or "random"})
+
+    if variant == "bn-stats":
+        if start < total:
+            batches = (torch.cat(views).to(device) for views in _batches(loader, start))
+            reestimate_bn_stats(model.encoder_q, batches, total)
+            model.encoder_k.load_state_dict(model.encoder_q.state_dict())
+        result.steps = total
+    else:
+        result = _train_loop(cfg, model, optimizer, loader, result, start, base_lr,
+                             tracker, device, dist, stop_after, on_step, init, ckpt_dir)
+
+    state = _checkpoint(model, optimizer, result.steps, total, stage, variant, cfg, tracker,
+                        init)
+    if dist.is_main:
+        save_checkpoint_atomic(state, resume_path)
+        if result.completed:
+            save_checkpoint_atomic(state, ckpt_dir / FINAL)
+            tracker.log_checkpoint(str(ckpt_dir / FINAL), kind="final")
+    result.checkpoint = ckpt_dir / (FINAL if result.completed else LAST)
+    result.skipped_images = int(getattr(getattr(loader, "skipped", None), "count", 0))
+    if result.skipped_images:
+        log.warning("stage %s: skipped %d unreadable image(s): %s", stage,
+                    result.skipped_images, ", ".join(loader.skipped.paths[:5]))
+    result.seconds = time.time() - started
+    tracker.log_metrics({"skipped_images": result.skipped_images}, step=result.steps)
+    tracker.flush()
+    return result
+
+
+def _train_loop(cfg: ExperimentConfig, model: MoCo, optimizer: Optional[torch.optim.Optimizer],
+                loader: Any, result: StageResult, start: int, base_lr: float,
+                tracker: Tracker, device: torch.device, dist: DistInfo,
+                stop_after: Optional[int], on_step: Optional[Callable[[int, float], None]],
+                init: Optional[str], ckpt_dir: Path) -> StageResult:
+    total = result.total_steps
+    end = total if stop_after is None else min(total, start + stop_after)
+    model.train()
+    batches = _batches(loader, start)
+    step, loss_value, tick = start, float("nan"), time.time()
+    log_every = max(1, min(50, total // 20 or 1))
+    for step in range(start, end):
+        view_q, view_k = next(batches)
+        view_q = view_q.to(device, non_blocking=True)
+        view_k = view_k.to(device, non_blocking=True)
+        lr = learning_rate(step, total, base_lr, cfg.optim.warmup_iterations, cfg.optim.schedule)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss, logits, labels = model(view_q, view_k)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(f"stage {result.stage}: loss became {loss_value} at step "
+                                     f"{step}; lower the learning rate (now {lr:g})")
+        if on_step is not None:
+            on_step(step + 1, loss_value)
+        if (step + 1) % log_every == 0 or step + 1 == end:
+            acc = float((logits.argmax(dim=1) == labels).float().mean())
+            now = time.time()
+            tracker.log_metrics({"loss": loss_value, "lr": lr, "contrastive_acc": acc,
+                                 "step_seconds": (now - tick) / log_every}, step=step + 1)
+            tick = now
+        every = cfg.checkpoint.every
+        if every and (step + 1) % every == 0 and step + 1 < total and dist.is_main:
+            save_checkpoint_atomic(
+                _checkpoint(model, optimizer, step + 1, total, result.stage, result.variant,
+                            cfg, tracker, init), ckpt_dir / LAST)
+    result.steps = end if end > start else start
+    result.final_loss = loss_value
+    return result

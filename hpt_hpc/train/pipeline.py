@@ -1,0 +1,97 @@
+"""Config-level stage running: where a stage writes, where it starts from, what feeds it.
+
+The engine (:func:`run_stage`) takes everything passed in; this module builds those
+pieces from an :class:`ExperimentConfig` for local runs, the launcher and the quickstart.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable, Dict, Iterable, Optional
+
+from ..config import ExperimentConfig, stage_settings
+from ..errors import HptError
+from ..tracking import Tracker
+from .distributed import DistInfo
+from .engine import FINAL, StageResult, run_stage
+
+log = logging.getLogger(__name__)
+
+
+def stage_dir(cfg: ExperimentConfig, stage: str) -> Path:
+    """Output folder of a stage: ``<output_dir>/<stage>``."""
+    return Path(cfg.output_dir) / stage
+
+
+def resolve_init(cfg: ExperimentConfig, stage: str, override: Optional[str] = None,
+                 ) -> Optional[str]:
+    """Turn a stage's ``init`` (``stage:<name>``, a path or ``None``) into a checkpoint path.
+
+    Fails before any work when the named stage has not finished or the file is missing.
+    """
+    init = override if override is not None else cfg.stages[stage].init
+    if not init:
+        return None
+    if init.startswith("stage:"):
+        ref = init.split(":", 1)[1]
+        path = stage_dir(cfg, ref) / "checkpoints" / FINAL
+        if not path.is_file():
+            raise HptError(f"stage '{stage}' starts from stage '{ref}', but '{ref}' has no "
+                           f"final checkpoint at {path}; run stage '{ref}' first")
+        return str(path)
+    if "://" not in init and not Path(init).is_file():
+        raise HptError(f"stage '{stage}': init checkpoint '{init}' does not exist")
+    return init
+
+
+def build_stage_loader(cfg: ExperimentConfig, stage: str, dist: Optional[DistInfo] = None):
+    """The two-view pretraining loader for a stage's dataset (backend from ``data.backend``)."""
+    from ..data import build_pretrain_loader, list_split
+    dist = dist or DistInfo()
+    ds_cfg = cfg.datasets[cfg.stages[stage].dataset]
+    records, _ = list_split(ds_cfg, "train")
+    batch = stage_settings(cfg, stage)["batch_size"]
+    if len(records) < batch * dist.world_size:
+        raise HptError(f"stage '{stage}': dataset '{cfg.stages[stage].dataset}' has "
+                       f"{len(records)} training images, fewer than one global batch "
+                       f"({batch} x {dist.world_size}); lower optim.batch_size")
+    return build_pretrain_loader(records, cfg.augment, cfg.data, batch_size=batch,
+                                 seed=cfg.seed, rank=dist.rank, world_size=dist.world_size)
+
+
+def run_configured_stage(cfg: ExperimentConfig, stage: str, tracker: Optional[Tracker] = None,
+                         init: Optional[str] = None, dist: Optional[DistInfo] = None,
+                         stop_after: Optional[int] = None) -> StageResult:
+    """Build the loader and init for ``stage`` and run it with the engine."""
+    if stage not in cfg.stages:
+        raise HptError(f"stage '{stage}' is not defined in the config (defined: "
+                       f"{', '.join(cfg.stages) or 'none'})")
+    init_path = resolve_init(cfg, stage, init)
+    loader = build_stage_loader(cfg, stage, dist)
+    try:
+        result = run_stage(cfg, stage, loader, stage_dir(cfg, stage), tracker=tracker,
+                           init=init_path, dist=dist, stop_after=stop_after)
+    finally:
+        close = getattr(loader, "close", None)
+        if close is not None:
+            close()
+    log.info("stage %s (%s): %d/%d steps in %.0f s, checkpoint %s", stage, result.variant,
+             result.steps, result.total_steps, result.seconds, result.checkpoint)
+    return result
+
+
+def run_chain(cfg: ExperimentConfig, stages: Optional[Iterable[str]] = None,
+              tracker_factory: Optional[Callable[[str], Tracker]] = None,
+              ) -> Dict[str, StageResult]:
+    """Run stages in order (default: base, source, target as defined), each from the last."""
+    order = list(stages) if stages is not None else [s for s in ("base", "source", "target")
+                                                      if s in cfg.stages]
+    results: Dict[str, StageResult] = {}
+    for stage in order:
+        tracker = tracker_factory(stage) if tracker_factory else None
+        try:
+            results[stage] = run_configured_stage(cfg, stage, tracker=tracker)
+        finally:
+            if tracker is not None:
+                tracker.close()
+    return results

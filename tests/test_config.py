@@ -1,0 +1,100 @@
+"""Config loading: strict keys with suggestions, types, overrides, cross-field checks."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hpt_hpc.config import ConfigError, config_from_dict, flatten, load_config, stage_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
+
+
+def _minimal(**extra):
+    data = {"datasets": {"t": {"path": "x"}},
+            "stages": {"target": {"dataset": "t", "variant": "full"}}}
+    data.update(extra)
+    return data
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_load(path):
+    cfg = load_config(path)
+    assert cfg.stages, f"{path} defines no stage"
+    assert cfg.model.in_channels == cfg.data.channels
+
+
+def test_paper_configs_carry_published_settings():
+    cfg = load_config(ROOT / "configs/paper/hpt.yaml")
+    assert (cfg.model.arch, cfg.moco.queue_size, cfg.moco.momentum, cfg.moco.temperature) == \
+        ("resnet50", 65536, 0.999, 0.2)
+    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.batch_size) == (0.03, 1e-4, 256)
+    assert (cfg.probe.lr, cfg.probe.iterations, cfg.probe.milestones) == (30.0, 5000,
+                                                                          [1651, 3333])
+    assert cfg.augment.grayscale.p == 0.2 and cfg.augment.blur.sigma == [0.1, 2.0]
+    bn = load_config(ROOT / "configs/paper/hpt-bn.yaml")
+    assert bn.stages["target"].variant == "bn" and bn.stages["target"].lr == 0.1
+
+
+def test_unknown_key_names_key_and_nearest():
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(_minimal(optim={"weight_decy": 0.1}))
+    msg = str(err.value)
+    assert "optim.weight_decy" in msg and "did you mean 'weight_decay'" in msg
+
+
+def test_unknown_top_level_and_nested_stage_key():
+    with pytest.raises(ConfigError, match="did you mean 'augment'"):
+        config_from_dict(_minimal(augmnt={}))
+    with pytest.raises(ConfigError, match="stages.target.itertions.*did you mean 'iterations'"):
+        config_from_dict(_minimal(), ["stages.target.itertions=5"])
+
+
+def test_wrong_types_are_rejected():
+    with pytest.raises(ConfigError, match="optim.lr: expected a number"):
+        config_from_dict(_minimal(optim={"lr": "fast"}))
+    with pytest.raises(ConfigError, match="augment.flip.enabled: expected true/false"):
+        config_from_dict(_minimal(augment={"flip": {"enabled": "yes"}}))
+
+
+def test_overrides_apply_and_parse_yaml_values():
+    cfg = config_from_dict(_minimal(), ["optim.lr=0.01", "augment.blur.enabled=false",
+                                       "augment.crop.scale=[0.5, 1.0]",
+                                       "stages.target.iterations=7"])
+    assert cfg.optim.lr == 0.01
+    assert cfg.augment.blur.enabled is False
+    assert cfg.augment.crop.scale == [0.5, 1.0]
+    assert stage_settings(cfg, "target")["iterations"] == 7
+    assert stage_settings(cfg, "target")["batch_size"] == cfg.optim.batch_size
+    with pytest.raises(ConfigError, match="key.path=value"):
+        config_from_dict(_minimal(), ["optim.lr"])
+
+
+def test_cross_field_checks():
+    with pytest.raises(ConfigError, match="not defined under datasets"):
+        config_from_dict(_minimal(), ["stages.target.dataset=nope"])
+    with pytest.raises(ConfigError, match="needs an init"):
+        config_from_dict(_minimal(), ["stages.target.variant=bn"])
+    with pytest.raises(ConfigError, match="names no other stage"):
+        config_from_dict(_minimal(), ["stages.target.init=stage:base"])
+    with pytest.raises(ConfigError, match="model.in_channels"):
+        config_from_dict(_minimal(model={"in_channels": 1}))
+    with pytest.raises(ConfigError, match="stage names are"):
+        config_from_dict({"datasets": {"t": {"path": "x"}},
+                          "stages": {"tagret": {"dataset": "t"}}})
+
+
+def test_load_config_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(_minimal(name="x")))
+    assert load_config(good, ["seed=3"]).seed == 3
+
+
+def test_flatten():
+    assert flatten({"a": {"b": 1, "c": {"d": 2}}, "e": 3}) == {"a.b": 1, "a.c.d": 2, "e": 3}
