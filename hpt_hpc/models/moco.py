@@ -1,0 +1,217 @@
+"""MoCo-v2 (He et al. 2020; Chen et al. 2020) following facebookresearch/moco's builder.
+
+``encoder_q``/``encoder_k`` are :class:`~hpt_hpc.models.resnet.ResNetBackbone` instances whose
+``fc`` is the projection head, so state_dict keys match the official checkpoints
+(``encoder_q.conv1.weight``, ``encoder_q.fc.0.weight``, ``encoder_q.fc.2.weight``, ``queue``).
+
+Behaviour kept from the official implementation:
+
+* the momentum update runs inside ``forward`` (no grad) before the keys are computed;
+* only *parameters* are momentum-averaged; ``encoder_k``'s BatchNorm running statistics are its
+  own (updated by its own forward passes), never copied from ``encoder_q``;
+* with ``torch.distributed`` initialised (world size > 1) keys are all-gathered before enqueueing
+  and, with ``shuffle_bn``, the key batch is shuffled across ranks (shuffle-BN).
+
+Differences: the queue accepts any batch size (writes wrap around), and in a single process
+``shuffle_bn`` shuffles the key batch and runs ``encoder_k`` over ``bn_splits`` sub-batches so
+that key BN statistics are computed per sub-batch.
+"""
+from __future__ import annotations
+
+import copy
+import warnings
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from .resnet import ResNetBackbone, build_resnet
+
+
+def dist_world_size() -> int:
+    """World size of the default process group, 1 when not distributed."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return 1
+
+
+@torch.no_grad()
+def concat_all_gather(tensor: torch.Tensor) -> torch.Tensor:
+    """All-gather ``tensor`` from every rank and concatenate along dim 0 (no gradient).
+
+    Every rank must pass a tensor of the same shape.
+    """
+    gathered = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, tensor.contiguous())
+    return torch.cat(gathered, dim=0)
+
+
+def projection_head(in_dim: int, dim: int, mlp: bool = True,
+                    hidden: Optional[int] = None) -> nn.Module:
+    """MoCo-v2 head ``Linear -> ReLU -> Linear`` (keys ``0.*``, ``2.*``), or one ``Linear``."""
+    if not mlp:
+        return nn.Linear(in_dim, dim)
+    hidden = hidden or in_dim
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
+
+
+def cap_queue_size(queue_size: int, num_images: int, batch_size: int) -> int:
+    """Cap the queue length K to the dataset size.
+
+    With K larger than the number of training images the queue holds several stale keys of
+    every image (the paper's K=65536 vs. UC-Merced's 2,100 images), so K is reduced to
+    ``num_images`` rounded down to a multiple of ``batch_size`` (the *global* batch, i.e. keys
+    enqueued per step) and at least ``batch_size``; a warning explains the change.
+    """
+    if queue_size < 1 or batch_size < 1:
+        raise ValueError(f"queue_size and batch_size must be >= 1 (got {queue_size}, {batch_size})")
+    if queue_size <= num_images:
+        return queue_size
+    capped = max(batch_size, (num_images // batch_size) * batch_size)
+    warnings.warn(
+        f"MoCo queue size K={queue_size} exceeds the {num_images} training images; using "
+        f"K={capped} (dataset size rounded down to a multiple of the batch size {batch_size}) "
+        f"so that the queue does not hold several keys of the same image.", stacklevel=2)
+    return capped
+
+
+class MoCo(nn.Module):
+    """MoCo-v2 with a momentum key encoder and a queue of negatives.
+
+    ``forward(im_q, im_k)`` returns ``(loss, logits, labels)``: InfoNCE cross-entropy over
+    ``1 + K`` logits (positive at index 0) divided by ``temperature``. When distributed, every
+    rank must use the same per-rank batch size (e.g. ``drop_last=True``) for the all-gathers.
+    """
+
+    def __init__(self, arch: str = "resnet18", width: float = 1.0, small_stem: bool = False,
+                 in_channels: int = 3, dim: int = 128, queue_size: int = 65536,
+                 momentum: float = 0.999, temperature: float = 0.2, mlp: bool = True,
+                 mlp_hidden: Optional[int] = None, shuffle_bn: bool = True,
+                 bn_splits: int = 2) -> None:
+        super().__init__()
+        if queue_size < 1:
+            raise ValueError(f"queue_size must be >= 1, got {queue_size}")
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        self.arch, self.width, self.small_stem, self.in_channels = arch, width, small_stem, in_channels
+        self.dim, self.queue_size = dim, queue_size
+        self.momentum, self.temperature = momentum, temperature
+        self.mlp, self.shuffle_bn, self.bn_splits = mlp, shuffle_bn, max(1, int(bn_splits))
+
+        self.encoder_q: ResNetBackbone = build_resnet(arch, width, small_stem, in_channels)
+        self.encoder_q.fc = projection_head(self.encoder_q.feature_dim, dim, mlp, mlp_hidden)
+        self.mlp_hidden = (mlp_hidden or self.encoder_q.feature_dim) if mlp else None
+        self.encoder_k: ResNetBackbone = copy.deepcopy(self.encoder_q)
+        for p in self.encoder_k.parameters():
+            p.requires_grad = False
+
+        self.register_buffer("queue", F.normalize(torch.randn(dim, queue_size), dim=0))
+        self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
+
+    @classmethod
+    def from_config(cls, model_cfg, moco_cfg, queue_size: Optional[int] = None) -> "MoCo":
+        """Build from ``ModelConfig`` + ``MocoConfig``; ``queue_size`` overrides ``moco_cfg``'s
+        (e.g. the result of :func:`cap_queue_size`)."""
+        return cls(arch=model_cfg.arch, width=model_cfg.width, small_stem=model_cfg.small_stem,
+                   in_channels=model_cfg.in_channels, dim=moco_cfg.dim,
+                   queue_size=queue_size if queue_size is not None else moco_cfg.queue_size,
+                   momentum=moco_cfg.momentum, temperature=moco_cfg.temperature,
+                   mlp=moco_cfg.mlp, mlp_hidden=moco_cfg.mlp_hidden,
+                   shuffle_bn=moco_cfg.shuffle_bn, bn_splits=moco_cfg.bn_splits)
+
+    @property
+    def feature_dim(self) -> int:
+        """Width of the backbone's pooled features (the head's input)."""
+        return self.encoder_q.feature_dim
+
+    def backbone_state_dict(self) -> dict:
+        """``encoder_q``'s state_dict without the head: a torchvision-style backbone."""
+        return {k: v for k, v in self.encoder_q.state_dict().items() if not k.startswith("fc.")}
+
+    def sync_key_encoder(self) -> None:
+        """Make ``encoder_k`` an exact copy of ``encoder_q`` (parameters and BN buffers)."""
+        self.encoder_k.load_state_dict(self.encoder_q.state_dict())
+
+    @torch.no_grad()
+    def momentum_update(self) -> None:
+        """``theta_k <- m * theta_k + (1 - m) * theta_q`` over all parameters (not buffers)."""
+        params_k = [p.detach() for p in self.encoder_k.parameters()]
+        params_q = [p.detach() for p in self.encoder_q.parameters()]
+        torch._foreach_mul_(params_k, self.momentum)
+        torch._foreach_add_(params_k, params_q, alpha=1.0 - self.momentum)
+
+    @torch.no_grad()
+    def _enqueue(self, keys: torch.Tensor) -> None:
+        """Write ``keys`` (N x dim) into the queue at ``queue_ptr``, wrapping around."""
+        keys = keys.detach().to(self.queue.dtype)
+        if keys.shape[0] > self.queue_size:
+            keys = keys[-self.queue_size:]
+        n = keys.shape[0]
+        ptr = int(self.queue_ptr[0])
+        idx = (ptr + torch.arange(n, device=self.queue.device)) % self.queue_size
+        self.queue[:, idx] = keys.T
+        self.queue_ptr[0] = (ptr + n) % self.queue_size
+
+    @torch.no_grad()
+    def _batch_shuffle_ddp(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Shuffle the global batch across ranks; returns this rank's slice and the inverse."""
+        x_all = concat_all_gather(x)
+        world, rank = dist.get_world_size(), dist.get_rank()
+        idx_shuffle = torch.randperm(x_all.shape[0], device=x.device)
+        dist.broadcast(idx_shuffle, src=0)  # every rank uses rank 0's permutation
+        idx_unshuffle = torch.argsort(idx_shuffle)
+        return x_all[idx_shuffle.view(world, -1)[rank]], idx_unshuffle
+
+    @torch.no_grad()
+    def _batch_unshuffle_ddp(self, x: torch.Tensor, idx_unshuffle: torch.Tensor) -> torch.Tensor:
+        """Undo :meth:`_batch_shuffle_ddp` for per-sample outputs ``x``."""
+        x_all = concat_all_gather(x)
+        world, rank = dist.get_world_size(), dist.get_rank()
+        return x_all[idx_unshuffle.view(world, -1)[rank]]
+
+    @torch.no_grad()
+    def _split_bn_keys(self, im_k: torch.Tensor) -> torch.Tensor:
+        """Single-process shuffle-BN stand-in: shuffled sub-batches, each with its own BN stats."""
+        n = im_k.shape[0]
+        splits = min(self.bn_splits, n // 2)  # keep >= 2 samples per sub-batch for train-mode BN
+        if splits <= 1:
+            return self.encoder_k(im_k)
+        idx_shuffle = torch.randperm(n, device=im_k.device)
+        k = torch.cat([self.encoder_k(chunk) for chunk in im_k[idx_shuffle].chunk(splits)])
+        return k[torch.argsort(idx_shuffle)]
+
+    @torch.no_grad()
+    def compute_keys(self, im_k: torch.Tensor) -> torch.Tensor:
+        """Normalised keys of this rank's ``im_k`` (shuffle-BN applied if enabled)."""
+        if self.shuffle_bn and dist_world_size() > 1:
+            im_k, idx_unshuffle = self._batch_shuffle_ddp(im_k)
+            k = self._batch_unshuffle_ddp(self.encoder_k(im_k), idx_unshuffle)
+        elif self.shuffle_bn:
+            k = self._split_bn_keys(im_k)
+        else:
+            k = self.encoder_k(im_k)
+        return F.normalize(k.float(), dim=1)
+
+    def forward(self, im_q: torch.Tensor, im_k: torch.Tensor):
+        """One MoCo step: returns ``(loss, logits, labels)`` and updates ``encoder_k``/queue."""
+        q = F.normalize(self.encoder_q(im_q).float(), dim=1)
+        with torch.no_grad():
+            self.momentum_update()
+            k = self.compute_keys(im_k)
+        l_pos = (q * k).sum(dim=1, keepdim=True)
+        l_neg = q @ self.queue.clone().detach()
+        logits = torch.cat([l_pos, l_neg], dim=1) / self.temperature
+        labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+        loss = F.cross_entropy(logits, labels)
+        with torch.no_grad():
+            self._enqueue(concat_all_gather(k) if dist_world_size() > 1 else k)
+        return loss, logits, labels
+
+    def extra_repr(self) -> str:
+        return (f"dim={self.dim}, queue_size={self.queue_size}, momentum={self.momentum}, "
+                f"temperature={self.temperature}, mlp={self.mlp}, shuffle_bn={self.shuffle_bn}, "
+                f"bn_splits={self.bn_splits}")
