@@ -89,7 +89,7 @@ class MoCo(nn.Module):
                  in_channels: int = 3, dim: int = 128, queue_size: int = 65536,
                  momentum: float = 0.999, temperature: float = 0.2, mlp: bool = True,
                  mlp_hidden: Optional[int] = None, shuffle_bn: bool = True,
-                 bn_splits: int = 2) -> None:
+                 bn_splits: int = 2, stem_stride: int = 1) -> None:
         super().__init__()
         if queue_size < 1:
             raise ValueError(f"queue_size must be >= 1, got {queue_size}")
@@ -102,7 +102,8 @@ class MoCo(nn.Module):
         self.momentum, self.temperature = momentum, temperature
         self.mlp, self.shuffle_bn, self.bn_splits = mlp, shuffle_bn, max(1, int(bn_splits))
 
-        self.encoder_q: ResNetBackbone = build_resnet(arch, width, small_stem, in_channels)
+        self.encoder_q: ResNetBackbone = build_resnet(arch, width, small_stem, in_channels,
+                                                      stem_stride=stem_stride)
         self.encoder_q.fc = projection_head(self.encoder_q.feature_dim, dim, mlp, mlp_hidden)
         self.mlp_hidden = (mlp_hidden or self.encoder_q.feature_dim) if mlp else None
         self.encoder_k: ResNetBackbone = copy.deepcopy(self.encoder_q)
@@ -121,7 +122,8 @@ class MoCo(nn.Module):
                    queue_size=queue_size if queue_size is not None else moco_cfg.queue_size,
                    momentum=moco_cfg.momentum, temperature=moco_cfg.temperature,
                    mlp=moco_cfg.mlp, mlp_hidden=moco_cfg.mlp_hidden,
-                   shuffle_bn=moco_cfg.shuffle_bn, bn_splits=moco_cfg.bn_splits)
+                   shuffle_bn=moco_cfg.shuffle_bn, bn_splits=moco_cfg.bn_splits,
+                   stem_stride=model_cfg.stem_stride)
 
     @property
     def feature_dim(self) -> int:

@@ -35,7 +35,7 @@ class ResNetBackbone(tv_resnet.ResNet):
     """
 
     def __init__(self, arch: str = "resnet18", width: float = 1.0, small_stem: bool = False,
-                 in_channels: int = 3, num_classes: int = 0) -> None:
+                 in_channels: int = 3, num_classes: int = 0, stem_stride: int = 1) -> None:
         if arch not in ARCHS:
             raise ValueError(f"unknown arch {arch!r}; expected one of {sorted(ARCHS)}")
         if in_channels < 1:
@@ -46,7 +46,7 @@ class ResNetBackbone(tv_resnet.ResNet):
         block, layers = ARCHS[arch]
         widths = stage_widths(width)
         self.arch, self.width, self.small_stem = arch, float(width), bool(small_stem)
-        self.in_channels = int(in_channels)
+        self.in_channels, self.stem_stride = int(in_channels), int(stem_stride)
         self.stage_widths = widths
         self._norm_layer = nn.BatchNorm2d
         self.inplanes = widths[0]
@@ -55,7 +55,8 @@ class ResNetBackbone(tv_resnet.ResNet):
         self.base_width = 64  # Bottleneck inner width = planes * base_width / 64 = planes
 
         if small_stem:
-            self.conv1 = nn.Conv2d(in_channels, widths[0], 3, stride=1, padding=1, bias=False)
+            self.conv1 = nn.Conv2d(in_channels, widths[0], 3, stride=stem_stride, padding=1,
+                                   bias=False)
         else:
             self.conv1 = nn.Conv2d(in_channels, widths[0], 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
@@ -88,15 +89,17 @@ class ResNetBackbone(tv_resnet.ResNet):
 
 
 def build_resnet(arch: str = "resnet18", width: float = 1.0, small_stem: bool = False,
-                 in_channels: int = 3, num_classes: int = 0) -> ResNetBackbone:
-    """Build a torchvision-compatible ResNet (see :class:`ResNetBackbone`)."""
-    return ResNetBackbone(arch, width, small_stem, in_channels, num_classes)
+                 in_channels: int = 3, num_classes: int = 0, stem_stride: int = 1,
+                 ) -> ResNetBackbone:
+    """Build a torchvision-compatible ResNet (see :class:`ResNetBackbone`); ``stem_stride``
+    applies to the small stem only."""
+    return ResNetBackbone(arch, width, small_stem, in_channels, num_classes, stem_stride)
 
 
 def build_backbone_from_config(model_cfg, num_classes: int = 0) -> ResNetBackbone:
     """:func:`build_resnet` from a :class:`hpt_hpc.config.schema.ModelConfig`."""
     return build_resnet(model_cfg.arch, model_cfg.width, model_cfg.small_stem,
-                        model_cfg.in_channels, num_classes)
+                        model_cfg.in_channels, num_classes, model_cfg.stem_stride)
 
 
 def feature_dim_for(arch: str, width: float = 1.0) -> int:

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from ..errors import HptError
 from .moco import MoCo
 from .resnet import describe_arch
 
@@ -26,11 +27,11 @@ CHECKPOINT_FORMAT = "hpt-hpc/1"
 _MAX_LISTED = 10
 
 
-class CheckpointReadError(ValueError):
+class CheckpointReadError(HptError, ValueError):
     """A file exists but is not a readable (``weights_only``-safe) torch checkpoint."""
 
 
-class IncompatibleCheckpointError(ValueError):
+class IncompatibleCheckpointError(HptError, ValueError):
     """A checkpoint's backbone does not match the model's architecture."""
 
 
