@@ -1,0 +1,153 @@
+"""Decode every image of a dataset and report counts, unreadable and non-image files (no torch).
+
+Optionally writes, per split, a clean CSV file list (``path,label[,label...]``, absolute
+paths) of the readable images, usable as a ``filelist`` dataset.
+"""
+from __future__ import annotations
+
+import csv
+import os
+from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple, Union
+
+from .images import UnreadableImage, load_image
+from .sources import (DatasetError, ImageRecord, read_filelist, scan_imagefolder,
+                      split_location)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from hpt_hpc.config.schema import DatasetConfig
+
+DEFAULT_SPLITS = {"train": "train", "val": "val", "test": "test"}
+
+
+def _probe(record: ImageRecord, channels: int) -> Tuple[Optional[str], Optional[tuple]]:
+    """(error reason or None, (mode, width, height) or None) for one image."""
+    try:
+        img = load_image(record.path, channels)
+    except UnreadableImage as exc:
+        return exc.reason, None
+    return None, (img.mode, img.width, img.height)
+
+
+def _as_config(dataset, fmt: str, splits: Optional[Sequence[str]]):
+    """A private copy of the dataset config with every requested split configured."""
+    if hasattr(dataset, "path") and hasattr(dataset, "format"):
+        ds = SimpleNamespace(path=dataset.path, format=dataset.format,
+                             splits=dict(dataset.splits), max_images=None)
+    else:
+        ds = SimpleNamespace(path=str(dataset), format=fmt, splits=dict(DEFAULT_SPLITS),
+                             max_images=None)
+    names = list(ds.splits) if splits is None else list(splits)
+    if not names:
+        raise DatasetError(f"no splits to check in {ds.path!r}")
+    ds.splits.update({s: s for s in names if s not in ds.splits})
+    return ds, names
+
+
+def _check_split(ds, split: str, channels: int, workers: int) -> Tuple[dict, List]:
+    location = split_location(ds, split)
+    if ds.format == "imagefolder":
+        records, classes, others = scan_imagefolder(location)
+    else:
+        records, others = read_filelist(location), []
+        top = max((max(r.labels) for r in records if r.labels), default=-1)
+        classes = [str(i) for i in range(top + 1)]
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        results = list(pool.map(lambda r: _probe(r, channels), records, chunksize=64))
+    class_counts = {name: 0 for name in classes}
+    unreadable, readable, modes = [], [], {}
+    min_size, max_size = None, None
+    for record, (reason, info) in zip(records, results):
+        if reason is not None:
+            unreadable.append({"path": record.path, "reason": reason})
+            continue
+        readable.append(record)
+        for label in record.labels:
+            if label < len(classes):
+                class_counts[classes[label]] += 1
+        mode, w, h = info
+        modes[mode] = modes.get(mode, 0) + 1
+        min_size = (w, h) if min_size is None or w * h < min_size[0] * min_size[1] else min_size
+        max_size = (w, h) if max_size is None or w * h > max_size[0] * max_size[1] else max_size
+    entry = {"location": location, "listed": len(records), "readable": len(readable),
+             "classes": classes, "class_counts": class_counts, "unreadable": unreadable,
+             "non_image_files": others, "min_size": min_size, "max_size": max_size,
+             "unlabelled": sum(1 for r in readable if not r.labels)}
+    return entry, readable
+
+
+def _write_list(path: str, records: Sequence[ImageRecord]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        for record in records:
+            writer.writerow([os.path.abspath(record.path), *record.labels])
+
+
+def check_dataset(dataset: Union["DatasetConfig", str], fmt: str = "imagefolder",
+                  splits: Optional[Sequence[str]] = None, channels: int = 3,
+                  write_clean_list: Optional[str] = None, workers: Optional[int] = None) -> dict:
+    """Fully decode every listed image of each split and return a report dict.
+
+    ``dataset`` is a :class:`DatasetConfig` or a dataset folder (then ``fmt`` applies and
+    the splits are train/val/test). A configured split that is missing is reported under
+    ``missing_splits``, not raised; a missing dataset path raises :class:`DatasetError`.
+    ``write_clean_list="out/clean.csv"`` writes ``out/clean-<split>.csv`` per split.
+    """
+    ds, names = _as_config(dataset, fmt, splits)
+    workers = min(8, os.cpu_count() or 1) if workers is None else workers
+    split_location(ds, names[0])  # validates path and format first
+    report = {"path": os.path.abspath(ds.path), "format": ds.format, "channels": channels,
+              "splits": {}, "missing_splits": {}, "clean_lists": {}}
+    for split in names:
+        try:
+            entry, readable = _check_split(ds, split, channels, workers)
+        except DatasetError as exc:
+            report["missing_splits"][split] = str(exc)
+            continue
+        report["splits"][split] = entry
+        if write_clean_list:
+            stem, _ = os.path.splitext(write_clean_list)
+            out = f"{stem}-{split}.csv"
+            os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+            _write_list(out, readable)
+            report["clean_lists"][split] = os.path.abspath(out)
+    entries = report["splits"].values()
+    report["unreadable_count"] = sum(len(e["unreadable"]) for e in entries)
+    report["non_image_count"] = sum(len(e["non_image_files"]) for e in entries)
+    report["ok"] = bool(report["splits"]) and report["unreadable_count"] == 0 and all(
+        e["readable"] > 0 for e in entries)
+    return report
+
+
+def _size(size: Optional[tuple]) -> str:
+    return "-" if size is None else f"{size[0]}x{size[1]}"
+
+
+def format_report(report: dict, max_files: int = 20) -> str:
+    """Human-readable summary of :func:`check_dataset`'s report."""
+    lines = [f"dataset {report['path']} ({report['format']}, channels={report['channels']})"]
+    for split, e in report["splits"].items():
+        lines.append(f"  {split}: {e['readable']}/{e['listed']} readable images, "
+                     f"{len(e['classes'])} classes, sizes {_size(e['min_size'])}.."
+                     f"{_size(e['max_size'])}")
+        counts = ", ".join(f"{c}={n}" for c, n in e["class_counts"].items())
+        if counts:
+            lines.append(f"    per class: {counts}")
+        if e["unlabelled"]:
+            lines.append(f"    unlabelled: {e['unlabelled']}")
+        for title, items in (("unreadable", [f"{u['path']}: {u['reason']}"
+                                             for u in e["unreadable"]]),
+                             ("non-image files (ignored)", e["non_image_files"])):
+            if items:
+                lines.append(f"    {title} ({len(items)}):")
+                lines += [f"      {item}" for item in items[:max_files]]
+                if len(items) > max_files:
+                    lines.append(f"      ... and {len(items) - max_files} more")
+    for split, message in report["missing_splits"].items():
+        lines.append(f"  {split}: missing ({message})")
+    for split, path in report["clean_lists"].items():
+        lines.append(f"  clean list for {split}: {path}")
+    status = "OK" if report["ok"] else f"PROBLEMS ({report['unreadable_count']} unreadable)"
+    lines.append(f"status: {status}")
+    return "\n".join(lines)

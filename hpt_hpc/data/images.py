@@ -1,0 +1,87 @@
+"""Decode an image file fully and convert it to grey (``L``) or ``RGB`` (PIL + numpy only).
+
+Conversion rules:
+
+* transparency (``RGBA``, ``LA``, ``PA``, palette with a transparent colour) is composited
+  onto a **white** background, the way such images look on a web page (dropping the alpha
+  channel instead would expose arbitrary colours under transparent pixels);
+* 16-bit grey (``I;16*``) is scaled to 8 bits (``v / 257``); 32-bit integer images are
+  treated as 16-bit when their maximum exceeds 255; float images in ``[0, 1]`` are scaled
+  by 255, others clipped to ``[0, 255]``;
+* ``CMYK``, ``YCbCr``, ``LAB``, ``HSV``, palette and bilevel images use PIL's conversions;
+  colour to grey is PIL's ITU-R 601-2 luma.
+"""
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+_GREY_HIGH_DEPTH = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+_BACKGROUND = 255  # white
+
+
+class UnreadableImage(Exception):
+    """An image file that cannot be decoded (missing, empty, truncated or not an image)."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"cannot read image {path!r}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+def _to_8bit_grey(img: Image.Image) -> Image.Image:
+    arr = np.asarray(img, dtype=np.float64)
+    if img.mode.startswith("I;16"):
+        arr = arr / 257.0
+    elif img.mode == "I" and arr.size and arr.max() > 255:
+        arr = arr / 257.0
+    elif img.mode == "F" and arr.size and arr.min() >= 0.0 and arr.max() <= 1.0:
+        arr = arr * 255.0
+    return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
+
+
+def _flatten_alpha(img: Image.Image) -> Image.Image:
+    """Composite an image with alpha onto the white background (returns L or RGB)."""
+    if img.mode in ("LA", "La"):
+        img = img.convert("LA") if img.mode != "LA" else img
+        base = Image.new("L", img.size, _BACKGROUND)
+        base.paste(img.getchannel("L"), mask=img.getchannel("A"))
+        return base
+    rgba = img.convert("RGBA")
+    base = Image.new("RGB", img.size, (_BACKGROUND,) * 3)
+    base.paste(rgba.convert("RGB"), mask=rgba.getchannel("A"))
+    return base
+
+
+def _convert(img: Image.Image, channels: int) -> Image.Image:
+    if img.mode == "P":
+        img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
+    elif img.mode in ("L", "1") and "transparency" in img.info:
+        img = img.convert("LA")
+    elif img.mode == "RGB" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "RGBa", "LA", "La", "PA"):
+        img = _flatten_alpha(img)
+    elif img.mode in _GREY_HIGH_DEPTH:
+        img = _to_8bit_grey(img)
+    target = "L" if channels == 1 else "RGB"
+    return img if img.mode == target else img.convert(target)
+
+
+def load_image(path: str, channels: int = 3) -> Image.Image:
+    """Fully decode ``path`` and return an ``L`` (channels=1) or ``RGB`` (channels=3) image.
+
+    Raises :class:`UnreadableImage` (naming the file) for anything that fails to decode.
+    """
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            out = _convert(img, channels)
+            if out is img:
+                out = img.copy()
+    except (OSError, SyntaxError, ValueError, TypeError, Image.DecompressionBombError,
+            EOFError, MemoryError) as exc:  # PIL signals corrupt data with all of these
+        raise UnreadableImage(str(path), f"{type(exc).__name__}: {exc}") from None
+    return out
