@@ -4,7 +4,6 @@ import pytest
 
 from hpt_hpc.errors import HptError
 from hpt_hpc.models import load_checkpoint
-from hpt_hpc.models.variants import is_bn
 from hpt_hpc.train import learning_rate
 from hpt_hpc.train.pipeline import run_chain, run_configured_stage
 

@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler, Sampler
 from torch.utils.data._utils.collate import default_collate
 
+from ..errors import HptError
 from .images import UnreadableImage, load_image
 from .sources import DatasetError, ImageRecord
 from .transforms import (build_eval_transform, build_probe_train_transform,
@@ -149,7 +150,7 @@ class ShardSampler(Sampler):
 
 def _check_backend(data_cfg: "DataConfig") -> None:
     if data_cfg.backend != "torchvision":
-        raise ValueError(f"data.backend {data_cfg.backend!r} is not available in this build; "
+        raise HptError(f"data.backend {data_cfg.backend!r} is not available in this build; "
                          "use 'torchvision'")
 
 

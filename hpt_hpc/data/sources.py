@@ -20,6 +20,8 @@ import os
 import random
 from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
+from ..errors import HptError
+
 if TYPE_CHECKING:  # pragma: no cover
     from hpt_hpc.config.schema import DatasetConfig
 
@@ -28,7 +30,7 @@ FORMATS = ("imagefolder", "filelist")
 SUBSET_SEED = 0  # seed of the shuffle that picks a ``max_images`` subset
 
 
-class DatasetError(ValueError):
+class DatasetError(HptError, ValueError):
     """A dataset is missing, empty or malformed (raised before any training work)."""
 
 

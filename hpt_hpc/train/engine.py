@@ -61,9 +61,14 @@ def learning_rate(step: int, total: int, base_lr: float, warmup: int, schedule: 
 
 
 def _batches(loader: Any, start_step: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-    """The loader's batch stream positioned at ``start_step`` (resumable loaders)."""
-    if hasattr(loader, "iterate"):
-        return iter(loader.iterate(start_step))
+    """The loader's batch stream positioned at global step ``start_step``.
+
+    Resumable loaders expose ``steps_per_epoch`` and ``set_epoch(epoch, step)``; the
+    stream after a resume is then the one an uninterrupted run would have seen.
+    """
+    per_epoch = getattr(loader, "steps_per_epoch", 0)
+    if per_epoch and hasattr(loader, "set_epoch"):
+        loader.set_epoch(start_step // per_epoch, start_step % per_epoch)
     return iter(loader)
 
 
