@@ -186,6 +186,7 @@ def _train_loop(cfg: ExperimentConfig, model: MoCo, optimizer: Optional[torch.op
     batches = _batches(loader, start)
     step, loss_value, tick = start, float("nan"), time.time()
     log_every = max(1, min(50, total // 20 or 1))
+    progress_every = max(1, total // 10)
     for step in range(start, end):
         view_q, view_k = next(batches)
         view_q = view_q.to(device, non_blocking=True)
@@ -209,6 +210,9 @@ def _train_loop(cfg: ExperimentConfig, model: MoCo, optimizer: Optional[torch.op
             tracker.log_metrics({"loss": loss_value, "lr": lr, "contrastive_acc": acc,
                                  "step_seconds": (now - tick) / log_every}, step=step + 1)
             tick = now
+        if (step + 1) % progress_every == 0:
+            log.info("stage %s: step %d/%d loss %.4f lr %.4g", result.stage, step + 1, total,
+                     loss_value, lr)
         every = cfg.checkpoint.every
         if every and (step + 1) % every == 0 and step + 1 < total and dist.is_main:
             save_checkpoint_atomic(

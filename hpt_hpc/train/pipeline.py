@@ -14,6 +14,7 @@ from ..errors import HptError
 from ..tracking import Tracker
 from .distributed import DistInfo
 from .engine import FINAL, StageResult, run_stage
+from .state import limit_cpu_threads, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ def run_configured_stage(cfg: ExperimentConfig, stage: str, tracker: Optional[Tr
                        f"{', '.join(cfg.stages) or 'none'})")
     init_path = resolve_init(cfg, stage, init)
     loader = build_stage_loader(cfg, stage, dist)
+    limit_cpu_threads(resolve_device(cfg.device), cfg.data.workers)
     try:
         result = run_stage(cfg, stage, loader, stage_dir(cfg, stage), tracker=tracker,
                            init=init_path, dist=dist, stop_after=stop_after)

@@ -5,6 +5,7 @@ RNG states are stored as tensors and plain lists so checkpoints load with
 """
 from __future__ import annotations
 
+import os
 import random
 from typing import Any, Dict
 
@@ -54,3 +55,17 @@ def resolve_device(name: str) -> torch.device:
         raise RuntimeError("device 'cuda' was requested but no CUDA GPU is visible; "
                            "use --set device=cpu (or auto)")
     return torch.device(name)
+
+
+def limit_cpu_threads(device: torch.device, loader_workers: int) -> int:
+    """On CPU, leave one core per loader worker: torch threads = cores - workers (>= 1).
+
+    On 2 cores with one worker this made a quickstart step 1.5x faster than letting torch
+    and the worker fight over both cores.
+    """
+    if device.type != "cpu":
+        return torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    threads = max(1, (cores or 1) - max(0, loader_workers))
+    torch.set_num_threads(threads)
+    return threads

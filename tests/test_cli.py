@@ -1,0 +1,83 @@
+"""The command line: fast help, clear errors, data commands, a short quickstart."""
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from hpt_hpc.cli.main import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_help_does_not_import_torch():
+    code = ("import sys; from hpt_hpc.cli.main import cli\n"
+            "try:\n    cli(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print('TORCH' if 'torch' in sys.modules else 'NOTORCH')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert "quickstart" in out and out.strip().endswith("NOTORCH")
+
+
+def test_config_error_is_one_clear_line(tmp_path):
+    result = CliRunner().invoke(cli, ["config", "show", "--config",
+                                      str(ROOT / "configs/paper/hpt.yaml"),
+                                      "--set", "moco.queue_sise=10"])
+    assert result.exit_code == 2
+    assert "unknown config key 'moco.queue_sise'" in result.output
+    assert "did you mean 'queue_size'" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_config_show_applies_override():
+    result = CliRunner().invoke(cli, ["config", "show", "--config",
+                                      str(ROOT / "configs/paper/hpt.yaml"),
+                                      "--set", "optim.lr=0.5"])
+    assert result.exit_code == 0, result.output
+    assert "lr: 0.5" in result.output
+
+
+def test_train_missing_dataset_fails_before_work(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"output_dir: {tmp_path / 'out'}\n"
+                   f"datasets: {{t: {{path: {tmp_path / 'nowhere'}}}}}\n"
+                   "stages: {target: {dataset: t}}\n")
+    result = CliRunner().invoke(cli, ["train", "--config", str(cfg)])
+    assert result.exit_code == 2
+    assert str(tmp_path / "nowhere") in result.output
+    assert not (tmp_path / "out" / "target" / "checkpoints").exists()
+
+
+def test_data_check_reports_unreadable_file(tmp_path, mnist_tree):
+    import shutil
+    tree = tmp_path / "tree"
+    shutil.copytree(mnist_tree, tree)
+    victim = next((tree / "train" / "3").glob("*.png"))
+    victim.write_bytes(victim.read_bytes()[:40])
+    result = CliRunner().invoke(cli, ["data", "check", str(tree), "--channels", "1"])
+    assert result.exit_code == 1
+    assert victim.name in result.output
+
+
+def test_quickstart_end_to_end_small(tmp_path):
+    """The main job at toy size: every method and both reference rows get a probe score."""
+    overrides = ["model.width=0.125", "optim.batch_size=32", "moco.queue_size=256",
+                 "probe.iterations=100", "probe.milestones=[60]", "data.workers=0"]
+    args = ["quickstart", "--output", str(tmp_path / "qs"), "--data-dir", str(tmp_path / "d"),
+            "--budgets", "4", "--base-steps", "6"]
+    for item in overrides:
+        args += ["--set", item]
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    with open(tmp_path / "qs" / "results.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    methods = [r["method"] for r in rows]
+    assert methods == ["raw pixels (reference)", "random init (reference)", "Base", "HPT",
+                       "Target", "HPT-BN"]
+    pixels = float(rows[0]["test_acc"])
+    assert 0.8 < pixels <= 1.0, "a linear probe on raw MNIST pixels reaches ~88%"
+    assert all(0.1 < float(r["test_acc"]) <= 1.0 for r in rows)
+    png = (tmp_path / "qs" / "probe_vs_steps.png").read_bytes()
+    assert png.startswith(b"\x89PNG")
+    assert "| HPT | 4 |" in (tmp_path / "qs" / "results.md").read_text()
