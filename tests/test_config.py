@@ -98,3 +98,15 @@ def test_load_config_file_errors(tmp_path):
 
 def test_flatten():
     assert flatten({"a": {"b": 1, "c": {"d": 2}}, "e": 3}) == {"a.b": 1, "a.c.d": 2, "e": 3}
+
+
+def test_global_batch_splits_over_ranks_and_lr_scales_linearly():
+    cfg = config_from_dict(_minimal(optim={"lr": 0.03, "batch_size": 256,
+                                           "lr_batch_reference": 256}))
+    s = stage_settings(cfg, "target", world_size=8)
+    assert (s["batch_size"], s["rank_batch_size"], s["lr"]) == (256, 32, 0.03)
+    bigger = config_from_dict(_minimal(optim={"lr": 0.03, "batch_size": 1024,
+                                              "lr_batch_reference": 256}))
+    assert stage_settings(bigger, "target", world_size=4)["lr"] == pytest.approx(0.12)
+    with pytest.raises(ConfigError, match="does not split evenly over 3 ranks"):
+        stage_settings(cfg, "target", world_size=3)

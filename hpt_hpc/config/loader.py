@@ -6,7 +6,7 @@ import dataclasses
 import difflib
 import typing
 from pathlib import Path
-from typing import Any, Dict, Iterable, Optional, Union
+from typing import Any, Dict, Iterable, Union
 
 import yaml
 
@@ -169,11 +169,22 @@ def flatten(data: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
     return out
 
 
-def stage_settings(cfg: ExperimentConfig, stage: str) -> Dict[str, Optional[Any]]:
-    """Effective iterations / lr / batch size of a stage (stage value or the optim default)."""
+def stage_settings(cfg: ExperimentConfig, stage: str, world_size: int = 1,
+                   ) -> Dict[str, Any]:
+    """Effective iterations, global and per-rank batch, and learning rate of a stage.
+
+    The rate follows the linear scaling rule documented on :class:`OptimConfig`.
+    """
     st = cfg.stages[stage]
+    batch = st.batch_size if st.batch_size is not None else cfg.optim.batch_size
+    if batch % world_size:
+        raise ConfigError(f"stages.{stage}: global batch {batch} does not split evenly over "
+                          f"{world_size} ranks; use a multiple of {world_size}")
+    base_lr = st.lr if st.lr is not None else cfg.optim.lr
+    reference = cfg.optim.lr_batch_reference or batch
     return {
         "iterations": st.iterations if st.iterations is not None else cfg.optim.iterations,
-        "lr": st.lr if st.lr is not None else cfg.optim.lr,
-        "batch_size": st.batch_size if st.batch_size is not None else cfg.optim.batch_size,
+        "lr": base_lr * batch / reference,
+        "batch_size": batch,
+        "rank_batch_size": batch // world_size,
     }

@@ -56,9 +56,16 @@ class MocoConfig:
 
 @dataclass
 class OptimConfig:
-    """SGD with cosine decay (to 0) after an optional linear warm-up."""
+    """SGD with cosine decay (to 0) after an optional linear warm-up.
+
+    ``batch_size`` is the global batch, split evenly over the ranks (as in MoCo's code).
+    ``lr`` is the rate for a global batch of ``lr_batch_reference`` (``None``: equal to
+    ``batch_size``); the rate used is ``lr * batch_size / lr_batch_reference`` (linear
+    scaling rule), so changing the number of GPUs alone never changes the rate.
+    """
 
     lr: float = 0.03
+    lr_batch_reference: Optional[int] = None
     weight_decay: float = 1e-4
     momentum: float = 0.9
     batch_size: int = 256

@@ -99,28 +99,34 @@ def build_model(cfg: ExperimentConfig, num_images: int, global_batch: int) -> Mo
 def run_stage(cfg: ExperimentConfig, stage: str, loader: Any, out_dir: Path,
               tracker: Optional[Tracker] = None, init: Optional[str] = None,
               dist: Optional[DistInfo] = None, stop_after: Optional[int] = None,
-              on_step: Optional[Callable[[int, float], None]] = None) -> StageResult:
+              on_step: Optional[Callable[[int, float], None]] = None,
+              should_stop: Optional[Callable[[int], bool]] = None) -> StageResult:
     """Run (or resume) one stage; return where its checkpoint is and how far it got.
 
     ``loader`` yields ``(view1, view2)`` batches and reports ``num_images``;
     ``init`` is a checkpoint path (``None``: random init). ``stop_after`` ends the run
-    early after that many steps of this call (used to test resumption).
+    early after that many steps of this call (used to test resumption); ``should_stop(step)``
+    is asked after every step and ends the run at that step boundary when true (preemption).
+    With ``dist.world_size > 1`` the process group must be initialised: the model is wrapped
+    in DistributedDataParallel and every rank must make the same ``should_stop`` decision.
     """
     tracker = tracker or NullTracker()
     dist = dist or DistInfo()
     st_cfg = cfg.stages[stage]
-    settings = stage_settings(cfg, stage)
+    settings = stage_settings(cfg, stage, dist.world_size)
     total, base_lr = settings["iterations"], settings["lr"]
     variant = st_cfg.variant
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
+    if device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+        torch.cuda.set_device(device)
     started = time.time()
 
     seed_everything(cfg.seed + dist.rank)
-    model = build_model(cfg, loader.num_images * dist.world_size,
-                        settings["batch_size"] * dist.world_size)
+    model = build_model(cfg, loader.num_images * dist.world_size, settings["batch_size"])
     result = StageResult(stage, variant, ckpt_dir / FINAL, 0, total)
 
     resume_path = ckpt_dir / LAST
@@ -151,11 +157,18 @@ def run_stage(cfg: ExperimentConfig, stage: str, loader: Any, out_dir: Path,
         if start < total:
             batches = (torch.cat(views).to(device) for views in _batches(loader, start))
             reestimate_bn_stats(model.encoder_q, batches, total)
+            if dist.world_size > 1:
+                _average_buffers(model.encoder_q, dist.world_size)
             model.encoder_k.load_state_dict(model.encoder_q.state_dict())
         result.steps = total
     else:
-        result = _train_loop(cfg, model, optimizer, loader, result, start, base_lr,
-                             tracker, device, dist, stop_after, on_step, init, ckpt_dir)
+        net = model
+        if dist.world_size > 1:
+            net = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None)
+        result = _train_loop(cfg, net, optimizer, loader, result, start, base_lr,
+                             tracker, device, dist, stop_after, on_step, init, ckpt_dir,
+                             should_stop)
 
     state = _checkpoint(model, optimizer, result.steps, total, stage, variant, cfg, tracker,
                         init)
@@ -175,14 +188,25 @@ def run_stage(cfg: ExperimentConfig, stage: str, loader: Any, out_dir: Path,
     return result
 
 
-def _train_loop(cfg: ExperimentConfig, model: MoCo, optimizer: Optional[torch.optim.Optimizer],
-                loader: Any, result: StageResult, start: int, base_lr: float,
-                tracker: Tracker, device: torch.device, dist: DistInfo,
-                stop_after: Optional[int], on_step: Optional[Callable[[int, float], None]],
-                init: Optional[str], ckpt_dir: Path) -> StageResult:
+def _average_buffers(module: torch.nn.Module, world_size: int) -> None:
+    """Average floating-point buffers (BatchNorm statistics) over all ranks."""
+    import torch.distributed as torch_dist
+    for buf in module.buffers():
+        if buf.is_floating_point():
+            torch_dist.all_reduce(buf)
+            buf.div_(world_size)
+
+
+def _train_loop(cfg: ExperimentConfig, net: torch.nn.Module,
+                optimizer: Optional[torch.optim.Optimizer], loader: Any, result: StageResult,
+                start: int, base_lr: float, tracker: Tracker, device: torch.device,
+                dist: DistInfo, stop_after: Optional[int],
+                on_step: Optional[Callable[[int, float], None]], init: Optional[str],
+                ckpt_dir: Path, should_stop: Optional[Callable[[int], bool]]) -> StageResult:
+    model: MoCo = getattr(net, "module", net)
     total = result.total_steps
     end = total if stop_after is None else min(total, start + stop_after)
-    model.train()
+    net.train()
     batches = _batches(loader, start)
     step, loss_value, tick = start, float("nan"), time.time()
     log_every = max(1, min(50, total // 20 or 1))
@@ -194,7 +218,7 @@ def _train_loop(cfg: ExperimentConfig, model: MoCo, optimizer: Optional[torch.op
         lr = learning_rate(step, total, base_lr, cfg.optim.warmup_iterations, cfg.optim.schedule)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss, logits, labels = model(view_q, view_k)
+        loss, logits, labels = net(view_q, view_k)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -218,6 +242,11 @@ def _train_loop(cfg: ExperimentConfig, model: MoCo, optimizer: Optional[torch.op
             save_checkpoint_atomic(
                 _checkpoint(model, optimizer, step + 1, total, result.stage, result.variant,
                             cfg, tracker, init), ckpt_dir / LAST)
+        if should_stop is not None and step + 1 < end and should_stop(step + 1):
+            log.warning("stage %s: stopping at step %d on request (preemption)", result.stage,
+                        step + 1)
+            end = step + 1
+            break
     result.steps = end if end > start else start
     result.final_loss = loss_value
     return result

@@ -51,18 +51,20 @@ def build_stage_loader(cfg: ExperimentConfig, stage: str, dist: Optional[DistInf
     dist = dist or DistInfo()
     ds_cfg = cfg.datasets[cfg.stages[stage].dataset]
     records, _ = list_split(ds_cfg, "train")
-    batch = stage_settings(cfg, stage)["batch_size"]
-    if len(records) < batch * dist.world_size:
+    settings = stage_settings(cfg, stage, dist.world_size)
+    if len(records) < settings["batch_size"]:
         raise HptError(f"stage '{stage}': dataset '{cfg.stages[stage].dataset}' has "
                        f"{len(records)} training images, fewer than one global batch "
-                       f"({batch} x {dist.world_size}); lower optim.batch_size")
-    return build_pretrain_loader(records, cfg.augment, cfg.data, batch_size=batch,
+                       f"({settings['batch_size']}); lower optim.batch_size")
+    return build_pretrain_loader(records, cfg.augment, cfg.data,
+                                 batch_size=settings["rank_batch_size"],
                                  seed=cfg.seed, rank=dist.rank, world_size=dist.world_size)
 
 
 def run_configured_stage(cfg: ExperimentConfig, stage: str, tracker: Optional[Tracker] = None,
                          init: Optional[str] = None, dist: Optional[DistInfo] = None,
-                         stop_after: Optional[int] = None) -> StageResult:
+                         stop_after: Optional[int] = None,
+                         should_stop: Optional[Callable[[int], bool]] = None) -> StageResult:
     """Build the loader and init for ``stage`` and run it with the engine."""
     if stage not in cfg.stages:
         raise HptError(f"stage '{stage}' is not defined in the config (defined: "
@@ -72,7 +74,8 @@ def run_configured_stage(cfg: ExperimentConfig, stage: str, tracker: Optional[Tr
     limit_cpu_threads(resolve_device(cfg.device), cfg.data.workers)
     try:
         result = run_stage(cfg, stage, loader, stage_dir(cfg, stage), tracker=tracker,
-                           init=init_path, dist=dist, stop_after=stop_after)
+                           init=init_path, dist=dist, stop_after=stop_after,
+                           should_stop=should_stop)
     finally:
         close = getattr(loader, "close", None)
         if close is not None:
