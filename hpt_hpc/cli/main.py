@@ -10,6 +10,7 @@ import click
 from .. import __version__
 from .data import data
 from .train import config_group, probe, train
+from .launch import cancel, launch, status
 from .quickstart import quickstart
 
 
@@ -39,6 +40,9 @@ cli.add_command(train)
 cli.add_command(probe)
 cli.add_command(config_group)
 cli.add_command(quickstart)
+cli.add_command(launch)
+cli.add_command(status)
+cli.add_command(cancel)
 
 if __name__ == "__main__":  # pragma: no cover
     cli()

@@ -7,7 +7,7 @@ carries the published HPT settings.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 VARIANTS = ("full", "bn", "bn-stats", "scratch")
 STAGE_NAMES = ("base", "source", "target")
@@ -185,3 +185,7 @@ class ExperimentConfig:
     stages: Dict[str, StageConfig] = field(default_factory=dict)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+    # Sweep grid for `hpt-hpc launch`: config path (or the shorthands variant, lr,
+    # iterations, dataset, batch_size for the launched stage, and seed) -> list of values.
+    # The Cartesian product becomes one SLURM job array.
+    sweep: Dict[str, List[Any]] = field(default_factory=dict)

@@ -44,6 +44,7 @@ class StageResult:
     resumed_from: Optional[int] = None
     init_report: Dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    param_digest: str = ""  # sha256 of the query encoder's parameters (compare ranks/runs)
 
     @property
     def completed(self) -> bool:
@@ -88,6 +89,16 @@ def _checkpoint(model: MoCo, optimizer: Optional[torch.optim.Optimizer], step: i
         "rng": capture_rng_state(),
         "tracker_run_id": tracker.run_id,
     }
+
+
+def parameter_digest(model: MoCo) -> str:
+    """A short hash of the query encoder's parameters: equal digests, equal weights."""
+    import hashlib
+    digest = hashlib.sha256()
+    for name, param in sorted(model.encoder_q.named_parameters()):
+        digest.update(name.encode())
+        digest.update(param.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def build_model(cfg: ExperimentConfig, num_images: int, global_batch: int) -> MoCo:
@@ -183,6 +194,7 @@ def run_stage(cfg: ExperimentConfig, stage: str, loader: Any, out_dir: Path,
         log.warning("stage %s: skipped %d unreadable image(s): %s", stage,
                     result.skipped_images, ", ".join(loader.skipped.paths[:5]))
     result.seconds = time.time() - started
+    result.param_digest = parameter_digest(model)
     tracker.log_metrics({"skipped_images": result.skipped_images}, step=result.steps)
     tracker.flush()
     return result

@@ -1,0 +1,77 @@
+"""``hpt-hpc launch``/``status``/``cancel``: submit stages with submitit, follow them."""
+from __future__ import annotations
+
+import click
+
+STAGES = ["base", "source", "target"]
+
+
+def _extra(values):
+    extra = {}
+    for item in values:
+        key, _, value = item.partition("=")
+        extra[key.lstrip("-")] = value or None
+    return extra
+
+
+@click.command()
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--stage", type=click.Choice(STAGES), help="The stage to run.")
+@click.option("--chain", help="Comma-separated stages submitted at once with afterok "
+                              "dependencies, e.g. base,source,target.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
+@click.option("--executor", type=click.Choice(["auto", "slurm", "local", "debug"]),
+              default=None, help="auto: slurm when sbatch is on PATH, else local.")
+@click.option("--profile", help="Cluster profile from slurm/profiles/<name>.yaml.")
+@click.option("--partition")
+@click.option("--nodes", type=int)
+@click.option("--gpus-per-node", type=int)
+@click.option("--tasks-per-node", type=int, help="DDP ranks per node on CPU nodes.")
+@click.option("--cpus-per-task", type=int)
+@click.option("--mem", help="Memory per node, e.g. 32G.")
+@click.option("--time", help="Time limit: minutes or [D-]HH:MM[:SS].")
+@click.option("--account")
+@click.option("--qos")
+@click.option("--constraint")
+@click.option("--sbatch", "sbatch_extra", multiple=True, metavar="OPTION=VALUE",
+              help="Extra sbatch option, e.g. --sbatch exclusive= (repeatable).")
+@click.option("--log-folder", help="submitit folder (default <output_dir>/slurm-logs/%j).")
+def launch(config_path, stage, chain, overrides, executor, profile, partition, nodes,
+           gpus_per_node, tasks_per_node, cpus_per_task, mem, time, account, qos, constraint,
+           sbatch_extra, log_folder) -> None:
+    """Submit a stage (a sweep becomes one job array) or a whole chain."""
+    from ..launch.options import build_options
+    from ..launch.submit import describe, launch as do_launch
+    if bool(stage) == bool(chain):
+        raise click.UsageError("give exactly one of --stage or --chain")
+    stages = [stage] if stage else [s.strip() for s in chain.split(",") if s.strip()]
+    bad = [s for s in stages if s not in STAGES]
+    if bad:
+        raise click.UsageError(f"unknown stage(s) in --chain: {', '.join(bad)}")
+    options = build_options(profile, executor=executor, partition=partition, nodes=nodes,
+                            gpus_per_node=gpus_per_node, tasks_per_node=tasks_per_node,
+                            cpus_per_task=cpus_per_task, mem=mem, time=time, account=account,
+                            qos=qos, constraint=constraint, extra=_extra(sbatch_extra))
+    record = do_launch(config_path, stages, options, overrides, log_folder)
+    click.echo(describe(record))
+
+
+@click.command()
+@click.argument("record", type=click.Path(), default=".")
+def status(record) -> None:
+    """States of a launch's jobs. RECORD: a launch record or an experiment output_dir."""
+    from ..launch.record import LaunchRecord, job_states
+    rows = job_states(LaunchRecord.load(record))
+    for row in rows:
+        cell = "" if row["cell"] == "default" else f" [{row['cell']}]"
+        click.echo(f"{row['stage']}{cell}\tjob {row['job_id']}\t{row['state']}")
+
+
+@click.command()
+@click.argument("record", type=click.Path(), default=".")
+@click.option("--stage", type=click.Choice(STAGES), help="Only this stage's jobs.")
+def cancel(record, stage) -> None:
+    """Cancel a launch's jobs. RECORD: a launch record or an experiment output_dir."""
+    from ..launch.record import LaunchRecord, cancel_jobs
+    ids = cancel_jobs(LaunchRecord.load(record), stage)
+    click.echo(f"cancelled: {', '.join(ids) or 'nothing'}")

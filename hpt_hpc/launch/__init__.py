@@ -1,0 +1,1 @@
+"""Launching stages with submitit: SLURM arrays and chains, local and debug executors."""

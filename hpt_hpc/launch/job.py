@@ -1,0 +1,125 @@
+"""What runs inside each SLURM task: one DDP rank of one MoCo-v2 stage, preemptible.
+
+Preemption: the preemption signal (submitit's, SIGUSR2 by default, and SIGUSR1) only sets
+a flag; the engine checks it after every step, all ranks agree on it, rank 0 writes a full
+checkpoint at that step boundary, and then submitit's own handler requeues the job, which
+restarts from the stage's ``last.pt`` at the saved step.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from typing import Any, Dict, Optional
+
+import submitit
+
+from ..train.distributed import DistInfo
+
+log = logging.getLogger(__name__)
+
+
+def init_distributed() -> DistInfo:
+    """Ranks from submitit's environment; NCCL on GPUs, gloo on CPU. One task: no group."""
+    try:
+        env = submitit.JobEnvironment()
+    except RuntimeError:  # not inside a submitit job (debug executor): one process
+        return DistInfo()
+    if env.num_tasks <= 1:
+        return DistInfo(0, 1, env.local_rank)
+    import torch
+    import torch.distributed as dist
+    submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend)
+    log.info("rank %d/%d (local %d) on %s, backend %s, master %s:%s", env.global_rank,
+             env.num_tasks, env.local_rank, env.hostname, backend,
+             os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT"))
+    return DistInfo(env.global_rank, env.num_tasks, env.local_rank)
+
+
+class PreemptionFlag:
+    """Catches the preemption signals and answers the engine's ``should_stop(step)``."""
+
+    SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
+
+    def __init__(self, dist: DistInfo):
+        self.dist = dist
+        self.requested = False
+        self.signum: Optional[int] = None
+        self.submitit_handler: Any = None
+
+    def install(self) -> "PreemptionFlag":
+        try:
+            sig = submitit.JobEnvironment._usr_sig()
+            self.submitit_handler = signal.getsignal(sig)
+        except Exception:  # noqa: BLE001 - outside a submitit job there is no handler
+            self.submitit_handler = None
+        for sig in self.SIGNALS:
+            signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        log.warning("received %s: will checkpoint at the next step boundary",
+                    signal.Signals(signum).name)
+        self.requested, self.signum = True, signum
+
+    def __call__(self, step: int) -> bool:
+        if self.dist.world_size == 1:
+            return self.requested
+        import torch
+        import torch.distributed as dist
+        device = torch.device("cuda", self.dist.local_rank) if torch.cuda.is_available() \
+            else torch.device("cpu")
+        flag = torch.tensor([1.0 if self.requested else 0.0], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        self.requested = bool(flag.item() > 0)
+        return self.requested
+
+    def requeue(self) -> None:
+        """Hand over to submitit's handler: it calls ``checkpoint()``, requeues, exits."""
+        handler = self.submitit_handler
+        if callable(handler):
+            handler(self.signum or signal.SIGUSR2, None)
+
+
+class StageJob(submitit.helpers.Checkpointable):
+    """The submitted callable: ``StageJob()(config_dict, stage, init)``.
+
+    ``checkpoint()`` (inherited) resubmits the same arguments; the stage folder's
+    ``last.pt`` makes the requeued run resume at the saved step.
+    """
+
+    def __call__(self, config: Dict[str, Any], stage: str,
+                 init: Optional[str] = None) -> Dict[str, Any]:
+        from ..config import config_from_dict
+        from ..train.pipeline import run_configured_stage
+        logging.basicConfig(level=logging.INFO,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        cfg = config_from_dict(config)
+        dist_info = init_distributed()
+        flag = PreemptionFlag(dist_info).install()
+        try:
+            result = run_configured_stage(cfg, stage, init=init, dist=dist_info,
+                                          should_stop=flag)
+        finally:
+            _teardown(dist_info)
+        summary = {"stage": stage, "rank": dist_info.rank, "world_size": dist_info.world_size,
+                   "steps": result.steps, "total_steps": result.total_steps,
+                   "checkpoint": str(result.checkpoint), "resumed_from": result.resumed_from,
+                   "final_loss": result.final_loss, "skipped_images": result.skipped_images,
+                   "init": result.init_report.get("layout"),
+                   "param_digest": result.param_digest}
+        if not result.completed and flag.requested:
+            if dist_info.is_main:
+                flag.requeue()  # does not return when the requeue succeeds
+            summary["interrupted"] = True
+        return summary
+
+
+def _teardown(dist_info: DistInfo) -> None:
+    if dist_info.world_size > 1:
+        import torch.distributed as dist
+        if dist.is_initialized():
+            dist.destroy_process_group()

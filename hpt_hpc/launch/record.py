@@ -1,0 +1,100 @@
+"""Launch records: what was submitted where, so ``status`` and ``cancel`` work later."""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from ..errors import HptError
+
+RECORD_DIR = "launches"
+LATEST = "latest.json"
+
+
+@dataclass
+class JobEntry:
+    stage: str
+    job_id: str
+    cell: str = "default"
+    depends_on: List[str] = field(default_factory=list)
+    output_dir: str = ""
+    stdout: str = ""
+    stderr: str = ""
+
+
+@dataclass
+class LaunchRecord:
+    """A JSON file under ``<output_dir>/launches/`` (``latest.json`` is the newest)."""
+
+    created: str
+    executor: str
+    config: str
+    stages: List[str]
+    log_folder: str
+    output_dir: str
+    jobs: List[JobEntry] = field(default_factory=list)
+    path: str = ""
+
+    @classmethod
+    def new(cls, output_dir: Path, executor: str, config: str, stages: List[str],
+            log_folder: str) -> "LaunchRecord":
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        path = Path(output_dir) / RECORD_DIR / f"{stamp}-{'-'.join(stages)}.json"
+        return cls(stamp, executor, str(Path(config).resolve()), stages, log_folder,
+                   str(output_dir), path=str(path))
+
+    def save(self) -> Path:
+        path = Path(self.path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(asdict(self), indent=2)
+        for target in (path, path.parent / LATEST):
+            tmp = target.with_suffix(".tmp")
+            tmp.write_text(text)
+            tmp.replace(target)
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> "LaunchRecord":
+        path = Path(path)
+        if path.is_dir():
+            path = path / RECORD_DIR / LATEST if (path / RECORD_DIR).is_dir() else path / LATEST
+        if not path.is_file():
+            raise HptError(f"no launch record at {path}; pass the record file or the "
+                           f"experiment's output_dir")
+        data: Dict[str, Any] = json.loads(path.read_text())
+        jobs = [JobEntry(**j) for j in data.pop("jobs", [])]
+        return cls(**{**data, "jobs": jobs})
+
+    def job(self, entry: JobEntry):
+        """The submitit job object for an entry (state queries go to sacct for SLURM)."""
+        import submitit
+        folder = self.log_folder
+        if self.executor == "slurm":
+            return submitit.SlurmJob(folder=folder, job_id=entry.job_id)
+        return submitit.local.local.LocalJob(folder=folder, job_id=entry.job_id)
+
+
+def job_states(record: LaunchRecord) -> List[Dict[str, str]]:
+    """Stage, cell, job id and scheduler state of every job in the record."""
+    rows = []
+    for entry in record.jobs:
+        try:
+            state = record.job(entry).state
+        except Exception as exc:  # noqa: BLE001 - show the problem in the table
+            state = f"unknown ({exc})"
+        rows.append({"stage": entry.stage, "cell": entry.cell, "job_id": entry.job_id,
+                     "state": state, "output_dir": entry.output_dir})
+    return rows
+
+
+def cancel_jobs(record: LaunchRecord, stage: Optional[str] = None) -> List[str]:
+    """Cancel every (or one stage's) job of a launch; returns the cancelled ids."""
+    cancelled = []
+    for entry in record.jobs:
+        if stage and entry.stage != stage:
+            continue
+        record.job(entry).cancel(check=False)
+        cancelled.append(entry.job_id)
+    return cancelled

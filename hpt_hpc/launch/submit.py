@@ -1,0 +1,179 @@
+"""Submit stages as submitit jobs: preflight checks, chains with ``afterok``, sweep arrays.
+
+Everything that can be wrong with a launch (config, dataset paths, init files, partition,
+a dead controller) is checked here, before anything is submitted.
+"""
+from __future__ import annotations
+
+import logging
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+from ..config import ExperimentConfig, config_to_dict, load_config
+from ..errors import HptError
+from .options import SchedulerOptions, executor_parameters, resolve_executor
+from .record import JobEntry, LaunchRecord
+from .sweep import SweepCell, cell_overrides, expand_sweep
+
+log = logging.getLogger(__name__)
+
+SLURM_TIMEOUT_S = 5
+
+
+@dataclass
+class StagePlan:
+    """One stage to submit: its config per sweep cell and what it depends on."""
+
+    stage: str
+    configs: List[ExperimentConfig]
+    cells: List[SweepCell]
+    init: Optional[str]
+
+
+def _run(cmd: Sequence[str]) -> str:
+    try:
+        out = subprocess.run(list(cmd), capture_output=True, text=True,
+                             timeout=SLURM_TIMEOUT_S)
+    except FileNotFoundError as exc:
+        raise HptError(f"'{cmd[0]}' is not installed or not on PATH; use --executor local "
+                       f"or debug to run without SLURM") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise HptError(f"SLURM did not answer '{' '.join(cmd)}' within {SLURM_TIMEOUT_S} s: "
+                       f"the controller (slurmctld) is down or unreachable") from exc
+    if out.returncode != 0:
+        raise HptError(f"'{' '.join(cmd)}' failed: {(out.stderr or out.stdout).strip()}")
+    return out.stdout
+
+
+def check_slurm(partition: Optional[str]) -> List[str]:
+    """Fail within seconds when the controller is down or the partition unknown."""
+    ping = _run(["scontrol", "ping"])
+    if "UP" not in ping:
+        raise HptError(f"the SLURM controller is not responding ({ping.strip()}); is "
+                       f"slurmctld running? (for the dev cluster: slurm/dev-cluster/start.sh)")
+    partitions = [p.rstrip("*") for p in _run(["sinfo", "-h", "-o", "%P"]).split()]
+    if partition and partition not in partitions:
+        raise HptError(f"unknown partition '{partition}'; this cluster has: "
+                       f"{', '.join(partitions) or 'none'}")
+    return partitions
+
+
+def check_data(cfg: ExperimentConfig, stage: str) -> int:
+    """The stage's training split must exist and hold at least one global batch."""
+    from ..config import stage_settings
+    from ..data import list_split
+    records, _ = list_split(cfg.datasets[cfg.stages[stage].dataset], "train")
+    batch = stage_settings(cfg, stage)["batch_size"]
+    if len(records) < batch:
+        raise HptError(f"stage '{stage}': {len(records)} training images, fewer than one "
+                       f"global batch ({batch})")
+    return len(records)
+
+
+def check_init(cfg: ExperimentConfig, stage: str, chained: Sequence[str]) -> None:
+    init = cfg.stages[stage].init
+    if not init or "://" in init:
+        return
+    if init.startswith("stage:"):
+        ref = init.split(":", 1)[1]
+        final = Path(cfg.output_dir) / ref / "checkpoints" / "final.pt"
+        if ref not in chained and not final.is_file():
+            raise HptError(f"stage '{stage}' starts from stage '{ref}', which is neither in "
+                           f"this --chain nor finished ({final} missing)")
+    elif not Path(init).is_file():
+        raise HptError(f"stage '{stage}': init checkpoint '{init}' does not exist; copy the "
+                       f"file here first (nothing is downloaded at run time)")
+
+
+def plan_stages(config_path: str, stages: Sequence[str], overrides: Sequence[str],
+                ) -> List[StagePlan]:
+    """Validate everything and build the per-stage configs (sweep cells on the last stage)."""
+    base_cfg = load_config(config_path, overrides)
+    plans = []
+    for i, stage in enumerate(stages):
+        if stage not in base_cfg.stages:
+            raise HptError(f"stage '{stage}' is not defined in {config_path} "
+                           f"(defined: {', '.join(base_cfg.stages) or 'none'})")
+        chain_overrides = list(overrides)
+        if i > 0:  # in a chain each stage starts from the one before it
+            chain_overrides.append(f"stages.{stage}.init=stage:{stages[i - 1]}")
+        cfg = load_config(config_path, chain_overrides)
+        check_init(cfg, stage, stages[:i])
+        check_data(cfg, stage)
+        is_last = i == len(stages) - 1
+        cells = expand_sweep(cfg, stage) if is_last else [SweepCell("default", {}, [])]
+        configs = [load_config(config_path, cell_overrides(chain_overrides, c)) for c in cells]
+        for c in configs:
+            check_data(c, stage)
+        plans.append(StagePlan(stage, configs, cells, cfg.stages[stage].init))
+    return plans
+
+
+def make_executor(kind: str, folder: Path, options: SchedulerOptions, name: str):
+    import submitit
+    executor = submitit.AutoExecutor(folder=str(folder), cluster=kind)
+    executor.update_parameters(**executor_parameters(options, name))
+    return executor
+
+
+def launch(config_path: str, stages: Sequence[str], options: SchedulerOptions,
+           overrides: Sequence[str] = (), folder: Optional[str] = None) -> LaunchRecord:
+    """Submit ``stages`` (one, or a chain with ``afterok``); return the written record."""
+    from .job import StageJob
+    kind = resolve_executor(options)
+    plans = plan_stages(config_path, stages, overrides)
+    if kind == "slurm":
+        check_slurm(options.partition)
+    output_dir = Path(plans[0].configs[0].output_dir).resolve()
+    log_folder = Path(folder or output_dir / "slurm-logs" / "%j").resolve()
+    record = LaunchRecord.new(output_dir, kind, config_path, list(stages), str(log_folder))
+    previous: List[str] = []
+    for plan in plans:
+        executor = make_executor(kind, log_folder, options, f"hpt-{plan.stage}")
+        if previous and kind == "slurm":
+            executor.update_parameters(slurm_additional_parameters={
+                **options.extra, "dependency": "afterok:" + ":".join(previous),
+                "kill-on-invalid-dep": "yes"})
+        elif previous:
+            _wait_for(record, previous, plan.stage)
+        dicts = [config_to_dict(c) for c in plan.configs]
+        if len(dicts) == 1:
+            jobs = [executor.submit(StageJob(), dicts[0], plan.stage)]
+        else:
+            jobs = executor.map_array(StageJob(), dicts, [plan.stage] * len(dicts))
+        for job, cell, cfg in zip(jobs, plan.cells, plan.configs):
+            record.jobs.append(JobEntry(stage=plan.stage, job_id=str(job.job_id),
+                                        cell=cell.name, depends_on=list(previous),
+                                        output_dir=str(Path(cfg.output_dir).resolve()),
+                                        stdout=str(job.paths.stdout),
+                                        stderr=str(job.paths.stderr)))
+        previous = [str(j.job_id).split("_")[0] for j in jobs[:1]] if len(jobs) > 1 \
+            else [str(jobs[0].job_id)]
+    record.save()
+    return record
+
+
+def _wait_for(record: LaunchRecord, job_ids: List[str], stage: str) -> None:
+    """Local/debug executors have no dependencies: run the chain in order, failing fast."""
+    for entry in record.jobs:
+        if entry.job_id in job_ids or entry.job_id.split("_")[0] in job_ids:
+            job = record.job(entry)
+            try:
+                job.result()
+            except Exception as exc:  # noqa: BLE001 - report which upstream failed
+                raise HptError(f"stage '{entry.stage}' (job {entry.job_id}) failed, so "
+                               f"'{stage}' was not started: {exc}") from exc
+
+
+def describe(record: LaunchRecord) -> str:
+    """Job ids and log locations, for the terminal."""
+    lines = [f"launched with executor '{record.executor}'; record: {record.path}"]
+    for e in record.jobs:
+        dep = f" after {','.join(e.depends_on)}" if e.depends_on else ""
+        cell = "" if e.cell == "default" else f" [{e.cell}]"
+        lines.append(f"  {e.stage}{cell}: job {e.job_id}{dep}\n    stdout {e.stdout}\n"
+                     f"    output {e.output_dir}")
+    return "\n".join(lines)
+
