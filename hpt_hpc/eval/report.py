@@ -65,6 +65,10 @@ def plot_accuracy_vs_steps(rows: Sequence[ResultRow], path: Path, title: str,
         ax.axhline(100 * acc, linestyle="--", linewidth=1, color=f"C{i + len(series)}",
                    label=name)
     ax.set_xscale("log")
+    steps = sorted({r.target_steps for pts in series.values() for r in pts})
+    if steps:
+        ax.set_xticks(steps, [str(s) for s in steps])
+        ax.minorticks_off()
     ax.set_xlabel("target pretraining steps")
     ax.set_ylabel("linear probe test accuracy (%)")
     ax.set_title(title)

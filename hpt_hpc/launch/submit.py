@@ -126,7 +126,7 @@ def launch(config_path: str, stages: Sequence[str], options: SchedulerOptions,
     plans = plan_stages(config_path, stages, overrides)
     if kind == "slurm":
         check_slurm(options.partition)
-    output_dir = Path(plans[0].configs[0].output_dir).resolve()
+    output_dir = Path(load_config(config_path, overrides).output_dir).resolve()
     log_folder = Path(folder or output_dir / "slurm-logs" / "%j").resolve()
     record = LaunchRecord.new(output_dir, kind, config_path, list(stages), str(log_folder))
     previous: List[str] = []

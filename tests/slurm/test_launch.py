@@ -1,0 +1,166 @@
+"""`hpt-hpc launch` against the real dev cluster: arrays, chains, failures, DDP, preemption."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from submitit.core.utils import FailedJobError
+
+from hpt_hpc.errors import HptError
+from hpt_hpc.launch.options import build_options
+from hpt_hpc.launch.record import LaunchRecord, job_states
+from hpt_hpc.launch.submit import launch
+from hpt_hpc.models import load_checkpoint
+
+pytestmark = pytest.mark.slurm
+
+
+def write_config(tmp_path: Path, datasets: dict, stages: dict, **extra) -> Path:
+    data = {
+        "name": "slurm-test", "seed": 0, "output_dir": str(tmp_path / "out"), "device": "cpu",
+        "datasets": {k: {"path": str(v)} for k, v in datasets.items()},
+        "model": {"arch": "resnet18", "width": 0.125, "small_stem": True, "stem_stride": 2,
+                  "in_channels": 1},
+        "moco": {"queue_size": 64, "momentum": 0.9, "dim": 16},
+        "optim": {"lr": 0.05, "batch_size": 8, "iterations": 6},
+        "augment": {"flip": {"enabled": False}, "grayscale": {"enabled": False}},
+        "data": {"image_size": 16, "channels": 1, "mean": [0.5], "std": [0.5], "workers": 0},
+        "checkpoint": {"every": 1000},
+        "stages": stages,
+    }
+    data.update(extra)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def dev_options(**flags):
+    return build_options("dev", executor="slurm", **flags)
+
+
+def jobs_of(record: LaunchRecord, stage: str):
+    return [record.job(e) for e in record.jobs if e.stage == stage]
+
+
+def test_sweep_becomes_one_array(slurm_cluster, tmp_path, mnist_tree):
+    cfg = write_config(tmp_path, {"mnist": mnist_tree},
+                       {"target": {"dataset": "mnist", "variant": "scratch"}},
+                       sweep={"seed": [0, 1, 2]})
+    record = launch(str(cfg), ["target"], dev_options())
+    ids = [e.job_id for e in record.jobs]
+    assert len(ids) == 3 and len({i.split("_")[0] for i in ids}) == 1, ids
+    results = [job.result() for job in jobs_of(record, "target")]
+    assert [r["steps"] for r in results] == [6, 6, 6]
+    assert len({r["param_digest"] for r in results}) == 3, "seeds must give different runs"
+    for entry in record.jobs:
+        assert (Path(entry.output_dir) / "target/checkpoints/final.pt").is_file()
+    assert LaunchRecord.load(tmp_path / "out").jobs[0].job_id == ids[0]
+
+
+def test_chain_target_starts_from_base_checkpoint(slurm_cluster, tmp_path, mnist_tree,
+                                                  fashion_tree):
+    cfg = write_config(tmp_path, {"fashion": fashion_tree, "mnist": mnist_tree},
+                       {"base": {"dataset": "fashion"},
+                        "target": {"dataset": "mnist", "variant": "full"}})
+    record = launch(str(cfg), ["base", "target"], dev_options())
+    base_job, target_job = jobs_of(record, "base")[0], jobs_of(record, "target")[0]
+    assert record.jobs[1].depends_on == [str(base_job.job_id)]
+    base, target = base_job.result(), target_job.result()
+    assert target["init"] == "hpt-hpc"
+    ckpt = load_checkpoint(target["checkpoint"])
+    assert ckpt["init"] == base["checkpoint"]
+    b, t = (slurm_cluster.sacct(j.job_id) for j in (base_job, target_job))
+    assert t["Start"] >= b["End"], (b, t)
+
+
+def test_failing_stage_cancels_dependants(slurm_cluster, tmp_path, mnist_tree):
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint at all")
+    cfg = write_config(tmp_path, {"mnist": mnist_tree},
+                       {"base": {"dataset": "mnist", "init": str(corrupt)},
+                        "target": {"dataset": "mnist"}})
+    record = launch(str(cfg), ["base", "target"], dev_options())
+    base_job, target_job = jobs_of(record, "base")[0], jobs_of(record, "target")[0]
+    with pytest.raises(FailedJobError) as err:
+        base_job.result()
+    assert "corrupt.pt" in str(err.value) and "Traceback" in str(err.value)
+    state = slurm_cluster.wait(target_job, timeout=60)
+    assert state == "CANCELLED"
+    assert not (tmp_path / "out" / "target").exists(), "the dependant must never run"
+    states = {row["stage"]: row["state"] for row in job_states(record)}
+    assert states["base"] == "FAILED"
+
+
+def test_two_rank_ddp_ends_with_identical_weights(slurm_cluster, tmp_path, mnist_tree):
+    cfg = write_config(tmp_path, {"mnist": mnist_tree},
+                       {"target": {"dataset": "mnist", "variant": "scratch"}})
+    record = launch(str(cfg), ["target"], dev_options(tasks_per_node=2))
+    results = jobs_of(record, "target")[0].results()
+    assert sorted(r["rank"] for r in results) == [0, 1]
+    assert {r["world_size"] for r in results} == {2}
+    assert results[0]["param_digest"] == results[1]["param_digest"]
+    assert all(r["steps"] == 6 for r in results)
+
+
+def _wait_for_log(job, text: str, timeout: float = 120) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if text in (job.stderr() or ""):
+            return
+        time.sleep(0.3)
+    pytest.fail(f"'{text}' never appeared in job {job.job_id}'s log:\n{job.stderr()}")
+
+
+def test_preempted_stage_requeues_and_resumes(slurm_cluster, tmp_path, mnist_tree):
+    """SIGUSR2 mid-run: checkpoint at a step boundary, requeue, resume, same end state as an
+    uninterrupted run (bit-identical: same data stream, RNG and optimiser state)."""
+    stages = {"target": {"dataset": "mnist", "variant": "scratch", "iterations": 300}}
+    runs = {}
+    for name in ("cut", "whole"):
+        folder = tmp_path / name
+        folder.mkdir()
+        runs[name] = launch(str(write_config(folder, {"mnist": mnist_tree}, stages)),
+                            ["target"], dev_options())
+    cut = jobs_of(runs["cut"], "target")[0]
+    _wait_for_log(cut, "step 60/300")
+    cut._interrupt()  # scancel --signal=USR2, as SLURM does before a time limit
+    result = cut.result()
+    assert 0 < (result["resumed_from"] or 0) < 300, result
+    assert result["steps"] == 300
+    assert "stopping at step" in cut.stderr()
+    whole = jobs_of(runs["whole"], "target")[0].result()
+    assert whole["resumed_from"] is None
+    a = load_checkpoint(result["checkpoint"])["model"]
+    b = load_checkpoint(whole["checkpoint"])["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bad_input_fails_before_submission(slurm_cluster, tmp_path, mnist_tree):
+    cfg = write_config(tmp_path, {"mnist": mnist_tree}, {"target": {"dataset": "mnist"}})
+    with pytest.raises(HptError, match="unknown partition 'nope'.*debug"):
+        launch(str(cfg), ["target"], dev_options(partition="nope"))
+    missing = write_config(tmp_path, {"mnist": tmp_path / "absent"},
+                           {"target": {"dataset": "mnist"}})
+    with pytest.raises(HptError, match="absent"):
+        launch(str(missing), ["target"], dev_options())
+    with pytest.raises(HptError, match="did you mean 'iterations'"):
+        launch(str(cfg), ["target"], dev_options(), overrides=["optim.iteratons=3"])
+    assert not (tmp_path / "out" / "launches").exists()
+
+
+def test_dead_controller_is_a_quick_clear_error(slurm_cluster, tmp_path, mnist_tree,
+                                                monkeypatch):
+    """A slurm.conf whose controller port has no slurmctld behind it (a real dead one)."""
+    text = slurm_cluster.conf.read_text()
+    dead = tmp_path / "slurm.conf"
+    lines = [ln for ln in text.splitlines() if not ln.startswith("SlurmctldPort")]
+    dead.write_text("\n".join(lines + ["SlurmctldPort=1"]) + "\n")
+    monkeypatch.setenv("SLURM_CONF", str(dead))
+    cfg = write_config(tmp_path, {"mnist": mnist_tree}, {"target": {"dataset": "mnist"}})
+    start = time.monotonic()
+    with pytest.raises(HptError, match="controller"):
+        launch(str(cfg), ["target"], dev_options())
+    assert time.monotonic() - start < 15
