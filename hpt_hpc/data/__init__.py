@@ -17,6 +17,7 @@ _LAZY = {
     "ImageDataset": "loader", "SkippedImages": "loader", "PretrainLoader": "loader",
     "EvalLoader": "loader", "build_pretrain_loader": "loader", "build_eval_loader": "loader",
     "collate_skipping": "loader",
+    "DaliPretrainLoader": "dali_loader", "DaliEvalLoader": "dali_loader",  # need NVIDIA DALI
 }
 
 __all__ = ["DATASETS", "IMAGE_EXTENSIONS", "DatasetError", "ImageRecord", "UnreadableImage",

@@ -1,6 +1,8 @@
 """Decode every image of a dataset and report counts, unreadable and non-image files (no torch).
 
-Optionally writes, per split, a clean CSV file list (``path,label[,label...]``, absolute
+Also counts the readable images the DALI backend cannot hand to its decoder as they are
+(CMYK, alpha, palette, 16-bit, GIF/BMP/TIFF/WebP: see :mod:`hpt_hpc.data.dali_feed`);
+``data.backend: dali`` decodes those with PIL, which is slower. Optionally writes, per split, a clean CSV file list (``path,label[,label...]``, absolute
 paths) of the readable images, usable as a ``filelist`` dataset.
 """
 from __future__ import annotations
@@ -11,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple, Union
 
+from .dali_feed import is_direct
 from .images import UnreadableImage, load_image
 from .sources import (DatasetError, ImageRecord, read_filelist, scan_imagefolder,
                       split_location)
@@ -22,12 +25,16 @@ DEFAULT_SPLITS = {"train": "train", "val": "val", "test": "test"}
 
 
 def _probe(record: ImageRecord, channels: int) -> Tuple[Optional[str], Optional[tuple]]:
-    """(error reason or None, (mode, width, height) or None) for one image."""
+    """(error reason or None, (mode, width, height, DALI decodes it directly) or None)."""
     try:
         img = load_image(record.path, channels)
+        with open(record.path, "rb") as handle:
+            direct = is_direct(handle.read())
     except UnreadableImage as exc:
         return exc.reason, None
-    return None, (img.mode, img.width, img.height)
+    except OSError as exc:
+        return f"{type(exc).__name__}: {exc}", None
+    return None, (img.mode, img.width, img.height, direct)
 
 
 def _as_config(dataset, fmt: str, splits: Optional[Sequence[str]]):
@@ -56,7 +63,7 @@ def _check_split(ds, split: str, channels: int, workers: int) -> Tuple[dict, Lis
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         results = list(pool.map(lambda r: _probe(r, channels), records, chunksize=64))
     class_counts = {name: 0 for name in classes}
-    unreadable, readable, modes = [], [], {}
+    unreadable, readable, modes, converted = [], [], {}, []
     min_size, max_size = None, None
     for record, (reason, info) in zip(records, results):
         if reason is not None:
@@ -66,14 +73,17 @@ def _check_split(ds, split: str, channels: int, workers: int) -> Tuple[dict, Lis
         for label in record.labels:
             if label < len(classes):
                 class_counts[classes[label]] += 1
-        mode, w, h = info
+        mode, w, h, direct = info
+        if not direct:
+            converted.append(record.path)
         modes[mode] = modes.get(mode, 0) + 1
         min_size = (w, h) if min_size is None or w * h < min_size[0] * min_size[1] else min_size
         max_size = (w, h) if max_size is None or w * h > max_size[0] * max_size[1] else max_size
     entry = {"location": location, "listed": len(records), "readable": len(readable),
              "classes": classes, "class_counts": class_counts, "unreadable": unreadable,
              "non_image_files": others, "min_size": min_size, "max_size": max_size,
-             "unlabelled": sum(1 for r in readable if not r.labels)}
+             "unlabelled": sum(1 for r in readable if not r.labels),
+             "dali_converted": converted}
     return entry, readable
 
 
@@ -136,6 +146,9 @@ def format_report(report: dict, max_files: int = 20) -> str:
             lines.append(f"    per class: {counts}")
         if e["unlabelled"]:
             lines.append(f"    unlabelled: {e['unlabelled']}")
+        if e.get("dali_converted"):
+            lines.append(f"    backend dali decodes {len(e['dali_converted'])} of them with PIL "
+                         "(not plain 8-bit JPEG/PNG: CMYK, alpha, palette, 16-bit, GIF...)")
         for title, items in (("unreadable", [f"{u['path']}: {u['reason']}"
                                              for u in e["unreadable"]]),
                              ("non-image files (ignored)", e["non_image_files"])):

@@ -148,10 +148,22 @@ class ShardSampler(Sampler):
         return (self.steps_per_epoch - self.start_step) * self.batch_size
 
 
+BACKENDS = ("torchvision", "dali")
+
+
 def _check_backend(data_cfg: "DataConfig") -> None:
-    if data_cfg.backend != "torchvision":
-        raise HptError(f"data.backend {data_cfg.backend!r} is not available in this build; "
-                         "use 'torchvision'")
+    if data_cfg.backend not in BACKENDS:
+        raise HptError(f"data.backend {data_cfg.backend!r} is not one of "
+                       f"{', '.join(BACKENDS)}")
+
+
+def _dali_loaders():
+    try:
+        from . import dali_loader
+    except ImportError as exc:
+        raise HptError(f"data.backend 'dali' needs NVIDIA DALI ({exc}); install "
+                       "nvidia-dali-cuda130 or use --set data.backend=torchvision") from None
+    return dali_loader
 
 
 def _data_loader(dataset, batch_size, sampler, workers, seed, drop_last) -> DataLoader:
@@ -255,7 +267,13 @@ def build_pretrain_loader(records: Sequence[ImageRecord], aug_cfg: "AugmentConfi
                           world_size: int = 1, workers: Optional[int] = None,
                           start_epoch: int = 0, start_step: int = 0,
                           fill_skipped: bool = True) -> PretrainLoader:
-    """The MoCo two-view loader for one rank (see :class:`PretrainLoader`)."""
+    """The MoCo two-view loader for one rank (see :class:`PretrainLoader`); with
+    ``data.backend: dali`` a :class:`~hpt_hpc.data.dali_loader.DaliPretrainLoader`."""
+    _check_backend(data_cfg)
+    if data_cfg.backend == "dali":
+        return _dali_loaders().DaliPretrainLoader(
+            records, aug_cfg, data_cfg, batch_size, seed, rank, world_size, workers,
+            start_epoch, start_step, fill_skipped)
     return PretrainLoader(records, aug_cfg, data_cfg, batch_size, seed, rank, world_size,
                           workers, start_epoch, start_step, fill_skipped)
 
@@ -313,6 +331,11 @@ def build_eval_loader(records: Sequence[ImageRecord], data_cfg: "DataConfig",
                       batch_size: int, train: bool = False, workers: Optional[int] = None,
                       num_classes: Optional[int] = None, multi_label: Optional[bool] = None,
                       seed: int = 0) -> EvalLoader:
-    """Evaluation (``train=False``) or linear-probe training (``train=True``) loader."""
+    """Evaluation (``train=False``) or linear-probe training (``train=True``) loader; with
+    ``data.backend: dali`` a :class:`~hpt_hpc.data.dali_loader.DaliEvalLoader`."""
+    _check_backend(data_cfg)
+    if data_cfg.backend == "dali":
+        return _dali_loaders().DaliEvalLoader(records, data_cfg, batch_size, train, workers,
+                                              num_classes, multi_label, seed)
     return EvalLoader(records, data_cfg, batch_size, train, workers, num_classes,
                       multi_label, seed)

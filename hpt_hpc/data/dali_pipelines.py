@@ -1,0 +1,259 @@
+"""DALI graphs: MoCo-v2's two views per image and the evaluation transforms.
+
+Driven by the same ``augment``/``data`` config as the torchvision reference
+(:mod:`hpt_hpc.data.transforms`); per view, on DALI CPU operators (``device: cpu``) or
+nvJPEG ``mixed`` decoding and GPU operators (``device: gpu``):
+
+* crop: ``random_resized_crop`` (scale, ratio, 10 attempts, antialiased linear), or resize
+  + centre crop when disabled;
+* colour jitter (with ``p``): brightness and contrast in one ``brightness_contrast`` whose
+  contrast pivots on the view's mean luma, as torchvision's does (DALI's default pivot is a
+  fixed grey); saturation and hue in one ``color_twist`` (hue in degrees: torchvision's
+  0.1 of a turn is +-36 degrees). Brightness and contrast commute up to clipping, so the
+  fixed order differs from torchvision's random order only in clipping;
+* grayscale (with ``p``): folded into the same ``color_twist`` as saturation 0 (an exact
+  ITU-R 601 luma, as PIL's ``L``);
+* blur (with ``p``): sigma ~ U(sigma range); window ``2*ceil(3 sigma)+1`` capped at
+  ``blur.kernel_size`` (None: ~10% of the side). Beyond 3 sigma the kernel holds < 0.3% of
+  its weight, so this is the capped kernel at a fraction of its cost for small sigmas
+  (see :func:`_blur` for the CPU implementation);
+* flip (with ``p``) fused with normalisation and HWC->CHW in ``crop_mirror_normalize``.
+
+Images are decoded once and augmented twice. Randomness comes from the pipeline seed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional, Tuple
+
+import numpy as np
+
+import nvidia.dali.fn as fn
+import nvidia.dali.math as dmath
+import nvidia.dali.types as types
+from nvidia.dali import pipeline_def
+
+from ..errors import HptError
+from .transforms import EVAL_RESIZE_RATIO, blur_kernel_size, normalisation
+
+if TYPE_CHECKING:  # pragma: no cover
+    from hpt_hpc.config.schema import AugmentConfig, DataConfig
+
+DEVICES = ("auto", "cpu", "gpu")
+LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, as PIL's convert("L")
+PROBE_CROP = ((0.08, 1.0), (3 / 4, 4 / 3))  # torchvision RandomResizedCrop defaults
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """One augmented view, in DALI's terms (pixel values 0..255)."""
+
+    size: int
+    channels: int
+    mean: Tuple[float, ...]
+    std: Tuple[float, ...]
+    crop: Optional[Tuple[Tuple[float, float], Tuple[float, float]]] = None  # scale, ratio
+    brightness: float = 0.0  # factor ~ U(max(0, 1-b), 1+b); 0: off
+    contrast: float = 0.0
+    saturation: float = 0.0
+    hue_degrees: float = 0.0  # shift ~ U(-h, h)
+    jitter_p: float = 0.0
+    grayscale_p: float = 0.0
+    blur_sigma: Optional[Tuple[float, float]] = None
+    blur_max_window: int = 0
+    blur_p: float = 0.0
+    blur_fixed_window: bool = False  # always the capped window (slower; for comparison)
+    flip_p: float = 0.0
+
+
+def _base(data: "DataConfig") -> dict:
+    mean, std = normalisation(data)
+    return dict(size=int(data.image_size), channels=int(data.channels),
+                mean=tuple(255.0 * m for m in mean), std=tuple(255.0 * s for s in std))
+
+
+def view_spec(aug: "AugmentConfig", data: "DataConfig") -> ViewSpec:
+    """The MoCo-v2 view of the config, with the torchvision backend's enable rules."""
+    spec = _base(data)
+    if aug.crop.enabled:
+        spec["crop"] = (tuple(aug.crop.scale), tuple(aug.crop.ratio))
+    cj, colour = aug.color_jitter, data.channels == 3
+    if cj.enabled and cj.p > 0:
+        spec.update(brightness=float(cj.brightness), contrast=float(cj.contrast),
+                    saturation=float(cj.saturation) if colour else 0.0,
+                    hue_degrees=360.0 * float(cj.hue) if colour else 0.0)
+        if any(spec[k] for k in ("brightness", "contrast", "saturation", "hue_degrees")):
+            spec["jitter_p"] = float(cj.p)
+    if aug.grayscale.enabled and colour:
+        spec["grayscale_p"] = float(aug.grayscale.p)
+    if aug.blur.enabled and aug.blur.p > 0:
+        spec.update(blur_sigma=tuple(float(s) for s in aug.blur.sigma), blur_p=float(aug.blur.p),
+                    blur_max_window=blur_kernel_size(aug.blur, int(data.image_size)))
+    if aug.flip.enabled:
+        spec["flip_p"] = float(aug.flip.p)
+    return ViewSpec(**spec)
+
+
+def probe_spec(data: "DataConfig") -> ViewSpec:
+    """Linear-probe training view: random resized crop (default scale/ratio) and flip."""
+    return ViewSpec(**_base(data), crop=PROBE_CROP, flip_p=0.5)
+
+
+def gpu_available() -> bool:
+    import torch
+    return torch.cuda.is_available()
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` -> ``gpu`` when a CUDA GPU is visible, else ``cpu``; ``gpu`` without one
+    fails with a message saying what to set instead."""
+    if name not in DEVICES:
+        raise HptError(f"data.device: '{name}' is not one of {', '.join(DEVICES)}")
+    if name == "auto":
+        return "gpu" if gpu_available() else "cpu"
+    if name == "gpu" and not gpu_available():
+        raise HptError("data.device 'gpu' was requested for the DALI backend but no CUDA GPU "
+                       "is visible; use --set data.device=cpu (or auto)")
+    return name
+
+
+def _coin(p: float):
+    return fn.random.coin_flip(probability=float(p), dtype=types.BOOL)
+
+
+def _uniform(low: float, high: float):
+    return fn.random.uniform(range=[float(low), float(high)])
+
+
+def _decode(raw, channels: int, device: str):
+    return fn.decoders.image(raw, device="mixed" if device == "gpu" else "cpu",
+                             output_type=types.GRAY if channels == 1 else types.RGB,
+                             adjust_orientation=False)  # PIL ignores EXIF orientation too
+
+
+def _mean_luma(img, channels: int):
+    means = fn.reductions.mean(img, axes=[0, 1])
+    if means.device == "gpu":
+        means = means.cpu()  # argument inputs live on the CPU
+    if channels == 1:
+        return means[0]
+    return means[0] * LUMA[0] + means[1] * LUMA[1] + means[2] * LUMA[2]
+
+
+def _colour(img, spec: ViewSpec):
+    """Colour jitter (with p) then grayscale (with p); a view pays only for what it gets."""
+    jitter = _coin(spec.jitter_p) if spec.jitter_p > 0 else None
+    if jitter is not None and (spec.brightness or spec.contrast):
+        if jitter:
+            b, c = spec.brightness, spec.contrast
+            img = fn.brightness_contrast(
+                img, brightness=_uniform(max(0.0, 1 - b), 1 + b) if b else 1.0,
+                contrast=_uniform(max(0.0, 1 - c), 1 + c) if c else 1.0,
+                contrast_center=_mean_luma(img, spec.channels))
+    twist_jitter = jitter is not None and (spec.saturation or spec.hue_degrees)
+    if not twist_jitter and spec.grayscale_p <= 0:
+        return img
+    saturation, hue = 1.0, 0.0
+    if twist_jitter:
+        on, s, h = fn.cast(jitter, dtype=types.FLOAT), spec.saturation, spec.hue_degrees
+        if s:
+            saturation = on * _uniform(max(0.0, 1 - s), 1 + s) + (1.0 - on)
+        if h:
+            hue = on * _uniform(-h, h)
+    if spec.grayscale_p > 0:
+        grey = _coin(spec.grayscale_p)
+        saturation = saturation * (1.0 - fn.cast(grey, dtype=types.FLOAT))
+        apply = (jitter | grey) if twist_jitter else grey
+    else:
+        apply = jitter
+    if apply:
+        img = fn.color_twist(img, saturation=saturation, hue=hue)
+    return img
+
+
+def _blur(img, spec: ViewSpec):
+    """Gaussian blur, sigma ~ U(range), window ``2*ceil(3 sigma)+1`` capped (or fixed).
+
+    On the CPU as two 1-D ``fn.filter`` passes with a per-sample kernel, about ten times
+    cheaper than the CPU ``gaussian_blur`` (same kernel and reflect-101 border; results
+    within one grey level). On the GPU, ``gaussian_blur``.
+    """
+    sigma, cap = _uniform(*spec.blur_sigma), spec.blur_max_window // 2
+    radius = cap
+    if not spec.blur_fixed_window:
+        radius = dmath.min(fn.cast(dmath.ceil(sigma * 3.0), dtype=types.INT32), cap)
+    if img.device == "gpu":
+        return fn.gaussian_blur(img, sigma=sigma, window_size=radius * 2 + 1)
+    offsets = types.Constant(np.arange(-cap, cap + 1, dtype=np.float32))
+    kernel = dmath.exp(offsets * offsets * (-0.5 / (sigma * sigma)))
+    if not spec.blur_fixed_window:
+        kernel = fn.slice(kernel, start=cap - radius, shape=radius * 2 + 1, axes=[0])
+    kernel = kernel / fn.reductions.sum(kernel)
+    img = fn.filter(img, fn.reshape(kernel, shape=[1, -1]))
+    return fn.filter(img, fn.reshape(kernel, shape=[-1, 1]))
+
+
+def _view(images, spec: ViewSpec):
+    """One random view: (H, W, C) uint8 -> (C, S, S) float, normalised."""
+    size, crop = spec.size, None
+    if spec.crop is not None:
+        scale, ratio = spec.crop
+        img = fn.random_resized_crop(images, size=(size, size), random_area=list(scale),
+                                     random_aspect_ratio=list(ratio), num_attempts=10,
+                                     antialias=True)
+    else:
+        img, crop = fn.resize(images, resize_shorter=size, antialias=True), (size, size)
+    if spec.jitter_p > 0 or spec.grayscale_p > 0:
+        img = _colour(img, spec)
+    if spec.blur_sigma is not None:
+        if _coin(spec.blur_p):
+            img = _blur(img, spec)
+    extra = {"crop": crop} if crop else {}
+    if spec.flip_p > 0:
+        extra["mirror"] = fn.random.coin_flip(probability=spec.flip_p)
+    return fn.crop_mirror_normalize(img, mean=list(spec.mean), std=list(spec.std),
+                                    dtype=types.FLOAT, output_layout="CHW", **extra)
+
+
+def _source(feed):
+    return fn.external_source(source=feed, num_outputs=2, batch=True,
+                              dtype=[types.UINT8, types.INT64])
+
+
+@pipeline_def(enable_conditionals=True)
+def two_view_graph(feed, spec: ViewSpec, device: str):
+    """(view1, view2, meta): two independent views of each decoded image."""
+    raw, meta = _source(feed)
+    images = _decode(raw, spec.channels, device)
+    return _view(images, spec), _view(images, spec), meta
+
+
+@pipeline_def(enable_conditionals=True)
+def eval_graph(feed, spec: ViewSpec, device: str, random_view: bool):
+    """(images, meta): the probe-training view (``random_view``) or the test transform:
+    short side to ``S * 256/224`` (to ``S`` when it is at most ``S``), centre crop ``S``."""
+    raw, meta = _source(feed)
+    images = _decode(raw, spec.channels, device)
+    if random_view:
+        return _view(images, spec), meta
+    size, large = spec.size, int(round(spec.size * EVAL_RESIZE_RATIO))
+    shape = images.shape(dtype=types.INT32, device="cpu")
+    small = fn.cast(dmath.min(shape[0], shape[1]) <= size, dtype=types.FLOAT)
+    img = fn.resize(images, resize_shorter=small * float(size - large) + float(large),
+                    antialias=True)
+    out = fn.crop_mirror_normalize(img, crop=(size, size), mean=list(spec.mean),
+                                   std=list(spec.std), dtype=types.FLOAT, output_layout="CHW")
+    return out, meta
+
+
+def pipeline_kwargs(batch_size: int, threads: int, device: str, seed: int,
+                    prefetch: int = 2) -> dict:
+    """Pipeline arguments: CPU pipelines have no device (``device_id=None``); GPU ones use
+    torch's current CUDA device (the rank's)."""
+    device_id = None
+    if device == "gpu":
+        import torch
+        device_id = torch.cuda.current_device()
+    return dict(batch_size=int(batch_size), num_threads=max(1, int(threads)),
+                device_id=device_id, seed=int(seed) % (2 ** 31 - 1),
+                prefetch_queue_depth=int(prefetch))
