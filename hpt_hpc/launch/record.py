@@ -22,6 +22,7 @@ class JobEntry:
     output_dir: str = ""
     stdout: str = ""
     stderr: str = ""
+    tasks: int = 1  # SLURM tasks (DDP ranks) of the job
 
 
 @dataclass
@@ -71,9 +72,10 @@ class LaunchRecord:
         """The submitit job object for an entry (state queries go to sacct for SLURM)."""
         import submitit
         folder = self.log_folder
+        tasks = tuple(range(entry.tasks))
         if self.executor == "slurm":
-            return submitit.SlurmJob(folder=folder, job_id=entry.job_id)
-        return submitit.local.local.LocalJob(folder=folder, job_id=entry.job_id)
+            return submitit.SlurmJob(folder=folder, job_id=entry.job_id, tasks=tasks)
+        return submitit.local.local.LocalJob(folder=folder, job_id=entry.job_id, tasks=tasks)
 
 
 def job_states(record: LaunchRecord) -> List[Dict[str, str]]:

@@ -32,7 +32,7 @@ class StagePlan:
     init: Optional[str]
 
 
-def _run(cmd: Sequence[str]) -> str:
+def _run(cmd: Sequence[str], check: bool = True) -> str:
     try:
         out = subprocess.run(list(cmd), capture_output=True, text=True,
                              timeout=SLURM_TIMEOUT_S)
@@ -42,17 +42,19 @@ def _run(cmd: Sequence[str]) -> str:
     except subprocess.TimeoutExpired as exc:
         raise HptError(f"SLURM did not answer '{' '.join(cmd)}' within {SLURM_TIMEOUT_S} s: "
                        f"the controller (slurmctld) is down or unreachable") from exc
-    if out.returncode != 0:
+    if check and out.returncode != 0:
         raise HptError(f"'{' '.join(cmd)}' failed: {(out.stderr or out.stdout).strip()}")
     return out.stdout
 
 
 def check_slurm(partition: Optional[str]) -> List[str]:
     """Fail within seconds when the controller is down or the partition unknown."""
-    ping = _run(["scontrol", "ping"])
-    if "UP" not in ping:
-        raise HptError(f"the SLURM controller is not responding ({ping.strip()}); is "
-                       f"slurmctld running? (for the dev cluster: slurm/dev-cluster/start.sh)")
+    ping = _run(["scontrol", "ping"], check=False)
+    if " is UP" not in ping:
+        status = " ".join(ln for ln in ping.splitlines() if "Slurmctld" in ln) or ping.strip()
+        raise HptError(f"the SLURM controller is not responding ({status or 'no answer'}); "
+                       f"nothing was submitted. Is slurmctld running? (dev cluster: "
+                       f"bash slurm/dev-cluster/start.sh)")
     partitions = [p.rstrip("*") for p in _run(["sinfo", "-h", "-o", "%P"]).split()]
     if partition and partition not in partitions:
         raise HptError(f"unknown partition '{partition}'; this cluster has: "
@@ -148,7 +150,8 @@ def launch(config_path: str, stages: Sequence[str], options: SchedulerOptions,
                                         cell=cell.name, depends_on=list(previous),
                                         output_dir=str(Path(cfg.output_dir).resolve()),
                                         stdout=str(job.paths.stdout),
-                                        stderr=str(job.paths.stderr)))
+                                        stderr=str(job.paths.stderr),
+                                        tasks=options.world_size))
         previous = [str(j.job_id).split("_")[0] for j in jobs[:1]] if len(jobs) > 1 \
             else [str(jobs[0].job_id)]
     record.save()
