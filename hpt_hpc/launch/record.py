@@ -37,6 +37,9 @@ class LaunchRecord:
     output_dir: str
     jobs: List[JobEntry] = field(default_factory=list)
     path: str = ""
+    # submitit job objects of this process's own submission (not saved): a local job can
+    # only be waited on through the object that started it.
+    live: Dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def new(cls, output_dir: Path, executor: str, config: str, stages: List[str],
@@ -49,7 +52,9 @@ class LaunchRecord:
     def save(self) -> Path:
         path = Path(self.path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(asdict(self), indent=2)
+        data = asdict(self)
+        data.pop("live")
+        text = json.dumps(data, indent=2)
         for target in (path, path.parent / LATEST):
             tmp = target.with_suffix(".tmp")
             tmp.write_text(text)
@@ -71,6 +76,8 @@ class LaunchRecord:
     def job(self, entry: JobEntry):
         """The submitit job object for an entry (state queries go to sacct for SLURM)."""
         import submitit
+        if entry.job_id in self.live:
+            return self.live[entry.job_id]
         folder = self.log_folder
         tasks = tuple(range(entry.tasks))
         if self.executor == "slurm":
@@ -82,6 +89,10 @@ def job_states(record: LaunchRecord) -> List[Dict[str, str]]:
     """Stage, cell, job id and scheduler state of every job in the record."""
     rows = []
     for entry in record.jobs:
+        if record.executor == "debug":
+            rows.append({"stage": entry.stage, "cell": entry.cell, "job_id": entry.job_id,
+                         "state": "ran in-process (debug)", "output_dir": entry.output_dir})
+            continue
         try:
             state = record.job(entry).state
         except Exception as exc:  # noqa: BLE001 - show the problem in the table

@@ -132,6 +132,7 @@ def launch(config_path: str, stages: Sequence[str], options: SchedulerOptions,
     log_folder = Path(folder or output_dir / "slurm-logs" / "%j").resolve()
     record = LaunchRecord.new(output_dir, kind, config_path, list(stages), str(log_folder))
     previous: List[str] = []
+    submitted = {}
     for plan in plans:
         executor = make_executor(kind, log_folder, options, f"hpt-{plan.stage}")
         if previous and kind == "slurm":
@@ -139,13 +140,17 @@ def launch(config_path: str, stages: Sequence[str], options: SchedulerOptions,
                 **options.extra, "dependency": "afterok:" + ":".join(previous),
                 "kill-on-invalid-dep": "yes"})
         elif previous:
-            _wait_for(record, previous, plan.stage)
+            _wait_for(record, submitted, previous, plan.stage)
         dicts = [config_to_dict(c) for c in plan.configs]
         if len(dicts) == 1:
             jobs = [executor.submit(StageJob(), dicts[0], plan.stage)]
         else:
             jobs = executor.map_array(StageJob(), dicts, [plan.stage] * len(dicts))
+        if kind == "debug":  # in this process, now (submitit's DebugJob runs on result())
+            for job in jobs:
+                job.results()
         for job, cell, cfg in zip(jobs, plan.cells, plan.configs):
+            submitted[str(job.job_id)] = record.live[str(job.job_id)] = job
             record.jobs.append(JobEntry(stage=plan.stage, job_id=str(job.job_id),
                                         cell=cell.name, depends_on=list(previous),
                                         output_dir=str(Path(cfg.output_dir).resolve()),
@@ -158,13 +163,12 @@ def launch(config_path: str, stages: Sequence[str], options: SchedulerOptions,
     return record
 
 
-def _wait_for(record: LaunchRecord, job_ids: List[str], stage: str) -> None:
+def _wait_for(record: LaunchRecord, submitted: dict, job_ids: List[str], stage: str) -> None:
     """Local/debug executors have no dependencies: run the chain in order, failing fast."""
     for entry in record.jobs:
-        if entry.job_id in job_ids or entry.job_id.split("_")[0] in job_ids:
-            job = record.job(entry)
+        if entry.job_id in job_ids:
             try:
-                job.result()
+                submitted[entry.job_id].results()
             except Exception as exc:  # noqa: BLE001 - report which upstream failed
                 raise HptError(f"stage '{entry.stage}' (job {entry.job_id}) failed, so "
                                f"'{stage}' was not started: {exc}") from exc

@@ -1,0 +1,101 @@
+"""Launching without SLURM: the local and debug executors, sweeps and the executor rule."""
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hpt_hpc.errors import HptError
+from hpt_hpc.launch.options import SchedulerOptions, build_options, parse_minutes, \
+    resolve_executor
+from hpt_hpc.launch.record import LaunchRecord, job_states
+from hpt_hpc.launch.submit import launch
+from hpt_hpc.launch.sweep import expand_sweep
+from hpt_hpc.config import load_config
+from hpt_hpc.models import load_checkpoint
+
+
+def write_config(tmp_path: Path, datasets: dict, stages: dict, **extra) -> Path:
+    data = {
+        "name": "local", "seed": 0, "output_dir": str(tmp_path / "out"), "device": "cpu",
+        "datasets": {k: {"path": str(v)} for k, v in datasets.items()},
+        "model": {"arch": "resnet18", "width": 0.125, "small_stem": True, "stem_stride": 2,
+                  "in_channels": 1},
+        "moco": {"queue_size": 64, "momentum": 0.9, "dim": 16},
+        "optim": {"lr": 0.05, "batch_size": 8, "iterations": 4},
+        "augment": {"flip": {"enabled": False}, "grayscale": {"enabled": False}},
+        "data": {"image_size": 16, "channels": 1, "mean": [0.5], "std": [0.5], "workers": 0},
+        "stages": stages,
+    }
+    data.update(extra)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def test_executor_rule(monkeypatch, tmp_path):
+    assert resolve_executor(SchedulerOptions(executor="debug")) == "debug"
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch anywhere
+    assert resolve_executor(SchedulerOptions()) == "local"
+    fake = tmp_path / "sbatch"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    assert resolve_executor(SchedulerOptions()) == "slurm"
+
+
+def test_profiles_and_flags():
+    opts = build_options("dev", partition="cpu", tasks_per_node=2)
+    assert (opts.partition, opts.tasks_per_node, opts.cpus_per_task) == ("cpu", 2, 1)
+    assert build_options("gpu-a100").ranks_per_node == 4
+    with pytest.raises(HptError, match="unknown cluster profile 'nope'.*dev"):
+        build_options("nope")
+    assert parse_minutes("01:30:00") == 90 and parse_minutes("1-00:00") == 1440
+    with pytest.raises(HptError, match="--time"):
+        parse_minutes("soon")
+
+
+def test_sweep_cells(tmp_path, mnist_tree):
+    cfg = load_config(write_config(tmp_path, {"m": mnist_tree},
+                                   {"base": {"dataset": "m"},
+                                    "target": {"dataset": "m", "init": "stage:base"}},
+                                   sweep={"variant": ["full", "bn"], "seed": [0, 1, 2]}))
+    cells = expand_sweep(cfg, "target")
+    assert len(cells) == 6
+    assert len({c.name for c in cells}) == 6
+    cell = load_config(tmp_path / "config.yaml", cells[3].overrides)
+    assert cell.stages["target"].variant == "bn" and cell.seed == 0
+    assert cell.output_dir.endswith("sweep/variant=bn,seed=0")
+    assert cell.stages["target"].init == str(tmp_path / "out/base/checkpoints/final.pt")
+
+
+def test_local_chain_with_sweep(tmp_path, mnist_tree, fashion_tree):
+    cfg = write_config(tmp_path, {"f": fashion_tree, "m": mnist_tree},
+                       {"base": {"dataset": "f"}, "target": {"dataset": "m"}},
+                       sweep={"lr": [0.01, 0.1]})
+    record = launch(str(cfg), ["base", "target"], build_options(None, executor="local"))
+    targets = [e for e in record.jobs if e.stage == "target"]
+    assert len(targets) == 2
+    results = [record.job(e).result() for e in targets]
+    base_final = str(tmp_path / "out/base/checkpoints/final.pt")
+    for res in results:
+        assert res["steps"] == 4 and res["init"] == "hpt-hpc"
+        assert load_checkpoint(res["checkpoint"])["init"] == base_final
+    assert results[0]["param_digest"] != results[1]["param_digest"]
+    states = {r["job_id"]: r["state"] for r in job_states(LaunchRecord.load(tmp_path / "out"))}
+    assert set(states.values()) == {"FINISHED"}
+
+
+def test_debug_executor_runs_in_process(tmp_path, mnist_tree):
+    cfg = write_config(tmp_path, {"m": mnist_tree}, {"target": {"dataset": "m"}})
+    record = launch(str(cfg), ["target"], build_options(None, executor="debug"))
+    assert job_states(record)[0]["state"] == "ran in-process (debug)"
+    assert (tmp_path / "out/target/checkpoints/final.pt").is_file()
+
+
+def test_chain_with_missing_upstream_init_fails_before_submission(tmp_path, mnist_tree):
+    cfg = write_config(tmp_path, {"m": mnist_tree},
+                       {"base": {"dataset": "m"},
+                        "target": {"dataset": "m", "init": "stage:base"}})
+    with pytest.raises(HptError, match="neither in this --chain nor finished"):
+        launch(str(cfg), ["target"], build_options(None, executor="local"))
+    assert not (tmp_path / "out" / "launches").exists()
