@@ -31,6 +31,6 @@ setup(
         "scikit-learn==1.9.1",
         "mlxtend==0.25.0",
     ],
-    extras_require={"test": ["pytest==9.2.0"]},
+    extras_require={"test": ["pytest==9.2.0", "playwright==1.65.2"]},
     entry_points={"console_scripts": ["hpt-hpc=hpt_hpc.cli.main:cli"]},
 )

@@ -11,6 +11,7 @@ from .. import __version__
 from .data import data
 from .train import config_group, probe, train
 from .launch import cancel, launch, status
+from .mlflow import mlflow_group, runs
 from .quickstart import quickstart
 
 
@@ -43,6 +44,8 @@ cli.add_command(quickstart)
 cli.add_command(launch)
 cli.add_command(status)
 cli.add_command(cancel)
+cli.add_command(mlflow_group)
+cli.add_command(runs)
 
 if __name__ == "__main__":  # pragma: no cover
     cli()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import typing
 from pathlib import Path
 from typing import Any, Dict, Iterable, Union
@@ -125,8 +126,23 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
             ref = stage.init.split(":", 1)[1]
             if ref not in cfg.stages or ref == name:
                 raise ConfigError(f"{where}.init: '{stage.init}' names no other stage")
+        if stage.init and stage.init.startswith("models:/") and not re.fullmatch(
+                r"models:/[^@/]+(@[\w\-]+|/\d+)", stage.init):
+            raise ConfigError(f"{where}.init: '{stage.init}' is not models:/<name>@<alias> or "
+                              f"models:/<name>/<version>")
+        if stage.init and stage.init.startswith("runs:/") and not re.fullmatch(
+                r"runs:/[0-9a-f]+/.+", stage.init):
+            raise ConfigError(f"{where}.init: '{stage.init}' is not runs:/<run_id>/<path>")
         if stage.variant in ("bn", "bn-stats") and not stage.init:
             raise ConfigError(f"{where}: variant '{stage.variant}' needs an init checkpoint")
+    if cfg.tracking.flush_seconds <= 0:
+        raise ConfigError("tracking.flush_seconds must be positive")
+    if cfg.tracking.uri:
+        from ..tracking.store import TrackingError, normalize_uri
+        try:
+            normalize_uri(cfg.tracking.uri)
+        except TrackingError as exc:
+            raise ConfigError(f"tracking.uri: {exc}") from None
     if cfg.optim.schedule not in ("cosine", "constant"):
         raise ConfigError(f"optim.schedule: '{cfg.optim.schedule}' is not one of cosine, constant")
     return cfg

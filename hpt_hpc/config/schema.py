@@ -169,6 +169,21 @@ class ProbeConfig:
 
 
 @dataclass
+class TrackingConfig:
+    """MLflow tracking. ``uri``: ``null`` is the embedded store
+    ``sqlite:///<output_dir>/mlflow.db`` (absolute; artifacts in ``<output_dir>/mlartifacts``),
+    else ``sqlite:///<path>`` or a server ``http://host:port``. The environment variable
+    ``MLFLOW_TRACKING_URI`` overrides it."""
+
+    enabled: bool = True
+    uri: Optional[str] = None
+    experiment: Optional[str] = None  # default: the config's name
+    model_name: Optional[str] = None  # registered model of stage checkpoints (default: experiment)
+    system_metrics: bool = True  # CPU, memory, GPU readings with every flush
+    flush_seconds: float = 10.0  # buffered metrics are sent in batches this often
+
+
+@dataclass
 class ExperimentConfig:
     """A whole HPT experiment: data, model, MoCo, optimisation, augmentation and stages."""
 
@@ -185,6 +200,7 @@ class ExperimentConfig:
     stages: Dict[str, StageConfig] = field(default_factory=dict)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     # Sweep grid for `hpt-hpc launch`: config path (or the shorthands variant, lr,
     # iterations, dataset, batch_size for the launched stage, and seed) -> list of values.
     # The Cartesian product becomes one SLURM job array.

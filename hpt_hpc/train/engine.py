@@ -44,6 +44,8 @@ class StageResult:
     resumed_from: Optional[int] = None
     init_report: Dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    run_id: Optional[str] = None  # the tracker's run (MLflow run id)
+    model_uri: Optional[str] = None  # registry URI of the final checkpoint, when registered
     param_digest: str = ""  # sha256 of the query encoder's parameters (compare ranks/runs)
 
     @property
@@ -163,6 +165,8 @@ def run_stage(cfg: ExperimentConfig, stage: str, loader: Any, out_dir: Path,
     tracker.log_params(flatten(config_to_dict(cfg)))
     tracker.set_tags({"hpt.stage": stage, "hpt.variant": variant,
                       "hpt.dataset": st_cfg.dataset, "hpt.init": init or "random"})
+    if result.resumed_from is not None:
+        tracker.set_tags({"hpt.resumed_from_step": str(start)})
 
     if variant == "bn-stats":
         if start < total:
@@ -187,7 +191,8 @@ def run_stage(cfg: ExperimentConfig, stage: str, loader: Any, out_dir: Path,
         save_checkpoint_atomic(state, resume_path)
         if result.completed:
             save_checkpoint_atomic(state, ckpt_dir / FINAL)
-            tracker.log_checkpoint(str(ckpt_dir / FINAL), kind="final")
+            result.model_uri = tracker.log_checkpoint(str(ckpt_dir / FINAL), kind="final")
+    result.run_id = tracker.run_id
     result.checkpoint = ckpt_dir / (FINAL if result.completed else LAST)
     result.skipped_images = int(getattr(getattr(loader, "skipped", None), "count", 0))
     if result.skipped_images:

@@ -1,0 +1,108 @@
+"""``hpt-hpc mlflow serve|init|sync`` and ``hpt-hpc runs``: the tracking store, a lean
+server for a login node, and the comparison table of a pipeline's runs."""
+from __future__ import annotations
+
+import json
+import os
+
+import click
+
+
+def _store_uri(uri, output_dir, config_path) -> str:
+    from ..tracking.store import default_uri, normalize_uri, resolve_tracking_uri
+    if uri:
+        return normalize_uri(uri)
+    if output_dir:
+        return default_uri(output_dir)
+    if config_path:
+        from ..config import load_config
+        return resolve_tracking_uri(load_config(config_path))
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return normalize_uri(os.environ["MLFLOW_TRACKING_URI"])
+    raise click.UsageError("give --uri, --output-dir or --config (or set MLFLOW_TRACKING_URI)")
+
+
+_where = [
+    click.option("--uri", default=None, help="Tracking URI (sqlite:///... or http://...)."),
+    click.option("--output-dir", default=None, type=click.Path(file_okay=False),
+                 help="An experiment output_dir: its embedded store <dir>/mlflow.db."),
+    click.option("--config", "config_path", default=None, type=click.Path(dir_okay=False),
+                 help="Experiment YAML: its tracking store."),
+]
+
+
+def _with_where(func):
+    for option in reversed(_where):
+        func = option(func)
+    return func
+
+
+@click.group("mlflow")
+def mlflow_group() -> None:
+    """MLflow tracking store and server."""
+
+
+@mlflow_group.command("serve")
+@click.option("--store", default="outputs", show_default=True, type=click.Path(file_okay=False),
+              help="Folder of the store: <store>/mlflow.db and <store>/mlartifacts.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Bind address; 0.0.0.0 to accept compute nodes (no authentication!).")
+@click.option("--port", default=5000, show_default=True, type=int)
+@click.option("--allowed-hosts", default=None,
+              help="Host headers to accept (default for 0.0.0.0: this machine's names).")
+def serve(store: str, host: str, port: int, allowed_hosts) -> None:
+    """Start a lean MLflow server (one worker, no job runner) and print its URI.
+
+    Runs in the foreground until interrupted; start it in tmux/screen on the login node.
+    """
+    from ..tracking.server import start_server
+    handle = start_server(store, host=host, port=port, allowed_hosts=allowed_hosts)
+    click.echo(f"MLflow server ready (pid {handle.process.pid}, log {handle.log_path})")
+    click.echo(f"export MLFLOW_TRACKING_URI={handle.uri}")
+    try:
+        handle.process.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        handle.stop()
+
+
+@mlflow_group.command("init")
+@_with_where
+def init(uri, output_dir, config_path) -> None:
+    """Create an sqlite store's schema once (before array tasks start) or check a server."""
+    from ..tracking.store import check_reachable, ensure_store
+    target = _store_uri(uri, output_dir, config_path)
+    check_reachable(target)
+    ensure_store(target)
+    click.echo(f"tracking store ready: {target}")
+
+
+@mlflow_group.command("sync")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False))
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to keep retrying.")
+def sync(folder: str, timeout: float) -> None:
+    """Send what runs could not deliver during an outage (mlflow-pending-*.json files)."""
+    from ..tracking.mlflow_tracker import sync_pending
+    done = sync_pending(folder, timeout)
+    click.echo(json.dumps(done, indent=2) if done else "nothing pending")
+    if any(s["pending"] for s in done.values()):
+        raise SystemExit(1)
+
+
+@click.command("runs")
+@_with_where
+@click.option("--pipeline", default=None,
+              help="Pipeline name or parent run id (default: the newest pipeline run).")
+@click.option("--experiment", default=None, help="Only this experiment.")
+@click.option("--markdown", is_flag=True, help="Print a Markdown table.")
+def runs(uri, output_dir, config_path, pipeline, experiment, markdown) -> None:
+    """A pipeline's stage and evaluation runs: method, dataset, steps, probe accuracy."""
+    from mlflow import MlflowClient
+
+    from ..tracking.compare import format_table, pipeline_rows
+    target = _store_uri(uri, output_dir, config_path)
+    parent, rows = pipeline_rows(MlflowClient(target, target), pipeline, experiment)
+    click.echo(f"pipeline {parent.data.tags.get('hpt.pipeline', parent.info.run_name)} "
+               f"(run {parent.info.run_id}, {parent.info.status}) in {target}")
+    click.echo(format_table(rows, markdown))

@@ -1,0 +1,253 @@
+"""Where runs go: tracking URIs, the embedded sqlite store, reachability and server rules.
+
+Resolution order of the tracking URI: ``MLFLOW_TRACKING_URI`` > ``tracking.uri`` >
+``sqlite:///<output_dir>/mlflow.db`` (absolute). An sqlite store keeps its artifacts in
+``mlartifacts/`` next to the database. Nothing here imports MLflow at module level.
+"""
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import shutil
+import sqlite3
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Optional
+from urllib.parse import urlparse
+
+from ..errors import HptError
+
+log = logging.getLogger(__name__)
+
+DB_NAME = "mlflow.db"
+ARTIFACTS_DIR = "mlartifacts"
+# sqlite with more concurrent writers than this: use a server (8 were tested with 0 errors).
+MAX_SQLITE_WRITERS = 8
+NETWORK_FILESYSTEMS = frozenset({
+    "nfs", "nfs4", "lustre", "gpfs", "cifs", "smb", "smb2", "smb3", "smbfs", "beegfs",
+    "ceph", "cephfs", "glusterfs", "panfs", "wekafs", "afs", "9p", "ocfs2", "gfs2",
+    "orangefs", "pvfs2", "quobyte", "vastfs"})
+SERVER_SCHEMES = ("http", "https", "databricks")
+UI_KIND_TAG = ("mlflow.experimentKind", "custom_model_development")  # classic runs view
+
+
+class TrackingError(HptError):
+    """The tracking store cannot be used as configured (unreachable, wrong kind, ...)."""
+
+
+def default_uri(output_dir: str) -> str:
+    """``sqlite:///<absolute output_dir>/mlflow.db``."""
+    return "sqlite:///" + str(Path(output_dir).resolve() / DB_NAME)
+
+
+def normalize_uri(uri: str) -> str:
+    """Absolute sqlite paths; reject plain paths and the (maintenance-mode) file store."""
+    scheme = urlparse(uri).scheme
+    if scheme == "sqlite":
+        path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
+        if not path or path == ":memory:":
+            raise TrackingError(f"tracking URI '{uri}': use sqlite:///<path>/mlflow.db")
+        if not path.startswith("/"):  # sqlite:///relative.db -> absolute
+            return "sqlite:///" + str(Path(path).resolve())
+        return uri
+    if scheme in ("", "file") or len(scheme) == 1:  # a plain path, or a Windows drive letter
+        raise TrackingError(
+            f"tracking URI '{uri}' is a plain path (MLflow's file store, in maintenance mode); "
+            f"use sqlite:///{Path(uri.replace('file://', '')).resolve() / DB_NAME} or a "
+            f"server URI http://host:port")
+    return uri
+
+
+def resolve_tracking_uri(cfg: Any) -> str:
+    """The tracking URI of a config: env ``MLFLOW_TRACKING_URI``, ``tracking.uri``, default."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking.uri or default_uri(cfg.output_dir)
+    return normalize_uri(uri)
+
+
+def is_server_uri(uri: str) -> bool:
+    return urlparse(uri).scheme in SERVER_SCHEMES
+
+
+def sqlite_path(uri: str) -> Optional[Path]:
+    """The database file of an ``sqlite:///`` URI (``None`` for other stores)."""
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+def artifact_root(uri: str) -> Optional[str]:
+    """Local artifact root of an sqlite store (``<db folder>/mlartifacts``); servers decide."""
+    db = sqlite_path(uri)
+    return str(db.parent / ARTIFACTS_DIR) if db is not None else None
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` (created if missing); works across processes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _schema_present(db: Path) -> bool:
+    if not db.is_file() or db.stat().st_size == 0:
+        return False
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+        try:
+            names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            return {"alembic_version", "experiments", "runs"} <= names and bool(
+                con.execute("SELECT 1 FROM experiments LIMIT 1").fetchone())
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return False
+
+
+def ensure_store(uri: str) -> None:
+    """Create an sqlite store's schema once, under a file lock (no-op for servers).
+
+    Call this before parallel tasks start: N processes creating one new database at the same
+    time corrupt it. With the lock, the first caller creates it and the others find it. The
+    schema is built in a scratch file (in memory-backed ``/dev/shm`` where there is one: the
+    migrations' many commits are slow on disk) and moved into place whole.
+    """
+    db = sqlite_path(uri)
+    if db is None:
+        return
+    with file_lock(db.with_name(db.name + ".lock")):
+        if _schema_present(db):
+            return
+        log.info("tracking: creating MLflow store %s", db)
+        scratch = Path(tempfile.mkdtemp(dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
+        try:
+            _create_schema(scratch / DB_NAME, artifact_root(uri))
+            staged = db.with_name(f".{db.name}.{os.getpid()}.tmp")
+            shutil.copyfile(scratch / DB_NAME, staged)
+            with open(staged, "rb+") as handle:
+                os.fsync(handle.fileno())
+            os.replace(staged, db)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _create_schema(db: Path, artifacts: str) -> None:
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+    uri = f"sqlite:///{db}"
+    store = SqlAlchemyStore(uri, artifacts)
+    # Drop the cached engine: a forked child must not inherit its connections.
+    SqlAlchemyStore._engine_map.pop(uri, None)
+    store.engine.dispose()
+
+
+def check_reachable(uri: str, timeout: float = 10.0) -> None:
+    """Fail fast with a clear :class:`TrackingError` when ``uri`` cannot take runs."""
+    db = sqlite_path(uri)
+    if db is not None:
+        folder = db.parent
+        while not folder.exists():
+            folder = folder.parent
+        if not os.access(folder, os.W_OK):
+            raise TrackingError(f"tracking store {uri}: folder {folder} is not writable")
+        return
+    scheme = urlparse(uri).scheme
+    if scheme not in ("http", "https"):
+        return  # databases and hosted stores: MLflow reports their errors itself
+    import requests
+    base = uri.rstrip("/")
+    auth = None
+    if os.environ.get("MLFLOW_TRACKING_USERNAME"):
+        auth = (os.environ["MLFLOW_TRACKING_USERNAME"],
+                os.environ.get("MLFLOW_TRACKING_PASSWORD", ""))
+    headers = {}
+    if os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        headers["Authorization"] = f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}"
+    try:
+        resp = requests.get(f"{base}/api/2.0/mlflow/experiments/search",
+                            params={"max_results": 1}, timeout=timeout, auth=auth,
+                            headers=headers)
+    except requests.RequestException as exc:
+        raise TrackingError(
+            f"MLflow tracking server {uri} is not reachable ({type(exc).__name__}: {exc}). "
+            f"Start one with `hpt-hpc mlflow serve`, fix MLFLOW_TRACKING_URI / tracking.uri, "
+            f"or unset both to use the embedded sqlite store") from None
+    if resp.status_code != 200:
+        raise TrackingError(f"{uri} answered HTTP {resp.status_code} to an MLflow API call "
+                            f"(not an MLflow server, or access denied): {resp.text[:200]}")
+
+
+def filesystem_type(path: os.PathLike) -> str:
+    """Type of the filesystem holding ``path`` (its nearest existing parent), from
+    ``/proc/mounts``; ``"unknown"`` where that cannot be read."""
+    target = Path(path).resolve()
+    while not target.exists() and target != target.parent:
+        target = target.parent
+    best, fstype = "", "unknown"
+    try:
+        lines = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return fstype
+    for line in lines:
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        mount = parts[1].encode().decode("unicode_escape")  # \040 -> space
+        if (str(target) == mount or str(target).startswith(mount.rstrip("/") + "/")) \
+                and len(mount) > len(best):
+            best, fstype = mount, parts[2]
+    return fstype
+
+
+def is_network_fs(fstype: str) -> bool:
+    return fstype in NETWORK_FILESYSTEMS or fstype.startswith("fuse") or fstype.startswith("nfs")
+
+
+def requires_server(uri: str, num_tasks: int, path_fs_type: Optional[str] = None,
+                    nodes: int = 1) -> Optional[str]:
+    """Why ``num_tasks`` concurrent writers must not use ``uri`` directly (``None``: fine).
+
+    sqlite takes whole-file locks: over a network filesystem (NFS, Lustre, GPFS, ...) they are
+    unreliable and slow, so several writers there need a server; on a local disk up to
+    :data:`MAX_SQLITE_WRITERS` writers work, more need a server; a local disk is invisible to
+    tasks on other nodes. Servers and real databases (PostgreSQL, MySQL) always pass.
+    """
+    db = sqlite_path(uri)
+    if db is None or num_tasks <= 1:
+        return None
+    fstype = path_fs_type or filesystem_type(db)
+    if is_network_fs(fstype):
+        return (f"{num_tasks} tasks would write to the sqlite store {db} on a network "
+                f"filesystem ({fstype}), where sqlite locking is unreliable")
+    if num_tasks > MAX_SQLITE_WRITERS:
+        return (f"{num_tasks} concurrent writers exceed the {MAX_SQLITE_WRITERS} that one "
+                f"sqlite store {db} serves reliably")
+    if nodes > 1:
+        return (f"tasks on {nodes} nodes cannot share the sqlite store {db} on a local "
+                f"disk ({fstype})")
+    return None
+
+
+def server_advice(reason: str) -> str:
+    """A :func:`requires_server` reason plus the remedy, for launcher messages."""
+    return (f"{reason}. Start a tracking server on the login node (`hpt-hpc mlflow serve "
+            f"--store <dir> --host 0.0.0.0`) and set MLFLOW_TRACKING_URI (or tracking.uri) "
+            f"to the URI it prints")
+
+
+def prepare_tracking(cfg: Any, num_tasks: int = 1, nodes: int = 1,
+                     timeout: float = 10.0) -> Optional[str]:
+    """Pre-flight for a launch: resolve the URI, refuse unsafe sqlite use, fail fast on an
+    unreachable server, create the sqlite schema once. Returns the URI (``None``: disabled)."""
+    if not cfg.tracking.enabled:
+        return None
+    uri = resolve_tracking_uri(cfg)
+    reason = requires_server(uri, num_tasks, nodes=nodes)
+    if reason:
+        raise TrackingError(server_advice(reason))
+    check_reachable(uri, timeout)
+    ensure_store(uri)
+    return uri
