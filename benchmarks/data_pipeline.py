@@ -10,13 +10,16 @@ within one run):
 * ``tv2``       torchvision.transforms.v2 on tensors (decode_jpeg, kernel-23 blur);
 * ``dali-gpu``  the DALI loader on GPU operators (only with a GPU; ``--variants``).
 
-``--breakdown`` adds DALI ablations (decode only, + crop, + colour, fixed kernel-23 blur,
-threads, batch size, prefetch) to find where the time goes.
+``--breakdown`` adds DALI ablations to find where the time goes: without colour or blur,
+colour by DALI operators instead of the torch colour stage, the blur as DALI's
+``gaussian_blur`` operator and/or with the fixed 23-pixel window (the first,
+straightforward pipeline had both), threads, batch size and prefetch depth.
 
 CPU-ms per image is the process CPU time (user + system, all threads) per image, with
 every variant in-process (torchvision: ``num_workers=0``, one torch thread; DALI:
-``--threads``), so it does not depend on how busy the machine is. Images/s is wall-clock
-on the same runs. Images: RGB composites of three real Fashion-MNIST images, upscaled to
+``--threads``), so it depends little on how busy the machine is; a pipeline's background
+work is waited for and counted in its own round. Images/s is wall-clock on the same runs
+(busy time only). Images: RGB composites of three real Fashion-MNIST images, upscaled to
 256x256 (bicubic), JPEG quality 90.
 """
 from __future__ import annotations
@@ -155,17 +158,26 @@ def variants(args, paths) -> dict:
         "dali-gpu": lambda: dali_stream(paths, size, batch, threads, device="gpu"),
     }
     if args.breakdown:
-        none = dict(jitter_p=0.0, grayscale_p=0.0, blur_sigma=None, flip_p=0.0)
+        def dali(**changes):
+            options = {k: changes.pop(k) for k in ("batch", "threads", "prefetch")
+                       if k in changes}
+            return lambda: dali_stream(paths, size, options.get("batch", batch),
+                                       options.get("threads", threads),
+                                       prefetch=options.get("prefetch", 2), **changes)
         make.update({
-            "dali-decode+crop": lambda: dali_stream(paths, size, batch, threads, **none),
-            "dali-no-blur": lambda: dali_stream(paths, size, batch, threads,
-                                                blur_sigma=None),
-            "dali-fixed-23-blur": lambda: dali_stream(paths, size, batch, threads,
-                                                      blur_fixed_window=True),
-            "dali-2-threads": lambda: dali_stream(paths, size, batch, 2),
-            "dali-batch-64": lambda: dali_stream(paths, size, 64, threads),
-            "dali-batch-16": lambda: dali_stream(paths, size, 16, threads),
-            "dali-prefetch-1": lambda: dali_stream(paths, size, batch, threads, prefetch=1),
+            "dali-decode+crop+flip": dali(jitter_p=0.0, grayscale_p=0.0, blur_sigma=None),
+            "dali-no-colour": dali(jitter_p=0.0, grayscale_p=0.0),
+            "dali-colour-in-dali": dali(colour_in_dali=True),
+            "dali-no-blur": dali(blur_sigma=None),
+            "dali-blur-filter-fixed-23": dali(blur_fixed_window=True),
+            "dali-blur-gaussian-adaptive": dali(blur_cpu_filter=False),
+            "dali-blur-gaussian-fixed-23": dali(blur_cpu_filter=False, blur_fixed_window=True),
+            "dali-2-threads": dali(threads=2),
+            "dali-batch-16": dali(batch=16),
+            "dali-batch-64": dali(batch=64),
+            "dali-batch-128": dali(batch=128),
+            "dali-prefetch-1": dali(prefetch=1),
+            "dali-prefetch-3": dali(prefetch=3),
         })
     names = args.variants or [n for n in make if n != "dali-gpu"]
     return {name: make[name] for name in names}
@@ -179,7 +191,22 @@ def tv_hpt_stream(paths, size, batch):
                                       batch, seed=0, workers=0))
 
 
+def settle(poll: float = 0.02) -> float:
+    """Wait until background work (DALI's prefetching threads) has finished: the process
+    uses under 10% of a core over ``poll`` seconds. Returns the busy seconds waited."""
+    start, last = time.perf_counter(), cpu_seconds()
+    while True:
+        time.sleep(poll)
+        now = cpu_seconds()
+        if now - last < 0.1 * poll:
+            return max(0.0, time.perf_counter() - start - poll)
+        last = now
+
+
 def measure(stream, batches: int, cuda: bool):
+    """(CPU seconds, wall seconds, images) for ``batches`` batches. The work a pipeline
+    prefetches after the last batch is waited for and counted here, as the work prefetched
+    for the first batch was counted in this variant's previous round."""
     cpu, wall = cpu_seconds(), time.perf_counter()
     images = 0
     for _ in range(batches):
@@ -187,7 +214,9 @@ def measure(stream, batches: int, cuda: bool):
         images += view1.shape[0]
     if cuda:
         torch.cuda.synchronize()
-    return cpu_seconds() - cpu, time.perf_counter() - wall, images
+    busy = time.perf_counter() - wall
+    busy += settle()
+    return cpu_seconds() - cpu, busy, images
 
 
 def machine() -> dict:
@@ -219,6 +248,7 @@ def run(args) -> dict:
     cuda = torch.cuda.is_available()
     for stream in streams.values():  # warm-up: pipelines built, caches hot
         measure(stream, 2, cuda)
+    settle()
     rows = {name: [] for name in streams}
     for _ in range(args.rounds):
         order = list(streams)
@@ -266,7 +296,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1, help="DALI threads")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--batches", type=int, default=4, help="batches per variant per round")
+    parser.add_argument("--batches", type=int, default=6, help="batches per variant per round")
     parser.add_argument("--variants", nargs="*", default=None)
     parser.add_argument("--breakdown", action="store_true")
     parser.add_argument("--cache", default=os.path.join(

@@ -105,6 +105,20 @@ def test_resume_positions_the_stream(digits):
         resumed.set_epoch(0, 6)
 
 
+def test_eval_labels_single_and_multi(digits):
+    """Labels as the torchvision loader gives them: int64, or float multi-hot (B, classes)."""
+    multi = [ImageRecord(r.path, (1, 4)) for r in digits[:3]] + digits[3:6]
+    images, labels = next(iter(build_eval_loader(multi, _grey28(), 6, num_classes=10)))
+    assert images.shape == (6, 1, 28, 28) and labels.shape == (6, 10)
+    assert labels.dtype == torch.float32 and labels[0].nonzero().flatten().tolist() == [1, 4]
+    assert labels[5].sum() == 1 and labels[5, digits[5].labels[0]] == 1
+    mixed = digits[::15][:10]  # several classes
+    loader = build_eval_loader(mixed, _grey28(), 4)
+    assert len(loader) == 3 and [y.tolist() for _, y in loader] == \
+        [[r.labels[0] for r in mixed[i:i + 4]] for i in (0, 4, 8)]
+    assert len({r.labels[0] for r in mixed}) > 3
+
+
 def test_augmentation_seeds_reproducible_and_per_rank(digits):
     """Same seed, rank and position: identical augmented views (two DALI threads);
     the pipeline seed differs per rank and per start position."""

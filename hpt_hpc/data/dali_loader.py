@@ -6,6 +6,8 @@ the same :class:`~hpt_hpc.data.loader.ShardSampler` decides which images each ra
 rank, ``set_epoch(epoch, step)`` positions the stream), so both backends read the same
 images in the same order; only the augmentation randomness differs (DALI's pipeline seed,
 derived from seed, rank and start position: reproducible, different per rank).
+Colour jitter and grayscale are applied to each output batch by
+:class:`~hpt_hpc.data.dali_colour.ColourStage` (same seeding).
 
 Broken files never stop a run (see :mod:`hpt_hpc.data.dali_feed`): they are skipped,
 named in a warning and counted in ``skipped``. If DALI still fails on a batch, the
@@ -20,11 +22,13 @@ import numpy as np
 import torch
 
 from ..errors import HptError
+from .dali_colour import ColourStage
 from .dali_feed import EvalFeed, FileReader, PretrainFeed
 from .dali_pipelines import (eval_graph, pipeline_kwargs, probe_spec, resolve_device,
                              two_view_graph, view_spec)
 from .loader import ImageDataset, ShardSampler, SkippedImages
 from .sources import DatasetError, ImageRecord
+from .transforms import normalisation
 
 if TYPE_CHECKING:  # pragma: no cover
     from hpt_hpc.config.schema import AugmentConfig, DataConfig
@@ -127,9 +131,11 @@ class DaliPretrainLoader(_DaliBase):
         self.num_images = len(self.records)
         self.steps_per_epoch = self.sampler.steps_per_epoch
         self.threads = max(1, data_cfg.workers if workers is None else workers)
+        self.normalisation = normalisation(data_cfg)
         self.skipped = SkippedImages()
         self.reader = FileReader([r.path for r in self.records], data_cfg.channels,
                                  self.skipped)
+        self._colour = None
         self.set_epoch(start_epoch, start_step)
 
     def set_epoch(self, epoch: int, step: int = 0) -> None:
@@ -146,6 +152,9 @@ class DaliPretrainLoader(_DaliBase):
                                  pipeline_seed(self.seed, self.rank, position), self.prefetch)
         self._pipe = two_view_graph(self._feed, self.spec, self.device, **kwargs)
         self._pipe.build()
+        colour = ColourStage(self.spec, *self.normalisation,
+                             seed=pipeline_seed(self.seed, self.rank, position, 1))
+        self._colour = colour if colour.active and not self.spec.colour_in_dali else None
 
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         while True:
@@ -159,7 +168,10 @@ class DaliPretrainLoader(_DaliBase):
             _, epoch, step = (int(v) for v in meta.as_array()[0])
             self.epoch, self.step = (epoch, step + 1) if step + 1 < self.steps_per_epoch \
                 else (epoch + 1, 0)
-            yield to_torch(view1, self.device), to_torch(view2, self.device)
+            view1, view2 = to_torch(view1, self.device), to_torch(view2, self.device)
+            if self._colour is not None:
+                view1, view2 = self._colour(view1), self._colour(view2)
+            yield view1, view2
 
 
 class DaliEvalLoader(_DaliBase):

@@ -6,13 +6,14 @@ nvJPEG ``mixed`` decoding and GPU operators (``device: gpu``):
 
 * crop: ``random_resized_crop`` (scale, ratio, 10 attempts, antialiased linear), or resize
   + centre crop when disabled;
-* colour jitter (with ``p``): brightness and contrast in one ``brightness_contrast`` whose
-  contrast pivots on the view's mean luma, as torchvision's does (DALI's default pivot is a
-  fixed grey); saturation and hue in one ``color_twist`` (hue in degrees: torchvision's
-  0.1 of a turn is +-36 degrees). Brightness and contrast commute up to clipping, so the
-  fixed order differs from torchvision's random order only in clipping;
-* grayscale (with ``p``): folded into the same ``color_twist`` as saturation 0 (an exact
-  ITU-R 601 luma, as PIL's ``L``);
+* colour jitter and grayscale (each with its ``p``): by default not in the graph but one
+  affine colour map per view applied by torch to the output batch
+  (:mod:`hpt_hpc.data.dali_colour`), because DALI's CPU colour operators cost ~1.1 ms per
+  224x224 view. ``colour_in_dali`` keeps them in DALI (for comparison): brightness and
+  contrast in one ``brightness_contrast`` pivoting on the view's mean luma, as torchvision's
+  contrast does (DALI's default pivot is a fixed grey); saturation, hue (in degrees:
+  torchvision's 0.1 of a turn is +-36 degrees) and grayscale (saturation 0, an exact luma)
+  in one ``color_twist``;
 * blur (with ``p``): sigma ~ U(sigma range); window ``2*ceil(3 sigma)+1`` capped at
   ``blur.kernel_size`` (None: ~10% of the side). Beyond 3 sigma the kernel holds < 0.3% of
   its weight, so this is the capped kernel at a fraction of its cost for small sigmas
@@ -63,6 +64,8 @@ class ViewSpec:
     blur_max_window: int = 0
     blur_p: float = 0.0
     blur_fixed_window: bool = False  # always the capped window (slower; for comparison)
+    blur_cpu_filter: bool = True  # False: DALI's gaussian_blur on the CPU too (much slower)
+    colour_in_dali: bool = False  # True: jitter/grayscale by DALI operators (slower on CPU)
     flip_p: float = 0.0
 
 
@@ -73,7 +76,8 @@ def _base(data: "DataConfig") -> dict:
 
 
 def view_spec(aug: "AugmentConfig", data: "DataConfig") -> ViewSpec:
-    """The MoCo-v2 view of the config, with the torchvision backend's enable rules."""
+    """The MoCo-v2 view of the config, with the torchvision backend's enable rules (the
+    colour fields drive :class:`~hpt_hpc.data.dali_colour.ColourStage` by default)."""
     spec = _base(data)
     if aug.crop.enabled:
         spec["crop"] = (tuple(aug.crop.scale), tuple(aug.crop.ratio))
@@ -182,7 +186,7 @@ def _blur(img, spec: ViewSpec):
     radius = cap
     if not spec.blur_fixed_window:
         radius = dmath.min(fn.cast(dmath.ceil(sigma * 3.0), dtype=types.INT32), cap)
-    if img.device == "gpu":
+    if img.device == "gpu" or not spec.blur_cpu_filter:
         return fn.gaussian_blur(img, sigma=sigma, window_size=radius * 2 + 1)
     offsets = types.Constant(np.arange(-cap, cap + 1, dtype=np.float32))
     kernel = dmath.exp(offsets * offsets * (-0.5 / (sigma * sigma)))
@@ -203,7 +207,7 @@ def _view(images, spec: ViewSpec):
                                      antialias=True)
     else:
         img, crop = fn.resize(images, resize_shorter=size, antialias=True), (size, size)
-    if spec.jitter_p > 0 or spec.grayscale_p > 0:
+    if spec.colour_in_dali and (spec.jitter_p > 0 or spec.grayscale_p > 0):
         img = _colour(img, spec)
     if spec.blur_sigma is not None:
         if _coin(spec.blur_p):
