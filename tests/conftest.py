@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 from hpt_hpc.config import config_from_dict
+from tiny import tiny_config_data
 
 
 @pytest.fixture(scope="session")
@@ -26,21 +27,4 @@ def fashion_tree(tmp_path_factory) -> Path:
 
 def tiny_config(out: Path, datasets: dict, stages: dict, **sections):
     """A width-0.125 ResNet-18 MoCo at 16x16 grey: a few ms per step on CPU."""
-    data = {
-        "name": "tiny", "seed": 0, "output_dir": str(out), "device": "cpu",
-        "datasets": {k: {"path": str(v)} for k, v in datasets.items()},
-        "model": {"arch": "resnet18", "width": 0.125, "small_stem": True, "stem_stride": 2,
-                  "in_channels": 1},
-        "moco": {"queue_size": 64, "momentum": 0.9, "temperature": 0.2, "dim": 16},
-        "optim": {"lr": 0.05, "batch_size": 8, "iterations": 6, "weight_decay": 1e-4},
-        "augment": {"flip": {"enabled": False}, "grayscale": {"enabled": False},
-                    "color_jitter": {"saturation": 0.0, "hue": 0.0},
-                    "blur": {"kernel_size": 3}},
-        "data": {"image_size": 16, "channels": 1, "mean": [0.5], "std": [0.5], "workers": 0},
-        "checkpoint": {"every": 2},
-        "probe": {"lr": 0.1, "iterations": 50, "milestones": [30], "batch_size": 64,
-                  "eval_every": 10},
-        "stages": stages,
-    }
-    data.update(sections)
-    return config_from_dict(data)
+    return config_from_dict(tiny_config_data(out, datasets, stages, **sections))

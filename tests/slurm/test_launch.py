@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from submitit.core.utils import FailedJobError
 
 from hpt_hpc.errors import HptError
@@ -14,27 +13,15 @@ from hpt_hpc.launch.options import build_options
 from hpt_hpc.launch.record import LaunchRecord, job_states
 from hpt_hpc.launch.submit import launch
 from hpt_hpc.models import load_checkpoint
+from tiny import write_tiny_config
 
 pytestmark = pytest.mark.slurm
 
 
-def write_config(tmp_path: Path, datasets: dict, stages: dict, **extra) -> Path:
-    data = {
-        "name": "slurm-test", "seed": 0, "output_dir": str(tmp_path / "out"), "device": "cpu",
-        "datasets": {k: {"path": str(v)} for k, v in datasets.items()},
-        "model": {"arch": "resnet18", "width": 0.125, "small_stem": True, "stem_stride": 2,
-                  "in_channels": 1},
-        "moco": {"queue_size": 64, "momentum": 0.9, "dim": 16},
-        "optim": {"lr": 0.05, "batch_size": 8, "iterations": 6},
-        "augment": {"flip": {"enabled": False}, "grayscale": {"enabled": False}},
-        "data": {"image_size": 16, "channels": 1, "mean": [0.5], "std": [0.5], "workers": 0},
-        "checkpoint": {"every": 1000},
-        "stages": stages,
-    }
-    data.update(extra)
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+def write_config(folder: Path, datasets: dict, stages: dict, **sections) -> Path:
+    sections.setdefault("optim", {"lr": 0.05, "batch_size": 8, "iterations": 6})
+    sections.setdefault("checkpoint", {"every": 1000})
+    return write_tiny_config(folder, datasets, stages, **sections)
 
 
 def dev_options(**flags):
