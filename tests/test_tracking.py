@@ -1,7 +1,6 @@
 """MLflow tracking on the embedded sqlite store (real store, real stages, no mocks):
 URIs and server rules, a stage chain through the registry, requeue continuity, buffering,
 8 concurrent writers, fail-fast on an unreachable server, bad init aliases."""
-import json
 import os
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from mlflow import MlflowClient
 
 from hpt_hpc.config import ConfigError
 from hpt_hpc.errors import HptError
-from hpt_hpc.tracking import (MAX_SQLITE_WRITERS, MlflowTracker, TrackingError, ensure_store,
+from hpt_hpc.tracking import (MAX_SQLITE_WRITERS, MlflowTracker, TrackingError,
                               filesystem_type, log_evaluation, make_tracker, prepare_tracking,
                               requires_server, resolve_tracking_uri, start_pipeline_run)
 from hpt_hpc.tracking.server import free_port
@@ -192,6 +191,8 @@ def test_requeued_stage_continues_its_run(tmp_path, mnist_tree):
     assert run.data.tags["hpt.resumed_from_step"] == "3"
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
     assert sorted(steps) == list(range(1, 9))  # continued from the saved step
+    with pytest.raises(TrackingError, match="pipeline run 0+ .* is not in"):
+        make_tracker(cfg, stage="target", parent_run_id="0" * 32)
 
 
 def test_metrics_are_buffered_and_sent_in_batches(tmp_path):
@@ -289,5 +290,8 @@ def test_tracker_interface_without_store(tmp_path):
     assert make_tracker(cfg).run_id is None
     cfg = tiny_config(tmp_path / "out", {}, {})
     assert make_tracker(cfg, rank=1).run_id is None
+    assert not (tmp_path / "out" / "mlflow.db").exists()
+    out = invoke("runs", "--output-dir", str(tmp_path / "out"))
+    assert out.exit_code == 2 and "no tracking store" in out.output
     assert not (tmp_path / "out" / "mlflow.db").exists()
     assert isinstance(MlflowTracker, type)

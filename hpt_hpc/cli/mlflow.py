@@ -55,7 +55,15 @@ def serve(store: str, host: str, port: int, allowed_hosts) -> None:
 
     Runs in the foreground until interrupted; start it in tmux/screen on the login node.
     """
+    import signal
+
     from ..tracking.server import start_server
+
+    def _stop(signum, frame):
+        raise SystemExit(0)  # runs the finally below: the server is stopped with us
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _stop)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     handle = start_server(store, host=host, port=port, allowed_hosts=allowed_hosts)
     click.echo(f"MLflow server ready (pid {handle.process.pid}, log {handle.log_path})")
     click.echo(f"export MLFLOW_TRACKING_URI={handle.uri}")
@@ -101,7 +109,12 @@ def runs(uri, output_dir, config_path, pipeline, experiment, markdown) -> None:
     from mlflow import MlflowClient
 
     from ..tracking.compare import format_table, pipeline_rows
+    from ..tracking.store import check_reachable, sqlite_path
     target = _store_uri(uri, output_dir, config_path)
+    db = sqlite_path(target)
+    if db is not None and not db.is_file():
+        raise click.UsageError(f"no tracking store at {db}")
+    check_reachable(target)
     parent, rows = pipeline_rows(MlflowClient(target, target), pipeline, experiment)
     click.echo(f"pipeline {parent.data.tags.get('hpt.pipeline', parent.info.run_name)} "
                f"(run {parent.info.run_id}, {parent.info.status}) in {target}")

@@ -97,10 +97,11 @@ def _model_version(client: Any, uri: str, where: str) -> Any:
 def fetch_init(uri: str, tracking_uri: str, cache_dir: Path) -> Tuple[str, Dict[str, str]]:
     """Download a ``models:/`` or ``runs:/`` init into ``cache_dir`` (once); return the
     local checkpoint file and the lineage tags the stage records."""
-    from mlflow import MlflowClient
     from mlflow.artifacts import download_artifacts
     from mlflow.exceptions import MlflowException
-    client = MlflowClient(tracking_uri, tracking_uri)
+
+    from .runs import client_for
+    client = client_for(tracking_uri)
     tags = {"hpt.init_source": uri}
     if uri.startswith("models:/"):
         mv = _model_version(client, uri, tracking_uri)

@@ -117,7 +117,6 @@ def _existing_run(client: Any, run_id: str) -> Any:
     try:
         run = client.get_run(run_id)
     except MlflowException:
-        log.warning("tracking: run %s is not in this store; starting a new run", run_id)
         return None
     return run if run.info.lifecycle_stage != "deleted" else None
 
@@ -156,8 +155,15 @@ def make_tracker(cfg: Any, stage: Optional[str] = None, parent_run_id: Optional[
     parent_run_id = parent_run_id or os.environ.get(PARENT_ENV) or None
     run_id = run_id or (saved_run_id(folder) if stage else None)
     run = _existing_run(client, run_id) if run_id else None
+    if run_id and run is None:
+        log.warning("tracking: run %s (saved in the checkpoint) is not in %s; starting a new "
+                    "run", run_id, uri)
     if pipeline is None and parent_run_id:
-        pipeline = client.get_run(parent_run_id).data.tags.get("hpt.pipeline")
+        parent = _existing_run(client, parent_run_id)
+        if parent is None:
+            raise TrackingError(f"pipeline run {parent_run_id} (the parent of this run) is "
+                                f"not in {uri}")
+        pipeline = parent.data.tags.get("hpt.pipeline")
     pipeline = pipeline or cfg.name
     label = label or stage or "evaluation"
     st = cfg.stages.get(stage) if stage else None
