@@ -2,8 +2,9 @@
 
 Also counts the readable images the DALI backend cannot hand to its decoder as they are
 (CMYK, alpha, palette, 16-bit, GIF/BMP/TIFF/WebP: see :mod:`hpt_hpc.data.dali_feed`);
-``data.backend: dali`` decodes those with PIL, which is slower. Optionally writes, per split, a clean CSV file list (``path,label[,label...]``, absolute
-paths) of the readable images, usable as a ``filelist`` dataset.
+``data.backend: dali`` decodes those with PIL, which is slower. Optionally writes, per
+split, a clean CSV file list (``path,label[,label...]``, absolute paths) of the readable
+images, usable as a ``filelist`` dataset.
 """
 from __future__ import annotations
 

@@ -78,5 +78,4 @@ class ColourStage:
         flat = views.flatten(2)
         out = torch.baddbmm(bias.to(flat)[:, :, None], scaled.to(flat), flat)
         low, high = (-self.mean / self.std).to(flat), ((1 - self.mean) / self.std).to(flat)
-        out = torch.maximum(torch.minimum(out, high[:, None]), low[:, None])
-        return out.view_as(views)
+        return out.clamp_(min=low[:, None], max=high[:, None]).view_as(views)

@@ -41,8 +41,9 @@ def pipeline_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0]) >> 1
 
 
-def to_torch(batch, device: str) -> torch.Tensor:
-    """A DALI batch of equal-shape samples as a torch tensor that owns its memory."""
+def to_torch(batch, device: str, copy: bool = True) -> torch.Tensor:
+    """A DALI batch of equal-shape samples as a torch tensor that owns its memory, or (CPU,
+    ``copy=False``) a view of DALI's buffer, valid only until the pipeline runs again."""
     tensor = batch.as_tensor()
     if device == "gpu":
         from nvidia.dali.plugin.pytorch import feed_ndarray
@@ -50,7 +51,8 @@ def to_torch(batch, device: str) -> torch.Tensor:
                           device=torch.device("cuda", torch.cuda.current_device()))
         feed_ndarray(tensor, out, cuda_stream=torch.cuda.current_stream())
         return out
-    return torch.from_dlpack(tensor).clone()
+    view = torch.from_dlpack(tensor)
+    return view.clone() if copy else view
 
 
 def _reason(exc: BaseException) -> str:
@@ -168,9 +170,10 @@ class DaliPretrainLoader(_DaliBase):
             _, epoch, step = (int(v) for v in meta.as_array()[0])
             self.epoch, self.step = (epoch, step + 1) if step + 1 < self.steps_per_epoch \
                 else (epoch + 1, 0)
-            view1, view2 = to_torch(view1, self.device), to_torch(view2, self.device)
-            if self._colour is not None:
-                view1, view2 = self._colour(view1), self._colour(view2)
+            colour = self._colour  # writes a new tensor: no copy of DALI's output needed
+            view1, view2 = (to_torch(v, self.device, copy=colour is None) for v in (view1, view2))
+            if colour is not None:
+                view1, view2 = colour(view1), colour(view2)
             yield view1, view2
 
 

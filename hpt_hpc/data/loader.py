@@ -1,5 +1,7 @@
 """Torch data loading: a dataset over image records, the infinite sharded MoCo pretraining
-loader and the finite evaluation loader.
+loader and the finite evaluation loader. ``build_pretrain_loader`` / ``build_eval_loader``
+return the NVIDIA DALI loaders of :mod:`hpt_hpc.data.dali_loader` instead when
+``data.backend`` is ``dali`` (same interface; the stage engine does not know which it gets).
 
 Unreadable images never crash a run: the dataset returns a :class:`SkippedItem`, the collate
 function drops it and hands its path back with the batch, and the main process collects the
