@@ -110,7 +110,8 @@ class StageJob(submitit.helpers.Checkpointable):
                    "checkpoint": str(result.checkpoint), "resumed_from": result.resumed_from,
                    "final_loss": result.final_loss, "skipped_images": result.skipped_images,
                    "init": result.init_report.get("layout"),
-                   "param_digest": result.param_digest}
+                   "param_digest": result.param_digest, "step_seconds": result.step_seconds,
+                   "seconds": result.seconds}
         if not result.completed and flag.requested:
             if dist_info.is_main:
                 flag.requeue()  # does not return when the requeue succeeds

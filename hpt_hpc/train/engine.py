@@ -47,6 +47,7 @@ class StageResult:
     run_id: Optional[str] = None  # the tracker's run (MLflow run id)
     model_uri: Optional[str] = None  # registry URI of the final checkpoint, when registered
     param_digest: str = ""  # sha256 of the query encoder's parameters (compare ranks/runs)
+    step_seconds: float = float("nan")  # median step time of this call, first 5 steps skipped
 
     @property
     def completed(self) -> bool:
@@ -226,6 +227,7 @@ def _train_loop(cfg: ExperimentConfig, net: torch.nn.Module,
     net.train()
     batches = _batches(loader, start)
     step, loss_value, tick = start, float("nan"), time.time()
+    durations, step_started = [], time.perf_counter()
     log_every = max(1, min(50, total // 20 or 1))
     progress_every = max(1, total // 10)
     for step in range(start, end):
@@ -243,6 +245,9 @@ def _train_loop(cfg: ExperimentConfig, net: torch.nn.Module,
         if not math.isfinite(loss_value):
             raise FloatingPointError(f"stage {result.stage}: loss became {loss_value} at step "
                                      f"{step}; lower the learning rate (now {lr:g})")
+        now_perf = time.perf_counter()
+        durations.append(now_perf - step_started)
+        step_started = now_perf
         if on_step is not None:
             on_step(step + 1, loss_value)
         if (step + 1) % log_every == 0 or step + 1 == end:
@@ -266,4 +271,7 @@ def _train_loop(cfg: ExperimentConfig, net: torch.nn.Module,
             break
     result.steps = end if end > start else start
     result.final_loss = loss_value
+    steady = sorted(durations[5:] or durations)
+    if steady:
+        result.step_seconds = steady[len(steady) // 2]
     return result
