@@ -22,6 +22,7 @@ data-deps:
 
 test-deps: data-deps
 	bash slurm/dev-cluster/install.sh
+	bash tests/ui/install.sh
 
 quickstart: venv data-deps
 	$(VENV)/bin/hpt-hpc quickstart --output $(OUT)

@@ -2,6 +2,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from hpt_hpc.errors import HptError
 from hpt_hpc.launch.options import SchedulerOptions, build_options, parse_minutes, \
@@ -58,16 +59,21 @@ def test_sweep_cells(tmp_path, mnist_tree):
 def test_local_chain_with_sweep(tmp_path, mnist_tree, fashion_tree):
     cfg = write_config(tmp_path, {"f": fashion_tree, "m": mnist_tree},
                        {"base": {"dataset": "f"}, "target": {"dataset": "m"}},
-                       sweep={"lr": [0.01, 0.1]})
+                       sweep={"lr": [0.01, 0.1]}, tracking={"enabled": True})
     record = launch(str(cfg), ["base", "target"], build_options(None, executor="local"))
     targets = [e for e in record.jobs if e.stage == "target"]
     assert len(targets) == 2
     results = [record.job(e).result() for e in targets]
     base_final = str(tmp_path / "out/base/checkpoints/final.pt")
-    for res in results:
+    for res in results:  # each cell started from base, found through the registry
         assert res["steps"] == 4 and res["init"] == "hpt-hpc"
-        assert load_checkpoint(res["checkpoint"])["init"] == base_final
+        started = load_checkpoint(load_checkpoint(res["checkpoint"])["init"])["model"]
+        assert torch.equal(started["encoder_q.conv1.weight"],
+                           load_checkpoint(base_final)["model"]["encoder_q.conv1.weight"])
     assert results[0]["param_digest"] != results[1]["param_digest"]
+    # one MLflow store for the whole launch; sweep cells do not make their own
+    assert (tmp_path / "out/mlflow.db").is_file()
+    assert not list((tmp_path / "out/sweep").rglob("mlflow.db"))
     states = {r["job_id"]: r["state"] for r in job_states(LaunchRecord.load(tmp_path / "out"))}
     assert set(states.values()) == {"FINISHED"}
 

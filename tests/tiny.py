@@ -21,6 +21,9 @@ def tiny_config_data(out: Path, datasets: dict, stages: dict, **sections) -> dic
         "probe": {"lr": 0.1, "iterations": 50, "milestones": [30], "batch_size": 64,
                   "eval_every": 10},
         "stages": stages,
+        # MLflow off by default (schema creation and import cost seconds per process);
+        # the tracking and launch tests switch it on.
+        "tracking": {"enabled": False},
     }
     data.update(sections)
     return data

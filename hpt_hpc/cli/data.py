@@ -38,5 +38,5 @@ def check(path: str, fmt: str, channels: str, write_clean_list) -> None:
     report = check_dataset(path, fmt=fmt, channels=int(channels),
                            write_clean_list=write_clean_list)
     click.echo(format_report(report))
-    if report.get("unreadable"):
+    if not report["ok"]:
         raise SystemExit(1)

@@ -85,14 +85,17 @@ class PreemptionFlag:
 
 
 class StageJob(submitit.helpers.Checkpointable):
-    """The submitted callable: ``StageJob()(config_dict, stage, init)``.
+    """The submitted callable: ``StageJob()(config_dict, stage, init, parent_run_id, label)``
+    (``parent_run_id``: the launch's MLflow pipeline run; ``label``: the run's name and
+    registry alias suffix, distinct per sweep cell).
 
     ``checkpoint()`` (inherited) resubmits the same arguments; the stage folder's
     ``last.pt`` makes the requeued run resume at the saved step.
     """
 
-    def __call__(self, config: Dict[str, Any], stage: str,
-                 init: Optional[str] = None) -> Dict[str, Any]:
+    def __call__(self, config: Dict[str, Any], stage: str, init: Optional[str] = None,
+                 parent_run_id: Optional[str] = None,
+                 label: Optional[str] = None) -> Dict[str, Any]:
         from ..config import config_from_dict
         from ..train.pipeline import run_configured_stage
         logging.basicConfig(level=logging.INFO,
@@ -102,7 +105,8 @@ class StageJob(submitit.helpers.Checkpointable):
         flag = PreemptionFlag(dist_info).install()
         try:
             result = run_configured_stage(cfg, stage, init=init, dist=dist_info,
-                                          should_stop=flag)
+                                          should_stop=flag, parent_run_id=parent_run_id,
+                                          label=label)
         finally:
             _teardown(dist_info)
         summary = {"stage": stage, "rank": dist_info.rank, "world_size": dist_info.world_size,

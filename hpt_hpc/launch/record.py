@@ -37,6 +37,8 @@ class LaunchRecord:
     output_dir: str
     jobs: List[JobEntry] = field(default_factory=list)
     path: str = ""
+    tracking_uri: str = ""  # the MLflow store every job of this launch logs to
+    pipeline_run_id: str = ""  # the launch's parent MLflow run
     # submitit job objects of this process's own submission (not saved): a local job can
     # only be waited on through the object that started it.
     live: Dict[str, Any] = field(default_factory=dict, repr=False, compare=False)

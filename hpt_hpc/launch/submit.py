@@ -76,8 +76,8 @@ def check_data(cfg: ExperimentConfig, stage: str) -> int:
 
 def check_init(cfg: ExperimentConfig, stage: str, chained: Sequence[str]) -> None:
     init = cfg.stages[stage].init
-    if not init or "://" in init:
-        return
+    if not init or "://" in init or init.startswith(("models:/", "runs:/")):
+        return  # registry and run URIs resolve when the job starts
     if init.startswith("stage:"):
         ref = init.split(":", 1)[1]
         final = Path(cfg.output_dir) / ref / "checkpoints" / "final.pt"
@@ -90,8 +90,13 @@ def check_init(cfg: ExperimentConfig, stage: str, chained: Sequence[str]) -> Non
 
 
 def plan_stages(config_path: str, stages: Sequence[str], overrides: Sequence[str],
-                ) -> List[StagePlan]:
-    """Validate everything and build the per-stage configs (sweep cells on the last stage)."""
+                registry_pipeline: Optional[str] = None) -> List[StagePlan]:
+    """Validate everything and build the per-stage configs (sweep cells on the last stage).
+
+    In a chain each stage starts from the one before it: through the MLflow registry
+    (``models:/<name>@<pipeline>-<stage>``) when ``registry_pipeline`` is given, else from
+    the previous stage's checkpoint file (``stage:<name>``).
+    """
     base_cfg = load_config(config_path, overrides)
     plans = []
     for i, stage in enumerate(stages):
@@ -99,7 +104,11 @@ def plan_stages(config_path: str, stages: Sequence[str], overrides: Sequence[str
             raise HptError(f"stage '{stage}' is not defined in {config_path} "
                            f"(defined: {', '.join(base_cfg.stages) or 'none'})")
         chain_overrides = list(overrides)
-        if i > 0:  # in a chain each stage starts from the one before it
+        if i > 0 and registry_pipeline:
+            from ..tracking import stage_model_uri
+            chain_overrides.append(f"stages.{stage}.init="
+                                   f"{stage_model_uri(base_cfg, registry_pipeline, stages[i - 1])}")
+        elif i > 0:
             chain_overrides.append(f"stages.{stage}.init=stage:{stages[i - 1]}")
         cfg = load_config(config_path, chain_overrides)
         check_init(cfg, stage, stages[:i])
@@ -123,14 +132,27 @@ def make_executor(kind: str, folder: Path, options: SchedulerOptions, name: str)
 def launch(config_path: str, stages: Sequence[str], options: SchedulerOptions,
            overrides: Sequence[str] = (), folder: Optional[str] = None) -> LaunchRecord:
     """Submit ``stages`` (one, or a chain with ``afterok``); return the written record."""
+    from ..tracking import prepare_tracking, start_pipeline_run
     from .job import StageJob
     kind = resolve_executor(options)
-    plans = plan_stages(config_path, stages, overrides)
+    base_cfg = load_config(config_path, overrides)
+    if stages and stages[-1] in base_cfg.stages:
+        writers = len(expand_sweep(base_cfg, stages[-1]))  # rank 0 of each task logs
+    else:
+        writers = 1
+    uri = prepare_tracking(base_cfg, num_tasks=writers, nodes=options.nodes)
+    if uri:  # every job and sweep cell logs to the launch's one store
+        overrides = list(overrides) + [f"tracking.uri={uri}"]
+        base_cfg = load_config(config_path, overrides)
+    plans = plan_stages(config_path, stages, overrides,
+                        registry_pipeline=base_cfg.name if uri else None)
     if kind == "slurm":
         check_slurm(options.partition)
-    output_dir = Path(load_config(config_path, overrides).output_dir).resolve()
+    parent = start_pipeline_run(base_cfg) if uri else None
+    output_dir = Path(base_cfg.output_dir).resolve()
     log_folder = Path(folder or output_dir / "slurm-logs" / "%j").resolve()
     record = LaunchRecord.new(output_dir, kind, config_path, list(stages), str(log_folder))
+    record.tracking_uri, record.pipeline_run_id = uri or "", parent or ""
     previous: List[str] = []
     submitted = {}
     for plan in plans:
@@ -142,10 +164,14 @@ def launch(config_path: str, stages: Sequence[str], options: SchedulerOptions,
         elif previous:
             _wait_for(record, submitted, previous, plan.stage)
         dicts = [config_to_dict(c) for c in plan.configs]
-        if len(dicts) == 1:
-            jobs = [executor.submit(StageJob(), dicts[0], plan.stage)]
+        labels = [plan.stage if c.name == "default" else f"{plan.stage}-{c.name}"
+                  for c in plan.cells]
+        n = len(dicts)
+        if n == 1:
+            jobs = [executor.submit(StageJob(), dicts[0], plan.stage, None, parent, labels[0])]
         else:
-            jobs = executor.map_array(StageJob(), dicts, [plan.stage] * len(dicts))
+            jobs = executor.map_array(StageJob(), dicts, [plan.stage] * n, [None] * n,
+                                      [parent] * n, labels)
         if kind == "debug":  # in this process, now (submitit's DebugJob runs on result())
             for job in jobs:
                 job.results()
@@ -177,6 +203,8 @@ def _wait_for(record: LaunchRecord, submitted: dict, job_ids: List[str], stage: 
 def describe(record: LaunchRecord) -> str:
     """Job ids and log locations, for the terminal."""
     lines = [f"launched with executor '{record.executor}'; record: {record.path}"]
+    if record.tracking_uri:
+        lines.append(f"MLflow: {record.tracking_uri} (pipeline run {record.pipeline_run_id})")
     for e in record.jobs:
         dep = f" after {','.join(e.depends_on)}" if e.depends_on else ""
         cell = "" if e.cell == "default" else f" [{e.cell}]"

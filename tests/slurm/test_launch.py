@@ -49,16 +49,23 @@ def test_sweep_becomes_one_array(slurm_cluster, tmp_path, mnist_tree):
 
 def test_chain_target_starts_from_base_checkpoint(slurm_cluster, tmp_path, mnist_tree,
                                                   fashion_tree):
+    """The target job finds its start through the MLflow registry (alias slurm-test-base)
+    and the weights it starts from are the base job's final checkpoint."""
     cfg = write_config(tmp_path, {"fashion": fashion_tree, "mnist": mnist_tree},
                        {"base": {"dataset": "fashion"},
-                        "target": {"dataset": "mnist", "variant": "full"}})
+                        "target": {"dataset": "mnist", "variant": "full"}},
+                       name="slurm-test", tracking={"enabled": True})
     record = launch(str(cfg), ["base", "target"], dev_options())
     base_job, target_job = jobs_of(record, "base")[0], jobs_of(record, "target")[0]
     assert record.jobs[1].depends_on == [str(base_job.job_id)]
+    assert record.tracking_uri.startswith("sqlite:///") and record.pipeline_run_id
     base, target = base_job.result(), target_job.result()
     assert target["init"] == "hpt-hpc"
     ckpt = load_checkpoint(target["checkpoint"])
-    assert ckpt["init"] == base["checkpoint"]
+    assert "init-cache" in ckpt["init"], ckpt["init"]
+    started_from = load_checkpoint(ckpt["init"])["model"]
+    base_final = load_checkpoint(base["checkpoint"])["model"]
+    assert all(torch.equal(started_from[k], base_final[k]) for k in base_final)
     b, t = (slurm_cluster.sacct(j.job_id) for j in (base_job, target_job))
     assert t["Start"] >= b["End"], (b, t)
 
