@@ -182,7 +182,23 @@ def _shutdown(loader: DataLoader) -> None:
     loader._iterator = None
 
 
-class PretrainLoader:
+class _WorkerLoader:
+    """Shared lifetime of the loaders: ``close()`` (and ``with``) stops worker processes."""
+
+    _loader: DataLoader
+
+    def close(self) -> None:
+        """Stop the worker processes."""
+        _shutdown(self._loader)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class PretrainLoader(_WorkerLoader):
     """Infinite iterator of ``(view1, view2)`` batches of shape ``(B, C, S, S)``.
 
     Epoch ``e`` uses the permutation seeded ``seed + e``; ranks get disjoint shards and the
@@ -253,16 +269,6 @@ class PretrainLoader:
             return more
         return [torch.cat([views[i], more[i]]) for i in range(2)]
 
-    def close(self) -> None:
-        """Stop the worker processes."""
-        _shutdown(self._loader)
-
-    def __enter__(self) -> "PretrainLoader":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
 
 def build_pretrain_loader(records: Sequence[ImageRecord], aug_cfg: "AugmentConfig",
                           data_cfg: "DataConfig", batch_size: int, seed: int, rank: int = 0,
@@ -280,7 +286,7 @@ def build_pretrain_loader(records: Sequence[ImageRecord], aug_cfg: "AugmentConfi
                           workers, start_epoch, start_step, fill_skipped)
 
 
-class EvalLoader:
+class EvalLoader(_WorkerLoader):
     """Finite loader of ``(images, labels)``; each ``iter()`` is one pass over the records.
 
     Labels are a LongTensor (single-label; ``-1`` for unlabelled) or a float multi-hot
@@ -317,16 +323,6 @@ class EvalLoader:
             self.skipped.add(skipped)
             if images is not None:
                 yield images, labels
-
-    def close(self) -> None:
-        """Stop the worker processes."""
-        _shutdown(self._loader)
-
-    def __enter__(self) -> "EvalLoader":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def build_eval_loader(records: Sequence[ImageRecord], data_cfg: "DataConfig",
