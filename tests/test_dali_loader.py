@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import tiny_config
+from tiny import tiny_config
 from test_dali_common import DEVICE, data_config, only
 
 from hpt_hpc.config import DatasetConfig, config_from_dict

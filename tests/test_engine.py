@@ -7,7 +7,7 @@ from hpt_hpc.models import load_checkpoint
 from hpt_hpc.train import learning_rate
 from hpt_hpc.train.pipeline import run_chain, run_configured_stage
 
-from conftest import tiny_config
+from tiny import tiny_config
 
 
 def _params(state, prefix="encoder_q."):

@@ -17,7 +17,7 @@ from hpt_hpc.tracking import (MAX_SQLITE_WRITERS, MlflowTracker, TrackingError,
                               requires_server, resolve_tracking_uri, start_pipeline_run)
 from hpt_hpc.tracking.server import free_port
 
-from conftest import tiny_config
+from tiny import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 CHAIN = {"base": {"dataset": "mnist", "variant": "full", "iterations": 4},
@@ -288,7 +288,7 @@ def test_tracker_interface_without_store(tmp_path):
     """Disabled tracking and non-zero ranks get a NullTracker; no store is created."""
     cfg = tiny_config(tmp_path / "out", {}, {}, tracking={"enabled": False})
     assert make_tracker(cfg).run_id is None
-    cfg = tiny_config(tmp_path / "out", {}, {})
+    cfg = tiny_config(tmp_path / "out", {}, {}, tracking={"enabled": True})
     assert make_tracker(cfg, rank=1).run_id is None
     assert not (tmp_path / "out" / "mlflow.db").exists()
     out = invoke("runs", "--output-dir", str(tmp_path / "out"))

@@ -17,7 +17,7 @@ from hpt_hpc.tracking.server import free_port, start_server
 from hpt_hpc.train.engine import run_stage
 from hpt_hpc.train.pipeline import build_stage_loader, run_configured_stage, stage_dir
 
-from conftest import tiny_config
+from tiny import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"

@@ -3,6 +3,8 @@ from pathlib import Path
 
 import yaml
 
+from hpt_hpc.config import config_from_dict
+
 
 def tiny_config_data(out: Path, datasets: dict, stages: dict, **sections) -> dict:
     """A raw config dict (a few ms per step on CPU); ``sections`` replace whole sections."""
@@ -35,3 +37,8 @@ def write_tiny_config(folder: Path, datasets: dict, stages: dict, **sections) ->
     path = Path(folder) / "config.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+def tiny_config(out: Path, datasets: dict, stages: dict, **sections):
+    """The validated config of :func:`tiny_config_data`."""
+    return config_from_dict(tiny_config_data(out, datasets, stages, **sections))

@@ -158,3 +158,18 @@ def test_dead_controller_is_a_quick_clear_error(slurm_cluster, tmp_path, mnist_t
     with pytest.raises(HptError, match="controller"):
         launch(str(cfg), ["target"], dev_options())
     assert time.monotonic() - start < 15
+
+
+def test_status_and_cancel_from_the_record(slurm_cluster, tmp_path, mnist_tree):
+    stages = {"target": {"dataset": "mnist", "variant": "scratch", "iterations": 100000}}
+    cfg = write_config(tmp_path, {"mnist": mnist_tree}, stages)
+    launch(str(cfg), ["target"], dev_options())
+    record = LaunchRecord.load(tmp_path / "out")  # as `hpt-hpc status/cancel DIR` do
+    job = record.job(record.jobs[0])
+    end = time.monotonic() + 60
+    while job_states(record)[0]["state"] != "RUNNING":
+        assert time.monotonic() < end, job_states(record)
+        time.sleep(0.5)
+    from hpt_hpc.launch.record import cancel_jobs
+    assert cancel_jobs(record) == [record.jobs[0].job_id]
+    assert slurm_cluster.wait(job, timeout=60) == "CANCELLED"
