@@ -54,7 +54,7 @@ def client_of(cfg):
 
 
 def test_uri_resolution_and_server_rules(tmp_path, monkeypatch):
-    cfg = tiny_config(tmp_path / "out", {}, {})
+    cfg = tiny_config(tmp_path / "out", {}, {}, tracking={"enabled": True})
     assert resolve_tracking_uri(cfg) == f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}"
     monkeypatch.chdir(tmp_path)
     rel = tiny_config("out", {}, {}, tracking={"uri": "sqlite:///rel/x.db"})
