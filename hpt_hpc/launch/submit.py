@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from ..config import ExperimentConfig, config_to_dict, load_config
+from ..config import ExperimentConfig, config_to_dict, load_config, stage_settings
 from ..errors import HptError
 from .options import SchedulerOptions, executor_parameters, resolve_executor
 from .record import JobEntry, LaunchRecord
@@ -24,12 +24,11 @@ SLURM_TIMEOUT_S = 5
 
 @dataclass
 class StagePlan:
-    """One stage to submit: its config per sweep cell and what it depends on."""
+    """One stage to submit: one config per sweep cell (one job each)."""
 
     stage: str
     configs: List[ExperimentConfig]
     cells: List[SweepCell]
-    init: Optional[str]
 
 
 def _run(cmd: Sequence[str], check: bool = True) -> str:
@@ -62,16 +61,17 @@ def check_slurm(partition: Optional[str]) -> List[str]:
     return partitions
 
 
-def check_data(cfg: ExperimentConfig, stage: str) -> int:
-    """The stage's training split must exist and hold at least one global batch."""
-    from ..config import stage_settings
-    from ..data import list_split
-    records, _ = list_split(cfg.datasets[cfg.stages[stage].dataset], "train")
-    batch = stage_settings(cfg, stage)["batch_size"]
-    if len(records) < batch:
-        raise HptError(f"stage '{stage}': {len(records)} training images, fewer than one "
-                       f"global batch ({batch})")
-    return len(records)
+def check_data(configs: Sequence[ExperimentConfig], stage: str) -> None:
+    """Every distinct dataset/batch of the stage's configs is readable and holds one global
+    batch (sweep cells sharing a dataset are listed once)."""
+    from ..train.pipeline import stage_records
+    seen = set()
+    for cfg in configs:
+        key = (repr(cfg.datasets[cfg.stages[stage].dataset]),
+               stage_settings(cfg, stage)["batch_size"])
+        if key not in seen:
+            seen.add(key)
+            stage_records(cfg, stage)
 
 
 def check_init(cfg: ExperimentConfig, stage: str, chained: Sequence[str]) -> None:
@@ -112,13 +112,11 @@ def plan_stages(config_path: str, stages: Sequence[str], overrides: Sequence[str
             chain_overrides.append(f"stages.{stage}.init=stage:{stages[i - 1]}")
         cfg = load_config(config_path, chain_overrides)
         check_init(cfg, stage, stages[:i])
-        check_data(cfg, stage)
         is_last = i == len(stages) - 1
         cells = expand_sweep(cfg, stage) if is_last else [SweepCell("default", {}, [])]
         configs = [load_config(config_path, cell_overrides(chain_overrides, c)) for c in cells]
-        for c in configs:
-            check_data(c, stage)
-        plans.append(StagePlan(stage, configs, cells, cfg.stages[stage].init))
+        check_data(configs, stage)
+        plans.append(StagePlan(stage, configs, cells))
     return plans
 
 

@@ -24,12 +24,6 @@ def stage_dir(cfg: ExperimentConfig, stage: str) -> Path:
     return Path(cfg.output_dir) / stage
 
 
-def resolve_init(cfg: ExperimentConfig, stage: str, override: Optional[str] = None,
-                 ) -> Optional[str]:
-    """Turn a stage's ``init`` into a checkpoint path (see :func:`resolve_init_source`)."""
-    return resolve_init_source(cfg, stage, override)[0]
-
-
 def resolve_init_source(cfg: ExperimentConfig, stage: str, override: Optional[str] = None,
                         ) -> Tuple[Optional[str], Dict[str, str]]:
     """A stage's ``init`` as a local checkpoint path plus lineage tags.
@@ -58,17 +52,25 @@ def resolve_init_source(cfg: ExperimentConfig, stage: str, override: Optional[st
     return init, {"hpt.init_source": init}
 
 
-def build_stage_loader(cfg: ExperimentConfig, stage: str, dist: Optional[DistInfo] = None):
-    """The two-view pretraining loader for a stage's dataset (backend from ``data.backend``)."""
-    from ..data import build_pretrain_loader, list_split
-    dist = dist or DistInfo()
-    ds_cfg = cfg.datasets[cfg.stages[stage].dataset]
-    records, _ = list_split(ds_cfg, "train")
-    settings = stage_settings(cfg, stage, dist.world_size)
-    if len(records) < settings["batch_size"]:
+def stage_records(cfg: ExperimentConfig, stage: str) -> list:
+    """A stage's training images; fails (before any work) when the split is missing, empty
+    or smaller than one global batch."""
+    from ..data import list_split
+    records, _ = list_split(cfg.datasets[cfg.stages[stage].dataset], "train")
+    batch = stage_settings(cfg, stage)["batch_size"]
+    if len(records) < batch:
         raise HptError(f"stage '{stage}': dataset '{cfg.stages[stage].dataset}' has "
                        f"{len(records)} training images, fewer than one global batch "
-                       f"({settings['batch_size']}); lower optim.batch_size")
+                       f"({batch}); lower optim.batch_size")
+    return records
+
+
+def build_stage_loader(cfg: ExperimentConfig, stage: str, dist: Optional[DistInfo] = None):
+    """The two-view pretraining loader for a stage's dataset (backend from ``data.backend``)."""
+    from ..data import build_pretrain_loader
+    dist = dist or DistInfo()
+    records = stage_records(cfg, stage)
+    settings = stage_settings(cfg, stage, dist.world_size)
     return build_pretrain_loader(records, cfg.augment, cfg.data,
                                  batch_size=settings["rank_batch_size"],
                                  seed=cfg.seed, rank=dist.rank, world_size=dist.world_size)
