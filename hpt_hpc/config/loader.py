@@ -145,7 +145,22 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
             raise ConfigError(f"tracking.uri: {exc}") from None
     if cfg.optim.schedule not in ("cosine", "constant"):
         raise ConfigError(f"optim.schedule: '{cfg.optim.schedule}' is not one of cosine, constant")
+    _check_choice("probe.mode", cfg.probe.mode, ("cached", "augmented"))
+    _check_choice("compute.precision", cfg.compute.precision, ("auto", "fp32", "bf16"))
+    _check_choice("compute.fused_optimizer", cfg.compute.fused_optimizer,
+                  ("auto", "fused", "foreach", "off"))
+    for key, value in (("probe.repeats", cfg.probe.repeats),
+                       ("compute.accumulate", cfg.compute.accumulate),
+                       ("finetune.labels", cfg.finetune.labels)):
+        if value < 1:
+            raise ConfigError(f"{key} must be at least 1, got {value}")
     return cfg
+
+
+def _check_choice(key: str, value: str, choices) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key}: '{value}' is not one of {', '.join(choices)}"
+                          f"{_suggest(value, choices)}")
 
 
 def config_from_dict(data: Dict[str, Any], overrides: Iterable[str] = ()) -> ExperimentConfig:

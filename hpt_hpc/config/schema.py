@@ -166,6 +166,45 @@ class ProbeConfig:
     batch_size: int = 512
     eval_every: int = 100
     max_train_images: Optional[int] = None  # label budget for the probe's training split
+    mode: str = "cached"  # cached (features once, no augmentation) | augmented (paper)
+    repeats: int = 1  # independent probes (seeds seed..seed+repeats-1): mean +- std
+    crop_scale: List[float] = field(default_factory=lambda: [0.08, 1.0])  # augmented mode
+    flip: bool = True  # augmented mode: random horizontal flip of training images
+    center_crop_ratio: float = 0.875  # test: resize to size/ratio, centre-crop size
+
+
+@dataclass
+class FinetuneConfig:
+    """Semi-supervised transfer: fine-tune the whole network on a label budget."""
+
+    labels: int = 1000  # training images with labels (at least one per class, seeded)
+    label_seed: int = 0
+    lr: float = 0.01  # backbone; the paper uses 0.01 or 0.001
+    head_lr_mult: float = 100.0  # the new linear head learns this much faster
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    iterations: int = 2500
+    milestones: List[int] = field(default_factory=list)  # x0.1 at these steps
+    batch_size: int = 256
+    eval_every: int = 100
+    augment: bool = True  # random-resized-crop (+ flip when probe.flip) on training images
+
+
+@dataclass
+class ComputeConfig:
+    """Speed switches of the training step (see ``benchmarks/train_throughput.py``).
+
+    ``precision``: ``auto`` is bf16 autocast on CUDA and fp32 on CPU; ``bf16`` forces
+    autocast (also on CPU), ``fp32`` disables it. ``accumulate``: gradient-accumulation
+    micro-steps per optimiser step (the global batch is split into that many parts).
+    """
+
+    precision: str = "auto"  # auto | fp32 | bf16
+    channels_last: Optional[bool] = None  # null: on CUDA only
+    fused_optimizer: str = "auto"  # auto (fused on CUDA, foreach on CPU) | fused | foreach | off
+    compile: bool = False  # torch.compile the encoders (off until measured to help)
+    accumulate: int = 1
+    non_blocking: bool = True
 
 
 @dataclass
@@ -200,6 +239,8 @@ class ExperimentConfig:
     stages: Dict[str, StageConfig] = field(default_factory=dict)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     # Sweep grid for `hpt-hpc launch`: config path (or the shorthands variant, lr,
     # iterations, dataset, batch_size for the launched stage, and seed) -> list of values.
