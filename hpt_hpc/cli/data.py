@@ -5,7 +5,7 @@ import json
 
 import click
 
-DATASETS = ("fashion-mnist", "mnist", "digits")
+DATASETS = ("fashion-mnist", "mnist", "digits", "mnist-source")
 
 
 @click.group()

