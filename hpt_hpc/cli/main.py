@@ -9,7 +9,7 @@ import click
 
 from .. import __version__
 from .data import data
-from .train import config_group, probe, train
+from .train import config_group, finetune, probe, train
 from .launch import cancel, launch, status
 from .mlflow import mlflow_group, runs
 from .quickstart import quickstart
@@ -39,6 +39,7 @@ def cli(verbose: bool) -> None:
 cli.add_command(data)
 cli.add_command(train)
 cli.add_command(probe)
+cli.add_command(finetune)
 cli.add_command(config_group)
 cli.add_command(quickstart)
 cli.add_command(launch)

@@ -1,8 +1,7 @@
-"""``hpt-hpc train``/``probe``/``config``: run a stage in this process, probe a checkpoint,
-show a resolved config. (The SLURM launcher wraps the same library calls.)"""
+"""``hpt-hpc train``/``probe``/``finetune``/``config``: run a stage in this process,
+evaluate a checkpoint (linear probe, semi-supervised fine-tune), show a resolved config.
+(The SLURM launcher wraps the same library calls.)"""
 from __future__ import annotations
-
-from pathlib import Path
 
 import click
 
@@ -47,31 +46,85 @@ def train(config_path: str, overrides, stages, init) -> None:
                    + (f", registered as {res.model_uri}" if res.model_uri else ""))
 
 
+_checkpoint = click.option(
+    "--checkpoint", default=None,
+    help="Checkpoint to evaluate: a file, models:/<name>@<alias> or runs:/<id>/<path> "
+         "(omit: random init).")
+_dataset = click.option("--dataset", required=True,
+                        help="Dataset name from the config's datasets.")
+
+
+def _tracking_metric(metric: str) -> str:
+    return "acc" if metric == "top1" else metric
+
+
 @click.command()
 @_config
 @_overrides
-@click.option("--checkpoint", default=None,
-              help="Checkpoint to probe: a file, models:/<name>@<alias> or runs:/<id>/<path> "
-                   "(omit: random init).")
-@click.option("--dataset", required=True, help="Dataset name from the config's datasets.")
-def probe(config_path: str, overrides, checkpoint, dataset) -> None:
-    """Linear probe of a checkpoint's frozen backbone (cached-features mode)."""
+@_checkpoint
+@_dataset
+@click.option("--mode", type=click.Choice(["cached", "augmented"]), default=None,
+              help="cached: features once, no augmentation; augmented: the paper's "
+                   "random-resized-crop + flip every step (default: probe.mode).")
+@click.option("--repeats", type=click.IntRange(min=1), default=None,
+              help="Independent probes (seeds seed..seed+N-1), reported as mean +- std "
+                   "(default: probe.repeats).")
+def probe(config_path: str, overrides, checkpoint, dataset, mode, repeats) -> None:
+    """Linear probe of a checkpoint's frozen backbone (test score at the best val score)."""
+    import dataclasses
+
     from ..config import load_config
-    from ..eval.runner import probe_checkpoint
-    from ..train.state import resolve_device
+    from ..eval.runner import evaluate_linear
     from ..tracking import log_evaluation
+    from ..train.state import resolve_device
     cfg = load_config(config_path, overrides)
-    path = checkpoint
-    if checkpoint and checkpoint.startswith(("models:/", "runs:/")):
-        from ..tracking.lineage import fetch_init
-        from ..tracking.store import resolve_tracking_uri
-        path, _ = fetch_init(checkpoint, resolve_tracking_uri(cfg),
-                             Path(cfg.output_dir) / "init-cache")
-    res = probe_checkpoint(cfg, dataset, path, resolve_device(cfg.device), cfg.seed)
-    log_evaluation(cfg, None, f"probe {dataset}", res, method="probe", dataset=dataset,
-                   checkpoint=checkpoint)
-    click.echo(f"test accuracy at best val: {100 * res.test_at_best_val:.2f}% "
-               f"(val {100 * res.best_val:.2f}% at probe step {res.best_step}; {res.mode})")
+    changes = {k: v for k, v in (("mode", mode), ("repeats", repeats)) if v is not None}
+    cfg = dataclasses.replace(cfg, probe=dataclasses.replace(cfg.probe, **changes))
+    summary = evaluate_linear(cfg, dataset, checkpoint, resolve_device(cfg.device))
+    log_evaluation(cfg, None, f"probe {dataset}", summary, method="probe", dataset=dataset,
+                   checkpoint=checkpoint, metric=_tracking_metric(summary.metric),
+                   extra_tags={"hpt.probe_mode": summary.mode,
+                               "hpt.probe_repeats": str(summary.repeats)})
+    for res in summary.results:
+        click.echo(f"seed {res.seed}: test {res.metric} at best val "
+                   f"{100 * res.test_at_best_val:.2f}% (val {100 * res.best_val:.2f}% at "
+                   f"probe step {res.best_step})")
+    click.echo(f"{dataset}: {summary.describe()}")
+
+
+@click.command()
+@_config
+@_overrides
+@_checkpoint
+@_dataset
+@click.option("--labels", type=click.IntRange(min=1), default=None,
+              help="Labelled training images, at least one per class "
+                   "(default: finetune.labels).")
+@click.option("--label-seed", type=int, default=None,
+              help="Seed choosing the labelled images (default: finetune.label_seed).")
+@click.option("--iterations", type=click.IntRange(min=1), default=None,
+              help="SGD steps (default: finetune.iterations).")
+def finetune(config_path: str, overrides, checkpoint, dataset, labels, label_seed,
+             iterations) -> None:
+    """Semi-supervised transfer: fine-tune the whole network on a label budget."""
+    import dataclasses
+
+    from ..config import load_config
+    from ..eval.runner import evaluate_finetune
+    from ..tracking import log_evaluation
+    from ..train.state import resolve_device
+    cfg = load_config(config_path, overrides)
+    changes = {k: v for k, v in (("labels", labels), ("label_seed", label_seed),
+                                 ("iterations", iterations)) if v is not None}
+    cfg = dataclasses.replace(cfg, finetune=dataclasses.replace(cfg.finetune, **changes))
+    res = evaluate_finetune(cfg, dataset, checkpoint, resolve_device(cfg.device))
+    log_evaluation(cfg, None, f"finetune {dataset}", res, method="finetune",
+                   dataset=dataset, checkpoint=checkpoint,
+                   metric=_tracking_metric(res.metric),
+                   extra_tags={"hpt.finetune_labels": str(res.labels)})
+    click.echo(f"{dataset}: test {res.metric} at best val {100 * res.test_at_best_val:.2f}% "
+               f"(val {100 * res.best_val:.2f}% at step {res.best_step}; {res.labels} "
+               f"labels; mode: {res.mode})")
 
 
 @click.group("config")

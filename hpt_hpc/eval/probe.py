@@ -1,38 +1,54 @@
-"""Minimal linear probe: frozen backbone, linear classifier trained with SGD on its features.
+"""Linear probe on a frozen backbone: a linear head trained with SGD on its features.
 
-This is the fast *cached-features* mode: features are extracted once (eval mode, no
-augmentation), then a linear layer is trained for ``iterations`` SGD steps with step
-decays at ``milestones``; val and test accuracy are measured every ``eval_every`` steps and
-the reported score is the test accuracy at the best val accuracy (the paper's protocol).
+This module holds the *cached* mode (features extracted once, eval mode, no augmentation,
+standardised by the training split's statistics) and the pieces every protocol shares:
+the step-decay schedule with val/test scoring every ``eval_every`` steps, and the paper's
+report, the test score at the best val score. Multi-hot targets (multi-label data) train a
+BCE-with-logits head scored by mean per-class AUROC; integer labels train a softmax head
+scored by top-1 accuracy (see :mod:`hpt_hpc.eval.metrics`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, List, Optional, Tuple
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from ..config import ProbeConfig
+from .metrics import metric_for, score
+
+CACHED, AUGMENTED = "cached", "augmented"
 
 
 @dataclass
 class Features:
-    """Features ``x`` (N, D) with integer labels ``y`` (N,)."""
+    """Features ``x`` (N, D) with labels ``y``: integers (N,) or multi-hot (N, classes)."""
 
     x: torch.Tensor
     y: torch.Tensor
 
+    @property
+    def multi_label(self) -> bool:
+        return self.y.dim() == 2
+
 
 @dataclass
 class ProbeResult:
-    """Outcome of one probe; ``curve`` holds ``(step, val_acc, test_acc)`` rows."""
+    """Outcome of one probe; ``curve`` holds ``(step, val_score, test_score)`` rows."""
 
     test_at_best_val: float
     best_val: float
     best_step: int
     curve: List[Tuple[int, float, float]] = field(default_factory=list)
-    mode: str = "cached-features"
+    mode: str = CACHED
+    metric: str = "top1"
+    seed: int = 0
+
+
+def _labels(labels) -> torch.Tensor:
+    labels = torch.as_tensor(labels)
+    return labels.float() if labels.dim() == 2 else labels.long()
 
 
 @torch.no_grad()
@@ -44,7 +60,7 @@ def extract_features(backbone: torch.nn.Module, batches: Iterable, device: torch
     xs, ys = [], []
     for images, labels in batches:
         xs.append(backbone(images.to(device)).flatten(1).float().cpu())
-        ys.append(torch.as_tensor(labels).long())
+        ys.append(_labels(labels))
     backbone.train(was_training)
     if not xs:
         raise ValueError("no images to extract features from")
@@ -56,13 +72,8 @@ def pixel_features(batches: Iterable) -> Features:
     xs, ys = [], []
     for images, labels in batches:
         xs.append(images.flatten(1).float())
-        ys.append(torch.as_tensor(labels).long())
+        ys.append(_labels(labels))
     return Features(torch.cat(xs), torch.cat(ys))
-
-
-def _accuracy(weight: torch.nn.Linear, feats: Features) -> float:
-    with torch.no_grad():
-        return float((weight(feats.x).argmax(1) == feats.y).float().mean())
 
 
 def standardize(train: Features, *others: Features) -> Tuple[Features, ...]:
@@ -72,39 +83,88 @@ def standardize(train: Features, *others: Features) -> Tuple[Features, ...]:
     return tuple(Features((f.x - mean) / std, f.y) for f in (train,) + others)
 
 
+def new_head(in_dim: int, classes: int, seed: int) -> torch.nn.Linear:
+    """A linear head with N(0, 0.01) weights (seeded) and zero bias, as in MoCo's probe."""
+    head = torch.nn.Linear(in_dim, classes)
+    with torch.no_grad():
+        head.weight.normal_(0.0, 0.01, generator=torch.Generator().manual_seed(seed))
+        head.bias.zero_()
+    return head
+
+
+def head_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy for integer labels, BCE-with-logits for multi-hot targets."""
+    if targets.dim() == 2:
+        return F.binary_cross_entropy_with_logits(logits, targets.float())
+    return F.cross_entropy(logits, targets)
+
+
+def step_decay(optimizer: torch.optim.Optimizer, milestones: Sequence[int]):
+    """x0.1 learning-rate decay at each of ``milestones`` (in optimiser steps)."""
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, list(milestones), gamma=0.1)
+
+
+def run_schedule(train_step: Callable[[int], None],
+                 evaluate: Callable[[], Tuple[float, float]], iterations: int,
+                 eval_every: int) -> Tuple[float, float, int, List[Tuple[int, float, float]]]:
+    """Call ``train_step(step)`` for steps 1..iterations and ``evaluate() -> (val, test)``
+    every ``eval_every`` steps and at the end; return ``(test_at_best_val, best_val,
+    best_step, curve)`` (the first step wins a tie of val scores)."""
+    if iterations < 1 or eval_every < 1:
+        raise ValueError(f"iterations ({iterations}) and eval_every ({eval_every}) must be "
+                         "positive")
+    best = (0.0, float("-inf"), 0)
+    curve: List[Tuple[int, float, float]] = []
+    for step in range(1, iterations + 1):
+        train_step(step)
+        if step % eval_every == 0 or step == iterations:
+            val, test = evaluate()
+            curve.append((step, val, test))
+            if val > best[1]:
+                best = (test, val, step)
+    return best[0], best[1], best[2], curve
+
+
+def num_classes_of(*splits: Features) -> int:
+    """Width of the head: multi-hot width, or the largest integer label + 1."""
+    if splits[0].multi_label:
+        return int(splits[0].y.shape[1])
+    return int(max(int(f.y.max()) for f in splits)) + 1
+
+
 def linear_probe(train: Features, val: Features, test: Features, cfg: ProbeConfig,
                  seed: int = 0, num_classes: Optional[int] = None,
-                 normalize: bool = True) -> ProbeResult:
-    """Train a linear classifier with SGD; return test accuracy at the best val accuracy."""
+                 normalize: bool = True, mode: str = CACHED) -> ProbeResult:
+    """Cached mode: train a linear head with SGD on fixed features; return the test score
+    at the best val score."""
     if normalize:
         train, val, test = standardize(train, val, test)
-    classes = num_classes or int(max(train.y.max(), val.y.max(), test.y.max())) + 1
-    gen = torch.Generator().manual_seed(seed)
-    head = torch.nn.Linear(train.x.shape[1], classes)
-    with torch.no_grad():
-        head.weight.normal_(0.0, 0.01, generator=gen)
-        head.bias.zero_()
+    classes = num_classes or num_classes_of(train, val, test)
+    head = new_head(train.x.shape[1], classes, seed)
     optimizer = torch.optim.SGD(head.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, cfg.milestones, gamma=0.1)
+    scheduler = step_decay(optimizer, cfg.milestones)
+    gen = torch.Generator().manual_seed(seed)
     n = train.x.shape[0]
     batch = min(cfg.batch_size, n)
-    result = ProbeResult(test_at_best_val=0.0, best_val=-1.0, best_step=0)
-    perm, cursor = torch.randperm(n, generator=gen), 0
-    for step in range(1, cfg.iterations + 1):
-        if cursor + batch > n:
-            perm, cursor = torch.randperm(n, generator=gen), 0
-        idx = perm[cursor:cursor + batch]
-        cursor += batch
-        loss = F.cross_entropy(head(train.x[idx]), train.y[idx])
+    order = {"perm": torch.randperm(n, generator=gen), "cursor": 0}
+
+    def train_step(_step: int) -> None:
+        if order["cursor"] + batch > n:
+            order["perm"], order["cursor"] = torch.randperm(n, generator=gen), 0
+        idx = order["perm"][order["cursor"]:order["cursor"] + batch]
+        order["cursor"] += batch
+        loss = head_loss(head(train.x[idx]), train.y[idx])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         scheduler.step()
-        if step % cfg.eval_every == 0 or step == cfg.iterations:
-            val_acc, test_acc = _accuracy(head, val), _accuracy(head, test)
-            result.curve.append((step, val_acc, test_acc))
-            if val_acc > result.best_val:
-                result.best_val, result.test_at_best_val, result.best_step = \
-                    val_acc, test_acc, step
-    return result
+
+    @torch.no_grad()
+    def evaluate() -> Tuple[float, float]:
+        return score(head(val.x), val.y), score(head(test.x), test.y)
+
+    test_score, best_val, best_step, curve = run_schedule(train_step, evaluate,
+                                                          cfg.iterations, cfg.eval_every)
+    return ProbeResult(test_score, best_val, best_step, curve, mode,
+                       metric_for(train.multi_label), seed)

@@ -1,0 +1,52 @@
+"""Augmented linear probe (the paper's protocol): every step draws a batch of training
+images with random-resized-crop (+ flip), passes it through the frozen backbone (eval
+mode, no gradients) and takes one SGD step on the linear head. Val/test images are
+deterministic (resize + centre crop), so their features are extracted once."""
+from __future__ import annotations
+
+from typing import Iterable, Tuple
+
+import torch
+
+from ..config import ProbeConfig
+from .metrics import metric_for, score
+from .probe import (AUGMENTED, Features, ProbeResult, head_loss, new_head, run_schedule,
+                    step_decay)
+
+
+def augmented_probe(backbone: torch.nn.Module, train_batches: Iterable, val: Features,
+                    test: Features, cfg: ProbeConfig, device: torch.device, seed: int,
+                    num_classes: int) -> ProbeResult:
+    """Train a linear head on augmented training batches (at least ``cfg.iterations`` of
+    them); return the test score at the best val score."""
+    backbone.eval().to(device)
+    head = new_head(val.x.shape[1], num_classes, seed).to(device)
+    optimizer = torch.optim.SGD(head.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay)
+    scheduler = step_decay(optimizer, cfg.milestones)
+    val_x, val_y = val.x.to(device), val.y.to(device)
+    test_x, test_y = test.x.to(device), test.y.to(device)
+    batches = iter(train_batches)
+
+    def train_step(_step: int) -> None:
+        images, labels = next(batches)
+        with torch.no_grad():
+            feats = backbone(images.to(device)).flatten(1).float()
+        labels = torch.as_tensor(labels)
+        labels = (labels.float() if labels.dim() == 2 else labels.long()).to(device)
+        loss = head_loss(head(feats), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+
+    @torch.no_grad()
+    def evaluate() -> Tuple[float, float]:
+        return score(head(val_x), val_y), score(head(test_x), test_y)
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # the crops and flips of the in-process transforms
+        test_score, best_val, best_step, curve = run_schedule(
+            train_step, evaluate, cfg.iterations, cfg.eval_every)
+    return ProbeResult(test_score, best_val, best_step, curve, AUGMENTED,
+                       metric_for(val.multi_label), seed)

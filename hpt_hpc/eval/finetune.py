@@ -1,0 +1,124 @@
+"""Semi-supervised transfer: fine-tune the whole network (backbone in train mode plus a
+new linear head) on a small, seeded label budget of the training split.
+
+SGD with backbone rate ``lr`` and head rate ``lr * head_lr_mult``, x0.1 at ``milestones``;
+val and test are scored every ``eval_every`` steps (network in eval mode) and the test
+score at the best val score is reported with the whole curve.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Iterable, List, Sequence, Tuple
+
+import torch
+
+from ..config import FinetuneConfig
+from ..data.sources import ImageRecord
+from ..errors import HptError
+from .metrics import metric_for, score
+from .probe import head_loss, new_head, run_schedule, step_decay
+
+FINETUNE = "finetune"
+
+
+@dataclass
+class FinetuneResult:
+    """Outcome of one fine-tune; ``curve`` holds ``(step, val_score, test_score)`` rows."""
+
+    test_at_best_val: float
+    best_val: float
+    best_step: int
+    curve: List[Tuple[int, float, float]] = field(default_factory=list)
+    labels: int = 0
+    mode: str = FINETUNE
+    metric: str = "top1"
+
+
+def select_label_budget(records: Sequence[ImageRecord], n: int, seed: int,
+                        ) -> List[ImageRecord]:
+    """``n`` labelled records, every class among them, chosen by a ``seed``-ed shuffle.
+
+    First, for each class (in label order) not yet covered, the first record of the
+    shuffled order that carries it; then the rest of the shuffled order up to ``n``.
+    Returned in listing order.
+    """
+    labelled = [i for i, r in enumerate(records) if r.labels]
+    classes = sorted({lab for i in labelled for lab in records[i].labels})
+    if n > len(labelled):
+        raise HptError(f"label budget {n} exceeds the {len(labelled)} labelled training "
+                       "images; lower finetune.labels (--labels)")
+    if n < len(classes):
+        raise HptError(f"label budget {n} is below the {len(classes)} classes; "
+                       "finetune.labels (--labels) needs at least one image per class")
+    order = labelled[:]
+    random.Random(seed).shuffle(order)
+    chosen: List[int] = []
+    covered: set = set()
+    for cls in classes:
+        if cls not in covered:
+            pick = next(i for i in order if cls in records[i].labels)
+            chosen.append(pick)
+            covered.update(records[pick].labels)
+    taken = set(chosen)
+    chosen += [i for i in order if i not in taken][:n - len(chosen)]
+    return [records[i] for i in sorted(chosen)]
+
+
+def finetune_optimizer(backbone: torch.nn.Module, head: torch.nn.Module,
+                       cfg: FinetuneConfig) -> torch.optim.SGD:
+    """SGD over two groups: backbone at ``lr``, head at ``lr * head_lr_mult``."""
+    return torch.optim.SGD(
+        [{"params": list(backbone.parameters()), "lr": cfg.lr, "name": "backbone"},
+         {"params": list(head.parameters()), "lr": cfg.lr * cfg.head_lr_mult,
+          "name": "head"}],
+        lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+@torch.no_grad()
+def _score(network: torch.nn.Module, batches: Iterable, device: torch.device) -> float:
+    logits, targets = [], []
+    for images, labels in batches:
+        logits.append(network(images.to(device)).float().cpu())
+        labels = torch.as_tensor(labels)
+        targets.append(labels.float() if labels.dim() == 2 else labels.long())
+    return score(torch.cat(logits), torch.cat(targets))
+
+
+def finetune(backbone: torch.nn.Module, feature_dim: int, train_batches: Iterable,
+             val_batches: Iterable, test_batches: Iterable, cfg: FinetuneConfig,
+             device: torch.device, num_classes: int, multi_label: bool, seed: int = 0,
+             ) -> FinetuneResult:
+    """Fine-tune ``backbone`` (in place) and a new head on ``train_batches`` (at least
+    ``cfg.iterations`` batches); ``labels`` of the result is left for the caller."""
+    head = new_head(feature_dim, num_classes, seed)
+    network = torch.nn.Sequential(backbone, torch.nn.Flatten(1), head).to(device)
+    for p in network.parameters():
+        p.requires_grad_(True)
+    optimizer = finetune_optimizer(backbone, head, cfg)
+    scheduler = step_decay(optimizer, cfg.milestones)
+    batches = iter(train_batches)
+
+    def train_step(_step: int) -> None:
+        network.train()
+        images, labels = next(batches)
+        labels = torch.as_tensor(labels)
+        labels = (labels.float() if labels.dim() == 2 else labels.long()).to(device)
+        loss = head_loss(network(images.to(device)).float(), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+
+    def evaluate() -> Tuple[float, float]:
+        network.eval()
+        scores = _score(network, val_batches, device), _score(network, test_batches, device)
+        network.train()
+        return scores
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # the crops and flips of the in-process transforms
+        test_score, best_val, best_step, curve = run_schedule(
+            train_step, evaluate, cfg.iterations, cfg.eval_every)
+    return FinetuneResult(test_score, best_val, best_step, curve, 0, FINETUNE,
+                          metric_for(multi_label))
