@@ -14,7 +14,11 @@ Behaviour kept from the official implementation:
 
 Differences: the queue accepts any batch size (writes wrap around), and in a single process
 ``shuffle_bn`` shuffles the key batch and runs ``encoder_k`` over ``bn_splits`` sub-batches so
-that key BN statistics are computed per sub-batch.
+that key BN statistics are computed per sub-batch. The momentum update is one fused
+``_foreach_lerp_`` and the enqueue keeps its write position on the device (no host sync per
+step). For gradient accumulation ``forward`` can skip the momentum update and hold its keys
+back until the optimiser step's last micro-batch (see :meth:`MoCo.forward`); the contrastive
+logits are computed in fp32 even under autocast.
 """
 from __future__ import annotations
 
@@ -112,6 +116,7 @@ class MoCo(nn.Module):
 
         self.register_buffer("queue", F.normalize(torch.randn(dim, queue_size), dim=0))
         self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
+        self._held_keys: list = []  # keys of earlier micro-batches (gradient accumulation)
 
     @classmethod
     def from_config(cls, model_cfg, moco_cfg, queue_size: Optional[int] = None) -> "MoCo":
@@ -143,20 +148,22 @@ class MoCo(nn.Module):
         """``theta_k <- m * theta_k + (1 - m) * theta_q`` over all parameters (not buffers)."""
         params_k = [p.detach() for p in self.encoder_k.parameters()]
         params_q = [p.detach() for p in self.encoder_q.parameters()]
-        torch._foreach_mul_(params_k, self.momentum)
-        torch._foreach_add_(params_k, params_q, alpha=1.0 - self.momentum)
+        # k + (1 - m) * (q - k) == m * k + (1 - m) * q, one kernel per dtype/device group
+        torch._foreach_lerp_(params_k, params_q, 1.0 - self.momentum)
 
     @torch.no_grad()
     def _enqueue(self, keys: torch.Tensor) -> None:
-        """Write ``keys`` (N x dim) into the queue at ``queue_ptr``, wrapping around."""
+        """Write ``keys`` (N x dim) into the queue at ``queue_ptr``, wrapping around.
+
+        The position stays a device tensor: no device-to-host copy, so no stall on a GPU.
+        """
         keys = keys.detach().to(self.queue.dtype)
         if keys.shape[0] > self.queue_size:
             keys = keys[-self.queue_size:]
         n = keys.shape[0]
-        ptr = int(self.queue_ptr[0])
-        idx = (ptr + torch.arange(n, device=self.queue.device)) % self.queue_size
-        self.queue[:, idx] = keys.T
-        self.queue_ptr[0] = (ptr + n) % self.queue_size
+        idx = (self.queue_ptr + torch.arange(n, device=self.queue.device)) % self.queue_size
+        self.queue.index_copy_(1, idx, keys.T)
+        self.queue_ptr.add_(n).remainder_(self.queue_size)
 
     @torch.no_grad()
     def _batch_shuffle_ddp(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -198,19 +205,32 @@ class MoCo(nn.Module):
             k = self.encoder_k(im_k)
         return F.normalize(k.float(), dim=1)
 
-    def forward(self, im_q: torch.Tensor, im_k: torch.Tensor):
-        """One MoCo step: returns ``(loss, logits, labels)`` and updates ``encoder_k``/queue."""
+    def forward(self, im_q: torch.Tensor, im_k: torch.Tensor, update_key_encoder: bool = True,
+                enqueue: bool = True):
+        """One MoCo step: returns ``(loss, logits, labels)`` and updates ``encoder_k``/queue.
+
+        Gradient accumulation calls this once per micro-batch: ``update_key_encoder`` only
+        on the first (one momentum update per optimiser step) and ``enqueue`` only on the
+        last, which enqueues the held-back keys of the earlier micro-batches with its own;
+        every micro-batch then sees the queue that one large batch would have seen.
+        """
         q = F.normalize(self.encoder_q(im_q).float(), dim=1)
         with torch.no_grad():
-            self.momentum_update()
+            if update_key_encoder:
+                self.momentum_update()
             k = self.compute_keys(im_k)
-        l_pos = (q * k).sum(dim=1, keepdim=True)
-        l_neg = q @ self.queue.clone().detach()
-        logits = torch.cat([l_pos, l_neg], dim=1) / self.temperature
-        labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
-        loss = F.cross_entropy(logits, labels)
+        with torch.autocast(q.device.type, enabled=False):  # logits / T in fp32
+            l_pos = (q * k).sum(dim=1, keepdim=True)
+            l_neg = q @ self.queue.clone().detach()
+            logits = torch.cat([l_pos, l_neg], dim=1) / self.temperature
+            labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+            loss = F.cross_entropy(logits, labels)
         with torch.no_grad():
-            self._enqueue(concat_all_gather(k) if dist_world_size() > 1 else k)
+            held = self._held_keys
+            held.append(concat_all_gather(k) if dist_world_size() > 1 else k)
+            self._held_keys = [] if enqueue else held
+            if enqueue:
+                self._enqueue(torch.cat(held) if len(held) > 1 else held[0])
         return loss, logits, labels
 
     def extra_repr(self) -> str:
