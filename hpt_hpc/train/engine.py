@@ -4,6 +4,9 @@ Iteration-based SGD with cosine decay. Periodic and final checkpoints are writte
 atomically; if the stage's output folder already holds a checkpoint the stage resumes
 from it at the saved step. Variants: ``full`` (HPT), ``bn`` (HPT-BN), ``bn-stats`` (the
 Base baseline: BatchNorm statistics re-estimated, no gradient step), ``scratch`` (Target).
+Speed switches (bf16 autocast, channels_last, fused SGD, compile, gradient accumulation)
+come from ``cfg.compute`` through :mod:`hpt_hpc.train.speed`. On a GPU the loss is read
+back (a host sync) only when it is logged, reported or checked, not every step.
 """
 from __future__ import annotations
 
@@ -21,6 +24,8 @@ from ..models import (MoCo, cap_queue_size, configure_variant, load_checkpoint,
                       load_initial_weights, reestimate_bn_stats, save_checkpoint_atomic)
 from ..tracking import NullTracker, Tracker
 from .distributed import DistInfo
+from .speed import (StepSpeed, check_accumulation, make_optimizer, prepare_model,
+                    resolve_speed, set_optimizer_impl, to_device, train_step)
 from .state import capture_rng_state, resolve_device, restore_rng_state, seed_everything
 
 log = logging.getLogger(__name__)
@@ -139,6 +144,8 @@ def run_stage(cfg: ExperimentConfig, stage: str, loader: Any, out_dir: Path,
         torch.cuda.set_device(device)
     started = time.time()
 
+    speed = resolve_speed(cfg.compute, device)
+    check_accumulation(settings["rank_batch_size"], speed.accumulate, stage)
     seed_everything(cfg.seed + dist.rank)
     model = build_model(cfg, loader.num_images * dist.world_size, settings["batch_size"])
     result = StageResult(stage, variant, ckpt_dir / FINAL, 0, total)
@@ -150,15 +157,17 @@ def run_stage(cfg: ExperimentConfig, stage: str, loader: Any, out_dir: Path,
         log.info("stage %s: initial weights from %s (%s)", stage, init,
                  result.init_report.get("layout"))
     model.to(device)
+    prepare_model(model, speed)
 
     params = configure_variant(model, variant)
-    optimizer = (torch.optim.SGD(params, lr=base_lr, momentum=cfg.optim.momentum,
-                                 weight_decay=cfg.optim.weight_decay) if params else None)
+    optimizer = (make_optimizer(params, base_lr, cfg.optim.momentum, cfg.optim.weight_decay,
+                                speed) if params else None)
     start = 0
     if resume_state is not None:
         model.load_state_dict(resume_state["model"])
         if optimizer is not None and resume_state.get("optimizer"):
             optimizer.load_state_dict(resume_state["optimizer"])
+            set_optimizer_impl(optimizer, speed)
         restore_rng_state(resume_state["rng"])
         start = result.resumed_from = int(resume_state["step"])
         log.info("stage %s: resuming at step %d of %d", stage, start, total)
@@ -182,9 +191,10 @@ def run_stage(cfg: ExperimentConfig, stage: str, loader: Any, out_dir: Path,
         if dist.world_size > 1:
             net = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[device.index] if device.type == "cuda" else None)
+        log.info("stage %s: step %s", stage, speed.describe())
         result = _train_loop(cfg, net, optimizer, loader, result, start, base_lr,
                              tracker, device, dist, stop_after, on_step, init, ckpt_dir,
-                             should_stop)
+                             should_stop, speed)
 
     state = _checkpoint(model, optimizer, result.steps, total, stage, variant, cfg, tracker,
                         init)
@@ -220,46 +230,49 @@ def _train_loop(cfg: ExperimentConfig, net: torch.nn.Module,
                 start: int, base_lr: float, tracker: Tracker, device: torch.device,
                 dist: DistInfo, stop_after: Optional[int],
                 on_step: Optional[Callable[[int, float], None]], init: Optional[str],
-                ckpt_dir: Path, should_stop: Optional[Callable[[int], bool]]) -> StageResult:
+                ckpt_dir: Path, should_stop: Optional[Callable[[int], bool]],
+                speed: StepSpeed) -> StageResult:
     model: MoCo = getattr(net, "module", net)
     total = result.total_steps
     end = total if stop_after is None else min(total, start + stop_after)
     net.train()
     batches = _batches(loader, start)
     step, loss_value, tick = start, float("nan"), time.time()
-    durations, step_started = [], time.perf_counter()
+    durations, window_started, window_steps = [], time.perf_counter(), 0
     log_every = max(1, min(50, total // 20 or 1))
     progress_every = max(1, total // 10)
+    every = cfg.checkpoint.every
+    sync_each_step = device.type != "cuda" or on_step is not None
     for step in range(start, end):
-        view_q, view_k = next(batches)
-        view_q = view_q.to(device, non_blocking=True)
-        view_k = view_k.to(device, non_blocking=True)
+        view_q, view_k = (to_device(view, device, speed) for view in next(batches))
         lr = learning_rate(step, total, base_lr, cfg.optim.warmup_iterations, cfg.optim.schedule)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss, logits, labels = net(view_q, view_k)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss, logits, labels = train_step(net, view_q, view_k, speed)
         optimizer.step()
-        loss_value = float(loss.detach())
-        if not math.isfinite(loss_value):
-            raise FloatingPointError(f"stage {result.stage}: loss became {loss_value} at step "
-                                     f"{step}; lower the learning rate (now {lr:g})")
-        now_perf = time.perf_counter()
-        durations.append(now_perf - step_started)
-        step_started = now_perf
+        window_steps += 1
+        logged = (step + 1) % log_every == 0 or step + 1 == end
+        progress = (step + 1) % progress_every == 0
+        if sync_each_step or logged or progress:
+            loss_value = float(loss)  # waits for the device: times the steps since last read
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"stage {result.stage}: loss became {loss_value} by "
+                                         f"step {step + 1}; lower the learning rate (now {lr:g})")
+            now_perf = time.perf_counter()
+            durations += [(now_perf - window_started) / window_steps] * window_steps
+            window_started, window_steps = now_perf, 0
         if on_step is not None:
             on_step(step + 1, loss_value)
-        if (step + 1) % log_every == 0 or step + 1 == end:
+        if logged:
             acc = float((logits.argmax(dim=1) == labels).float().mean())
             now = time.time()
             tracker.log_metrics({"loss": loss_value, "lr": lr, "contrastive_acc": acc,
                                  "step_seconds": (now - tick) / log_every}, step=step + 1)
             tick = now
-        if (step + 1) % progress_every == 0:
+        if progress:
             log.info("stage %s: step %d/%d loss %.4f lr %.4g", result.stage, step + 1, total,
                      loss_value, lr)
-        every = cfg.checkpoint.every
         if every and (step + 1) % every == 0 and step + 1 < total and dist.is_main:
             save_checkpoint_atomic(
                 _checkpoint(model, optimizer, step + 1, total, result.stage, result.variant,
