@@ -13,6 +13,7 @@ from .train import config_group, finetune, probe, train
 from .launch import cancel, launch, status
 from .mlflow import mlflow_group, runs
 from .quickstart import quickstart
+from .sweep import report, sweep
 
 
 class _ErrorHandlingGroup(click.Group):
@@ -47,6 +48,8 @@ cli.add_command(status)
 cli.add_command(cancel)
 cli.add_command(mlflow_group)
 cli.add_command(runs)
+cli.add_command(sweep)
+cli.add_command(report)
 
 if __name__ == "__main__":  # pragma: no cover
     cli()

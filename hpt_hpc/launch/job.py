@@ -87,7 +87,7 @@ class PreemptionFlag:
 class StageJob(submitit.helpers.Checkpointable):
     """The submitted callable: ``StageJob()(config_dict, stage, init, parent_run_id, label)``
     (``parent_run_id``: the launch's MLflow pipeline run; ``label``: the run's name and
-    registry alias suffix, distinct per sweep cell).
+    registry alias suffix, distinct per sweep cell; ``method``/``tags``: run tags).
 
     ``checkpoint()`` (inherited) resubmits the same arguments; the stage folder's
     ``last.pt`` makes the requeued run resume at the saved step.
@@ -95,7 +95,8 @@ class StageJob(submitit.helpers.Checkpointable):
 
     def __call__(self, config: Dict[str, Any], stage: str, init: Optional[str] = None,
                  parent_run_id: Optional[str] = None,
-                 label: Optional[str] = None) -> Dict[str, Any]:
+                 label: Optional[str] = None, method: Optional[str] = None,
+                 tags: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
         from ..config import config_from_dict
         from ..train.pipeline import run_configured_stage
         logging.basicConfig(level=logging.INFO,
@@ -106,7 +107,7 @@ class StageJob(submitit.helpers.Checkpointable):
         try:
             result = run_configured_stage(cfg, stage, init=init, dist=dist_info,
                                           should_stop=flag, parent_run_id=parent_run_id,
-                                          label=label)
+                                          label=label, method=method, extra_tags=tags)
         finally:
             _teardown(dist_info)
         summary = {"stage": stage, "rank": dist_info.rank, "world_size": dist_info.world_size,

@@ -81,11 +81,13 @@ def run_configured_stage(cfg: ExperimentConfig, stage: str, tracker: Optional[Tr
                          stop_after: Optional[int] = None,
                          should_stop: Optional[Callable[[int], bool]] = None,
                          parent_run_id: Optional[str] = None, label: Optional[str] = None,
-                         method: Optional[str] = None) -> StageResult:
+                         method: Optional[str] = None,
+                         extra_tags: Optional[Dict[str, str]] = None) -> StageResult:
     """Build the loader, init and tracker for ``stage`` and run it with the engine.
 
     Without a ``tracker`` one is made from ``cfg.tracking`` (nested under ``parent_run_id``;
-    ``label``/``method`` name the run and its method tag) and closed at the end; a stage
+    ``label``/``method`` name the run and its method tag, ``extra_tags`` are added) and
+    closed at the end; a stage
     resumed from ``last.pt`` continues the MLflow run saved in it.
     """
     if stage not in cfg.stages:
@@ -99,7 +101,7 @@ def run_configured_stage(cfg: ExperimentConfig, stage: str, tracker: Optional[Tr
         if own_tracker:
             from ..tracking import make_tracker
             tracker = make_tracker(cfg, stage=stage, parent_run_id=parent_run_id, label=label,
-                                   method=method, rank=dist.rank)
+                                   method=method, rank=dist.rank, extra_tags=extra_tags)
         if tracker.run_id and init_path and "hpt.init_run_id" not in lineage:
             from ..tracking.lineage import checkpoint_lineage
             lineage.update(checkpoint_lineage(init_path))
