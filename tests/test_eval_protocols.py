@@ -1,0 +1,144 @@
+"""Linear-probe protocols on real MNIST: cached vs augmented mode, repeats, multi-label
+file lists scored by AUROC (checked against scikit-learn)."""
+import dataclasses
+import statistics
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from hpt_hpc.config import DatasetConfig, config_from_dict
+from hpt_hpc.data import list_split
+from hpt_hpc.errors import HptError
+from hpt_hpc.eval.metrics import binary_auroc, mean_auroc, score
+from hpt_hpc.eval.runner import evaluate_linear, evaluate_pixels, probe_pixels
+from hpt_hpc.eval.splits import center_crop_transform, label_space, train_transform
+
+from tiny import tiny_config, tiny_config_data, write_tiny_config
+
+PROBE = {"lr": 0.1, "iterations": 20, "milestones": [15], "batch_size": 64,
+         "eval_every": 10}
+
+
+def _cfg(tmp_path, datasets, **probe):
+    return tiny_config(tmp_path, datasets, {}, probe={**PROBE, **probe})
+
+
+def test_auroc_equals_scikit_learn_with_ties_and_skipped_class():
+    rng = np.random.default_rng(0)
+    targets = rng.integers(0, 2, size=(40, 4))
+    targets[:, 2] = 1  # one label value only: skipped
+    scores = np.round(rng.normal(size=(40, 4)), 1)  # coarse rounding -> many ties
+    scores[:10, 0] = 0.5  # a large tie block mixing both labels
+    valid = [0, 1, 3]
+    expected = roc_auc_score(targets[:, valid], scores[:, valid], average="macro")
+    assert mean_auroc(torch.tensor(scores), torch.tensor(targets)) == pytest.approx(expected)
+    for c in valid:
+        assert binary_auroc(scores[:, c], targets[:, c]) == \
+            pytest.approx(roc_auc_score(targets[:, c], scores[:, c]))
+    # every pair tied counts 1/2; a perfect ranking is 1
+    assert binary_auroc([1, 1, 1, 1], [0, 1, 0, 1]) == pytest.approx(0.5)
+    assert binary_auroc([0.1, 0.2, 0.9, 0.8], [0, 0, 1, 1]) == pytest.approx(1.0)
+    assert np.isnan(binary_auroc([0.1, 0.2], [1, 1]))
+    with pytest.raises(HptError, match="AUROC is undefined"):
+        mean_auroc(torch.zeros(3, 2), torch.ones(3, 2))
+
+
+def test_score_is_top1_for_integer_labels():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 1.0], [0.0, 5.0]])
+    assert score(logits, torch.tensor([0, 1, 1, 1])) == pytest.approx(0.75)
+
+
+def _multilabel_lists(mnist_tree, folder):
+    """File lists over real MNIST images: label = digit, plus 10 when the digit is even."""
+    folder.mkdir()
+    for split in ("train", "val", "test"):
+        records, _ = list_split(DatasetConfig(path=str(mnist_tree)), split)
+        lines = ["path,label,label"]
+        for r in records:
+            digit = r.labels[0]
+            lines.append(f"{r.path},{digit}" + (",10" if digit % 2 == 0 else ""))
+        (folder / f"{split}.csv").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def test_multilabel_filelist_is_probed_with_auroc(tmp_path, mnist_tree):
+    lists = _multilabel_lists(mnist_tree, tmp_path / "lists")
+    data = tiny_config_data(tmp_path / "out", {}, {}, probe=PROBE)
+    data["datasets"]["digits"] = {"path": str(lists), "format": "filelist"}
+    cfg = config_from_dict(data)
+    train, _ = list_split(cfg.datasets["digits"], "train")
+    assert label_space(train) == (11, True)  # odd digits carry one label, even digits two
+
+    pixels = evaluate_pixels(cfg, "digits")
+    assert pixels.metric == "auroc" and pixels.mode == "cached (raw pixels)"
+    assert 0.75 < pixels.mean <= 1.0, "raw MNIST pixels separate digits/parity well"
+    learned = evaluate_linear(cfg, "digits", None, "cpu")
+    assert learned.metric == "auroc" and learned.mode == "cached"
+    assert all(0.0 <= val <= 1.0 and 0.0 <= test <= 1.0
+               for r in learned.results for _, val, test in r.curve)
+
+
+def test_cached_repeats_give_mean_and_std(tmp_path, mnist_tree):
+    cfg = _cfg(tmp_path, {"mnist": mnist_tree}, repeats=3)
+    summary = evaluate_linear(cfg, "mnist", None, "cpu")
+    scores = [r.test_at_best_val for r in summary.results]
+    assert summary.mode == "cached" and summary.metric == "top1"
+    assert [r.seed for r in summary.results] == [0, 1, 2]
+    assert summary.mean == pytest.approx(statistics.fmean(scores))
+    assert summary.std == pytest.approx(statistics.stdev(scores))
+    assert len({tuple(r.curve) for r in summary.results}) > 1, "seeds must differ"
+    assert "over 3 probes (mode: cached)" in summary.describe()
+    # the same seed reproduces its probe exactly; the random init is drawn from cfg.seed
+    again = evaluate_linear(dataclasses.replace(
+        cfg, probe=dataclasses.replace(cfg.probe, repeats=1)), "mnist", None, "cpu")
+    assert again.results[0].curve == summary.results[0].curve and again.std == 0.0
+
+
+def test_augmented_mode_runs_and_says_so(tmp_path, mnist_tree):
+    cfg = _cfg(tmp_path, {"mnist": mnist_tree}, mode="augmented", repeats=2, batch_size=32)
+    summary = evaluate_linear(cfg, "mnist", None, "cpu")
+    assert summary.mode == "augmented" and len(summary.results) == 2
+    assert all(r.mode == "augmented" and r.metric == "top1" for r in summary.results)
+    assert summary.results[0].curve != summary.results[1].curve
+    assert [step for step, _, _ in summary.results[0].curve] == [10, 20]
+    assert probe_pixels(cfg, "mnist").mode == "cached (raw pixels)"
+
+
+def test_augmented_transforms_crop_randomly_and_evaluate_deterministically(tmp_path,
+                                                                            mnist_tree):
+    from hpt_hpc.data import load_image
+    cfg = _cfg(tmp_path, {"mnist": mnist_tree}, crop_scale=[0.08, 0.3])
+    records, _ = list_split(cfg.datasets["mnist"], "test")
+    img = load_image(records[0].path, 1)
+    train_tf, test_tf = train_transform(cfg), center_crop_transform(cfg)
+    torch.manual_seed(0)
+    crops = [train_tf(img) for _ in range(4)]
+    assert crops[0].shape == (1, 16, 16)
+    assert any(not torch.equal(crops[0], c) for c in crops[1:])
+    assert torch.equal(test_tf(img), test_tf(img)) and test_tf(img).shape == (1, 16, 16)
+    bad = _cfg(tmp_path, {"mnist": mnist_tree}, crop_scale=[0.5, 2.0])
+    with pytest.raises(HptError, match="crop_scale"):
+        train_transform(bad)
+
+
+def test_cli_probe_and_finetune_report_mode_and_spread(tmp_path, mnist_tree):
+    from click.testing import CliRunner
+
+    from hpt_hpc.cli.main import cli
+    config = write_tiny_config(tmp_path, {"mnist": mnist_tree}, {}, probe=PROBE,
+                               finetune={"batch_size": 10, "eval_every": 2})
+    runner = CliRunner()
+    probed = runner.invoke(cli, ["probe", "--config", str(config), "--dataset", "mnist",
+                                 "--mode", "cached", "--repeats", "2"])
+    assert probed.exit_code == 0, probed.output
+    assert "seed 0:" in probed.output and "seed 1:" in probed.output
+    assert "over 2 probes (mode: cached)" in probed.output
+    tuned = runner.invoke(cli, ["finetune", "--config", str(config), "--dataset", "mnist",
+                                "--labels", "10", "--iterations", "2"])
+    assert tuned.exit_code == 0, tuned.output
+    assert "10 labels; mode: finetune" in tuned.output
+    short = runner.invoke(cli, ["finetune", "--config", str(config), "--dataset", "mnist",
+                                "--labels", "4", "--iterations", "2"])
+    assert short.exit_code != 0 and "at least one image per class" in short.output
