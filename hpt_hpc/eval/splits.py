@@ -95,15 +95,20 @@ def center_crop_transform(cfg: ExperimentConfig):
 
 
 class _Batches:
-    """``(images, targets)`` batches of a DataLoader, dropping unreadable images."""
+    """``(images, targets)`` batches of a DataLoader, dropping unreadable images; with
+    ``endless`` the loader is restarted (fresh shuffle) whenever it runs out, so a batch
+    lost to unreadable images never ends a training run early."""
 
-    def __init__(self, loader: DataLoader):
-        self.loader = loader
+    def __init__(self, loader: DataLoader, endless: bool = False):
+        self.loader, self.endless = loader, endless
 
     def __iter__(self):
-        for images, labels, _, _ in self.loader:
-            if images is not None:
-                yield images, labels
+        while True:
+            for images, labels, _, _ in self.loader:
+                if images is not None:
+                    yield images, labels
+            if not self.endless:
+                return
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -112,8 +117,9 @@ class _Batches:
 def image_batches(cfg: ExperimentConfig, records: Sequence[ImageRecord], space: SplitRecords,
                   transform, batch_size: int, steps: Optional[int] = None,
                   seed: int = 0) -> _Batches:
-    """One ordered pass over ``records`` or, with ``steps``, exactly ``steps`` shuffled
-    batches (epoch after epoch, seeded) of ``min(batch_size, len(records))`` images."""
+    """One ordered pass over ``records`` or, with ``steps``, an endless stream of shuffled
+    batches (epoch after epoch, seeded) of ``min(batch_size, len(records))`` images, drawn
+    ``steps`` batches at a time."""
     from ..data.loader import ImageDataset, collate_skipping
     dataset = ImageDataset(records, transform, cfg.data.channels, space.num_classes,
                            space.multi_label)
@@ -127,4 +133,4 @@ def image_batches(cfg: ExperimentConfig, records: Sequence[ImageRecord], space: 
                         num_workers=cfg.data.workers, collate_fn=collate_skipping,
                         pin_memory=torch.cuda.is_available(),
                         generator=torch.Generator().manual_seed(seed))
-    return _Batches(loader)
+    return _Batches(loader, endless=steps is not None)
