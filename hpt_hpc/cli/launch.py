@@ -36,9 +36,17 @@ def _extra(values):
 @click.option("--sbatch", "sbatch_extra", multiple=True, metavar="OPTION=VALUE",
               help="Extra sbatch option, e.g. --sbatch exclusive= (repeatable).")
 @click.option("--log-folder", help="submitit folder (default <output_dir>/slurm-logs/%j).")
+@click.option("--container", metavar="IMAGE.sif",
+              help="Run every task inside this Apptainer/Singularity image (--nv on GPUs).")
+@click.option("--container-bind", "container_binds", multiple=True, metavar="SRC[:DST[:ro]]",
+              help="Another host path to bind (repeatable); data, outputs, logs and the "
+                   "MLflow store are bound already.")
+@click.option("--container-runtime", metavar="NAME|PATH",
+              help="apptainer or singularity (default: whichever is on PATH, apptainer "
+                   "first).")
 def launch(config_path, stage, chain, overrides, executor, profile, partition, nodes,
            gpus_per_node, tasks_per_node, cpus_per_task, mem, time, account, qos, constraint,
-           sbatch_extra, log_folder) -> None:
+           sbatch_extra, log_folder, container, container_binds, container_runtime) -> None:
     """Submit a stage (a sweep becomes one job array) or a whole chain."""
     from ..launch.options import build_options
     from ..launch.submit import describe, launch as do_launch
@@ -51,9 +59,13 @@ def launch(config_path, stage, chain, overrides, executor, profile, partition, n
     options = build_options(profile, executor=executor, partition=partition, nodes=nodes,
                             gpus_per_node=gpus_per_node, tasks_per_node=tasks_per_node,
                             cpus_per_task=cpus_per_task, mem=mem, time=time, account=account,
-                            qos=qos, constraint=constraint, extra=_extra(sbatch_extra))
+                            qos=qos, constraint=constraint, extra=_extra(sbatch_extra),
+                            container=container, container_binds=list(container_binds),
+                            container_runtime=container_runtime)
     record = do_launch(config_path, stages, options, overrides, log_folder)
     click.echo(describe(record))
+    if options.container:
+        click.echo(f"container: every task runs in {options.container}")
 
 
 @click.command()

@@ -7,7 +7,7 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import yaml
 
@@ -35,6 +35,9 @@ class SchedulerOptions:
     array_parallelism: int = 64
     signal_delay_s: int = 120  # SIGUSR2 this long before the time limit: checkpoint, requeue
     extra: Dict[str, Any] = field(default_factory=dict)  # more sbatch options
+    container: Optional[str] = None  # Apptainer/Singularity image every task runs in
+    container_binds: List[str] = field(default_factory=list)  # more SRC[:DST[:ro]] binds
+    container_runtime: Optional[str] = None  # apptainer | singularity | a path (default: found)
 
     @property
     def ranks_per_node(self) -> int:
@@ -88,8 +91,10 @@ def build_options(profile: Optional[str], **flags: Any) -> SchedulerOptions:
     values = load_profile(profile)
     extra = dict(values.pop("extra", {}) or {})
     extra.update(flags.pop("extra", None) or {})
+    binds = list(values.pop("container_binds", None) or [])  # profile's, then the flags'
+    binds += list(flags.pop("container_binds", None) or [])
     values.update({k: v for k, v in flags.items() if v is not None})
-    options = SchedulerOptions(**values, extra=extra)
+    options = SchedulerOptions(**values, extra=extra, container_binds=binds)
     parse_minutes(options.time)
     return options
 

@@ -121,8 +121,14 @@ def plan_stages(config_path: str, stages: Sequence[str], overrides: Sequence[str
 
 
 def make_executor(kind: str, folder: Path, options: SchedulerOptions, name: str):
+    """A submitit executor; with ``options.container`` every task runs inside that image
+    (``folder`` and ``options.container_binds`` bound in)."""
     import submitit
-    executor = submitit.AutoExecutor(folder=str(folder), cluster=kind)
+    python = {}
+    if options.container:
+        from .container import task_python
+        python[f"{kind}_python"] = task_python(options, kind, folder)
+    executor = submitit.AutoExecutor(folder=str(folder), cluster=kind, **python)
     executor.update_parameters(**executor_parameters(options, name))
     return executor
 
@@ -133,6 +139,9 @@ def launch(config_path: str, stages: Sequence[str], options: SchedulerOptions,
     from ..tracking import prepare_tracking, start_pipeline_run
     from .job import StageJob
     kind = resolve_executor(options)
+    if options.container:
+        from .container import preflight
+        preflight(options, kind)
     base_cfg = load_config(config_path, overrides)
     if stages and stages[-1] in base_cfg.stages:
         writers = len(expand_sweep(base_cfg, stages[-1]))  # rank 0 of each task logs
@@ -146,6 +155,8 @@ def launch(config_path: str, stages: Sequence[str], options: SchedulerOptions,
                         registry_pipeline=base_cfg.name if uri else None)
     if kind == "slurm":
         check_slurm(options.partition)
+    if options.container:
+        options = _with_job_binds(options, [c for p in plans for c in p.configs], uri)
     parent = start_pipeline_run(base_cfg) if uri else None
     output_dir = Path(base_cfg.output_dir).resolve()
     log_folder = Path(folder or output_dir / "slurm-logs" / "%j").resolve()
@@ -185,6 +196,17 @@ def launch(config_path: str, stages: Sequence[str], options: SchedulerOptions,
             else [str(jobs[0].job_id)]
     record.save()
     return record
+
+
+def _with_job_binds(options: SchedulerOptions, configs: Sequence[ExperimentConfig],
+                    uri: Optional[str]) -> SchedulerOptions:
+    """The options plus binds of everything the jobs touch (outputs created first)."""
+    import dataclasses
+    from .container import config_paths
+    for cfg in configs:
+        Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+    paths = [str(p) for p in config_paths(configs, uri)]
+    return dataclasses.replace(options, container_binds=paths + list(options.container_binds))
 
 
 def _wait_for(record: LaunchRecord, submitted: dict, job_ids: List[str], stage: str) -> None:
