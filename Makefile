@@ -26,6 +26,7 @@ data-deps:
 test-deps: data-deps
 	bash slurm/dev-cluster/install.sh
 	bash tests/ui/install.sh
+	bash containers/dev/install.sh
 
 quickstart: venv data-deps
 	$(VENV)/bin/hpt-hpc quickstart --output $(OUT)

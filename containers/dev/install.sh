@@ -11,9 +11,13 @@ ROOTFS="${HPT_APPTAINER_ROOTFS:-/var/lib/hpt-hpc/apptainer-sid}"
 IMAGES="${HPT_DEV_IMAGES:-/var/lib/hpt-hpc/images}"
 MIRROR="${HPT_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 BASE_SIF="$IMAGES/hpt-dev-base.sif"
+export HPT_APPTAINER_ROOTFS="$ROOTFS"   # for the wrapper (bin/apptainer)
 say() { echo "containers/dev: $*"; }
 
-[ "$(id -u)" -eq 0 ] || { echo "containers/dev: run as root (user namespaces with an identity map of uids 0-65535)" >&2; exit 1; }
+if [ "$(id -u)" -ne 0 ]; then   # the identity map of uids 0-65535 needs root
+    command -v sudo >/dev/null || { echo "containers/dev: run as root or with sudo" >&2; exit 1; }
+    exec sudo -E bash "$0" "$@"
+fi
 
 # 1. Host tools: debootstrap (sid root filesystem) and newuidmap/newgidmap (uidmap).
 missing=()
