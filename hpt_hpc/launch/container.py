@@ -92,7 +92,8 @@ def bind_specs(binds: Iterable) -> List[str]:
     """``--bind`` entries: a plain path binds at the same place (the outermost of nested
     ones is enough); ``SRC:DST[:opts]`` is kept as given. Every SRC must exist."""
     specs = [parse_bind(str(b)) for b in binds]
-    same_place = sorted({Path(s) for s in specs if ":" not in s}, key=lambda p: (len(p.parts), str(p)))
+    same_place = sorted({Path(s) for s in specs if ":" not in s},
+                        key=lambda p: (len(p.parts), str(p)))
     kept: List[Path] = []
     for path in same_place:
         if path != Path("/") and not any(path.is_relative_to(k) for k in kept):
