@@ -157,3 +157,22 @@ def test_bf16_autocast_loss_curve_follows_fp32(tmp_path, mnist_tree):
     assert max(gaps) <= BF16_STEP_TOLERANCE, gaps
     assert sum(gaps) / len(gaps) <= BF16_MEAN_TOLERANCE, gaps
     assert max(gaps) > 0, "bf16 autocast changed nothing: was it applied?"
+
+
+def test_batch_search_doubles_then_bisects():
+    """The GPU batch-size search of benchmarks/train_throughput.py, on a fake memory limit."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from train_measure import largest_fitting
+    tried = []
+
+    def fits(batch):
+        tried.append(batch)
+        return batch <= 1000
+
+    best = largest_fitting(fits, 256, 8192, 64)
+    assert 1000 - 64 < best <= 1000
+    assert tried[:3] == [256, 512, 1024] and all(b > 512 for b in tried[3:])
+    assert largest_fitting(lambda b: True, 256, 2048, 64) == 2048
+    assert largest_fitting(lambda b: b <= 100, 256, 8192, 64) == 64
