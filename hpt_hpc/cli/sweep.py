@@ -25,8 +25,14 @@ import click
 @click.option("--account")
 @click.option("--qos")
 @click.option("--log-folder", help="submitit folder (default <output_dir>/slurm-logs/%j).")
+@click.option("--container", metavar="IMAGE.sif",
+              help="Run every task inside this Apptainer/Singularity image (see launch).")
+@click.option("--container-bind", "container_binds", multiple=True, metavar="SRC[:DST[:ro]]",
+              help="Another host path to bind (repeatable).")
+@click.option("--container-runtime", metavar="NAME|PATH", help="apptainer or singularity.")
 def sweep(experiment, overrides, executor, max_parallel, dry_run, profile, partition,
-          gpus_per_node, cpus_per_task, mem, time, account, qos, log_folder) -> None:
+          gpus_per_node, cpus_per_task, mem, time, account, qos, log_folder, container,
+          container_binds, container_runtime) -> None:
     """Run the studies of EXPERIMENT (configs/experiments/<name>.yaml): upstream stages,
     then an array of pretraining units, then an array of evaluations. Re-running skips
     finished units (found through MLflow tags) and resumes unfinished ones."""
@@ -36,7 +42,9 @@ def sweep(experiment, overrides, executor, max_parallel, dry_run, profile, parti
     spec = load_sweep_spec(experiment, overrides)
     options = build_options(profile, executor=executor, partition=partition,
                             gpus_per_node=gpus_per_node, cpus_per_task=cpus_per_task, mem=mem,
-                            time=time, account=account, qos=qos)
+                            time=time, account=account, qos=qos, container=container,
+                            container_binds=list(container_binds),
+                            container_runtime=container_runtime)
     plan, record = run_sweep(spec, options, dry_run=dry_run, max_parallel=max_parallel,
                              folder=log_folder)
     click.echo(plan.describe())

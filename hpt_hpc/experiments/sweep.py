@@ -128,6 +128,9 @@ def run_sweep(spec: SweepSpec, options: SchedulerOptions, dry_run: bool = False,
     from ..config import config_from_dict
     from ..tracking import prepare_tracking, start_pipeline_run
     kind = resolve_executor(options)
+    if options.container:
+        from ..launch.container import preflight
+        preflight(options, kind)
     if not dry_run:
         prepare_offline_data(spec)
     cfg = config_from_dict(dict(spec.config, stages={}))
@@ -148,6 +151,8 @@ def run_sweep(spec: SweepSpec, options: SchedulerOptions, dry_run: bool = False,
     record = LaunchRecord.new(spec.output_dir, kind, str(spec.path), ["sweep"], str(log_folder))
     record.tracking_uri, record.pipeline_run_id = uri or "", parent or ""
     phases = _jobs(spec, plan, uri, parent)
+    if options.container:
+        options = _container_binds(spec, options, uri)
     if kind == "slurm":
         import dataclasses
         options = dataclasses.replace(options, array_parallelism=max_parallel)
@@ -156,6 +161,21 @@ def run_sweep(spec: SweepSpec, options: SchedulerOptions, dry_run: bool = False,
         _run_local(kind, phases, options, log_folder, record, max_parallel)
     record.save()
     return plan, record
+
+
+def _container_binds(spec: SweepSpec, options: SchedulerOptions, uri: Optional[str]):
+    """Bind the datasets, the sweep's output folder, given upstream checkpoints and the
+    sqlite store into every task's container."""
+    import dataclasses
+    from ..config import config_from_dict
+    from ..launch.container import config_paths
+    from .units import upstream_checkpoint
+    spec.output_dir.mkdir(parents=True, exist_ok=True)
+    paths = config_paths([config_from_dict(dict(spec.config, stages={}))], uri)
+    paths += [upstream_checkpoint(spec, s) for s in spec.upstream
+              if "checkpoint" in spec.upstream[s]]
+    return dataclasses.replace(options, container_binds=[str(p) for p in paths]
+                               + list(options.container_binds))
 
 
 def _submit_slurm(phases, options, log_folder: Path, record: LaunchRecord) -> None:

@@ -138,3 +138,33 @@ def test_cli_launch_trains_a_stage_inside_the_image(slurm_cluster, image, on_pat
                               "tags.`hpt.label` = 'target'")
     assert runs and runs[0].data.tags["slurm.job_id"] == str(job.job_id)
     assert runs[0].info.status == "FINISHED"
+
+
+def test_sweep_runs_every_unit_inside_the_image(slurm_cluster, image, on_path, tmp_path,
+                                                mnist_tree):
+    """`hpt-hpc sweep --container`: upstream, pretraining and evaluation tasks all run
+    through the image, with the sweep's data, outputs and MLflow store bound."""
+    import yaml
+    from hpt_hpc.experiments.spec import load_sweep_spec
+    from hpt_hpc.experiments.sweep import finished_units, run_sweep
+    write_tiny_config(tmp_path, {"mnist": mnist_tree}, {},
+                      tracking={"enabled": True, "system_metrics": False},
+                      probe={"lr": 0.1, "iterations": 10, "milestones": [5],
+                             "batch_size": 64, "eval_every": 5})
+    path = tmp_path / "experiment.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "ctr-sweep", "config": "config.yaml", "output_dir": str(tmp_path / "out"),
+        "upstream": {"base": {"dataset": "mnist", "iterations": 2}}, "references": False,
+        "studies": {"s": {"method": ["HPT"], "dataset": ["mnist"], "steps": [2]}}}))
+    spec = load_sweep_spec(str(path))
+    options = build_options("dev", executor="slurm", container=str(image),
+                            container_binds=host_env_binds())
+    _, record = run_sweep(spec, options)
+    assert [e.stage for e in record.jobs] == ["upstream-base", "pretrain", "eval"]
+    for entry in record.jobs:
+        job = record.job(entry)
+        job.result()
+        script = Path(job.paths.submission_file).read_text()
+        assert f"{DEV_BIN / 'apptainer'} exec --bind " in script and str(image) in script
+    assert finished_units(spec, record.tracking_uri) == {
+        "upstream-base", "HPT-mnist-2st-seed0", "HPT-mnist-2st-seed0-linear"}
