@@ -7,7 +7,8 @@ import yaml
 from hpt_hpc.config import ConfigError, config_from_dict, flatten, load_config, stage_settings
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
+CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name != "experiments")
+EXPERIMENTS = sorted((ROOT / "configs" / "experiments").glob("*.yaml"))
 
 
 def _minimal(**extra):
@@ -22,6 +23,17 @@ def test_shipped_configs_load(path):
     cfg = load_config(path)
     assert cfg.stages, f"{path} defines no stage"
     assert cfg.model.in_channels == cfg.data.channels
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.name)
+def test_shipped_experiments_load_and_expand(path):
+    from hpt_hpc.experiments.spec import load_sweep_spec
+    from hpt_hpc.experiments.units import expand
+    spec = load_sweep_spec(str(path))
+    expansion = expand(spec)
+    assert expansion.pretrain and expansion.evals
+    assert {"ref-raw-pixels-mnist-linear", "ref-random-init-mnist-seed0-linear"} <= \
+        {u.unit_id for u in expansion.evals}
 
 
 def test_paper_configs_carry_published_settings():
