@@ -78,6 +78,7 @@ def test_expansion_dedupes_aliases_and_adds_references(tmp_path, mnist_tree):
      "unknown preset"),
     ({"s": {"method": ["B+S+T"], "dataset": ["mnist"]}}, {}, "define upstream.source"),
     ({"s": {"method": ["HPT"], "dataset": ["cifar"]}}, {}, "'cifar' is not defined"),
+    ({"s": {"method": ["HPT"], "steps": [5]}}, {}, "give a dataset axis"),
     ({"s": {"method": ["HPT"], "dataset": ["mnist"]}}, {"studys": {}}, "unknown key 'studys'"),
 ])
 def test_experiment_file_errors_are_clear(tmp_path, mnist_tree, studies, extra, message):

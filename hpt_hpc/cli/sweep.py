@@ -89,9 +89,8 @@ def report(experiment, tracking_uri, sweep_name, out_dir, from_files, preamble) 
     else:
         uri = tracking_uri
         if uri is None:
-            from ..config import config_from_dict
             from ..tracking.store import resolve_tracking_uri
-            uri = resolve_tracking_uri(config_from_dict(dict(spec.config, stages={})))
+            uri = resolve_tracking_uri(spec.base_config())
         experiment_name = spec.config["tracking"]["experiment"] if spec else name
         rows = rows_from_mlflow(uri, experiment_name, name)
     if not rows:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Sequence
 
 import yaml
 
@@ -154,6 +154,3 @@ def prepare_offline_data(spec: SweepSpec) -> List[str]:
         done.append(dataset)
     return done
 
-
-def spec_summary(spec: SweepSpec) -> Optional[str]:
-    return f"{spec.name}: {len(spec.studies)} studies, output {spec.output_dir}"

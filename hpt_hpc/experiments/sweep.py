@@ -17,7 +17,8 @@ from ..errors import HptError
 from ..launch.options import SchedulerOptions, resolve_executor
 from ..launch.record import JobEntry, LaunchRecord
 from .spec import SweepSpec, prepare_offline_data
-from .units import EvalUnit, Expansion, PretrainUnit, expand, unit_config, upstream_config
+from .units import (METHODS, EvalUnit, Expansion, PretrainUnit, expand, unit_config,
+                    upstream_config)
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +88,8 @@ def _registry_init(spec: SweepSpec, uri: Optional[str], stage: str) -> Optional[
     """Cells start from the upstream checkpoint through the MLflow registry when tracked."""
     if not uri or "checkpoint" in spec.upstream.get(stage, {}):
         return None
-    from ..config import config_from_dict
     from ..tracking import stage_model_uri
-    return stage_model_uri(config_from_dict(dict(spec.config, stages={})), spec.name, stage)
+    return stage_model_uri(spec.base_config(), spec.name, stage)
 
 
 def _jobs(spec: SweepSpec, plan: SweepPlan, uri: Optional[str], parent: Optional[str]):
@@ -99,17 +99,16 @@ def _jobs(spec: SweepSpec, plan: SweepPlan, uri: Optional[str], parent: Optional
     phases: Dict[str, List[tuple]] = {"upstream-base": [], "upstream-source": [],
                                       "pretrain": [], "eval": []}
     up = upstream_config(spec)
+    inits = {stage: _registry_init(spec, uri, stage) for stage in spec.upstream}
     for stage in plan.upstream:
         tags = {"hpt.sweep": spec.name, "hpt.unit": f"upstream-{stage}",
                 "hpt.unit_kind": "upstream"}
-        init = _registry_init(spec, uri, "base") if stage == "source" else None
+        init = inits.get("base") if stage == "source" else None
         phases[f"upstream-{stage}"].append(
             (stage, StageJob(), (up, stage, init, parent, stage, "MoCo-v2 " + stage, tags)))
-    from .units import METHODS
     for unit in plan.pretrain:
         init_stage = METHODS[unit.method].init
-        init = _registry_init(spec, uri, init_stage) if init_stage else None
-        config = unit_config(spec, unit, init)
+        config = unit_config(spec, unit, inits.get(init_stage) if init_stage else None)
         phases["pretrain"].append((unit.unit_id, StageJob(),
                                    (config, "target", None, parent, unit.unit_id, unit.method,
                                     unit.tags(spec.name))))
@@ -125,7 +124,6 @@ def run_sweep(spec: SweepSpec, options: SchedulerOptions, dry_run: bool = False,
               max_parallel: int = 1, folder: Optional[str] = None) -> tuple:
     """Plan, then submit (slurm) or run (local: ``max_parallel`` tasks at a time; debug: in
     this process). Returns ``(plan, record)``; ``record`` is None for a dry run."""
-    from ..config import config_from_dict
     from ..tracking import prepare_tracking, start_pipeline_run
     kind = resolve_executor(options)
     if options.container:
@@ -133,7 +131,7 @@ def run_sweep(spec: SweepSpec, options: SchedulerOptions, dry_run: bool = False,
         preflight(options, kind)
     if not dry_run:
         prepare_offline_data(spec)
-    cfg = config_from_dict(dict(spec.config, stages={}))
+    cfg = spec.base_config()
     writers = max_parallel if kind != "slurm" else min(options.array_parallelism, max_parallel)
     uri = prepare_tracking(cfg, num_tasks=max(1, writers), nodes=options.nodes) \
         if not dry_run or (spec.output_dir / "mlflow.db").exists() else None
@@ -145,8 +143,7 @@ def run_sweep(spec: SweepSpec, options: SchedulerOptions, dry_run: bool = False,
     if kind == "slurm":
         from ..launch.submit import check_slurm
         check_slurm(options.partition)
-    parent = start_pipeline_run(config_from_dict(dict(spec.config, stages={})), spec.name) \
-        if uri else None
+    parent = start_pipeline_run(spec.base_config(), spec.name) if uri else None
     log_folder = Path(folder or spec.output_dir / "slurm-logs" / "%j").resolve()
     record = LaunchRecord.new(spec.output_dir, kind, str(spec.path), ["sweep"], str(log_folder))
     record.tracking_uri, record.pipeline_run_id = uri or "", parent or ""
@@ -167,11 +164,10 @@ def _container_binds(spec: SweepSpec, options: SchedulerOptions, uri: Optional[s
     """Bind the datasets, the sweep's output folder, given upstream checkpoints and the
     sqlite store into every task's container."""
     import dataclasses
-    from ..config import config_from_dict
     from ..launch.container import config_paths
     from .units import upstream_checkpoint
     spec.output_dir.mkdir(parents=True, exist_ok=True)
-    paths = config_paths([config_from_dict(dict(spec.config, stages={}))], uri)
+    paths = config_paths([spec.base_config()], uri)
     paths += [upstream_checkpoint(spec, s) for s in spec.upstream
               if "checkpoint" in spec.upstream[s]]
     return dataclasses.replace(options, container_binds=[str(p) for p in paths]

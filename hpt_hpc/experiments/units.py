@@ -156,13 +156,9 @@ def check_axes(spec: Any) -> None:
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"studies.{study.name}.steps: '{value}' is not a positive "
                                   f"integer")
-        if "dataset" not in study.axes and not _default_dataset(spec):
-            raise ConfigError(f"studies.{study.name}: give a dataset axis")
-
-
-def _default_dataset(spec: Any) -> Optional[str]:
-    target = spec.config.get("stages", {}).get("target", {})
-    return target.get("dataset") if isinstance(target, dict) else None
+        if "dataset" not in study.axes:
+            raise ConfigError(f"studies.{study.name}: give a dataset axis (the target "
+                              f"dataset(s), e.g. dataset: [mnist])")
 
 
 def expand(spec: Any) -> Expansion:
@@ -173,7 +169,7 @@ def expand(spec: Any) -> Expansion:
     for study in spec.studies:
         axes = study.axes
         grid = itertools.product(axes.get("method", ["HPT"]),
-                                 axes.get("dataset", [_default_dataset(spec)]),
+                                 axes["dataset"],
                                  axes.get("steps", [default_steps]), axes.get("seed", [0]),
                                  axes.get("augment", ["all"]), axes.get("images", ["all"]),
                                  axes.get("evaluate", ["linear"]))
@@ -204,7 +200,7 @@ def expand(spec: Any) -> Expansion:
                                                 int(seed), augment, images, pid))
             _add_study(ev, study.name)
         if spec.references:
-            for dataset in axes.get("dataset", [_default_dataset(spec)]):
+            for dataset in axes["dataset"]:
                 for method in REFERENCES:
                     uid = f"ref-{method}-{dataset}" + ("-seed0" if method == "random-init"
                                                          else "") + "-linear"
