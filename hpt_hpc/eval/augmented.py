@@ -10,8 +10,8 @@ import torch
 
 from ..config import ProbeConfig
 from .metrics import metric_for, score
-from .probe import (AUGMENTED, Features, ProbeResult, head_loss, new_head, run_schedule,
-                    step_decay)
+from .probe import (AUGMENTED, Features, ProbeResult, head_loss, label_targets, new_head,
+                    run_schedule, sgd_step, step_decay)
 
 
 def augmented_probe(backbone: torch.nn.Module, train_batches: Iterable, val: Features,
@@ -32,13 +32,8 @@ def augmented_probe(backbone: torch.nn.Module, train_batches: Iterable, val: Fea
         images, labels = next(batches)
         with torch.no_grad():
             feats = backbone(images.to(device)).flatten(1).float()
-        labels = torch.as_tensor(labels)
-        labels = (labels.float() if labels.dim() == 2 else labels.long()).to(device)
-        loss = head_loss(head(feats), labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
+        labels = label_targets(labels).to(device)
+        sgd_step(head_loss(head(feats), labels), optimizer, scheduler)
 
     @torch.no_grad()
     def evaluate() -> Tuple[float, float]:

@@ -17,7 +17,7 @@ from ..config import FinetuneConfig
 from ..data.sources import ImageRecord
 from ..errors import HptError
 from .metrics import metric_for, score
-from .probe import head_loss, new_head, run_schedule, step_decay
+from .probe import head_loss, label_targets, new_head, run_schedule, sgd_step, step_decay
 
 FINETUNE = "finetune"
 
@@ -102,13 +102,8 @@ def finetune(backbone: torch.nn.Module, feature_dim: int, train_batches: Iterabl
     def train_step(_step: int) -> None:
         network.train()
         images, labels = next(batches)
-        labels = torch.as_tensor(labels)
-        labels = (labels.float() if labels.dim() == 2 else labels.long()).to(device)
-        loss = head_loss(network(images.to(device)).float(), labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
+        labels = label_targets(labels).to(device)
+        sgd_step(head_loss(network(images.to(device)).float(), labels), optimizer, scheduler)
 
     def evaluate() -> Tuple[float, float]:
         network.eval()

@@ -46,7 +46,8 @@ class ProbeResult:
     seed: int = 0
 
 
-def _labels(labels) -> torch.Tensor:
+def label_targets(labels) -> torch.Tensor:
+    """Integer class labels, or float multi-hot rows for multi-label data."""
     labels = torch.as_tensor(labels)
     return labels.float() if labels.dim() == 2 else labels.long()
 
@@ -60,7 +61,7 @@ def extract_features(backbone: torch.nn.Module, batches: Iterable, device: torch
     xs, ys = [], []
     for images, labels in batches:
         xs.append(backbone(images.to(device)).flatten(1).float().cpu())
-        ys.append(_labels(labels))
+        ys.append(label_targets(labels))
     backbone.train(was_training)
     if not xs:
         raise ValueError("no images to extract features from")
@@ -72,7 +73,7 @@ def pixel_features(batches: Iterable) -> Features:
     xs, ys = [], []
     for images, labels in batches:
         xs.append(images.flatten(1).float())
-        ys.append(_labels(labels))
+        ys.append(label_targets(labels))
     return Features(torch.cat(xs), torch.cat(ys))
 
 
@@ -102,6 +103,14 @@ def head_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 def step_decay(optimizer: torch.optim.Optimizer, milestones: Sequence[int]):
     """x0.1 learning-rate decay at each of ``milestones`` (in optimiser steps)."""
     return torch.optim.lr_scheduler.MultiStepLR(optimizer, list(milestones), gamma=0.1)
+
+
+def sgd_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scheduler) -> None:
+    """One optimiser step on ``loss`` and one scheduler step."""
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
 
 
 def run_schedule(train_step: Callable[[int], None],
@@ -154,11 +163,7 @@ def linear_probe(train: Features, val: Features, test: Features, cfg: ProbeConfi
             order["perm"], order["cursor"] = torch.randperm(n, generator=gen), 0
         idx = order["perm"][order["cursor"]:order["cursor"] + batch]
         order["cursor"] += batch
-        loss = head_loss(head(train.x[idx]), train.y[idx])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
+        sgd_step(head_loss(head(train.x[idx]), train.y[idx]), optimizer, scheduler)
 
     @torch.no_grad()
     def evaluate() -> Tuple[float, float]:
