@@ -52,6 +52,22 @@ def _reference_rows(cells, dataset: str, width: int, labels: int = 1) -> List[Li
     return rows
 
 
+def _steps_table(cells, protocol: str, dataset: str, methods: Sequence[str],
+                 steps: Sequence[int]) -> Tuple[List[str], List[List[str]]]:
+    """Method x target-steps table (step-less methods in their own column) with the
+    reference rows."""
+    header = ["method", "no target steps"] + [f"{s} steps" for s in steps]
+    body = []
+    for method in methods:
+        if method in STEPLESS:
+            body.append([method, _cell_text(find(cells, protocol, method, dataset))]
+                        + [""] * len(steps))
+        else:
+            body.append([method, ""] + [_cell_text(find(cells, protocol, method, dataset, s))
+                                        for s in steps])
+    return header, body + _reference_rows(cells, dataset, len(header))
+
+
 def _linear_section(cells, rows: Sequence[EvalRow], dataset: str, out: Path,
                     name: str, plots: List[Path]) -> List[str]:
     main = [r for r in rows if r.protocol == "linear" and r.dataset == dataset
@@ -60,16 +76,7 @@ def _linear_section(cells, rows: Sequence[EvalRow], dataset: str, out: Path,
         return []
     steps = sorted({r.steps for r in main if r.steps > 0})
     methods = _ordered(r.method for r in main)
-    header = ["method", "no target steps"] + [f"{s} steps" for s in steps]
-    body = []
-    for method in methods:
-        if method in STEPLESS:
-            body.append([method, _cell_text(find(cells, "linear", method, dataset))]
-                        + [""] * len(steps))
-        else:
-            body.append([method, ""] + [_cell_text(find(cells, "linear", method, dataset, s))
-                                        for s in steps])
-    body += _reference_rows(cells, dataset, len(header))
+    header, body = _steps_table(cells, "linear", dataset, methods, steps)
     lines = [f"### {dataset}: linear probe vs target pretraining steps", ""]
     lines += _table(header, body)
     plot = out / f"{name}-{dataset}-pretraining-steps.png"
@@ -163,16 +170,7 @@ def _finetune_section(cells, dataset: str) -> List[str]:
         return []
     steps = sorted({k[3] for k in keys if k[3] > 0})
     methods = _ordered({k[1] for k in keys})
-    header = ["method", "no target steps"] + [f"{s} steps" for s in steps]
-    body = []
-    for method in methods:
-        if method in STEPLESS:
-            body.append([method, _cell_text(find(cells, "finetune", method, dataset))]
-                        + [""] * len(steps))
-        else:
-            body.append([method, ""] + [_cell_text(find(cells, "finetune", method, dataset, s))
-                                        for s in steps])
-    body += _reference_rows(cells, dataset, len(header))
+    header, body = _steps_table(cells, "finetune", dataset, methods, steps)
     mode = next(iter(cells[k] for k in keys)).first.mode
     return ([f"### {dataset}: semi-supervised fine-tuning ({mode}), test accuracy", "",
              "reference rows are linear probes", ""] + _table(header, body))
