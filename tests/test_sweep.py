@@ -2,10 +2,7 @@
 tags, resume of unfinished pretraining, the local executor, and the report."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-import yaml
 
 from hpt_hpc.config import ConfigError, config_from_dict
 from hpt_hpc.experiments.results import rows_from_mlflow
@@ -14,25 +11,11 @@ from hpt_hpc.experiments.spec import load_sweep_spec
 from hpt_hpc.experiments.sweep import finished_units, plan_sweep, run_sweep
 from hpt_hpc.experiments.units import expand, unit_config
 from hpt_hpc.launch.options import build_options
-from tiny import write_tiny_config
-
-
-def write_experiment(folder: Path, datasets: dict, studies: dict, tracking: bool = False,
-                     **extra) -> Path:
-    write_tiny_config(folder, datasets, {},
-                      tracking={"enabled": tracking, "system_metrics": False},
-                      probe={"lr": 0.1, "iterations": 20, "milestones": [10],
-                             "batch_size": 64, "eval_every": 10})
-    data = {"name": "tiny-sweep", "config": "config.yaml", "output_dir": str(folder / "out"),
-            "upstream": {"base": {"dataset": next(iter(datasets)), "iterations": 2}},
-            "studies": studies, **extra}
-    path = folder / "experiment.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
+from tiny import write_tiny_experiment
 
 
 def test_expansion_dedupes_aliases_and_adds_references(tmp_path, mnist_tree):
-    path = write_experiment(tmp_path, {"mnist": mnist_tree}, {
+    path = write_tiny_experiment(tmp_path, {"mnist": mnist_tree}, {
         "linear": {"method": ["Base", "Target", "HPT", "HPT-BN"], "dataset": ["mnist"],
                    "steps": [50, 500], "seed": [0, 1]},
         "transfer": {"method": ["B", "B+S", "B+T", "B+S+T"], "dataset": ["mnist"],
@@ -82,7 +65,7 @@ def test_expansion_dedupes_aliases_and_adds_references(tmp_path, mnist_tree):
     ({"s": {"method": ["HPT"], "dataset": ["mnist"]}}, {"studys": {}}, "unknown key 'studys'"),
 ])
 def test_experiment_file_errors_are_clear(tmp_path, mnist_tree, studies, extra, message):
-    path = write_experiment(tmp_path, {"mnist": mnist_tree}, studies, **extra)
+    path = write_tiny_experiment(tmp_path, {"mnist": mnist_tree}, studies, **extra)
     with pytest.raises(ConfigError, match=message):
         load_sweep_spec(str(path))
 
@@ -93,7 +76,7 @@ def test_sweep_skips_finished_units_and_resumes_unfinished(tmp_path, mnist_tree)
     re-run, the half-trained one resuming from its last checkpoint."""
     from hpt_hpc.tracking.runs import client_for
     from hpt_hpc.train.pipeline import run_configured_stage
-    path = write_experiment(tmp_path, {"mnist": mnist_tree}, {
+    path = write_tiny_experiment(tmp_path, {"mnist": mnist_tree}, {
         "linear": {"method": ["Base", "HPT"], "dataset": ["mnist"], "steps": [4]}},
         tracking=True)
     spec = load_sweep_spec(str(path))

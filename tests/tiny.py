@@ -42,3 +42,19 @@ def write_tiny_config(folder: Path, datasets: dict, stages: dict, **sections) ->
 def tiny_config(out: Path, datasets: dict, stages: dict, **sections):
     """The validated config of :func:`tiny_config_data`."""
     return config_from_dict(tiny_config_data(out, datasets, stages, **sections))
+
+
+def write_tiny_experiment(folder: Path, datasets: dict, studies: dict, tracking: bool = False,
+                          name: str = "tiny-sweep", **extra) -> Path:
+    """A tiny config plus an experiment file (``folder/experiment.yaml``) whose upstream
+    base stage trains 2 steps on the first dataset; ``extra`` adds/replaces top-level keys."""
+    write_tiny_config(folder, datasets, {},
+                      tracking={"enabled": tracking, "system_metrics": False},
+                      probe={"lr": 0.1, "iterations": 20, "milestones": [10],
+                             "batch_size": 64, "eval_every": 10})
+    data = {"name": name, "config": "config.yaml", "output_dir": str(Path(folder) / "out"),
+            "upstream": {"base": {"dataset": next(iter(datasets)), "iterations": 2}},
+            "studies": studies, **extra}
+    path = Path(folder) / "experiment.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path

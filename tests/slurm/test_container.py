@@ -144,18 +144,13 @@ def test_sweep_runs_every_unit_inside_the_image(slurm_cluster, image, on_path, t
                                                 mnist_tree):
     """`hpt-hpc sweep --container`: upstream, pretraining and evaluation tasks all run
     through the image, with the sweep's data, outputs and MLflow store bound."""
-    import yaml
     from hpt_hpc.experiments.spec import load_sweep_spec
     from hpt_hpc.experiments.sweep import finished_units, run_sweep
-    write_tiny_config(tmp_path, {"mnist": mnist_tree}, {},
-                      tracking={"enabled": True, "system_metrics": False},
-                      probe={"lr": 0.1, "iterations": 10, "milestones": [5],
-                             "batch_size": 64, "eval_every": 5})
-    path = tmp_path / "experiment.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": "ctr-sweep", "config": "config.yaml", "output_dir": str(tmp_path / "out"),
-        "upstream": {"base": {"dataset": "mnist", "iterations": 2}}, "references": False,
-        "studies": {"s": {"method": ["HPT"], "dataset": ["mnist"], "steps": [2]}}}))
+    from tiny import write_tiny_experiment
+    path = write_tiny_experiment(
+        tmp_path, {"mnist": mnist_tree},
+        {"s": {"method": ["HPT"], "dataset": ["mnist"], "steps": [2]}},
+        tracking=True, name="ctr-sweep", references=False)
     spec = load_sweep_spec(str(path))
     options = build_options("dev", executor="slurm", container=str(image),
                             container_binds=host_env_binds())

@@ -3,27 +3,20 @@
 from __future__ import annotations
 
 import pytest
-import yaml
 
 from hpt_hpc.experiments.spec import load_sweep_spec
 from hpt_hpc.experiments.sweep import finished_units, plan_sweep, run_sweep
 from hpt_hpc.launch.options import build_options
-from tiny import write_tiny_config
+from tiny import write_tiny_experiment
 
 pytestmark = pytest.mark.slurm
 
 
 def test_sweep_runs_as_dependent_arrays(slurm_cluster, tmp_path, mnist_tree):
-    write_tiny_config(tmp_path, {"mnist": mnist_tree}, {},
-                      tracking={"enabled": True, "system_metrics": False},
-                      probe={"lr": 0.1, "iterations": 20, "milestones": [10],
-                             "batch_size": 64, "eval_every": 10})
-    path = tmp_path / "experiment.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": "slurm-sweep", "config": "config.yaml", "output_dir": str(tmp_path / "out"),
-        "upstream": {"base": {"dataset": "mnist", "iterations": 2}},
-        "references": False,
-        "studies": {"s": {"method": ["Target", "HPT"], "dataset": ["mnist"], "steps": [2]}}}))
+    path = write_tiny_experiment(
+        tmp_path, {"mnist": mnist_tree},
+        {"s": {"method": ["Target", "HPT"], "dataset": ["mnist"], "steps": [2]}},
+        tracking=True, name="slurm-sweep", references=False)
     spec = load_sweep_spec(str(path))
     plan, record = run_sweep(spec, build_options("dev", executor="slurm"), max_parallel=2)
     entries = {e.stage: [x for x in record.jobs if x.stage == e.stage] for e in record.jobs}
