@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
 from .base import Tracker
+from .registry import ensure_registered_model
+from .sysmetrics import SystemSampler
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +76,6 @@ class MlflowTracker(Tracker):
         self._spill_loaded = self._load_spill()
         self._sampler = None
         if system_metrics:
-            from .sysmetrics import SystemSampler
             self._sampler = SystemSampler()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._background, daemon=True,
@@ -251,7 +252,6 @@ class MlflowTracker(Tracker):
         if not self.model_name:
             return
         if state["version"] is None:
-            from .lineage import ensure_registered_model
             ensure_registered_model(self.client, self.model_name)
             version = self.client.create_model_version(
                 self.model_name, f"runs:/{self.run_id}/checkpoints/{name}", run_id=self.run_id,

@@ -60,9 +60,10 @@ def normalize_uri(uri: str) -> str:
     return uri
 
 
-def resolve_tracking_uri(cfg: Any) -> str:
-    """The tracking URI of a config: env ``MLFLOW_TRACKING_URI``, ``tracking.uri``, default."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking.uri or default_uri(cfg.output_dir)
+def resolve_uri(configured: Optional[str], output_dir: str) -> str:
+    """The tracking URI: env ``MLFLOW_TRACKING_URI`` > ``configured`` > the embedded
+    store of ``output_dir``."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or configured or default_uri(output_dir)
     return normalize_uri(uri)
 
 
@@ -238,16 +239,29 @@ def server_advice(reason: str) -> str:
             f"to the URI it prints")
 
 
-def prepare_tracking(cfg: Any, num_tasks: int = 1, nodes: int = 1,
-                     timeout: float = 10.0) -> Optional[str]:
-    """Pre-flight for a launch: resolve the URI, refuse unsafe sqlite use, fail fast on an
-    unreachable server, create the sqlite schema once. Returns the URI (``None``: disabled)."""
-    if not cfg.tracking.enabled:
-        return None
-    uri = resolve_tracking_uri(cfg)
+def prepare_store(uri: str, num_tasks: int = 1, nodes: int = 1,
+                  timeout: float = 10.0) -> str:
+    """Pre-flight for a launch: refuse unsafe sqlite use, fail fast on an unreachable
+    server, create the sqlite schema once. Returns ``uri``."""
     reason = requires_server(uri, num_tasks, nodes=nodes)
     if reason:
         raise TrackingError(server_advice(reason))
     check_reachable(uri, timeout)
     ensure_store(uri)
     return uri
+
+
+def client_for(uri: str) -> Any:
+    """An ``MlflowClient`` on ``uri`` (sqlite schema created once; servers checked)."""
+    from mlflow import MlflowClient
+    if is_server_uri(uri):
+        # Keep one failed request short (MLflow's default retries for minutes): the tracker
+        # retries on its own schedule without blocking training.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "0.5")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+        check_reachable(uri)
+    else:
+        ensure_store(uri)
+    return MlflowClient(uri, uri)

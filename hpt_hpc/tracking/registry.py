@@ -1,27 +1,34 @@
-"""Checkpoint lineage through the MLflow model registry.
-
-Each stage's final checkpoint becomes a version of one registered model per experiment
-(``tracking.model_name``, default: the experiment name) and the alias
-``<pipeline>-<stage>`` points at it. A later stage starts from ``models:/<name>@<alias>``,
-``models:/<name>/<version>``, ``runs:/<run_id>/<path>`` or a file; the first two are
-downloaded once into ``<stage_dir>/init-cache/`` and loaded as a file.
+"""The MLflow model registry: registered models, aliases, and downloading a registered
+(``models:/<name>@<alias>``, ``models:/<name>/<version>``) or run (``runs:/<id>/<path>``)
+checkpoint once into a cache folder. Plain values only: what the URIs mean to a stage is
+:class:`hpt_hpc.plan.refs.InitRef`'s business.
 """
 from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Optional
 
 from ..errors import HptError
+from .store import client_for
 
 log = logging.getLogger(__name__)
 
-INIT_SCHEMES = ("models:/", "runs:/")
-
 
 class InitNotFound(HptError):
-    """An init URI names a model, alias, version, run or artifact that does not exist."""
+    """A URI names a model, alias, version, run or artifact that does not exist."""
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A downloaded checkpoint: the local file and where it came from."""
+
+    path: str
+    run_id: str = ""
+    model: str = ""
+    version: str = ""
 
 
 def safe_name(text: str) -> str:
@@ -37,14 +44,9 @@ def alias_for(pipeline: str, label: str) -> str:
     return alias
 
 
-def model_name_for(cfg: Any) -> str:
-    """Registered model of a config: ``tracking.model_name`` or the experiment name."""
-    return safe_name(cfg.tracking.model_name or cfg.tracking.experiment or cfg.name)
-
-
-def stage_model_uri(cfg: Any, pipeline: str, stage: str) -> str:
-    """``models:/<name>@<pipeline>-<stage>``: what ``launch --chain`` passes as ``init``."""
-    return f"models:/{model_name_for(cfg)}@{alias_for(pipeline, stage)}"
+def model_uri(name: str, alias: str) -> str:
+    """``models:/<name>@<alias>``."""
+    return f"models:/{name}@{alias}"
 
 
 def ensure_registered_model(client: Any, name: str) -> None:
@@ -94,26 +96,19 @@ def _model_version(client: Any, uri: str, where: str) -> Any:
                        f"aliases: {listing}") from None
 
 
-def fetch_init(uri: str, tracking_uri: str, cache_dir: Path) -> Tuple[str, Dict[str, str]]:
-    """Download a ``models:/`` or ``runs:/`` init into ``cache_dir`` (once); return the
-    local checkpoint file and the lineage tags the stage records."""
+def fetch_checkpoint(uri: str, tracking_uri: str, cache_dir: Path) -> Fetched:
+    """Download a ``models:/`` or ``runs:/`` checkpoint into ``cache_dir`` (once)."""
     from mlflow.artifacts import download_artifacts
     from mlflow.exceptions import MlflowException
 
-    from .runs import client_for
     client = client_for(tracking_uri)
-    tags = {"hpt.init_source": uri}
     if uri.startswith("models:/"):
         mv = _model_version(client, uri, tracking_uri)
-        source = mv.source
-        tags.update({"hpt.init_model": mv.name, "hpt.init_model_version": str(mv.version),
-                     "hpt.init_run_id": mv.run_id or ""})
-        key = f"{safe_name(mv.name)}-v{mv.version}"
+        source, key = mv.source, f"{safe_name(mv.name)}-v{mv.version}"
+        fetched = dict(run_id=mv.run_id or "", model=mv.name, version=str(mv.version))
     else:
-        source = uri
-        run_id = uri[len("runs:/"):].split("/", 1)[0]
-        tags["hpt.init_run_id"] = run_id
-        key = safe_name(uri[len("runs:/"):].replace("/", "_"))
+        source, key = uri, safe_name(uri[len("runs:/"):].replace("/", "_"))
+        fetched = dict(run_id=uri[len("runs:/"):].split("/", 1)[0])
     dest = Path(cache_dir) / key
     cached = _single_checkpoint(dest) if dest.is_dir() else None
     if cached is None:
@@ -126,25 +121,9 @@ def fetch_init(uri: str, tracking_uri: str, cache_dir: Path) -> Tuple[str, Dict[
         if cached is None:
             raise InitNotFound(f"init '{uri}': {source} holds no single checkpoint file")
         log.info("init %s -> %s", uri, cached)
-    return str(cached), tags
+    return Fetched(str(cached), **fetched)
 
 
 def _single_checkpoint(folder: Path) -> Optional[Path]:
     files = [p for p in folder.rglob("*") if p.is_file()]
     return files[0] if len(files) == 1 else None
-
-
-def checkpoint_run_id(path: str) -> Optional[str]:
-    """The ``tracker_run_id`` a toolkit checkpoint holds (memory-mapped: tensors not read)."""
-    import torch
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # not a torch zip file, or a foreign layout: no lineage to record
-        return None
-    return (state.get("tracker_run_id") or None) if isinstance(state, dict) else None
-
-
-def checkpoint_lineage(path: str) -> Dict[str, str]:
-    """Tags naming the run that wrote a toolkit checkpoint (none for foreign files)."""
-    run_id = checkpoint_run_id(path)
-    return {"hpt.init_run_id": run_id} if run_id else {}
