@@ -2,24 +2,22 @@
 and the nearest valid key; ``--set a.b=c`` overrides are applied before validation."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
-import re
 import typing
 from pathlib import Path
 from typing import Any, Dict, Iterable, Union
 
 import yaml
 
-from ..errors import HptError
+from ..errors import ConfigError
+from ..tracking.store import TrackingError, normalize_uri
+from .refs import InitRef
 from .schema import STAGE_NAMES, VARIANTS, ExperimentConfig
 
 
-class ConfigError(HptError, ValueError):
-    """A configuration problem, with a message meant for the user."""
-
-
-def _suggest(key: str, valid: Iterable[str]) -> str:
+def suggest(key: str, valid: Iterable[str]) -> str:
     close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
@@ -69,7 +67,7 @@ def _build(cls: type, data: Dict[str, Any], where: str) -> Any:
     for key in data:
         if key not in names:
             raise ConfigError(
-                f"unknown config key '{where + '.' if where else ''}{key}'{_suggest(key, names)}; "
+                f"unknown config key '{where + '.' if where else ''}{key}'{suggest(key, names)}; "
                 f"valid keys here: {', '.join(names)}")
     kwargs = {k: _coerce(v, hints[k], f"{where + '.' if where else ''}{k}") for k, v in data.items()}
     return cls(**kwargs)
@@ -115,30 +113,21 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
         where = f"stages.{name}"
         if name not in STAGE_NAMES:
             raise ConfigError(f"{where}: stage names are {', '.join(STAGE_NAMES)}"
-                              f"{_suggest(name, STAGE_NAMES)}")
+                              f"{suggest(name, STAGE_NAMES)}")
         if stage.variant not in VARIANTS:
             raise ConfigError(f"{where}.variant: '{stage.variant}' is not one of "
-                              f"{', '.join(VARIANTS)}{_suggest(stage.variant, VARIANTS)}")
+                              f"{', '.join(VARIANTS)}{suggest(stage.variant, VARIANTS)}")
         if stage.dataset not in cfg.datasets:
             raise ConfigError(f"{where}.dataset: '{stage.dataset}' is not defined under "
-                              f"datasets{_suggest(stage.dataset, cfg.datasets)}")
-        if stage.init and stage.init.startswith("stage:"):
-            ref = stage.init.split(":", 1)[1]
-            if ref not in cfg.stages or ref == name:
-                raise ConfigError(f"{where}.init: '{stage.init}' names no other stage")
-        if stage.init and stage.init.startswith("models:/") and not re.fullmatch(
-                r"models:/[^@/]+(@[\w\-]+|/\d+)", stage.init):
-            raise ConfigError(f"{where}.init: '{stage.init}' is not models:/<name>@<alias> or "
-                              f"models:/<name>/<version>")
-        if stage.init and stage.init.startswith("runs:/") and not re.fullmatch(
-                r"runs:/[0-9a-f]+/.+", stage.init):
-            raise ConfigError(f"{where}.init: '{stage.init}' is not runs:/<run_id>/<path>")
+                              f"datasets{suggest(stage.dataset, cfg.datasets)}")
+        ref = InitRef.parse(stage.init, f"{where}.init")
+        if ref.kind == "stage" and (ref.value not in cfg.stages or ref.value == name):
+            raise ConfigError(f"{where}.init: '{stage.init}' names no other stage")
         if stage.variant in ("bn", "bn-stats") and not stage.init:
             raise ConfigError(f"{where}: variant '{stage.variant}' needs an init checkpoint")
     if cfg.tracking.flush_seconds <= 0:
         raise ConfigError("tracking.flush_seconds must be positive")
     if cfg.tracking.uri:
-        from ..tracking.store import TrackingError, normalize_uri
         try:
             normalize_uri(cfg.tracking.uri)
         except TrackingError as exc:
@@ -160,27 +149,37 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
 def _check_choice(key: str, value: str, choices) -> None:
     if value not in choices:
         raise ConfigError(f"{key}: '{value}' is not one of {', '.join(choices)}"
-                          f"{_suggest(value, choices)}")
+                          f"{suggest(value, choices)}")
 
 
 def config_from_dict(data: Dict[str, Any], overrides: Iterable[str] = ()) -> ExperimentConfig:
-    """Build and validate a config from a raw dict plus ``key=value`` overrides."""
-    data = apply_overrides(dict(data or {}), overrides)
+    """Build and validate a config from a raw dict plus ``key=value`` overrides (``data``
+    is not modified)."""
+    data = apply_overrides(copy.deepcopy(dict(data or {})), overrides)
+    if "sweep" in data:
+        raise ConfigError("config key 'sweep' is now 'grid' (the launch grid of "
+                          "`hpt-hpc launch`; `hpt-hpc sweep` runs experiment files)")
     return validate(_build(ExperimentConfig, data, ""))
+
+
+def read_config_dict(path: Union[str, Path], kind: str = "config") -> Dict[str, Any]:
+    """The raw mapping of a YAML ``kind`` file (config, experiment file), read once and
+    validated by the caller."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{kind} file '{path}' does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{kind} file '{path}' is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{kind} file '{path}' must hold a mapping at the top level")
+    return data
 
 
 def load_config(path: Union[str, Path], overrides: Iterable[str] = ()) -> ExperimentConfig:
     """Read a YAML experiment file (see ``configs/``) into a validated config."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file '{path}' does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file '{path}' is not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file '{path}' must hold a mapping at the top level")
-    return config_from_dict(data, overrides)
+    return config_from_dict(read_config_dict(path), overrides)
 
 
 def config_to_dict(cfg: Any) -> Dict[str, Any]:

@@ -242,7 +242,9 @@ class ExperimentConfig:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     compute: ComputeConfig = field(default_factory=ComputeConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    # Sweep grid for `hpt-hpc launch`: config path (or the shorthands variant, lr,
-    # iterations, dataset, batch_size for the launched stage, and seed) -> list of values.
-    # The Cartesian product becomes one SLURM job array.
-    sweep: Dict[str, List[Any]] = field(default_factory=dict)
+    # Launch grid of `hpt-hpc launch`: config path (or the shorthands variant, lr,
+    # iterations, dataset, batch_size, init for the launched stage, and seed) -> list of
+    # values. The Cartesian product becomes one SLURM job array, each cell writing to
+    # <output_dir>/grid/<cell>. (Experiment files, run by `hpt-hpc sweep`, are the other
+    # way to run many stages: see hpt_hpc.plan.experiment.)
+    grid: Dict[str, List[Any]] = field(default_factory=dict)

@@ -1,4 +1,5 @@
-"""Checkpoint I/O: atomic saving, safe (``weights_only=True``) loading, and initial weights.
+"""Checkpoint I/O and the checkpoint schema: atomic saving, safe (``weights_only=True``)
+loading, the toolkit's checkpoint layout (:func:`stage_checkpoint`), and initial weights.
 
 Everything is read with ``torch.load(path, map_location="cpu", weights_only=True)``, which only
 unpickles tensors and plain containers/primitives. A checkpoint written with
@@ -25,6 +26,39 @@ from .resnet import describe_arch
 
 CHECKPOINT_FORMAT = "hpt-hpc/1"
 _MAX_LISTED = 10
+
+
+def stage_checkpoint(model: torch.nn.Module, optimizer: Any, step: int, total: int,
+                     stage: str, variant: str, init: Any, config: dict, rng: dict,
+                     run_id: Any) -> dict:
+    """The toolkit's checkpoint of a stage: ``format``, ``model`` (MoCo state with queue),
+    ``optimizer``, ``step``/``total_steps``, ``stage``, ``variant``, ``init``, the resolved
+    ``config`` (plain dict), ``rng`` states and the tracker's ``tracker_run_id``."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "step": step,
+        "total_steps": total,
+        "stage": stage,
+        "variant": variant,
+        "init": init,
+        "config": config,
+        "rng": rng,
+        "tracker_run_id": run_id,
+    }
+
+
+def checkpoint_run_id(path: str) -> Any:
+    """The ``tracker_run_id`` a toolkit checkpoint holds (memory-mapped: tensors are not
+    read); ``None`` for a missing file or a foreign layout."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - not a torch zip file, or a foreign layout
+        return None
+    return (state.get("tracker_run_id") or None) if isinstance(state, dict) else None
 
 
 class CheckpointReadError(HptError, ValueError):

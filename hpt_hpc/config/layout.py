@@ -1,0 +1,127 @@
+"""Where things live under an ``output_dir``: the only module that spells these paths.
+
+* a stage: ``<output_dir>/<stage>/`` with ``checkpoints/last.pt`` (periodic, resume
+  point), ``checkpoints/final.pt`` (the finished stage), ``init-cache/`` (registry and run
+  checkpoints downloaded once), ``result.json`` (the job's summary: steps, seconds, run id)
+  and the tracker's spill files;
+* a launch: ``launches/`` (launch records, ``latest.json`` the newest), ``slurm-logs/%j/``
+  (submitit's folder);
+* ``hpt-hpc probe``/``finetune``: ``evaluations/init-cache/`` (downloaded checkpoints);
+* a grid launch: ``grid/<cell>/`` (each cell an output_dir of its own);
+* an experiment file: ``upstream/<stage>/`` (shared base/source stages), ``units/<id>/``
+  (a pretraining unit's output_dir; its stage is ``target``) and
+  ``units/<id>/results/<eval id>.json`` (evaluation records).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List
+
+CHECKPOINTS = "checkpoints"
+LAST = "last.pt"
+FINAL = "final.pt"
+INIT_CACHE = "init-cache"
+STAGE_RESULT = "result.json"
+UNIT_STAGE = "target"  # a sweep unit trains its target stage
+
+
+@dataclass(frozen=True)
+class StageLayout:
+    """The folder of one stage of an output_dir."""
+
+    output_dir: Path
+    stage: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "output_dir", Path(self.output_dir))
+
+    @property
+    def root(self) -> Path:
+        return self.output_dir / self.stage
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / CHECKPOINTS
+
+    @property
+    def last(self) -> Path:
+        return self.checkpoints / LAST
+
+    @property
+    def final(self) -> Path:
+        return self.checkpoints / FINAL
+
+    @property
+    def init_cache(self) -> Path:
+        return self.root / INIT_CACHE
+
+    @property
+    def result(self) -> Path:
+        return self.root / STAGE_RESULT
+
+    def read_result(self) -> dict:
+        """The stage's ``result.json`` (``{}`` while it has not finished once)."""
+        return json.loads(self.result.read_text()) if self.result.is_file() else {}
+
+    def checkpoint(self, completed: bool) -> Path:
+        """``final.pt`` for a finished stage, else ``last.pt``."""
+        return self.final if completed else self.last
+
+    def sibling(self, stage: str) -> "StageLayout":
+        """Another stage of the same output_dir."""
+        return StageLayout(self.output_dir, stage)
+
+
+@dataclass(frozen=True)
+class OutputLayout:
+    """The folders of an output_dir above the stages: launches, logs, grids, sweeps."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    def stage(self, name: str) -> StageLayout:
+        return StageLayout(self.root, name)
+
+    @property
+    def launches(self) -> Path:
+        return self.root / "launches"
+
+    @property
+    def latest_launch(self) -> Path:
+        return self.launches / "latest.json"
+
+    @property
+    def evaluations(self) -> StageLayout:
+        """Where command-line evaluations cache downloaded checkpoints."""
+        return StageLayout(self.root, "evaluations")
+
+    @property
+    def log_folder(self) -> Path:
+        return self.root / "slurm-logs" / "%j"
+
+    def grid_cell(self, cell: str) -> Path:
+        return self.root / "grid" / cell
+
+    def upstream(self, stage: str) -> StageLayout:
+        return StageLayout(self.root / "upstream", stage)
+
+    def unit_dir(self, unit_id: str) -> Path:
+        return self.root / "units" / unit_id
+
+    def unit_stage(self, unit_id: str) -> StageLayout:
+        return StageLayout(self.unit_dir(unit_id), UNIT_STAGE)
+
+    def eval_result(self, folder_unit: str, eval_id: str) -> Path:
+        return self.unit_dir(folder_unit) / "results" / f"{eval_id}.json"
+
+    def eval_results(self) -> List[Path]:
+        return sorted(self.root.glob("units/*/results/*.json"))
+
+    def finished_unit_stages(self) -> List[str]:
+        """Unit ids whose stage has its final checkpoint."""
+        pattern = f"units/*/{UNIT_STAGE}/{CHECKPOINTS}/{FINAL}"
+        return sorted(p.parents[2].name for p in self.root.glob(pattern))

@@ -1,0 +1,162 @@
+"""``InitRef``: the one parser of a checkpoint reference — where a stage starts from
+(``stages.<name>.init``) or which checkpoint an evaluation reads (``--checkpoint``).
+
+Forms: ``null`` (random), ``stage:<name>`` (that stage's final checkpoint in the same
+output_dir), a checkpoint file, ``models:/<name>@<alias>`` / ``models:/<name>/<version>``
+(the MLflow registry) and ``runs:/<run_id>/<path>`` (a run's artifact). One way to resolve
+it to a local file (:meth:`InitRef.resolve`), to list the host paths a container must bind
+(:meth:`InitRef.host_paths`) and to describe it in tags (:meth:`InitRef.tags`).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from ..errors import ConfigError
+from ..tracking.registry import fetch_checkpoint
+from .layout import StageLayout
+from .schema import STAGE_NAMES
+
+KINDS = ("random", "stage", "file", "model", "run")
+FORMS = ("null (random), stage:<name>, a checkpoint file, models:/<name>@<alias>, "
+         "models:/<name>/<version> or runs:/<run_id>/<path>")
+_MODEL = re.compile(r"models:/[^@/]+(@[\w\-]+|/\d+)")
+_RUN = re.compile(r"runs:/[0-9a-f]+/.+")
+
+
+class InitRefError(ConfigError):
+    """A reference that cannot be parsed or resolved."""
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A reference resolved to a local checkpoint file (``None``: random init)."""
+
+    path: Optional[str]
+    tags: Dict[str, str]
+
+
+@dataclass(frozen=True)
+class InitRef:
+    """A parsed reference; ``value`` is the stage name, the file path or the URI."""
+
+    kind: str = "random"
+    value: str = ""
+
+    @classmethod
+    def parse(cls, text: Optional[str], where: str = "init") -> "InitRef":
+        """Parse one of the forms in the module docstring; anything else is an error."""
+        if text is None or not str(text).strip():
+            return cls()
+        text = str(text).strip()
+        if text.startswith("stage:"):
+            name = text.split(":", 1)[1]
+            if name not in STAGE_NAMES:
+                raise InitRefError(f"{where}: '{text}' names no stage (stages: "
+                                   f"{', '.join(STAGE_NAMES)})")
+            return cls("stage", name)
+        if text.startswith("models:/"):
+            if not _MODEL.fullmatch(text):
+                raise InitRefError(f"{where}: '{text}' is not models:/<name>@<alias> or "
+                                   f"models:/<name>/<version>")
+            return cls("model", text)
+        if text.startswith("runs:/"):
+            if not _RUN.fullmatch(text):
+                raise InitRefError(f"{where}: '{text}' is not runs:/<run_id>/<path>")
+            return cls("run", text)
+        if "://" in text:
+            raise InitRefError(f"{where}: '{text}' is not a supported reference; use {FORMS}"
+                               f" (nothing is downloaded at run time)")
+        return cls("file", text)
+
+    @classmethod
+    def file(cls, path: object) -> "InitRef":
+        return cls("file", str(path))
+
+    @property
+    def is_random(self) -> bool:
+        return self.kind == "random"
+
+    @property
+    def in_registry(self) -> bool:
+        """Resolved through the tracking store (``models:/``, ``runs:/``)."""
+        return self.kind in ("model", "run")
+
+    @property
+    def text(self) -> Optional[str]:
+        """The reference as written in a config (``None`` for random)."""
+        if self.kind == "random":
+            return None
+        return f"stage:{self.value}" if self.kind == "stage" else self.value
+
+    def __str__(self) -> str:
+        return self.text or "random"
+
+    def absolute(self) -> "InitRef":
+        """File references as absolute paths (jobs may run in another directory)."""
+        if self.kind != "file":
+            return self
+        return InitRef("file", str(Path(self.value).expanduser().resolve()))
+
+    def local_path(self, layout: Optional[StageLayout]) -> Optional[Path]:
+        """The file a file or stage reference reads (``None`` for the others)."""
+        if self.kind == "file":
+            return Path(self.value)
+        if self.kind == "stage":
+            if layout is None:
+                raise InitRefError(f"'{self}' needs an output_dir to be resolved in")
+            return layout.sibling(self.value).final
+        return None
+
+    def host_paths(self) -> List[Path]:
+        """Host paths a container must bind to read this reference (stage and registry
+        references live in the output folder or the tracking store, bound anyway)."""
+        return [Path(self.value).resolve()] if self.kind == "file" else []
+
+    def tags(self) -> Dict[str, str]:
+        """How the run records where it started (before resolution)."""
+        return {} if self.is_random else {"hpt.init_source": str(self)}
+
+    def check(self, layout: Optional[StageLayout], pending: tuple = (),
+              who: str = "stage") -> None:
+        """Fail before any work when a file is missing or a stage reference names a stage
+        that is neither finished nor in ``pending`` (stages that will run first).
+        Registry references are checked when they resolve."""
+        if self.kind == "file" and not Path(self.value).is_file():
+            raise InitRefError(f"{who}: init checkpoint '{self.value}' does not exist; copy "
+                               f"the file here first (nothing is downloaded at run time)")
+        if self.kind == "stage" and self.value not in pending:
+            final = self.local_path(layout)
+            if not final.is_file():
+                raise InitRefError(f"{who} starts from stage '{self.value}', which is neither "
+                                   f"in this --chain nor finished ({final} missing)")
+
+    def resolve(self, layout: Optional[StageLayout], tracking_uri: Optional[str],
+                who: str = "stage") -> Resolved:
+        """The local checkpoint file plus lineage tags. Registry and run references are
+        downloaded once into ``layout.init_cache`` from ``tracking_uri``."""
+        if self.is_random:
+            return Resolved(None, {})
+        tags = self.tags()
+        if self.in_registry:
+            if not tracking_uri:
+                raise InitRefError(f"{who}: '{self}' needs MLflow tracking (it is switched "
+                                   f"off); use a checkpoint file instead")
+            if layout is None:
+                raise InitRefError(f"'{self}' needs an output_dir to cache the download in")
+            fetched = fetch_checkpoint(self.value, tracking_uri, layout.init_cache)
+            tags["hpt.init_run_id"] = fetched.run_id
+            if fetched.model:
+                tags.update({"hpt.init_model": fetched.model,
+                             "hpt.init_model_version": fetched.version})
+            return Resolved(fetched.path, tags)
+        path = self.local_path(layout)
+        if not path.is_file():
+            if self.kind == "stage":
+                raise InitRefError(f"{who} starts from stage '{self.value}', but "
+                                   f"'{self.value}' has no final checkpoint at {path}; run "
+                                   f"stage '{self.value}' first")
+            raise InitRefError(f"{who}: init checkpoint '{self.value}' does not exist")
+        return Resolved(str(path), tags)
