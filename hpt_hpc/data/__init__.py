@@ -1,8 +1,10 @@
 """Datasets: listing, decoding, preparing, checking and (torch) loading of images.
 
-Listing, decoding, ``prepare`` and ``check`` need only PIL/numpy; the transform and loader
-names are imported from torch-based modules on first access, so ``import hpt_hpc.data``
-stays fast for the CLI.
+Listing, decoding, ``prepare`` and ``check`` need only PIL/numpy; the spec, transform and
+loader names are imported from their modules on first access, so ``import hpt_hpc.data``
+stays fast for the CLI. Layers (no module imports one above it): ``specs`` (pure) ->
+``transforms`` / ``dataset`` -> ``loader`` (torchvision) and ``dali_loader`` (DALI) ->
+``backends`` (picks one by ``data.backend``).
 """
 from importlib import import_module
 
@@ -12,11 +14,15 @@ from .prepare import DATASETS, prepare_dataset
 from .sources import IMAGE_EXTENSIONS, DatasetError, ImageRecord, list_split
 
 _LAZY = {
+    "EvalSpec": "specs", "eval_spec": "specs", "normalisation": "specs",
+    "blur_kernel_size": "specs",
     "build_two_view_transform": "transforms", "build_eval_transform": "transforms",
     "build_probe_train_transform": "transforms", "TwoViewTransform": "transforms",
-    "ImageDataset": "loader", "SkippedImages": "loader", "PretrainLoader": "loader",
-    "EvalLoader": "loader", "build_pretrain_loader": "loader", "build_eval_loader": "loader",
-    "collate_skipping": "loader",
+    "ImageDataset": "dataset", "SkippedImages": "dataset", "collate_skipping": "dataset",
+    "ShardSampler": "dataset",
+    "PretrainLoader": "loader", "EvalLoader": "loader",
+    "BACKENDS": "backends", "build_pretrain_loader": "backends",
+    "build_eval_loader": "backends",
     "DaliPretrainLoader": "dali_loader", "DaliEvalLoader": "dali_loader",  # need NVIDIA DALI
 }
 

@@ -88,7 +88,7 @@ def pnm_bytes(img) -> np.ndarray:
 class FileReader:
     """Reads ``paths[i]`` for DALI: encoded bytes, converted PNM bytes, or None (skipped).
 
-    ``skipped`` is the loader's :class:`~hpt_hpc.data.loader.SkippedImages` (it warns once
+    ``skipped`` is the loader's :class:`~hpt_hpc.data.dataset.SkippedImages` (it warns once
     per file); ``converted`` counts images that went through the reference decoder.
     """
 

@@ -1,7 +1,7 @@
 """DALI loaders with the torchvision loaders' interface (``data.backend: dali``).
 
 :class:`DaliPretrainLoader` is a drop-in for :class:`~hpt_hpc.data.loader.PretrainLoader`:
-the same :class:`~hpt_hpc.data.loader.ShardSampler` decides which images each rank sees
+the same :class:`~hpt_hpc.data.dataset.ShardSampler` decides which images each rank sees
 (per-epoch seeded global permutation, disjoint rank shards, equal steps per epoch on every
 rank, ``set_epoch(epoch, step)`` positions the stream), so both backends read the same
 images in the same order; only the augmentation randomness differs (DALI's pipeline seed,
@@ -24,14 +24,14 @@ import torch
 from ..errors import HptError
 from .dali_colour import ColourStage
 from .dali_feed import EvalFeed, FileReader, PretrainFeed
-from .dali_pipelines import (eval_graph, pipeline_kwargs, probe_spec, resolve_device,
-                             two_view_graph, view_spec)
-from .loader import ImageDataset, ShardSampler, SkippedImages
+from .dali_pipelines import (eval_graph, pipeline_kwargs, resolve_device, two_view_graph,
+                             view_spec)
+from .dataset import ImageDataset, ShardSampler, SkippedImages
 from .sources import DatasetError, ImageRecord
-from .transforms import normalisation
+from .specs import eval_spec, normalisation
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hpt_hpc.config.schema import AugmentConfig, DataConfig
+    from hpt_hpc.config.schema import AugmentConfig, DataConfig, ProbeConfig
 
 log = logging.getLogger(__name__)
 
@@ -180,9 +180,10 @@ class DaliPretrainLoader(_DaliBase):
 class DaliEvalLoader(_DaliBase):
     """Finite loader of ``(images, labels)`` from DALI; each ``iter()`` is one pass.
 
-    Same arguments and labels as :class:`~hpt_hpc.data.loader.EvalLoader`: resize + centre
-    crop (``train=False``, records in order) or random resized crop + flip (``train=True``,
-    a seeded permutation per pass). Unreadable images are dropped and named in ``skipped``.
+    Same arguments and labels as :class:`~hpt_hpc.data.loader.EvalLoader`: the test view
+    (``train=False``, records in order) or the training view (``train=True``, a seeded
+    permutation per pass) of ``eval_spec(data_cfg, probe)``. Unreadable images are dropped
+    and named in ``skipped``.
     """
 
     backend = "dali"
@@ -190,14 +191,14 @@ class DaliEvalLoader(_DaliBase):
     def __init__(self, records: Sequence[ImageRecord], data_cfg: "DataConfig",
                  batch_size: int, train: bool = False, workers: Optional[int] = None,
                  num_classes: Optional[int] = None, multi_label: Optional[bool] = None,
-                 seed: int = 0):
+                 seed: int = 0, probe: Optional["ProbeConfig"] = None):
         records = list(records)
         if not records:
             raise DatasetError("no images to evaluate on")
         if multi_label is None:
             multi_label = any(len(r.labels) > 1 for r in records)
         self.device = resolve_device(data_cfg.device)
-        self.spec = probe_spec(data_cfg)
+        self.spec = eval_spec(data_cfg, probe)
         self.labels = ImageDataset(records, None, data_cfg.channels, num_classes, multi_label)
         self.num_images, self.num_classes = len(records), self.labels.num_classes
         self.multi_label, self.train, self.seed = multi_label, train, seed

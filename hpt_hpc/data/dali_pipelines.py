@@ -1,4 +1,5 @@
-"""DALI graphs: MoCo-v2's two views per image and the evaluation transforms.
+"""DALI graphs: MoCo-v2's two views per image and the evaluation transforms (the DALI
+form of :class:`~hpt_hpc.data.specs.EvalSpec`).
 
 Driven by the same ``augment``/``data`` config as the torchvision reference
 (:mod:`hpt_hpc.data.transforms`); per view, on DALI CPU operators (``device: cpu``) or
@@ -35,14 +36,13 @@ import nvidia.dali.types as types
 from nvidia.dali import pipeline_def
 
 from ..errors import HptError
-from .transforms import EVAL_RESIZE_RATIO, blur_kernel_size, normalisation
+from .specs import EvalSpec, blur_kernel_size, normalisation
 
 if TYPE_CHECKING:  # pragma: no cover
     from hpt_hpc.config.schema import AugmentConfig, DataConfig
 
 DEVICES = ("auto", "cpu", "gpu")
 LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, as PIL's convert("L")
-PROBE_CROP = ((0.08, 1.0), (3 / 4, 4 / 3))  # torchvision RandomResizedCrop defaults
 
 
 @dataclass(frozen=True)
@@ -98,9 +98,14 @@ def view_spec(aug: "AugmentConfig", data: "DataConfig") -> ViewSpec:
     return ViewSpec(**spec)
 
 
-def probe_spec(data: "DataConfig") -> ViewSpec:
-    """Linear-probe training view: random resized crop (default scale/ratio) and flip."""
-    return ViewSpec(**_base(data), crop=PROBE_CROP, flip_p=0.5)
+def train_view_spec(spec: EvalSpec) -> ViewSpec:
+    """The training view of an :class:`~hpt_hpc.data.specs.EvalSpec`: random resized crop
+    (its scale and ratio) and, when ``spec.flip``, a flip with probability 1/2."""
+    return ViewSpec(size=spec.size, channels=spec.channels,
+                    mean=tuple(255.0 * m for m in spec.mean),
+                    std=tuple(255.0 * s for s in spec.std),
+                    crop=(tuple(spec.crop_scale), tuple(spec.crop_ratio)),
+                    flip_p=0.5 if spec.flip else 0.0)
 
 
 def gpu_available() -> bool:
@@ -233,20 +238,22 @@ def two_view_graph(feed, spec: ViewSpec, device: str):
 
 
 @pipeline_def(enable_conditionals=True)
-def eval_graph(feed, spec: ViewSpec, device: str, random_view: bool):
-    """(images, meta): the probe-training view (``random_view``) or the test transform:
-    short side to ``S * 256/224`` (to ``S`` when it is at most ``S``), centre crop ``S``."""
+def eval_graph(feed, spec: EvalSpec, device: str, random_view: bool):
+    """(images, meta): the training view (``random_view``) or the test view of ``spec``:
+    short side to ``round(S / center_crop_ratio)`` (to ``S`` when it is at most ``S``),
+    centre crop ``S``."""
     raw, meta = _source(feed)
     images = _decode(raw, spec.channels, device)
     if random_view:
-        return _view(images, spec), meta
-    size, large = spec.size, int(round(spec.size * EVAL_RESIZE_RATIO))
+        return _view(images, train_view_spec(spec)), meta
+    size, large = spec.size, spec.resize_large
+    mean, std = [255.0 * m for m in spec.mean], [255.0 * s for s in spec.std]
     shape = images.shape(dtype=types.INT32, device="cpu")
     small = fn.cast(dmath.min(shape[0], shape[1]) <= size, dtype=types.FLOAT)
     img = fn.resize(images, resize_shorter=small * float(size - large) + float(large),
                     antialias=True)
-    out = fn.crop_mirror_normalize(img, crop=(size, size), mean=list(spec.mean),
-                                   std=list(spec.std), dtype=types.FLOAT, output_layout="CHW")
+    out = fn.crop_mirror_normalize(img, crop=(size, size), mean=mean, std=std,
+                                   dtype=types.FLOAT, output_layout="CHW")
     return out, meta
 
 

@@ -55,7 +55,7 @@ def split_location(ds_cfg: "DatasetConfig", split: str) -> str:
         raise DatasetError("dataset path is empty; set datasets.<name>.path in the config")
     if not os.path.isdir(ds_cfg.path):
         raise DatasetError(f"dataset path {ds_cfg.path!r} does not exist or is not a folder; "
-                           "fix datasets.<name>.path or run `hpt data prepare`")
+                           "fix datasets.<name>.path or run `hpt-hpc data prepare`")
     if split not in ds_cfg.splits:
         raise DatasetError(f"split {split!r} is not configured for {ds_cfg.path!r} "
                            f"(configured: {', '.join(sorted(ds_cfg.splits)) or 'none'})")

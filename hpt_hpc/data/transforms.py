@@ -2,53 +2,26 @@
 
 Order per view, all on the PIL image: crop -> colour jitter -> random grey -> flip -> blur,
 then one numpy pass to a normalised tensor. Blur commutes with the flip, so this is
-MoCo-v2's pipeline. Every piece is built only when enabled in the config.
+MoCo-v2's pipeline. Every piece is built only when enabled in the config. The evaluation
+transforms are the torchvision form of :class:`~hpt_hpc.data.specs.EvalSpec`.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, List, Tuple
+from typing import TYPE_CHECKING, List, Optional, Tuple
 
 import numpy as np
 import torch
 from PIL import ImageFilter
 from torchvision import transforms as T
 
+from .specs import EvalSpec, blur_kernel_size, eval_spec, normalisation
+
 if TYPE_CHECKING:  # pragma: no cover
-    from hpt_hpc.config.schema import AugmentConfig, BlurConfig, DataConfig
+    from hpt_hpc.config.schema import AugmentConfig, DataConfig, ProbeConfig
 
-EVAL_RESIZE_RATIO = 256 / 224  # resize-then-centre-crop ratio of the ImageNet protocol
-
-
-def blur_kernel_size(blur: "BlurConfig", image_size: int) -> int:
-    """The configured kernel, or an odd size near 10% of the image side (at least 3)."""
-    if blur.kernel_size is not None:
-        k = int(blur.kernel_size)
-        if k < 1 or k % 2 == 0:
-            raise ValueError(f"augment.blur.kernel_size must be a positive odd integer, got {k}")
-        return k
-    k = int(round(0.1 * image_size))
-    return max(3, k if k % 2 == 1 else k + 1)
-
-
-def normalisation(data: "DataConfig") -> Tuple[List[float], List[float]]:
-    """Mean/std with one value per channel.
-
-    A single value is repeated; three values with ``channels: 1`` are averaged (so the
-    ImageNet defaults still work for grey images); any other mismatch is an error.
-    """
-    stats = []
-    for name, values in (("mean", list(data.mean)), ("std", list(data.std))):
-        if len(values) == 1:
-            values = values * data.channels
-        elif data.channels == 1 and len(values) == 3:
-            values = [sum(values) / 3.0]
-        if len(values) != data.channels:
-            raise ValueError(f"data.{name} has {len(values)} values but data.channels is "
-                             f"{data.channels}")
-        stats.append([float(v) for v in values])
-    if any(s <= 0 for s in stats[1]):
-        raise ValueError(f"data.std must be positive, got {data.std}")
-    return stats[0], stats[1]
+__all__ = ["EvalResize", "RandomGaussianBlur", "ToNormalizedTensor", "TwoViewTransform",
+           "blur_kernel_size", "build_eval_transform", "build_probe_train_transform",
+           "build_two_view_transform", "build_view_transform", "normalisation"]
 
 
 class ToNormalizedTensor:
@@ -143,28 +116,38 @@ def build_two_view_transform(aug: "AugmentConfig", data: "DataConfig") -> TwoVie
 
 
 class EvalResize:
-    """Resize the short side to ``size * 256/224`` (rounded), or to ``size`` when the image's
-    short side is already at most ``size``, then centre-crop ``size``."""
+    """The test view's resize and centre crop of an :class:`~hpt_hpc.data.specs.EvalSpec`
+    (short side to ``round(size / center_crop_ratio)``, or to ``size`` for an image whose
+    short side is at most ``size``), on a PIL image."""
 
-    def __init__(self, size: int):
-        self.size = int(size)
-        self.large = T.Compose([T.Resize(int(round(self.size * EVAL_RESIZE_RATIO))),
-                                T.CenterCrop(self.size)])
-        self.small = T.Compose([T.Resize(self.size), T.CenterCrop(self.size)])
+    def __init__(self, spec: EvalSpec):
+        self.size, self.large = spec.size, spec.resize_large
+        self.large_crop = T.Compose([T.Resize(self.large), T.CenterCrop(self.size)])
+        self.small_crop = T.Compose([T.Resize(self.size), T.CenterCrop(self.size)])
 
     def __call__(self, img):
-        return (self.small if min(img.size) <= self.size else self.large)(img)
+        return (self.small_crop if min(img.size) <= self.size else self.large_crop)(img)
 
     def __repr__(self) -> str:
-        return f"EvalResize(size={self.size})"
+        return f"EvalResize(size={self.size}, large={self.large})"
 
 
-def build_eval_transform(data: "DataConfig") -> T.Compose:
-    """Deterministic evaluation transform: resize, centre crop, tensor, normalise."""
-    return T.Compose([EvalResize(data.image_size), *_tensor_tail(data)])
+def build_eval_transform(data: "DataConfig", probe: Optional["ProbeConfig"] = None
+                         ) -> T.Compose:
+    """The test view of :func:`~hpt_hpc.data.specs.eval_spec`: resize, centre crop,
+    normalised tensor (``probe`` None: default ``center_crop_ratio``)."""
+    spec = eval_spec(data, probe)
+    return T.Compose([EvalResize(spec), ToNormalizedTensor(spec.mean, spec.std)])
 
 
-def build_probe_train_transform(data: "DataConfig") -> T.Compose:
-    """Linear-probe training transform: random resized crop and horizontal flip."""
-    return T.Compose([T.RandomResizedCrop(int(data.image_size)), T.RandomHorizontalFlip(),
-                      *_tensor_tail(data)])
+def build_probe_train_transform(data: "DataConfig", probe: Optional["ProbeConfig"] = None,
+                                augment: bool = True) -> T.Compose:
+    """The training view of :func:`~hpt_hpc.data.specs.eval_spec` (random resized crop with
+    ``probe.crop_scale``, flip when ``probe.flip``); the test view when ``augment`` is off."""
+    if not augment:
+        return build_eval_transform(data, probe)
+    spec = eval_spec(data, probe)
+    steps = [T.RandomResizedCrop(spec.size, scale=spec.crop_scale, ratio=spec.crop_ratio)]
+    if spec.flip:
+        steps.append(T.RandomHorizontalFlip())
+    return T.Compose(steps + [ToNormalizedTensor(spec.mean, spec.std)])

@@ -1,5 +1,6 @@
-"""A dataset's train/val/test records, their label space and the evaluation transforms
-and loaders (torchvision; the protocols run in-process).
+"""A dataset's train/val/test records, their label space and in-process image batches
+(torchvision; the protocols run in-process). The transforms come from
+:mod:`hpt_hpc.data.transforms` (``build_eval_transform`` / ``build_probe_train_transform``).
 
 Labels: a split is *multi-label* when any training record has a number of labels other
 than one (file lists allow several labels, or none, per image); then every split yields
@@ -15,6 +16,8 @@ import torch
 from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 
 from ..config import ExperimentConfig
+from ..data import list_split
+from ..data.dataset import ImageDataset, collate_skipping
 from ..data.sources import ImageRecord
 from ..errors import HptError
 
@@ -44,7 +47,6 @@ def label_space(train: Sequence[ImageRecord], *others: Sequence[ImageRecord]):
 def split_records(cfg: ExperimentConfig, dataset: str, split: str) -> List[ImageRecord]:
     """Every record of ``split`` (``max_images`` ignored; ``probe.max_train_images``
     keeps the first N training records)."""
-    from ..data import list_split
     if dataset not in cfg.datasets:
         raise HptError(f"dataset '{dataset}' is not defined in the config (defined: "
                        f"{', '.join(sorted(cfg.datasets)) or 'none'})")
@@ -60,38 +62,6 @@ def load_splits(cfg: ExperimentConfig, dataset: str) -> SplitRecords:
     records = {split: split_records(cfg, dataset, split) for split in SPLITS}
     classes, multi = label_space(records["train"], records["val"], records["test"])
     return SplitRecords(records, classes, multi)
-
-
-def train_transform(cfg: ExperimentConfig, augment: bool = True):
-    """Training images: random-resized-crop (scale ``probe.crop_scale``) and, when
-    ``probe.flip``, a random horizontal flip; centre crop when ``augment`` is off."""
-    from torchvision import transforms as T
-
-    from ..data.transforms import ToNormalizedTensor, normalisation
-    if not augment:
-        return center_crop_transform(cfg)
-    scale = tuple(float(s) for s in cfg.probe.crop_scale)
-    if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
-        raise HptError(f"probe.crop_scale must be [low, high] with 0 < low <= high <= 1, "
-                       f"got {list(cfg.probe.crop_scale)}")
-    steps = [T.RandomResizedCrop(int(cfg.data.image_size), scale=scale)]
-    if cfg.probe.flip:
-        steps.append(T.RandomHorizontalFlip())
-    return T.Compose(steps + [ToNormalizedTensor(*normalisation(cfg.data))])
-
-
-def center_crop_transform(cfg: ExperimentConfig):
-    """Val/test images: resize the short side to ``round(size / probe.center_crop_ratio)``
-    and centre-crop ``data.image_size``."""
-    from torchvision import transforms as T
-
-    from ..data.transforms import ToNormalizedTensor, normalisation
-    ratio = float(cfg.probe.center_crop_ratio)
-    if not 0 < ratio <= 1:
-        raise HptError(f"probe.center_crop_ratio must be in (0, 1], got {ratio}")
-    size = int(cfg.data.image_size)
-    return T.Compose([T.Resize(int(round(size / ratio))), T.CenterCrop(size),
-                      ToNormalizedTensor(*normalisation(cfg.data))])
 
 
 class _Batches:
@@ -120,7 +90,6 @@ def image_batches(cfg: ExperimentConfig, records: Sequence[ImageRecord], space: 
     """One ordered pass over ``records`` or, with ``steps``, an endless stream of shuffled
     batches (epoch after epoch, seeded) of ``min(batch_size, len(records))`` images, drawn
     ``steps`` batches at a time."""
-    from ..data.loader import ImageDataset, collate_skipping
     dataset = ImageDataset(records, transform, cfg.data.channels, space.num_classes,
                            space.multi_label)
     batch = min(int(batch_size), len(dataset))

@@ -1,0 +1,68 @@
+"""Loader factory: ``data.backend`` picks the torchvision loaders
+(:mod:`hpt_hpc.data.loader`) or the NVIDIA DALI ones (:mod:`hpt_hpc.data.dali_loader`,
+imported only when asked for). Both have the same interface, so the stage engine and the
+evaluation code do not know which they get.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Optional, Sequence
+
+from ..errors import HptError
+from .loader import EvalLoader, PretrainLoader
+from .sources import ImageRecord
+
+if TYPE_CHECKING:  # pragma: no cover
+    from hpt_hpc.config.schema import AugmentConfig, DataConfig, ProbeConfig
+
+__all__ = ["BACKENDS", "build_eval_loader", "build_pretrain_loader"]
+
+BACKENDS = ("torchvision", "dali")
+
+
+def _check_backend(data_cfg: "DataConfig") -> None:
+    if data_cfg.backend not in BACKENDS:
+        raise HptError(f"data.backend {data_cfg.backend!r} is not one of "
+                       f"{', '.join(BACKENDS)}")
+
+
+def _dali_loaders():
+    try:
+        from . import dali_loader
+    except ImportError as exc:
+        raise HptError(f"data.backend 'dali' needs NVIDIA DALI ({exc}); install "
+                       "nvidia-dali-cuda130 or use --set data.backend=torchvision") from None
+    return dali_loader
+
+
+def build_pretrain_loader(records: Sequence[ImageRecord], aug_cfg: "AugmentConfig",
+                          data_cfg: "DataConfig", batch_size: int, seed: int, rank: int = 0,
+                          world_size: int = 1, workers: Optional[int] = None,
+                          start_epoch: int = 0, start_step: int = 0,
+                          fill_skipped: bool = True):
+    """The MoCo two-view loader for one rank: a
+    :class:`~hpt_hpc.data.loader.PretrainLoader`, or with ``data.backend: dali`` a
+    :class:`~hpt_hpc.data.dali_loader.DaliPretrainLoader`."""
+    _check_backend(data_cfg)
+    if data_cfg.backend == "dali":
+        return _dali_loaders().DaliPretrainLoader(
+            records, aug_cfg, data_cfg, batch_size, seed, rank, world_size, workers,
+            start_epoch, start_step, fill_skipped)
+    return PretrainLoader(records, aug_cfg, data_cfg, batch_size, seed, rank, world_size,
+                          workers, start_epoch, start_step, fill_skipped)
+
+
+def build_eval_loader(records: Sequence[ImageRecord], data_cfg: "DataConfig",
+                      batch_size: int, train: bool = False, workers: Optional[int] = None,
+                      num_classes: Optional[int] = None, multi_label: Optional[bool] = None,
+                      seed: int = 0, probe: Optional["ProbeConfig"] = None):
+    """Evaluation (``train=False``: test view) or probe-training (``train=True``: training
+    view) loader with the transforms of ``eval_spec(data_cfg, probe)`` (``probe`` None:
+    :class:`~hpt_hpc.config.ProbeConfig` defaults): an
+    :class:`~hpt_hpc.data.loader.EvalLoader`, or with ``data.backend: dali`` a
+    :class:`~hpt_hpc.data.dali_loader.DaliEvalLoader`."""
+    _check_backend(data_cfg)
+    if data_cfg.backend == "dali":
+        return _dali_loaders().DaliEvalLoader(records, data_cfg, batch_size, train, workers,
+                                              num_classes, multi_label, seed, probe)
+    return EvalLoader(records, data_cfg, batch_size, train, workers, num_classes,
+                      multi_label, seed, probe)

@@ -1,0 +1,99 @@
+"""Backend-neutral transform specs (pure Python: no torch, torchvision or DALI).
+
+The torchvision transforms (:mod:`hpt_hpc.data.transforms`), the DALI graphs
+(:mod:`hpt_hpc.data.dali_pipelines`) and the probe / fine-tune code all build their
+evaluation transforms from one :class:`EvalSpec`, so the backends and protocols cannot
+drift apart.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, List, Optional, Tuple
+
+from ..config.schema import ProbeConfig
+from ..errors import HptError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from hpt_hpc.config.schema import BlurConfig, DataConfig
+
+
+def blur_kernel_size(blur: "BlurConfig", image_size: int) -> int:
+    """The configured kernel, or an odd size near 10% of the image side (at least 3)."""
+    if blur.kernel_size is not None:
+        k = int(blur.kernel_size)
+        if k < 1 or k % 2 == 0:
+            raise ValueError(f"augment.blur.kernel_size must be a positive odd integer, got {k}")
+        return k
+    k = int(round(0.1 * image_size))
+    return max(3, k if k % 2 == 1 else k + 1)
+
+
+def normalisation(data: "DataConfig") -> Tuple[List[float], List[float]]:
+    """Mean/std with one value per channel.
+
+    A single value is repeated; three values with ``channels: 1`` are averaged (so the
+    ImageNet defaults still work for grey images); any other mismatch is an error.
+    """
+    stats = []
+    for name, values in (("mean", list(data.mean)), ("std", list(data.std))):
+        if len(values) == 1:
+            values = values * data.channels
+        elif data.channels == 1 and len(values) == 3:
+            values = [sum(values) / 3.0]
+        if len(values) != data.channels:
+            raise ValueError(f"data.{name} has {len(values)} values but data.channels is "
+                             f"{data.channels}")
+        stats.append([float(v) for v in values])
+    if any(s <= 0 for s in stats[1]):
+        raise ValueError(f"data.std must be positive, got {data.std}")
+    return stats[0], stats[1]
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """The evaluation transforms of every backend (``mean``/``std`` on the 0..1 scale).
+
+    * Test view (val/test images, cached-mode features): resize the short side to
+      ``round(size / center_crop_ratio)`` - or to ``size`` when the image's short side is
+      already at most ``size`` (small images are not blown up past the crop) - then
+      centre-crop ``size``. The default ratio 0.875 is the ImageNet 256/224 rule.
+    * Training view (probe training, fine-tuning with ``augment``): random resized crop
+      to ``size`` with area ``crop_scale`` and aspect ``crop_ratio``, then a horizontal
+      flip with probability 1/2 when ``flip``.
+    """
+
+    size: int
+    channels: int
+    mean: Tuple[float, ...]
+    std: Tuple[float, ...]
+    center_crop_ratio: float
+    crop_scale: Tuple[float, float]
+    crop_ratio: Tuple[float, float] = (3 / 4, 4 / 3)
+    flip: bool = True
+
+    @property
+    def resize_large(self) -> int:
+        """Short side of the test view's resize for images larger than ``size``."""
+        return int(round(self.size / self.center_crop_ratio))
+
+    def resize_shorter(self, short_side: int) -> int:
+        """The test view's target short side for an image whose short side is given."""
+        return self.size if short_side <= self.size else self.resize_large
+
+
+def eval_spec(data: "DataConfig", probe: Optional["ProbeConfig"] = None) -> EvalSpec:
+    """The :class:`EvalSpec` of a config (``probe`` None: :class:`ProbeConfig` defaults);
+    an invalid ``probe.crop_scale`` or ``probe.center_crop_ratio`` is an :class:`HptError`."""
+    if probe is None:
+        probe = ProbeConfig()
+    scale = tuple(float(s) for s in probe.crop_scale)
+    if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+        raise HptError(f"probe.crop_scale must be [low, high] with 0 < low <= high <= 1, "
+                       f"got {list(probe.crop_scale)}")
+    ratio = float(probe.center_crop_ratio)
+    if not 0 < ratio <= 1:
+        raise HptError(f"probe.center_crop_ratio must be in (0, 1], got {ratio}")
+    mean, std = normalisation(data)
+    return EvalSpec(size=int(data.image_size), channels=int(data.channels), mean=tuple(mean),
+                    std=tuple(std), center_crop_ratio=ratio, crop_scale=scale,
+                    flip=bool(probe.flip))
