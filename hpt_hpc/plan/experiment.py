@@ -1,0 +1,205 @@
+"""Experiment files (``configs/experiments/<name>.yaml``): the grids of the paper's studies.
+
+An experiment file names a base config (the model, MoCo, data and probe settings), the
+shared upstream stages (base, optional source) and one or more *studies*, each a grid::
+
+    name: mnist-hpt                  # MLflow experiment, sweep id, registry aliases
+    config: ../quickstart.yaml       # the base config
+    set: ["probe.repeats=3"]         # overrides on that config
+    datasets: {mnist-source: {path: ../../data/mnist-source}}
+    prepare: {mnist: mnist}          # offline datasets written when missing
+    output_dir: ../../outputs/experiments/mnist-hpt
+    upstream:
+      base: {dataset: fashion-mnist, iterations: 3000}   # or {checkpoint: base.pt}
+      source: {dataset: mnist-source, iterations: 1000}   # starts from base
+    methods: {HPT-BN: {lr: 0.1}, Base: {bn_batches: 50}}
+    studies:
+      main: {method: [Base, Target, HPT, HPT-BN], dataset: [mnist],
+             steps: {default: [50, 500], Target: [500, 2000]}}
+      augmentation: {method: [Target, HPT], steps: [500], augment: [all, crop]}
+
+Every relative path in the file (``config``, ``output_dir``, ``datasets.*.path``,
+``upstream.*.checkpoint``) is relative to the file itself. Grid axes: ``method``,
+``dataset`` (target), ``steps`` (target pretraining steps: a list for every method, or a
+mapping ``{<method>: [...], default: [...]}``), ``seed``, ``augment`` (preset names, see
+:mod:`.units`), ``images`` (target pretraining images: an integer or ``all``) and
+``evaluate`` (protocols: ``linear``, ``finetune``).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from ..config import ConfigError, ExperimentConfig, OutputLayout, config_from_dict
+from ..config.loader import apply_overrides, read_config_dict, suggest
+from ..data.prepare import prepare_dataset
+from .units import UPSTREAM, check_axes
+
+SPEC_KEYS = ("name", "config", "set", "datasets", "prepare", "output_dir", "upstream",
+             "methods", "studies", "references")
+AXES = ("method", "dataset", "steps", "seed", "augment", "images", "evaluate")
+UPSTREAM_KEYS = ("dataset", "iterations", "lr", "batch_size", "variant", "checkpoint")
+METHOD_KEYS = ("lr", "bn_batches", "batch_size")
+DEFAULT_STEPS = "default"
+
+
+@dataclass
+class Study:
+    """One grid; every axis a list (``steps`` may be a per-method mapping)."""
+
+    name: str
+    axes: Dict[str, Any]
+
+    def steps_for(self, method: str, fallback: int) -> List[int]:
+        """The step budgets of ``method`` in this study."""
+        steps = self.axes.get("steps", [fallback])
+        if isinstance(steps, dict):
+            return list(steps.get(method, steps.get(DEFAULT_STEPS, [fallback])))
+        return list(steps)
+
+
+@dataclass
+class ExperimentSpec:
+    """A parsed experiment file; ``config`` is the base config as a raw dict (absolute
+    paths), ``output_dir`` absolute."""
+
+    name: str
+    path: Path
+    config: Dict[str, Any]
+    output_dir: Path
+    upstream: Dict[str, Dict[str, Any]]
+    methods: Dict[str, Dict[str, Any]]
+    studies: List[Study]
+    prepare: Dict[str, str] = field(default_factory=dict)
+    references: bool = True
+
+    @property
+    def layout(self) -> OutputLayout:
+        return OutputLayout(self.output_dir)
+
+    @property
+    def experiment(self) -> str:
+        """The MLflow experiment of the sweep's runs."""
+        return self.config["tracking"]["experiment"]
+
+    def base_config(self) -> ExperimentConfig:
+        return config_from_dict(self.config)
+
+    def upstream_checkpoint(self, stage: str) -> Path:
+        """The final checkpoint of an upstream stage (a given file, or the trained one)."""
+        given = self.upstream.get(stage, {}).get("checkpoint")
+        return Path(given) if given else self.layout.upstream(stage).final
+
+
+def _check_keys(where: str, data: Dict[str, Any], valid: Sequence[str]) -> None:
+    for key in data:
+        if key not in valid:
+            raise ConfigError(f"{where}: unknown key '{key}'{suggest(key, valid)}; valid: "
+                              f"{', '.join(valid)}")
+
+
+def _as_list(where: str, value: Any) -> List[Any]:
+    values = value if isinstance(value, list) else [value]
+    if not values:
+        raise ConfigError(f"{where}: expected a non-empty list")
+    return values
+
+
+def _axes(where: str, axes: Dict[str, Any]) -> Dict[str, Any]:
+    out = {}
+    for key, value in axes.items():
+        if key == "steps" and isinstance(value, dict):
+            out[key] = {str(m): _as_list(f"{where}.steps.{m}", v) for m, v in value.items()}
+            if not out[key]:
+                raise ConfigError(f"{where}.steps: expected a list or a non-empty mapping")
+        else:
+            out[key] = _as_list(f"{where}.{key}", value)
+    return out
+
+
+def _relative_to(folder: Path, path: Any) -> str:
+    return str((folder / Path(str(path)).expanduser()).resolve())
+
+
+def load_experiment(path: str, overrides: Sequence[str] = (),
+                    output_dir: Optional[str] = None) -> ExperimentSpec:
+    """Read and check an experiment file; ``overrides`` (``key=value``) apply to its
+    config; ``output_dir`` replaces the file's."""
+    file = Path(path)
+    data = read_config_dict(file, "experiment")
+    _check_keys(str(path), data, SPEC_KEYS)
+    for key in ("name", "config", "studies"):
+        if key not in data:
+            raise ConfigError(f"{path}: '{key}' is required")
+    here = Path(os.path.abspath(file)).parent  # the file as named: symlinks not followed
+    config_path = Path(_relative_to(here, data["config"]))
+    if not config_path.is_file():
+        raise ConfigError(f"{path}: config '{data['config']}' not found ({config_path})")
+    raw = read_config_dict(config_path)
+    for name, ds in (data.get("datasets") or {}).items():
+        ds = dict(ds or {})
+        if "path" in ds:
+            ds["path"] = _relative_to(here, ds["path"])
+        raw.setdefault("datasets", {})[name] = {**raw.get("datasets", {}).get(name, {}), **ds}
+    raw["name"] = data["name"]
+    raw.setdefault("tracking", {})
+    raw["tracking"]["experiment"] = raw["tracking"].get("experiment") or data["name"]
+    if output_dir is not None:  # from the command line: relative to the working dir
+        raw["output_dir"] = str(Path(output_dir).resolve())
+    elif data.get("output_dir"):
+        raw["output_dir"] = _relative_to(here, data["output_dir"])
+    else:
+        raw["output_dir"] = str(Path(f"outputs/experiments/{data['name']}").resolve())
+    raw["stages"] = {}
+    raw = apply_overrides(raw, list(data.get("set") or []) + list(overrides))
+    config_from_dict(raw)  # validate early: unknown keys, bad values
+    out = Path(raw["output_dir"]).resolve()
+    raw["output_dir"] = str(out)
+
+    upstream = {k: dict(v or {}) for k, v in (data.get("upstream") or {}).items()}
+    _check_keys(f"{path}: upstream", upstream, UPSTREAM)
+    for stage, settings in upstream.items():
+        _check_keys(f"{path}: upstream.{stage}", settings, UPSTREAM_KEYS)
+        if "checkpoint" not in settings and "dataset" not in settings:
+            raise ConfigError(f"{path}: upstream.{stage} needs a dataset (to train) or a "
+                              f"checkpoint (an existing model)")
+        if settings.get("dataset") and settings["dataset"] not in raw.get("datasets", {}):
+            raise ConfigError(f"{path}: upstream.{stage}.dataset '{settings['dataset']}' is "
+                              f"not defined under datasets")
+        if "checkpoint" in settings:
+            settings["checkpoint"] = _relative_to(here, settings["checkpoint"])
+            if not Path(settings["checkpoint"]).is_file():
+                raise ConfigError(f"{path}: upstream.{stage}.checkpoint "
+                                  f"{settings['checkpoint']} does not exist")
+    if "source" in upstream and "base" not in upstream:
+        raise ConfigError(f"{path}: upstream.source starts from upstream.base; define base")
+    methods = data.get("methods") or {}
+    for method, settings in methods.items():
+        _check_keys(f"{path}: methods.{method}", settings or {}, METHOD_KEYS)
+
+    studies = []
+    for name, axes in (data.get("studies") or {}).items():
+        _check_keys(f"{path}: studies.{name}", axes or {}, AXES)
+        studies.append(Study(name, _axes(f"{path}: studies.{name}", axes or {})))
+    if not studies:
+        raise ConfigError(f"{path}: 'studies' must define at least one grid")
+    spec = ExperimentSpec(name=data["name"], path=file.resolve(), config=raw, output_dir=out,
+                          upstream=upstream, methods=methods, studies=studies,
+                          prepare=dict(data.get("prepare") or {}),
+                          references=bool(data.get("references", True)))
+    check_axes(spec)
+    return spec
+
+
+def prepare_offline_data(spec: ExperimentSpec) -> List[str]:
+    """Write the ``prepare`` datasets that are missing (offline sources only)."""
+    done = []
+    for dataset, source in spec.prepare.items():
+        ds = spec.config.get("datasets", {}).get(dataset)
+        if ds is None:
+            raise ConfigError(f"prepare: dataset '{dataset}' is not defined under datasets")
+        prepare_dataset(source, str(Path(ds["path"]).resolve()))
+        done.append(dataset)
+    return done

@@ -1,0 +1,73 @@
+"""The one method table: the paper's methods, the sequential-transfer names, and the
+reference rows every results table carries.
+
+A method says how a target-stage checkpoint is made: the variant (what trains), the
+upstream stage it starts from, and whether a step budget applies. Plain configs name a
+variant per stage; :func:`method_of_variant` gives the method tag such a stage carries.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Optional
+
+from ..config.loader import suggest
+from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Method:
+    """How a method's target-stage checkpoint is made (``variant`` None: a reference,
+    nothing is trained)."""
+
+    name: str
+    variant: Optional[str]
+    starts_from: Optional[str] = None  # upstream stage: base | source | None (scratch)
+    uses_steps: bool = True  # False: no step budget (BN statistics only, references)
+    description: str = ""
+
+    @property
+    def is_reference(self) -> bool:
+        return self.variant is None
+
+
+_TABLE = (
+    Method("Base", "bn-stats", "base", False,
+           "base model, BN statistics re-estimated on target"),
+    Method("Target", "scratch", None, True, "MoCo-v2 from scratch on the target"),
+    Method("HPT", "full", "base", True, "base -> target, all layers trained"),
+    Method("HPT-BN", "bn", "base", True, "base -> target, only BatchNorm layers trained"),
+    Method("B+S", "bn-stats", "source", False,
+           "base -> source, BN statistics re-estimated on target"),
+    Method("B+S+T", "full", "source", True, "base -> source -> target"),
+    Method("raw-pixels", None, None, False, "no backbone"),
+    Method("random-init", None, None, False, "untrained backbone"),
+)
+METHODS: Dict[str, Method] = {m.name: m for m in _TABLE}
+ALIASES = {"B": "Base", "B+T": "HPT"}  # the paper's sequential-transfer names
+REFERENCES = tuple(m.name for m in _TABLE if m.is_reference)
+REFERENCE_LABELS = {"raw-pixels": "raw pixels (reference)",
+                    "random-init": "random init (reference)"}
+PAPER_METHODS = ("Base", "Target", "HPT", "HPT-BN")
+TRANSFER = (("B", "Base"), ("B+S", "B+S"), ("B+T", "HPT"), ("B+S+T", "B+S+T"))
+_BY_VARIANT = {"full": "HPT", "bn": "HPT-BN", "bn-stats": "Base", "scratch": "Target"}
+
+
+def method(name: str) -> Method:
+    """The method ``name`` (aliases allowed); unknown names fail with a suggestion."""
+    name = ALIASES.get(str(name), str(name))
+    if name not in METHODS:
+        valid = list(METHODS) + list(ALIASES)
+        raise ConfigError(f"unknown method '{name}'{suggest(name, valid)}; methods: "
+                          f"{', '.join(valid)}")
+    return METHODS[name]
+
+
+def method_of_variant(variant: str) -> str:
+    """The method tag of a plain config stage: full -> HPT, bn -> HPT-BN, bn-stats ->
+    Base, scratch -> Target."""
+    return _BY_VARIANT[variant]
+
+
+def display_name(name: str) -> str:
+    """A method's name in tables: references get their reference label."""
+    return REFERENCE_LABELS.get(name, name)

@@ -1,0 +1,315 @@
+"""Studies of an experiment file expanded into units of work, and units into plans.
+
+A *pretrain unit* is one target-stage run (a method at a step budget, seed, augmentation
+preset and amount of target data); an *eval unit* is one protocol (linear probe or
+semi-supervised fine-tune) on one pretrain unit's checkpoint, or a reference (raw pixels,
+random init). Units shared by several studies run once: ``B`` is ``Base`` and ``B+T`` is
+``HPT``. :func:`sweep_phases` turns units into phases: upstream stages, one array of
+pretraining units, one array of evaluations.
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+import re
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+from ..config import STAGE_NAMES, ConfigError, InitRef, config_from_dict
+from ..config.loader import suggest
+from ..tracking.registry import alias_for, model_uri
+from .methods import METHODS, REFERENCES, method
+from .planner import stage_plan
+from .plans import PROTOCOLS, EvalPlan, Phase, StagePlan, TrackingTarget
+
+AUGMENTATIONS = ("crop", "color_jitter", "grayscale", "blur", "flip")
+AUGMENT_PRESETS: Dict[str, Tuple[str, ...]] = {  # preset -> augmentations kept
+    "all": AUGMENTATIONS,
+    **{f"no-{a.replace('_', '-')}": tuple(x for x in AUGMENTATIONS if x != a)
+       for a in AUGMENTATIONS},
+    "crop+blur": ("crop", "blur"),
+    "crop+flip": ("crop", "flip"),
+    "crop+color-jitter": ("crop", "color_jitter"),
+    "crop": ("crop",),
+}
+DEFAULT_BN_BATCHES = 50
+UPSTREAM = STAGE_NAMES[:-1]  # shared stages before the target: base, source
+
+
+@dataclass
+class PretrainUnit:
+    unit_id: str
+    method: str
+    dataset: str
+    steps: int  # target pretraining steps (0 when the budget does not apply)
+    seed: int
+    augment: str = "all"
+    images: Optional[int] = None  # None: every training image
+    studies: List[str] = field(default_factory=list)
+
+    def tags(self, sweep: str) -> Dict[str, str]:
+        return {"hpt.sweep": sweep, "hpt.unit": self.unit_id, "hpt.unit_kind": "pretrain",
+                "hpt.method": self.method, "hpt.dataset": self.dataset,
+                "hpt.target_steps": str(self.steps), "hpt.seed": str(self.seed),
+                "hpt.augment": self.augment, "hpt.images": str(self.images or "all"),
+                "hpt.studies": ",".join(self.studies)}
+
+
+@dataclass
+class EvalUnit:
+    unit_id: str
+    protocol: str  # linear | finetune
+    method: str
+    dataset: str
+    steps: int
+    seed: int
+    augment: str = "all"
+    images: Optional[int] = None
+    pretrain: Optional[str] = None  # the pretrain unit evaluated (None: a reference)
+    studies: List[str] = field(default_factory=list)
+
+    def tags(self, sweep: str) -> Dict[str, str]:
+        return {"hpt.sweep": sweep, "hpt.unit": self.unit_id, "hpt.unit_kind": "eval",
+                "hpt.studies": ",".join(self.studies)}
+
+
+@dataclass
+class Expansion:
+    """Everything a sweep needs: upstream stages to train, pretrain and eval units."""
+
+    upstream: List[str]
+    pretrain: List[PretrainUnit]
+    evals: List[EvalUnit]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.=_-]+", "_", text.replace("+", "p"))
+
+
+def _images(value: Any) -> Optional[int]:
+    if value in (None, "all"):
+        return None
+    if isinstance(value, int) and value > 0:
+        return value
+    raise ConfigError(f"images: '{value}' is not a positive integer or 'all'")
+
+
+def _check_steps(where: str, values: List[Any]) -> None:
+    for value in values:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{where}: '{value}' is not a positive integer")
+
+
+def check_axes(spec: Any) -> None:
+    """Reject unknown methods, presets, protocols, datasets and step budgets, and methods
+    missing their upstream stage."""
+    for study in spec.studies:
+        where = f"studies.{study.name}"
+        names = [method(m).name for m in study.axes.get("method", [])]
+        for name in names:
+            start = METHODS[name].starts_from
+            if start and start not in spec.upstream:
+                raise ConfigError(f"{where}: method '{name}' starts from the '{start}' "
+                                  f"model; define upstream.{start}")
+        for preset in study.axes.get("augment", []):
+            if preset not in AUGMENT_PRESETS:
+                raise ConfigError(f"{where}.augment: unknown preset '{preset}'"
+                                  f"{suggest(str(preset), AUGMENT_PRESETS)}; presets: "
+                                  f"{', '.join(AUGMENT_PRESETS)}")
+        for protocol in study.axes.get("evaluate", []):
+            if protocol not in PROTOCOLS:
+                raise ConfigError(f"{where}.evaluate: '{protocol}' is not one of "
+                                  f"{', '.join(PROTOCOLS)}")
+        for dataset in study.axes.get("dataset", []):
+            if dataset not in spec.config.get("datasets", {}):
+                raise ConfigError(f"{where}.dataset: '{dataset}' is not defined under "
+                                  f"datasets")
+        for value in study.axes.get("images", []):
+            _images(value)
+        steps = study.axes.get("steps", [])
+        if isinstance(steps, dict):
+            for key, values in steps.items():
+                if key != "default" and method(key).name not in names:
+                    raise ConfigError(f"{where}.steps: '{key}' is not a method of this study "
+                                      f"({', '.join(names) or 'none'}) nor 'default'")
+                _check_steps(f"{where}.steps.{key}", values)
+            study.axes["steps"] = {("default" if k == "default" else method(k).name): v
+                                   for k, v in steps.items()}
+        else:
+            _check_steps(f"{where}.steps", steps)
+        if "dataset" not in study.axes:
+            raise ConfigError(f"{where}: give a dataset axis (the target dataset(s), e.g. "
+                              f"dataset: [mnist])")
+
+
+def expand(spec: Any) -> Expansion:
+    """All units of all studies, deduplicated, in a stable order."""
+    pretrain: Dict[str, PretrainUnit] = {}
+    evals: Dict[str, EvalUnit] = {}
+    default_steps = int(spec.config.get("optim", {}).get("iterations", 500))
+    for study in spec.studies:
+        axes = study.axes
+        for name, dataset in itertools.product(axes.get("method", ["HPT"]), axes["dataset"]):
+            name = method(name).name
+            grid = itertools.product(study.steps_for(name, default_steps),
+                                     axes.get("seed", [0]), axes.get("augment", ["all"]),
+                                     axes.get("images", ["all"]),
+                                     axes.get("evaluate", ["linear"]))
+            for steps, seed, augment, images, protocol in grid:
+                _add_units(pretrain, evals, study.name, name, dataset, steps, int(seed),
+                           augment, _images(images), protocol)
+        if spec.references:
+            for dataset in axes["dataset"]:
+                for ref in REFERENCES:
+                    _add_units(pretrain, evals, study.name, ref, dataset, 0, 0, "all", None,
+                               "linear")
+    needed = {METHODS[u.method].starts_from for u in pretrain.values()} - {None}
+    if "source" in needed:
+        needed.add("base")
+    upstream = [s for s in UPSTREAM if s in needed and "checkpoint" not in spec.upstream.get(s, {})]
+    return Expansion(upstream, list(pretrain.values()), list(evals.values()))
+
+
+def _add_units(pretrain, evals, study, name, dataset, steps, seed, augment, images,
+               protocol) -> None:
+    if name in REFERENCES:
+        if protocol != "linear":
+            return  # references are linear probes
+        seed_part = f"-seed{seed}" if name == "random-init" else ""
+        uid = f"ref-{name}-{dataset}{seed_part}-linear"
+        unit = evals.setdefault(uid, EvalUnit(uid, "linear", name, dataset, 0,
+                                              seed if seed_part else 0))
+        _add_study(unit, study)
+        return
+    steps = int(steps) if METHODS[name].uses_steps else 0
+    parts = [_slug(name), _slug(str(dataset)), f"{steps}st", f"seed{seed}"]
+    if augment != "all":
+        parts.append(f"aug-{_slug(augment)}")
+    if images is not None:
+        parts.append(f"n{images}")
+    pid = "-".join(parts)
+    unit = pretrain.setdefault(pid, PretrainUnit(pid, name, dataset, steps, seed, augment,
+                                                 images))
+    _add_study(unit, study)
+    eid = f"{pid}-{protocol}"
+    ev = evals.setdefault(eid, EvalUnit(eid, protocol, name, dataset, steps, seed, augment,
+                                        images, pid))
+    _add_study(ev, study)
+
+
+def _add_study(unit: Any, study: str) -> None:
+    if study not in unit.studies:
+        unit.studies.append(study)
+
+
+def apply_augment_preset(config: Dict[str, Any], preset: str) -> None:
+    """Switch off every augmentation the preset drops (in a raw config dict)."""
+    keep = AUGMENT_PRESETS[preset]
+    augment = config.setdefault("augment", {})
+    for name in AUGMENTATIONS:
+        if name not in keep:
+            augment.setdefault(name, {})["enabled"] = False
+
+
+def upstream_config(spec: Any) -> Dict[str, Any]:
+    """The raw config of the shared upstream stages (``<output>/upstream/<stage>``)."""
+    config = copy.deepcopy(spec.config)
+    config["output_dir"] = str(spec.layout.upstream("base").output_dir)
+    stages = {}
+    for stage in UPSTREAM:
+        settings = {k: v for k, v in spec.upstream.get(stage, {}).items() if k != "checkpoint"}
+        if not settings:
+            continue
+        settings.setdefault("variant", "full")
+        if stage == "source":
+            settings["init"] = str(spec.upstream_checkpoint("base"))
+        stages[stage] = settings
+    config["stages"] = stages
+    return config
+
+
+def unit_config(spec: Any, unit: Any, init_uri: Optional[str] = None) -> Dict[str, Any]:
+    """The raw config of a unit: its target stage, data amount, augmentations and seed.
+
+    ``init_uri`` replaces the upstream checkpoint file (e.g. a ``models:/`` registry URI).
+    """
+    config = copy.deepcopy(spec.config)
+    pid = unit.unit_id if isinstance(unit, PretrainUnit) else (unit.pretrain or unit.unit_id)
+    config["output_dir"] = str(spec.layout.unit_dir(pid))
+    config["seed"] = unit.seed
+    if unit.images is not None:
+        config["datasets"][unit.dataset]["max_images"] = unit.images
+    apply_augment_preset(config, unit.augment)
+    recipe = METHODS[unit.method]
+    if recipe.is_reference or isinstance(unit, EvalUnit):
+        config["stages"] = {}
+        return config
+    settings = dict(spec.methods.get(unit.method) or {})
+    bn_batches = settings.pop("bn_batches", DEFAULT_BN_BATCHES)
+    stage = {"dataset": unit.dataset, "variant": recipe.variant,
+             "iterations": unit.steps if recipe.uses_steps else bn_batches}
+    stage.update(settings)
+    if recipe.starts_from:
+        stage["init"] = init_uri or str(spec.upstream_checkpoint(recipe.starts_from))
+    config["stages"] = {"target": stage}
+    return config
+
+
+def registry_init(spec: Any, tracking: Optional[TrackingTarget], stage: str) -> Optional[str]:
+    """Units start from an upstream stage through the MLflow registry when tracked
+    (``models:/<model>@<sweep>-<stage>``), else from its file (``None``)."""
+    if tracking is None or "checkpoint" in spec.upstream.get(stage, {}):
+        return None
+    return model_uri(tracking.model_name, alias_for(tracking.pipeline, stage))
+
+
+def upstream_plans(spec: Any, tracking: Optional[TrackingTarget], stages: List[str],
+                   world_size: int = 1) -> List[StagePlan]:
+    """Plans of the shared upstream stages (source starts from base)."""
+    cfg = config_from_dict(upstream_config(spec))
+    plans = []
+    for stage in stages:
+        init = registry_init(spec, tracking, "base") if stage == "source" else None
+        tags = {"hpt.sweep": spec.name, "hpt.unit": f"upstream-{stage}",
+                "hpt.unit_kind": "upstream"}
+        plans.append(stage_plan(cfg, stage, world_size=world_size,
+                                init=InitRef.parse(init) if init else None,
+                                method=f"MoCo-v2 {stage}", tags=tags, tracking=tracking))
+    return plans
+
+
+def pretrain_plan(spec: Any, unit: PretrainUnit, tracking: Optional[TrackingTarget],
+                  world_size: int = 1) -> StagePlan:
+    start = METHODS[unit.method].starts_from
+    init = registry_init(spec, tracking, start) if start else None
+    cfg = config_from_dict(unit_config(spec, unit, init))
+    return stage_plan(cfg, "target", world_size=world_size, label=unit.unit_id,
+                      method=unit.method, tags=unit.tags(spec.name), tracking=tracking)
+
+
+def eval_plan(spec: Any, unit: EvalUnit, tracking: Optional[TrackingTarget]) -> EvalPlan:
+    cfg = config_from_dict(unit_config(spec, unit))
+    layout = spec.layout.unit_stage(unit.pretrain) if unit.pretrain else None
+    checkpoint = InitRef.file(layout.final) if layout else InitRef()
+    return EvalPlan(cfg, unit.protocol, unit.method, unit.dataset, checkpoint, unit.unit_id,
+                    layout, spec.layout.eval_result(unit.pretrain or unit.unit_id, unit.unit_id),
+                    tracking, unit.steps, unit.seed, unit.augment, str(unit.images or "all"),
+                    unit.pretrain, unit.tags(spec.name))
+
+
+def sweep_phases(spec: Any, expansion: Expansion, tracking: Optional[TrackingTarget],
+                 skip: frozenset = frozenset(), world_size: int = 1) -> List[Phase]:
+    """Upstream stages (``afterok``) -> one phase of pretraining units (``afterok`` on the
+    upstream) -> one phase of evaluations (``afterany``: an evaluation whose checkpoint is
+    missing fails alone). Units whose id is in ``skip`` (finished) are left out."""
+    upstream = [s for s in expansion.upstream if f"upstream-{s}" not in skip]
+    phases = [Phase(f"upstream-{plan.stage}", [plan],
+                    ("upstream-base",) if plan.stage == "source" else ())
+              for plan in upstream_plans(spec, tracking, upstream, world_size)]
+    phases.append(Phase("pretrain", [pretrain_plan(spec, u, tracking, world_size)
+                                     for u in expansion.pretrain if u.unit_id not in skip],
+                        tuple(f"upstream-{s}" for s in UPSTREAM)))
+    phases.append(Phase("eval", [eval_plan(spec, u, tracking)
+                                 for u in expansion.evals if u.unit_id not in skip],
+                        ("pretrain",), "afterany"))
+    return phases
