@@ -7,24 +7,27 @@ The entry points the CLI and the sweeps call:
 * :func:`evaluate_pixels` - the raw-pixel reference (always cached);
 * :func:`evaluate_finetune` - semi-supervised transfer -> :class:`FinetuneResult`.
 
-``probe_checkpoint`` / ``probe_pixels`` (one cached probe) remain for existing callers.
+Checkpoints are local files here; references (``stage:``, ``models:/``...) are resolved by
+the caller (:mod:`hpt_hpc.eval.execute`).
 """
 from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import torch
 
 from ..config import ExperimentConfig
+from ..data import build_eval_loader
+from ..data.transforms import build_eval_transform, build_probe_train_transform
 from ..errors import HptError
+from ..models import MoCo, feature_dim_for, load_initial_weights
+from .augmented import augmented_probe
 from .finetune import FinetuneResult, finetune, select_label_budget
 from .probe import (AUGMENTED, CACHED, Features, ProbeResult, extract_features,
                     linear_probe, pixel_features)
-from .splits import (SPLITS, SplitRecords, center_crop_transform, image_batches,
-                     load_splits, train_transform)
+from .splits import SPLITS, SplitRecords, image_batches, load_splits
 
 PIXELS_MODE = "cached (raw pixels)"
 EXTRACT_BATCH = 256
@@ -81,22 +84,9 @@ def summarize(results: List[ProbeResult], mode: str, dataset: str = "",
                          results[0].metric, dataset, checkpoint)
 
 
-def resolve_checkpoint(cfg: ExperimentConfig, checkpoint: Optional[str]) -> Optional[str]:
-    """A local file for ``checkpoint``: files pass through; ``models:/...`` and
-    ``runs:/...`` are downloaded from the tracking server (cached under output_dir)."""
-    if checkpoint and checkpoint.startswith(("models:/", "runs:/")):
-        from ..tracking.lineage import fetch_init
-        from ..tracking.store import resolve_tracking_uri
-        path, _ = fetch_init(checkpoint, resolve_tracking_uri(cfg),
-                             Path(cfg.output_dir) / "init-cache")
-        return str(path)
-    return checkpoint
-
-
 def backbone_from_checkpoint(cfg: ExperimentConfig, path: Optional[str]) -> torch.nn.Module:
     """The query encoder's backbone (projection head dropped) of a checkpoint, or a
     randomly initialised one when ``path`` is ``None``."""
-    from ..models import MoCo, load_initial_weights
     model = MoCo.from_config(cfg.model, cfg.moco, queue_size=cfg.optim.batch_size)
     if path is not None:
         load_initial_weights(model, path)
@@ -114,10 +104,9 @@ def seeded_backbone(cfg: ExperimentConfig, path: Optional[str]) -> torch.nn.Modu
 
 
 def _split_batches(cfg: ExperimentConfig, space: SplitRecords, split: str):
-    from ..data import build_eval_loader
     return build_eval_loader(space.records[split], cfg.data, batch_size=EXTRACT_BATCH,
                              train=False, num_classes=space.num_classes,
-                             multi_label=space.multi_label)
+                             multi_label=space.multi_label, probe=cfg.probe)
 
 
 def split_features(cfg: ExperimentConfig, dataset: str,
@@ -140,21 +129,6 @@ def probe_features(cfg: ExperimentConfig, feats: Dict[str, Features], seed: int 
     return linear_probe(feats["train"], feats["val"], feats["test"], cfg.probe, seed=seed)
 
 
-def probe_checkpoint(cfg: ExperimentConfig, dataset: str, checkpoint: Optional[str],
-                     device: torch.device, seed: int = 0) -> ProbeResult:
-    """One linear probe (cached mode) of a checkpoint's backbone on ``dataset``."""
-    backbone = backbone_from_checkpoint(cfg, checkpoint)
-    return probe_features(cfg, split_features(cfg, dataset, backbone, device), seed)
-
-
-def probe_pixels(cfg: ExperimentConfig, dataset: str, seed: int = 0) -> ProbeResult:
-    """Reference row: one linear probe on raw (normalised) pixels."""
-    result = probe_features(cfg, split_features(cfg, dataset, None, torch.device("cpu")),
-                            seed)
-    result.mode = PIXELS_MODE
-    return result
-
-
 def _seeds(cfg: ExperimentConfig) -> range:
     return range(cfg.seed, cfg.seed + cfg.probe.repeats)
 
@@ -163,22 +137,21 @@ def evaluate_linear(cfg: ExperimentConfig, dataset: str, checkpoint: Optional[st
                     device) -> LinearSummary:
     """Linear separability of a checkpoint's frozen backbone (``None``: random init, drawn
     from ``cfg.seed``) in ``cfg.probe.mode``, repeated ``cfg.probe.repeats`` times."""
-    from .augmented import augmented_probe
     device = torch.device(device)
-    path = resolve_checkpoint(cfg, checkpoint)
-    backbone = seeded_backbone(cfg, path).to(device)
+    backbone = seeded_backbone(cfg, checkpoint).to(device)
     space = load_splits(cfg, dataset)
     if cfg.probe.mode == CACHED:
         feats = split_features(cfg, dataset, backbone, device, space)  # shared by repeats
         results = [probe_features(cfg, feats, seed) for seed in _seeds(cfg)]
     elif cfg.probe.mode == AUGMENTED:
         held_out = {split: extract_features(backbone, image_batches(
-            cfg, space.records[split], space, center_crop_transform(cfg), EXTRACT_BATCH),
-            device) for split in ("val", "test")}
+            cfg, space.records[split], space, build_eval_transform(cfg.data, cfg.probe),
+            EXTRACT_BATCH), device) for split in ("val", "test")}
         results = []
         for seed in _seeds(cfg):
             train = image_batches(cfg, space.records["train"], space,
-                                  train_transform(cfg), cfg.probe.batch_size,
+                                  build_probe_train_transform(cfg.data, cfg.probe),
+                                  cfg.probe.batch_size,
                                   steps=cfg.probe.iterations, seed=seed)
             results.append(augmented_probe(backbone, train, held_out["val"],
                                            held_out["test"], cfg.probe, device, seed,
@@ -202,16 +175,17 @@ def evaluate_finetune(cfg: ExperimentConfig, dataset: str, checkpoint: Optional[
     """Semi-supervised transfer: fine-tune a checkpoint's backbone (``None``: random init)
     plus a new head on ``cfg.finetune.labels`` training images chosen with
     ``cfg.finetune.label_seed``; test score at the best val score."""
-    from ..models.resnet import feature_dim_for
     device = torch.device(device)
     ft = cfg.finetune
     space = load_splits(cfg, dataset)
     budget = select_label_budget(space.records["train"], ft.labels, ft.label_seed)
-    backbone = seeded_backbone(cfg, resolve_checkpoint(cfg, checkpoint))
-    train = image_batches(cfg, budget, space, train_transform(cfg, ft.augment),
+    backbone = seeded_backbone(cfg, checkpoint)
+    train = image_batches(cfg, budget, space,
+                          build_probe_train_transform(cfg.data, cfg.probe, ft.augment),
                           ft.batch_size, steps=ft.iterations, seed=cfg.seed)
-    held_out = [image_batches(cfg, space.records[split], space, center_crop_transform(cfg),
-                              EXTRACT_BATCH) for split in ("val", "test")]
+    held_out = [image_batches(cfg, space.records[split], space,
+                              build_eval_transform(cfg.data, cfg.probe), EXTRACT_BATCH)
+                for split in ("val", "test")]
     result = finetune(backbone, feature_dim_for(cfg.model.arch, cfg.model.width), train,
                       *held_out, ft, device, space.num_classes, space.multi_label,
                       seed=cfg.seed)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterable, List, Optional, Sequence
 
 from ..errors import HptError
+from ..tracking.store import sqlite_path
 
 RUNTIMES = ("apptainer", "singularity")
 IMAGE_PYTHON = "python3"  # resolved on the image's PATH
@@ -71,21 +72,21 @@ def folder_before_placeholders(folder: Path) -> Path:
     return Path(*parts)
 
 
-def config_paths(configs: Iterable, tracking_uri: Optional[str] = None) -> List[Path]:
-    """Host paths the jobs of these configs read or write: datasets, output folders,
-    init checkpoint files, and the folder of an sqlite MLflow store."""
-    from ..tracking.store import sqlite_path
+def plan_paths(plans: Iterable, tracking_uri: Optional[str] = None) -> List[Path]:
+    """Host paths the jobs of these plans read or write: datasets, output folders, init
+    and evaluated checkpoint files that exist (the others are written by earlier phases
+    into bound output folders), and the folder of an sqlite MLflow store."""
     paths: List[Path] = []
-    for cfg in configs:
+    for plan in plans:
+        cfg = plan.config
         paths += [Path(d.path) for d in cfg.datasets.values() if d.path]
         paths.append(Path(cfg.output_dir))
-        paths += [Path(s.init) for s in cfg.stages.values()
-                  if s.init and "://" not in s.init and not s.init.startswith(
-                      ("stage:", "models:/", "runs:/"))]
+        ref = plan.init if plan.kind == "stage" else plan.checkpoint
+        paths += [p for p in ref.host_paths() if p.exists()]
     db = sqlite_path(tracking_uri or "")
     if db is not None:
         paths.append(db.parent)
-    return paths
+    return list(dict.fromkeys(paths))
 
 
 def bind_specs(binds: Iterable) -> List[str]:

@@ -1,4 +1,6 @@
-"""What runs inside each SLURM task: one DDP rank of one MoCo-v2 stage, preemptible.
+"""What runs inside each task: :class:`StageJob` (one DDP rank of one MoCo-v2 stage,
+preemptible) and :class:`EvalJob` (one evaluation). Both receive a plan object and nothing
+else (the launcher knows no model).
 
 Preemption: the preemption signal (submitit's, SIGUSR2 by default, and SIGUSR1) only sets
 a flag; the engine checks it after every step, all ranks agree on it, rank 0 writes a full
@@ -14,7 +16,9 @@ from typing import Any, Dict, Optional
 
 import submitit
 
-from ..train.distributed import DistInfo
+from ..eval.execute import run_eval_plan
+from ..plan import EvalPlan, StagePlan
+from ..train import DistInfo, run_plan
 
 log = logging.getLogger(__name__)
 
@@ -84,37 +88,30 @@ class PreemptionFlag:
             handler(self.signum or signal.SIGUSR2, None)
 
 
+def _logging() -> None:
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
 class StageJob(submitit.helpers.Checkpointable):
-    """The submitted callable: ``StageJob()(config_dict, stage, init, parent_run_id, label)``
-    (``parent_run_id``: the launch's MLflow pipeline run; ``label``: the run's name and
-    registry alias suffix, distinct per sweep cell; ``method``/``tags``: run tags).
+    """The submitted stage callable: ``StageJob()(plan)``. ``checkpoint()`` (inherited)
+    resubmits the same plan; the stage folder's ``last.pt`` makes the requeued run resume
+    at the saved step."""
 
-    ``checkpoint()`` (inherited) resubmits the same arguments; the stage folder's
-    ``last.pt`` makes the requeued run resume at the saved step.
-    """
-
-    def __call__(self, config: Dict[str, Any], stage: str, init: Optional[str] = None,
-                 parent_run_id: Optional[str] = None,
-                 label: Optional[str] = None, method: Optional[str] = None,
-                 tags: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
-        from ..config import config_from_dict
-        from ..train.pipeline import run_configured_stage
-        logging.basicConfig(level=logging.INFO,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        cfg = config_from_dict(config)
+    def __call__(self, plan: StagePlan) -> Dict[str, Any]:
+        _logging()
         dist_info = init_distributed()
         flag = PreemptionFlag(dist_info).install()
         try:
-            result = run_configured_stage(cfg, stage, init=init, dist=dist_info,
-                                          should_stop=flag, parent_run_id=parent_run_id,
-                                          label=label, method=method, extra_tags=tags)
+            result = run_plan(plan, dist=dist_info, should_stop=flag)
         finally:
             _teardown(dist_info)
-        summary = {"stage": stage, "rank": dist_info.rank, "world_size": dist_info.world_size,
-                   "steps": result.steps, "total_steps": result.total_steps,
-                   "checkpoint": str(result.checkpoint), "resumed_from": result.resumed_from,
-                   "final_loss": result.final_loss, "skipped_images": result.skipped_images,
-                   "init": result.init_report.get("layout"),
+        summary = {"stage": plan.stage, "label": plan.label, "rank": dist_info.rank,
+                   "world_size": dist_info.world_size, "steps": result.steps,
+                   "total_steps": result.total_steps, "checkpoint": str(result.checkpoint),
+                   "resumed_from": result.resumed_from, "final_loss": result.final_loss,
+                   "skipped_images": result.skipped_images,
+                   "init": result.init_report.get("layout"), "model_uri": result.model_uri,
                    "param_digest": result.param_digest, "step_seconds": result.step_seconds,
                    "seconds": result.seconds}
         if not result.completed and flag.requested:
@@ -122,6 +119,21 @@ class StageJob(submitit.helpers.Checkpointable):
                 flag.requeue()  # does not return when the requeue succeeds
             summary["interrupted"] = True
         return summary
+
+
+class EvalJob:
+    """The submitted evaluation callable: ``EvalJob()(plan)``; returns the record as a
+    dict (also logged to MLflow and written to the plan's result file)."""
+
+    def __call__(self, plan: EvalPlan) -> Dict[str, Any]:
+        _logging()
+        record, _ = run_eval_plan(plan)
+        return record.to_json()
+
+
+def job_for(plan: Any) -> Any:
+    """The callable that runs ``plan``."""
+    return StageJob() if isinstance(plan, StagePlan) else EvalJob()
 
 
 def _teardown(dist_info: DistInfo) -> None:

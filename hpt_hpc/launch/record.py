@@ -7,10 +7,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from ..config import OutputLayout
 from ..errors import HptError
 
-RECORD_DIR = "launches"
-LATEST = "latest.json"
+LATEST = OutputLayout(Path(".")).latest_launch.name
 
 
 @dataclass
@@ -47,7 +47,7 @@ class LaunchRecord:
     def new(cls, output_dir: Path, executor: str, config: str, stages: List[str],
             log_folder: str) -> "LaunchRecord":
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        path = Path(output_dir) / RECORD_DIR / f"{stamp}-{'-'.join(stages)}.json"
+        path = OutputLayout(Path(output_dir)).launches / f"{stamp}-{'-'.join(stages)}.json"
         return cls(stamp, executor, str(Path(config).resolve()), stages, log_folder,
                    str(output_dir), path=str(path))
 
@@ -67,7 +67,8 @@ class LaunchRecord:
     def load(cls, path: Path) -> "LaunchRecord":
         path = Path(path)
         if path.is_dir():
-            path = path / RECORD_DIR / LATEST if (path / RECORD_DIR).is_dir() else path / LATEST
+            layout = OutputLayout(path)
+            path = layout.latest_launch if layout.launches.is_dir() else path / LATEST
         if not path.is_file():
             raise HptError(f"no launch record at {path}; pass the record file or the "
                            f"experiment's output_dir")
@@ -108,6 +109,8 @@ def cancel_jobs(record: LaunchRecord, stage: Optional[str] = None) -> List[str]:
     """Cancel every (or one stage's) job of a launch; returns the cancelled ids."""
     cancelled = []
     for entry in record.jobs:
+        if record.executor == "debug":
+            break  # ran in the launching process: nothing left to cancel
         if stage and entry.stage != stage:
             continue
         record.job(entry).cancel(check=False)

@@ -1,34 +1,35 @@
-"""Submit stages as submitit jobs: preflight checks, chains with ``afterok``, sweep arrays.
+"""The one submitter: phases of plans run on any executor (slurm, local, debug).
 
-Everything that can be wrong with a launch (config, dataset paths, init files, partition,
-a dead controller) is checked here, before anything is submitted.
+A phase is one submission (a single job or a job array) that starts after the phases it
+names: on SLURM through ``--dependency=afterok|afterany:<ids>`` (``afterok`` adds
+``kill-on-invalid-dep``, so dependants of a failed job are cancelled, never run); locally
+and in-process by waiting for them (a phase whose ``afterok`` upstream failed is not
+run). :func:`run_phases` adds the launch's preflight (tracking store, controller,
+container), the pipeline run and the launch record; ``train``, ``launch``, ``sweep`` and
+``quickstart`` all go through it.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
+import re
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
-from ..config import ExperimentConfig, config_to_dict, load_config, stage_settings
+from ..config import OutputLayout
 from ..errors import HptError
+from ..plan import EvalPlan, Phase, TrackingTarget, with_parent
+from ..tracking.runs import end_pipeline_run, start_pipeline_run
+from ..tracking.store import prepare_store
+from .container import plan_paths, preflight, task_python
+from .job import job_for
 from .options import SchedulerOptions, executor_parameters, resolve_executor
 from .record import JobEntry, LaunchRecord
-from .sweep import SweepCell, cell_overrides, expand_sweep
 
 log = logging.getLogger(__name__)
 
 SLURM_TIMEOUT_S = 5
-
-
-@dataclass
-class StagePlan:
-    """One stage to submit: one config per sweep cell (one job each)."""
-
-    stage: str
-    configs: List[ExperimentConfig]
-    cells: List[SweepCell]
 
 
 def _run(cmd: Sequence[str], check: bool = True) -> str:
@@ -61,163 +62,197 @@ def check_slurm(partition: Optional[str]) -> List[str]:
     return partitions
 
 
-def check_data(configs: Sequence[ExperimentConfig], stage: str) -> None:
-    """Every distinct dataset/batch of the stage's configs is readable and holds one global
-    batch (sweep cells sharing a dataset are listed once)."""
-    from ..train.pipeline import stage_records
-    seen = set()
-    for cfg in configs:
-        key = (repr(cfg.datasets[cfg.stages[stage].dataset]),
-               stage_settings(cfg, stage)["batch_size"])
-        if key not in seen:
-            seen.add(key)
-            stage_records(cfg, stage)
-
-
-def check_init(cfg: ExperimentConfig, stage: str, chained: Sequence[str]) -> None:
-    init = cfg.stages[stage].init
-    if not init or "://" in init or init.startswith(("models:/", "runs:/")):
-        return  # registry and run URIs resolve when the job starts
-    if init.startswith("stage:"):
-        ref = init.split(":", 1)[1]
-        final = Path(cfg.output_dir) / ref / "checkpoints" / "final.pt"
-        if ref not in chained and not final.is_file():
-            raise HptError(f"stage '{stage}' starts from stage '{ref}', which is neither in "
-                           f"this --chain nor finished ({final} missing)")
-    elif not Path(init).is_file():
-        raise HptError(f"stage '{stage}': init checkpoint '{init}' does not exist; copy the "
-                       f"file here first (nothing is downloaded at run time)")
-
-
-def plan_stages(config_path: str, stages: Sequence[str], overrides: Sequence[str],
-                registry_pipeline: Optional[str] = None) -> List[StagePlan]:
-    """Validate everything and build the per-stage configs (sweep cells on the last stage).
-
-    In a chain each stage starts from the one before it: through the MLflow registry
-    (``models:/<name>@<pipeline>-<stage>``) when ``registry_pipeline`` is given, else from
-    the previous stage's checkpoint file (``stage:<name>``).
-    """
-    base_cfg = load_config(config_path, overrides)
-    plans = []
-    for i, stage in enumerate(stages):
-        if stage not in base_cfg.stages:
-            raise HptError(f"stage '{stage}' is not defined in {config_path} "
-                           f"(defined: {', '.join(base_cfg.stages) or 'none'})")
-        chain_overrides = list(overrides)
-        if i > 0 and registry_pipeline:
-            from ..tracking import stage_model_uri
-            chain_overrides.append(f"stages.{stage}.init="
-                                   f"{stage_model_uri(base_cfg, registry_pipeline, stages[i - 1])}")
-        elif i > 0:
-            chain_overrides.append(f"stages.{stage}.init=stage:{stages[i - 1]}")
-        cfg = load_config(config_path, chain_overrides)
-        check_init(cfg, stage, stages[:i])
-        is_last = i == len(stages) - 1
-        cells = expand_sweep(cfg, stage) if is_last else [SweepCell("default", {}, [])]
-        configs = [load_config(config_path, cell_overrides(chain_overrides, c)) for c in cells]
-        check_data(configs, stage)
-        plans.append(StagePlan(stage, configs, cells))
-    return plans
-
-
 def make_executor(kind: str, folder: Path, options: SchedulerOptions, name: str):
     """A submitit executor; with ``options.container`` every task runs inside that image
     (``folder`` and ``options.container_binds`` bound in)."""
     import submitit
     python = {}
     if options.container:
-        from .container import task_python
         python[f"{kind}_python"] = task_python(options, kind, folder)
     executor = submitit.AutoExecutor(folder=str(folder), cluster=kind, **python)
     executor.update_parameters(**executor_parameters(options, name))
     return executor
 
 
-def launch(config_path: str, stages: Sequence[str], options: SchedulerOptions,
-           overrides: Sequence[str] = (), folder: Optional[str] = None) -> LaunchRecord:
-    """Submit ``stages`` (one, or a chain with ``afterok``); return the written record."""
-    from ..tracking import prepare_tracking, start_pipeline_run
-    from .job import StageJob
-    kind = resolve_executor(options)
-    if options.container:
-        from .container import preflight
-        preflight(options, kind)
-    base_cfg = load_config(config_path, overrides)
-    if stages and stages[-1] in base_cfg.stages:
-        writers = len(expand_sweep(base_cfg, stages[-1]))  # rank 0 of each task logs
-    else:
-        writers = 1
-    uri = prepare_tracking(base_cfg, num_tasks=writers, nodes=options.nodes)
-    if uri:  # every job and sweep cell logs to the launch's one store
-        overrides = list(overrides) + [f"tracking.uri={uri}"]
-        base_cfg = load_config(config_path, overrides)
-    plans = plan_stages(config_path, stages, overrides,
-                        registry_pipeline=base_cfg.name if uri else None)
-    if kind == "slurm":
-        check_slurm(options.partition)
-    if options.container:
-        options = _with_job_binds(options, [c for p in plans for c in p.configs], uri)
-    parent = start_pipeline_run(base_cfg) if uri else None
-    output_dir = Path(base_cfg.output_dir).resolve()
-    log_folder = Path(folder or output_dir / "slurm-logs" / "%j").resolve()
-    record = LaunchRecord.new(output_dir, kind, config_path, list(stages), str(log_folder))
-    record.tracking_uri, record.pipeline_run_id = uri or "", parent or ""
-    previous: List[str] = []
-    submitted = {}
-    for plan in plans:
-        executor = make_executor(kind, log_folder, options, f"hpt-{plan.stage}")
-        if previous and kind == "slurm":
-            executor.update_parameters(slurm_additional_parameters={
-                **options.extra, "dependency": "afterok:" + ":".join(previous),
-                "kill-on-invalid-dep": "yes"})
-        elif previous:
-            _wait_for(record, submitted, previous, plan.stage)
-        dicts = [config_to_dict(c) for c in plan.configs]
-        labels = [plan.stage if c.name == "default" else f"{plan.stage}-{c.name}"
-                  for c in plan.cells]
-        n = len(dicts)
-        if n == 1:
-            jobs = [executor.submit(StageJob(), dicts[0], plan.stage, None, parent, labels[0])]
-        else:
-            jobs = executor.map_array(StageJob(), dicts, [plan.stage] * n, [None] * n,
-                                      [parent] * n, labels)
-        if kind == "debug":  # in this process, now (submitit's DebugJob runs on result())
-            for job in jobs:
-                job.results()
-        for job, cell, cfg in zip(jobs, plan.cells, plan.configs):
-            submitted[str(job.job_id)] = record.live[str(job.job_id)] = job
-            record.jobs.append(JobEntry(stage=plan.stage, job_id=str(job.job_id),
-                                        cell=cell.name, depends_on=list(previous),
-                                        output_dir=str(Path(cfg.output_dir).resolve()),
-                                        stdout=str(job.paths.stdout),
-                                        stderr=str(job.paths.stderr),
-                                        tasks=options.world_size))
-        previous = [str(j.job_id).split("_")[0] for j in jobs[:1]] if len(jobs) > 1 \
-            else [str(jobs[0].job_id)]
-    record.save()
+class InlineJob:
+    """A plan run in this process (the debug executor): its result or its error."""
+
+    def __init__(self, job_id: str, result: Any = None, error: Optional[BaseException] = None):
+        self.job_id, self._result, self.error = job_id, result, error
+        self.state = "FAILED" if error else "FINISHED"
+
+    def result(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self._result
+
+    def results(self) -> List[Any]:
+        return [self.result()]
+
+
+def _phase_options(phase: Phase, options: SchedulerOptions) -> SchedulerOptions:
+    """Evaluations are single processes: one node, one task (one GPU if any)."""
+    if phase.plans and all(isinstance(p, EvalPlan) for p in phase.plans):
+        return dataclasses.replace(options, nodes=1, tasks_per_node=1,
+                                   gpus_per_node=min(1, options.gpus_per_node))
+    return options
+
+
+def _entry(record: LaunchRecord, phase: Phase, plan: Any, job: Any, after: List[str],
+           options: SchedulerOptions) -> None:
+    record.live[str(job.job_id)] = job
+    paths = getattr(job, "paths", None)
+    record.jobs.append(JobEntry(stage=phase.name, job_id=str(job.job_id), cell=plan.label,
+                                depends_on=list(after),
+                                output_dir=str(Path(plan.config.output_dir).resolve()),
+                                stdout=str(paths.stdout) if paths else "",
+                                stderr=str(paths.stderr) if paths else "",
+                                tasks=options.world_size))
+
+
+_EXCEPTION_LINE = re.compile(r"^(?:[\w.]+\.)?(\w*(?:Error|Exception|Interrupt)\w*): (.+)$")
+
+
+def _reason(exc: BaseException) -> str:
+    """One line: a user error's message, else the job's exception line (a local job's
+    error text holds its whole traceback)."""
+    text = str(exc).strip()
+    if isinstance(exc, HptError) or not text:
+        return text.splitlines()[0] if text else repr(exc)
+    found = [m for m in map(_EXCEPTION_LINE.match, text.splitlines()) if m]
+    line = f"{found[-1][1]}: {found[-1][2]}" if found else text.splitlines()[0]
+    return line if len(line) <= 300 else line[:297] + "..."
+
+
+def _failure(phase: Phase, label: str, exc: BaseException) -> str:
+    who = phase.name if label in (phase.name, "default") else f"{phase.name} {label}"
+    return f"{who}: {_reason(exc)}"
+
+
+def submit(phases: Sequence[Phase], options: SchedulerOptions, record: LaunchRecord,
+           max_parallel: Optional[int] = None, wait: bool = True) -> LaunchRecord:
+    """Run ``phases`` on ``record.executor`` (see the module docstring). Local and debug:
+    at most ``max_parallel`` jobs of a phase at once; with ``wait`` False, jobs of a local
+    phase nothing depends on keep running in the background. Failures of local/debug jobs
+    raise one :class:`HptError` at the end, naming every failed job."""
+    kind, folder = record.executor, Path(record.log_folder)
+    phases = [p for p in phases if p.plans]
+    names = {p.name for p in phases}
+    ids: Dict[str, List[str]] = {}
+    failed: Dict[str, bool] = {}
+    failures: List[str] = []
+    needed = {a for p in phases for a in p.after}
+    for phase in phases:
+        after = [a for a in phase.after if a in names]
+        popts = _phase_options(phase, options)
+        upstream_ids = [i for a in after for i in ids[a]]
+        if kind == "slurm":
+            if max_parallel:
+                popts = dataclasses.replace(popts, array_parallelism=max_parallel)
+            executor = make_executor("slurm", folder, popts, f"hpt-{phase.name}")
+            if upstream_ids:
+                dep = {"dependency": f"{phase.dependency}:" + ":".join(upstream_ids)}
+                if phase.dependency == "afterok":
+                    dep["kill-on-invalid-dep"] = "yes"
+                executor.update_parameters(slurm_additional_parameters={**options.extra, **dep})
+            plans = phase.plans
+            jobs = [executor.submit(job_for(plans[0]), plans[0])] if len(plans) == 1 else \
+                executor.map_array(job_for(plans[0]), plans)
+            for plan, job in zip(plans, jobs):
+                _entry(record, phase, plan, job, upstream_ids, popts)
+            ids[phase.name] = sorted({str(j.job_id).split("_")[0] for j in jobs})
+            continue
+        ids[phase.name] = []
+        if phase.dependency == "afterok" and any(failed.get(a) for a in after):
+            failed[phase.name] = True
+            failures.append(f"{phase.name}: not run, because {', '.join(after)} failed")
+            continue
+        step = max(1, max_parallel or len(phase.plans))
+        must_wait = wait or kind == "debug" or phase.name in needed
+        for start in range(0, len(phase.plans), step):
+            batch = phase.plans[start:start + step]
+            if kind == "debug":
+                jobs = [_inline(record, job_for(plan), plan) for plan in batch]
+            else:
+                executor = make_executor("local", folder, popts, f"hpt-{phase.name}")
+                jobs = [executor.submit(job_for(plan), plan) for plan in batch]
+            for plan, job in zip(batch, jobs):
+                _entry(record, phase, plan, job, upstream_ids, popts)
+                ids[phase.name].append(str(job.job_id))
+            if not (must_wait or start + step < len(phase.plans)):
+                continue
+            for plan, job in zip(batch, jobs):
+                try:
+                    job.results()
+                except Exception as exc:  # noqa: BLE001 - report every failed job
+                    log.error("%s %s failed: %s", phase.name, plan.label, exc)
+                    failed[phase.name] = True
+                    failures.append(_failure(phase, plan.label, exc))
+    if failures:
+        record.save()
+        raise HptError(f"{len(failures)} job(s) failed or did not run: "
+                       + "; ".join(failures[:5]) + (" ..." if len(failures) > 5 else "")
+                       + f" -- logs: {folder}; the launch record: {record.path}")
     return record
 
 
-def _with_job_binds(options: SchedulerOptions, configs: Sequence[ExperimentConfig],
-                    uri: Optional[str]) -> SchedulerOptions:
-    """The options plus binds of everything the jobs touch (outputs created first)."""
-    import dataclasses
-    from .container import config_paths
-    for cfg in configs:
-        Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
-    paths = [str(p) for p in config_paths(configs, uri)]
-    return dataclasses.replace(options, container_binds=paths + list(options.container_binds))
+def _inline(record: LaunchRecord, job: Any, plan: Any) -> InlineJob:
+    job_id = f"inline-{len(record.jobs) + 1}"
+    try:
+        return InlineJob(job_id, job(plan))
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # noqa: BLE001 - reported with the other failures
+        return InlineJob(job_id, error=exc)
 
 
-def _wait_for(record: LaunchRecord, submitted: dict, job_ids: List[str], stage: str) -> None:
-    """Local/debug executors have no dependencies: run the chain in order, failing fast."""
-    for entry in record.jobs:
-        if entry.job_id in job_ids:
-            try:
-                submitted[entry.job_id].results()
-            except Exception as exc:  # noqa: BLE001 - report which upstream failed
-                raise HptError(f"stage '{entry.stage}' (job {entry.job_id}) failed, so "
-                               f"'{stage}' was not started: {exc}") from exc
+def run_phases(phases: List[Phase], options: SchedulerOptions, *, output_dir: Path,
+               source: str, name: str, tracking: Optional[TrackingTarget],
+               writers: int = 1, max_parallel: Optional[int] = None,
+               folder: Optional[str] = None, wait: bool = True,
+               labels: Sequence[str] = (), config: Optional[dict] = None,
+               end: bool = True) -> LaunchRecord:
+    """Preflight, pipeline run, submission, launch record.
+
+    ``name``: the pipeline (its MLflow parent run, whose artifact is ``config``);
+    ``source``: the config or experiment file; ``writers``: how many tasks may write to the
+    tracking store at once (an sqlite store refuses too many); ``labels``: what the record
+    lists as launched. When every job ran to its end here (debug, or local with ``wait``)
+    and ``end``, the pipeline run ends FINISHED (FAILED when a job failed).
+    """
+    kind = resolve_executor(options)
+    if options.container:
+        preflight(options, kind)
+    if tracking is not None:
+        prepare_store(tracking.uri, num_tasks=max(1, writers), nodes=options.nodes)
+    if kind == "slurm":
+        check_slurm(options.partition)
+    plans = [p for phase in phases for p in phase.plans]
+    if options.container:
+        for plan in plans:
+            Path(plan.config.output_dir).mkdir(parents=True, exist_ok=True)
+        binds = [str(p) for p in plan_paths(plans, tracking.uri if tracking else None)]
+        options = dataclasses.replace(options, container_binds=binds + list(options.container_binds))
+    output_dir = Path(output_dir).resolve()
+    parent = None
+    if tracking is not None:
+        parent = start_pipeline_run(tracking.uri, tracking.experiment, name, output_dir,
+                                    config=config)
+        with_parent(phases, parent)
+    log_folder = Path(folder or OutputLayout(output_dir).log_folder).resolve()
+    record = LaunchRecord.new(output_dir, kind, source, list(labels) or [name],
+                              str(log_folder))
+    record.tracking_uri, record.pipeline_run_id = (tracking.uri if tracking else ""), parent or ""
+    synchronous = kind == "debug" or (kind == "local" and wait)
+    status = "FAILED"
+    try:
+        submit(phases, options, record, max_parallel, wait)
+        status = "FINISHED"
+    finally:
+        record.save()
+        if parent and end and synchronous:
+            end_pipeline_run(tracking.uri, parent, status)
+    return record
 
 
 def describe(record: LaunchRecord) -> str:
@@ -227,8 +262,7 @@ def describe(record: LaunchRecord) -> str:
         lines.append(f"MLflow: {record.tracking_uri} (pipeline run {record.pipeline_run_id})")
     for e in record.jobs:
         dep = f" after {','.join(e.depends_on)}" if e.depends_on else ""
-        cell = "" if e.cell == "default" else f" [{e.cell}]"
-        lines.append(f"  {e.stage}{cell}: job {e.job_id}{dep}\n    stdout {e.stdout}\n"
-                     f"    output {e.output_dir}")
+        cell = "" if e.cell in ("default", e.stage) else f" [{e.cell}]"
+        logs = f"\n    stdout {e.stdout}" if e.stdout else ""
+        lines.append(f"  {e.stage}{cell}: job {e.job_id}{dep}{logs}\n    output {e.output_dir}")
     return "\n".join(lines)
-

@@ -1,4 +1,5 @@
-"""The stage engine: one MoCo-v2 stage from a config, a data loader, a tracker and an init.
+"""The stage engine: one MoCo-v2 stage from a :class:`StagePlan`, a data loader, a
+tracker and an initial checkpoint file.
 
 Iteration-based SGD with cosine decay. Periodic and final checkpoints are written
 atomically; if the stage's output folder already holds a checkpoint the stage resumes
@@ -19,20 +20,20 @@ from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import torch
 
-from ..config import ExperimentConfig, config_to_dict, flatten, stage_settings
+from ..config import ExperimentConfig, config_to_dict, flatten
+from ..errors import HptError
 from ..models import (MoCo, cap_queue_size, configure_variant, load_checkpoint,
-                      load_initial_weights, reestimate_bn_stats, save_checkpoint_atomic)
+                      load_initial_weights, reestimate_bn_stats, save_checkpoint_atomic,
+                      stage_checkpoint)
+from ..plan import StagePlan
 from ..tracking import NullTracker, Tracker
 from .distributed import DistInfo
 from .speed import (StepSpeed, check_accumulation, make_optimizer, prepare_model,
                     resolve_speed, set_optimizer_impl, to_device, train_step)
-from .state import capture_rng_state, resolve_device, restore_rng_state, seed_everything
+from ..device import resolve_device
+from .state import capture_rng_state, restore_rng_state, seed_everything
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_FORMAT = "hpt-hpc/1"
-LAST = "last.pt"
-FINAL = "final.pt"
 
 
 @dataclass
@@ -82,21 +83,10 @@ def _batches(loader: Any, start_step: int) -> Iterator[Tuple[torch.Tensor, torch
 
 
 def _checkpoint(model: MoCo, optimizer: Optional[torch.optim.Optimizer], step: int,
-                total: int, stage: str, variant: str, cfg: ExperimentConfig,
-                tracker: Tracker, init: Optional[str]) -> Dict[str, Any]:
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict() if optimizer is not None else None,
-        "step": step,
-        "total_steps": total,
-        "stage": stage,
-        "variant": variant,
-        "init": init,
-        "config": config_to_dict(cfg),
-        "rng": capture_rng_state(),
-        "tracker_run_id": tracker.run_id,
-    }
+                plan: StagePlan, tracker: Tracker, init: Optional[str]) -> Dict[str, Any]:
+    return stage_checkpoint(model, optimizer, step, plan.iterations, plan.stage, plan.variant,
+                            init, config_to_dict(plan.config), capture_rng_state(),
+                            tracker.run_id)
 
 
 def parameter_digest(model: MoCo) -> str:
@@ -115,15 +105,15 @@ def build_model(cfg: ExperimentConfig, num_images: int, global_batch: int) -> Mo
     return MoCo.from_config(cfg.model, cfg.moco, queue_size=queue)
 
 
-def run_stage(cfg: ExperimentConfig, stage: str, loader: Any, out_dir: Path,
-              tracker: Optional[Tracker] = None, init: Optional[str] = None,
-              dist: Optional[DistInfo] = None, stop_after: Optional[int] = None,
+def run_stage(plan: StagePlan, loader: Any, tracker: Optional[Tracker] = None,
+              init: Optional[str] = None, dist: Optional[DistInfo] = None,
+              stop_after: Optional[int] = None,
               on_step: Optional[Callable[[int, float], None]] = None,
               should_stop: Optional[Callable[[int], bool]] = None) -> StageResult:
     """Run (or resume) one stage; return where its checkpoint is and how far it got.
 
     ``loader`` yields ``(view1, view2)`` batches and reports ``num_images``;
-    ``init`` is a checkpoint path (``None``: random init). ``stop_after`` ends the run
+    ``init`` is a checkpoint file (``None``: random init). ``stop_after`` ends the run
     early after that many steps of this call (used to test resumption); ``should_stop(step)``
     is asked after every step and ends the run at that step boundary when true (preemption).
     With ``dist.world_size > 1`` the process group must be initialised: the model is wrapped
@@ -131,13 +121,12 @@ def run_stage(cfg: ExperimentConfig, stage: str, loader: Any, out_dir: Path,
     """
     tracker = tracker or NullTracker()
     dist = dist or DistInfo()
-    st_cfg = cfg.stages[stage]
-    settings = stage_settings(cfg, stage, dist.world_size)
-    total, base_lr = settings["iterations"], settings["lr"]
-    variant = st_cfg.variant
-    out_dir = Path(out_dir)
-    ckpt_dir = out_dir / "checkpoints"
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    if dist.world_size != plan.world_size:
+        raise HptError(f"stage '{plan.stage}' was planned for {plan.world_size} rank(s) but "
+                       f"runs on {dist.world_size}; plan it with the job's world size")
+    cfg, stage, variant, total = plan.config, plan.stage, plan.variant, plan.iterations
+    layout = plan.layout
+    layout.checkpoints.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
     if device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
@@ -145,13 +134,12 @@ def run_stage(cfg: ExperimentConfig, stage: str, loader: Any, out_dir: Path,
     started = time.time()
 
     speed = resolve_speed(cfg.compute, device)
-    check_accumulation(settings["rank_batch_size"], speed.accumulate, stage)
+    check_accumulation(plan.rank_batch_size, speed.accumulate, stage)
     seed_everything(cfg.seed + dist.rank)
-    model = build_model(cfg, loader.num_images * dist.world_size, settings["batch_size"])
-    result = StageResult(stage, variant, ckpt_dir / FINAL, 0, total)
+    model = build_model(cfg, loader.num_images * dist.world_size, plan.batch_size)
+    result = StageResult(stage, variant, layout.final, 0, total)
 
-    resume_path = ckpt_dir / LAST
-    resume_state = load_checkpoint(resume_path) if resume_path.exists() else None
+    resume_state = load_checkpoint(layout.last) if layout.last.exists() else None
     if resume_state is None and init:
         result.init_report = load_initial_weights(model, init)
         log.info("stage %s: initial weights from %s (%s)", stage, init,
@@ -160,7 +148,7 @@ def run_stage(cfg: ExperimentConfig, stage: str, loader: Any, out_dir: Path,
     prepare_model(model, speed)
 
     params = configure_variant(model, variant)
-    optimizer = (make_optimizer(params, base_lr, cfg.optim.momentum, cfg.optim.weight_decay,
+    optimizer = (make_optimizer(params, plan.lr, cfg.optim.momentum, cfg.optim.weight_decay,
                                 speed) if params else None)
     start = 0
     if resume_state is not None:
@@ -173,8 +161,6 @@ def run_stage(cfg: ExperimentConfig, stage: str, loader: Any, out_dir: Path,
         log.info("stage %s: resuming at step %d of %d", stage, start, total)
 
     tracker.log_params(flatten(config_to_dict(cfg)))
-    tracker.set_tags({"hpt.stage": stage, "hpt.variant": variant,
-                      "hpt.dataset": st_cfg.dataset, "hpt.init": init or "random"})
     if result.resumed_from is not None:
         tracker.set_tags({"hpt.resumed_from_step": str(start)})
 
@@ -192,19 +178,17 @@ def run_stage(cfg: ExperimentConfig, stage: str, loader: Any, out_dir: Path,
             net = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[device.index] if device.type == "cuda" else None)
         log.info("stage %s: step %s", stage, speed.describe())
-        result = _train_loop(cfg, net, optimizer, loader, result, start, base_lr,
-                             tracker, device, dist, stop_after, on_step, init, ckpt_dir,
-                             should_stop, speed)
+        result = _train_loop(plan, net, optimizer, loader, result, start, tracker, device,
+                             dist, stop_after, on_step, init, should_stop, speed)
 
-    state = _checkpoint(model, optimizer, result.steps, total, stage, variant, cfg, tracker,
-                        init)
+    state = _checkpoint(model, optimizer, result.steps, plan, tracker, init)
     if dist.is_main:
-        save_checkpoint_atomic(state, resume_path)
+        save_checkpoint_atomic(state, layout.last)
         if result.completed:
-            save_checkpoint_atomic(state, ckpt_dir / FINAL)
-            result.model_uri = tracker.log_checkpoint(str(ckpt_dir / FINAL), kind="final")
+            save_checkpoint_atomic(state, layout.final)
+            result.model_uri = tracker.log_checkpoint(str(layout.final), kind="final")
     result.run_id = tracker.run_id
-    result.checkpoint = ckpt_dir / (FINAL if result.completed else LAST)
+    result.checkpoint = layout.checkpoint(result.completed)
     result.skipped_images = int(getattr(getattr(loader, "skipped", None), "count", 0))
     if result.skipped_images:
         log.warning("stage %s: skipped %d unreadable image(s): %s", stage,
@@ -225,13 +209,13 @@ def _average_buffers(module: torch.nn.Module, world_size: int) -> None:
             buf.div_(world_size)
 
 
-def _train_loop(cfg: ExperimentConfig, net: torch.nn.Module,
+def _train_loop(plan: StagePlan, net: torch.nn.Module,
                 optimizer: Optional[torch.optim.Optimizer], loader: Any, result: StageResult,
-                start: int, base_lr: float, tracker: Tracker, device: torch.device,
-                dist: DistInfo, stop_after: Optional[int],
-                on_step: Optional[Callable[[int, float], None]], init: Optional[str],
-                ckpt_dir: Path, should_stop: Optional[Callable[[int], bool]],
+                start: int, tracker: Tracker, device: torch.device, dist: DistInfo,
+                stop_after: Optional[int], on_step: Optional[Callable[[int, float], None]],
+                init: Optional[str], should_stop: Optional[Callable[[int], bool]],
                 speed: StepSpeed) -> StageResult:
+    cfg, base_lr = plan.config, plan.lr
     model: MoCo = getattr(net, "module", net)
     total = result.total_steps
     end = total if stop_after is None else min(total, start + stop_after)
@@ -274,9 +258,8 @@ def _train_loop(cfg: ExperimentConfig, net: torch.nn.Module,
             log.info("stage %s: step %d/%d loss %.4f lr %.4g", result.stage, step + 1, total,
                      loss_value, lr)
         if every and (step + 1) % every == 0 and step + 1 < total and dist.is_main:
-            save_checkpoint_atomic(
-                _checkpoint(model, optimizer, step + 1, total, result.stage, result.variant,
-                            cfg, tracker, init), ckpt_dir / LAST)
+            save_checkpoint_atomic(_checkpoint(model, optimizer, step + 1, plan, tracker, init),
+                                   plan.layout.last)
         if should_stop is not None and step + 1 < end and should_stop(step + 1):
             log.warning("stage %s: stopping at step %d on request (preemption)", result.stage,
                         step + 1)

@@ -1,11 +1,10 @@
-"""Seeding, RNG capture/restore and device choice for reproducible, resumable stages.
+"""Seeding and RNG capture/restore for reproducible, resumable stages.
 
 RNG states are stored as tensors and plain lists so checkpoints load with
 ``torch.load(weights_only=True)``.
 """
 from __future__ import annotations
 
-import os
 import random
 from typing import Any, Dict
 
@@ -45,38 +44,3 @@ def restore_rng_state(state: Dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> first CUDA device when present, else CPU; ``cuda`` without a GPU fails."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was requested but no CUDA GPU is visible; "
-                           "use --set device=cpu (or auto)")
-    return torch.device(name)
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on (its affinity mask, else the machine's count)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-def limit_cpu_threads(device: torch.device, loader_workers: int) -> int:
-    """On CPU, leave one core per loader worker: torch threads = cores - workers (>= 1).
-
-    Cores are this process's CPU affinity, capped by ``SLURM_CPUS_PER_TASK`` inside a SLURM
-    task (so DDP ranks sharing a node do not oversubscribe it). On 2 cores with one worker
-    this made a quickstart step 1.5x faster than letting torch and the worker fight.
-    """
-    if device.type != "cpu":
-        return torch.get_num_threads()
-    cores = available_cores()
-    per_task = os.environ.get("SLURM_CPUS_PER_TASK", "")
-    if per_task.isdigit():
-        cores = min(cores, int(per_task))
-    threads = max(1, cores - max(0, loader_workers))
-    torch.set_num_threads(threads)
-    return threads

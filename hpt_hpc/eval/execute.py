@@ -1,0 +1,92 @@
+"""Running an :class:`EvalPlan`: resolve what is evaluated, run the protocol, and write the
+one evaluation record (an MLflow evaluation run and, for sweeps, a JSON result file).
+What the evaluation job of every executor and ``hpt-hpc probe``/``finetune`` call."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any, Optional, Tuple
+
+from ..config import ExperimentConfig, InitRef, OutputLayout
+from ..device import limit_cpu_threads, resolve_device
+from ..errors import HptError
+from ..plan import EvalPlan, tracking_target
+from ..tracking.runs import open_run
+from .record import EvalRecord, write_record_file
+from .runner import evaluate_finetune, evaluate_linear, evaluate_pixels
+
+
+def cli_plan(cfg: ExperimentConfig, protocol: str, dataset: str,
+             checkpoint: Optional[str]) -> EvalPlan:
+    """The plan of ``hpt-hpc probe``/``finetune``: ``checkpoint`` is any reference
+    :class:`InitRef` accepts (``None``: a seeded random backbone)."""
+    ref = InitRef.parse(checkpoint, "--checkpoint").absolute()
+    if dataset not in cfg.datasets:
+        raise HptError(f"dataset '{dataset}' is not defined in the config (defined: "
+                       f"{', '.join(sorted(cfg.datasets)) or 'none'})")
+    label = f"{'probe' if protocol == 'linear' else 'finetune'} {dataset}"
+    layout = OutputLayout(Path(cfg.output_dir).resolve()).evaluations
+    return EvalPlan(cfg, protocol, "random-init" if ref.is_random else "checkpoint", dataset,
+                    ref, label, layout, tracking=tracking_target(cfg), seed=cfg.seed)
+
+
+def evaluate_plan(plan: EvalPlan) -> Tuple[EvalRecord, Any]:
+    """Run the plan's protocol; returns the record and the protocol's own result."""
+    cfg = plan.config
+    device = resolve_device(cfg.device)
+    limit_cpu_threads(device, cfg.data.workers)
+    ref = plan.checkpoint
+    if plan.evaluates and not Path(ref.value).is_file():
+        raise HptError(f"unit {plan.label}: its pretraining ({plan.evaluates}) has no final "
+                       f"checkpoint at {ref.value}; it failed or was cancelled. Re-run the "
+                       f"sweep: finished units are skipped, this one is retried")
+    resolved = ref.resolve(plan.layout, plan.tracking.uri if plan.tracking else None,
+                           who=f"evaluation '{plan.label}'")
+    if plan.method == "raw-pixels":
+        outcome = evaluate_pixels(cfg, plan.dataset)
+    elif plan.protocol == "finetune":
+        outcome = evaluate_finetune(cfg, plan.dataset, resolved.path, device)
+    else:
+        outcome = evaluate_linear(cfg, plan.dataset, resolved.path, device)
+    seconds = plan.layout.read_result().get("seconds", 0.0) if plan.evaluates else 0.0
+    record = EvalRecord.from_outcome(
+        plan.protocol, outcome, method=plan.method, dataset=plan.dataset, steps=plan.steps,
+        seed=plan.seed, augment=plan.augment, images=plan.images,
+        checkpoint=ref.text or "none", evaluates=plan.evaluates or "none",
+        pretrain_seconds=float(seconds), label=plan.label)
+    return record, outcome
+
+
+def log_record(plan: EvalPlan, record: EvalRecord) -> Optional[str]:
+    """One FINISHED MLflow evaluation run holding the record; returns its id."""
+    target = plan.tracking
+    if target is None:
+        return None
+    section = plan.config.probe if plan.protocol == "linear" else plan.config.finetune
+    tracker = open_run(target.uri, target.experiment, plan.label, "eval",
+                       tags={"hpt.pipeline": target.pipeline, **plan.tags},
+                       parent_run_id=target.parent_run_id, system_metrics=False,
+                       flush_seconds=target.flush_seconds)
+    status = "FAILED"
+    try:
+        tracker.log_params({f"{plan.protocol}.{k}": v
+                            for k, v in dataclasses.asdict(section).items()})
+        record.log(tracker)
+        status = "FINISHED"
+    finally:
+        tracker.close(status)
+    record.run_id = tracker.run_id
+    return tracker.run_id
+
+
+def run_eval_plan(plan: EvalPlan) -> Tuple[EvalRecord, Any]:
+    """Evaluate, log the record to MLflow and to the plan's result file; a NaN score is
+    an error (after it was recorded)."""
+    record, outcome = evaluate_plan(plan)
+    log_record(plan, record)
+    if plan.result_file is not None:
+        write_record_file(record, plan.result_file, {"tags": plan.tags})
+    if math.isnan(record.score):
+        raise HptError(f"evaluation {plan.label}: the score is NaN")
+    return record, outcome

@@ -1,0 +1,40 @@
+"""``hpt-hpc launch`` and ``hpt-hpc train`` as library calls: a config read once,
+planned, and handed to the one submitter."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from ..config import InitRef, config_to_dict, read_config_dict
+from ..plan import plan_config
+from .options import SchedulerOptions
+from .record import LaunchRecord
+from .submit import run_phases
+
+
+def launch(config_path: str, stages: Sequence[str], options: SchedulerOptions,
+           overrides: Sequence[str] = (), folder: Optional[str] = None) -> LaunchRecord:
+    """Submit ``stages`` (one, or a chain: each stage ``afterok`` on the previous and
+    starting from its checkpoint); the config's ``grid`` makes the last stage an array.
+    Everything is checked before anything is submitted."""
+    planned = plan_config(read_config_dict(config_path), overrides, stages,
+                          world_size=options.world_size, handover=True, where=config_path)
+    cfg = planned.config
+    return run_phases(planned.phases, options, output_dir=cfg.output_dir, source=config_path,
+                      name=cfg.name, tracking=planned.tracking,
+                      writers=len(planned.phases[-1].plans), folder=folder, wait=False,
+                      labels=list(stages), config=config_to_dict(cfg))
+
+
+def train(config_path: str, stages: Sequence[str] = (), overrides: Sequence[str] = (),
+          init: Optional[str] = None) -> LaunchRecord:
+    """Run ``stages`` (default: every stage, in order, each with its configured init) in
+    this process: the local single-GPU/CPU debug mode. ``init`` replaces the first
+    stage's init."""
+    first = InitRef.parse(init, "--init") if init is not None else None
+    planned = plan_config(read_config_dict(config_path), overrides, stages or None,
+                          first_init=first, where=config_path)
+    cfg = planned.config
+    return run_phases(planned.phases, SchedulerOptions(executor="debug"),
+                      output_dir=cfg.output_dir, source=config_path, name=cfg.name,
+                      tracking=planned.tracking,
+                      labels=[p.name for p in planned.phases], config=config_to_dict(cfg))
