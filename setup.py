@@ -14,7 +14,7 @@ setup(
     long_description=Path(__file__).with_name("README.md").read_text(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["hpt_hpc", "hpt_hpc.*"]),
-    package_data={"hpt_hpc": ["resources/*.yaml", "resources/**/*.yaml"]},
+    package_data={"hpt_hpc": ["resources/*.yaml", "resources/**/*.yaml", "resources/experiments/*.yaml"]},
     python_requires=">=3.10",
     install_requires=[
         "torch==2.14.1",

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import click
 
-STAGES = ["base", "source", "target"]
+from ..config.schema import STAGE_NAMES
+
+STAGES = list(STAGE_NAMES)
 
 
 def _extra(values):
@@ -47,9 +49,10 @@ def _extra(values):
 def launch(config_path, stage, chain, overrides, executor, profile, partition, nodes,
            gpus_per_node, tasks_per_node, cpus_per_task, mem, time, account, qos, constraint,
            sbatch_extra, log_folder, container, container_binds, container_runtime) -> None:
-    """Submit a stage (a sweep becomes one job array) or a whole chain."""
+    """Submit a stage (the config's grid becomes one job array) or a whole chain."""
+    from ..launch.commands import launch as do_launch
     from ..launch.options import build_options
-    from ..launch.submit import describe, launch as do_launch
+    from ..launch.submit import describe
     if bool(stage) == bool(chain):
         raise click.UsageError("give exactly one of --stage or --chain")
     stages = [stage] if stage else [s.strip() for s in chain.split(",") if s.strip()]
@@ -75,7 +78,7 @@ def status(record) -> None:
     from ..launch.record import LaunchRecord, job_states
     rows = job_states(LaunchRecord.load(record))
     for row in rows:
-        cell = "" if row["cell"] == "default" else f" [{row['cell']}]"
+        cell = "" if row["cell"] in ("default", row["stage"]) else f" [{row['cell']}]"
         click.echo(f"{row['stage']}{cell}\tjob {row['job_id']}\t{row['state']}")
 
 

@@ -9,14 +9,15 @@ import click
 
 
 def _store_uri(uri, output_dir, config_path) -> str:
-    from ..tracking.store import default_uri, normalize_uri, resolve_tracking_uri
+    from ..tracking.store import default_uri, normalize_uri, resolve_uri
     if uri:
         return normalize_uri(uri)
     if output_dir:
         return default_uri(output_dir)
     if config_path:
         from ..config import load_config
-        return resolve_tracking_uri(load_config(config_path))
+        cfg = load_config(config_path)
+        return resolve_uri(cfg.tracking.uri, cfg.output_dir)
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return normalize_uri(os.environ["MLFLOW_TRACKING_URI"])
     raise click.UsageError("give --uri, --output-dir or --config (or set MLFLOW_TRACKING_URI)")
@@ -108,7 +109,7 @@ def runs(uri, output_dir, config_path, pipeline, experiment, markdown) -> None:
     """A pipeline's stage and evaluation runs: method, dataset, steps, probe accuracy."""
     from mlflow import MlflowClient
 
-    from ..tracking.compare import format_table, pipeline_rows
+    from ..experiments.results import format_runs, pipeline_rows
     from ..tracking.store import check_reachable, sqlite_path
     target = _store_uri(uri, output_dir, config_path)
     db = sqlite_path(target)
@@ -118,4 +119,4 @@ def runs(uri, output_dir, config_path, pipeline, experiment, markdown) -> None:
     parent, rows = pipeline_rows(MlflowClient(target, target), pipeline, experiment)
     click.echo(f"pipeline {parent.data.tags.get('hpt.pipeline', parent.info.run_name)} "
                f"(run {parent.info.run_id}, {parent.info.status}) in {target}")
-    click.echo(format_table(rows, markdown))
+    click.echo(format_runs(rows, markdown))

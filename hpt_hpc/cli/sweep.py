@@ -36,10 +36,10 @@ def sweep(experiment, overrides, executor, max_parallel, dry_run, profile, parti
     """Run the studies of EXPERIMENT (configs/experiments/<name>.yaml): upstream stages,
     then an array of pretraining units, then an array of evaluations. Re-running skips
     finished units (found through MLflow tags) and resumes unfinished ones."""
-    from ..experiments.spec import load_sweep_spec
     from ..experiments.sweep import run_sweep
     from ..launch.options import build_options
-    spec = load_sweep_spec(experiment, overrides)
+    from ..plan.experiment import load_experiment
+    spec = load_experiment(experiment, overrides)
     options = build_options(profile, executor=executor, partition=partition,
                             gpus_per_node=gpus_per_node, cpus_per_task=cpus_per_task, mem=mem,
                             time=time, account=account, qos=qos, container=container,
@@ -49,10 +49,7 @@ def sweep(experiment, overrides, executor, max_parallel, dry_run, profile, parti
                              folder=log_folder)
     click.echo(plan.describe())
     if dry_run:
-        for unit in plan.pretrain:
-            click.echo(f"  pretrain {unit.unit_id}")
-        for unit in plan.evals:
-            click.echo(f"  evaluate {unit.unit_id}")
+        click.echo(plan.describe_phases())
         return
     click.echo(f"record: {record.path}")
     if record.executor == "slurm":
@@ -74,10 +71,11 @@ def report(experiment, tracking_uri, sweep_name, out_dir, from_files, preamble) 
     from ..errors import HptError
     from ..experiments.report import build_report
     from ..experiments.results import rows_from_files, rows_from_mlflow
+    from ..experiments.sweep import sweep_tracking
     spec = None
     if experiment:
-        from ..experiments.spec import load_sweep_spec
-        spec = load_sweep_spec(experiment)
+        from ..plan.experiment import load_experiment
+        spec = load_experiment(experiment)
     if spec is None and not (tracking_uri and sweep_name):
         raise click.UsageError("give an EXPERIMENT file, or --tracking-uri and --name")
     name = sweep_name or spec.name
@@ -89,9 +87,11 @@ def report(experiment, tracking_uri, sweep_name, out_dir, from_files, preamble) 
     else:
         uri = tracking_uri
         if uri is None:
-            from ..tracking.store import resolve_tracking_uri
-            uri = resolve_tracking_uri(spec.base_config())
-        experiment_name = spec.config["tracking"]["experiment"] if spec else name
+            target = sweep_tracking(spec)
+            if target is None:
+                raise click.UsageError("tracking is off in this experiment: use --from-files")
+            uri = target.uri
+        experiment_name = spec.experiment if spec else name
         rows = rows_from_mlflow(uri, experiment_name, name)
     if not rows:
         raise HptError(f"no finished evaluations of sweep '{name}' yet")

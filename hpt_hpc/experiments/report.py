@@ -7,16 +7,16 @@ fine-tuning. Every table carries the raw-pixel and random-init reference rows.
 """
 from __future__ import annotations
 
-import csv
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .results import REFERENCE_LABELS, Cell, EvalRow, find, group_cells
+from ..eval.record import EvalRecord
+from ..plan.methods import METHODS, PAPER_METHODS, REFERENCE_LABELS, TRANSFER
+from .results import Cell, find, group_cells
+from .tables import markdown_table, write_csv
 
-MAIN_METHODS = ("Base", "Target", "HPT", "HPT-BN")
-TRANSFER = (("B", "Base"), ("B+S", "B+S"), ("B+T", "HPT"), ("B+S+T", "B+S+T"))
-STEPLESS = ("Base", "B+S", "raw-pixels", "random-init")
+STEPLESS = tuple(name for name, m in METHODS.items() if not m.uses_steps)
 
 
 @dataclass
@@ -27,14 +27,12 @@ class Report:
 
 
 def _ordered(methods: Sequence[str]) -> List[str]:
-    order = list(MAIN_METHODS) + ["B+S", "B+S+T"]
+    order = list(PAPER_METHODS) + ["B+S", "B+S+T"]
     return sorted(set(methods), key=lambda m: (order.index(m) if m in order else 99, m))
 
 
 def _table(header: Sequence[str], body: Sequence[Sequence[str]]) -> List[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in body]
-    return lines + [""]
+    return markdown_table(header, body) + [""]
 
 
 def _cell_text(cell: Optional[Cell]) -> str:
@@ -68,7 +66,7 @@ def _steps_table(cells, protocol: str, dataset: str, methods: Sequence[str],
     return header, body + _reference_rows(cells, dataset, len(header))
 
 
-def _linear_section(cells, rows: Sequence[EvalRow], dataset: str, out: Path,
+def _linear_section(cells, rows: Sequence[EvalRecord], dataset: str, out: Path,
                     name: str, plots: List[Path]) -> List[str]:
     main = [r for r in rows if r.protocol == "linear" and r.dataset == dataset
             and r.augment == "all" and r.images == "all" and r.method not in REFERENCE_LABELS]
@@ -80,7 +78,7 @@ def _linear_section(cells, rows: Sequence[EvalRow], dataset: str, out: Path,
     lines = [f"### {dataset}: linear probe vs target pretraining steps", ""]
     lines += _table(header, body)
     plot = out / f"{name}-{dataset}-pretraining-steps.png"
-    _plot_lines(plot, f"{dataset}: linear probe vs target pretraining steps",
+    plot_lines(plot, f"{dataset}: linear probe vs target pretraining steps",
                 "target pretraining steps", {m: [(s, find(cells, "linear", m, dataset, s))
                                                   for s in steps] for m in methods
                                               if m not in STEPLESS},
@@ -89,17 +87,30 @@ def _linear_section(cells, rows: Sequence[EvalRow], dataset: str, out: Path,
     plots.append(plot)
     lines += [f"![accuracy vs pretraining steps]({plot.name})", ""]
     if steps:
-        curves = {m: find(cells, "linear", m, dataset, steps[-1]) for m in methods
-                  if m not in STEPLESS}
-        curves.update({m: find(cells, "linear", m, dataset) for m in methods if m in STEPLESS})
-        curves.update({REFERENCE_LABELS[m]: find(cells, "linear", m, dataset)
-                       for m in REFERENCE_LABELS})
+        curves = probe_curves(cells, main, methods, dataset)
         plot = out / f"{name}-{dataset}-probe-steps.png"
-        _plot_curves(plot, f"{dataset}: probe score vs probe steps "
-                           f"(methods at {steps[-1]} pretraining steps)", curves)
+        _plot_curves(plot, f"{dataset}: probe score vs probe steps (each method at its "
+                           f"largest pretraining budget)", curves)
         plots.append(plot)
         lines += [f"![probe score vs probe steps]({plot.name})", ""]
     return lines
+
+
+def probe_curves(cells, rows: Sequence[EvalRecord], methods: Sequence[str],
+                 dataset: str) -> Dict[str, Optional[Cell]]:
+    """The cells of the probe-score-vs-probe-steps plot: each method at its own largest
+    pretraining budget (so none is dropped when budgets differ), the step-less methods and
+    the references."""
+    curves: Dict[str, Optional[Cell]] = {}
+    for m in methods:
+        if m in STEPLESS:
+            curves[m] = find(cells, "linear", m, dataset)
+        else:
+            own = max((r.steps for r in rows if r.method == m and r.steps > 0), default=0)
+            curves[f"{m} ({own} steps)"] = find(cells, "linear", m, dataset, own)
+    curves.update({REFERENCE_LABELS[m]: find(cells, "linear", m, dataset)
+                   for m in REFERENCE_LABELS})
+    return curves
 
 
 def _transfer_section(cells, dataset: str) -> List[str]:
@@ -153,7 +164,7 @@ def _ablation_section(cells, dataset: str, axis: int, title: str, label: str, ou
     if axis == 4:
         _plot_bars(plot, f"{dataset}: {title}", series)
     else:
-        _plot_lines(plot, f"{dataset}: {title}", "target pretraining images",
+        plot_lines(plot, f"{dataset}: {title}", "target pretraining images",
                     {m: [(v, c) for v, c in pts] for m, pts in series.items()},
                     {m: find(cells, "linear", m, dataset) for m in REFERENCE_LABELS},
                     categorical=True)
@@ -176,7 +187,7 @@ def _finetune_section(cells, dataset: str) -> List[str]:
              "reference rows are linear probes", ""] + _table(header, body))
 
 
-def build_report(rows: Sequence[EvalRow], out: Path, name: str, preamble: str = "",
+def build_report(rows: Sequence[EvalRecord], out: Path, name: str, preamble: str = "",
                  ) -> Report:
     """Write ``<out>/<name>.md`` (+ PNGs and ``<name>.csv``) from evaluation rows."""
     out = Path(out)
@@ -205,13 +216,13 @@ def build_report(rows: Sequence[EvalRow], out: Path, name: str, preamble: str = 
     return Report(md, plots, path)
 
 
-def _write_csv(rows: Sequence[EvalRow], path: Path) -> None:
-    with open(path, "w", newline="") as handle:
-        fields = [f for f in asdict(rows[0]) if f != "curve"] if rows else ["method"]
-        writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow(asdict(row))
+CSV_FIELDS = ("protocol", "method", "dataset", "steps", "seed", "augment", "images", "score",
+              "score_std", "val_score", "best_step", "repeats", "mode", "metric",
+              "pretrain_seconds", "checkpoint", "run_id")
+
+
+def _write_csv(rows: Sequence[EvalRecord], path: Path) -> None:
+    write_csv(path, CSV_FIELDS, [[asdict(r)[f] for f in CSV_FIELDS] for r in rows])
 
 
 def _axes(title: str):
@@ -232,9 +243,11 @@ def _save(plt, fig, ax, path: Path, ylabel: str = "test score (%)") -> None:
     plt.close(fig)
 
 
-def _plot_lines(path: Path, title: str, xlabel: str, series: Dict[str, list],
-                flat: Dict[str, Optional[Cell]], log_x: bool = False,
-                categorical: bool = False) -> None:
+def plot_lines(path: Path, title: str, xlabel: str, series: Dict[str, list],
+               flat: Dict[str, Optional[Cell]], log_x: bool = False,
+               categorical: bool = False, ylabel: str = "test score (%)") -> None:
+    """One line (with error bars) per series of ``(x, cell)`` points, and a dashed
+    horizontal line per ``flat`` cell (references)."""
     plt, fig, ax = _axes(title)
     for method, points in series.items():
         pts = [(x, c) for x, c in points if c is not None]
@@ -249,8 +262,12 @@ def _plot_lines(path: Path, title: str, xlabel: str, series: Dict[str, list],
                        label=REFERENCE_LABELS.get(label, label))
     if log_x:
         ax.set_xscale("log")
+        ticks = sorted({x for points in series.values() for x, c in points if c is not None})
+        if ticks:
+            ax.set_xticks(ticks, [str(t) for t in ticks])
+            ax.minorticks_off()
     ax.set_xlabel(xlabel)
-    _save(plt, fig, ax, path)
+    _save(plt, fig, ax, path, ylabel)
 
 
 def _plot_curves(path: Path, title: str, cells: Dict[str, Optional[Cell]]) -> None:

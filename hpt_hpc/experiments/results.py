@@ -1,45 +1,20 @@
-"""A sweep's evaluation results, read back from the MLflow store (or the result files).
-
-Every evaluation run carries its unit's coordinates as tags (``hpt.method``,
-``hpt.dataset``, ``hpt.target_steps``, ``hpt.seed``, ``hpt.augment``, ``hpt.images``,
-``hpt.protocol``) and its score as metrics (``score``, ``score_std``, ``curve_test``).
+"""Evaluation records read back (from the MLflow store or the result files), grouped into
+cells of seeds, and ``hpt-hpc runs``: a pipeline's stage and evaluation runs as one table.
 """
 from __future__ import annotations
 
-import json
+import math
+import re
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from ..config import OutputLayout
 from ..errors import HptError
-
-REFERENCE_LABELS = {"raw-pixels": "raw pixels (reference)",
-                    "random-init": "random init (reference)"}
-
-
-@dataclass
-class EvalRow:
-    """One finished evaluation (a seed of one cell)."""
-
-    method: str
-    dataset: str
-    protocol: str
-    steps: int
-    seed: int
-    augment: str
-    images: str
-    score: float
-    std: float
-    repeats: int
-    mode: str
-    metric: str
-    curve: List[Tuple[int, float]] = field(default_factory=list)  # (probe step, test score)
-    run_id: str = ""
-
-    @property
-    def key(self) -> Tuple:
-        return (self.protocol, self.method, self.dataset, self.steps, self.augment, self.images)
+from ..eval.record import EvalRecord, is_eval_run, read_record_files
+from ..tracking.store import TrackingError, client_for
+from .tables import markdown_table, text_table
 
 
 @dataclass
@@ -47,10 +22,10 @@ class Cell:
     """The seeds of one cell, aggregated: mean over seeds; std over seeds when there are
     several, else the probe repeats' std."""
 
-    rows: List[EvalRow]
+    rows: List[EvalRecord]
 
     @property
-    def first(self) -> EvalRow:
+    def first(self) -> EvalRecord:
         return self.rows[0]
 
     @property
@@ -61,7 +36,7 @@ class Cell:
     def std(self) -> float:
         if len(self.rows) > 1:
             return statistics.stdev(r.score for r in self.rows)
-        return self.first.std
+        return self.first.score_std
 
     @property
     def spread_source(self) -> str:
@@ -72,34 +47,23 @@ class Cell:
         return f"{100 * self.mean:.1f} ± {100 * self.std:.1f}"
 
     def curve(self) -> List[Tuple[int, float]]:
+        """Mean test score against probe steps over the cell's seeds."""
         curves = [r.curve for r in self.rows if r.curve]
         if not curves:
             return []
         length = min(len(c) for c in curves)
-        return [(curves[0][i][0], statistics.fmean(c[i][1] for c in curves))
+        return [(curves[0][i][0], statistics.fmean(c[i][2] for c in curves))
                 for i in range(length)]
 
 
-def _row(tags: Dict[str, str], score: float, std: float, repeats: float,
-         curve: List[Tuple[int, float]], run_id: str = "") -> EvalRow:
-    return EvalRow(method=tags["hpt.method"], dataset=tags["hpt.dataset"],
-                   protocol=tags.get("hpt.protocol", "linear"),
-                   steps=int(tags.get("hpt.target_steps", 0)), seed=int(tags.get("hpt.seed", 0)),
-                   augment=tags.get("hpt.augment", "all"), images=tags.get("hpt.images", "all"),
-                   score=float(score), std=float(std), repeats=int(repeats),
-                   mode=tags.get("hpt.eval_mode", "?"), metric=tags.get("hpt.metric", "top1"),
-                   curve=curve, run_id=run_id)
-
-
-def rows_from_mlflow(uri: str, experiment: str, sweep: str) -> List[EvalRow]:
+def rows_from_mlflow(uri: str, experiment: str, sweep: str) -> List[EvalRecord]:
     """FINISHED evaluation runs of ``sweep`` (the newest run per unit)."""
-    from ..tracking.runs import client_for
     client = client_for(uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         raise HptError(f"MLflow experiment '{experiment}' not found in {uri}; has the sweep "
                        f"run? (hpt-hpc sweep <experiment file>)")
-    newest: Dict[str, object] = {}
+    newest: Dict[str, Any] = {}
     token = None
     while True:
         page = client.search_runs([exp.experiment_id],
@@ -113,29 +77,15 @@ def rows_from_mlflow(uri: str, experiment: str, sweep: str) -> List[EvalRow]:
         token = page.token
         if not token:
             break
-    rows = []
-    for unit, run in sorted(newest.items()):
-        metrics = run.data.metrics
-        history = client.get_metric_history(run.info.run_id, "curve_test")
-        curve = sorted((int(m.step), float(m.value)) for m in history)
-        rows.append(_row(run.data.tags, metrics.get("score", float("nan")),
-                         metrics.get("score_std", 0.0), metrics.get("repeats", 1), curve,
-                         run.info.run_id))
-    return rows
+    return [EvalRecord.from_run(run, client) for _, run in sorted(newest.items())]
 
 
-def rows_from_files(output_dir: Path) -> List[EvalRow]:
-    """The same rows from ``<output>/units/*/results/*.json`` (tracking switched off)."""
-    rows = []
-    for path in sorted(Path(output_dir).glob("units/*/results/*.json")):
-        data = json.loads(path.read_text())
-        tags = dict(data["tags"], **{"hpt.eval_mode": data["mode"], "hpt.metric": data["metric"]})
-        curve = [(int(step), float(test)) for step, _, test in data.get("curve", [])]
-        rows.append(_row(tags, data["score"], data["score_std"], data["repeats"], curve))
-    return rows
+def rows_from_files(output_dir: Path) -> List[EvalRecord]:
+    """The same records from ``<output>/units/*/results/*.json`` (tracking switched off)."""
+    return read_record_files(OutputLayout(Path(output_dir)).eval_results())
 
 
-def group_cells(rows: Sequence[EvalRow]) -> Dict[Tuple, Cell]:
+def group_cells(rows: Sequence[EvalRecord]) -> Dict[Tuple, Cell]:
     cells: Dict[Tuple, Cell] = {}
     for row in rows:
         cells.setdefault(row.key, Cell([])).rows.append(row)
@@ -146,6 +96,79 @@ def find(cells: Dict[Tuple, Cell], protocol: str, method: str, dataset: str,
          steps: Optional[int] = None, augment: str = "all", images: str = "all",
          ) -> Optional[Cell]:
     """The cell of these coordinates (``steps=None``: methods without a step budget)."""
-    if steps is None:
-        steps = 0
-    return cells.get((protocol, method, dataset, steps, augment, images))
+    return cells.get((protocol, method, dataset, steps or 0, augment, images))
+
+
+# -- hpt-hpc runs -------------------------------------------------------------------------
+RUN_COLUMNS = ("run", "kind", "method", "dataset", "steps", "loss", "probe test",
+               "probe val", "status", "started from")
+
+
+def _experiments(client: Any, experiment: Optional[str]) -> List[str]:
+    if experiment:
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            names = [e.name for e in client.search_experiments()]
+            raise TrackingError(f"no experiment '{experiment}' (experiments: "
+                                f"{', '.join(names) or 'none'})")
+        return [exp.experiment_id]
+    return [e.experiment_id for e in client.search_experiments()]
+
+
+def find_pipeline_run(client: Any, pipeline: Optional[str] = None,
+                      experiment: Optional[str] = None) -> Any:
+    """A pipeline run by id, or the newest pipeline run named ``pipeline`` (or any)."""
+    if pipeline and re.fullmatch(r"[0-9a-f]{32}", pipeline):
+        return client.get_run(pipeline)
+    query = "tags.`hpt.kind` = 'pipeline'"
+    if pipeline:
+        query += f" and tags.`hpt.pipeline` = '{pipeline}'"
+    runs = client.search_runs(_experiments(client, experiment), query,
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        raise TrackingError(f"no pipeline run{f' named {pipeline!r}' if pipeline else ''} in "
+                            f"{client.tracking_uri}")
+    return runs[0]
+
+
+def _fmt(value: Optional[float], percent: bool = False) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{100 * value:.1f}%" if percent else f"{value:.4g}"
+
+
+def _cells(run: Any, names: Dict[str, str]) -> Tuple[str, ...]:
+    tags, metrics = run.data.tags, run.data.metrics
+    src = tags.get("hpt.init_source") or tags.get("hpt.init", "")
+    if tags.get("hpt.init_run_id") in names:
+        src += f" <- {names[tags['hpt.init_run_id']]}"
+    test = val = "-"
+    if is_eval_run(run):
+        record = EvalRecord.from_run(run)
+        unit = " AUROC" if record.metric == "auroc" else ""
+        test, val = _fmt(record.score, True), _fmt(record.val_score, True)
+        test = test + unit if test != "-" else test
+    steps = tags.get("hpt.steps") or tags.get("hpt.target_steps", "-")
+    return (run.info.run_name or run.info.run_id[:8], tags.get("hpt.kind", "?"),
+            tags.get("hpt.method", "-"), tags.get("hpt.dataset", "-"), steps,
+            _fmt(metrics.get("loss")), test, val, run.info.status, src or "-")
+
+
+def pipeline_rows(client: Any, pipeline: Optional[str] = None,
+                  experiment: Optional[str] = None) -> Tuple[Any, List[Tuple[str, ...]]]:
+    """The pipeline run and one row of cells per nested stage/evaluation run (stages
+    first, oldest first)."""
+    parent = find_pipeline_run(client, pipeline, experiment)
+    children = client.search_runs([parent.info.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+                                  order_by=["attributes.start_time ASC"], max_results=5000)
+    names = {r.info.run_id: r.info.run_name for r in children}
+    children = sorted(children, key=lambda r: 0 if r.data.tags.get("hpt.kind") == "stage"
+                      else 1)
+    return parent, [_cells(r, names) for r in children]
+
+
+def format_runs(rows: Sequence[Sequence[str]], markdown: bool = False) -> str:
+    if markdown:
+        return "\n".join(markdown_table(RUN_COLUMNS, rows))
+    return "\n".join(text_table(RUN_COLUMNS, rows))
