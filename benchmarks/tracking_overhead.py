@@ -62,9 +62,8 @@ def thread_cpu_seconds(native_id: int) -> float:
 
 
 def stage_config(out: Path, data: Path, steps: int, store: Path):
-    from hpt_hpc.config import config_from_dict
-    from hpt_hpc.experiments.quickstart import default_config_dict
-    raw = default_config_dict()
+    from hpt_hpc.config import config_from_dict, read_config_dict
+    raw = read_config_dict(ROOT / "configs" / "quickstart.yaml")
     raw["datasets"] = {"fashion-mnist": {"path": str(data)}}
     raw["stages"] = {"base": {"dataset": "fashion-mnist", "variant": "full", "iterations": steps}}
     raw["output_dir"] = str(out)
@@ -76,12 +75,13 @@ def stage_config(out: Path, data: Path, steps: int, store: Path):
 
 def run_once(cfg, tracked: bool, every_step: bool = False) -> dict:
     """One stage run; returns step time and the tracker's costs."""
-    from hpt_hpc.tracking import NullTracker, make_tracker
-    from hpt_hpc.train.engine import run_stage
-    from hpt_hpc.train.pipeline import build_stage_loader, stage_dir
-    loader = build_stage_loader(cfg, "base")
+    from hpt_hpc.plan import stage_plan
+    from hpt_hpc.tracking import NullTracker
+    from hpt_hpc.train import build_stage_loader, open_stage_tracker, run_stage
+    plan = stage_plan(cfg, "base")
+    loader = build_stage_loader(plan)
     meter, started = Meter(), time.perf_counter()
-    tracker = make_tracker(cfg, stage="base") if tracked else NullTracker()
+    tracker = open_stage_tracker(plan) if tracked else NullTracker()
     setup_seconds = time.perf_counter() - started
     if tracked:
         meter.wrap(tracker, ["log_params", "set_tags", "log_metrics", "log_checkpoint", "flush"])
@@ -91,8 +91,7 @@ def run_once(cfg, tracked: bool, every_step: bool = False) -> dict:
         def on_step(step, loss):
             tracker.log_metrics({"loss_every_step": loss, "lr_every_step": 0.1,
                                  "acc_every_step": 0.5, "seconds_every_step": 0.1}, step)
-    result = run_stage(cfg, "base", loader, stage_dir(cfg, "base"), tracker=tracker,
-                       on_step=on_step)
+    result = run_stage(plan, loader, tracker=tracker, on_step=on_step)
     out = {"tracked": tracked, "every_step": every_step, "steps": result.steps,
            "median_step_s": result.step_seconds, "stage_s": result.seconds}
     if tracked:
@@ -124,7 +123,7 @@ def main() -> None:
     import torch
 
     from hpt_hpc.data.prepare import prepare_dataset
-    from hpt_hpc.train.state import limit_cpu_threads
+    from hpt_hpc.device import limit_cpu_threads
     work = Path(tempfile.mkdtemp(prefix="hpt-tracking-bench-"))
     data = work / "fashion-mnist"
     prepare_dataset("fashion-mnist", data, limit=1000)

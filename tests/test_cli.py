@@ -81,3 +81,27 @@ def test_quickstart_end_to_end_small(tmp_path):
     png = (tmp_path / "qs" / "probe_vs_steps.png").read_bytes()
     assert png.startswith(b"\x89PNG")
     assert "| HPT | 4 |" in (tmp_path / "qs" / "results.md").read_text()
+
+
+def test_config_show_plan_prints_what_would_run(tmp_path, mnist_tree):
+    from tiny import write_tiny_config
+    cfg = write_tiny_config(tmp_path, {"m": mnist_tree},
+                            {"base": {"dataset": "m"},
+                             "target": {"dataset": "m", "init": "stage:base", "lr": 0.1}},
+                            optim={"lr": 0.05, "batch_size": 8, "iterations": 4,
+                                   "lr_batch_reference": 4},
+                            grid={"seed": [0, 1]})
+    result = CliRunner().invoke(cli, ["config", "show", "--config", str(cfg), "--plan",
+                                      "--chain", "--world-size", "2"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == "phase base (1 job)"
+    assert lines[2] == "phase target (2 jobs, afterok base)"
+    # linear scaling (0.1 x 8 / 4) and the per-rank batch are resolved in the plan
+    assert "target-seed=0: HPT (full) on m" in lines[3] and "lr 0.2, batch 8 (4/rank x 2)" in lines[3]
+    # tracking off: the chain hands over base's final file (pinned for grid cells)
+    assert f"init {tmp_path / 'out/base/checkpoints/final.pt'}," in lines[3]
+    assert str(tmp_path / "out/grid/seed=1/target/checkpoints/final.pt") in lines[4]
+    bad = CliRunner().invoke(cli, ["config", "show", "--config", str(cfg), "--plan",
+                                   "--stage", "target"])
+    assert bad.exit_code == 2 and "neither in this --chain nor finished" in bad.output

@@ -27,9 +27,9 @@ def test_shipped_configs_load(path):
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.name)
 def test_shipped_experiments_load_and_expand(path):
-    from hpt_hpc.experiments.spec import load_sweep_spec
-    from hpt_hpc.experiments.units import expand
-    spec = load_sweep_spec(str(path))
+    from hpt_hpc.plan.experiment import load_experiment
+    from hpt_hpc.plan.units import expand
+    spec = load_experiment(str(path))
     expansion = expand(spec)
     assert expansion.pretrain and expansion.evals
     assert {"ref-raw-pixels-mnist-linear", "ref-random-init-mnist-seed0-linear"} <= \
@@ -122,3 +122,33 @@ def test_global_batch_splits_over_ranks_and_lr_scales_linearly():
     assert stage_settings(bigger, "target", world_size=4)["lr"] == pytest.approx(0.12)
     with pytest.raises(ConfigError, match="does not split evenly over 3 ranks"):
         stage_settings(cfg, "target", world_size=3)
+
+
+def test_init_references_have_one_parser(tmp_path):
+    from hpt_hpc.config import InitRef, InitRefError, StageLayout
+    assert InitRef.parse(None).is_random and InitRef.parse("").is_random
+    assert InitRef.parse("stage:base") == InitRef("stage", "base")
+    assert InitRef.parse("models:/m@a").in_registry and InitRef.parse("runs:/ab12/x.pt").kind == "run"
+    assert InitRef.parse("ckpt.pt").absolute().value == str(Path.cwd() / "ckpt.pt")
+    for bad, message in (("models:/m", "models:/<name>@<alias>"), ("runs:/xyz", "runs:/<run_id>"),
+                         ("s3://bucket/ckpt.pt", "not a supported reference"),
+                         ("stage:tagret", "names no stage")):
+        with pytest.raises(InitRefError, match=message):
+            InitRef.parse(bad)
+    layout = StageLayout(tmp_path, "target")
+    assert InitRef.parse("stage:base").local_path(layout) == tmp_path / "base/checkpoints/final.pt"
+    with pytest.raises(InitRefError, match="run stage 'base' first"):
+        InitRef.parse("stage:base").resolve(layout, None, who="stage 'target'")
+    with pytest.raises(InitRefError, match="neither in this --chain nor finished"):
+        InitRef.parse("stage:base").check(layout, (), who="stage 'target'")
+    InitRef.parse("stage:base").check(layout, ("base",))  # runs first in the chain: fine
+    with pytest.raises(InitRefError, match="needs MLflow tracking"):
+        InitRef.parse("models:/m@a").resolve(layout, None)
+    assert InitRef.parse(str(tmp_path / "x.pt")).host_paths() == [tmp_path / "x.pt"]
+    assert InitRef.parse("stage:base").tags() == {"hpt.init_source": "stage:base"}
+
+
+def test_the_launch_grid_is_called_grid():
+    with pytest.raises(ConfigError, match="'sweep' is now 'grid'"):
+        config_from_dict(_minimal(sweep={"seed": [0, 1]}))
+    assert config_from_dict(_minimal(grid={"seed": [0, 1]})).grid == {"seed": [0, 1]}

@@ -178,7 +178,7 @@ def test_broken_files_are_skipped_named_and_counted(digits, tmp_path, caplog):
     assert sorted(loader.skipped.paths) == sorted(bad)
     for path in bad:
         assert sum(path in r.getMessage() for r in caplog.records
-                   if r.name == "hpt_hpc.data.loader") == 1
+                   if r.name == "hpt_hpc.data.dataset") == 1
     assert any("DALI failed on a batch" in r.getMessage() for r in caplog.records)
     lean = build_pretrain_loader(records, only(), _grey28(), 4, seed=0, fill_skipped=False)
     stream = iter(lean)
@@ -240,16 +240,16 @@ def test_engine_trains_and_resumes_on_dali(tmp_path, mnist_tree):
     off = {k: {"enabled": False} for k in ("crop", "color_jitter", "grayscale", "blur",
                                             "flip")}
     from hpt_hpc.models import load_checkpoint
-    from hpt_hpc.train.pipeline import run_configured_stage
+    from tiny import run_stage_of
     stages = {"target": {"dataset": "mnist", "variant": "scratch"}}
     results = []
     for name, stop in (("full", None), ("cut", 3)):
         cfg = tiny_config(tmp_path / name, {"mnist": mnist_tree}, stages, data=data,
                           augment=off)
-        part = run_configured_stage(cfg, "target", stop_after=stop)
+        part = run_stage_of(cfg, "target", stop_after=stop)
         if stop:
             assert part.steps == 3 and not part.completed
-            part = run_configured_stage(cfg, "target")
+            part = run_stage_of(cfg, "target")
             assert part.resumed_from == 3
         assert part.completed and part.skipped_images == 0
         results.append(load_checkpoint(part.checkpoint)["model"])

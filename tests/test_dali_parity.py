@@ -184,6 +184,43 @@ def test_eval_and_probe_transforms(colour, tagged, mnist_tree):
     assert area.min() < 0.25 and 0.4 < area.mean() < 0.7  # torchvision mean ~0.54
 
 
+def test_eval_views_follow_the_probe_config(tagged, mnist_tree, tmp_path):
+    """DALI's eval loader takes the views of ``eval_spec(data, probe)``: 28x28 digits at
+    ``image_size`` 28 and 32 (no larger than it) give the augmented probe's / fine-tuning's
+    test tensors (``build_eval_transform(cfg.data, cfg.probe)``); a ``center_crop_ratio``
+    of 0.5 resizes a 100x50 image to 64 before the 32 crop; ``probe.flip: false`` never
+    mirrors and ``probe.crop_scale`` bounds the crop areas."""
+    from PIL import Image
+
+    from hpt_hpc.config import ProbeConfig
+    from hpt_hpc.data import ImageRecord, load_image
+    from hpt_hpc.data.transforms import build_eval_transform
+    digits = list_split(DatasetConfig(path=str(mnist_tree)), "val")[0][:16]
+    ramp = tmp_path / "ramp.png"
+    Image.fromarray(np.tile(np.arange(100, dtype=np.uint8), (50, 1))).convert("RGB").save(ramp)
+    cases = [(digits, 28, 1, ProbeConfig()), (digits, 32, 1, ProbeConfig()),
+             ([ImageRecord(str(ramp), (0,))], 32, 3, ProbeConfig(center_crop_ratio=0.5))]
+    for records, size, channels, probe in cases:
+        tv = build_eval_transform(data_config("torchvision", size, channels), probe)
+        expected = torch.stack([tv(load_image(r.path, channels)) for r in records])
+        dali = torch.cat([x.cpu() for x, _ in build_eval_loader(
+            records, data_config("dali", size, channels), 8, probe=probe)])
+        assert dali.shape == expected.shape == (len(records), channels, size, size)
+        assert (dali - expected).abs().mean() * STD * 255 < 3.0, (size, probe)
+        if size == 28:  # no resampling at all: equal to float precision
+            assert torch.allclose(dali, expected, atol=1e-5)
+    centre = dali[0, 0].numpy() * (STD * 255) + MEAN * 255  # the ratio-0.5 ramp view
+    assert centre[:, 0].mean() == pytest.approx(48.5 * 100 / 128 - 0.5, abs=1.5)
+    probe = ProbeConfig(crop_scale=[0.3, 0.4], flip=False)
+    loader = build_eval_loader(tagged * 4, data_config("dali", 32), 16, train=True, seed=1,
+                               probe=probe)
+    images = np.concatenate([torch.cat([x.cpu() for x, _ in loader]).numpy()
+                             for _ in range(3)]) * (STD * 255) + MEAN * 255
+    area, _, flipped = crop_boxes(images, TAG_SIDE)
+    assert images.shape == (192, 3, 32, 32) and not flipped.any()
+    assert 0.27 < area.min() and area.max() < 0.43  # the default (0.08, 1) fails
+
+
 def test_grey_images_jitter_brightness_and_contrast_only(mnist_tree):
     """With ``channels: 1`` only brightness and contrast apply (as in torchvision): the
     per-view mean and spread ratios agree. A contrast pivot at mid-grey (DALI's default)

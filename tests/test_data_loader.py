@@ -8,14 +8,17 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision import transforms as T
 
-from hpt_hpc.config import AugmentConfig, DataConfig, DatasetConfig
+from hpt_hpc.config import AugmentConfig, DataConfig, DatasetConfig, ProbeConfig
 from hpt_hpc.config.schema import BlurConfig
 from hpt_hpc.data import (DatasetError, ImageRecord, build_eval_loader, build_eval_transform,
                           build_pretrain_loader, build_probe_train_transform,
                           build_two_view_transform, list_split, load_image)
 from hpt_hpc.data.loader import ShardSampler
-from hpt_hpc.data.transforms import blur_kernel_size, normalisation
+from hpt_hpc.data.specs import eval_spec
+from hpt_hpc.data.transforms import ToNormalizedTensor, blur_kernel_size, normalisation
+from hpt_hpc.errors import HptError
 
 GREY = dict(image_size=16, channels=1, mean=[0.5], std=[0.25], workers=0)
 
@@ -87,6 +90,52 @@ def test_eval_and_probe_transforms():
     assert a.shape == (3, 32, 32)
 
 
+def _xy_ramp(side: int = 96) -> Image.Image:
+    """RGB image whose R and G channels are x and y ramps (a view tells where it was cut)."""
+    ramp = np.rint(np.linspace(0, 255, side)).astype(np.uint8)
+    rgb = np.stack([np.broadcast_to(ramp[None, :], (side, side)),
+                    np.broadcast_to(ramp[:, None], (side, side)),
+                    np.zeros((side, side), np.uint8)], axis=-1)
+    return Image.fromarray(rgb)
+
+
+def test_eval_spec_follows_the_probe_config():
+    """``probe.crop_scale`` / ``flip`` / ``center_crop_ratio`` drive the views; defaults
+    without a probe config; invalid values are errors naming the key."""
+    from test_dali_common import crop_boxes
+    data = DataConfig(image_size=32, channels=3, mean=[0.0], std=[1.0])
+    assert eval_spec(data) == eval_spec(data, ProbeConfig())
+    spec = eval_spec(data, ProbeConfig(crop_scale=[0.3, 0.4], flip=False,
+                                       center_crop_ratio=0.5))
+    assert (spec.crop_scale, spec.flip, spec.resize_large) == ((0.3, 0.4), False, 64)
+    img = _xy_ramp()
+    torch.manual_seed(0)
+    views = {}
+    for flip in (False, True):
+        tf = build_probe_train_transform(data, ProbeConfig(crop_scale=[0.3, 0.4], flip=flip))
+        views[flip] = torch.stack([tf(img) for _ in range(200)]).numpy() * 255
+    area, aspect, flipped = crop_boxes(views[False], 96)
+    assert not flipped.any()  # flip off: never mirrored over 200 draws
+    assert 0.27 < area.min() and area.max() < 0.43  # default scale (0.08, 1) fails
+    assert np.abs(np.log(aspect)).max() < np.log(4 / 3) + 0.06
+    assert 0.3 < crop_boxes(views[True], 96)[2].mean() < 0.7
+    # ratio 0.5: a 100x50 ramp's short side goes to 2 * 32 = 64 (width 128) before the crop
+    ramp = Image.fromarray(np.tile(np.arange(100, dtype=np.uint8), (50, 1))).convert("RGB")
+    half = ProbeConfig(center_crop_ratio=0.5)
+    expected = ToNormalizedTensor([0.0] * 3, [1.0] * 3)(
+        T.CenterCrop(32)(T.Resize(64)(ramp)))
+    for tf in (build_eval_transform(data, half),
+               build_probe_train_transform(data, half, augment=False)):
+        assert torch.equal(tf(ramp), expected)
+    assert not torch.equal(build_eval_transform(data)(ramp), expected)
+    for bad, key in ((dict(crop_scale=[0.5, 2.0]), "probe.crop_scale"),
+                     (dict(crop_scale=[0.5]), "probe.crop_scale"),
+                     (dict(center_crop_ratio=0.0), "probe.center_crop_ratio"),
+                     (dict(center_crop_ratio=1.5), "probe.center_crop_ratio")):
+        with pytest.raises(HptError, match=key):
+            build_eval_transform(data, ProbeConfig(**bad))
+
+
 # ---------------------------------------------------------------- sharding
 
 def test_shards_are_disjoint_cover_the_epoch_and_reshuffle():
@@ -141,7 +190,7 @@ def test_pretrain_loader_skips_unreadable_images(records_with_bad_files, caplog,
     records, bad = records_with_bad_files
     loader = build_pretrain_loader(records, AugmentConfig(), DataConfig(**GREY), batch_size=4,
                                    seed=0, workers=workers)
-    with caplog.at_level(logging.WARNING, logger="hpt_hpc.data.loader"), loader:
+    with caplog.at_level(logging.WARNING, logger="hpt_hpc.data.dataset"), loader:
         it = iter(loader)
         shapes = [next(it)[0].shape[0] for _ in range(loader.steps_per_epoch)]
     assert shapes == [4] * 4  # batches topped up to full size

@@ -5,9 +5,7 @@ import pytest
 from hpt_hpc.errors import HptError
 from hpt_hpc.models import load_checkpoint
 from hpt_hpc.train import learning_rate
-from hpt_hpc.train.pipeline import run_chain, run_configured_stage
-
-from tiny import tiny_config
+from tiny import run_all_stages, run_stage_of, tiny_config
 
 
 def _params(state, prefix="encoder_q."):
@@ -41,14 +39,14 @@ def test_resume_matches_uninterrupted_run(tmp_path, mnist_tree):
     """
     stages = {"target": {"dataset": "mnist", "variant": "scratch"}}
     full_cfg = tiny_config(tmp_path / "full", {"mnist": mnist_tree}, stages)
-    full = run_configured_stage(full_cfg, "target")
+    full = run_stage_of(full_cfg, "target")
     assert full.completed and full.steps == 6
 
     cut_cfg = tiny_config(tmp_path / "cut", {"mnist": mnist_tree}, stages)
-    part = run_configured_stage(cut_cfg, "target", stop_after=3)
+    part = run_stage_of(cut_cfg, "target", stop_after=3)
     assert not part.completed and part.steps == 3
     assert load_checkpoint(part.checkpoint)["step"] == 3
-    rest = run_configured_stage(cut_cfg, "target")
+    rest = run_stage_of(cut_cfg, "target")
     assert rest.resumed_from == 3 and rest.steps == 6
 
     a, b = load_checkpoint(full.checkpoint), load_checkpoint(rest.checkpoint)
@@ -60,7 +58,7 @@ def test_resume_matches_uninterrupted_run(tmp_path, mnist_tree):
 def test_checkpoint_contents_round_trip(tmp_path, mnist_tree):
     cfg = tiny_config(tmp_path, {"mnist": mnist_tree},
                       {"target": {"dataset": "mnist", "variant": "scratch"}})
-    res = run_configured_stage(cfg, "target")
+    res = run_stage_of(cfg, "target")
     state = load_checkpoint(res.checkpoint)  # weights_only=True inside
     assert state["format"] == "hpt-hpc/1" and state["stage"] == "target"
     assert state["config"]["optim"]["iterations"] == 6
@@ -72,11 +70,11 @@ def test_checkpoint_contents_round_trip(tmp_path, mnist_tree):
 def test_bn_variant_changes_only_batchnorm(tmp_path, mnist_tree, fashion_tree):
     datasets = {"fashion": fashion_tree, "mnist": mnist_tree}
     base_cfg = tiny_config(tmp_path, datasets, {"base": {"dataset": "fashion"}})
-    base = load_checkpoint(run_configured_stage(base_cfg, "base").checkpoint)
+    base = load_checkpoint(run_stage_of(base_cfg, "base").checkpoint)
     cfg = tiny_config(tmp_path, datasets, {
         "base": {"dataset": "fashion"},
         "target": {"dataset": "mnist", "variant": "bn", "init": "stage:base", "lr": 0.5}})
-    after = load_checkpoint(run_configured_stage(cfg, "target").checkpoint)
+    after = load_checkpoint(run_stage_of(cfg, "target").checkpoint)
     conv, bn_affine, bn_stats = _conv_and_bn_keys(after["model"])
     assert conv and bn_affine
     for key in conv + ["encoder_q.fc.0.weight"]:
@@ -91,7 +89,7 @@ def test_bn_stats_variant_changes_only_running_statistics(tmp_path, mnist_tree, 
         "base": {"dataset": "fashion"},
         "target": {"dataset": "mnist", "variant": "bn-stats", "init": "stage:base",
                    "iterations": 4}})
-    results = run_chain(cfg)
+    results = run_all_stages(cfg)
     base = load_checkpoint(results["base"].checkpoint)
     after = load_checkpoint(results["target"].checkpoint)
     conv, bn_affine, bn_stats = _conv_and_bn_keys(after["model"])
@@ -110,7 +108,7 @@ def test_chain_target_starts_from_base(tmp_path, mnist_tree, fashion_tree):
         "target": {"dataset": "mnist", "variant": "full", "init": "stage:base",
                    "iterations": 1}}, optim={"lr": 0.0, "batch_size": 8, "iterations": 6,
                                              "weight_decay": 0.0})
-    results = run_chain(cfg)
+    results = run_all_stages(cfg)
     assert results["target"].init_report["layout"] == "hpt-hpc"
     base = load_checkpoint(results["base"].checkpoint)
     target = load_checkpoint(results["target"].checkpoint)
@@ -125,16 +123,16 @@ def test_missing_upstream_stage_is_a_clear_error(tmp_path, mnist_tree):
         "base": {"dataset": "mnist"},
         "target": {"dataset": "mnist", "init": "stage:base"}})
     with pytest.raises(HptError, match="run stage 'base' first"):
-        run_configured_stage(cfg, "target")
+        run_stage_of(cfg, "target")
     cfg2 = tiny_config(tmp_path, {"mnist": mnist_tree}, {
         "target": {"dataset": "mnist", "init": str(tmp_path / "nope.pt")}})
     with pytest.raises(HptError, match="does not exist"):
-        run_configured_stage(cfg2, "target")
+        run_stage_of(cfg2, "target")
 
 
 def test_batch_larger_than_dataset_fails_before_work(tmp_path, mnist_tree):
     cfg = tiny_config(tmp_path, {"mnist": mnist_tree},
                       {"target": {"dataset": "mnist", "batch_size": 100000}})
     with pytest.raises(HptError, match="fewer than one global batch"):
-        run_configured_stage(cfg, "target")
+        run_stage_of(cfg, "target")
     assert not (tmp_path / "target").exists()

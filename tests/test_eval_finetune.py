@@ -12,9 +12,7 @@ from hpt_hpc.eval.finetune import finetune_optimizer, select_label_budget
 from hpt_hpc.eval.probe import new_head
 from hpt_hpc.eval.runner import backbone_from_checkpoint, evaluate_finetune
 from hpt_hpc.models import is_bn, load_checkpoint
-from hpt_hpc.train.pipeline import run_chain
-
-from tiny import tiny_config
+from tiny import run_all_stages, tiny_config
 
 FINETUNE = {"labels": 20, "label_seed": 0, "lr": 0.05, "head_lr_mult": 10.0,
             "iterations": 8, "milestones": [4], "batch_size": 10, "eval_every": 4}
@@ -28,7 +26,7 @@ def base_chain(tmp_path_factory, mnist_tree, fashion_tree):
         "base": {"dataset": "fashion"},
         "target": {"dataset": "mnist", "variant": "bn-stats", "init": "stage:base",
                    "iterations": 4}}, finetune=FINETUNE)
-    results = run_chain(cfg)
+    results = run_all_stages(cfg)
     return cfg, results["base"].checkpoint, results["target"].checkpoint
 
 
@@ -96,7 +94,8 @@ def test_finetune_updates_backbone_weights_only_with_a_backbone_rate(base_chain)
     the backbone being in train mode)."""
     from hpt_hpc.eval.finetune import finetune
     from hpt_hpc.models.resnet import feature_dim_for
-    from hpt_hpc.eval.splits import center_crop_transform, image_batches, load_splits
+    from hpt_hpc.data.transforms import build_eval_transform
+    from hpt_hpc.eval.splits import image_batches, load_splits
     cfg, _, target_ckpt = base_chain
     space = load_splits(cfg, "mnist")
     budget = select_label_budget(space.records["train"], 20, 0)
@@ -105,9 +104,10 @@ def test_finetune_updates_backbone_weights_only_with_a_backbone_rate(base_chain)
         ft = dataclasses.replace(cfg.finetune, lr=lr, iterations=3, eval_every=3)
         backbone = backbone_from_checkpoint(cfg, str(target_ckpt))
         start = {k: v.clone() for k, v in backbone.state_dict().items()}
-        train = image_batches(cfg, budget, space, center_crop_transform(cfg), 10, steps=3)
+        train = image_batches(cfg, budget, space, build_eval_transform(cfg.data, cfg.probe),
+                              10, steps=3)
         held = image_batches(cfg, space.records["val"][:20], space,
-                             center_crop_transform(cfg), 20)
+                             build_eval_transform(cfg.data, cfg.probe), 20)
         width = feature_dim_for(cfg.model.arch, cfg.model.width)
         finetune(backbone, width, train, held, held, ft, torch.device("cpu"),
                  space.num_classes, space.multi_label)

@@ -12,8 +12,9 @@ from hpt_hpc.config import DatasetConfig, config_from_dict
 from hpt_hpc.data import list_split
 from hpt_hpc.errors import HptError
 from hpt_hpc.eval.metrics import binary_auroc, mean_auroc, score
-from hpt_hpc.eval.runner import evaluate_linear, evaluate_pixels, probe_pixels
-from hpt_hpc.eval.splits import center_crop_transform, label_space, train_transform
+from hpt_hpc.eval.runner import evaluate_linear, evaluate_pixels
+from hpt_hpc.data.transforms import build_eval_transform, build_probe_train_transform
+from hpt_hpc.eval.splits import label_space
 
 from tiny import tiny_config, tiny_config_data, write_tiny_config
 
@@ -103,7 +104,7 @@ def test_augmented_mode_runs_and_says_so(tmp_path, mnist_tree):
     assert all(r.mode == "augmented" and r.metric == "top1" for r in summary.results)
     assert summary.results[0].curve != summary.results[1].curve
     assert [step for step, _, _ in summary.results[0].curve] == [10, 20]
-    assert probe_pixels(cfg, "mnist").mode == "cached (raw pixels)"
+    assert evaluate_pixels(cfg, "mnist").mode == "cached (raw pixels)"
 
 
 def test_augmented_transforms_crop_randomly_and_evaluate_deterministically(tmp_path,
@@ -112,7 +113,8 @@ def test_augmented_transforms_crop_randomly_and_evaluate_deterministically(tmp_p
     cfg = _cfg(tmp_path, {"mnist": mnist_tree}, crop_scale=[0.08, 0.3])
     records, _ = list_split(cfg.datasets["mnist"], "test")
     img = load_image(records[0].path, 1)
-    train_tf, test_tf = train_transform(cfg), center_crop_transform(cfg)
+    train_tf = build_probe_train_transform(cfg.data, cfg.probe)
+    test_tf = build_eval_transform(cfg.data, cfg.probe)
     torch.manual_seed(0)
     crops = [train_tf(img) for _ in range(4)]
     assert crops[0].shape == (1, 16, 16)
@@ -120,7 +122,41 @@ def test_augmented_transforms_crop_randomly_and_evaluate_deterministically(tmp_p
     assert torch.equal(test_tf(img), test_tf(img)) and test_tf(img).shape == (1, 16, 16)
     bad = _cfg(tmp_path, {"mnist": mnist_tree}, crop_scale=[0.5, 2.0])
     with pytest.raises(HptError, match="crop_scale"):
-        train_transform(bad)
+        build_probe_train_transform(bad.data, bad.probe)
+    bad = _cfg(tmp_path, {"mnist": mnist_tree}, center_crop_ratio=1.5)
+    with pytest.raises(HptError, match="center_crop_ratio"):
+        build_eval_transform(bad.data, bad.probe)
+
+
+def test_every_protocol_gives_held_out_images_one_test_view(tmp_path, mnist_tree):
+    """Val/test tensors, built as ``eval.runner`` builds them: the cached mode's loader
+    equals the augmented probe's and fine-tuning's (augment on or off) transform, also for
+    28x28 digits no larger than ``image_size`` (28, 32: resized to the size, not to
+    ``size / center_crop_ratio`` and cropped), and a ``center_crop_ratio`` of 0.5 reaches
+    the cached mode too."""
+    from hpt_hpc.eval.runner import EXTRACT_BATCH, _split_batches
+    from hpt_hpc.eval.splits import image_batches, load_splits
+    for size, ratio in ((28, 0.875), (32, 0.875), (16, 0.5)):
+        cfg = _cfg(tmp_path, {"mnist": mnist_tree}, center_crop_ratio=ratio)
+        cfg.data.image_size = size
+        space = load_splits(cfg, "mnist")
+        space.records["test"] = space.records["test"][:12]
+        cached = torch.cat([x for x, _ in _split_batches(cfg, space, "test")])
+        assert cached.shape == (12, 1, size, size)
+        if size == 28:  # short side already at the size: the image itself, normalised
+            from hpt_hpc.data import load_image
+            pixels = torch.stack([torch.from_numpy(np.asarray(load_image(r.path, 1),
+                                                              np.float32)) for r in
+                                  space.records["test"]])[:, None] / 255
+            assert torch.allclose(cached, (pixels - 0.5) / 0.5, atol=1e-6)
+        for transform in (build_eval_transform(cfg.data, cfg.probe),
+                          build_probe_train_transform(cfg.data, cfg.probe, augment=False)):
+            batches = image_batches(cfg, space.records["test"], space, transform,
+                                    EXTRACT_BATCH)
+            assert torch.equal(torch.cat([x for x, _ in batches]), cached), (size, ratio)
+        default = torch.cat([x for x, _ in image_batches(
+            cfg, space.records["test"], space, build_eval_transform(cfg.data), EXTRACT_BATCH)])
+        assert torch.equal(default, cached) == (ratio == 0.875)
 
 
 def test_cli_probe_and_finetune_report_mode_and_spread(tmp_path, mnist_tree):

@@ -8,9 +8,9 @@ from hpt_hpc.errors import HptError
 from hpt_hpc.launch.options import SchedulerOptions, build_options, parse_minutes, \
     resolve_executor
 from hpt_hpc.launch.record import LaunchRecord, job_states
-from hpt_hpc.launch.submit import launch
-from hpt_hpc.launch.sweep import expand_sweep
+from hpt_hpc.launch.commands import launch
 from hpt_hpc.config import load_config
+from hpt_hpc.plan import grid_cells, plan_stages
 from hpt_hpc.models import load_checkpoint
 from tiny import write_tiny_config
 
@@ -42,24 +42,28 @@ def test_profiles_and_flags():
         parse_minutes("soon")
 
 
-def test_sweep_cells(tmp_path, mnist_tree):
+def test_grid_cells(tmp_path, mnist_tree):
     cfg = load_config(write_config(tmp_path, {"m": mnist_tree},
                                    {"base": {"dataset": "m"},
                                     "target": {"dataset": "m", "init": "stage:base"}},
-                                   sweep={"variant": ["full", "bn"], "seed": [0, 1, 2]}))
-    cells = expand_sweep(cfg, "target")
+                                   grid={"variant": ["full", "bn"], "seed": [0, 1, 2]}))
+    cells = grid_cells(cfg, "target")
     assert len(cells) == 6
     assert len({c.name for c in cells}) == 6
     cell = load_config(tmp_path / "config.yaml", cells[3].overrides)
     assert cell.stages["target"].variant == "bn" and cell.seed == 0
-    assert cell.output_dir.endswith("sweep/variant=bn,seed=0")
-    assert cell.stages["target"].init == str(tmp_path / "out/base/checkpoints/final.pt")
+    assert cell.output_dir.endswith("grid/variant=bn,seed=0")
+    (tmp_path / "out/base/checkpoints").mkdir(parents=True)  # base finished earlier
+    (tmp_path / "out/base/checkpoints/final.pt").write_bytes(b"")
+    plan = plan_stages(cfg, ["target"])[3]
+    assert plan.config == cell and plan.label == "target-variant=bn,seed=0"
+    assert plan.init.value == str(tmp_path / "out/base/checkpoints/final.pt")
 
 
-def test_local_chain_with_sweep(tmp_path, mnist_tree, fashion_tree):
+def test_local_chain_with_grid(tmp_path, mnist_tree, fashion_tree):
     cfg = write_config(tmp_path, {"f": fashion_tree, "m": mnist_tree},
                        {"base": {"dataset": "f"}, "target": {"dataset": "m"}},
-                       sweep={"lr": [0.01, 0.1]}, tracking={"enabled": True})
+                       grid={"lr": [0.01, 0.1]}, tracking={"enabled": True})
     record = launch(str(cfg), ["base", "target"], build_options(None, executor="local"))
     targets = [e for e in record.jobs if e.stage == "target"]
     assert len(targets) == 2
@@ -73,7 +77,7 @@ def test_local_chain_with_sweep(tmp_path, mnist_tree, fashion_tree):
     assert results[0]["param_digest"] != results[1]["param_digest"]
     # one MLflow store for the whole launch; sweep cells do not make their own
     assert (tmp_path / "out/mlflow.db").is_file()
-    assert not list((tmp_path / "out/sweep").rglob("mlflow.db"))
+    assert not list((tmp_path / "out/grid").rglob("mlflow.db"))
     states = {r["job_id"]: r["state"] for r in job_states(LaunchRecord.load(tmp_path / "out"))}
     assert set(states.values()) == {"FINISHED"}
 
@@ -92,3 +96,21 @@ def test_chain_with_missing_upstream_init_fails_before_submission(tmp_path, mnis
     with pytest.raises(HptError, match="neither in this --chain nor finished"):
         launch(str(cfg), ["target"], build_options(None, executor="local"))
     assert not (tmp_path / "out" / "launches").exists()
+
+
+@pytest.mark.parametrize("executor", ["debug", "local"])
+def test_failed_stage_stops_its_dependants_without_slurm(tmp_path, mnist_tree, executor):
+    """The submitter's afterok rule on every executor: a stage that fails leaves its
+    dependants unrun, and the one error names both."""
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint at all")
+    cfg = write_config(tmp_path, {"m": mnist_tree},
+                       {"base": {"dataset": "m", "init": str(corrupt)},
+                        "target": {"dataset": "m"}})
+    with pytest.raises(HptError) as err:
+        launch(str(cfg), ["base", "target"], build_options(None, executor=executor))
+    assert "corrupt.pt" in str(err.value)
+    assert "target: not run, because base failed" in str(err.value)
+    assert not (tmp_path / "out" / "target").exists()
+    record = LaunchRecord.load(tmp_path / "out")  # the record of what ran is kept
+    assert [e.stage for e in record.jobs] == ["base"]

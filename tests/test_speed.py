@@ -8,11 +8,11 @@ from hpt_hpc.config.schema import ComputeConfig
 from hpt_hpc.errors import HptError
 from hpt_hpc.models import MoCo
 from hpt_hpc.train.engine import run_stage
-from hpt_hpc.train.pipeline import build_stage_loader, run_configured_stage, stage_dir
+from hpt_hpc.train import build_stage_loader
 from hpt_hpc.train.speed import (StepSpeed, make_optimizer, prepare_model, resolve_speed,
                                  set_optimizer_impl, train_step)
 
-from tiny import tiny_config
+from tiny import run_stage_of, stage_plan_of, tiny_config
 
 # bf16 vs fp32 over a 12-step tiny run (loss 2.2 -> 4.1 as the queue fills): each step's
 # loss within 0.2 (~5%), the mean absolute gap within 0.1. Measured: max 0.14, mean 0.05.
@@ -124,13 +124,13 @@ def test_accumulation_equals_one_large_batch():
 def test_accumulation_in_the_engine_counts_steps_and_keys(tmp_path, mnist_tree):
     stages = {"target": {"dataset": "mnist", "variant": "scratch"}}
     cfg = tiny_config(tmp_path, {"mnist": mnist_tree}, stages, compute={"accumulate": 2})
-    result = run_configured_stage(cfg, "target")
+    result = run_stage_of(cfg, "target")
     state = torch.load(result.checkpoint, weights_only=True)
     assert result.completed and result.steps == 6 and state["step"] == 6
     assert int(state["model"]["queue_ptr"]) == 6 * 8 % 64  # every micro-batch's keys
     bad = tiny_config(tmp_path / "bad", {"mnist": mnist_tree}, stages, compute={"accumulate": 3})
     with pytest.raises(HptError, match="accumulate 3"):
-        run_configured_stage(bad, "target")
+        run_stage_of(bad, "target")
 
 
 def _loss_curve(tmp_path, mnist_tree, precision):
@@ -140,10 +140,10 @@ def _loss_curve(tmp_path, mnist_tree, precision):
                       optim={"lr": 0.05, "batch_size": 16, "iterations": 12,
                              "weight_decay": 1e-4})
     losses = []
-    loader = build_stage_loader(cfg, "target")
+    plan = stage_plan_of(cfg, "target")
+    loader = build_stage_loader(plan)
     try:
-        run_stage(cfg, "target", loader, stage_dir(cfg, "target"),
-                  on_step=lambda step, loss: losses.append(loss))
+        run_stage(plan, loader, on_step=lambda step, loss: losses.append(loss))
     finally:
         loader.close()
     return losses

@@ -7,10 +7,10 @@ import pytest
 from hpt_hpc.config import ConfigError, config_from_dict
 from hpt_hpc.experiments.results import rows_from_mlflow
 from hpt_hpc.experiments.report import build_report
-from hpt_hpc.experiments.spec import load_sweep_spec
-from hpt_hpc.experiments.sweep import finished_units, plan_sweep, run_sweep
-from hpt_hpc.experiments.units import expand, unit_config
+from hpt_hpc.experiments.sweep import finished_units, plan_sweep, run_sweep, sweep_tracking
 from hpt_hpc.launch.options import build_options
+from hpt_hpc.plan.experiment import load_experiment as load_sweep_spec
+from hpt_hpc.plan.units import expand, pretrain_plan, unit_config
 from tiny import write_tiny_experiment
 
 
@@ -74,8 +74,8 @@ def test_sweep_skips_finished_units_and_resumes_unfinished(tmp_path, mnist_tree)
     """Local executor first (separate processes), then re-runs in this process: finished
     units (MLflow tags) are skipped, a failed evaluation and a half-trained unit are
     re-run, the half-trained one resuming from its last checkpoint."""
-    from hpt_hpc.tracking.runs import client_for
-    from hpt_hpc.train.pipeline import run_configured_stage
+    from hpt_hpc.tracking.store import client_for
+    from hpt_hpc.train import run_plan
     path = write_tiny_experiment(tmp_path, {"mnist": mnist_tree}, {
         "linear": {"method": ["Base", "HPT"], "dataset": ["mnist"], "steps": [4]}},
         tracking=True)
@@ -88,7 +88,7 @@ def test_sweep_skips_finished_units_and_resumes_unfinished(tmp_path, mnist_tree)
     assert finished_units(spec, uri) == everything
     assert {e.stage for e in record.jobs} == {"upstream-base", "pretrain", "eval"}
 
-    again = plan_sweep(load_sweep_spec(str(path)), uri)
+    again = plan_sweep(load_sweep_spec(str(path)), sweep_tracking(spec))
     assert (again.upstream, again.pretrain, again.evals) == ([], [], [])
 
     # An evaluation that failed, and a pretraining unit stopped half-way (3 new units).
@@ -99,12 +99,8 @@ def test_sweep_skips_finished_units_and_resumes_unfinished(tmp_path, mnist_tree)
     client.set_terminated(failed.info.run_id, "FAILED")
     spec = load_sweep_spec(str(path))
     spec.studies[0].axes["steps"] = [4, 6]
-    spec.config["tracking"]["uri"] = uri
     half = next(u for u in expand(spec).pretrain if u.unit_id == "HPT-mnist-6st-seed0")
-    from hpt_hpc.experiments.sweep import _registry_init
-    cfg = config_from_dict(unit_config(spec, half, _registry_init(spec, uri, "base")))
-    stopped = run_configured_stage(cfg, "target", stop_after=3, label=half.unit_id,
-                                   extra_tags=half.tags(spec.name))
+    stopped = run_plan(pretrain_plan(spec, half, sweep_tracking(spec)), stop_after=3)
     assert not stopped.completed and stopped.steps == 3
 
     plan, record = run_sweep(spec, build_options(None, executor="debug"))
@@ -122,8 +118,60 @@ def test_sweep_skips_finished_units_and_resumes_unfinished(tmp_path, mnist_tree)
     assert methods == [("Base", 0), ("HPT", 4), ("HPT", 6), ("random-init", 0),
                        ("raw-pixels", 0)]
     assert all(r.mode.startswith("cached") and len(r.curve) == 2 for r in rows)
+    # `hpt-hpc runs` shows the sweep's evaluation scores (the one evaluation record)
+    from click.testing import CliRunner
+    from hpt_hpc.cli.main import cli
+    table = CliRunner().invoke(cli, ["runs", "--uri", uri, "--pipeline", "tiny-sweep"])
+    assert table.exit_code == 0, table.output
+    line = next(ln for ln in table.output.splitlines() if ln.startswith("HPT-mnist-6st-seed0-linear"))
+    score = next(r.score for r in rows if (r.method, r.steps) == ("HPT", 6))
+    assert f"{100 * score:.1f}%" in line and "eval" in line
     report = build_report(rows, tmp_path / "report", "tiny-sweep")
     text = report.path.read_text()
     assert "| HPT |  | " in text and "raw pixels (reference)" in text
     assert "random init (reference)" in text and "4 steps | 6 steps" in text
     assert all(p.is_file() and p.stat().st_size > 5000 for p in report.plots)
+
+
+def test_paths_in_an_experiment_file_are_relative_to_it(tmp_path, mnist_tree, monkeypatch):
+    import shutil
+    folder = tmp_path / "exp" / "nested"
+    folder.mkdir(parents=True)
+    shutil.copytree(mnist_tree, tmp_path / "exp" / "digits")
+    import yaml
+    path = write_tiny_experiment(folder, {"mnist": mnist_tree},
+                                 {"s": {"method": ["HPT"], "dataset": ["mnist"], "steps": [2]}})
+    data = yaml.safe_load(path.read_text())
+    data.update(datasets={"mnist": {"path": "../digits"}}, output_dir="../out")
+    path.write_text(yaml.safe_dump(data))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    spec = load_sweep_spec(str(folder / "experiment.yaml"))
+    assert spec.output_dir == tmp_path / "exp" / "out"
+    assert spec.config["datasets"]["mnist"]["path"] == str(tmp_path / "exp" / "digits")
+    assert spec.base_config().output_dir == str(tmp_path / "exp" / "out")
+    given = load_sweep_spec(str(folder / "experiment.yaml"), output_dir="mine")
+    assert given.output_dir == elsewhere / "mine"  # a command-line path: the working dir
+
+
+def test_per_method_step_budgets_and_the_report_keeps_every_method(tmp_path, mnist_tree):
+    from hpt_hpc.eval.record import EvalRecord
+    from hpt_hpc.experiments.report import probe_curves
+    from hpt_hpc.experiments.results import group_cells
+    path = write_tiny_experiment(tmp_path, {"mnist": mnist_tree}, {
+        "linear": {"method": ["Base", "Target", "HPT"], "dataset": ["mnist"],
+                   "steps": {"default": [5, 10], "Target": [10, 40]}}})
+    units = {(u.method, u.steps) for u in expand(load_sweep_spec(str(path))).pretrain}
+    assert units == {("Base", 0), ("HPT", 5), ("HPT", 10), ("Target", 10), ("Target", 40)}
+    with pytest.raises(ConfigError, match="'HPT-BN' is not a method of this study"):
+        write_tiny_experiment(tmp_path, {"mnist": mnist_tree}, {
+            "s": {"method": ["HPT"], "dataset": ["mnist"], "steps": {"HPT-BN": [5]}}})
+        load_sweep_spec(str(path))
+    # The probe-curve plot draws every method at its own largest budget.
+    rows = [EvalRecord("linear", m, "mnist", "cached", "top1", 0.5, steps=s,
+                       curve=[(10, 0.4, 0.5)]) for m, s in sorted(units)]
+    cells = group_cells(rows)
+    curves = probe_curves(cells, rows, ["Base", "Target", "HPT"], "mnist")
+    assert curves["Target (40 steps)"] is not None and curves["HPT (10 steps)"] is not None
+    assert curves["Base"] is not None

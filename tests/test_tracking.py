@@ -13,11 +13,11 @@ from mlflow import MlflowClient
 from hpt_hpc.config import ConfigError
 from hpt_hpc.errors import HptError
 from hpt_hpc.tracking import (MAX_SQLITE_WRITERS, MlflowTracker, TrackingError,
-                              filesystem_type, log_evaluation, make_tracker, prepare_tracking,
-                              requires_server, resolve_tracking_uri, start_pipeline_run)
+                              filesystem_type, open_run, prepare_store, requires_server,
+                              start_pipeline_run)
 from hpt_hpc.tracking.server import free_port
 
-from tiny import tiny_config
+from tiny import stage_plan_of, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 CHAIN = {"base": {"dataset": "mnist", "variant": "full", "iterations": 4},
@@ -33,8 +33,23 @@ def _no_tracking_env(monkeypatch):
 
 def run_configured_stage(*args, **kwargs):
     # Imported on use: forkserver children import this module and need no torch.
-    from hpt_hpc.train.pipeline import run_configured_stage as run
-    return run(*args, **kwargs)
+    from tiny import run_stage_of
+    return run_stage_of(*args, **kwargs)
+
+
+def resolve_tracking_uri(cfg):
+    from hpt_hpc.tracking import resolve_uri
+    return resolve_uri(cfg.tracking.uri, cfg.output_dir)
+
+
+def stage_tracker(cfg, stage, rank=0, **kwargs):
+    from hpt_hpc.train import open_stage_tracker
+    return open_stage_tracker(stage_plan_of(cfg, stage, **kwargs), rank)
+
+
+def pipeline_run(cfg, name):
+    return start_pipeline_run(resolve_tracking_uri(cfg), cfg.tracking.experiment or cfg.name,
+                              name, cfg.output_dir)
 
 
 def invoke(*args):
@@ -73,7 +88,7 @@ def test_uri_resolution_and_server_rules(tmp_path, monkeypatch):
     assert "2 nodes" in requires_server(db, 4, "ext4", nodes=2)
     assert filesystem_type(tmp_path / "not" / "yet") not in ("", "unknown")
     with pytest.raises(TrackingError, match="hpt-hpc mlflow serve"):
-        prepare_tracking(cfg, num_tasks=MAX_SQLITE_WRITERS + 1)
+        prepare_store(resolve_tracking_uri(cfg), num_tasks=MAX_SQLITE_WRITERS + 1)
 
 
 def test_schema_created_once_by_concurrent_processes(tmp_path):
@@ -92,16 +107,18 @@ def test_schema_created_once_by_concurrent_processes(tmp_path):
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory, mnist_tree):
     """base -> target (init models:/tiny@tiny-base) under one pipeline run, plus a probe."""
-    from hpt_hpc.eval.runner import probe_checkpoint
-    import torch
+    import dataclasses
+    from hpt_hpc.eval.execute import cli_plan, run_eval_plan
+    from hpt_hpc.plan import tracking_target
     cfg = tracked_config(tmp_path_factory.mktemp("chain") / "out", mnist_tree, CHAIN)
-    parent = start_pipeline_run(cfg, "tiny")
+    parent = pipeline_run(cfg, "tiny")
     results = {s: run_configured_stage(cfg, s, parent_run_id=parent) for s in ("base", "target")}
-    probe = probe_checkpoint(cfg, "mnist", str(results["target"].checkpoint),
-                             torch.device("cpu"))
-    eval_id = log_evaluation(cfg, parent, "probe target", probe, method="HPT", dataset="mnist",
-                             checkpoint=str(results["target"].checkpoint))
-    return cfg, parent, results, eval_id, probe
+    plan = dataclasses.replace(cli_plan(cfg, "linear", "mnist",
+                                        str(results["target"].checkpoint)),
+                               label="probe target", method="HPT",
+                               tracking=tracking_target(cfg, parent_run_id=parent))
+    record, probe = run_eval_plan(plan)
+    return cfg, parent, results, record.run_id, probe
 
 
 def test_chain_is_nested_tagged_and_registered(chain):
@@ -135,8 +152,8 @@ def test_chain_is_nested_tagged_and_registered(chain):
     # The evaluation is a nested run with the probe's scores and curve.
     ev = client.get_run(eval_id)
     assert ev.data.tags["mlflow.parentRunId"] == parent and ev.data.tags["hpt.kind"] == "eval"
-    assert ev.data.metrics["probe_test_acc"] == pytest.approx(probe.test_at_best_val)
-    assert len(client.get_metric_history(eval_id, "probe_val_acc_curve")) == len(probe.curve)
+    assert ev.data.metrics["score"] == pytest.approx(probe.test_at_best_val)
+    assert len(client.get_metric_history(eval_id, "curve_val")) == len(probe.curve)
 
 
 def test_runs_table_and_other_init_forms(chain, tmp_path):
@@ -151,17 +168,22 @@ def test_runs_table_and_other_init_forms(chain, tmp_path):
     assert f"{100 * probe.test_at_best_val:.1f}%" in probe_line
 
     base_id = results["base"].run_id
-    from hpt_hpc.train.pipeline import resolve_init_source
-    path, tags = resolve_init_source(cfg, "target", f"runs:/{base_id}/checkpoints/final.pt")
+    from hpt_hpc.config import InitRef, StageLayout
+
+    def resolve_init_source(text):
+        layout = StageLayout(Path(cfg.output_dir), "target")
+        resolved = InitRef.parse(text).resolve(layout, resolve_tracking_uri(cfg))
+        return resolved.path, resolved.tags
+    path, tags = resolve_init_source(f"runs:/{base_id}/checkpoints/final.pt")
     assert Path(path).is_file() and tags["hpt.init_run_id"] == base_id
-    path, tags = resolve_init_source(cfg, "target", "stage:base")
+    path, tags = resolve_init_source("stage:base")
     assert tags == {"hpt.init_source": "stage:base"}
     with pytest.raises(HptError) as err:
-        resolve_init_source(cfg, "target", "models:/tiny@nope")
+        resolve_init_source("models:/tiny@nope")
     assert "registered model 'tiny' has no alias 'nope'" in str(err.value)
     assert "tiny-base (v1)" in str(err.value) and "tiny-target (v2)" in str(err.value)
     with pytest.raises(HptError, match="no registered model 'ghost'.*tiny"):
-        resolve_init_source(cfg, "target", "models:/ghost@x")
+        resolve_init_source("models:/ghost@x")
     # The CLI shows the same error as one line.
     bad = invoke("probe", "--config", _write_yaml(cfg, tmp_path), "--dataset", "mnist",
                  "--checkpoint", "models:/tiny@nope")
@@ -192,12 +214,13 @@ def test_requeued_stage_continues_its_run(tmp_path, mnist_tree):
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
     assert sorted(steps) == list(range(1, 9))  # continued from the saved step
     with pytest.raises(TrackingError, match="pipeline run 0+ .* is not in"):
-        make_tracker(cfg, stage="target", parent_run_id="0" * 32)
+        stage_tracker(cfg, "target", parent_run_id="0" * 32)
 
 
 def test_metrics_are_buffered_and_sent_in_batches(tmp_path):
     cfg = tiny_config(tmp_path / "out", {}, {}, tracking={"flush_seconds": 3600})
-    tracker = make_tracker(cfg, label="buffer", system_metrics=False)
+    tracker = open_run(resolve_tracking_uri(cfg), cfg.name, "buffer", "eval",
+                       flush_seconds=cfg.tracking.flush_seconds, system_metrics=False)
     batches = []
     for batch in range(50):  # CPU time of this thread (immune to a busy machine), median
         started = time.thread_time()
@@ -221,7 +244,7 @@ def _array_task(cfg_data, task, folder, env, barrier, results):
         from hpt_hpc.config import config_from_dict
         cfg = config_from_dict(cfg_data)
         barrier.wait(timeout=120)  # all eight write at the same time
-        tracker = make_tracker(cfg, stage="target", label=f"task-{task}", method="HPT")
+        tracker = stage_tracker(cfg, "target", label=f"task-{task}", method="HPT")
         tracker.log_params({"task": task, "lr": 0.01 * task})
         for step in range(1, 301):
             tracker.log_metrics({"loss": 1.0 / step, "lr": 0.1, "acc": 0.5}, step)
@@ -244,8 +267,8 @@ def test_eight_concurrent_writers(tmp_path):
     cfg = tiny_config(tmp_path / "out", {"mnist": tmp_path}, {
         "target": {"dataset": "mnist", "variant": "scratch"}},
         tracking={"experiment": "array", "flush_seconds": 0.2})
-    prepare_tracking(cfg, num_tasks=8)  # the launcher's pre-flight: schema once
-    parent = start_pipeline_run(cfg, "array")
+    prepare_store(resolve_tracking_uri(cfg), num_tasks=8)  # the launcher's pre-flight
+    parent = pipeline_run(cfg, "array")
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["pytest", "hpt_hpc.tracking.runs", "hpt_hpc.tracking.server",
                                 "hpt_hpc.tracking.mlflow_tracker",
@@ -277,7 +300,7 @@ def test_unreachable_server_fails_fast(tmp_path, mnist_tree):
     cfg = tracked_config(tmp_path / "out", mnist_tree, CHAIN, uri=dead)
     started = time.time()
     with pytest.raises(TrackingError, match="not reachable"):
-        make_tracker(cfg, stage="base")
+        stage_tracker(cfg, "base")
     assert time.time() - started < 10
     out = invoke("train", "--config", _write_yaml(cfg, tmp_path), "--stage", "base")
     assert out.exit_code == 2 and "is not reachable" in out.output
@@ -287,9 +310,11 @@ def test_unreachable_server_fails_fast(tmp_path, mnist_tree):
 def test_tracker_interface_without_store(tmp_path):
     """Disabled tracking and non-zero ranks get a NullTracker; no store is created."""
     cfg = tiny_config(tmp_path / "out", {}, {}, tracking={"enabled": False})
-    assert make_tracker(cfg).run_id is None
-    cfg = tiny_config(tmp_path / "out", {}, {}, tracking={"enabled": True})
-    assert make_tracker(cfg, rank=1).run_id is None
+    stages = {"target": {"dataset": "m"}}
+    cfg = tiny_config(tmp_path / "out", {"m": tmp_path}, stages, tracking={"enabled": False})
+    assert stage_tracker(cfg, "target").run_id is None
+    cfg = tiny_config(tmp_path / "out", {"m": tmp_path}, stages, tracking={"enabled": True})
+    assert stage_tracker(cfg, "target", rank=1).run_id is None
     assert not (tmp_path / "out" / "mlflow.db").exists()
     out = invoke("runs", "--output-dir", str(tmp_path / "out"))
     assert out.exit_code == 2 and "no tracking store" in out.output

@@ -12,12 +12,11 @@ from click.testing import CliRunner
 from mlflow import MlflowClient
 
 from hpt_hpc.cli.main import cli
-from hpt_hpc.tracking import end_pipeline_run, make_tracker, start_pipeline_run
+from hpt_hpc.tracking import end_pipeline_run, open_run, start_pipeline_run
 from hpt_hpc.tracking.server import free_port, start_server
-from hpt_hpc.train.engine import run_stage
-from hpt_hpc.train.pipeline import build_stage_loader, run_configured_stage, stage_dir
+from hpt_hpc.train import build_stage_loader, open_stage_tracker, run_stage
 
-from tiny import tiny_config
+from tiny import run_stage_of, stage_plan_of, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
@@ -55,9 +54,10 @@ def test_chain_through_server_shown_in_ui(server, tmp_path, mnist_tree):
               "target": {"dataset": "mnist", "variant": "full",
                          "init": "models:/ui@ui-chain-base", "iterations": 6}}
     cfg = _config(tmp_path / "out", mnist_tree, uri, "ui", stages)
-    parent = start_pipeline_run(cfg, "ui-chain")
-    results = {s: run_configured_stage(cfg, s, parent_run_id=parent) for s in stages}
-    end_pipeline_run(cfg, parent)
+    parent = start_pipeline_run(uri, "ui", "ui-chain", cfg.output_dir)
+    results = {s: run_stage_of(cfg, s, parent_run_id=parent, pipeline="ui-chain")
+               for s in stages}
+    end_pipeline_run(uri, parent)
     client = MlflowClient(uri)
     target = client.get_run(results["target"].run_id)
     assert target.info.artifact_uri.startswith("mlflow-artifacts:/")  # proxied artifacts
@@ -101,16 +101,17 @@ def test_outage_during_training_loses_nothing(server, tmp_path, mnist_tree):
     uri = server["handle"].uri
     stages = {"target": {"dataset": "mnist", "variant": "scratch", "iterations": 30}}
     cfg = _config(tmp_path / "out", mnist_tree, uri, "outage", stages, flush=0.2)
-    tracker = make_tracker(cfg, stage="target")
-    side = make_tracker(cfg, label="side", system_metrics=False)
+    plan = stage_plan_of(cfg, "target")
+    tracker = open_stage_tracker(plan)
+    side = open_run(uri, "outage", "side", "eval", folder=cfg.output_dir,
+                    flush_seconds=0.2, system_metrics=False)
 
     def on_step(step, loss):
         if step == 5:
             server["handle"].stop()
         time.sleep(0.02)  # let the background flusher try (and fail) a few times
 
-    result = run_stage(cfg, "target", build_stage_loader(cfg, "target"),
-                       stage_dir(cfg, "target"), tracker=tracker, on_step=on_step)
+    result = run_stage(plan, build_stage_loader(plan), tracker=tracker, on_step=on_step)
     assert result.completed and result.checkpoint.is_file()  # the job survived
     assert tracker.failures > 0 and tracker.summary()["pending"] > 0
 

@@ -58,3 +58,29 @@ def write_tiny_experiment(folder: Path, datasets: dict, studies: dict, tracking:
     path = Path(folder) / "experiment.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+def stage_plan_of(cfg, stage: str, *, parent_run_id=None, label=None, method=None,
+                  extra_tags=None, init=None, pipeline=None):
+    """The plan of one stage of ``cfg`` (as ``hpt-hpc train`` makes it), tracked per the
+    config, nested under ``parent_run_id`` of the pipeline ``pipeline`` (default: the
+    config's name)."""
+    from hpt_hpc.config import InitRef
+    from hpt_hpc.plan import stage_plan, tracking_target
+    return stage_plan(cfg, stage, init=InitRef.parse(init) if init else None, label=label,
+                      method=method, tags=extra_tags,
+                      tracking=tracking_target(cfg, pipeline, parent_run_id))
+
+
+def run_stage_of(cfg, stage: str, *, stop_after=None, should_stop=None, **plan_args):
+    """Run one stage of ``cfg`` in this process (what the stage job does)."""
+    from hpt_hpc.train import run_plan
+    plan = stage_plan_of(cfg, stage, **plan_args)
+    return run_plan(plan, stop_after=stop_after, should_stop=should_stop)
+
+
+def run_all_stages(cfg) -> dict:
+    """Every stage of ``cfg`` in order, in this process: ``{stage: StageResult}``."""
+    from hpt_hpc.plan import plan_stages
+    from hpt_hpc.train import run_plan
+    return {plan.stage: run_plan(plan) for plan in plan_stages(cfg)}

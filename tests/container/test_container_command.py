@@ -13,10 +13,12 @@ from click.testing import CliRunner
 from hpt_hpc.cli.main import cli
 from hpt_hpc.config import load_config
 from hpt_hpc.errors import HptError
-from hpt_hpc.launch.container import bind_specs, config_paths, find_runtime, \
+from hpt_hpc.launch.container import bind_specs, find_runtime, plan_paths, \
     folder_before_placeholders, task_python
 from hpt_hpc.launch.options import SchedulerOptions, build_options
-from hpt_hpc.launch.submit import launch, make_executor
+from hpt_hpc.plan import plan_stages
+from hpt_hpc.launch.commands import launch
+from hpt_hpc.launch.submit import make_executor
 from tiny import write_tiny_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -104,16 +106,17 @@ def test_local_executor_runs_tasks_through_the_container_command(tmp_path, image
         ._executor.python != executor._executor.python
 
 
-def test_config_paths_cover_data_outputs_init_and_sqlite_store(tmp_path, mnist_tree):
+def test_plan_paths_cover_data_outputs_init_and_sqlite_store(tmp_path, mnist_tree):
     init = tmp_path / "start.pt"
     init.write_bytes(b"x")
     cfg = load_config(str(write_tiny_config(
         tmp_path, {"mnist": mnist_tree},
         {"base": {"dataset": "mnist", "init": str(init)},
          "target": {"dataset": "mnist", "init": "stage:base"}})))
-    paths = config_paths([cfg], f"sqlite:///{tmp_path}/store/mlflow.db")
+    plans = plan_stages(cfg)
+    paths = plan_paths(plans, f"sqlite:///{tmp_path}/store/mlflow.db")
     assert set(paths) == {mnist_tree, tmp_path / "out", init, tmp_path / "store"}
-    assert config_paths([cfg], "http://127.0.0.1:5000") == [mnist_tree, tmp_path / "out", init]
+    assert plan_paths(plans, "http://127.0.0.1:5000") == [mnist_tree, tmp_path / "out", init]
     assert folder_before_placeholders(tmp_path / "a" / "%j" / "b") == tmp_path / "a"
     (tmp_path / "out").mkdir()
     assert bind_specs([tmp_path / "out", tmp_path, "/"]) == [str(tmp_path)]

@@ -144,8 +144,8 @@ def test_sweep_runs_every_unit_inside_the_image(slurm_cluster, image, on_path, t
                                                 mnist_tree):
     """`hpt-hpc sweep --container`: upstream, pretraining and evaluation tasks all run
     through the image, with the sweep's data, outputs and MLflow store bound."""
-    from hpt_hpc.experiments.spec import load_sweep_spec
     from hpt_hpc.experiments.sweep import finished_units, run_sweep
+    from hpt_hpc.plan.experiment import load_experiment as load_sweep_spec
     from tiny import write_tiny_experiment
     path = write_tiny_experiment(
         tmp_path, {"mnist": mnist_tree},

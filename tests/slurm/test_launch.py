@@ -11,7 +11,7 @@ from submitit.core.utils import FailedJobError
 from hpt_hpc.errors import HptError
 from hpt_hpc.launch.options import build_options
 from hpt_hpc.launch.record import LaunchRecord, job_states
-from hpt_hpc.launch.submit import launch
+from hpt_hpc.launch.commands import launch
 from hpt_hpc.models import load_checkpoint
 from tiny import write_tiny_config
 
@@ -32,10 +32,10 @@ def jobs_of(record: LaunchRecord, stage: str):
     return [record.job(e) for e in record.jobs if e.stage == stage]
 
 
-def test_sweep_becomes_one_array(slurm_cluster, tmp_path, mnist_tree):
+def test_grid_becomes_one_array(slurm_cluster, tmp_path, mnist_tree):
     cfg = write_config(tmp_path, {"mnist": mnist_tree},
                        {"target": {"dataset": "mnist", "variant": "scratch"}},
-                       sweep={"seed": [0, 1, 2]})
+                       grid={"seed": [0, 1, 2]})
     record = launch(str(cfg), ["target"], dev_options())
     ids = [e.job_id for e in record.jobs]
     assert len(ids) == 3 and len({i.split("_")[0] for i in ids}) == 1, ids

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from hpt_hpc.experiments.spec import load_sweep_spec
-from hpt_hpc.experiments.sweep import finished_units, plan_sweep, run_sweep
+from hpt_hpc.experiments.sweep import finished_units, plan_sweep, run_sweep, sweep_tracking
+from hpt_hpc.plan.experiment import load_experiment as load_sweep_spec
 from hpt_hpc.launch.options import build_options
 from tiny import write_tiny_experiment
 
@@ -35,5 +35,5 @@ def test_sweep_runs_as_dependent_arrays(slurm_cluster, tmp_path, mnist_tree):
     assert all(ends[e.job_id]["Start"] >= last_pretrain for e in evals)
     done = finished_units(spec, record.tracking_uri)
     assert {"upstream-base", "Target-mnist-2st-seed0", "HPT-mnist-2st-seed0-linear"} <= done
-    again = plan_sweep(load_sweep_spec(str(path)), record.tracking_uri)
+    again = plan_sweep(load_sweep_spec(str(path)), sweep_tracking(spec))
     assert (again.upstream, again.pretrain, again.evals) == ([], [], [])

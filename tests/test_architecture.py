@@ -1,0 +1,149 @@
+"""The package's layering (docs/architecture.md), kept true: every import of every module
+(function-level imports included, read with ``ast``) goes down the layer order, never
+sideways or up, and no group of modules imports itself in a circle."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from typing import Dict, List, Set
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "hpt_hpc"
+# Lowest first. A unit may import units of lower layers only; units sharing a layer are
+# independent of each other. "" is the package's own __init__.
+LAYERS = (
+    ("", "errors", "resources"),
+    ("device", "tracking"),
+    ("config",),
+    ("data", "models"),
+    ("plan",),
+    ("train", "eval"),
+    ("launch",),
+    ("experiments",),
+    ("cli",),
+)
+LAYER_OF = {unit: i for i, units in enumerate(LAYERS) for unit in units}
+
+
+def _modules() -> Dict[str, Path]:
+    out = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = path
+    return out
+
+
+MODULES = _modules()
+
+
+def _is_package(name: str) -> bool:
+    return MODULES[name].name == "__init__.py"
+
+
+def _imports(name: str) -> Set[str]:
+    """Every hpt_hpc module ``name`` imports (``from pkg import sub`` counts as ``pkg.sub``
+    when ``sub`` is a module, else as ``pkg``)."""
+    tree = ast.parse(MODULES[name].read_text())
+    package = name if _is_package(name) else name.rsplit(".", 1)[0]
+    found: Set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[:len(base) - node.level + 1]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            targets = [f"{module}.{a.name}" if f"{module}.{a.name}" in MODULES else module
+                       for a in node.names]
+        else:
+            continue
+        for target in targets:
+            while target and target not in MODULES:
+                target = target.rpartition(".")[0]
+            if target.startswith("hpt_hpc") and target != name:
+                found.add(target)
+    return found
+
+
+GRAPH = {name: _imports(name) for name in MODULES}
+
+
+def _unit(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def test_every_module_has_a_layer():
+    missing = sorted({_unit(m) for m in MODULES} - set(LAYER_OF))
+    assert not missing, f"add these to LAYERS (and docs/architecture.md): {missing}"
+
+
+def test_imports_follow_the_layer_order():
+    bad = []
+    for module, targets in GRAPH.items():
+        unit = _unit(module)
+        for target in targets:
+            other = _unit(target)
+            if other != unit and LAYER_OF[other] >= LAYER_OF[unit]:
+                bad.append(f"{module} -> {target} ({unit or 'hpt_hpc'} layer "
+                           f"{LAYER_OF[unit]}, {other or 'hpt_hpc'} layer {LAYER_OF[other]})")
+    assert not bad, "imports against the layer order:\n" + "\n".join(sorted(bad))
+
+
+def _cycle() -> List[str]:
+    """One import circle among the modules, or []."""
+    state: Dict[str, int] = {}
+    stack: List[str] = []
+
+    def visit(node: str) -> List[str]:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(GRAPH[node]):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state:
+                found = visit(nxt)
+                if found:
+                    return found
+        state[node] = 2
+        stack.pop()
+        return []
+
+    for node in sorted(GRAPH):
+        if node not in state:
+            found = visit(node)
+            if found:
+                return found
+    return []
+
+
+def test_no_import_circles():
+    cycle = _cycle()
+    assert not cycle, "import circle: " + " -> ".join(cycle)
+
+
+def test_tracking_knows_no_domain():
+    """Tracking takes plain values: it imports nothing of the toolkit above it."""
+    for module, targets in GRAPH.items():
+        if _unit(module) == "tracking":
+            assert {_unit(t) for t in targets} <= {"", "errors", "tracking"}, module
+
+
+@pytest.mark.parametrize("broken, expect", [
+    ({"hpt_hpc.tracking.runs": {"hpt_hpc.config.loader"}}, "layer order"),
+    ({"hpt_hpc.data.loader": {"hpt_hpc.data.backends"}}, "circle"),
+])
+def test_the_checks_catch_violations(monkeypatch, broken, expect):
+    """The rules fail on a planted upward import and a planted circle."""
+    for module, extra in broken.items():
+        monkeypatch.setitem(GRAPH, module, GRAPH[module] | extra)
+    check = test_imports_follow_the_layer_order if expect == "layer order" \
+        else test_no_import_circles
+    with pytest.raises(AssertionError):
+        check()
