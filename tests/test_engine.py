@@ -67,18 +67,24 @@ def test_checkpoint_contents_round_trip(tmp_path, mnist_tree):
     assert not list((tmp_path / "target" / "checkpoints").glob("*.tmp*"))
 
 
-def test_bn_variant_changes_only_batchnorm(tmp_path, mnist_tree, fashion_tree):
+@pytest.mark.parametrize("train_head", [False, True])
+def test_bn_variant_changes_only_batchnorm(tmp_path, mnist_tree, fashion_tree, train_head):
+    """HPT-BN: convolutions stay; BN affine parameters train; the projection head trains
+    only with ``train_head`` (the official HPT code's behaviour, the default)."""
     datasets = {"fashion": fashion_tree, "mnist": mnist_tree}
     base_cfg = tiny_config(tmp_path, datasets, {"base": {"dataset": "fashion"}})
     base = load_checkpoint(run_stage_of(base_cfg, "base").checkpoint)
     cfg = tiny_config(tmp_path, datasets, {
         "base": {"dataset": "fashion"},
-        "target": {"dataset": "mnist", "variant": "bn", "init": "stage:base", "lr": 0.5}})
+        "target": {"dataset": "mnist", "variant": "bn", "init": "stage:base", "lr": 0.5,
+                   "train_head": train_head}})
     after = load_checkpoint(run_stage_of(cfg, "target").checkpoint)
     conv, bn_affine, bn_stats = _conv_and_bn_keys(after["model"])
     assert conv and bn_affine
-    for key in conv + ["encoder_q.fc.0.weight"]:
+    for key in conv:
         assert torch.equal(after["model"][key], base["model"][key]), f"{key} changed"
+    head = "encoder_q.fc.0.weight"
+    assert torch.equal(after["model"][head], base["model"][head]) != train_head
     assert any(not torch.equal(after["model"][k], base["model"][k]) for k in bn_affine)
     assert any(not torch.equal(after["model"][k], base["model"][k]) for k in bn_stats)
 

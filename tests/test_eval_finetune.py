@@ -123,3 +123,17 @@ def test_finetune_rejects_a_budget_below_the_classes(tmp_path, mnist_tree):
                       finetune={**FINETUNE, "labels": 3})
     with pytest.raises(HptError, match="at least one image per class"):
         evaluate_finetune(cfg, "mnist", None, "cpu")
+
+
+def test_per_class_probe_budget_covers_every_class(mnist_tree):
+    from hpt_hpc.config import DatasetConfig
+    from hpt_hpc.eval.finetune import per_class_budget
+    records, _ = list_split(DatasetConfig(path=str(mnist_tree)), "train")
+    picked = per_class_budget(records, 3, seed=0)
+    counts = {c: sum(1 for r in picked if r.labels == (c,)) for c in range(10)}
+    assert set(counts.values()) == {3} and len(picked) == 30
+    assert per_class_budget(records, 3, seed=0) == picked  # seeded
+    assert per_class_budget(records, 3, seed=1) != picked
+    assert picked == [r for r in records if r in picked]  # listing order
+    with pytest.raises(HptError, match="at least 1"):
+        per_class_budget(records, 0, seed=0)

@@ -227,7 +227,9 @@ def test_variant_full_trains_all_of_encoder_q():
 
 def test_variant_bn_trains_only_batchnorm_affine():
     m = tiny_moco(shuffle_bn=False).train()
-    params = configure_variant(m, "bn")
+    with_head = {id(p) for p in configure_variant(m, "bn")}  # the default: head trains too
+    assert {id(p) for p in m.encoder_q.fc.parameters()} < with_head
+    params = configure_variant(m, "bn", train_head=False)
     bn_params = {id(p) for mod in m.encoder_q.modules() if isinstance(mod, nn.BatchNorm2d)
                  for p in (mod.weight, mod.bias)}
     assert params and {id(p) for p in params} == bn_params

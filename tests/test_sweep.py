@@ -118,6 +118,10 @@ def test_sweep_skips_finished_units_and_resumes_unfinished(tmp_path, mnist_tree)
     assert methods == [("Base", 0), ("HPT", 4), ("HPT", 6), ("random-init", 0),
                        ("raw-pixels", 0)]
     assert all(r.mode.startswith("cached") and len(r.curve) == 2 for r in rows)
+    for r in rows:  # per-image test predictions came back from the MLflow artifacts
+        assert r.predictions.predictions.shape == (1, len(r.predictions.paths))
+        assert (r.predictions.predictions[0] == r.predictions.targets).mean() == \
+            pytest.approx(r.score)
     # `hpt-hpc runs` shows the sweep's evaluation scores (the one evaluation record)
     from click.testing import CliRunner
     from hpt_hpc.cli.main import cli
@@ -172,6 +176,110 @@ def test_per_method_step_budgets_and_the_report_keeps_every_method(tmp_path, mni
     rows = [EvalRecord("linear", m, "mnist", "cached", "top1", 0.5, steps=s,
                        curve=[(10, 0.4, 0.5)]) for m, s in sorted(units)]
     cells = group_cells(rows)
-    curves = probe_curves(cells, rows, ["Base", "Target", "HPT"], "mnist")
-    assert curves["Target (40 steps)"] is not None and curves["HPT (10 steps)"] is not None
-    assert curves["Base"] is not None
+    curves = probe_curves(cells, list(cells), ["Base", "Target", "HPT"], "mnist")
+    assert curves["Target (40 steps)"][1] is not None
+    assert curves["HPT (10 steps)"][1] is not None and curves["Base"][1] is not None
+
+
+def test_seed_probe_axes_and_the_compute_matched_control(tmp_path, mnist_tree, fashion_tree):
+    from hpt_hpc.plan.units import sweep_phases
+    path = write_tiny_experiment(tmp_path, {"mnist": mnist_tree, "fashion": fashion_tree}, {
+        "linear": {"method": ["HPT", "Base+N"], "dataset": ["mnist"], "steps": [4],
+                   "seed": [0, 1, 2], "probe_labels": [10, "all"],
+                   "probe_mode": ["cached", "augmented"]}},
+        upstream={"base": {"dataset": "fashion", "iterations": 2, "lr": 0.02}})
+    spec = load_sweep_spec(str(path))
+    exp = expand(spec)
+    assert sorted((u.method, u.seed) for u in exp.pretrain) == \
+        sorted((m, s) for m in ("HPT", "Base+N") for s in range(3))
+    evals = {u.unit_id: u for u in exp.evals}
+    # 6 pretrained x (2 label budgets x 2 probe modes) + raw pixels x 2 + random init x 3 x 2
+    assert len(evals) == 6 * 4 + 2 + 6
+    low = evals["HPT-mnist-4st-seed1-linear-augmented-10pc"]
+    assert (low.probe_mode, low.probe_labels, low.seed) == ("augmented", 10, 1)
+    assert "ref-random-init-mnist-seed2-linear-10pc" in evals
+    phases = {p.name: p for p in sweep_phases(spec, exp, None)}
+    plan = next(p for p in phases["eval"].plans if p.label == low.unit_id)
+    assert (plan.config.probe.mode, plan.config.probe.labels_per_class, plan.seed) == \
+        ("augmented", 10, 1)
+    # The control continues the base stage on base data only, then re-estimates BN on target
+    control = phases["control"].plans
+    assert [p.seed for p in control] == [0, 1, 2] and len(control) == 3
+    assert all(p.stage == "base" and p.dataset == "fashion" and p.iterations == 4
+               and p.variant == "full" and p.lr == 0.02 for p in control)
+    assert control[0].init.value == str(spec.upstream_checkpoint("base"))
+    target = next(p for p in phases["pretrain"].plans if p.method == "Base+N" and p.seed == 0)
+    assert (target.variant, target.dataset, str(target.init)) == ("bn-stats", "mnist",
+                                                                  "stage:base")
+    assert target.init.local_path(target.layout) == control[0].layout.final
+    assert "control" in phases["pretrain"].after
+    hpt = next(p for p in phases["pretrain"].plans if p.method == "HPT" and p.seed == 2)
+    assert hpt.seed == 2 and hpt.config.seed == 2  # the seed varies target pretraining
+
+
+def test_every_study_shape_runs_and_the_report_computes_verdicts(tmp_path, mnist_tree,
+                                                                fashion_tree):
+    """A miniature of configs/experiments/mnist-hpt.yaml, in this process, tracking off:
+    every axis and method runs, and the report judges the claims from the stored
+    per-image predictions (whatever the verdicts of 2-step models are)."""
+    from hpt_hpc.experiments.results import rows_from_files
+    path = write_tiny_experiment(tmp_path, {"mnist": mnist_tree, "fashion": fashion_tree}, {
+        "linear": {"method": ["Base", "Target", "HPT", "HPT-BN", "HPT-BN-frozen-head"],
+                   "dataset": ["mnist"], "steps": {"default": [2], "Target": [2, 8]},
+                   "seed": [0, 1]},
+        "control": {"method": ["Base+N", "HPT"], "dataset": ["mnist"], "steps": [2],
+                    "seed": [0, 1]},
+        "transfer": {"method": ["B", "B+S", "B+T", "B+S+T"], "dataset": ["mnist"],
+                     "steps": [2]},
+        "augmentation": {"method": ["Target", "HPT"], "dataset": ["mnist"], "steps": [2],
+                         "augment": ["all", "crop"]},
+        "amount": {"method": ["Target", "HPT", "HPT-BN"], "dataset": ["mnist"], "steps": [2],
+                   "images": [40, "all"]},
+        "low": {"method": ["HPT"], "dataset": ["mnist"], "steps": [2],
+                "probe_labels": [2, "all"]},
+        "protocol": {"method": ["HPT"], "dataset": ["mnist"], "steps": [2],
+                     "probe_mode": ["augmented", "cached"]},
+        "semi": {"method": ["HPT"], "dataset": ["mnist"], "steps": [2],
+                 "evaluate": ["finetune"]}},
+        upstream={"base": {"dataset": "fashion", "iterations": 2},
+                  "source": {"dataset": "mnist", "iterations": 2}},
+        set=["finetune.labels=20", "finetune.iterations=4", "finetune.batch_size=8",
+             "finetune.eval_every=2"])
+    spec = load_sweep_spec(str(path))
+    plan, _ = run_sweep(spec, build_options(None, executor="debug"))
+    rows = rows_from_files(spec.output_dir)
+    assert len(rows) == len(plan.evals) and all(r.predictions is not None for r in rows)
+    amount = next(r for r in rows if r.images == "40" and r.method == "HPT")
+    assert (amount.pretrain_images, amount.queue_size) == (40, 40)  # K=64 capped to the data
+    report = build_report(rows, tmp_path / "report", "mini").path.read_text()
+    for claim in ("| 1 | HPT beats Base and Target", "| 3 | B+S+T is best",
+                  "| 4 | HPT degrades less", "| 5 | HPT beats Target, and HPT-BN",
+                  "| C | HPT's gain over Base"):
+        assert claim in report
+    assert "HPT@2 − Base+N@2" in report and "paired bootstrap" in report
+    assert "low-label probing" in report and "2 labels/class" in report
+    assert "protocol check" in report and "HPT-BN-frozen-head" in report
+    assert "40 (40)" in report  # the data-amount table names queue and images
+    header = (tmp_path / "report" / "mini.csv").read_text().splitlines()[0]
+    assert "score_pct" in header and "queue_size_keys" in header
+
+
+def test_a_study_set_changes_only_its_own_evaluations(tmp_path, mnist_tree):
+    from hpt_hpc.plan.units import eval_plan
+    path = write_tiny_experiment(tmp_path, {"mnist": mnist_tree}, {
+        "main": {"method": ["HPT"], "dataset": ["mnist"], "steps": [2]},
+        "check": {"method": ["HPT"], "dataset": ["mnist"], "steps": [2],
+                  "probe_mode": ["augmented"], "set": ["probe.iterations=7"]}})
+    spec = load_sweep_spec(str(path))
+    exp = expand(spec)
+    assert len(exp.pretrain) == 1  # the pretraining unit is shared
+    evals = {u.unit_id: u for u in exp.evals}
+    check = next(u for u in evals.values() if u.probe_mode == "augmented")
+    assert check.unit_id.startswith("HPT-mnist-2st-seed0-linear-augmented-s")
+    assert eval_plan(spec, check, None).config.probe.iterations == 7
+    plain = evals["HPT-mnist-2st-seed0-linear"]
+    assert eval_plan(spec, plain, None).config.probe.iterations == 20
+    write_tiny_experiment(tmp_path, {"mnist": mnist_tree}, {
+        "s": {"method": ["HPT"], "dataset": ["mnist"], "set": ["optim.lr=9"]}})
+    with pytest.raises(ConfigError, match="changes only its evaluations"):
+        load_sweep_spec(str(path))

@@ -121,7 +121,7 @@ class OutputLayout:
     def eval_results(self) -> List[Path]:
         return sorted(self.root.glob("units/*/results/*.json"))
 
-    def finished_unit_stages(self) -> List[str]:
-        """Unit ids whose stage has its final checkpoint."""
-        pattern = f"units/*/{UNIT_STAGE}/{CHECKPOINTS}/{FINAL}"
+    def finished_unit_stages(self, stage: str = UNIT_STAGE) -> List[str]:
+        """Unit ids whose ``stage`` has its final checkpoint."""
+        pattern = f"units/*/{stage}/{CHECKPOINTS}/{FINAL}"
         return sorted(p.parents[2].name for p in self.root.glob(pattern))

@@ -14,7 +14,7 @@ import yaml
 from ..errors import ConfigError
 from ..tracking.store import TrackingError, normalize_uri
 from .refs import InitRef
-from .schema import STAGE_NAMES, VARIANTS, ExperimentConfig
+from .schema import PROBE_MODES, STAGE_NAMES, VARIANTS, ExperimentConfig
 
 
 def suggest(key: str, valid: Iterable[str]) -> str:
@@ -134,7 +134,7 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
             raise ConfigError(f"tracking.uri: {exc}") from None
     if cfg.optim.schedule not in ("cosine", "constant"):
         raise ConfigError(f"optim.schedule: '{cfg.optim.schedule}' is not one of cosine, constant")
-    _check_choice("probe.mode", cfg.probe.mode, ("cached", "augmented"))
+    _check_choice("probe.mode", cfg.probe.mode, PROBE_MODES)
     _check_choice("compute.precision", cfg.compute.precision, ("auto", "fp32", "bf16"))
     _check_choice("compute.fused_optimizer", cfg.compute.fused_optimizer,
                   ("auto", "fused", "foreach", "off"))

@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Optional
 
 VARIANTS = ("full", "bn", "bn-stats", "scratch")
 STAGE_NAMES = ("base", "source", "target")
+PROBE_MODES = ("cached", "augmented")  # probe.mode: features once | the paper's augmented probe
 
 
 @dataclass
@@ -147,6 +148,7 @@ class StageConfig:
     iterations: Optional[int] = None
     lr: Optional[float] = None
     batch_size: Optional[int] = None
+    train_head: bool = True  # variant bn: the projection head trains too (official HPT code)
 
 
 @dataclass
@@ -166,6 +168,7 @@ class ProbeConfig:
     batch_size: int = 512
     eval_every: int = 100
     max_train_images: Optional[int] = None  # label budget for the probe's training split
+    labels_per_class: Optional[int] = None  # low-label probing: N seeded images per class
     mode: str = "cached"  # cached (features once, no augmentation) | augmented (paper)
     repeats: int = 1  # independent probes (seeds seed..seed+repeats-1): mean +- std
     crop_scale: List[float] = field(default_factory=lambda: [0.08, 1.0])  # augmented mode

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from typing import Iterable, Tuple
 
+import numpy as np
 import torch
 
 from ..config import ProbeConfig
-from .metrics import metric_for, score
+from .metrics import compact_predictions, metric_for, score
 from .probe import (AUGMENTED, Features, ProbeResult, head_loss, label_targets, new_head,
                     run_schedule, sgd_step, step_decay)
 
@@ -36,12 +37,14 @@ def augmented_probe(backbone: torch.nn.Module, train_batches: Iterable, val: Fea
         sgd_step(head_loss(head(feats), labels), optimizer, scheduler)
 
     @torch.no_grad()
-    def evaluate() -> Tuple[float, float]:
-        return score(head(val_x), val_y), score(head(test_x), test_y)
+    def evaluate() -> Tuple[float, float, np.ndarray]:
+        logits = head(test_x)
+        return (score(head(val_x), val_y), score(logits, test_y),
+                compact_predictions(logits, test_y))
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # the crops and flips of the in-process transforms
-        test_score, best_val, best_step, curve = run_schedule(
+        test_score, best_val, best_step, curve, predictions = run_schedule(
             train_step, evaluate, cfg.iterations, cfg.eval_every)
     return ProbeResult(test_score, best_val, best_step, curve, AUGMENTED,
-                       metric_for(val.multi_label), seed)
+                       metric_for(val.multi_label), seed, predictions)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from pathlib import Path
 from typing import Any, Optional, Tuple
 
@@ -12,8 +13,9 @@ from ..config import ExperimentConfig, InitRef, OutputLayout
 from ..device import limit_cpu_threads, resolve_device
 from ..errors import HptError
 from ..plan import EvalPlan, tracking_target
+from ..tracking.registry import safe_name
 from ..tracking.runs import open_run
-from .record import EvalRecord, write_record_file
+from .record import PREDICTIONS_ARTIFACTS, EvalRecord, save_predictions, write_record_file
 from .runner import evaluate_finetune, evaluate_linear, evaluate_pixels
 
 
@@ -27,8 +29,9 @@ def cli_plan(cfg: ExperimentConfig, protocol: str, dataset: str,
                        f"{', '.join(sorted(cfg.datasets)) or 'none'})")
     label = f"{'probe' if protocol == 'linear' else 'finetune'} {dataset}"
     layout = OutputLayout(Path(cfg.output_dir).resolve()).evaluations
+    result = layout.root / f"{safe_name(label)}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     return EvalPlan(cfg, protocol, "random-init" if ref.is_random else "checkpoint", dataset,
-                    ref, label, layout, tracking=tracking_target(cfg), seed=cfg.seed)
+                    ref, label, layout, result, tracking=tracking_target(cfg), seed=cfg.seed)
 
 
 def evaluate_plan(plan: EvalPlan) -> Tuple[EvalRecord, Any]:
@@ -49,17 +52,21 @@ def evaluate_plan(plan: EvalPlan) -> Tuple[EvalRecord, Any]:
         outcome = evaluate_finetune(cfg, plan.dataset, resolved.path, device)
     else:
         outcome = evaluate_linear(cfg, plan.dataset, resolved.path, device)
-    seconds = plan.layout.read_result().get("seconds", 0.0) if plan.evaluates else 0.0
+    stage = plan.layout.read_result() if plan.evaluates else {}
     record = EvalRecord.from_outcome(
         plan.protocol, outcome, method=plan.method, dataset=plan.dataset, steps=plan.steps,
         seed=plan.seed, augment=plan.augment, images=plan.images,
         checkpoint=ref.text or "none", evaluates=plan.evaluates or "none",
-        pretrain_seconds=float(seconds), label=plan.label)
+        pretrain_seconds=float(stage.get("seconds", 0.0)), probe_labels=plan.probe_labels,
+        queue_size=int(stage.get("queue_size", 0)),
+        pretrain_images=int(stage.get("images", 0)), label=plan.label)
     return record, outcome
 
 
-def log_record(plan: EvalPlan, record: EvalRecord) -> Optional[str]:
-    """One FINISHED MLflow evaluation run holding the record; returns its id."""
+def log_record(plan: EvalPlan, record: EvalRecord,
+               predictions: Optional[Path] = None) -> Optional[str]:
+    """One FINISHED MLflow evaluation run holding the record (and the ``predictions``
+    file as an artifact); returns its id."""
     target = plan.tracking
     if target is None:
         return None
@@ -73,6 +80,8 @@ def log_record(plan: EvalPlan, record: EvalRecord) -> Optional[str]:
         tracker.log_params({f"{plan.protocol}.{k}": v
                             for k, v in dataclasses.asdict(section).items()})
         record.log(tracker)
+        if predictions is not None:
+            tracker.log_artifact(str(predictions), PREDICTIONS_ARTIFACTS)
         status = "FINISHED"
     finally:
         tracker.close(status)
@@ -84,7 +93,8 @@ def run_eval_plan(plan: EvalPlan) -> Tuple[EvalRecord, Any]:
     """Evaluate, log the record to MLflow and to the plan's result file; a NaN score is
     an error (after it was recorded)."""
     record, outcome = evaluate_plan(plan)
-    log_record(plan, record)
+    saved = save_predictions(record, plan.result_file) if plan.result_file else None
+    log_record(plan, record, saved)
     if plan.result_file is not None:
         write_record_file(record, plan.result_file, {"tags": plan.tags})
     if math.isnan(record.score):

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Iterable, List, Sequence, Tuple
+from typing import Iterable, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 
 from ..config import FinetuneConfig
 from ..data.sources import ImageRecord
 from ..errors import HptError
-from .metrics import metric_for, score
+from .metrics import compact_predictions, metric_for, score
 from .probe import head_loss, label_targets, new_head, run_schedule, sgd_step, step_decay
 
 FINETUNE = "finetune"
@@ -33,6 +34,9 @@ class FinetuneResult:
     labels: int = 0
     mode: str = FINETUNE
     metric: str = "top1"
+    test_predictions: Optional[np.ndarray] = None  # at the best val step (compact)
+    test_targets: Optional[np.ndarray] = None
+    test_paths: Optional[List[str]] = None
 
 
 def select_label_budget(records: Sequence[ImageRecord], n: int, seed: int,
@@ -65,6 +69,25 @@ def select_label_budget(records: Sequence[ImageRecord], n: int, seed: int,
     return [records[i] for i in sorted(chosen)]
 
 
+def per_class_budget(records: Sequence[ImageRecord], per_class: int, seed: int,
+                     ) -> List[ImageRecord]:
+    """``per_class`` labelled records of every class (all of a class that has fewer),
+    chosen by a ``seed``-ed shuffle; returned in listing order."""
+    if per_class < 1:
+        raise HptError(f"probe.labels_per_class must be at least 1, got {per_class}")
+    order = [i for i, r in enumerate(records) if r.labels]
+    random.Random(seed).shuffle(order)
+    taken: dict = {}
+    chosen = set()
+    for i in order:
+        wanted = [c for c in records[i].labels if taken.get(c, 0) < per_class]
+        if wanted:
+            chosen.add(i)
+            for c in records[i].labels:
+                taken[c] = taken.get(c, 0) + 1
+    return [records[i] for i in sorted(chosen)]
+
+
 def finetune_optimizer(backbone: torch.nn.Module, head: torch.nn.Module,
                        cfg: FinetuneConfig) -> torch.optim.SGD:
     """SGD over two groups: backbone at ``lr``, head at ``lr * head_lr_mult``."""
@@ -76,13 +99,12 @@ def finetune_optimizer(backbone: torch.nn.Module, head: torch.nn.Module,
 
 
 @torch.no_grad()
-def _score(network: torch.nn.Module, batches: Iterable, device: torch.device) -> float:
+def _logits(network: torch.nn.Module, batches: Iterable, device: torch.device):
     logits, targets = [], []
     for images, labels in batches:
         logits.append(network(images.to(device)).float().cpu())
-        labels = torch.as_tensor(labels)
-        targets.append(labels.float() if labels.dim() == 2 else labels.long())
-    return score(torch.cat(logits), torch.cat(targets))
+        targets.append(label_targets(labels))
+    return torch.cat(logits), torch.cat(targets)
 
 
 def finetune(backbone: torch.nn.Module, feature_dim: int, train_batches: Iterable,
@@ -105,15 +127,18 @@ def finetune(backbone: torch.nn.Module, feature_dim: int, train_batches: Iterabl
         labels = label_targets(labels).to(device)
         sgd_step(head_loss(network(images.to(device)).float(), labels), optimizer, scheduler)
 
-    def evaluate() -> Tuple[float, float]:
+    seen = {}
+
+    def evaluate() -> Tuple[float, float, np.ndarray]:
         network.eval()
-        scores = _score(network, val_batches, device), _score(network, test_batches, device)
+        val = score(*_logits(network, val_batches, device))
+        logits, seen["targets"] = _logits(network, test_batches, device)
         network.train()
-        return scores
+        return val, score(logits, seen["targets"]), compact_predictions(logits, seen["targets"])
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # the crops and flips of the in-process transforms
-        test_score, best_val, best_step, curve = run_schedule(
+        test_score, best_val, best_step, curve, predictions = run_schedule(
             train_step, evaluate, cfg.iterations, cfg.eval_every)
     return FinetuneResult(test_score, best_val, best_step, curve, 0, FINETUNE,
-                          metric_for(multi_label))
+                          metric_for(multi_label), predictions, seen["targets"].numpy())

@@ -55,6 +55,15 @@ def metric_for(multi_label: bool) -> str:
     return AUROC if multi_label else TOP1
 
 
+def compact_predictions(logits: torch.Tensor, targets: torch.Tensor) -> np.ndarray:
+    """What a score can be recomputed from: the predicted class per image (int16) for
+    integer labels, per-class sigmoid scores (float16) for multi-hot targets."""
+    logits = torch.as_tensor(logits).detach().float().cpu()
+    if targets.dim() == 2:
+        return torch.sigmoid(logits).numpy().astype(np.float16)
+    return logits.argmax(1).numpy().astype(np.int16)
+
+
 def score(logits: torch.Tensor, targets: torch.Tensor) -> float:
     """Top-1 accuracy for integer labels (N,), mean AUROC for multi-hot targets (N, C)."""
     if targets.dim() == 2:

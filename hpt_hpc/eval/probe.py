@@ -10,15 +10,17 @@ scored by top-1 accuracy (see :mod:`hpt_hpc.eval.metrics`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..config import ProbeConfig
-from .metrics import metric_for, score
+from ..config.schema import PROBE_MODES
+from .metrics import compact_predictions, metric_for, score
 
-CACHED, AUGMENTED = "cached", "augmented"
+CACHED, AUGMENTED = PROBE_MODES
 
 
 @dataclass
@@ -27,6 +29,7 @@ class Features:
 
     x: torch.Tensor
     y: torch.Tensor
+    paths: Optional[List[str]] = None  # the images, in order (unreadable ones dropped)
 
     @property
     def multi_label(self) -> bool:
@@ -44,6 +47,7 @@ class ProbeResult:
     mode: str = CACHED
     metric: str = "top1"
     seed: int = 0
+    test_predictions: Optional[np.ndarray] = None  # at the best val step (compact)
 
 
 def label_targets(labels) -> torch.Tensor:
@@ -114,24 +118,25 @@ def sgd_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scheduler) ->
 
 
 def run_schedule(train_step: Callable[[int], None],
-                 evaluate: Callable[[], Tuple[float, float]], iterations: int,
-                 eval_every: int) -> Tuple[float, float, int, List[Tuple[int, float, float]]]:
-    """Call ``train_step(step)`` for steps 1..iterations and ``evaluate() -> (val, test)``
-    every ``eval_every`` steps and at the end; return ``(test_at_best_val, best_val,
-    best_step, curve)`` (the first step wins a tie of val scores)."""
+                 evaluate: Callable[[], Tuple[float, float, Any]], iterations: int,
+                 eval_every: int) -> Tuple[float, float, int, List[Tuple[int, float, float]], Any]:
+    """Call ``train_step(step)`` for steps 1..iterations and ``evaluate() -> (val, test,
+    test_predictions)`` every ``eval_every`` steps and at the end; return
+    ``(test_at_best_val, best_val, best_step, curve, test_predictions_at_best_val)`` (the
+    first step wins a tie of val scores)."""
     if iterations < 1 or eval_every < 1:
         raise ValueError(f"iterations ({iterations}) and eval_every ({eval_every}) must be "
                          "positive")
-    best = (0.0, float("-inf"), 0)
+    best = (0.0, float("-inf"), 0, None)
     curve: List[Tuple[int, float, float]] = []
     for step in range(1, iterations + 1):
         train_step(step)
         if step % eval_every == 0 or step == iterations:
-            val, test = evaluate()
+            val, test, predictions = evaluate()
             curve.append((step, val, test))
             if val > best[1]:
-                best = (test, val, step)
-    return best[0], best[1], best[2], curve
+                best = (test, val, step, predictions)
+    return best[0], best[1], best[2], curve, best[3]
 
 
 def num_classes_of(*splits: Features) -> int:
@@ -166,10 +171,12 @@ def linear_probe(train: Features, val: Features, test: Features, cfg: ProbeConfi
         sgd_step(head_loss(head(train.x[idx]), train.y[idx]), optimizer, scheduler)
 
     @torch.no_grad()
-    def evaluate() -> Tuple[float, float]:
-        return score(head(val.x), val.y), score(head(test.x), test.y)
+    def evaluate() -> Tuple[float, float, np.ndarray]:
+        logits = head(test.x)
+        return (score(head(val.x), val.y), score(logits, test.y),
+                compact_predictions(logits, test.y))
 
-    test_score, best_val, best_step, curve = run_schedule(train_step, evaluate,
-                                                          cfg.iterations, cfg.eval_every)
+    test_score, best_val, best_step, curve, predictions = run_schedule(
+        train_step, evaluate, cfg.iterations, cfg.eval_every)
     return ProbeResult(test_score, best_val, best_step, curve, mode,
-                       metric_for(train.multi_label), seed)
+                       metric_for(train.multi_label), seed, predictions)

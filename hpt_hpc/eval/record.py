@@ -8,8 +8,14 @@ MLflow: an evaluation run (tag ``hpt.kind=eval``) carries the coordinates as tag
 ``hpt.evaluates``) and the scores as metrics: ``score`` (test score at the best val score,
 mean over probe repeats), ``score_std``, ``val_score``, ``best_step``, ``repeats``,
 ``pretrain_seconds``, ``score_repeat`` (one value per repeat, step = repeat index) and the
-curves ``curve_val``/``curve_test`` (step = probe or fine-tune step). Files: the same
-record as JSON (:meth:`EvalRecord.to_json`).
+curves ``curve_val``/``curve_test`` (step = probe or fine-tune step); the per-image test
+predictions as the artifact ``predictions.npz``. Files: the same record as JSON
+(:meth:`EvalRecord.to_json`) with the predictions beside it (``<name>.npz``).
+
+Predictions (:class:`Predictions`): ``predictions`` (repeats, images) predicted classes
+(int16) or (repeats, images, classes) sigmoid scores (float16, multi-label data) at each
+repeat's best val step; ``targets`` the test labels; ``paths`` the test images in order
+(unreadable ones dropped). Any comparison can be re-tested from them without re-running.
 """
 from __future__ import annotations
 
@@ -19,7 +25,9 @@ import os
 import statistics
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+
+import numpy as np
 
 from ..tracking import Tracker
 from .metrics import TOP1
@@ -31,10 +39,26 @@ PRETRAIN_SECONDS, SCORE_REPEAT, CURVE_VAL, CURVE_TEST = ("pretrain_seconds", "sc
 _TAGS = {"protocol": "hpt.protocol", "method": "hpt.method", "dataset": "hpt.dataset",
          "steps": "hpt.target_steps", "seed": "hpt.seed", "augment": "hpt.augment",
          "images": "hpt.images", "mode": "hpt.eval_mode", "metric": "hpt.metric",
-         "checkpoint": "hpt.checkpoint", "evaluates": "hpt.evaluates"}
+         "checkpoint": "hpt.checkpoint", "evaluates": "hpt.evaluates",
+         "probe_labels": "hpt.probe_labels", "queue_size": "hpt.queue_size",
+         "pretrain_images": "hpt.pretrain_images"}
+PREDICTIONS_ARTIFACTS = "predictions"  # the run's artifact folder holding the .npz
 _SCALARS = {"score": SCORE, "score_std": SCORE_STD, "val_score": VAL_SCORE,
             "best_step": BEST_STEP, "repeats": REPEATS,
             "pretrain_seconds": PRETRAIN_SECONDS}
+
+
+class CellKey(NamedTuple):
+    """The coordinates of a cell: the seeds of one cell share them."""
+
+    protocol: str
+    method: str
+    dataset: str
+    steps: int
+    augment: str
+    images: str
+    labels: str
+    mode: str  # cached | augmented (linear probes), "" (fine-tuning)
 
 
 def _mean_curve(curves: Sequence[Sequence[Any]]) -> List[Tuple[int, float, float]]:
@@ -45,6 +69,29 @@ def _mean_curve(curves: Sequence[Sequence[Any]]) -> List[Tuple[int, float, float
     length = min(len(c) for c in curves)
     return [(int(curves[0][i][0]), statistics.fmean(c[i][1] for c in curves),
              statistics.fmean(c[i][2] for c in curves)) for i in range(length)]
+
+
+@dataclass
+class Predictions:
+    """Per-image test predictions of every repeat, their targets and image paths."""
+
+    predictions: np.ndarray
+    targets: np.ndarray
+    paths: List[str]
+
+    def save(self, path: os.PathLike) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
+        np.savez_compressed(tmp, predictions=self.predictions, targets=self.targets,
+                            paths=np.asarray(self.paths, dtype=str))
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: os.PathLike) -> "Predictions":
+        with np.load(path, allow_pickle=False) as data:
+            return cls(data["predictions"], data["targets"], [str(p) for p in data["paths"]])
 
 
 @dataclass
@@ -70,19 +117,36 @@ class EvalRecord:
     checkpoint: str = "none"
     evaluates: str = "none"  # the pretraining unit evaluated
     pretrain_seconds: float = 0.0
+    probe_labels: str = "all"  # linear probes: labelled training images per class
+    queue_size: int = 0  # the evaluated stage's effective MoCo queue (0: none)
+    pretrain_images: int = 0  # the evaluated stage's training images (0: none)
     label: str = ""
     run_id: str = ""
+    predictions_file: str = ""  # the Predictions beside a result file (name only)
+    predictions: Optional[Predictions] = field(default=None, repr=False, compare=False)
 
     @property
-    def key(self) -> Tuple:
+    def probe_mode(self) -> str:
+        """``augmented`` or ``cached`` for linear probes (raw pixels: cached), else ""."""
+        if self.protocol != "linear":
+            return ""
+        return "augmented" if self.mode == "augmented" else "cached"
+
+    @property
+    def key(self) -> CellKey:
         """The cell this record belongs to (seeds of one cell share it)."""
-        return (self.protocol, self.method, self.dataset, self.steps, self.augment,
-                self.images)
+        return CellKey(self.protocol, self.method, self.dataset, self.steps, self.augment,
+                       str(self.images), str(self.probe_labels), self.probe_mode)
 
     @classmethod
     def from_outcome(cls, protocol: str, outcome: Any, **coords: Any) -> "EvalRecord":
         """From a :class:`~hpt_hpc.eval.runner.LinearSummary` or a
         :class:`~hpt_hpc.eval.finetune.FinetuneResult`."""
+        predictions = None
+        if outcome.test_targets is not None:
+            per_repeat = [r.test_predictions for r in getattr(outcome, "results", [outcome])]
+            predictions = Predictions(np.stack(per_repeat), np.asarray(outcome.test_targets),
+                                      list(outcome.test_paths or []))
         if protocol == "linear":
             results = outcome.results
             return cls("linear", mode=outcome.mode, metric=outcome.metric, score=outcome.mean,
@@ -91,11 +155,13 @@ class EvalRecord:
                        best_step=statistics.fmean(r.best_step for r in results),
                        repeats=len(results),
                        per_repeat=[r.test_at_best_val for r in results],
-                       curve=_mean_curve([r.curve for r in results]), **coords)
+                       curve=_mean_curve([r.curve for r in results]),
+                       predictions=predictions, **coords)
         return cls("finetune", mode=f"{outcome.mode} ({outcome.labels} labels)",
                    metric=outcome.metric, score=outcome.test_at_best_val,
                    val_score=outcome.best_val, best_step=outcome.best_step,
-                   per_repeat=[outcome.test_at_best_val], curve=list(outcome.curve), **coords)
+                   per_repeat=[outcome.test_at_best_val], curve=list(outcome.curve),
+                   predictions=predictions, **coords)
 
     def tags(self) -> Dict[str, str]:
         return {tag: str(getattr(self, name)) for name, tag in _TAGS.items()}
@@ -117,7 +183,9 @@ class EvalRecord:
             tracker.log_metrics({CURVE_VAL: val, CURVE_TEST: test}, step=int(step))
 
     def to_json(self) -> Dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data.pop("predictions")
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "EvalRecord":
@@ -137,31 +205,56 @@ class EvalRecord:
                    if client is not None else []
                    for name in (CURVE_VAL, CURVE_TEST, SCORE_REPEAT)}
         val = dict(history[CURVE_VAL])
-        return cls(coords["protocol"] or "linear", coords["method"], coords["dataset"],
-                   coords["mode"] or "?", coords["metric"] or TOP1,
-                   metrics.get(SCORE, math.nan), metrics.get(SCORE_STD, 0.0),
-                   metrics.get(VAL_SCORE, math.nan), metrics.get(BEST_STEP, 0),
-                   int(metrics.get(REPEATS, 1)), [v for _, v in history[SCORE_REPEAT]],
-                   [(s, val.get(s, math.nan), t) for s, t in history[CURVE_TEST]],
-                   int(coords["steps"] or 0), int(coords["seed"] or 0),
-                   coords["augment"] or "all", coords["images"] or "all",
-                   coords["checkpoint"] or "none", coords["evaluates"] or "none",
-                   metrics.get(PRETRAIN_SECONDS, 0.0), tags.get("hpt.label", ""),
-                   run.info.run_id)
+        return cls(protocol=coords["protocol"] or "linear", method=coords["method"],
+                   dataset=coords["dataset"], mode=coords["mode"] or "?",
+                   metric=coords["metric"] or TOP1, score=metrics.get(SCORE, math.nan),
+                   score_std=metrics.get(SCORE_STD, 0.0),
+                   val_score=metrics.get(VAL_SCORE, math.nan),
+                   best_step=metrics.get(BEST_STEP, 0), repeats=int(metrics.get(REPEATS, 1)),
+                   per_repeat=[v for _, v in history[SCORE_REPEAT]],
+                   curve=[(s, val.get(s, math.nan), t) for s, t in history[CURVE_TEST]],
+                   steps=int(coords["steps"] or 0), seed=int(coords["seed"] or 0),
+                   augment=coords["augment"] or "all", images=coords["images"] or "all",
+                   checkpoint=coords["checkpoint"] or "none",
+                   evaluates=coords["evaluates"] or "none",
+                   pretrain_seconds=metrics.get(PRETRAIN_SECONDS, 0.0),
+                   probe_labels=coords["probe_labels"] or "all",
+                   queue_size=int(coords["queue_size"] or 0),
+                   pretrain_images=int(coords["pretrain_images"] or 0),
+                   label=tags.get("hpt.label", ""), run_id=run.info.run_id)
+
+
+def save_predictions(record: EvalRecord, path: os.PathLike) -> Optional[Path]:
+    """The record's predictions beside its result file ``path`` (``<name>.npz``)."""
+    if record.predictions is None:
+        return None
+    saved = record.predictions.save(Path(path).with_suffix(".npz"))
+    record.predictions_file = saved.name
+    return saved
 
 
 def write_record_file(record: EvalRecord, path: os.PathLike,
                       extra: Optional[Mapping[str, Any]] = None) -> None:
-    """The record as JSON (atomic), plus ``extra`` (e.g. the run's tags)."""
+    """The record as JSON (atomic), plus ``extra`` (e.g. the run's tags), with its
+    predictions beside it unless they were saved already."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if not record.predictions_file:
+        save_predictions(record, path)
     tmp = path.with_suffix(f".tmp-{os.getpid()}")
     tmp.write_text(json.dumps({**record.to_json(), **(extra or {})}, indent=1, default=str))
     os.replace(tmp, path)
 
 
 def read_record_files(paths: Sequence[os.PathLike]) -> List[EvalRecord]:
-    return [EvalRecord.from_json(json.loads(Path(p).read_text())) for p in paths]
+    """Records from result files, with their predictions when they were saved."""
+    records = []
+    for path in map(Path, paths):
+        record = EvalRecord.from_json(json.loads(path.read_text()))
+        if record.predictions_file and (path.parent / record.predictions_file).is_file():
+            record.predictions = Predictions.load(path.parent / record.predictions_file)
+        records.append(record)
+    return records
 
 
 def is_eval_run(run: Any) -> bool:

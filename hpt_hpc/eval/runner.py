@@ -16,6 +16,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 
 from ..config import ExperimentConfig
@@ -27,7 +28,7 @@ from .augmented import augmented_probe
 from .finetune import FinetuneResult, finetune, select_label_budget
 from .probe import (AUGMENTED, CACHED, Features, ProbeResult, extract_features,
                     linear_probe, pixel_features)
-from .splits import SPLITS, SplitRecords, image_batches, load_splits
+from .splits import SPLITS, SplitRecords, image_batches, kept_paths, load_splits
 
 PIXELS_MODE = "cached (raw pixels)"
 EXTRACT_BATCH = 256
@@ -47,6 +48,8 @@ class LinearSummary:
     metric: str
     dataset: str = ""
     checkpoint: Optional[str] = None
+    test_targets: Optional[np.ndarray] = None  # the test labels the predictions score
+    test_paths: Optional[List[str]] = None
 
     @property
     def test_at_best_val(self) -> float:
@@ -76,12 +79,16 @@ class LinearSummary:
 
 
 def summarize(results: List[ProbeResult], mode: str, dataset: str = "",
-              checkpoint: Optional[str] = None) -> LinearSummary:
-    """Mean and sample std of the probes' test scores at their best val scores."""
+              checkpoint: Optional[str] = None, test: Optional[Features] = None,
+              ) -> LinearSummary:
+    """Mean and sample std of the probes' test scores at their best val scores
+    (``test``: the test features, whose labels and paths the predictions refer to)."""
     scores = [r.test_at_best_val for r in results]
     std = statistics.stdev(scores) if len(scores) > 1 else 0.0
     return LinearSummary(statistics.fmean(scores), std, list(results), mode,
-                         results[0].metric, dataset, checkpoint)
+                         results[0].metric, dataset, checkpoint,
+                         test.y.numpy() if test is not None else None,
+                         test.paths if test is not None else None)
 
 
 def backbone_from_checkpoint(cfg: ExperimentConfig, path: Optional[str]) -> torch.nn.Module:
@@ -120,6 +127,7 @@ def split_features(cfg: ExperimentConfig, dataset: str,
         batches = _split_batches(cfg, space, split)
         out[split] = (pixel_features(batches) if backbone is None
                       else extract_features(backbone.to(device), batches, device))
+        out[split].paths = kept_paths(space.records[split], batches)
     return out
 
 
@@ -144,9 +152,12 @@ def evaluate_linear(cfg: ExperimentConfig, dataset: str, checkpoint: Optional[st
         feats = split_features(cfg, dataset, backbone, device, space)  # shared by repeats
         results = [probe_features(cfg, feats, seed) for seed in _seeds(cfg)]
     elif cfg.probe.mode == AUGMENTED:
-        held_out = {split: extract_features(backbone, image_batches(
-            cfg, space.records[split], space, build_eval_transform(cfg.data, cfg.probe),
-            EXTRACT_BATCH), device) for split in ("val", "test")}
+        held_out = {}
+        for split in ("val", "test"):
+            batches = image_batches(cfg, space.records[split], space,
+                                    build_eval_transform(cfg.data, cfg.probe), EXTRACT_BATCH)
+            held_out[split] = extract_features(backbone, batches, device)
+            held_out[split].paths = kept_paths(space.records[split], batches)
         results = []
         for seed in _seeds(cfg):
             train = image_batches(cfg, space.records["train"], space,
@@ -158,7 +169,8 @@ def evaluate_linear(cfg: ExperimentConfig, dataset: str, checkpoint: Optional[st
                                            space.num_classes))
     else:
         raise HptError(f"probe.mode '{cfg.probe.mode}' is not one of {CACHED}, {AUGMENTED}")
-    return summarize(results, cfg.probe.mode, dataset, checkpoint)
+    test = feats["test"] if cfg.probe.mode == CACHED else held_out["test"]
+    return summarize(results, cfg.probe.mode, dataset, checkpoint, test)
 
 
 def evaluate_pixels(cfg: ExperimentConfig, dataset: str) -> LinearSummary:
@@ -167,7 +179,7 @@ def evaluate_pixels(cfg: ExperimentConfig, dataset: str) -> LinearSummary:
     results = [probe_features(cfg, feats, seed) for seed in _seeds(cfg)]
     for result in results:
         result.mode = PIXELS_MODE
-    return summarize(results, PIXELS_MODE, dataset, None)
+    return summarize(results, PIXELS_MODE, dataset, None, feats["test"])
 
 
 def evaluate_finetune(cfg: ExperimentConfig, dataset: str, checkpoint: Optional[str],
@@ -190,4 +202,5 @@ def evaluate_finetune(cfg: ExperimentConfig, dataset: str, checkpoint: Optional[
                       *held_out, ft, device, space.num_classes, space.multi_label,
                       seed=cfg.seed)
     result.labels = len(budget)
+    result.test_paths = kept_paths(space.records["test"], held_out[1])
     return result

@@ -17,9 +17,10 @@ from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 
 from ..config import ExperimentConfig
 from ..data import list_split
-from ..data.dataset import ImageDataset, collate_skipping
+from ..data.dataset import ImageDataset, SkippedImages, collate_skipping
 from ..data.sources import ImageRecord
 from ..errors import HptError
+from .finetune import per_class_budget
 
 SPLITS = ("train", "val", "test")
 
@@ -46,7 +47,7 @@ def label_space(train: Sequence[ImageRecord], *others: Sequence[ImageRecord]):
 
 def split_records(cfg: ExperimentConfig, dataset: str, split: str) -> List[ImageRecord]:
     """Every record of ``split`` (``max_images`` ignored; ``probe.max_train_images``
-    keeps the first N training records)."""
+    keeps the first N training records, ``probe.labels_per_class`` a seeded N per class)."""
     if dataset not in cfg.datasets:
         raise HptError(f"dataset '{dataset}' is not defined in the config (defined: "
                        f"{', '.join(sorted(cfg.datasets)) or 'none'})")
@@ -54,6 +55,8 @@ def split_records(cfg: ExperimentConfig, dataset: str, split: str) -> List[Image
     records, _ = list_split(ds_cfg, split)
     if split == "train" and cfg.probe.max_train_images:
         records = records[:cfg.probe.max_train_images]
+    if split == "train" and cfg.probe.labels_per_class:
+        records = per_class_budget(records, cfg.probe.labels_per_class, cfg.seed)
     return records
 
 
@@ -71,10 +74,12 @@ class _Batches:
 
     def __init__(self, loader: DataLoader, endless: bool = False):
         self.loader, self.endless = loader, endless
+        self.skipped = SkippedImages()
 
     def __iter__(self):
         while True:
-            for images, labels, _, _ in self.loader:
+            for images, labels, _, skipped in self.loader:
+                self.skipped.add(skipped)
                 if images is not None:
                     yield images, labels
             if not self.endless:
@@ -82,6 +87,12 @@ class _Batches:
 
     def __len__(self) -> int:
         return len(self.loader)
+
+
+def kept_paths(records: Sequence[ImageRecord], batches) -> List[str]:
+    """The paths a pass of ``batches`` (a loader with ``skipped``) delivered, in order."""
+    skipped = getattr(batches, "skipped", ())
+    return [r.path for r in records if r.path not in skipped]
 
 
 def image_batches(cfg: ExperimentConfig, records: Sequence[ImageRecord], space: SplitRecords,

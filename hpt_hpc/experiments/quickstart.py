@@ -22,10 +22,10 @@ from ..device import available_cores, resolve_device
 from ..eval.record import EvalRecord
 from ..launch.options import SchedulerOptions
 from ..plan.experiment import ExperimentSpec, load_experiment
-from ..plan.methods import METHODS, REFERENCE_LABELS, display_name
+from ..plan.methods import METHODS, display_name
 from ..plan.units import DEFAULT_BN_BATCHES, check_axes
 from ..tracking.runs import end_pipeline_run
-from .report import plot_lines
+from .plots import Series, plot_lines
 from .results import Cell, rows_from_files
 from .sweep import run_sweep
 from .tables import markdown_table, write_csv
@@ -120,9 +120,9 @@ def run_quickstart(output: Path, data_dir: Path, budgets: Sequence[int] = DEFAUL
         if METHODS[r.method].uses_steps:
             series.setdefault(r.method, []).append((r.steps, Cell([r])))
     plot_lines(plot, "MNIST linear probe vs target pretraining steps",
-               "target pretraining steps", series,
-               {k: Cell([r]) for k, r in refs.items() if r is not None}, log_x=True,
-               ylabel="linear probe test accuracy (%)")
+               "target pretraining steps", [Series(m, m, pts) for m, pts in series.items()],
+               {m: Cell([r]) for m, r in ((r.method, r) for r in refs.values() if r)},
+               log_x=True, ylabel="linear probe test accuracy (%)")
     if record is not None and record.pipeline_run_id:
         end_pipeline_run(record.tracking_uri, record.pipeline_run_id, "FINISHED",
                          [table, csv_path, plot])

@@ -6,21 +6,25 @@ from __future__ import annotations
 import math
 import re
 import statistics
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..config import OutputLayout
 from ..errors import HptError
-from ..eval.record import EvalRecord, is_eval_run, read_record_files
+from ..eval.record import (PREDICTIONS_ARTIFACTS, CellKey, EvalRecord, Predictions,
+                           is_eval_run, read_record_files)
 from ..tracking.store import TrackingError, client_for
+from .evidence import Interval, seed_interval
 from .tables import markdown_table, text_table
 
 
 @dataclass
 class Cell:
-    """The seeds of one cell, aggregated: mean over seeds; std over seeds when there are
-    several, else the probe repeats' std."""
+    """The seeds of one cell, aggregated: mean over seeds and a 95 % t-interval over them
+    (:func:`.evidence.seed_interval`); std over seeds when there are several, else the
+    probe repeats' std."""
 
     rows: List[EvalRecord]
 
@@ -43,8 +47,19 @@ class Cell:
         return f"{len(self.rows)} seeds" if len(self.rows) > 1 else \
             f"{self.first.repeats} probe repeats"
 
+    @property
+    def interval(self) -> Interval:
+        return seed_interval([r.score for r in self.rows])
+
+    @property
+    def seed_scores(self) -> List[float]:
+        return [r.score for r in self.rows]
+
     def text(self) -> str:
-        return f"{100 * self.mean:.1f} ± {100 * self.std:.1f}"
+        """``mean [low, high] (n=seeds)``, or ``mean ± repeats' std (n=1)``."""
+        if len(self.rows) > 1:
+            return self.interval.text()
+        return f"{100 * self.mean:.1f} ± {100 * self.std:.1f} (n=1)"
 
     def curve(self) -> List[Tuple[int, float]]:
         """Mean test score against probe steps over the cell's seeds."""
@@ -77,7 +92,24 @@ def rows_from_mlflow(uri: str, experiment: str, sweep: str) -> List[EvalRecord]:
         token = page.token
         if not token:
             break
-    return [EvalRecord.from_run(run, client) for _, run in sorted(newest.items())]
+    records = [EvalRecord.from_run(run, client) for _, run in sorted(newest.items())]
+    with tempfile.TemporaryDirectory(prefix="hpt-predictions-") as folder:
+        for record in records:
+            record.predictions = _run_predictions(uri, record.run_id, Path(folder))
+    return records
+
+
+def _run_predictions(uri: str, run_id: str, folder: Path) -> Optional[Predictions]:
+    """The predictions artifact of an evaluation run (``None`` for runs without one)."""
+    from mlflow.artifacts import download_artifacts
+    from mlflow.exceptions import MlflowException
+    try:
+        local = download_artifacts(run_id=run_id, artifact_path=PREDICTIONS_ARTIFACTS,
+                                   dst_path=str(folder / run_id), tracking_uri=uri)
+    except (MlflowException, OSError):
+        return None
+    files = sorted(Path(local).glob("*.npz"))
+    return Predictions.load(files[0]) if files else None
 
 
 def rows_from_files(output_dir: Path) -> List[EvalRecord]:
@@ -94,9 +126,13 @@ def group_cells(rows: Sequence[EvalRecord]) -> Dict[Tuple, Cell]:
 
 def find(cells: Dict[Tuple, Cell], protocol: str, method: str, dataset: str,
          steps: Optional[int] = None, augment: str = "all", images: str = "all",
-         ) -> Optional[Cell]:
-    """The cell of these coordinates (``steps=None``: methods without a step budget)."""
-    return cells.get((protocol, method, dataset, steps or 0, augment, images))
+         labels: str = "all", mode: Optional[str] = None) -> Optional[Cell]:
+    """The cell of these coordinates (``steps=None``: methods without a step budget;
+    ``mode``: cached | augmented for linear probes, default cached)."""
+    if mode is None:
+        mode = "cached" if protocol == "linear" else ""
+    return cells.get(CellKey(protocol, method, dataset, steps or 0, augment, str(images),
+                             str(labels), mode))
 
 
 # -- hpt-hpc runs -------------------------------------------------------------------------

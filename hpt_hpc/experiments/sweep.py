@@ -17,7 +17,8 @@ from ..launch.record import LaunchRecord
 from ..launch.submit import run_phases
 from ..plan import Phase, TrackingTarget, describe_phases, tracking_target
 from ..plan.experiment import ExperimentSpec, prepare_offline_data
-from ..plan.units import UPSTREAM, EvalUnit, Expansion, PretrainUnit, expand, sweep_phases
+from ..plan.units import (CONTROL_STAGE, CONTROL_SUFFIX, UPSTREAM, EvalUnit, Expansion,
+                          PretrainUnit, expand, sweep_phases)
 from ..tracking.runs import search_all
 from ..tracking.store import prepare_store, sqlite_path
 
@@ -58,6 +59,7 @@ def _finished_on_disk(spec: ExperimentSpec) -> Set[str]:
     layout = spec.layout
     done = {f"upstream-{s}" for s in UPSTREAM if layout.upstream(s).final.is_file()}
     done.update(layout.finished_unit_stages())
+    done.update(f"{u}{CONTROL_SUFFIX}" for u in layout.finished_unit_stages(CONTROL_STAGE))
     done.update(p.stem for p in layout.eval_results())
     return done
 

@@ -2,8 +2,10 @@
 
 * ``full`` / ``scratch``: every parameter of ``encoder_q`` (backbone and head) is trained;
   the two differ only in their initial weights, which the training engine chooses.
-* ``bn`` (HPT-BN): only the affine weight/bias of ``encoder_q``'s backbone BatchNorm layers;
-  convolutions and the projection head are frozen. Running statistics still update in train mode.
+* ``bn`` (HPT-BN): the affine weight/bias of ``encoder_q``'s backbone BatchNorm layers and,
+  with ``train_head`` (the default, as the official HPT code: OpenSelfSup's
+  ``frozen_stages=4, norm_train=True`` freezes the backbone but not the neck), the
+  projection head; convolutions are frozen. Running statistics still update in train mode.
 * ``bn-stats`` (Base): nothing is optimised; only BN running statistics are re-estimated
   (see :func:`reestimate_bn_stats`).
 """
@@ -23,7 +25,7 @@ def is_bn(module: nn.Module) -> bool:
     return isinstance(module, nn.modules.batchnorm._BatchNorm)
 
 
-def configure_variant(model: MoCo, variant: str) -> list[nn.Parameter]:
+def configure_variant(model: MoCo, variant: str, train_head: bool = True) -> list[nn.Parameter]:
     """Set ``requires_grad`` for ``variant`` and return the parameters to optimise.
 
     ``encoder_k`` always stays frozen (it follows ``encoder_q`` by momentum). Call this on the
@@ -41,6 +43,8 @@ def configure_variant(model: MoCo, variant: str) -> list[nn.Parameter]:
         for name, module in model.encoder_q.named_modules():
             if is_bn(module) and not name.startswith("fc"):
                 trainable += [p for p in (module.weight, module.bias) if p is not None]
+        if train_head:
+            trainable += list(model.encoder_q.fc.parameters())
     else:  # bn-stats
         trainable = []
     for p in trainable:

@@ -18,6 +18,9 @@ shared upstream stages (base, optional source) and one or more *studies*, each a
              steps: {default: [50, 500], Target: [500, 2000]}}
       augmentation: {method: [Target, HPT], steps: [500], augment: [all, crop]}
 
+A study's ``set: [probe.iterations=500, ...]`` changes only its own evaluations (their
+unit ids carry a short hash of it, so they never merge with other studies' evaluations).
+
 Every relative path in the file (``config``, ``output_dir``, ``datasets.*.path``,
 ``upstream.*.checkpoint``) is relative to the file itself. Grid axes: ``method``,
 ``dataset`` (target), ``steps`` (target pretraining steps: a list for every method, or a
@@ -39,7 +42,8 @@ from .units import UPSTREAM, check_axes
 
 SPEC_KEYS = ("name", "config", "set", "datasets", "prepare", "output_dir", "upstream",
              "methods", "studies", "references")
-AXES = ("method", "dataset", "steps", "seed", "augment", "images", "evaluate")
+AXES = ("method", "dataset", "steps", "seed", "augment", "images", "evaluate", "probe_mode",
+        "probe_labels")
 UPSTREAM_KEYS = ("dataset", "iterations", "lr", "batch_size", "variant", "checkpoint")
 METHOD_KEYS = ("lr", "bn_batches", "batch_size")
 DEFAULT_STEPS = "default"
@@ -47,10 +51,12 @@ DEFAULT_STEPS = "default"
 
 @dataclass
 class Study:
-    """One grid; every axis a list (``steps`` may be a per-method mapping)."""
+    """One grid; every axis a list (``steps`` may be a per-method mapping); ``evaluation``:
+    the study's own ``probe.*``/``finetune.*`` overrides for its evaluations."""
 
     name: str
     axes: Dict[str, Any]
+    evaluation: List[str] = field(default_factory=list)
 
     def steps_for(self, method: str, fallback: int) -> List[int]:
         """The step budgets of ``method`` in this study."""
@@ -181,8 +187,16 @@ def load_experiment(path: str, overrides: Sequence[str] = (),
 
     studies = []
     for name, axes in (data.get("studies") or {}).items():
-        _check_keys(f"{path}: studies.{name}", axes or {}, AXES)
-        studies.append(Study(name, _axes(f"{path}: studies.{name}", axes or {})))
+        axes = dict(axes or {})
+        evaluation = [str(s) for s in _as_list(f"{path}: studies.{name}.set",
+                                               axes.pop("set"))] if "set" in axes else []
+        for item in evaluation:
+            if not item.startswith(("probe.", "finetune.")) or "=" not in item:
+                raise ConfigError(f"{path}: studies.{name}.set: '{item}' is not a "
+                                  f"probe.<key>=<value> or finetune.<key>=<value> override "
+                                  f"(a study's set changes only its evaluations)")
+        _check_keys(f"{path}: studies.{name}", axes, AXES)
+        studies.append(Study(name, _axes(f"{path}: studies.{name}", axes), evaluation))
     if not studies:
         raise ConfigError(f"{path}: 'studies' must define at least one grid")
     spec = ExperimentSpec(name=data["name"], path=file.resolve(), config=raw, output_dir=out,

@@ -24,6 +24,8 @@ class Method:
     starts_from: Optional[str] = None  # upstream stage: base | source | None (scratch)
     uses_steps: bool = True  # False: no step budget (BN statistics only, references)
     description: str = ""
+    continues: bool = False  # the step budget continues ``starts_from`` on its own data
+    train_head: bool = True  # variant bn: the projection head trains too (official HPT)
 
     @property
     def is_reference(self) -> bool:
@@ -35,10 +37,16 @@ _TABLE = (
            "base model, BN statistics re-estimated on target"),
     Method("Target", "scratch", None, True, "MoCo-v2 from scratch on the target"),
     Method("HPT", "full", "base", True, "base -> target, all layers trained"),
-    Method("HPT-BN", "bn", "base", True, "base -> target, only BatchNorm layers trained"),
+    Method("HPT-BN", "bn", "base", True,
+           "base -> target, BatchNorm layers and the projection head trained (official HPT)"),
+    Method("HPT-BN-frozen-head", "bn", "base", True,
+           "base -> target, only the backbone's BatchNorm layers trained", train_head=False),
     Method("B+S", "bn-stats", "source", False,
            "base -> source, BN statistics re-estimated on target"),
     Method("B+S+T", "full", "source", True, "base -> source -> target"),
+    Method("Base+N", "bn-stats", "base", True,
+           "compute-matched control: base continued N steps on base data, then BN "
+           "statistics re-estimated on target", continues=True),
     Method("raw-pixels", None, None, False, "no backbone"),
     Method("random-init", None, None, False, "untrained backbone"),
 )

@@ -108,6 +108,7 @@ class EvalPlan:
     images: str = "all"
     evaluates: Optional[str] = None  # the pretraining unit evaluated
     tags: Dict[str, str] = field(default_factory=dict)
+    probe_labels: str = "all"  # linear probes: labelled images per class
     kind = "eval"
 
     def describe(self) -> str:

@@ -10,16 +10,18 @@ pretraining units, one array of evaluations.
 from __future__ import annotations
 
 import copy
+import hashlib
 import itertools
 import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..config import STAGE_NAMES, ConfigError, InitRef, config_from_dict
-from ..config.loader import suggest
+from ..config.loader import apply_overrides, suggest
 from ..tracking.registry import alias_for, model_uri
 from .methods import METHODS, REFERENCES, method
 from .planner import stage_plan
+from ..config.schema import PROBE_MODES
 from .plans import PROTOCOLS, EvalPlan, Phase, StagePlan, TrackingTarget
 
 AUGMENTATIONS = ("crop", "color_jitter", "grayscale", "blur", "flip")
@@ -34,6 +36,8 @@ AUGMENT_PRESETS: Dict[str, Tuple[str, ...]] = {  # preset -> augmentations kept
 }
 DEFAULT_BN_BATCHES = 50
 UPSTREAM = STAGE_NAMES[:-1]  # shared stages before the target: base, source
+CONTROL_STAGE = STAGE_NAMES[0]  # a continuing method's first stage: the base, continued
+CONTROL_SUFFIX = "-continue"  # its unit id: <unit>-continue
 
 
 @dataclass
@@ -67,10 +71,16 @@ class EvalUnit:
     images: Optional[int] = None
     pretrain: Optional[str] = None  # the pretrain unit evaluated (None: a reference)
     studies: List[str] = field(default_factory=list)
+    probe_mode: str = "cached"  # linear probes: cached | augmented
+    probe_labels: Optional[int] = None  # linear probes: labelled images per class (None: all)
+    overrides: Tuple[str, ...] = ()  # the study's probe.*/finetune.* overrides
 
     def tags(self, sweep: str) -> Dict[str, str]:
-        return {"hpt.sweep": sweep, "hpt.unit": self.unit_id, "hpt.unit_kind": "eval",
+        tags = {"hpt.sweep": sweep, "hpt.unit": self.unit_id, "hpt.unit_kind": "eval",
                 "hpt.studies": ",".join(self.studies)}
+        if self.overrides:
+            tags["hpt.eval_overrides"] = " ".join(self.overrides)
+        return tags
 
 
 @dataclass
@@ -86,12 +96,12 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.=_-]+", "_", text.replace("+", "p"))
 
 
-def _images(value: Any) -> Optional[int]:
+def _images(value: Any, axis: str = "images") -> Optional[int]:
     if value in (None, "all"):
         return None
-    if isinstance(value, int) and value > 0:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return value
-    raise ConfigError(f"images: '{value}' is not a positive integer or 'all'")
+    raise ConfigError(f"{axis}: '{value}' is not a positive integer or 'all'")
 
 
 def _check_steps(where: str, values: List[Any]) -> None:
@@ -111,6 +121,9 @@ def check_axes(spec: Any) -> None:
             if start and start not in spec.upstream:
                 raise ConfigError(f"{where}: method '{name}' starts from the '{start}' "
                                   f"model; define upstream.{start}")
+            if METHODS[name].continues and "dataset" not in spec.upstream[start]:
+                raise ConfigError(f"{where}: method '{name}' continues the {start} stage on "
+                                  f"its data; give upstream.{start}.dataset")
         for preset in study.axes.get("augment", []):
             if preset not in AUGMENT_PRESETS:
                 raise ConfigError(f"{where}.augment: unknown preset '{preset}'"
@@ -126,6 +139,12 @@ def check_axes(spec: Any) -> None:
                                   f"datasets")
         for value in study.axes.get("images", []):
             _images(value)
+        for value in study.axes.get("probe_labels", []):
+            _images(value, f"{where}.probe_labels")
+        for value in study.axes.get("probe_mode", []):
+            if value not in PROBE_MODES:
+                raise ConfigError(f"{where}.probe_mode: '{value}' is not one of "
+                                  f"{', '.join(PROBE_MODES)}")
         steps = study.axes.get("steps", [])
         if isinstance(steps, dict):
             for key, values in steps.items():
@@ -149,20 +168,25 @@ def expand(spec: Any) -> Expansion:
     default_steps = int(spec.config.get("optim", {}).get("iterations", 500))
     for study in spec.studies:
         axes = study.axes
+        probing = list(itertools.product(axes.get("probe_mode", ["cached"]),
+                                         axes.get("probe_labels", ["all"])))
         for name, dataset in itertools.product(axes.get("method", ["HPT"]), axes["dataset"]):
             name = method(name).name
             grid = itertools.product(study.steps_for(name, default_steps),
                                      axes.get("seed", [0]), axes.get("augment", ["all"]),
                                      axes.get("images", ["all"]),
-                                     axes.get("evaluate", ["linear"]))
-            for steps, seed, augment, images, protocol in grid:
+                                     axes.get("evaluate", ["linear"]), probing)
+            for steps, seed, augment, images, protocol, (mode, labels) in grid:
                 _add_units(pretrain, evals, study.name, name, dataset, steps, int(seed),
-                           augment, _images(images), protocol)
-        if spec.references:
-            for dataset in axes["dataset"]:
+                           augment, _images(images), protocol, mode, _images(labels),
+                           tuple(study.evaluation))
+        if spec.references:  # cached probes; random init at every seed of the study
+            for dataset, labels in itertools.product(axes["dataset"],
+                                                     axes.get("probe_labels", ["all"])):
                 for ref in REFERENCES:
-                    _add_units(pretrain, evals, study.name, ref, dataset, 0, 0, "all", None,
-                               "linear")
+                    for seed in (axes.get("seed", [0]) if ref == "random-init" else [0]):
+                        _add_units(pretrain, evals, study.name, ref, dataset, 0, int(seed),
+                                   "all", None, "linear", "cached", _images(labels))
     needed = {METHODS[u.method].starts_from for u in pretrain.values()} - {None}
     if "source" in needed:
         needed.add("base")
@@ -170,15 +194,31 @@ def expand(spec: Any) -> Expansion:
     return Expansion(upstream, list(pretrain.values()), list(evals.values()))
 
 
+def _probe_part(protocol: str, mode: str, labels: Optional[int],
+                overrides: Tuple[str, ...] = ()) -> str:
+    """The evaluation's id suffix: protocol, then non-default probing choices, then a
+    short hash of a study's evaluation overrides."""
+    parts = [protocol]
+    if protocol == "linear":
+        parts += ([mode] if mode != "cached" else []) + ([f"{labels}pc"] if labels else [])
+    if overrides:
+        parts.append("s" + hashlib.sha256("\n".join(overrides).encode()).hexdigest()[:6])
+    return "-".join(parts)
+
+
 def _add_units(pretrain, evals, study, name, dataset, steps, seed, augment, images,
-               protocol) -> None:
+               protocol, mode="cached", labels=None, overrides=()) -> None:
+    probe = _probe_part(protocol, mode, labels, overrides)
+    if protocol != "linear":
+        mode, labels = "cached", None
     if name in REFERENCES:
         if protocol != "linear":
             return  # references are linear probes
         seed_part = f"-seed{seed}" if name == "random-init" else ""
-        uid = f"ref-{name}-{dataset}{seed_part}-linear"
+        uid = f"ref-{name}-{dataset}{seed_part}-{probe}"
         unit = evals.setdefault(uid, EvalUnit(uid, "linear", name, dataset, 0,
-                                              seed if seed_part else 0))
+                                              seed if seed_part else 0, probe_mode=mode,
+                                              probe_labels=labels, overrides=overrides))
         _add_study(unit, study)
         return
     steps = int(steps) if METHODS[name].uses_steps else 0
@@ -191,9 +231,10 @@ def _add_units(pretrain, evals, study, name, dataset, steps, seed, augment, imag
     unit = pretrain.setdefault(pid, PretrainUnit(pid, name, dataset, steps, seed, augment,
                                                  images))
     _add_study(unit, study)
-    eid = f"{pid}-{protocol}"
+    eid = f"{pid}-{probe}"
     ev = evals.setdefault(eid, EvalUnit(eid, protocol, name, dataset, steps, seed, augment,
-                                        images, pid))
+                                        images, pid, probe_mode=mode, probe_labels=labels,
+                                        overrides=overrides))
     _add_study(ev, study)
 
 
@@ -241,17 +282,28 @@ def unit_config(spec: Any, unit: Any, init_uri: Optional[str] = None) -> Dict[st
         config["datasets"][unit.dataset]["max_images"] = unit.images
     apply_augment_preset(config, unit.augment)
     recipe = METHODS[unit.method]
+    if isinstance(unit, EvalUnit):
+        config.setdefault("probe", {}).update(mode=unit.probe_mode,
+                                              labels_per_class=unit.probe_labels)
+        config = apply_overrides(config, unit.overrides)
     if recipe.is_reference or isinstance(unit, EvalUnit):
         config["stages"] = {}
         return config
     settings = dict(spec.methods.get(unit.method) or {})
     bn_batches = settings.pop("bn_batches", DEFAULT_BN_BATCHES)
+    start = init_uri or str(spec.upstream_checkpoint(recipe.starts_from)) \
+        if recipe.starts_from else None
     stage = {"dataset": unit.dataset, "variant": recipe.variant,
-             "iterations": unit.steps if recipe.uses_steps else bn_batches}
+             "iterations": unit.steps if recipe.uses_steps and not recipe.continues
+             else bn_batches, "init": start, "train_head": recipe.train_head}
     stage.update(settings)
-    if recipe.starts_from:
-        stage["init"] = init_uri or str(spec.upstream_checkpoint(recipe.starts_from))
     config["stages"] = {"target": stage}
+    if recipe.continues:  # the budget is spent on the upstream stage's own data first
+        upstream = {k: v for k, v in spec.upstream[recipe.starts_from].items()
+                    if k in ("dataset", "lr", "batch_size")}
+        config["stages"] = {CONTROL_STAGE: {**upstream, "variant": "full", "init": start,
+                                            "iterations": unit.steps},
+                            "target": {**stage, "init": f"stage:{CONTROL_STAGE}"}}
     return config
 
 
@@ -278,13 +330,33 @@ def upstream_plans(spec: Any, tracking: Optional[TrackingTarget], stages: List[s
     return plans
 
 
+def _unit_config(spec: Any, unit: PretrainUnit, tracking: Optional[TrackingTarget]):
+    start = METHODS[unit.method].starts_from
+    return config_from_dict(unit_config(spec, unit, registry_init(spec, tracking, start)
+                                        if start else None))
+
+
 def pretrain_plan(spec: Any, unit: PretrainUnit, tracking: Optional[TrackingTarget],
                   world_size: int = 1) -> StagePlan:
-    start = METHODS[unit.method].starts_from
-    init = registry_init(spec, tracking, start) if start else None
-    cfg = config_from_dict(unit_config(spec, unit, init))
-    return stage_plan(cfg, "target", world_size=world_size, label=unit.unit_id,
-                      method=unit.method, tags=unit.tags(spec.name), tracking=tracking)
+    """The unit's target stage."""
+    return stage_plan(_unit_config(spec, unit, tracking), "target", world_size=world_size,
+                      label=unit.unit_id, method=unit.method, tags=unit.tags(spec.name),
+                      tracking=tracking)
+
+
+def control_plan(spec: Any, unit: PretrainUnit, tracking: Optional[TrackingTarget],
+                 world_size: int = 1) -> StagePlan:
+    """A continuing method's first stage: the upstream stage trained on for the unit's
+    step budget on its own data (``<unit>/base``), in the unit's seed."""
+    uid = control_id(unit)
+    tags = {**unit.tags(spec.name), "hpt.unit": uid, "hpt.unit_kind": "control"}
+    return stage_plan(_unit_config(spec, unit, tracking), CONTROL_STAGE,
+                      world_size=world_size, label=uid, method=unit.method, tags=tags,
+                      tracking=tracking)
+
+
+def control_id(unit: PretrainUnit) -> str:
+    return f"{unit.unit_id}{CONTROL_SUFFIX}"
 
 
 def eval_plan(spec: Any, unit: EvalUnit, tracking: Optional[TrackingTarget]) -> EvalPlan:
@@ -294,7 +366,7 @@ def eval_plan(spec: Any, unit: EvalUnit, tracking: Optional[TrackingTarget]) -> 
     return EvalPlan(cfg, unit.protocol, unit.method, unit.dataset, checkpoint, unit.unit_id,
                     layout, spec.layout.eval_result(unit.pretrain or unit.unit_id, unit.unit_id),
                     tracking, unit.steps, unit.seed, unit.augment, str(unit.images or "all"),
-                    unit.pretrain, unit.tags(spec.name))
+                    unit.pretrain, unit.tags(spec.name), str(unit.probe_labels or "all"))
 
 
 def sweep_phases(spec: Any, expansion: Expansion, tracking: Optional[TrackingTarget],
@@ -306,9 +378,14 @@ def sweep_phases(spec: Any, expansion: Expansion, tracking: Optional[TrackingTar
     phases = [Phase(f"upstream-{plan.stage}", [plan],
                     ("upstream-base",) if plan.stage == "source" else ())
               for plan in upstream_plans(spec, tracking, upstream, world_size)]
+    upstream_phases = tuple(f"upstream-{s}" for s in UPSTREAM)
+    phases.append(Phase("control", [control_plan(spec, u, tracking, world_size)
+                                    for u in expansion.pretrain
+                                    if METHODS[u.method].continues
+                                    and control_id(u) not in skip], upstream_phases))
     phases.append(Phase("pretrain", [pretrain_plan(spec, u, tracking, world_size)
                                      for u in expansion.pretrain if u.unit_id not in skip],
-                        tuple(f"upstream-{s}" for s in UPSTREAM)))
+                        upstream_phases + ("control",)))
     phases.append(Phase("eval", [eval_plan(spec, u, tracking)
                                  for u in expansion.evals if u.unit_id not in skip],
                         ("pretrain",), "afterany"))

@@ -54,6 +54,8 @@ class StageResult:
     model_uri: Optional[str] = None  # registry URI of the final checkpoint, when registered
     param_digest: str = ""  # sha256 of the query encoder's parameters (compare ranks/runs)
     step_seconds: float = float("nan")  # median step time of this call, first 5 steps skipped
+    queue_size: int = 0  # the MoCo queue's effective length (capped to what the data fills)
+    images: int = 0  # training images of the stage (all ranks)
 
     @property
     def completed(self) -> bool:
@@ -136,8 +138,9 @@ def run_stage(plan: StagePlan, loader: Any, tracker: Optional[Tracker] = None,
     speed = resolve_speed(cfg.compute, device)
     check_accumulation(plan.rank_batch_size, speed.accumulate, stage)
     seed_everything(cfg.seed + dist.rank)
-    model = build_model(cfg, loader.num_images * dist.world_size, plan.batch_size)
-    result = StageResult(stage, variant, layout.final, 0, total)
+    model = build_model(cfg, loader.num_images, plan.batch_size)  # every rank lists all
+    result = StageResult(stage, variant, layout.final, 0, total,
+                         queue_size=int(model.queue.shape[1]), images=loader.num_images)
 
     resume_state = load_checkpoint(layout.last) if layout.last.exists() else None
     if resume_state is None and init:
@@ -147,7 +150,7 @@ def run_stage(plan: StagePlan, loader: Any, tracker: Optional[Tracker] = None,
     model.to(device)
     prepare_model(model, speed)
 
-    params = configure_variant(model, variant)
+    params = configure_variant(model, variant, cfg.stages[stage].train_head)
     optimizer = (make_optimizer(params, plan.lr, cfg.optim.momentum, cfg.optim.weight_decay,
                                 speed) if params else None)
     start = 0
