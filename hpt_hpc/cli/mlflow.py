@@ -47,14 +47,21 @@ def mlflow_group() -> None:
 @click.option("--store", default="outputs", show_default=True, type=click.Path(file_okay=False),
               help="Folder of the store: <store>/mlflow.db and <store>/mlartifacts.")
 @click.option("--host", default="127.0.0.1", show_default=True,
-              help="Bind address; 0.0.0.0 to accept compute nodes (no authentication!).")
-@click.option("--port", default=5000, show_default=True, type=int)
+              help="Bind address; 0.0.0.0 to accept compute nodes (use --auth there).")
+@click.option("--port", default=5000, show_default=True, type=click.IntRange(0, 65535),
+              help="TCP port; 0 picks a free one (printed). A taken port is refused.")
 @click.option("--allowed-hosts", default=None,
               help="Host headers to accept (default for 0.0.0.0: this machine's names).")
-def serve(store: str, host: str, port: int, allowed_hosts) -> None:
+@click.option("--auth", is_flag=True,
+              help="MLflow's basic-auth app: every request needs a user; the admin account "
+                   "is MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD from the "
+                   "environment (also what the jobs use).")
+def serve(store: str, host: str, port: int, allowed_hosts, auth: bool) -> None:
     """Start a lean MLflow server (one worker, no job runner) and print its URI.
 
     Runs in the foreground until interrupted; start it in tmux/screen on the login node.
+    Without --auth anyone who can reach the port can read and write every run: on a
+    shared login node keep the default 127.0.0.1 or use --auth.
     """
     import signal
 
@@ -65,7 +72,11 @@ def serve(store: str, host: str, port: int, allowed_hosts) -> None:
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _stop)
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    handle = start_server(store, host=host, port=port, allowed_hosts=allowed_hosts)
+    if host not in ("127.0.0.1", "localhost", "::1") and not auth:
+        click.echo(f"WARNING: serving on {host} without --auth: every user who can reach "
+                   f"this port can read and change all runs, configs and checkpoints",
+                   err=True)
+    handle = start_server(store, host=host, port=port, allowed_hosts=allowed_hosts, auth=auth)
     click.echo(f"MLflow server ready (pid {handle.process.pid}, log {handle.log_path})")
     click.echo(f"export MLFLOW_TRACKING_URI={handle.uri}")
     try:

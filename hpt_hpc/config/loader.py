@@ -5,9 +5,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
+import re
 import typing
 from pathlib import Path
-from typing import Any, Dict, Iterable, Union
+from typing import Any, Dict, Iterable, List, Union
 
 import yaml
 
@@ -15,6 +17,8 @@ from ..errors import ConfigError
 from ..tracking.store import TrackingError, normalize_uri
 from .refs import InitRef
 from .schema import PROBE_MODES, STAGE_NAMES, VARIANTS, ExperimentConfig
+
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")  # what YAML 1.1 misses
 
 
 def suggest(key: str, valid: Iterable[str]) -> str:
@@ -47,8 +51,12 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected true/false, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -80,6 +88,8 @@ def apply_overrides(data: Dict[str, Any], overrides: Iterable[str]) -> Dict[str,
             raise ConfigError(f"override '{item}' is not of the form key.path=value")
         dotted, raw = item.split("=", 1)
         value = yaml.safe_load(raw) if raw.strip() else None
+        if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+            value = float(value)  # 1e-3: a number, though YAML 1.1 reads it as a string
         node = data
         parts = dotted.strip().split(".")
         for part in parts[:-1]:
@@ -93,8 +103,76 @@ def apply_overrides(data: Dict[str, Any], overrides: Iterable[str]) -> Dict[str,
     return data
 
 
+# Numeric domains: path (``*``: every entry of a mapping) -> (low, high, low open, high
+# open); ``None`` bounds are unbounded, ``None`` values (optional keys) are not checked.
+RANGES = {
+    "seed": (0, None, False, False), "model.width": (0, None, True, False),
+    "model.stem_stride": (1, None, False, False), "model.in_channels": (1, None, False, False),
+    "moco.queue_size": (1, None, False, False), "moco.momentum": (0, 1, False, False),
+    "moco.temperature": (0, None, True, False), "moco.dim": (1, None, False, False),
+    "moco.mlp_hidden": (1, None, False, False), "moco.bn_splits": (1, None, False, False),
+    "optim.lr": (0, None, False, False), "optim.lr_batch_reference": (1, None, False, False),
+    "optim.weight_decay": (0, None, False, False), "optim.momentum": (0, 1, False, True),
+    "optim.batch_size": (1, None, False, False), "optim.iterations": (1, None, False, False),
+    "optim.warmup_iterations": (0, None, False, False),
+    "augment.color_jitter.brightness": (0, None, False, False),
+    "augment.color_jitter.contrast": (0, None, False, False),
+    "augment.color_jitter.saturation": (0, None, False, False),
+    "augment.color_jitter.hue": (0, 0.5, False, False),
+    "augment.*.p": (0, 1, False, False), "augment.blur.kernel_size": (1, None, False, False),
+    "data.image_size": (1, None, False, False), "data.workers": (0, None, False, False),
+    "data.max_pixels": (1, None, False, False), "checkpoint.every": (0, None, False, False),
+    "probe.lr": (0, None, True, False), "probe.momentum": (0, 1, False, True),
+    "probe.weight_decay": (0, None, False, False), "probe.iterations": (1, None, False, False),
+    "probe.batch_size": (1, None, False, False), "probe.eval_every": (1, None, False, False),
+    "probe.max_train_images": (1, None, False, False),
+    "probe.labels_per_class": (1, None, False, False), "probe.repeats": (1, None, False, False),
+    "probe.center_crop_ratio": (0, 1, True, False), "finetune.labels": (1, None, False, False),
+    "finetune.lr": (0, None, True, False), "finetune.head_lr_mult": (0, None, True, False),
+    "finetune.momentum": (0, 1, False, True), "finetune.weight_decay": (0, None, False, False),
+    "finetune.iterations": (1, None, False, False), "finetune.batch_size": (1, None, False, False),
+    "finetune.eval_every": (1, None, False, False), "compute.accumulate": (1, None, False, False),
+    "tracking.flush_seconds": (0, None, True, False),
+    "stages.*.iterations": (1, None, False, False), "stages.*.lr": (0, None, False, False),
+    "stages.*.batch_size": (1, None, False, False),
+    "datasets.*.max_images": (1, None, False, False),
+}
+CHANNELS = (1, 3)
+
+
+def _values(data: Any, parts: List[str], where: str):
+    """``(dotted path, value)`` of every key a RANGES path names."""
+    if not parts:
+        yield where, data
+        return
+    head, rest = parts[0], parts[1:]
+    items = (data.items() if isinstance(data, dict) else vars(data).items()) if head == "*" \
+        else [(head, data.get(head) if isinstance(data, dict) else getattr(data, head, None))]
+    for key, value in items:
+        if value is not None:
+            yield from _values(value, rest, f"{where}.{key}" if where else key)
+
+
+def check_ranges(cfg: ExperimentConfig) -> None:
+    """Every numeric key inside its domain (:data:`RANGES`), one clear error otherwise."""
+    for path, (low, high, low_open, high_open) in RANGES.items():
+        for where, value in _values(cfg, path.split("."), ""):
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                continue
+            bad_low = low is not None and (value <= low if low_open else value < low)
+            bad_high = high is not None and (value >= high if high_open else value > high)
+            if bad_low or bad_high:
+                interval = (f"{'(' if low_open else '['}{low if low is not None else '-inf'}, "
+                            f"{high if high is not None else 'inf'}{')' if high_open else ']'}")
+                raise ConfigError(f"{where}: {value!r} is outside its range {interval}")
+    if cfg.data.channels not in CHANNELS:
+        raise ConfigError(f"data.channels: {cfg.data.channels} is not one of "
+                          f"{', '.join(map(str, CHANNELS))} (grey or RGB images)")
+
+
 def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     """Cross-field checks that types alone cannot express."""
+    check_ranges(cfg)
     if cfg.model.arch not in ("resnet18", "resnet50"):
         raise ConfigError(f"model.arch: '{cfg.model.arch}' is not one of resnet18, resnet50")
     if cfg.model.in_channels != cfg.data.channels:
@@ -125,8 +203,6 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
             raise ConfigError(f"{where}.init: '{stage.init}' names no other stage")
         if stage.variant in ("bn", "bn-stats") and not stage.init:
             raise ConfigError(f"{where}: variant '{stage.variant}' needs an init checkpoint")
-    if cfg.tracking.flush_seconds <= 0:
-        raise ConfigError("tracking.flush_seconds must be positive")
     if cfg.tracking.uri:
         try:
             normalize_uri(cfg.tracking.uri)
@@ -138,11 +214,6 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     _check_choice("compute.precision", cfg.compute.precision, ("auto", "fp32", "bf16"))
     _check_choice("compute.fused_optimizer", cfg.compute.fused_optimizer,
                   ("auto", "fused", "foreach", "off"))
-    for key, value in (("probe.repeats", cfg.probe.repeats),
-                       ("compute.accumulate", cfg.compute.accumulate),
-                       ("finetune.labels", cfg.finetune.labels)):
-        if value < 1:
-            raise ConfigError(f"{key} must be at least 1, got {value}")
     return cfg
 
 

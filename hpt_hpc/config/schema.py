@@ -134,6 +134,7 @@ class DataConfig:
     mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
     workers: int = 4
+    max_pixels: int = 50_000_000  # larger images (read from the header) are skipped as unreadable
 
 
 @dataclass

@@ -72,6 +72,9 @@ def load_profile(name: Optional[str]) -> Dict[str, Any]:
     """A profile's options (``{}`` for none); unknown names and keys are errors."""
     if not name:
         return {}
+    if not re.fullmatch(r"[\w][\w.-]*", name) or ".." in name:
+        raise HptError(f"--profile '{name}': a profile is a name (letters, digits, '_', '-', "
+                       f"'.'), looked up in {', '.join(str(d) for d in profile_dirs())}")
     candidates = [d / f"{name}.yaml" for d in profile_dirs()]
     path = next((p for p in candidates if p.is_file()), None)
     if path is None:

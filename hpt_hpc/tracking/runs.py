@@ -165,16 +165,23 @@ def start_pipeline_run(uri: str, experiment: str, name: str, record_dir: os.Path
     record_dir = Path(record_dir).resolve()
     record = record_dir / PIPELINE_RECORD
     if run_id is None and not new and record.is_file():
-        data = json.loads(record.read_text())
-        if data.get("name") == name and data.get("tracking_uri") == uri:
+        try:
+            data = json.loads(record.read_text())
+        except (OSError, ValueError):
+            log.warning("tracking: %s is unreadable; starting a new pipeline run", record)
+            data = {}
+        if isinstance(data, dict) and data.get("name") == name and \
+                data.get("tracking_uri") == uri:
             run_id = data.get("run_id")
     run = _existing_run(client, run_id) if run_id else None
     if run is not None:
         client.update_run(run.info.run_id, status="RUNNING")
         return run.info.run_id
+    exp_id = experiment_id(client, experiment, uri)
+    _refuse_namesake(client, exp_id, name, record_dir)
     tags = {"hpt.pipeline": name, "hpt.kind": "pipeline", "hpt.label": name,
-            **environment_tags()}
-    run = client.create_run(experiment_id(client, experiment, uri), run_name=name, tags=tags)
+            "hpt.output_dir": str(record_dir), **environment_tags()}
+    run = client.create_run(exp_id, run_name=name, tags=tags)
     if config is not None:
         client.log_artifact(run.info.run_id, str(_write_config(config, record_dir)))
     record_dir.mkdir(parents=True, exist_ok=True)
@@ -183,6 +190,19 @@ def start_pipeline_run(uri: str, experiment: str, name: str, record_dir: os.Path
                                "tracking_uri": uri}))
     os.replace(tmp, record)
     return run.info.run_id
+
+
+def _refuse_namesake(client: Any, exp_id: str, name: str, record_dir: Path) -> None:
+    """Registry aliases are ``<pipeline>-<label>``: a second pipeline of the same name in
+    the same store (another output folder) would move the first one's aliases."""
+    runs = client.search_runs([exp_id], f"tags.`hpt.kind` = 'pipeline' and "
+                                        f"tags.`hpt.pipeline` = '{name}'", max_results=20)
+    others = {r.data.tags.get("hpt.output_dir") for r in runs} - {str(record_dir), None}
+    if others:
+        raise TrackingError(f"a pipeline named '{name}' already logs to this store from "
+                            f"{sorted(others)[0]}; its checkpoint aliases ({name}-<stage>) "
+                            f"would be moved. Give this config another name, or use that "
+                            f"output_dir")
 
 
 def end_pipeline_run(uri: str, run_id: Optional[str], status: str = "FINISHED",

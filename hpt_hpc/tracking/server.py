@@ -7,6 +7,7 @@ about 10 s with about 0.5 GB of memory, against about 30 s and 2 GB for the defa
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -56,14 +57,22 @@ def advertised_host(host: str) -> str:
     return socket.getfqdn() if host in ("0.0.0.0", "::", "") else host
 
 
-def server_command(store: Path, host: str, port: int,
-                   allowed_hosts: Optional[str] = None) -> List[str]:
-    """``mlflow server`` arguments for a store folder holding ``mlflow.db``/``mlartifacts``."""
+AUTH_INI = "basic-auth.ini"
+AUTH_DB = "basic-auth.db"
+CREDENTIAL_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+
+
+def server_command(store: Path, host: str, port: int, allowed_hosts: Optional[str] = None,
+                   auth: bool = False) -> List[str]:
+    """``mlflow server`` arguments for a store folder holding ``mlflow.db``/``mlartifacts``
+    (``auth``: MLflow's basic-auth app)."""
     store = Path(store).resolve()
     cmd = [sys.executable, "-m", "mlflow", "server",
            "--backend-store-uri", f"sqlite:///{store / DB_NAME}",
            "--artifacts-destination", str(store / ARTIFACTS_DIR),
            "--host", host, "--port", str(port), "--workers", "1"]
+    if auth:
+        cmd += ["--app-name", "basic-auth"]
     if host not in LOCAL_HOSTS:
         # Compute nodes send the login node's name as Host header; MLflow's default
         # allow-list holds only localhost and private IP addresses.
@@ -76,16 +85,72 @@ def server_command(store: Path, host: str, port: int,
     return cmd
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Refuse a port another process listens on: the server would die, and whatever
+    answers there would receive every run, config and checkpoint."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host if host not in ("", "0.0.0.0") else "0.0.0.0", port))
+        except OSError as exc:
+            raise TrackingError(f"port {port} on {host} is taken by another process "
+                                f"({exc.strerror}); nothing was started. Choose another "
+                                f"--port, or --port 0 for a free one") from None
+
+
+def _auth_environment(store: Path) -> dict:
+    """The basic-auth app's settings: its user database in the store, no anonymous
+    access, and the admin account from MLFLOW_TRACKING_USERNAME/PASSWORD (passed in the
+    environment only: never written to a file)."""
+    user, password = (os.environ.get(k, "") for k in CREDENTIAL_ENV)
+    if not user or not password:
+        raise TrackingError(f"--auth needs the admin account in {CREDENTIAL_ENV[0]} and "
+                            f"{CREDENTIAL_ENV[1]} (the same variables the jobs use to log in)")
+    ini = store / AUTH_INI
+    ini.write_text("[mlflow]\ndefault_permission = NO_PERMISSIONS\n"
+                   f"database_uri = sqlite:///{store / AUTH_DB}\nadmin_username = {user}\n"
+                   "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+    return {"MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_AUTH_ADMIN_USERNAME": user,
+            "MLFLOW_AUTH_ADMIN_PASSWORD": password,
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(32)}
+
+
+def _listening_pids(port: int) -> set:
+    """Processes listening on ``port`` that this user may inspect."""
+    import psutil
+    pids = set()
+    for conn in psutil.net_connections(kind="inet"):
+        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port \
+                and conn.pid:
+            pids.add(conn.pid)
+    return pids
+
+
+def owns_port(proc: subprocess.Popen, port: int) -> bool:
+    """True when ``proc`` or one of its descendants listens on ``port``."""
+    import psutil
+    try:
+        family = {proc.pid} | {c.pid for c in psutil.Process(proc.pid).children(recursive=True)}
+    except psutil.NoSuchProcess:
+        return False
+    return bool(_listening_pids(port) & family)
+
+
 def start_server(store: os.PathLike, host: str = "127.0.0.1", port: Optional[int] = None,
-                 wait: float = 90.0, allowed_hosts: Optional[str] = None) -> ServerHandle:
-    """Start a lean server on ``store`` and return once it answers API calls."""
+                 wait: float = 90.0, allowed_hosts: Optional[str] = None,
+                 auth: bool = False) -> ServerHandle:
+    """Start a lean server on ``store`` and return once it answers API calls and the
+    process listening on the port is provably its own (``port`` 0 or None: a free one)."""
     store = Path(store).resolve()
     store.mkdir(parents=True, exist_ok=True)
     port = port or free_port(host if host in LOCAL_HOSTS else "0.0.0.0")
+    check_port_free(host, port)
     ensure_store(f"sqlite:///{store / DB_NAME}")  # never let the server race to create it
-    cmd = server_command(store, host, port, allowed_hosts)
+    cmd = server_command(store, host, port, allowed_hosts, auth)
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     env.pop("MLFLOW_TRACKING_URI", None)
+    if auth:
+        env.update(_auth_environment(store))
     log_path = store / f"server-{port}.log"
     with open(log_path, "ab") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
@@ -99,10 +164,12 @@ def start_server(store: os.PathLike, host: str = "127.0.0.1", port: Optional[int
             raise TrackingError(f"mlflow server exited with code {proc.returncode}:\n{tail}")
         try:
             check_reachable(probe, timeout=2.0)
-            return handle
+            if owns_port(proc, port):
+                return handle
         except TrackingError:
-            if time.time() > deadline:
-                handle.stop()
-                raise TrackingError(f"mlflow server on {probe} not ready after {wait:.0f} s "
-                                    f"(log: {log_path})") from None
-            time.sleep(0.5)
+            pass
+        if time.time() > deadline:
+            handle.stop()
+            raise TrackingError(f"mlflow server on {probe} not ready (or not the process "
+                                f"answering there) after {wait:.0f} s (log: {log_path})")
+        time.sleep(0.5)

@@ -43,8 +43,16 @@ def default_uri(output_dir: str) -> str:
 
 
 def normalize_uri(uri: str) -> str:
-    """Absolute sqlite paths; reject plain paths and the (maintenance-mode) file store."""
-    scheme = urlparse(uri).scheme
+    """Absolute sqlite paths; reject plain paths, the (maintenance-mode) file store and
+    credentials inside the URI (they would reach params, artifacts, records and logs)."""
+    parsed = urlparse(uri)
+    scheme = parsed.scheme
+    if "@" in parsed.netloc:
+        host = parsed.netloc.rsplit("@", 1)[1]
+        raise TrackingError(f"the tracking URI carries a user name or password "
+                            f"({scheme}://…@{host}): remove them and set "
+                            f"MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD instead "
+                            f"(a URI is stored in params, checkpoints and records)")
     if scheme == "sqlite":
         path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
         if not path or path == ":memory:":
@@ -154,6 +162,8 @@ def check_reachable(uri: str, timeout: float = 10.0) -> None:
             folder = folder.parent
         if not os.access(folder, os.W_OK):
             raise TrackingError(f"tracking store {uri}: folder {folder} is not writable")
+        if db.is_file():
+            _check_writable(db)
         return
     scheme = urlparse(uri).scheme
     if scheme not in ("http", "https"):
@@ -179,6 +189,21 @@ def check_reachable(uri: str, timeout: float = 10.0) -> None:
     if resp.status_code != 200:
         raise TrackingError(f"{uri} answered HTTP {resp.status_code} to an MLflow API call "
                             f"(not an MLflow server, or access denied): {resp.text[:200]}")
+
+
+def _check_writable(db: Path) -> None:
+    """Take and release sqlite's write lock: a read-only file, mount or folder fails here
+    with one clear error instead of a long SQLAlchemy traceback in the first run."""
+    try:
+        con = sqlite3.connect(str(db), timeout=30)
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            con.rollback()
+        finally:
+            con.close()
+    except sqlite3.Error as exc:
+        raise TrackingError(f"tracking store {db} cannot be written ({exc}); fix its "
+                            f"permissions or point tracking.uri elsewhere") from None
 
 
 def filesystem_type(path: os.PathLike) -> str:
