@@ -148,3 +148,44 @@ def test_server_command_is_lean(tmp_path):
     assert cmd[cmd.index("--backend-store-uri") + 1] == f"sqlite:///{tmp_path / 'mlflow.db'}"
     wide = server_command(tmp_path, "0.0.0.0", 5123)
     assert f"{socket.gethostname()}:5123" in wide[wide.index("--allowed-hosts") + 1].split(",")
+
+
+def test_auth_server_keeps_the_password_out_of_every_file(tmp_path, mnist_tree, monkeypatch):
+    """``serve --auth`` refuses anonymous requests; a run logged with the credentials in
+    the environment writes the password nowhere (outputs, store, server log, output)."""
+    import secrets
+
+    import requests
+    from tiny import write_tiny_config
+    password = "Pw-" + secrets.token_hex(8)
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "researcher")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+    handle = start_server(tmp_path / "store", "127.0.0.1", 0, auth=True)
+    try:
+        anonymous = requests.get(f"{handle.uri}/api/2.0/mlflow/experiments/search",
+                                 params={"max_results": 1}, timeout=10)
+        assert anonymous.status_code == 401
+        cfg = write_tiny_config(tmp_path, {"mnist": mnist_tree},
+                                {"target": {"dataset": "mnist", "iterations": 2}},
+                                tracking={"enabled": True, "uri": handle.uri,
+                                          "experiment": "secret", "flush_seconds": 0.5})
+        result = CliRunner().invoke(cli, ["train", "--config", str(cfg)])
+        assert result.exit_code == 0, result.output
+        assert "registered as models:/secret@tiny-target" in result.output
+    finally:
+        handle.stop()
+    assert password not in result.output
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.name == "final.pt" for p in written) and any(p.suffix == ".log" for p in written)
+    leaks = [p for p in written if password.encode() in p.read_bytes()]
+    assert not leaks, leaks
+
+
+def test_concurrent_writers_against_one_server(monkeypatch):
+    """The load benchmark at test size (benchmarks/tracking_load.py runs 64)."""
+    import importlib
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))  # the writers import it by name
+    result = importlib.import_module("tracking_load").run_load(writers=16, points=50)
+    assert result["errors"] == 0 and result["pending_after_close"] == 0, result
+    assert result["runs"] == result["runs_finished"] == result["runs_with_every_point"] == 16
+    assert result["model_versions"] == 16

@@ -5,6 +5,8 @@ import json
 
 import click
 
+from ..config.schema import DataConfig
+
 DATASETS = ("fashion-mnist", "mnist", "digits", "mnist-source")
 
 
@@ -32,11 +34,16 @@ def prepare(name: str, dest: str, seed: int, limit) -> None:
 @click.option("--channels", type=click.Choice(["1", "3"]), default="3", show_default=True)
 @click.option("--write-clean-list", type=click.Path(dir_okay=False), default=None,
               help="Write CSV file lists of the readable images (one per split).")
-def check(path: str, fmt: str, channels: str, write_clean_list) -> None:
-    """Count images and classes per split and list unreadable files."""
+@click.option("--max-pixels", type=click.IntRange(min=1), default=DataConfig().max_pixels,
+              show_default=True,
+              help="Images with more pixels (read from the header) count as unreadable "
+                   "(data.max_pixels).")
+def check(path: str, fmt: str, channels: str, write_clean_list, max_pixels) -> None:
+    """Count images and classes per split and list unreadable files (also FIFOs, sockets
+    and devices named like images, and images over --max-pixels)."""
     from ..data.check import check_dataset, format_report
     report = check_dataset(path, fmt=fmt, channels=int(channels),
-                           write_clean_list=write_clean_list)
+                           write_clean_list=write_clean_list, max_pixels=max_pixels)
     click.echo(format_report(report))
     if not report["ok"]:
         raise SystemExit(1)

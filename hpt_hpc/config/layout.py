@@ -1,7 +1,8 @@
 """Where things live under an ``output_dir``: the only module that spells these paths.
 
 * a stage: ``<output_dir>/<stage>/`` with ``checkpoints/last.pt`` (periodic, resume
-  point), ``checkpoints/final.pt`` (the finished stage), ``init-cache/`` (registry and run
+  point; the one before it as ``checkpoints/previous.pt``), ``checkpoints/final.pt`` (the
+  finished stage), ``stage.lock`` (held while a run owns the stage), ``init-cache/`` (registry and run
   checkpoints downloaded once), ``result.json`` (the job's summary: steps, seconds, run id)
   and the tracker's spill files;
 * a launch: ``launches/`` (launch records, ``latest.json`` the newest), ``slurm-logs/%j/``
@@ -21,7 +22,9 @@ from typing import List
 
 CHECKPOINTS = "checkpoints"
 LAST = "last.pt"
+PREVIOUS = "previous.pt"
 FINAL = "final.pt"
+LOCK = "stage.lock"
 INIT_CACHE = "init-cache"
 STAGE_RESULT = "result.json"
 UNIT_STAGE = "target"  # a sweep unit trains its target stage
@@ -52,6 +55,14 @@ class StageLayout:
     @property
     def final(self) -> Path:
         return self.checkpoints / FINAL
+
+    @property
+    def previous(self) -> Path:
+        return self.checkpoints / PREVIOUS
+
+    @property
+    def lock(self) -> Path:
+        return self.root / LOCK
 
     @property
     def init_cache(self) -> Path:

@@ -14,7 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple, Union
 
-from .dali_feed import is_direct
+from ..config.schema import DataConfig
+from .dali_feed import is_direct_file
 from .images import UnreadableImage, load_image
 from .sources import (DatasetError, ImageRecord, read_filelist, scan_imagefolder,
                       split_location)
@@ -23,14 +24,16 @@ if TYPE_CHECKING:  # pragma: no cover
     from hpt_hpc.config.schema import DatasetConfig
 
 DEFAULT_SPLITS = {"train": "train", "val": "val", "test": "test"}
+DEFAULT_MAX_PIXELS = DataConfig().max_pixels
 
 
-def _probe(record: ImageRecord, channels: int) -> Tuple[Optional[str], Optional[tuple]]:
-    """(error reason or None, (mode, width, height, DALI decodes it directly) or None)."""
+def _probe(record: ImageRecord, channels: int,
+           max_pixels: Optional[int] = None) -> Tuple[Optional[str], Optional[tuple]]:
+    """(error reason or None, (mode, width, height, DALI decodes it directly) or None);
+    memory: one decoded image (at most ``max_pixels``) and a MiB of its file."""
     try:
-        img = load_image(record.path, channels)
-        with open(record.path, "rb") as handle:
-            direct = is_direct(handle.read())
+        img = load_image(record.path, channels, max_pixels)
+        direct = is_direct_file(record.path)
     except UnreadableImage as exc:
         return exc.reason, None
     except OSError as exc:
@@ -53,7 +56,8 @@ def _as_config(dataset, fmt: str, splits: Optional[Sequence[str]]):
     return ds, names
 
 
-def _check_split(ds, split: str, channels: int, workers: int) -> Tuple[dict, List]:
+def _check_split(ds, split: str, channels: int, workers: int,
+                 max_pixels: Optional[int]) -> Tuple[dict, List]:
     location = split_location(ds, split)
     if ds.format == "imagefolder":
         records, classes, others = scan_imagefolder(location)
@@ -62,7 +66,8 @@ def _check_split(ds, split: str, channels: int, workers: int) -> Tuple[dict, Lis
         top = max((max(r.labels) for r in records if r.labels), default=-1)
         classes = [str(i) for i in range(top + 1)]
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        results = list(pool.map(lambda r: _probe(r, channels), records, chunksize=64))
+        results = list(pool.map(lambda r: _probe(r, channels, max_pixels), records,
+                                chunksize=64))
     class_counts = {name: 0 for name in classes}
     unreadable, readable, modes, converted = [], [], {}, []
     min_size, max_size = None, None
@@ -97,7 +102,8 @@ def _write_list(path: str, records: Sequence[ImageRecord]) -> None:
 
 def check_dataset(dataset: Union["DatasetConfig", str], fmt: str = "imagefolder",
                   splits: Optional[Sequence[str]] = None, channels: int = 3,
-                  write_clean_list: Optional[str] = None, workers: Optional[int] = None) -> dict:
+                  write_clean_list: Optional[str] = None, workers: Optional[int] = None,
+                  max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> dict:
     """Fully decode every listed image of each split and return a report dict.
 
     ``dataset`` is a :class:`DatasetConfig` or a dataset folder (then ``fmt`` applies and
@@ -112,7 +118,7 @@ def check_dataset(dataset: Union["DatasetConfig", str], fmt: str = "imagefolder"
               "splits": {}, "missing_splits": {}, "clean_lists": {}}
     for split in names:
         try:
-            entry, readable = _check_split(ds, split, channels, workers)
+            entry, readable = _check_split(ds, split, channels, workers, max_pixels)
         except DatasetError as exc:
             report["missing_splits"][split] = str(exc)
             continue

@@ -17,12 +17,13 @@ decoded by the reference decoder from then on (skipped if that fails too).
 """
 from __future__ import annotations
 
+import os
 from collections import deque
 from typing import Deque, List, NamedTuple, Optional, Sequence, Set
 
 import numpy as np
 
-from .images import UnreadableImage, load_image
+from .images import UnreadableImage, check_file, load_image
 from .sources import DatasetError
 
 JPEG_SOI, JPEG_EOI = b"\xff\xd8\xff", b"\xff\xd9"
@@ -77,6 +78,19 @@ def is_direct(data: bytes) -> bool:
     return _jpeg_is_direct(data) or _png_is_direct(data)
 
 
+HEAD_BYTES = 1 << 20  # the markers/chunks that decide sit at the start of a file
+
+
+def is_direct_file(path: str) -> bool:
+    """:func:`is_direct` of a file from its first MiB and last bytes (bounded memory)."""
+    with open(path, "rb") as handle:
+        head = handle.read(HEAD_BYTES)
+        if len(head) < HEAD_BYTES:
+            return is_direct(head)
+        handle.seek(-64, os.SEEK_END)
+        return is_direct(head + handle.read())
+
+
 def pnm_bytes(img) -> np.ndarray:
     """An ``L``/``RGB`` PIL image as uncompressed PGM/PPM bytes (which DALI decodes)."""
     arr = np.asarray(img, dtype=np.uint8)
@@ -92,14 +106,21 @@ class FileReader:
     per file); ``converted`` counts images that went through the reference decoder.
     """
 
-    def __init__(self, paths: Sequence[str], channels: int, skipped):
+    def __init__(self, paths: Sequence[str], channels: int, skipped,
+                 max_pixels: Optional[int] = None):
         self.paths, self.channels, self.skipped = list(paths), int(channels), skipped
+        self.max_pixels = max_pixels
         self.quarantined: Set[int] = set()
         self.converted = 0
 
     def read(self, index: int) -> Optional[np.ndarray]:
         path = self.paths[index]
         if path in self.skipped:
+            return None
+        try:  # regular files within data.max_pixels only, read from the header
+            check_file(path, self.max_pixels)
+        except UnreadableImage as exc:
+            self.skipped.add([(path, exc.reason)])
             return None
         if index not in self.quarantined:
             try:

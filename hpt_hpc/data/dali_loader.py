@@ -136,7 +136,7 @@ class DaliPretrainLoader(_DaliBase):
         self.normalisation = normalisation(data_cfg)
         self.skipped = SkippedImages()
         self.reader = FileReader([r.path for r in self.records], data_cfg.channels,
-                                 self.skipped)
+                                 self.skipped, data_cfg.max_pixels)
         self._colour = None
         self.set_epoch(start_epoch, start_step)
 
@@ -205,7 +205,8 @@ class DaliEvalLoader(_DaliBase):
         self.batch_size = int(batch_size)
         self.threads = max(1, data_cfg.workers if workers is None else workers)
         self.skipped = SkippedImages()
-        self.reader = FileReader([r.path for r in records], data_cfg.channels, self.skipped)
+        self.reader = FileReader([r.path for r in records], data_cfg.channels, self.skipped,
+                                 data_cfg.max_pixels)
         self.passes = 0
 
     def __len__(self) -> int:

@@ -66,10 +66,12 @@ class ImageDataset(Dataset):
     """
 
     def __init__(self, records: Sequence[ImageRecord], transform=None, channels: int = 3,
-                 num_classes: Optional[int] = None, multi_label: bool = False):
+                 num_classes: Optional[int] = None, multi_label: bool = False,
+                 max_pixels: Optional[int] = None):
         self.records = list(records)
         self.transform = transform
         self.channels = channels
+        self.max_pixels = max_pixels
         self.multi_label = multi_label
         top = max((max(r.labels) for r in self.records if r.labels), default=-1)
         self.num_classes = top + 1 if num_classes is None else int(num_classes)
@@ -90,7 +92,7 @@ class ImageDataset(Dataset):
     def __getitem__(self, index: int):
         record = self.records[index]
         try:
-            img = load_image(record.path, self.channels)
+            img = load_image(record.path, self.channels, self.max_pixels)
         except UnreadableImage as exc:
             return SkippedItem(exc.path, exc.reason)
         sample = self.transform(img) if self.transform is not None else img

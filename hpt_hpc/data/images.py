@@ -13,6 +13,10 @@ Conversion rules:
 """
 from __future__ import annotations
 
+import os
+import stat
+from typing import Optional
+
 import numpy as np
 from PIL import Image
 
@@ -30,14 +34,42 @@ class UnreadableImage(Exception):
 
 
 def _to_8bit_grey(img: Image.Image) -> Image.Image:
-    arr = np.asarray(img, dtype=np.float64)
-    if img.mode.startswith("I;16"):
-        arr = arr / 257.0
-    elif img.mode == "I" and arr.size and arr.max() > 255:
-        arr = arr / 257.0
-    elif img.mode == "F" and arr.size and arr.min() >= 0.0 and arr.max() <= 1.0:
-        arr = arr * 255.0
-    return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
+    """16-bit and integer images to 8 bits in integer arithmetic (``round(x / 257)``:
+    65535 -> 255; a 9400² 16-bit image needs 0.5 GB, not the 2 GB of float64 copies)."""
+    if img.mode == "F":
+        arr = np.asarray(img, dtype=np.float32)
+        if arr.size and arr.min() >= 0.0 and arr.max() <= 1.0:
+            arr = arr * np.float32(255.0)
+        return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
+    arr = np.asarray(img)
+    if img.mode.startswith("I;16") or (arr.size and arr.max() > 255):
+        wide = np.clip(arr, 0, 65535).astype(np.uint32)
+        wide += 128
+        wide //= 257
+        return Image.fromarray(wide.astype(np.uint8), mode="L")
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), mode="L")
+
+
+def check_file(path: str, max_pixels: Optional[int] = None) -> None:
+    """Refuse what must not be opened: anything but a regular file (a FIFO would block
+    the reader forever; sockets, devices) and, after reading only the header, images of
+    more than ``max_pixels`` pixels (``data.max_pixels``: decoding bombs)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise UnreadableImage(str(path), f"{type(exc).__name__}: {exc}") from None
+    if not stat.S_ISREG(mode):
+        raise UnreadableImage(str(path), "not a regular file (a FIFO, socket or device)")
+    if max_pixels:
+        try:
+            with Image.open(path) as img:
+                width, height = img.size
+        except (OSError, SyntaxError, ValueError, TypeError, Image.DecompressionBombError,
+                EOFError) as exc:
+            raise UnreadableImage(str(path), f"{type(exc).__name__}: {exc}") from None
+        if width * height > max_pixels:
+            raise UnreadableImage(str(path), f"{width}x{height} pixels exceed data.max_pixels "
+                                             f"({max_pixels}); raise it to read this image")
 
 
 def _flatten_alpha(img: Image.Image) -> Image.Image:
@@ -68,13 +100,15 @@ def _convert(img: Image.Image, channels: int) -> Image.Image:
     return img if img.mode == target else img.convert(target)
 
 
-def load_image(path: str, channels: int = 3) -> Image.Image:
+def load_image(path: str, channels: int = 3, max_pixels: Optional[int] = None) -> Image.Image:
     """Fully decode ``path`` and return an ``L`` (channels=1) or ``RGB`` (channels=3) image.
 
-    Raises :class:`UnreadableImage` (naming the file) for anything that fails to decode.
+    Raises :class:`UnreadableImage` (naming the file) for anything that fails to decode,
+    that is not a regular file, or that has more than ``max_pixels`` pixels.
     """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
+    check_file(path, max_pixels)
     try:
         with Image.open(path) as img:
             img.load()

@@ -69,7 +69,7 @@ class PretrainLoader(_WorkerLoader):
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.dataset = ImageDataset(records, build_two_view_transform(aug_cfg, data_cfg),
-                                    data_cfg.channels)
+                                    data_cfg.channels, max_pixels=data_cfg.max_pixels)
         self.sampler = ShardSampler(len(self.dataset), batch_size, seed, rank, world_size)
         if self.sampler.steps_per_epoch == 0:
             raise DatasetError(f"{len(self.dataset)} images are too few for batch size "
@@ -147,7 +147,7 @@ class EvalLoader(_WorkerLoader):
         transform = build_probe_train_transform(data_cfg, probe) if train else \
             build_eval_transform(data_cfg, probe)
         self.dataset = ImageDataset(records, transform, data_cfg.channels, num_classes,
-                                    multi_label)
+                                    multi_label, data_cfg.max_pixels)
         self.num_images, self.num_classes = len(records), self.dataset.num_classes
         self.multi_label, self.skipped = multi_label, SkippedImages()
         sampler = RandomSampler(self.dataset, generator=torch.Generator().manual_seed(seed)) \

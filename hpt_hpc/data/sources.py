@@ -78,15 +78,25 @@ def scan_imagefolder(split_dir: str) -> Tuple[List[ImageRecord], List[str], List
     others = [e.path for e in entries if not e.is_dir()]
     records: List[ImageRecord] = []
     for label, name in enumerate(classes):
-        for root, dirs, files in os.walk(os.path.join(split_dir, name)):
-            dirs.sort()
-            for fname in sorted(files):
-                full = os.path.join(root, fname)
-                if is_image_file(fname) and not fname.startswith("."):
-                    records.append(ImageRecord(full, (label,)))
-                else:
-                    others.append(full)
+        for path, regular in _walk(os.path.join(split_dir, name)):
+            fname = os.path.basename(path)
+            if regular and is_image_file(fname) and not fname.startswith("."):
+                records.append(ImageRecord(path, (label,)))
+            else:  # strays, and FIFOs/sockets/devices however they are named
+                others.append(path)
     return records, classes, others
+
+
+def _walk(folder: str):
+    """``(path, is a regular file)`` of every non-folder below ``folder`` in os.walk's
+    sorted order; the type comes from the directory entry (no extra stat, nothing opened)."""
+    entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    for entry in entries:  # files first, then subfolders (os.walk's order)
+        if not entry.is_dir():
+            yield entry.path, entry.is_file()
+    for entry in entries:
+        if entry.is_dir():
+            yield from _walk(entry.path)
 
 
 def _parse_labels(fields: Sequence[str]) -> Optional[Tuple[int, ...]]:

@@ -102,7 +102,7 @@ def image_batches(cfg: ExperimentConfig, records: Sequence[ImageRecord], space: 
     batches (epoch after epoch, seeded) of ``min(batch_size, len(records))`` images, drawn
     ``steps`` batches at a time."""
     dataset = ImageDataset(records, transform, cfg.data.channels, space.num_classes,
-                           space.multi_label)
+                           space.multi_label, cfg.data.max_pixels)
     batch = min(int(batch_size), len(dataset))
     if steps is None:
         sampler = SequentialSampler(dataset)

@@ -14,7 +14,7 @@ from typing import List, Optional, Set, Tuple
 from ..config import config_to_dict
 from ..launch.options import SchedulerOptions, resolve_executor
 from ..launch.record import LaunchRecord
-from ..launch.submit import run_phases
+from ..launch.submit import check_slurm, run_phases
 from ..plan import Phase, TrackingTarget, describe_phases, tracking_target
 from ..plan.experiment import ExperimentSpec, prepare_offline_data
 from ..plan.units import (CONTROL_STAGE, CONTROL_SUFFIX, UPSTREAM, EvalUnit, Expansion,
@@ -93,6 +93,8 @@ def run_sweep(spec: ExperimentSpec, options: SchedulerOptions, dry_run: bool = F
     writers = max_parallel if kind != "slurm" else min(options.array_parallelism, max_parallel)
     if dry_run:
         return plan_sweep(spec, target, options.world_size), None
+    if kind == "slurm":  # before anything is created
+        check_slurm(options.partition)
     prepare_offline_data(spec)
     if target is not None:
         prepare_store(target.uri, num_tasks=max(1, writers), nodes=options.nodes)

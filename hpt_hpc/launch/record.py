@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -58,7 +59,7 @@ class LaunchRecord:
         data.pop("live")
         text = json.dumps(data, indent=2)
         for target in (path, path.parent / LATEST):
-            tmp = target.with_suffix(".tmp")
+            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
             tmp.write_text(text)
             tmp.replace(target)
         return path
@@ -72,9 +73,13 @@ class LaunchRecord:
         if not path.is_file():
             raise HptError(f"no launch record at {path}; pass the record file or the "
                            f"experiment's output_dir")
-        data: Dict[str, Any] = json.loads(path.read_text())
-        jobs = [JobEntry(**j) for j in data.pop("jobs", [])]
-        return cls(**{**data, "jobs": jobs})
+        try:
+            data: Dict[str, Any] = json.loads(path.read_text())
+            jobs = [JobEntry(**j) for j in data.pop("jobs", [])]
+            return cls(**{**data, "jobs": jobs})
+        except (ValueError, TypeError) as exc:
+            raise HptError(f"launch record {path} is unreadable ({exc}); pass an earlier "
+                           f"record from {path.parent}") from None
 
     def job(self, entry: JobEntry):
         """The submitit job object for an entry (state queries go to sacct for SLURM)."""

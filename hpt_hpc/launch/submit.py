@@ -223,10 +223,10 @@ def run_phases(phases: List[Phase], options: SchedulerOptions, *, output_dir: Pa
     kind = resolve_executor(options)
     if options.container:
         preflight(options, kind)
+    if kind == "slurm":  # before anything is created: a dead controller leaves no store
+        check_slurm(options.partition)
     if tracking is not None:
         prepare_store(tracking.uri, num_tasks=max(1, writers), nodes=options.nodes)
-    if kind == "slurm":
-        check_slurm(options.partition)
     plans = [p for phase in phases for p in phase.plans]
     if options.container:
         for plan in plans:

@@ -4,7 +4,13 @@ registry and a lean server. Nothing here knows configs, stages or evaluations.
 
 Importing this package is cheap; MLflow is imported by the functions that need it.
 """
+import os
 from importlib import import_module
+
+# No internet at run time: MLflow's usage telemetry (a thread started at `import mlflow`)
+# is off unless a user turns it on; its failure path also pops a variable from os.environ
+# while our flush threads read it (seen as KeyError '_MLFLOW_TELEMETRY_SESSION_ID').
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from .base import MemoryTracker, NullTracker, Tracker
 

@@ -60,6 +60,7 @@ def advertised_host(host: str) -> str:
 AUTH_INI = "basic-auth.ini"
 AUTH_DB = "basic-auth.db"
 CREDENTIAL_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+POOL_OVERFLOW = 80  # database connections beyond the pool's 5 (see start_server)
 
 
 def server_command(store: Path, host: str, port: int, allowed_hosts: Optional[str] = None,
@@ -90,6 +91,9 @@ def check_port_free(host: str, port: int) -> None:
     answers there would receive every run, config and checkpoint."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
+        # as the server binds: a closed connection in TIME_WAIT does not hold the port,
+        # a listener does
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host if host not in ("", "0.0.0.0") else "0.0.0.0", port))
         except OSError as exc:
@@ -148,6 +152,11 @@ def start_server(store: os.PathLike, host: str = "127.0.0.1", port: Optional[int
     ensure_store(f"sqlite:///{store / DB_NAME}")  # never let the server race to create it
     cmd = server_command(store, host, port, allowed_hosts, auth)
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    # MLflow's log_batch holds one pooled database connection while it takes a second:
+    # with SQLAlchemy's default pool (5 + 10 overflow) 15 concurrent batches deadlock the
+    # server for good (seen with 64 writers). Requests run on at most 40 threads (anyio's
+    # default), so 2 x 40 connections can never run out.
+    env.setdefault("MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW", str(POOL_OVERFLOW))
     env.pop("MLFLOW_TRACKING_URI", None)
     if auth:
         env.update(_auth_environment(store))

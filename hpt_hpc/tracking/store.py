@@ -192,13 +192,14 @@ def check_reachable(uri: str, timeout: float = 10.0) -> None:
 
 
 def _check_writable(db: Path) -> None:
-    """Take and release sqlite's write lock: a read-only file, mount or folder fails here
-    with one clear error instead of a long SQLAlchemy traceback in the first run."""
+    """A write rolled back at once: a read-only file, mount or folder fails here with one
+    clear error instead of a long SQLAlchemy traceback in the first run."""
     try:
-        con = sqlite3.connect(str(db), timeout=30)
+        con = sqlite3.connect(str(db), timeout=30, isolation_level=None)
         try:
             con.execute("BEGIN IMMEDIATE")
-            con.rollback()
+            con.execute("CREATE TABLE hpt_write_probe (x INTEGER)")  # undone below
+            con.execute("ROLLBACK")
         finally:
             con.close()
     except sqlite3.Error as exc:

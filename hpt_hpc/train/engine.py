@@ -22,12 +22,12 @@ import torch
 
 from ..config import ExperimentConfig, config_to_dict, flatten
 from ..errors import HptError
-from ..models import (MoCo, cap_queue_size, configure_variant, load_checkpoint,
-                      load_initial_weights, reestimate_bn_stats, save_checkpoint_atomic,
-                      stage_checkpoint)
+from ..models import (MoCo, cap_queue_size, configure_variant, load_initial_weights,
+                      reestimate_bn_stats, stage_checkpoint)
 from ..plan import StagePlan
 from ..tracking import NullTracker, Tracker
 from .distributed import DistInfo
+from .resume import check_finite, load_resume_point, save_resume_point
 from .speed import (StepSpeed, check_accumulation, make_optimizer, prepare_model,
                     resolve_speed, set_optimizer_impl, to_device, train_step)
 from ..device import resolve_device
@@ -56,6 +56,7 @@ class StageResult:
     step_seconds: float = float("nan")  # median step time of this call, first 5 steps skipped
     queue_size: int = 0  # the MoCo queue's effective length (capped to what the data fills)
     images: int = 0  # training images of the stage (all ranks)
+    saved_step: int = -1  # the step of this call's last periodic checkpoint
 
     @property
     def completed(self) -> bool:
@@ -142,7 +143,7 @@ def run_stage(plan: StagePlan, loader: Any, tracker: Optional[Tracker] = None,
     result = StageResult(stage, variant, layout.final, 0, total,
                          queue_size=int(model.queue.shape[1]), images=loader.num_images)
 
-    resume_state = load_checkpoint(layout.last) if layout.last.exists() else None
+    resume_state = load_resume_point(plan)
     if resume_state is None and init:
         result.init_report = load_initial_weights(model, init)
         log.info("stage %s: initial weights from %s (%s)", stage, init,
@@ -184,11 +185,11 @@ def run_stage(plan: StagePlan, loader: Any, tracker: Optional[Tracker] = None,
         result = _train_loop(plan, net, optimizer, loader, result, start, tracker, device,
                              dist, stop_after, on_step, init, should_stop, speed)
 
+    check_finite(model, plan, result.steps, plan.lr)
     state = _checkpoint(model, optimizer, result.steps, plan, tracker, init)
-    if dist.is_main:
-        save_checkpoint_atomic(state, layout.last)
+    if dist.is_main and (result.completed or result.saved_step != result.steps):
+        save_resume_point(state, plan, final=result.completed)
         if result.completed:
-            save_checkpoint_atomic(state, layout.final)
             result.model_uri = tracker.log_checkpoint(str(layout.final), kind="final")
     result.run_id = tracker.run_id
     result.checkpoint = layout.checkpoint(result.completed)
@@ -244,8 +245,12 @@ def _train_loop(plan: StagePlan, net: torch.nn.Module,
         if sync_each_step or logged or progress:
             loss_value = float(loss)  # waits for the device: times the steps since last read
             if not math.isfinite(loss_value):
-                raise FloatingPointError(f"stage {result.stage}: loss became {loss_value} by "
-                                         f"step {step + 1}; lower the learning rate (now {lr:g})")
+                raise HptError(f"stage '{plan.label}': the loss became {loss_value} by step "
+                               f"{step + 1} (learning rate {lr:g}); nothing diverged was "
+                               f"saved. Lower the learning rate (optim.lr or "
+                               f"stages.{plan.stage}.lr) and re-run: the stage resumes from "
+                               f"its last good checkpoint ({plan.layout.last}), or move "
+                               f"{plan.layout.root} away to start fresh")
             now_perf = time.perf_counter()
             durations += [(now_perf - window_started) / window_steps] * window_steps
             window_started, window_steps = now_perf, 0
@@ -260,9 +265,12 @@ def _train_loop(plan: StagePlan, net: torch.nn.Module,
         if progress:
             log.info("stage %s: step %d/%d loss %.4f lr %.4g", result.stage, step + 1, total,
                      loss_value, lr)
-        if every and (step + 1) % every == 0 and step + 1 < total and dist.is_main:
-            save_checkpoint_atomic(_checkpoint(model, optimizer, step + 1, plan, tracker, init),
-                                   plan.layout.last)
+        if every and (step + 1) % every == 0 and step + 1 < total:
+            check_finite(model, plan, step + 1, lr)
+            if dist.is_main:
+                save_resume_point(_checkpoint(model, optimizer, step + 1, plan, tracker, init),
+                                  plan)
+            result.saved_step = step + 1
         if should_stop is not None and step + 1 < end and should_stop(step + 1):
             log.warning("stage %s: stopping at step %d on request (preemption)", result.stage,
                         step + 1)

@@ -21,6 +21,7 @@ from ..tracking.registry import alias_for
 from ..tracking.runs import open_run
 from .distributed import DistInfo
 from .engine import StageResult, run_stage
+from .resume import clean_temporaries, stage_lock
 from ..device import limit_cpu_threads, resolve_device
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,8 @@ def open_stage_tracker(plan: StagePlan, rank: int = 0) -> Tracker:
         return NullTracker()
     return open_run(target.uri, target.experiment, plan.label, "stage",
                     tags=plan.run_tags(), parent_run_id=target.parent_run_id,
-                    run_id=checkpoint_run_id(str(plan.layout.last)),
+                    run_id=(checkpoint_run_id(str(plan.layout.last))
+                            or checkpoint_run_id(str(plan.layout.previous))),
                     model_name=target.model_name, alias=alias_for(target.pipeline, plan.label),
                     folder=plan.layout.root, config=config_dict(plan),
                     flush_seconds=target.flush_seconds, system_metrics=target.system_metrics)
@@ -71,6 +73,21 @@ def run_plan(plan: StagePlan, dist: Optional[DistInfo] = None,
     """Resolve the init, build the loader and the tracker (closed at the end unless
     given), run the engine, and write the stage's result file (rank 0)."""
     dist = dist or DistInfo()
+    with stage_lock(plan.layout, plan.label, hold=dist.is_main):
+        if dist.is_main:
+            clean_temporaries(plan.layout)
+        result = _run_locked(plan, dist, tracker, stop_after, should_stop, on_step)
+    if dist.is_main:
+        write_result(plan, result)
+    log.info("stage %s (%s): %d/%d steps in %.0f s, checkpoint %s", plan.label,
+             result.variant, result.steps, result.total_steps, result.seconds,
+             result.checkpoint)
+    return result
+
+
+def _run_locked(plan: StagePlan, dist: DistInfo, tracker: Optional[Tracker],
+                stop_after: Optional[int], should_stop: Optional[Callable[[int], bool]],
+                on_step: Optional[Callable[[int, float], None]]) -> StageResult:
     uri = plan.tracking.uri if plan.tracking else None
     resolved = plan.init.resolve(plan.layout, uri, who=f"stage '{plan.stage}'")
     loader = build_stage_loader(plan, dist)
@@ -98,9 +115,4 @@ def run_plan(plan: StagePlan, dist: Optional[DistInfo] = None,
             close()
         if own_tracker and tracker is not None:
             tracker.close(status)
-    if dist.is_main:
-        write_result(plan, result)
-    log.info("stage %s (%s): %d/%d steps in %.0f s, checkpoint %s", plan.label,
-             result.variant, result.steps, result.total_steps, result.seconds,
-             result.checkpoint)
     return result

@@ -153,11 +153,13 @@ def test_dead_controller_is_a_quick_clear_error(slurm_cluster, tmp_path, mnist_t
     lines = [ln for ln in text.splitlines() if not ln.startswith("SlurmctldPort")]
     dead.write_text("\n".join(lines + ["SlurmctldPort=1"]) + "\n")
     monkeypatch.setenv("SLURM_CONF", str(dead))
-    cfg = write_config(tmp_path, {"mnist": mnist_tree}, {"target": {"dataset": "mnist"}})
+    cfg = write_config(tmp_path, {"mnist": mnist_tree}, {"target": {"dataset": "mnist"}},
+                       tracking={"enabled": True})
     start = time.monotonic()
     with pytest.raises(HptError, match="controller"):
         launch(str(cfg), ["target"], dev_options())
     assert time.monotonic() - start < 15
+    assert not (tmp_path / "out" / "mlflow.db").exists()  # preflight before any store
 
 
 def test_status_and_cancel_from_the_record(slurm_cluster, tmp_path, mnist_tree):

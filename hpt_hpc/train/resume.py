@@ -1,0 +1,174 @@
+"""Safe resume points of a stage: one run per stage folder, a resume only with the settings
+that wrote the checkpoint, never a diverged state.
+
+* :func:`stage_lock`: a non-blocking ``flock`` on ``<stage>/stage.lock``; a second run of
+  the same stage fails at once naming the holder (host, pid). The kernel releases the
+  lock when its holder dies, so a crashed run's lock is taken over by the next one.
+  (``flock`` over NFS/Lustre depends on the mount: see docs/tracking.md.)
+* :func:`fingerprint`: the settings a resume must not change (model, MoCo, optimiser,
+  augmentation, data, the stage's dataset and settings, seed); stored in every
+  checkpoint and compared key by key before anything is loaded.
+* :func:`save_resume_point`: parameters must be finite before a save; the previous
+  ``last.pt`` is kept as ``previous.pt`` and used when ``last.pt`` cannot be loaded.
+* :func:`clean_temporaries`: temporary files of interrupted saves are removed at start.
+"""
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import socket
+import time
+from contextlib import contextmanager
+from typing import Any, Dict, Iterator, Optional
+
+import torch
+
+from ..config import StageLayout, config_to_dict, flatten
+from ..errors import HptError
+from ..models import CheckpointReadError, load_checkpoint, save_checkpoint_atomic
+from ..plan import StagePlan
+
+log = logging.getLogger(__name__)
+
+FINGERPRINT_SECTIONS = ("model.", "moco.", "optim.", "augment.", "compute.accumulate", "seed",
+                        "data.image_size", "data.channels", "data.mean", "data.std")
+FINGERPRINT_KEY = "resume_settings"
+
+
+class StageBusy(HptError):
+    """Another run holds the stage's lock."""
+
+
+@contextmanager
+def stage_lock(layout: StageLayout, label: str, hold: bool = True) -> Iterator[None]:
+    """Hold the stage's lock for the duration (``hold`` False: a no-op, other ranks)."""
+    if not hold:
+        yield
+        return
+    layout.root.mkdir(parents=True, exist_ok=True)
+    with open(layout.lock, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise StageBusy(f"stage '{label}' is already running ({holder}) in {layout.root}; "
+                            f"wait for it or cancel it (a crashed run's lock is released "
+                            f"by the system)") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"host {socket.gethostname()}, pid {os.getpid()}, since "
+                     f"{time.strftime('%Y-%m-%d %H:%M:%S')}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def fingerprint(plan: StagePlan) -> Dict[str, Any]:
+    """The settings a resumed stage must share with the run that wrote its checkpoint."""
+    flat = flatten(config_to_dict(plan.config))
+    keys = {k: v for k, v in flat.items() if k.startswith(FINGERPRINT_SECTIONS)}
+    stage = plan.config.stages[plan.stage]
+    keys.update({f"stages.{plan.stage}.{k}": v for k, v in vars(stage).items() if k != "init"})
+    keys.update({f"datasets.{plan.dataset}.{k}": v
+                 for k, v in vars(plan.config.datasets[plan.dataset]).items()})
+    keys.update({"plan.iterations": plan.iterations, "plan.lr": plan.lr,
+                 "plan.batch_size": plan.batch_size})
+    return {k: v if isinstance(v, (int, float, str, bool)) or v is None else repr(v)
+            for k, v in sorted(keys.items())}
+
+
+def _differences(saved: Dict[str, Any], current: Dict[str, Any]) -> list:
+    return [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}"
+            for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
+
+
+def finite(model: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values()
+               if t.is_floating_point())
+
+
+def _finite_state(state: Dict[str, Any]) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in state["model"].values()
+               if isinstance(t, torch.Tensor) and t.is_floating_point())
+
+
+def load_resume_point(plan: StagePlan) -> Optional[Dict[str, Any]]:
+    """The stage's resume checkpoint (``last.pt``, else ``previous.pt`` when ``last.pt``
+    is unreadable or not finite), checked against the current settings; ``None`` when the
+    stage has not saved one."""
+    layout = plan.layout
+    state = None
+    for path in (layout.last, layout.previous):
+        if not path.exists():
+            continue
+        try:
+            candidate = load_checkpoint(path)
+        except CheckpointReadError as exc:
+            log.warning("stage %s: %s cannot be read (%s); trying the previous one",
+                        plan.label, path, exc)
+            continue
+        if not _finite_state(candidate):
+            log.warning("stage %s: %s holds non-finite parameters; trying the previous one",
+                        plan.label, path)
+            continue
+        state = candidate
+        if path == layout.previous:
+            log.warning("stage %s: resuming from %s", plan.label, path)
+        break
+    if state is None:
+        if layout.last.exists() or layout.previous.exists():
+            raise HptError(f"stage '{plan.label}': no usable resume checkpoint in "
+                           f"{layout.checkpoints} (unreadable or diverged); move that folder "
+                           f"away to start the stage fresh")
+        return None
+    saved = state.get(FINGERPRINT_KEY)
+    differ = _differences(saved, fingerprint(plan)) if saved is not None else []
+    if differ:
+        shown = "; ".join(differ[:6]) + (f"; ... ({len(differ) - 6} more)" if len(differ) > 6
+                                         else "")
+        raise HptError(f"stage '{plan.label}': its checkpoint {layout.last} was written with "
+                       f"other settings ({shown}). Resume with the original settings, or "
+                       f"start fresh by moving {layout.root} away (or another output_dir)")
+    return state
+
+
+def check_finite(model: torch.nn.Module, plan: StagePlan, step: int, lr: float) -> None:
+    """Refuse non-finite parameters before a save (every rank: their weights agree)."""
+    layout = plan.layout
+    if not finite(model):
+        raise HptError(f"stage '{plan.label}': the parameters became non-finite by step "
+                       f"{step} (learning rate {lr:g}); nothing was saved, so the stage's "
+                       f"last good checkpoint stays its resume point. Lower the learning rate "
+                       f"(optim.lr or stages.{plan.stage}.lr) and re-run to resume from it, "
+                       f"or move {layout.root} away to start fresh")
+
+
+def save_resume_point(state: Dict[str, Any], plan: StagePlan, final: bool = False) -> None:
+    """Save ``state`` as ``last.pt`` (``final.pt`` too when ``final``), keeping the one
+    before as ``previous.pt``. Call :func:`check_finite` first."""
+    layout = plan.layout
+    state[FINGERPRINT_KEY] = fingerprint(plan)
+    if layout.last.exists():
+        os.replace(layout.last, layout.previous)
+    save_checkpoint_atomic(state, layout.last)
+    if final:
+        save_checkpoint_atomic(state, layout.final)
+
+
+def clean_temporaries(layout: StageLayout) -> int:
+    """Remove the temporary files interrupted saves left behind; returns how many."""
+    removed = 0
+    for path in layout.checkpoints.glob(".*.tmp"):
+        try:
+            path.unlink()
+            removed += 1
+        except FileNotFoundError:
+            pass
+    if removed:
+        log.info("removed %d temporary file(s) of interrupted saves in %s", removed,
+                 layout.checkpoints)
+    return removed
