@@ -12,6 +12,7 @@ from .data import data
 from .train import config_group, finetune, probe, train
 from .launch import cancel, launch, status
 from .mlflow import mlflow_group, runs
+from .models import embed, export
 from .quickstart import quickstart
 from .sweep import report, sweep
 
@@ -50,6 +51,8 @@ cli.add_command(mlflow_group)
 cli.add_command(runs)
 cli.add_command(sweep)
 cli.add_command(report)
+cli.add_command(export)
+cli.add_command(embed)
 
 if __name__ == "__main__":  # pragma: no cover
     cli()

@@ -62,9 +62,11 @@ def _evaluate(config_path, overrides, protocol, dataset, checkpoint, section, ch
 @_overrides
 @_checkpoint
 @_dataset
-@click.option("--mode", type=click.Choice(["cached", "augmented"]), default=None,
+@click.option("--mode", type=click.Choice(["cached", "augmented", "knn"]), default=None,
               help="cached: features once, no augmentation; augmented: the paper's "
-                   "random-resized-crop + flip every step (default: probe.mode).")
+                   "random-resized-crop + flip every step; knn: a k-nearest-neighbour vote "
+                   "on the cached features (probe.knn_k, probe.knn_temperature); "
+                   "default: probe.mode.")
 @click.option("--repeats", type=click.IntRange(min=1), default=None,
               help="Independent probes (seeds seed..seed+N-1), reported as mean +- std "
                    "(default: probe.repeats).")

@@ -16,7 +16,7 @@ import yaml
 from ..errors import ConfigError
 from ..tracking.store import TrackingError, normalize_uri
 from .refs import InitRef
-from .schema import PROBE_MODES, STAGE_NAMES, VARIANTS, ExperimentConfig
+from .schema import BACKENDS, PROBE_MODES, STAGE_NAMES, VARIANTS, ExperimentConfig
 
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")  # what YAML 1.1 misses
 
@@ -128,6 +128,7 @@ RANGES = {
     "probe.max_train_images": (1, None, False, False),
     "probe.labels_per_class": (1, None, False, False), "probe.repeats": (1, None, False, False),
     "probe.center_crop_ratio": (0, 1, True, False), "finetune.labels": (1, None, False, False),
+    "probe.knn_k": (1, None, False, False), "probe.knn_temperature": (0, None, True, False),
     "finetune.lr": (0, None, True, False), "finetune.head_lr_mult": (0, None, True, False),
     "finetune.momentum": (0, 1, False, True), "finetune.weight_decay": (0, None, False, False),
     "finetune.iterations": (1, None, False, False), "finetune.batch_size": (1, None, False, False),
@@ -181,8 +182,9 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     if len(cfg.data.mean) != cfg.data.channels or len(cfg.data.std) != cfg.data.channels:
         raise ConfigError(f"data.mean and data.std need {cfg.data.channels} values "
                           f"(one per channel)")
-    if cfg.data.backend not in ("torchvision", "dali"):
-        raise ConfigError(f"data.backend: '{cfg.data.backend}' is not one of torchvision, dali")
+    if cfg.data.backend not in BACKENDS:
+        raise ConfigError(f"data.backend: '{cfg.data.backend}' is not one of "
+                          f"{', '.join(BACKENDS)}")
     for name, ds in cfg.datasets.items():
         if ds.format not in ("imagefolder", "filelist"):
             raise ConfigError(f"datasets.{name}.format: '{ds.format}' is not one of "

@@ -11,7 +11,9 @@ from typing import Any, Dict, List, Optional
 
 VARIANTS = ("full", "bn", "bn-stats", "scratch")
 STAGE_NAMES = ("base", "source", "target")
-PROBE_MODES = ("cached", "augmented")  # probe.mode: features once | the paper's augmented probe
+BACKENDS = ("torchvision", "dali")  # data.backend
+PROBE_MODES = ("cached", "augmented", "knn")  # probe.mode: features once | the paper's
+# augmented probe | k-nearest-neighbour vote on the cached features
 
 
 @dataclass
@@ -170,7 +172,9 @@ class ProbeConfig:
     eval_every: int = 100
     max_train_images: Optional[int] = None  # label budget for the probe's training split
     labels_per_class: Optional[int] = None  # low-label probing: N seeded images per class
-    mode: str = "cached"  # cached (features once, no augmentation) | augmented (paper)
+    mode: str = "cached"  # cached (features once, no augmentation) | augmented (paper) | knn
+    knn_k: int = 20  # knn mode: neighbours that vote
+    knn_temperature: float = 0.07  # knn mode: vote weight exp(cosine similarity / T)
     repeats: int = 1  # independent probes (seeds seed..seed+repeats-1): mean +- std
     crop_scale: List[float] = field(default_factory=lambda: [0.08, 1.0])  # augmented mode
     flip: bool = True  # augmented mode: random horizontal flip of training images

@@ -20,7 +20,7 @@ from ..config import ProbeConfig
 from ..config.schema import PROBE_MODES
 from .metrics import compact_predictions, metric_for, score
 
-CACHED, AUGMENTED = PROBE_MODES
+CACHED, AUGMENTED, KNN = PROBE_MODES
 
 
 @dataclass

@@ -29,6 +29,7 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tup
 
 import numpy as np
 
+from ..config.schema import PROBE_MODES
 from ..tracking import Tracker
 from .metrics import TOP1
 
@@ -127,10 +128,11 @@ class EvalRecord:
 
     @property
     def probe_mode(self) -> str:
-        """``augmented`` or ``cached`` for linear probes (raw pixels: cached), else ""."""
+        """The probe mode of linear evaluations (cached, augmented, knn; raw pixels:
+        cached), "" for fine-tuning."""
         if self.protocol != "linear":
             return ""
-        return "augmented" if self.mode == "augmented" else "cached"
+        return self.mode if self.mode in PROBE_MODES else "cached"
 
     @property
     def key(self) -> CellKey:

@@ -26,7 +26,8 @@ from ..errors import HptError
 from ..models import MoCo, feature_dim_for, load_initial_weights
 from .augmented import augmented_probe
 from .finetune import FinetuneResult, finetune, select_label_budget
-from .probe import (AUGMENTED, CACHED, Features, ProbeResult, extract_features,
+from .knn import knn_probe
+from .probe import (AUGMENTED, CACHED, KNN, Features, ProbeResult, extract_features,
                     linear_probe, pixel_features)
 from .splits import SPLITS, SplitRecords, image_batches, kept_paths, load_splits
 
@@ -148,9 +149,13 @@ def evaluate_linear(cfg: ExperimentConfig, dataset: str, checkpoint: Optional[st
     device = torch.device(device)
     backbone = seeded_backbone(cfg, checkpoint).to(device)
     space = load_splits(cfg, dataset)
-    if cfg.probe.mode == CACHED:
+    if cfg.probe.mode in (CACHED, KNN):
         feats = split_features(cfg, dataset, backbone, device, space)  # shared by repeats
-        results = [probe_features(cfg, feats, seed) for seed in _seeds(cfg)]
+        if cfg.probe.mode == KNN:  # deterministic: one result, whatever probe.repeats says
+            results = [knn_probe(feats["train"], feats["val"], feats["test"],
+                                 cfg.probe.knn_k, cfg.probe.knn_temperature)]
+        else:
+            results = [probe_features(cfg, feats, seed) for seed in _seeds(cfg)]
     elif cfg.probe.mode == AUGMENTED:
         held_out = {}
         for split in ("val", "test"):
@@ -168,8 +173,9 @@ def evaluate_linear(cfg: ExperimentConfig, dataset: str, checkpoint: Optional[st
                                            held_out["test"], cfg.probe, device, seed,
                                            space.num_classes))
     else:
-        raise HptError(f"probe.mode '{cfg.probe.mode}' is not one of {CACHED}, {AUGMENTED}")
-    test = feats["test"] if cfg.probe.mode == CACHED else held_out["test"]
+        raise HptError(f"probe.mode '{cfg.probe.mode}' is not one of {CACHED}, {AUGMENTED}, "
+                       f"{KNN}")
+    test = held_out["test"] if cfg.probe.mode == AUGMENTED else feats["test"]
     return summarize(results, cfg.probe.mode, dataset, checkpoint, test)
 
 

@@ -32,9 +32,12 @@ class Claim:
         return overall(self.judgements)
 
 
+MISSING = "a cell is missing"
+
+
 def _missing(cell: Optional[Cell]) -> Optional[str]:
     if cell is None:
-        return "a cell is missing"
+        return MISSING
     if any(r.predictions is None for r in cell.rows):
         return f"{cell.first.method} has no per-image predictions"
     return None

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from ..config.schema import PROBE_MODES
 from ..eval.record import EvalRecord
 from ..plan.methods import METHODS, PAPER_METHODS, REFERENCE_LABELS, TRANSFER
-from .claims import claims_markdown, judge_claims
+from .claims import MISSING, claims_markdown, judge_claims
 from .evidence import BOOTSTRAP_METHOD, INTERVAL_METHOD
 from .plots import Series, plot_bars, plot_curves, plot_lines
 from .results import Cell, find, group_cells
@@ -224,23 +225,26 @@ def _labels_section(cells, dataset: str) -> List[str]:
             + _table(header, body))
 
 
-def _protocol_section(cells, dataset: str, steps: Sequence[int]) -> List[str]:
-    keys = [k for k in cells if k.dataset == dataset and k.mode == "augmented"]
+def _protocol_section(cells, dataset: str, steps: Sequence[int], mode: str) -> List[str]:
+    """Another probe ``mode`` (augmented: the paper's protocol; knn) against cached mode:
+    the cells side by side and whether the claims' verdicts agree."""
+    keys = [k for k in cells if k.dataset == dataset and k.mode == mode and k.labels == "all"]
     if not keys:
         return []
     body = []
     for k in sorted(keys, key=lambda k: (_ordered([k.method]), k.steps)):
         cached = find(cells, "linear", k.method, dataset, k.steps or None)
         body.append([k.method, str(k.steps or "–"), _text(cells[k]), _text(cached)])
-    lines = [f"### {dataset}: protocol check (the paper's augmented probe vs cached)", ""]
-    lines += _table(["method", "target steps", "augmented", "cached"], body)
-    augmented = {j.comparison: j.verdict for c in judge_claims(cells, dataset, steps,
-                                                               "augmented") for j in c.judgements}
+    title = "the paper's augmented probe" if mode == "augmented" else f"the {mode} probe"
+    lines = [f"### {dataset}: protocol check ({title} vs cached)", ""]
+    lines += _table(["method", "target steps", mode, "cached"], body)
+    other = {j.comparison: j.verdict for c in judge_claims(cells, dataset, steps, mode)
+             for j in c.judgements if MISSING not in j.reasons}
     cached = {j.comparison: j.verdict for c in judge_claims(cells, dataset, steps)
-              for j in c.judgements}
-    shared = sorted(set(augmented) & set(cached))
-    agree = [c for c in shared if augmented[c] == cached[c]]
-    differ = "; ".join(f"{c} (augmented {augmented[c]}, cached {cached[c]})"
+              for j in c.judgements if MISSING not in j.reasons}
+    shared = sorted(set(other) & set(cached))
+    agree = [c for c in shared if other[c] == cached[c]]
+    differ = "; ".join(f"{c} ({mode} {other[c]}, cached {cached[c]})"
                        for c in shared if c not in agree)
     lines += [f"Verdicts of the comparisons both modes can make: {len(agree)} of "
               f"{len(shared)} agree" + (f"; they differ on: {differ}" if differ else "") + ".",
@@ -255,8 +259,8 @@ def _finetune_section(cells, dataset: str) -> List[str]:
     steps = sorted({k.steps for k in keys if k.steps > 0})
     header, body = _steps_table(cells, "finetune", dataset, _ordered({k.method for k in keys}),
                                 steps)
-    mode = cells[keys[0]].first.mode
-    return ([f"### {dataset}: semi-supervised fine-tuning ({mode}), test accuracy", "",
+    labels = cells[keys[0]].first.mode.replace("finetune", "").strip(" ()")
+    return ([f"### {dataset}: semi-supervised fine-tuning ({labels}), test accuracy", "",
              "reference rows are linear probes", ""] + _table(header, body))
 
 
@@ -285,7 +289,8 @@ def build_report(rows: Sequence[EvalRecord], out: Path, name: str, preamble: str
         lines += _ablation_section(cells, dataset, "images", "target-data amount", "n =",
                                    out, f"{name}-{dataset}-data-amount.png", plots)
         lines += _labels_section(cells, dataset)
-        lines += _protocol_section(cells, dataset, steps)
+        for mode in PROBE_MODES[1:]:
+            lines += _protocol_section(cells, dataset, steps, mode)
         lines += _finetune_section(cells, dataset)
     md = "\n".join(lines) + "\n"
     path = out / f"{name}.md"
