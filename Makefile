@@ -8,10 +8,10 @@ OUT    ?= outputs/quickstart
 
 .PHONY: quickstart test venv data-deps test-deps clean
 
-$(VENV)/.installed: setup.py
+$(VENV)/.installed: setup.py constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,dali-cuda13]'
 	touch $@
 
 venv: $(VENV)/.installed

@@ -16,21 +16,28 @@ setup(
     packages=find_packages(include=["hpt_hpc", "hpt_hpc.*"]),
     package_data={"hpt_hpc": ["resources/*.yaml", "resources/**/*.yaml", "resources/experiments/*.yaml"]},
     python_requires=">=3.10",
+    # Compatible ranges (the APIs the code uses), so hpt-hpc installs beside a site's own
+    # torch/CUDA stack. The exact versions CI tests are in constraints.txt (`make` uses it).
     install_requires=[
-        "torch==2.14.1",
-        "torchvision==0.29.1",
-        "nvidia-dali-cuda130==2.4.0",
-        "submitit==1.5.4",
-        "mlflow==3.17.2",
-        "psutil==7.2.2",
-        "click==8.5.1",
-        "pyyaml==6.0.4",
-        "numpy==2.4.6",
-        "pillow==13.0.0",
-        "matplotlib==3.11.2",
-        "scikit-learn==1.9.1",
-        "mlxtend==0.25.0",
+        "torch>=2.4",
+        "torchvision>=0.19",
+        "submitit>=1.5,<2",
+        "mlflow[auth]>=3.5,<4",  # auth: `hpt-hpc mlflow serve --auth`
+        "psutil>=5.9",
+        "click>=8.1,<9",
+        "pyyaml>=6",
+        "numpy>=1.26",
+        "pillow>=10",
+        "matplotlib>=3.8",
+        "scikit-learn>=1.4",
+        "mlxtend>=0.23",
     ],
-    extras_require={"test": ["pytest==9.2.0", "playwright==1.65.2"]},
+    extras_require={
+        # NVIDIA DALI for the CUDA major version of the site's driver (data.backend: dali;
+        # without it the torchvision backend runs, with one warning)
+        "dali-cuda12": ["nvidia-dali-cuda120>=1.40"],
+        "dali-cuda13": ["nvidia-dali-cuda130>=2.0"],
+        "test": ["pytest>=8", "playwright>=1.45"],
+    },
     entry_points={"console_scripts": ["hpt-hpc=hpt_hpc.cli.main:cli"]},
 )

@@ -5,8 +5,10 @@ evaluation code do not know which they get.
 """
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Optional, Sequence
 
+from ..config.schema import BACKENDS
 from ..errors import HptError
 from .loader import EvalLoader, PretrainLoader
 from .sources import ImageRecord
@@ -16,7 +18,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["BACKENDS", "build_eval_loader", "build_pretrain_loader"]
 
-BACKENDS = ("torchvision", "dali")
+log = logging.getLogger(__name__)
+_warned = []
 
 
 def _check_backend(data_cfg: "DataConfig") -> None:
@@ -25,12 +28,21 @@ def _check_backend(data_cfg: "DataConfig") -> None:
                        f"{', '.join(BACKENDS)}")
 
 
-def _dali_loaders():
+def _dali_loaders(data_cfg: "DataConfig"):
+    """The DALI loader module for ``data.backend: dali``; None (torchvision loaders) for the
+    torchvision backend or when DALI cannot be imported (said once per process)."""
+    if data_cfg.backend != "dali":
+        return None
     try:
         from . import dali_loader
     except ImportError as exc:
-        raise HptError(f"data.backend 'dali' needs NVIDIA DALI ({exc}); install "
-                       "nvidia-dali-cuda130 or use --set data.backend=torchvision") from None
+        if not _warned:
+            _warned.append(exc)
+            log.warning("data.backend is 'dali' but NVIDIA DALI cannot be imported (%s): "
+                        "using the torchvision backend. For DALI install hpt-hpc with the "
+                        "extra of your CUDA major version: [dali-cuda12] or [dali-cuda13]",
+                        exc)
+        return None
     return dali_loader
 
 
@@ -43,8 +55,9 @@ def build_pretrain_loader(records: Sequence[ImageRecord], aug_cfg: "AugmentConfi
     :class:`~hpt_hpc.data.loader.PretrainLoader`, or with ``data.backend: dali`` a
     :class:`~hpt_hpc.data.dali_loader.DaliPretrainLoader`."""
     _check_backend(data_cfg)
-    if data_cfg.backend == "dali":
-        return _dali_loaders().DaliPretrainLoader(
+    dali = _dali_loaders(data_cfg)
+    if dali is not None:
+        return dali.DaliPretrainLoader(
             records, aug_cfg, data_cfg, batch_size, seed, rank, world_size, workers,
             start_epoch, start_step, fill_skipped)
     return PretrainLoader(records, aug_cfg, data_cfg, batch_size, seed, rank, world_size,
@@ -61,8 +74,9 @@ def build_eval_loader(records: Sequence[ImageRecord], data_cfg: "DataConfig",
     :class:`~hpt_hpc.data.loader.EvalLoader`, or with ``data.backend: dali`` a
     :class:`~hpt_hpc.data.dali_loader.DaliEvalLoader`."""
     _check_backend(data_cfg)
-    if data_cfg.backend == "dali":
-        return _dali_loaders().DaliEvalLoader(records, data_cfg, batch_size, train, workers,
+    dali = _dali_loaders(data_cfg)
+    if dali is not None:
+        return dali.DaliEvalLoader(records, data_cfg, batch_size, train, workers,
                                               num_classes, multi_label, seed, probe)
     return EvalLoader(records, data_cfg, batch_size, train, workers, num_classes,
                       multi_label, seed, probe)
