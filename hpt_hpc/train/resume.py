@@ -46,6 +46,7 @@ def stage_lock(layout: StageLayout, label: str, hold: bool = True) -> Iterator[N
     if not hold:
         yield
         return
+    created = not layout.root.exists()
     layout.root.mkdir(parents=True, exist_ok=True)
     with open(layout.lock, "a+") as handle:
         try:
@@ -63,6 +64,12 @@ def stage_lock(layout: StageLayout, label: str, hold: bool = True) -> Iterator[N
         handle.flush()
         try:
             yield
+        except BaseException:
+            if created and [p.name for p in layout.root.iterdir()] == [layout.lock.name]:
+                # failed before any work: leave no folder behind (a retry starts clean)
+                layout.lock.unlink(missing_ok=True)
+                layout.root.rmdir()
+            raise
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
