@@ -29,7 +29,7 @@ test-deps: data-deps
 	bash containers/dev/install.sh
 
 quickstart: venv data-deps
-	$(VENV)/bin/hpt-hpc quickstart --output $(OUT)
+	$(VENV)/bin/hpt-hpc quickstart --out $(OUT)
 
 test: venv test-deps
 	$(PY) -m pytest -q tests

@@ -3,7 +3,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from click.testing import CliRunner
 
+from hpt_hpc.cli.main import cli
 from hpt_hpc.errors import HptError
 from hpt_hpc.launch.options import SchedulerOptions, build_options, parse_minutes, \
     resolve_executor
@@ -80,6 +82,9 @@ def test_local_chain_with_grid(tmp_path, mnist_tree, fashion_tree):
     assert not list((tmp_path / "out/grid").rglob("mlflow.db"))
     states = {r["job_id"]: r["state"] for r in job_states(LaunchRecord.load(tmp_path / "out"))}
     assert set(states.values()) == {"FINISHED"}
+    shown = CliRunner().invoke(cli, ["status", str(tmp_path / "out"), "--watch", "--every", "1"])
+    assert shown.exit_code == 0, shown.output  # --watch ends: nothing is pending or running
+    assert shown.output.count("FINISHED\tstep 4/4 (100%), ETA 0s") == 3, shown.output
 
 
 def test_debug_executor_runs_in_process(tmp_path, mnist_tree):
@@ -114,3 +119,44 @@ def test_failed_stage_stops_its_dependants_without_slurm(tmp_path, mnist_tree, e
     assert not (tmp_path / "out" / "target").exists()
     record = LaunchRecord.load(tmp_path / "out")  # the record of what ran is kept
     assert [e.stage for e in record.jobs] == ["base"]
+    # through the CLI: submitted work that failed is exit code 1; in this process (debug)
+    # the bad input (a corrupt init file) is still known as such: exit code 2
+    again = CliRunner().invoke(cli, ["launch", "--config", str(cfg), "--chain", "base,target",
+                                     "--executor", executor])
+    word = {"local": "failed: ", "debug": "error: "}[executor]
+    assert again.exit_code == {"local": 1, "debug": 2}[executor], again.output
+    assert again.output.count(word) == 1 and "Traceback" not in again.output
+
+
+def test_launch_and_sweep_take_the_same_scheduler_options(tmp_path):
+    """One convention: every scheduler flag on both commands, with help text; the timeout
+    requeue budget reaches submitit."""
+    from hpt_hpc.launch.submit import make_executor
+
+    def flags(command):
+        out = CliRunner().invoke(cli, [command, "--help"], terminal_width=200)
+        return {line.split()[0].rstrip(",") for line in out.output.splitlines()
+                if line.strip().startswith("--")}
+    scheduler = {"--executor", "--profile", "--partition", "--nodes", "--gpus-per-node",
+                 "--tasks-per-node", "--cpus-per-task", "--mem", "--time", "--account",
+                 "--qos", "--constraint", "--sbatch", "--max-num-timeout", "--log-folder",
+                 "--container", "--container-bind", "--container-runtime"}
+    assert scheduler <= flags("launch") and scheduler <= flags("sweep")
+    default = make_executor("slurm", tmp_path, build_options("dev"), "x")
+    assert default._executor.max_num_timeout == 30
+    chosen = make_executor("slurm", tmp_path, build_options(None, max_num_timeout=5), "x")
+    assert chosen._executor.max_num_timeout == 5
+
+
+def test_every_option_of_every_command_has_help_text():
+    import click
+
+    def commands(group, path):
+        for name, sub in group.commands.items():
+            if isinstance(sub, click.Group):
+                yield from commands(sub, path + [name])
+            else:
+                yield " ".join(path + [name]), sub
+    missing = [f"{name} {p.opts[0]}" for name, cmd in commands(cli, [])
+               for p in cmd.params if isinstance(p, click.Option) and not p.help]
+    assert not missing, missing

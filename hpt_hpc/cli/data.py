@@ -5,7 +5,7 @@ import json
 
 import click
 
-from ..config.schema import DataConfig
+from ..config.schema import DATASET_FORMATS, DataConfig
 
 DATASETS = ("fashion-mnist", "mnist", "digits", "mnist-source")
 
@@ -29,9 +29,12 @@ def prepare(name: str, dest: str, seed: int, limit) -> None:
 
 @data.command("check")
 @click.argument("path", type=click.Path())
-@click.option("--format", "fmt", type=click.Choice(["imagefolder", "filelist"]),
-              default="imagefolder", show_default=True)
-@click.option("--channels", type=click.Choice(["1", "3"]), default="3", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(list(DATASET_FORMATS)),
+              default="imagefolder", show_default=True,
+              help="Class folders (split/class/image), CSV file lists (split.csv) or a "
+                   "folder of unlabelled images (any depth; its train/ or itself).")
+@click.option("--channels", type=click.Choice(["1", "3"]), default="3", show_default=True,
+              help="Channels the images are converted to, as data.channels.")
 @click.option("--write-clean-list", type=click.Path(dir_okay=False), default=None,
               help="Write CSV file lists of the readable images (one per split).")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=DataConfig().max_pixels,
@@ -47,3 +50,31 @@ def check(path: str, fmt: str, channels: str, write_clean_list, max_pixels) -> N
     click.echo(format_report(report))
     if not report["ok"]:
         raise SystemExit(1)
+
+
+@data.command("stats")
+@click.argument("path", type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(list(DATASET_FORMATS)),
+              default="imagefolder", show_default=True,
+              help="Dataset format, as in data check.")
+@click.option("--split", default="train", show_default=True,
+              help="The split whose images are measured.")
+@click.option("--channels", type=click.Choice(["1", "3"]), default="3", show_default=True,
+              help="Channels the images are converted to, as data.channels.")
+@click.option("--max-images", type=click.IntRange(min=1), default=5000, show_default=True,
+              help="Measure a seeded sample of this many images.")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=DataConfig().max_pixels,
+              show_default=True, help="Larger images are skipped (data.max_pixels).")
+def stats(path: str, fmt: str, split: str, channels: str, max_images: int,
+          max_pixels: int) -> None:
+    """Per-channel mean and std of a dataset's images, printed as the data.mean and
+    data.std lines of a config."""
+    from types import SimpleNamespace
+
+    from ..data.stats import dataset_stats
+    ds = SimpleNamespace(path=path, format=fmt, splits={split: split}, max_images=None)
+    result = dataset_stats(ds, split, int(channels), max_images, max_pixels)
+    click.echo(f"# {result['images']} images of {path} ({split}), {result['pixels']} pixels"
+               + (f", {result['skipped']} unreadable skipped" if result["skipped"] else ""))
+    click.echo(f"data:\n  channels: {channels}\n  mean: {result['mean']}\n"
+               f"  std: {result['std']}")

@@ -4,54 +4,23 @@ from __future__ import annotations
 import click
 
 from ..config.schema import STAGE_NAMES
+from .scheduler import pop_scheduler, scheduler_options
 
 STAGES = list(STAGE_NAMES)
 
 
-def _extra(values):
-    extra = {}
-    for item in values:
-        key, _, value = item.partition("=")
-        extra[key.lstrip("-")] = value or None
-    return extra
-
-
 @click.command()
-@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
+              help="The experiment config (YAML).")
 @click.option("--stage", type=click.Choice(STAGES), help="The stage to run.")
 @click.option("--chain", help="Comma-separated stages submitted at once with afterok "
                               "dependencies, e.g. base,source,target.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
-@click.option("--executor", type=click.Choice(["auto", "slurm", "local", "debug"]),
-              default=None, help="auto: slurm when sbatch is on PATH, else local.")
-@click.option("--profile", help="Cluster profile from slurm/profiles/<name>.yaml.")
-@click.option("--partition")
-@click.option("--nodes", type=int)
-@click.option("--gpus-per-node", type=int)
-@click.option("--tasks-per-node", type=int, help="DDP ranks per node on CPU nodes.")
-@click.option("--cpus-per-task", type=int)
-@click.option("--mem", help="Memory per node, e.g. 32G.")
-@click.option("--time", help="Time limit: minutes or [D-]HH:MM[:SS].")
-@click.option("--account")
-@click.option("--qos")
-@click.option("--constraint")
-@click.option("--sbatch", "sbatch_extra", multiple=True, metavar="OPTION=VALUE",
-              help="Extra sbatch option, e.g. --sbatch exclusive= (repeatable).")
-@click.option("--log-folder", help="submitit folder (default <output_dir>/slurm-logs/%j).")
-@click.option("--container", metavar="IMAGE.sif",
-              help="Run every task inside this Apptainer/Singularity image (--nv on GPUs).")
-@click.option("--container-bind", "container_binds", multiple=True, metavar="SRC[:DST[:ro]]",
-              help="Another host path to bind (repeatable); data, outputs, logs and the "
-                   "MLflow store are bound already.")
-@click.option("--container-runtime", metavar="NAME|PATH",
-              help="apptainer or singularity (default: whichever is on PATH, apptainer "
-                   "first).")
-def launch(config_path, stage, chain, overrides, executor, profile, partition, nodes,
-           gpus_per_node, tasks_per_node, cpus_per_task, mem, time, account, qos, constraint,
-           sbatch_extra, log_folder, container, container_binds, container_runtime) -> None:
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config key (repeatable), e.g. --set optim.lr=0.01.")
+@scheduler_options
+def launch(config_path, stage, chain, overrides, **scheduler) -> None:
     """Submit a stage (the config's grid becomes one job array) or a whole chain."""
     from ..launch.commands import launch as do_launch
-    from ..launch.options import build_options
     from ..launch.submit import describe
     if bool(stage) == bool(chain):
         raise click.UsageError("give exactly one of --stage or --chain")
@@ -59,27 +28,48 @@ def launch(config_path, stage, chain, overrides, executor, profile, partition, n
     bad = [s for s in stages if s not in STAGES]
     if bad:
         raise click.UsageError(f"unknown stage(s) in --chain: {', '.join(bad)}")
-    options = build_options(profile, executor=executor, partition=partition, nodes=nodes,
-                            gpus_per_node=gpus_per_node, tasks_per_node=tasks_per_node,
-                            cpus_per_task=cpus_per_task, mem=mem, time=time, account=account,
-                            qos=qos, constraint=constraint, extra=_extra(sbatch_extra),
-                            container=container, container_binds=list(container_binds),
-                            container_runtime=container_runtime)
+    options, log_folder = pop_scheduler(scheduler)
     record = do_launch(config_path, stages, options, overrides, log_folder)
     click.echo(describe(record))
     if options.container:
         click.echo(f"container: every task runs in {options.container}")
+    click.echo(f"follow: hpt-hpc status {record.output_dir} --watch")
+
+
+def _status_line(row) -> str:
+    cell = "" if row["cell"] in ("default", row["stage"]) else f" [{row['cell']}]"
+    line = f"{row['stage']}{cell}\tjob {row['job_id']}\t{row['state']}"
+    figures = row.get("progress")
+    if figures:
+        from ..progress import format_seconds
+        line += (f"\tstep {figures['step']}/{figures['total']} ({figures['percent']:.0f}%)"
+                 f", ETA {format_seconds(figures['eta_seconds'])}"
+                 f" (as of {figures['updated'][11:19]})")
+    return line
 
 
 @click.command()
 @click.argument("record", type=click.Path(), default=".")
-def status(record) -> None:
-    """States of a launch's jobs. RECORD: a launch record or an experiment output_dir."""
-    from ..launch.record import LaunchRecord, job_states
-    rows = job_states(LaunchRecord.load(record))
-    for row in rows:
-        cell = "" if row["cell"] in ("default", row["stage"]) else f" [{row['cell']}]"
-        click.echo(f"{row['stage']}{cell}\tjob {row['job_id']}\t{row['state']}")
+@click.option("--watch", is_flag=True,
+              help="Refresh until no job is pending or running (Ctrl-C to stop watching).")
+@click.option("--every", type=click.FloatRange(min=1), default=10.0, show_default=True,
+              help="Seconds between refreshes with --watch.")
+def status(record, watch, every) -> None:
+    """States of a launch's jobs, with the step, percent done and ETA of running stages.
+    RECORD: a launch record or an experiment output_dir."""
+    import time
+
+    from ..launch.record import LaunchRecord, is_active, job_states
+    launch = LaunchRecord.load(record)
+    while True:
+        rows = job_states(launch)
+        if watch:
+            click.echo(time.strftime("-- %H:%M:%S"))
+        for row in rows:
+            click.echo(_status_line(row))
+        if not watch or not any(is_active(row["state"]) for row in rows):
+            return
+        time.sleep(every)
 
 
 @click.command()

@@ -18,15 +18,19 @@ from .sweep import report, sweep
 
 
 class _ErrorHandlingGroup(click.Group):
-    """Turn the toolkit's user-facing errors into one clear line and exit code 2."""
+    """Turn the toolkit's errors into one clear line: exit code 1 when submitted work
+    failed, 2 for input the user can fix (click's own usage errors are 2 as well)."""
 
     def invoke(self, ctx: click.Context):
-        from ..errors import USER_ERRORS
+        from ..errors import EXIT_FAILED, EXIT_USER_ERROR, USER_ERRORS, WorkFailed
         try:
             return super().invoke(ctx)
+        except WorkFailed as exc:
+            click.echo(f"failed: {exc}", err=True)
+            sys.exit(EXIT_FAILED)
         except USER_ERRORS as exc:
             click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
+            sys.exit(EXIT_USER_ERROR)
 
 
 @click.group(cls=_ErrorHandlingGroup)

@@ -24,7 +24,8 @@ def _store_uri(uri, output_dir, config_path) -> str:
 
 
 _where = [
-    click.option("--uri", default=None, help="Tracking URI (sqlite:///... or http://...)."),
+    click.option("--tracking-uri", "--uri", "uri", default=None,
+                 help="Tracking URI (sqlite:///... or http://...)."),
     click.option("--output-dir", default=None, type=click.Path(file_okay=False),
                  help="An experiment output_dir: its embedded store <dir>/mlflow.db."),
     click.option("--config", "config_path", default=None, type=click.Path(dir_okay=False),

@@ -5,7 +5,7 @@ import click
 
 
 @click.command()
-@click.option("--output", default="outputs/quickstart", show_default=True,
+@click.option("--out", "--output", "output", default="outputs/quickstart", show_default=True,
               type=click.Path(file_okay=False), help="Where runs, tables and plots go.")
 @click.option("--data-dir", default="data", show_default=True, type=click.Path(file_okay=False),
               help="Where the offline datasets are prepared.")

@@ -5,46 +5,25 @@ from pathlib import Path
 
 import click
 
+from .scheduler import pop_scheduler, scheduler_options
+
 
 @click.command()
 @click.argument("experiment", type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a key of the experiment's config (repeatable).")
-@click.option("--executor", type=click.Choice(["auto", "slurm", "local", "debug"]),
-              default=None, help="auto: slurm when sbatch is on PATH, else local; debug runs "
-                                 "every unit in this process.")
-@click.option("--max-parallel", type=int, default=1, show_default=True,
+@click.option("--max-parallel", type=click.IntRange(min=1), default=1, show_default=True,
               help="Units running at once (local processes, or the SLURM array's %N).")
 @click.option("--dry-run", is_flag=True, help="List what would run and what is skipped.")
-@click.option("--profile", help="Cluster profile from slurm/profiles/<name>.yaml.")
-@click.option("--partition")
-@click.option("--gpus-per-node", type=int)
-@click.option("--cpus-per-task", type=int)
-@click.option("--mem", help="Memory per node, e.g. 32G.")
-@click.option("--time", help="Time limit per unit: minutes or [D-]HH:MM[:SS].")
-@click.option("--account")
-@click.option("--qos")
-@click.option("--log-folder", help="submitit folder (default <output_dir>/slurm-logs/%j).")
-@click.option("--container", metavar="IMAGE.sif",
-              help="Run every task inside this Apptainer/Singularity image (see launch).")
-@click.option("--container-bind", "container_binds", multiple=True, metavar="SRC[:DST[:ro]]",
-              help="Another host path to bind (repeatable).")
-@click.option("--container-runtime", metavar="NAME|PATH", help="apptainer or singularity.")
-def sweep(experiment, overrides, executor, max_parallel, dry_run, profile, partition,
-          gpus_per_node, cpus_per_task, mem, time, account, qos, log_folder, container,
-          container_binds, container_runtime) -> None:
+@scheduler_options
+def sweep(experiment, overrides, max_parallel, dry_run, **scheduler) -> None:
     """Run the studies of EXPERIMENT (configs/experiments/<name>.yaml): upstream stages,
     then an array of pretraining units, then an array of evaluations. Re-running skips
     finished units (found through MLflow tags) and resumes unfinished ones."""
     from ..experiments.sweep import run_sweep
-    from ..launch.options import build_options
     from ..plan.experiment import load_experiment
+    options, log_folder = pop_scheduler(scheduler)
     spec = load_experiment(experiment, overrides)
-    options = build_options(profile, executor=executor, partition=partition,
-                            gpus_per_node=gpus_per_node, cpus_per_task=cpus_per_task, mem=mem,
-                            time=time, account=account, qos=qos, container=container,
-                            container_binds=list(container_binds),
-                            container_runtime=container_runtime)
     plan, record = run_sweep(spec, options, dry_run=dry_run, max_parallel=max_parallel,
                              folder=log_folder)
     click.echo(plan.describe())
@@ -53,8 +32,8 @@ def sweep(experiment, overrides, executor, max_parallel, dry_run, profile, parti
         return
     click.echo(f"record: {record.path}")
     if record.executor == "slurm":
-        click.echo(f"follow: hpt-hpc status {spec.output_dir}; then: hpt-hpc report "
-                   f"{experiment}")
+        click.echo(f"follow: hpt-hpc status {spec.output_dir} --watch")
+    click.echo(f"next: hpt-hpc report {experiment}")
 
 
 @click.command()

@@ -25,6 +25,7 @@ LAST = "last.pt"
 PREVIOUS = "previous.pt"
 FINAL = "final.pt"
 LOCK = "stage.lock"
+PROGRESS = "progress.json"
 INIT_CACHE = "init-cache"
 STAGE_RESULT = "result.json"
 UNIT_STAGE = "target"  # a sweep unit trains its target stage
@@ -67,6 +68,11 @@ class StageLayout:
     @property
     def init_cache(self) -> Path:
         return self.root / INIT_CACHE
+
+    @property
+    def progress(self) -> Path:
+        """Latest progress figures of a running stage (read by ``hpt-hpc status``)."""
+        return self.root / PROGRESS
 
     @property
     def result(self) -> Path:

@@ -16,7 +16,7 @@ import yaml
 from ..errors import ConfigError
 from ..tracking.store import TrackingError, normalize_uri
 from .refs import InitRef
-from .schema import BACKENDS, PROBE_MODES, STAGE_NAMES, VARIANTS, ExperimentConfig
+from .schema import BACKENDS, DATASET_FORMATS, PROBE_MODES, STAGE_NAMES, VARIANTS, ExperimentConfig
 
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")  # what YAML 1.1 misses
 
@@ -106,7 +106,8 @@ def apply_overrides(data: Dict[str, Any], overrides: Iterable[str]) -> Dict[str,
 # Numeric domains: path (``*``: every entry of a mapping) -> (low, high, low open, high
 # open); ``None`` bounds are unbounded, ``None`` values (optional keys) are not checked.
 RANGES = {
-    "seed": (0, None, False, False), "model.width": (0, None, True, False),
+    "seed": (0, None, False, False), "progress_seconds": (0, None, False, False),
+    "model.width": (0, None, True, False),
     "model.stem_stride": (1, None, False, False), "model.in_channels": (1, None, False, False),
     "moco.queue_size": (1, None, False, False), "moco.momentum": (0, 1, False, False),
     "moco.temperature": (0, None, True, False), "moco.dim": (1, None, False, False),
@@ -186,9 +187,9 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
         raise ConfigError(f"data.backend: '{cfg.data.backend}' is not one of "
                           f"{', '.join(BACKENDS)}")
     for name, ds in cfg.datasets.items():
-        if ds.format not in ("imagefolder", "filelist"):
+        if ds.format not in DATASET_FORMATS:
             raise ConfigError(f"datasets.{name}.format: '{ds.format}' is not one of "
-                              f"imagefolder, filelist")
+                              f"{', '.join(DATASET_FORMATS)}")
     for name, stage in cfg.stages.items():
         where = f"stages.{name}"
         if name not in STAGE_NAMES:

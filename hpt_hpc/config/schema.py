@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Optional
 
 VARIANTS = ("full", "bn", "bn-stats", "scratch")
 STAGE_NAMES = ("base", "source", "target")
+DATASET_FORMATS = ("imagefolder", "filelist", "folder")  # datasets.<name>.format
 BACKENDS = ("torchvision", "dali")  # data.backend
 PROBE_MODES = ("cached", "augmented", "knn")  # probe.mode: features once | the paper's
 # augmented probe | k-nearest-neighbour vote on the cached features
@@ -20,9 +21,11 @@ PROBE_MODES = ("cached", "augmented", "knn")  # probe.mode: features once | the 
 class DatasetConfig:
     """Where one dataset lives and how it is split.
 
-    ``format`` is ``imagefolder`` (``path/<split>/<class>/<image>``) or ``filelist``
+    ``format`` is ``imagefolder`` (``path/<split>/<class>/<image>``), ``filelist``
     (``path/<split>`` is a CSV/TXT file of ``image_path[,label[,label...]]`` lines,
-    image paths relative to the list's folder unless absolute).
+    image paths relative to the list's folder unless absolute) or ``folder`` (every image
+    below ``path/<split>``, flat or nested, unlabelled: pretraining only; a split named
+    ``.`` is ``path`` itself).
     """
 
     path: str = ""
@@ -238,6 +241,9 @@ class ExperimentConfig:
     seed: int = 0
     output_dir: str = "outputs"
     device: str = "auto"  # auto | cpu | cuda
+    # seconds between progress lines (step/total, images/s, data wait, ETA) of training,
+    # feature extraction, probes and fine-tuning in logs; 0: none. A terminal gets a bar.
+    progress_seconds: float = 60.0
     datasets: Dict[str, DatasetConfig] = field(default_factory=dict)
     model: ModelConfig = field(default_factory=ModelConfig)
     moco: MocoConfig = field(default_factory=MocoConfig)

@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple, Union
 from ..config.schema import DataConfig
 from .dali_feed import is_direct_file
 from .images import UnreadableImage, load_image
-from .sources import (DatasetError, ImageRecord, read_filelist, scan_imagefolder,
-                      split_location)
+from .sources import DatasetError, ImageRecord, scan_split, split_location
 
 if TYPE_CHECKING:  # pragma: no cover
     from hpt_hpc.config.schema import DatasetConfig
@@ -47,8 +46,8 @@ def _as_config(dataset, fmt: str, splits: Optional[Sequence[str]]):
         ds = SimpleNamespace(path=dataset.path, format=dataset.format,
                              splits=dict(dataset.splits), max_images=None)
     else:
-        ds = SimpleNamespace(path=str(dataset), format=fmt, splits=dict(DEFAULT_SPLITS),
-                             max_images=None)
+        splits = {"train": "train"} if fmt == "folder" else dict(DEFAULT_SPLITS)
+        ds = SimpleNamespace(path=str(dataset), format=fmt, splits=splits, max_images=None)
     names = list(ds.splits) if splits is None else list(splits)
     if not names:
         raise DatasetError(f"no splits to check in {ds.path!r}")
@@ -58,13 +57,7 @@ def _as_config(dataset, fmt: str, splits: Optional[Sequence[str]]):
 
 def _check_split(ds, split: str, channels: int, workers: int,
                  max_pixels: Optional[int]) -> Tuple[dict, List]:
-    location = split_location(ds, split)
-    if ds.format == "imagefolder":
-        records, classes, others = scan_imagefolder(location)
-    else:
-        records, others = read_filelist(location), []
-        top = max((max(r.labels) for r in records if r.labels), default=-1)
-        classes = [str(i) for i in range(top + 1)]
+    records, classes, others = scan_split(ds, split)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         results = list(pool.map(lambda r: _probe(r, channels, max_pixels), records,
                                 chunksize=64))
@@ -85,7 +78,7 @@ def _check_split(ds, split: str, channels: int, workers: int,
         modes[mode] = modes.get(mode, 0) + 1
         min_size = (w, h) if min_size is None or w * h < min_size[0] * min_size[1] else min_size
         max_size = (w, h) if max_size is None or w * h > max_size[0] * max_size[1] else max_size
-    entry = {"location": location, "listed": len(records), "readable": len(readable),
+    entry = {"location": split_location(ds, split), "listed": len(records), "readable": len(readable),
              "classes": classes, "class_counts": class_counts, "unreadable": unreadable,
              "non_image_files": others, "min_size": min_size, "max_size": max_size,
              "unlabelled": sum(1 for r in readable if not r.labels),

@@ -1,6 +1,6 @@
 """List the images of one dataset split (no image is opened here; no torch import).
 
-Two on-disk formats (see :class:`hpt_hpc.config.DatasetConfig`):
+Three on-disk formats (see :class:`hpt_hpc.config.DatasetConfig`):
 
 * ``imagefolder``: ``path/<split>/<class>/<image>``; classes and files sorted, so label ``i``
   is the ``i``-th class folder in sorted order.
@@ -10,6 +10,9 @@ Two on-disk formats (see :class:`hpt_hpc.config.DatasetConfig`):
   (``path,label``) is a header and skipped. Labels are integers; several labels make a
   multi-label record; class names are ``"0"..str(max_label)``. A split named without an
   extension (``train``) also finds ``train.csv`` or ``train.txt``.
+* ``folder``: every image below ``path/<split>`` (flat or nested, sorted), unlabelled: for
+  pretraining on your own images; evaluations need one of the labelled formats. Without a
+  ``path/train`` folder, ``path`` itself is the training split.
 
 Hidden files (``.name``) are never listed as images.
 """
@@ -20,13 +23,13 @@ import os
 import random
 from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
+from ..config.schema import DATASET_FORMATS as FORMATS
 from ..errors import HptError
 
 if TYPE_CHECKING:  # pragma: no cover
     from hpt_hpc.config.schema import DatasetConfig
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-FORMATS = ("imagefolder", "filelist")
 SUBSET_SEED = 0  # seed of the shuffle that picks a ``max_images`` subset
 
 
@@ -60,6 +63,8 @@ def split_location(ds_cfg: "DatasetConfig", split: str) -> str:
         raise DatasetError(f"split {split!r} is not configured for {ds_cfg.path!r} "
                            f"(configured: {', '.join(sorted(ds_cfg.splits)) or 'none'})")
     location = os.path.join(ds_cfg.path, ds_cfg.splits[split])
+    if ds_cfg.format == "folder" and split == "train" and not os.path.isdir(location):
+        return ds_cfg.path  # a plain folder of images is the training split
     if ds_cfg.format == "filelist" and not os.path.exists(location) and \
             not os.path.splitext(location)[1]:
         for ext in (".csv", ".txt"):  # ``train`` may name ``train.csv`` / ``train.txt``
@@ -85,6 +90,35 @@ def scan_imagefolder(split_dir: str) -> Tuple[List[ImageRecord], List[str], List
             else:  # strays, and FIFOs/sockets/devices however they are named
                 others.append(path)
     return records, classes, others
+
+
+def scan_folder(split_dir: str) -> Tuple[List[ImageRecord], List[str]]:
+    """Unlabelled records of every image below a folder (any depth) and its strays."""
+    if not os.path.isdir(split_dir):
+        raise DatasetError(f"folder {split_dir!r} does not exist; expected images anywhere "
+                           "below <path>/<split> (format: folder)")
+    records, others = [], []
+    for path, regular in _walk(split_dir):
+        fname = os.path.basename(path)
+        if regular and is_image_file(fname) and not fname.startswith("."):
+            records.append(ImageRecord(path, ()))
+        else:
+            others.append(path)
+    return records, others
+
+
+def scan_split(ds_cfg: "DatasetConfig", split: str
+               ) -> Tuple[List[ImageRecord], List[str], List[str]]:
+    """Records, class names and stray files of one split, in any format (no subset)."""
+    location = split_location(ds_cfg, split)
+    if ds_cfg.format == "imagefolder":
+        return scan_imagefolder(location)
+    if ds_cfg.format == "folder":
+        records, others = scan_folder(location)
+        return records, [], others
+    records = read_filelist(location)
+    top = max((max(r.labels) for r in records if r.labels), default=-1)
+    return records, [str(i) for i in range(top + 1)], []
 
 
 def _walk(folder: str):
@@ -157,16 +191,11 @@ def subset(records: Sequence[ImageRecord], max_images: int) -> List[ImageRecord]
 
 def list_split(ds_cfg: "DatasetConfig", split: str) -> Tuple[List[ImageRecord], List[str]]:
     """Records and class names of ``split``; ``max_images`` applies to ``train`` only."""
-    location = split_location(ds_cfg, split)
-    if ds_cfg.format == "imagefolder":
-        records, classes, _ = scan_imagefolder(location)
-    else:
-        records = read_filelist(location)
-        top = max((max(r.labels) for r in records if r.labels), default=-1)
-        classes = [str(i) for i in range(top + 1)]
+    records, classes, _ = scan_split(ds_cfg, split)
     if not records:
         raise DatasetError(f"split {split!r} of {ds_cfg.path!r} has no images (looked in "
-                           f"{location!r}; extensions: {' '.join(IMAGE_EXTENSIONS)})")
+                           f"{split_location(ds_cfg, split)!r}; extensions: "
+                           f"{' '.join(IMAGE_EXTENSIONS)})")
     if split == "train" and ds_cfg.max_images is not None:
         records = subset(records, ds_cfg.max_images)
     return records, classes

@@ -4,12 +4,13 @@ mode, no gradients) and takes one SGD step on the linear head. Val/test images a
 deterministic (resize + centre crop), so their features are extracted once."""
 from __future__ import annotations
 
-from typing import Iterable, Tuple
+from typing import Iterable, Optional, Tuple
 
 import numpy as np
 import torch
 
 from ..config import ProbeConfig
+from ..progress import Progress
 from .metrics import compact_predictions, metric_for, score
 from .probe import (AUGMENTED, Features, ProbeResult, head_loss, label_targets, new_head,
                     run_schedule, sgd_step, step_decay)
@@ -17,7 +18,7 @@ from .probe import (AUGMENTED, Features, ProbeResult, head_loss, label_targets, 
 
 def augmented_probe(backbone: torch.nn.Module, train_batches: Iterable, val: Features,
                     test: Features, cfg: ProbeConfig, device: torch.device, seed: int,
-                    num_classes: int) -> ProbeResult:
+                    num_classes: int, progress: Optional[Progress] = None) -> ProbeResult:
     """Train a linear head on augmented training batches (at least ``cfg.iterations`` of
     them); return the test score at the best val score."""
     backbone.eval().to(device)
@@ -27,7 +28,7 @@ def augmented_probe(backbone: torch.nn.Module, train_batches: Iterable, val: Fea
     scheduler = step_decay(optimizer, cfg.milestones)
     val_x, val_y = val.x.to(device), val.y.to(device)
     test_x, test_y = test.x.to(device), test.y.to(device)
-    batches = iter(train_batches)
+    batches = iter(progress.timed(train_batches) if progress else train_batches)
 
     def train_step(_step: int) -> None:
         images, labels = next(batches)
@@ -45,6 +46,6 @@ def augmented_probe(backbone: torch.nn.Module, train_batches: Iterable, val: Fea
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # the crops and flips of the in-process transforms
         test_score, best_val, best_step, curve, predictions = run_schedule(
-            train_step, evaluate, cfg.iterations, cfg.eval_every)
+            train_step, evaluate, cfg.iterations, cfg.eval_every, progress)
     return ProbeResult(test_score, best_val, best_step, curve, AUGMENTED,
                        metric_for(val.multi_label), seed, predictions)

@@ -14,6 +14,7 @@ import torch
 
 from ..config import ExperimentConfig
 from ..data import build_eval_loader
+from ..progress import Progress
 from .runner import EXTRACT_BATCH, seeded_backbone
 from .splits import kept_paths, split_records
 
@@ -33,10 +34,13 @@ def embed_split(cfg: ExperimentConfig, dataset: str, split: str, checkpoint: Opt
     rows, dim = 0, 0
     try:
         with open(raw, "wb") as handle, torch.no_grad():
-            for images, _ in loader:
+            progress = Progress(f"embed {dataset}/{split}", len(loader), cfg.progress_seconds,
+                                images_per_step=EXTRACT_BATCH)
+            for batch, (images, _) in enumerate(progress.timed(loader), 1):
                 feats = backbone(images.to(device)).flatten(1).float().cpu().numpy()
                 handle.write(np.ascontiguousarray(feats, dtype="<f4").tobytes())
                 rows, dim = rows + feats.shape[0], feats.shape[1]
+                progress.update(batch)
         _write_npy(raw, out, rows, dim)
     finally:
         raw.unlink(missing_ok=True)

@@ -17,6 +17,7 @@ import torch
 from ..config import FinetuneConfig
 from ..data.sources import ImageRecord
 from ..errors import HptError
+from ..progress import Progress
 from .metrics import compact_predictions, metric_for, score
 from .probe import head_loss, label_targets, new_head, run_schedule, sgd_step, step_decay
 
@@ -110,7 +111,7 @@ def _logits(network: torch.nn.Module, batches: Iterable, device: torch.device):
 def finetune(backbone: torch.nn.Module, feature_dim: int, train_batches: Iterable,
              val_batches: Iterable, test_batches: Iterable, cfg: FinetuneConfig,
              device: torch.device, num_classes: int, multi_label: bool, seed: int = 0,
-             ) -> FinetuneResult:
+             progress: Optional[Progress] = None) -> FinetuneResult:
     """Fine-tune ``backbone`` (in place) and a new head on ``train_batches`` (at least
     ``cfg.iterations`` batches); ``labels`` of the result is left for the caller."""
     head = new_head(feature_dim, num_classes, seed)
@@ -119,7 +120,7 @@ def finetune(backbone: torch.nn.Module, feature_dim: int, train_batches: Iterabl
         p.requires_grad_(True)
     optimizer = finetune_optimizer(backbone, head, cfg)
     scheduler = step_decay(optimizer, cfg.milestones)
-    batches = iter(train_batches)
+    batches = iter(progress.timed(train_batches) if progress else train_batches)
 
     def train_step(_step: int) -> None:
         network.train()
@@ -139,6 +140,6 @@ def finetune(backbone: torch.nn.Module, feature_dim: int, train_batches: Iterabl
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # the crops and flips of the in-process transforms
         test_score, best_val, best_step, curve, predictions = run_schedule(
-            train_step, evaluate, cfg.iterations, cfg.eval_every)
+            train_step, evaluate, cfg.iterations, cfg.eval_every, progress)
     return FinetuneResult(test_score, best_val, best_step, curve, 0, FINETUNE,
                           metric_for(multi_label), predictions, seen["targets"].numpy())

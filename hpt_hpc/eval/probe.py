@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import ProbeConfig
+from ..progress import Progress
 from ..config.schema import PROBE_MODES
 from .metrics import compact_predictions, metric_for, score
 
@@ -58,14 +59,16 @@ def label_targets(labels) -> torch.Tensor:
 
 @torch.no_grad()
 def extract_features(backbone: torch.nn.Module, batches: Iterable, device: torch.device,
-                     ) -> Features:
+                     progress: Optional[Progress] = None) -> Features:
     """Run a frozen backbone (eval mode) over ``(images, labels)`` batches."""
     was_training = backbone.training
     backbone.eval()
     xs, ys = [], []
-    for images, labels in batches:
+    for images, labels in (progress.timed(batches) if progress else batches):
         xs.append(backbone(images.to(device)).flatten(1).float().cpu())
         ys.append(label_targets(labels))
+        if progress:
+            progress.update(len(xs))
     backbone.train(was_training)
     if not xs:
         raise ValueError("no images to extract features from")
@@ -119,11 +122,12 @@ def sgd_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scheduler) ->
 
 def run_schedule(train_step: Callable[[int], None],
                  evaluate: Callable[[], Tuple[float, float, Any]], iterations: int,
-                 eval_every: int) -> Tuple[float, float, int, List[Tuple[int, float, float]], Any]:
+                 eval_every: int, progress: Optional[Progress] = None,
+                 ) -> Tuple[float, float, int, List[Tuple[int, float, float]], Any]:
     """Call ``train_step(step)`` for steps 1..iterations and ``evaluate() -> (val, test,
     test_predictions)`` every ``eval_every`` steps and at the end; return
     ``(test_at_best_val, best_val, best_step, curve, test_predictions_at_best_val)`` (the
-    first step wins a tie of val scores)."""
+    first step wins a tie of val scores). ``progress`` is told every step."""
     if iterations < 1 or eval_every < 1:
         raise ValueError(f"iterations ({iterations}) and eval_every ({eval_every}) must be "
                          "positive")
@@ -136,6 +140,8 @@ def run_schedule(train_step: Callable[[int], None],
             curve.append((step, val, test))
             if val > best[1]:
                 best = (test, val, step, predictions)
+        if progress:
+            progress.update(step, note=f"best val {best[1]:.4f}" if curve else "")
     return best[0], best[1], best[2], curve, best[3]
 
 
@@ -148,7 +154,8 @@ def num_classes_of(*splits: Features) -> int:
 
 def linear_probe(train: Features, val: Features, test: Features, cfg: ProbeConfig,
                  seed: int = 0, num_classes: Optional[int] = None,
-                 normalize: bool = True, mode: str = CACHED) -> ProbeResult:
+                 normalize: bool = True, mode: str = CACHED,
+                 progress: Optional[Progress] = None) -> ProbeResult:
     """Cached mode: train a linear head with SGD on fixed features; return the test score
     at the best val score."""
     if normalize:
@@ -177,6 +184,6 @@ def linear_probe(train: Features, val: Features, test: Features, cfg: ProbeConfi
                 compact_predictions(logits, test.y))
 
     test_score, best_val, best_step, curve, predictions = run_schedule(
-        train_step, evaluate, cfg.iterations, cfg.eval_every)
+        train_step, evaluate, cfg.iterations, cfg.eval_every, progress)
     return ProbeResult(test_score, best_val, best_step, curve, mode,
                        metric_for(train.multi_label), seed, predictions)

@@ -24,6 +24,7 @@ from ..data import build_eval_loader
 from ..data.transforms import build_eval_transform, build_probe_train_transform
 from ..errors import HptError
 from ..models import MoCo, feature_dim_for, load_initial_weights
+from ..progress import Progress
 from .augmented import augmented_probe
 from .finetune import FinetuneResult, finetune, select_label_budget
 from .knn import knn_probe
@@ -117,6 +118,19 @@ def _split_batches(cfg: ExperimentConfig, space: SplitRecords, split: str):
                              multi_label=space.multi_label, probe=cfg.probe)
 
 
+def _progress(cfg: ExperimentConfig, label: str, total: int, images_per_step: int
+              ) -> Progress:
+    """A progress reporter of an evaluation loop (every ``cfg.progress_seconds``)."""
+    return Progress(label, total, cfg.progress_seconds, images_per_step=images_per_step)
+
+
+def _extract(cfg: ExperimentConfig, backbone: torch.nn.Module, batches, device,
+             label: str) -> Features:
+    total = len(batches) if hasattr(batches, "__len__") else 0
+    return extract_features(backbone, batches, device,
+                            _progress(cfg, f"features {label}", total, EXTRACT_BATCH))
+
+
 def split_features(cfg: ExperimentConfig, dataset: str,
                    backbone: Optional[torch.nn.Module], device: torch.device,
                    space: Optional[SplitRecords] = None) -> Dict[str, Features]:
@@ -127,7 +141,8 @@ def split_features(cfg: ExperimentConfig, dataset: str,
     for split in SPLITS:
         batches = _split_batches(cfg, space, split)
         out[split] = (pixel_features(batches) if backbone is None
-                      else extract_features(backbone.to(device), batches, device))
+                      else _extract(cfg, backbone.to(device), batches, device,
+                                    f"{dataset}/{split}"))
         out[split].paths = kept_paths(space.records[split], batches)
     return out
 
@@ -135,7 +150,9 @@ def split_features(cfg: ExperimentConfig, dataset: str,
 def probe_features(cfg: ExperimentConfig, feats: Dict[str, Features], seed: int = 0,
                    ) -> ProbeResult:
     """One cached-mode probe on extracted features."""
-    return linear_probe(feats["train"], feats["val"], feats["test"], cfg.probe, seed=seed)
+    return linear_probe(feats["train"], feats["val"], feats["test"], cfg.probe, seed=seed,
+                        progress=_progress(cfg, f"probe (seed {seed})", cfg.probe.iterations,
+                                           min(cfg.probe.batch_size, len(feats["train"].y))))
 
 
 def _seeds(cfg: ExperimentConfig) -> range:
@@ -161,7 +178,7 @@ def evaluate_linear(cfg: ExperimentConfig, dataset: str, checkpoint: Optional[st
         for split in ("val", "test"):
             batches = image_batches(cfg, space.records[split], space,
                                     build_eval_transform(cfg.data, cfg.probe), EXTRACT_BATCH)
-            held_out[split] = extract_features(backbone, batches, device)
+            held_out[split] = _extract(cfg, backbone, batches, device, f"{dataset}/{split}")
             held_out[split].paths = kept_paths(space.records[split], batches)
         results = []
         for seed in _seeds(cfg):
@@ -171,7 +188,10 @@ def evaluate_linear(cfg: ExperimentConfig, dataset: str, checkpoint: Optional[st
                                   steps=cfg.probe.iterations, seed=seed)
             results.append(augmented_probe(backbone, train, held_out["val"],
                                            held_out["test"], cfg.probe, device, seed,
-                                           space.num_classes))
+                                           space.num_classes,
+                                           _progress(cfg, f"augmented probe (seed {seed})",
+                                                     cfg.probe.iterations,
+                                                     cfg.probe.batch_size)))
     else:
         raise HptError(f"probe.mode '{cfg.probe.mode}' is not one of {CACHED}, {AUGMENTED}, "
                        f"{KNN}")
@@ -206,7 +226,8 @@ def evaluate_finetune(cfg: ExperimentConfig, dataset: str, checkpoint: Optional[
                 for split in ("val", "test")]
     result = finetune(backbone, feature_dim_for(cfg.model.arch, cfg.model.width), train,
                       *held_out, ft, device, space.num_classes, space.multi_label,
-                      seed=cfg.seed)
+                      seed=cfg.seed, progress=_progress(cfg, "fine-tune", ft.iterations,
+                                                        min(ft.batch_size, len(budget))))
     result.labels = len(budget)
     result.test_paths = kept_paths(space.records["test"], held_out[1])
     return result

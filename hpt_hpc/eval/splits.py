@@ -51,6 +51,10 @@ def split_records(cfg: ExperimentConfig, dataset: str, split: str) -> List[Image
     if dataset not in cfg.datasets:
         raise HptError(f"dataset '{dataset}' is not defined in the config (defined: "
                        f"{', '.join(sorted(cfg.datasets)) or 'none'})")
+    if cfg.datasets[dataset].format == "folder":
+        raise HptError(f"dataset '{dataset}' is a folder of unlabelled images (format: "
+                       f"folder), good for pretraining only; evaluations need labelled "
+                       f"train/val/test splits (format imagefolder or filelist)")
     ds_cfg = dataclasses.replace(cfg.datasets[dataset], max_images=None)
     records, _ = list_split(ds_cfg, split)
     if split == "train" and cfg.probe.max_train_images:

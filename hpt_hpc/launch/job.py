@@ -121,9 +121,11 @@ class StageJob(submitit.helpers.Checkpointable):
         return summary
 
 
-class EvalJob:
+class EvalJob(submitit.helpers.Checkpointable):
     """The submitted evaluation callable: ``EvalJob()(plan)``; returns the record as a
-    dict (also logged to MLflow and written to the plan's result file)."""
+    dict (also logged to MLflow and written to the plan's result file). On a time limit
+    or preemption ``checkpoint()`` (inherited) requeues the same plan, which evaluates
+    again from the start."""
 
     def __call__(self, plan: EvalPlan) -> Dict[str, Any]:
         _logging()

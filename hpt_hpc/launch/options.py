@@ -34,6 +34,7 @@ class SchedulerOptions:
     constraint: Optional[str] = None
     array_parallelism: int = 64
     signal_delay_s: int = 120  # SIGUSR2 this long before the time limit: checkpoint, requeue
+    max_num_timeout: int = 30  # requeues after hitting the time limit (submitit's: 3)
     extra: Dict[str, Any] = field(default_factory=dict)  # more sbatch options
     container: Optional[str] = None  # Apptainer/Singularity image every task runs in
     container_binds: List[str] = field(default_factory=list)  # more SRC[:DST[:ro]] binds

@@ -8,8 +8,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from ..config import OutputLayout
+from ..config import OutputLayout, StageLayout
+from ..config.schema import STAGE_NAMES
 from ..errors import HptError
+from ..progress import read_status
 
 LATEST = OutputLayout(Path(".")).latest_launch.name
 
@@ -93,20 +95,33 @@ class LaunchRecord:
         return submitit.local.local.LocalJob(folder=folder, job_id=entry.job_id, tasks=tasks)
 
 
-def job_states(record: LaunchRecord) -> List[Dict[str, str]]:
-    """Stage, cell, job id and scheduler state of every job in the record."""
+# Scheduler states (SLURM's, submitit's local ones) of a job that may still change.
+ACTIVE_STATES = ("PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
+                 "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING", "QUEUED", "UNKNOWN")
+
+
+def is_active(state: str) -> bool:
+    """True for a state a job can still leave (``CANCELLED by 0`` is final)."""
+    return state.split(" ", 1)[0].upper() in ACTIVE_STATES
+
+
+def job_states(record: LaunchRecord) -> List[Dict[str, Any]]:
+    """Stage, cell, job id, scheduler state and the latest progress figures (step, total,
+    percent, ETA: :mod:`hpt_hpc.progress`; None before the first report) of every job."""
     rows = []
     for entry in record.jobs:
         if record.executor == "debug":
-            rows.append({"stage": entry.stage, "cell": entry.cell, "job_id": entry.job_id,
-                         "state": "ran in-process (debug)", "output_dir": entry.output_dir})
-            continue
-        try:
-            state = record.job(entry).state
-        except Exception as exc:  # noqa: BLE001 - show the problem in the table
-            state = f"unknown ({exc})"
+            state = "ran in-process (debug)"
+        else:
+            try:
+                state = record.job(entry).state
+            except Exception as exc:  # noqa: BLE001 - show the problem in the table
+                state = f"unknown ({exc})"
+        progress = None
+        if entry.output_dir and entry.stage in STAGE_NAMES:
+            progress = read_status(StageLayout(Path(entry.output_dir), entry.stage).progress)
         rows.append({"stage": entry.stage, "cell": entry.cell, "job_id": entry.job_id,
-                     "state": state, "output_dir": entry.output_dir})
+                     "state": state, "output_dir": entry.output_dir, "progress": progress})
     return rows
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from ..config import OutputLayout
-from ..errors import HptError
+from ..errors import HptError, WorkFailed
 from ..plan import EvalPlan, Phase, TrackingTarget, with_parent
 from ..tracking.runs import end_pipeline_run, start_pipeline_run
 from ..tracking.store import prepare_store
@@ -66,10 +66,12 @@ def make_executor(kind: str, folder: Path, options: SchedulerOptions, name: str)
     """A submitit executor; with ``options.container`` every task runs inside that image
     (``folder`` and ``options.container_binds`` bound in)."""
     import submitit
-    python = {}
+    kwargs = {}
     if options.container:
-        python[f"{kind}_python"] = task_python(options, kind, folder)
-    executor = submitit.AutoExecutor(folder=str(folder), cluster=kind, **python)
+        kwargs[f"{kind}_python"] = task_python(options, kind, folder)
+    if kind == "slurm":
+        kwargs["slurm_max_num_timeout"] = options.max_num_timeout
+    executor = submitit.AutoExecutor(folder=str(folder), cluster=kind, **kwargs)
     executor.update_parameters(**executor_parameters(options, name))
     return executor
 
@@ -134,8 +136,10 @@ def submit(phases: Sequence[Phase], options: SchedulerOptions, record: LaunchRec
     """Run ``phases`` on ``record.executor`` (see the module docstring). Local and debug:
     at most ``max_parallel`` jobs of a phase at once; with ``wait`` False, jobs of a local
     phase nothing depends on keep running in the background. Failures of local/debug jobs
-    raise one :class:`HptError` at the end, naming every failed job."""
+    raise one error at the end, naming every failed job: :class:`WorkFailed`, or
+    :class:`HptError` when every failure was bad input caught in this process (debug)."""
     kind, folder = record.executor, Path(record.log_folder)
+    user_errors = kind == "debug"  # every failure a user error raised in this process
     phases = [p for p in phases if p.plans]
     names = {p.name for p in phases}
     ids: Dict[str, List[str]] = {}
@@ -188,9 +192,12 @@ def submit(phases: Sequence[Phase], options: SchedulerOptions, record: LaunchRec
                     log.error("%s %s failed: %s", phase.name, plan.label, exc)
                     failed[phase.name] = True
                     failures.append(_failure(phase, plan.label, exc))
+                    # in this process the error keeps its kind: bad input stays exit 2
+                    user_errors &= isinstance(exc, HptError) and not isinstance(exc, WorkFailed)
     if failures:
         record.save()
-        raise HptError(f"{len(failures)} job(s) failed or did not run: "
+        kind_of_error = HptError if user_errors else WorkFailed
+        raise kind_of_error(f"{len(failures)} job(s) failed or did not run: "
                        + "; ".join(failures[:5]) + (" ..." if len(failures) > 5 else "")
                        + f" -- logs: {folder}; the launch record: {record.path}")
     return record

@@ -25,6 +25,7 @@ from ..errors import HptError
 from ..models import (MoCo, cap_queue_size, configure_variant, load_initial_weights,
                       reestimate_bn_stats, stage_checkpoint)
 from ..plan import StagePlan
+from ..progress import Progress
 from ..tracking import NullTracker, Tracker
 from .distributed import DistInfo
 from .resume import check_finite, load_resume_point, save_resume_point
@@ -228,11 +229,15 @@ def _train_loop(plan: StagePlan, net: torch.nn.Module,
     step, loss_value, tick = start, float("nan"), time.time()
     durations, window_started, window_steps = [], time.perf_counter(), 0
     log_every = max(1, min(50, total // 20 or 1))
-    progress_every = max(1, total // 10)
+    progress = Progress(f"stage {result.stage}", total, cfg.progress_seconds,
+                        images_per_step=plan.batch_size, start=start, enabled=dist.is_main,
+                        status_file=plan.layout.progress)
     every = cfg.checkpoint.every
     sync_each_step = device.type != "cuda" or on_step is not None
     for step in range(start, end):
+        fetch = time.perf_counter()
         view_q, view_k = (to_device(view, device, speed) for view in next(batches))
+        wait = time.perf_counter() - fetch
         lr = learning_rate(step, total, base_lr, cfg.optim.warmup_iterations, cfg.optim.schedule)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -241,8 +246,7 @@ def _train_loop(plan: StagePlan, net: torch.nn.Module,
         optimizer.step()
         window_steps += 1
         logged = (step + 1) % log_every == 0 or step + 1 == end
-        progress = (step + 1) % progress_every == 0
-        if sync_each_step or logged or progress:
+        if sync_each_step or logged:
             loss_value = float(loss)  # waits for the device: times the steps since last read
             if not math.isfinite(loss_value):
                 raise HptError(f"stage '{plan.label}': the loss became {loss_value} by step "
@@ -262,9 +266,7 @@ def _train_loop(plan: StagePlan, net: torch.nn.Module,
             tracker.log_metrics({"loss": loss_value, "lr": lr, "contrastive_acc": acc,
                                  "step_seconds": (now - tick) / log_every}, step=step + 1)
             tick = now
-        if progress:
-            log.info("stage %s: step %d/%d loss %.4f lr %.4g", result.stage, step + 1, total,
-                     loss_value, lr)
+        progress.update(step + 1, wait, f"loss {loss_value:.4f} lr {lr:.4g}")
         if every and (step + 1) % every == 0 and step + 1 < total:
             check_finite(model, plan, step + 1, lr)
             if dist.is_main:

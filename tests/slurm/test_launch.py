@@ -1,6 +1,7 @@
 """`hpt-hpc launch` against the real dev cluster: arrays, chains, failures, DDP, preemption."""
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -99,13 +100,16 @@ def test_two_rank_ddp_ends_with_identical_weights(slurm_cluster, tmp_path, mnist
     assert all(r["steps"] == 6 for r in results)
 
 
-def _wait_for_log(job, text: str, timeout: float = 120) -> None:
+def _wait_for_step(job, at_least: int, total: int, timeout: float = 120) -> None:
+    """Until the job's progress lines report step ``at_least`` of ``total`` or later."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        if text in (job.stderr() or ""):
+        steps = re.findall(rf"step (\d+)/{total}", job.stderr() or "")
+        if steps and int(steps[-1]) >= at_least:
             return
         time.sleep(0.3)
-    pytest.fail(f"'{text}' never appeared in job {job.job_id}'s log:\n{job.stderr()}")
+    pytest.fail(f"step {at_least}/{total} never appeared in job {job.job_id}'s log:\n"
+                f"{job.stderr()}")
 
 
 def test_preempted_stage_requeues_and_resumes(slurm_cluster, tmp_path, mnist_tree):
@@ -116,10 +120,11 @@ def test_preempted_stage_requeues_and_resumes(slurm_cluster, tmp_path, mnist_tre
     for name in ("cut", "whole"):
         folder = tmp_path / name
         folder.mkdir()
-        runs[name] = launch(str(write_config(folder, {"mnist": mnist_tree}, stages)),
+        runs[name] = launch(str(write_config(folder, {"mnist": mnist_tree}, stages,
+                                             progress_seconds=0.2)),
                             ["target"], dev_options())
     cut = jobs_of(runs["cut"], "target")[0]
-    _wait_for_log(cut, "step 60/300")
+    _wait_for_step(cut, 30, 300)
     cut._interrupt()  # scancel --signal=USR2, as SLURM does before a time limit
     result = cut.result()
     assert 0 < (result["resumed_from"] or 0) < 300, result

@@ -1,0 +1,52 @@
+"""Per-channel mean and standard deviation of a dataset's images (``hpt-hpc data stats``),
+the values ``data.mean`` / ``data.std`` normalise with: pixels scaled to [0, 1] after the
+same conversion training applies (``data.channels``), accumulated in float64 one image at
+a time (memory: one image). Unreadable files are skipped and counted."""
+from __future__ import annotations
+
+import random
+from typing import Dict, Optional
+
+import numpy as np
+
+from .images import UnreadableImage, load_image
+from .sources import ImageRecord, scan_split
+
+STATS_SEED = 0  # the sample of --max-images is drawn with this seed
+
+
+def channel_stats(records: "list[ImageRecord]", channels: int,
+                  max_images: Optional[int] = None,
+                  max_pixels: Optional[int] = None) -> Dict[str, object]:
+    """``{"mean": [...], "std": [...], "images": n, "pixels": n, "skipped": n}`` over
+    ``records`` (a seeded sample of ``max_images`` of them when given)."""
+    if max_images is not None and len(records) > max_images:
+        records = random.Random(STATS_SEED).sample(list(records), max_images)
+    total = np.zeros(channels)
+    squares = np.zeros(channels)
+    pixels, images, skipped = 0, 0, 0
+    for record in records:
+        try:
+            img = load_image(record.path, channels, max_pixels)
+        except UnreadableImage:
+            skipped += 1
+            continue
+        values = np.asarray(img, dtype=np.float64).reshape(-1, channels) / 255.0
+        total += values.sum(0)
+        squares += np.square(values).sum(0)
+        pixels += values.shape[0]
+        images += 1
+    if not images:
+        raise UnreadableImage(records[0].path if records else "?",
+                              "no readable image to compute statistics from")
+    mean = total / pixels
+    std = np.sqrt(np.maximum(squares / pixels - np.square(mean), 0.0))
+    return {"mean": [round(float(m), 4) for m in mean], "std": [round(float(s), 4) for s in std],
+            "images": images, "pixels": int(pixels), "skipped": skipped}
+
+
+def dataset_stats(ds_cfg, split: str, channels: int, max_images: Optional[int] = None,
+                  max_pixels: Optional[int] = None) -> Dict[str, object]:
+    """:func:`channel_stats` of one split of a dataset config (any format)."""
+    records, _, _ = scan_split(ds_cfg, split)
+    return channel_stats(records, channels, max_images, max_pixels)

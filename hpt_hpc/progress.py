@@ -1,0 +1,128 @@
+"""Progress of a long loop (training, feature extraction, probe, fine-tune): a line on a
+timer with step/total, images/s, the share of time spent waiting for data and the ETA; a
+live bar instead when the stream is a terminal; optionally the same figures in a small
+JSON file that ``hpt-hpc status`` reads. Only the process that should report (rank 0)
+creates an enabled reporter; the others get a silent one."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import IO, Iterable, Iterator, Optional
+
+BAR_REFRESH = 0.5  # seconds between redraws of the live bar on a terminal
+
+
+def format_seconds(seconds: Optional[float]) -> str:
+    """``1h02m``, ``3m05s``, ``42s``; ``?`` when unknown."""
+    if seconds is None or seconds != seconds or seconds == float("inf"):
+        return "?"
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
+
+
+class Progress:
+    """Report ``done`` of ``total`` steps of ``label``.
+
+    ``update(done, wait)`` after each step (``wait``: seconds of that step spent waiting
+    for input); ``images_per_step`` turns steps/s into images/s. A line is written when
+    ``interval`` seconds passed since the last one, and at the end; on a terminal a bar is
+    redrawn in place instead. ``status_file`` (optional) gets the latest figures as JSON,
+    written atomically with each line."""
+
+    def __init__(self, label: str, total: int, interval: float,
+                 images_per_step: int = 0, start: int = 0, enabled: bool = True,
+                 stream: Optional[IO[str]] = None, status_file: Optional[Path] = None,
+                 unit: str = "step") -> None:
+        self.label, self.total, self.unit = label, max(0, int(total)), unit
+        self.interval, self.images_per_step = float(interval), int(images_per_step)
+        self.enabled = enabled and self.interval > 0
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.status_file = Path(status_file) if status_file else None
+        self.start, self.done, self.wait = int(start), int(start), 0.0
+        self.began = self.last_line = self.last_bar = time.perf_counter()
+        self.lines, self.note = 0, ""
+
+    def update(self, done: int, wait: float = 0.0, note: str = "") -> None:
+        """``done`` steps so far, ``wait`` seconds of input wait in the last one, ``note``
+        appended to the line (e.g. the loss)."""
+        self.done, self.wait = int(done), self.wait + max(0.0, float(wait))
+        self.note = note
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        finished = self.done >= self.total
+        if self.tty and (now - self.last_bar >= BAR_REFRESH or finished):
+            self.last_bar = now
+            self.stream.write("\r" + self._bar() + ("\n" if finished else ""))
+            self.stream.flush()
+        if finished or now - self.last_line >= self.interval:
+            self.last_line = now
+            if not self.tty:
+                self.stream.write(self.line() + "\n")
+                self.stream.flush()
+            self.lines += 1
+            self._write_status()
+
+    def timed(self, iterable: Iterable) -> Iterator:
+        """``iterable``'s items, the time spent waiting for each counted as data wait."""
+        it = iter(iterable)
+        while True:
+            asked = time.perf_counter()
+            try:
+                item = next(it)
+            except StopIteration:
+                return
+            self.wait += time.perf_counter() - asked
+            yield item
+
+    def figures(self) -> dict:
+        """step, total, percent, images/s, data-wait share, elapsed and ETA seconds."""
+        elapsed = max(1e-9, time.perf_counter() - self.began)
+        steps = self.done - self.start
+        rate = steps / elapsed
+        eta = (self.total - self.done) / rate if rate > 0 else None
+        return {"label": self.label, "step": self.done, "total": self.total,
+                "percent": round(100.0 * self.done / self.total, 1) if self.total else 100.0,
+                "images_per_second": round(rate * self.images_per_step, 1),
+                "data_wait": round(min(1.0, self.wait / elapsed), 3),
+                "elapsed_seconds": round(elapsed, 1),
+                "eta_seconds": None if eta is None else round(eta, 1),
+                "updated": time.strftime("%Y-%m-%dT%H:%M:%S"), "pid": os.getpid()}
+
+    def line(self) -> str:
+        f = self.figures()
+        speed = f", {f['images_per_second']:.0f} images/s" if self.images_per_step else ""
+        return (f"{self.label}: {self.unit} {f['step']}/{f['total']} ({f['percent']:.0f}%)"
+                f"{speed}, data wait {100 * f['data_wait']:.0f}%, "
+                f"ETA {format_seconds(f['eta_seconds'])}" + (f", {self.note}" if self.note else ""))
+
+    def _bar(self, width: int = 24) -> str:
+        filled = int(width * self.done / self.total) if self.total else width
+        return f"[{'#' * filled}{'.' * (width - filled)}] {self.line()}"
+
+    def _write_status(self) -> None:
+        if self.status_file is None:
+            return
+        try:
+            self.status_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.status_file.with_name(f".{self.status_file.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(self.figures()))
+            tmp.replace(self.status_file)
+        except OSError:  # progress is advisory: a full disk must not stop training
+            pass
+
+
+def read_status(path: Path) -> Optional[dict]:
+    """The figures a :class:`Progress` last wrote to ``path`` (None: none, or unreadable)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
