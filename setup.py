@@ -28,6 +28,7 @@ setup(
         "pyyaml>=6",
         "numpy>=1.26",
         "pillow>=10",
+        "tifffile>=2023.1",  # multi-band TIFF (data.channels other than 1 or 3)
         "matplotlib>=3.8",
         "scikit-learn>=1.4",
         "mlxtend>=0.23",

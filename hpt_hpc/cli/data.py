@@ -33,19 +33,20 @@ def prepare(name: str, dest: str, seed: int, limit) -> None:
               default="imagefolder", show_default=True,
               help="Class folders (split/class/image), CSV file lists (split.csv) or a "
                    "folder of unlabelled images (any depth; its train/ or itself).")
-@click.option("--channels", type=click.Choice(["1", "3"]), default="3", show_default=True,
-              help="Channels the images are converted to, as data.channels.")
+@click.option("--channels", type=click.IntRange(min=1), default=3, show_default=True,
+              help="As data.channels: 1 or 3 convert to grey or RGB; another number reads "
+                   "that many bands (multi-band TIFF).")
 @click.option("--write-clean-list", type=click.Path(dir_okay=False), default=None,
               help="Write CSV file lists of the readable images (one per split).")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=DataConfig().max_pixels,
               show_default=True,
               help="Images with more pixels (read from the header) count as unreadable "
                    "(data.max_pixels).")
-def check(path: str, fmt: str, channels: str, write_clean_list, max_pixels) -> None:
+def check(path: str, fmt: str, channels: int, write_clean_list, max_pixels) -> None:
     """Count images and classes per split and list unreadable files (also FIFOs, sockets
     and devices named like images, and images over --max-pixels)."""
     from ..data.check import check_dataset, format_report
-    report = check_dataset(path, fmt=fmt, channels=int(channels),
+    report = check_dataset(path, fmt=fmt, channels=channels,
                            write_clean_list=write_clean_list, max_pixels=max_pixels)
     click.echo(format_report(report))
     if not report["ok"]:
@@ -59,13 +60,14 @@ def check(path: str, fmt: str, channels: str, write_clean_list, max_pixels) -> N
               help="Dataset format, as in data check.")
 @click.option("--split", default="train", show_default=True,
               help="The split whose images are measured.")
-@click.option("--channels", type=click.Choice(["1", "3"]), default="3", show_default=True,
-              help="Channels the images are converted to, as data.channels.")
+@click.option("--channels", type=click.IntRange(min=1), default=3, show_default=True,
+              help="As data.channels: 1 or 3 convert to grey or RGB; another number reads "
+                   "that many bands (multi-band TIFF).")
 @click.option("--max-images", type=click.IntRange(min=1), default=5000, show_default=True,
               help="Measure a seeded sample of this many images.")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=DataConfig().max_pixels,
               show_default=True, help="Larger images are skipped (data.max_pixels).")
-def stats(path: str, fmt: str, split: str, channels: str, max_images: int,
+def stats(path: str, fmt: str, split: str, channels: int, max_images: int,
           max_pixels: int) -> None:
     """Per-channel mean and std of a dataset's images, printed as the data.mean and
     data.std lines of a config."""
@@ -73,7 +75,7 @@ def stats(path: str, fmt: str, split: str, channels: str, max_images: int,
 
     from ..data.stats import dataset_stats
     ds = SimpleNamespace(path=path, format=fmt, splits={split: split}, max_images=None)
-    result = dataset_stats(ds, split, int(channels), max_images, max_pixels)
+    result = dataset_stats(ds, split, channels, max_images, max_pixels)
     click.echo(f"# {result['images']} images of {path} ({split}), {result['pixels']} pixels"
                + (f", {result['skipped']} unreadable skipped" if result["skipped"] else ""))
     click.echo(f"data:\n  channels: {channels}\n  mean: {result['mean']}\n"

@@ -121,7 +121,7 @@ RANGES = {
     "augment.color_jitter.saturation": (0, None, False, False),
     "augment.color_jitter.hue": (0, 0.5, False, False),
     "augment.*.p": (0, 1, False, False), "augment.blur.kernel_size": (1, None, False, False),
-    "data.image_size": (1, None, False, False), "data.workers": (0, None, False, False),
+    "data.image_size": (1, None, False, False), "data.channels": (1, None, False, False), "data.workers": (0, None, False, False),
     "data.max_pixels": (1, None, False, False), "checkpoint.every": (0, None, False, False),
     "probe.lr": (0, None, True, False), "probe.momentum": (0, 1, False, True),
     "probe.weight_decay": (0, None, False, False), "probe.iterations": (1, None, False, False),
@@ -139,7 +139,7 @@ RANGES = {
     "stages.*.batch_size": (1, None, False, False),
     "datasets.*.max_images": (1, None, False, False),
 }
-CHANNELS = (1, 3)
+COLOUR_CHANNELS = (1, 3)  # data.channels of grey/RGB images; others are band stacks
 
 
 def _values(data: Any, parts: List[str], where: str):
@@ -167,9 +167,26 @@ def check_ranges(cfg: ExperimentConfig) -> None:
                 interval = (f"{'(' if low_open else '['}{low if low is not None else '-inf'}, "
                             f"{high if high is not None else 'inf'}{')' if high_open else ']'}")
                 raise ConfigError(f"{where}: {value!r} is outside its range {interval}")
-    if cfg.data.channels not in CHANNELS:
-        raise ConfigError(f"data.channels: {cfg.data.channels} is not one of "
-                          f"{', '.join(map(str, CHANNELS))} (grey or RGB images)")
+    check_bands(cfg)
+
+
+def check_bands(cfg: ExperimentConfig) -> None:
+    """``data.channels`` other than 1 (grey) or 3 (RGB) means multi-band images: read by
+    the torchvision backend only, without the colour augmentations."""
+    bands = cfg.data.channels
+    if bands in COLOUR_CHANNELS:
+        return
+    if cfg.data.backend != "torchvision":
+        raise ConfigError(f"data.channels: {bands} bands need data.backend torchvision "
+                          f"(DALI decodes grey or RGB images only)")
+    on = [name for name in ("color_jitter", "grayscale")
+          if getattr(cfg.augment, name).enabled and getattr(cfg.augment, name).p > 0]
+    if on:
+        raise ConfigError(f"data.channels: {bands} bands: "
+                          + ", ".join(f"augment.{n}" for n in on)
+                          + " need grey or RGB images; switch "
+                          + ("them" if len(on) > 1 else "it") + " off ("
+                          + " ".join(f"--set augment.{n}.enabled=false" for n in on) + ")")
 
 
 def validate(cfg: ExperimentConfig) -> ExperimentConfig:

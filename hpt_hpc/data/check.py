@@ -15,8 +15,9 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple, Union
 
 from ..config.schema import DataConfig
+from .bands import read_image
 from .dali_feed import is_direct_file
-from .images import UnreadableImage, load_image
+from .images import UnreadableImage
 from .sources import DatasetError, ImageRecord, scan_split, split_location
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -31,12 +32,14 @@ def _probe(record: ImageRecord, channels: int,
     """(error reason or None, (mode, width, height, DALI decodes it directly) or None);
     memory: one decoded image (at most ``max_pixels``) and a MiB of its file."""
     try:
-        img = load_image(record.path, channels, max_pixels)
-        direct = is_direct_file(record.path)
+        img = read_image(record.path, channels, max_pixels)
+        direct = channels in (1, 3) and is_direct_file(record.path)
     except UnreadableImage as exc:
         return exc.reason, None
     except OSError as exc:
         return f"{type(exc).__name__}: {exc}", None
+    if channels not in (1, 3):  # a band stack (C, H, W)
+        return None, (f"{img.shape[0]} bands", img.shape[2], img.shape[1], False)
     return None, (img.mode, img.width, img.height, direct)
 
 
@@ -73,12 +76,13 @@ def _check_split(ds, split: str, channels: int, workers: int,
             if label < len(classes):
                 class_counts[classes[label]] += 1
         mode, w, h, direct = info
-        if not direct:
+        if not direct and channels in (1, 3):  # band stacks never reach DALI
             converted.append(record.path)
         modes[mode] = modes.get(mode, 0) + 1
         min_size = (w, h) if min_size is None or w * h < min_size[0] * min_size[1] else min_size
         max_size = (w, h) if max_size is None or w * h > max_size[0] * max_size[1] else max_size
-    entry = {"location": split_location(ds, split), "listed": len(records), "readable": len(readable),
+    entry = {"location": split_location(ds, split), "listed": len(records),
+             "readable": len(readable),
              "classes": classes, "class_counts": class_counts, "unreadable": unreadable,
              "non_image_files": others, "min_size": min_size, "max_size": max_size,
              "unlabelled": sum(1 for r in readable if not r.labels),

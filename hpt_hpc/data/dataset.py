@@ -14,7 +14,8 @@ import torch
 from torch.utils.data import Dataset, Sampler
 from torch.utils.data._utils.collate import default_collate
 
-from .images import UnreadableImage, load_image
+from .bands import read_image
+from .images import UnreadableImage
 from .sources import DatasetError, ImageRecord
 
 __all__ = ["ImageDataset", "ShardSampler", "SkippedImages", "SkippedItem", "collate_skipping"]
@@ -92,7 +93,7 @@ class ImageDataset(Dataset):
     def __getitem__(self, index: int):
         record = self.records[index]
         try:
-            img = load_image(record.path, self.channels, self.max_pixels)
+            img = read_image(record.path, self.channels, self.max_pixels)
         except UnreadableImage as exc:
             return SkippedItem(exc.path, exc.reason)
         sample = self.transform(img) if self.transform is not None else img

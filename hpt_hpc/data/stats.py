@@ -9,7 +9,8 @@ from typing import Dict, Optional
 
 import numpy as np
 
-from .images import UnreadableImage, load_image
+from .bands import read_image
+from .images import UnreadableImage
 from .sources import ImageRecord, scan_split
 
 STATS_SEED = 0  # the sample of --max-images is drawn with this seed
@@ -27,11 +28,14 @@ def channel_stats(records: "list[ImageRecord]", channels: int,
     pixels, images, skipped = 0, 0, 0
     for record in records:
         try:
-            img = load_image(record.path, channels, max_pixels)
+            img = read_image(record.path, channels, max_pixels)
         except UnreadableImage:
             skipped += 1
             continue
-        values = np.asarray(img, dtype=np.float64).reshape(-1, channels) / 255.0
+        if channels not in (1, 3):  # bands (C, H, W), already scaled
+            values = img.double().reshape(channels, -1).T.numpy()
+        else:
+            values = np.asarray(img, dtype=np.float64).reshape(-1, channels) / 255.0
         total += values.sum(0)
         squares += np.square(values).sum(0)
         pixels += values.shape[0]

@@ -1,4 +1,6 @@
-"""MoCo-v2 two-view augmentation and evaluation transforms (torchvision v1 API, PIL input).
+"""MoCo-v2 two-view augmentation and evaluation transforms (torchvision v1 API, PIL input;
+multi-band images come as float tensors, see :mod:`hpt_hpc.data.bands`, and take the same
+crop, flip and blur; colour jitter and random grey need 1 or 3 channels).
 
 Order per view, all on the PIL image: crop -> colour jitter -> random grey -> flip -> blur,
 then one numpy pass to a normalised tensor. Blur commutes with the flip, so this is
@@ -7,12 +9,14 @@ transforms are the torchvision form of :class:`~hpt_hpc.data.specs.EvalSpec`.
 """
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, List, Optional, Tuple
 
 import numpy as np
 import torch
 from PIL import ImageFilter
 from torchvision import transforms as T
+from torchvision.transforms import functional as TF
 
 from .specs import EvalSpec, blur_kernel_size, eval_spec, normalisation
 
@@ -32,8 +36,12 @@ class ToNormalizedTensor:
         std_arr = np.asarray(std, dtype=np.float32)
         self.scale = (1.0 / (255.0 * std_arr)).reshape(-1, 1, 1)
         self.shift = (np.asarray(mean, dtype=np.float32) / std_arr).reshape(-1, 1, 1)
+        self.mean = torch.tensor(mean, dtype=torch.float32).reshape(-1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).reshape(-1, 1, 1)
 
     def __call__(self, img) -> torch.Tensor:
+        if isinstance(img, torch.Tensor):  # bands (C, H, W), already scaled to their range
+            return (img.float() - self.mean) / self.std
         arr = np.asarray(img, dtype=np.float32)
         arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
         return torch.from_numpy(np.ascontiguousarray(arr * self.scale - self.shift))
@@ -58,6 +66,9 @@ class RandomGaussianBlur:
             return img
         low, high = self.sigma
         sigma = low + (high - low) * float(torch.rand(1))
+        if isinstance(img, torch.Tensor):  # bands: the same ~3 sigma extent as PIL's
+            kernel = 2 * max(1, int(math.ceil(3 * sigma))) + 1
+            return TF.gaussian_blur(img, [kernel, kernel], [sigma, sigma])
         return img.filter(ImageFilter.GaussianBlur(radius=sigma))
 
     def __repr__(self) -> str:
@@ -126,7 +137,8 @@ class EvalResize:
         self.small_crop = T.Compose([T.Resize(self.size), T.CenterCrop(self.size)])
 
     def __call__(self, img):
-        return (self.small_crop if min(img.size) <= self.size else self.large_crop)(img)
+        shape = img.shape[-2:] if isinstance(img, torch.Tensor) else img.size
+        return (self.small_crop if min(shape) <= self.size else self.large_crop)(img)
 
     def __repr__(self) -> str:
         return f"EvalResize(size={self.size}, large={self.large})"

@@ -24,6 +24,8 @@ import yaml
 from ..config import (STAGE_NAMES, ConfigError, ExperimentConfig, InitRef, OutputLayout,
                       StageLayout, config_from_dict, config_to_dict, stage_settings)
 from ..data import list_split
+from ..data.bands import read_image
+from ..data.images import UnreadableImage
 from ..errors import HptError
 from ..tracking.registry import alias_for, model_uri, safe_name
 from ..tracking.store import resolve_uri
@@ -126,6 +128,13 @@ def training_records(cfg: ExperimentConfig, stage: str, batch_size: int) -> list
         raise HptError(f"stage '{stage}': dataset '{dataset}' has {len(records)} training "
                        f"images, fewer than one global batch ({batch_size}); lower "
                        f"optim.batch_size")
+    if cfg.data.channels not in (1, 3):  # bands are not converted: the first must fit
+        try:
+            read_image(records[0].path, cfg.data.channels, cfg.data.max_pixels)
+        except UnreadableImage as exc:
+            raise HptError(f"stage '{stage}': dataset '{dataset}' does not hold "
+                           f"{cfg.data.channels}-band images: {exc.reason} "
+                           f"({records[0].path})") from None
     return records
 
 

@@ -209,23 +209,21 @@ def _check_writable(db: Path) -> None:
 
 def filesystem_type(path: os.PathLike) -> str:
     """Type of the filesystem holding ``path`` (its nearest existing parent), from
-    ``/proc/mounts``; ``"unknown"`` where that cannot be read."""
+    psutil's list of mounted partitions; ``"unknown"`` where that cannot be read."""
+    import psutil
     target = Path(path).resolve()
     while not target.exists() and target != target.parent:
         target = target.parent
-    best, fstype = "", "unknown"
     try:
-        lines = Path("/proc/mounts").read_text().splitlines()
+        partitions = psutil.disk_partitions(all=True)
     except OSError:
-        return fstype
-    for line in lines:
-        parts = line.split()
-        if len(parts) < 3:
-            continue
-        mount = parts[1].encode().decode("unicode_escape")  # \040 -> space
+        return "unknown"
+    best, fstype = "", "unknown"
+    for part in partitions:
+        mount = part.mountpoint
         if (str(target) == mount or str(target).startswith(mount.rstrip("/") + "/")) \
                 and len(mount) > len(best):
-            best, fstype = mount, parts[2]
+            best, fstype = mount, part.fstype
     return fstype
 
 
