@@ -33,7 +33,7 @@ class _ErrorHandlingGroup(click.Group):
             sys.exit(EXIT_USER_ERROR)
 
 
-@click.group(cls=_ErrorHandlingGroup)
+@click.group(cls=_ErrorHandlingGroup, context_settings={"show_default": True})
 @click.version_option(__version__, prog_name="hpt-hpc")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def cli(verbose: bool) -> None:

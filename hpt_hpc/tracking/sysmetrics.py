@@ -1,40 +1,57 @@
-"""System metrics (CPU, memory, process, GPU where present), sampled by the tracker's
-background thread. Names follow MLflow's ``system/...`` convention so the UI groups them."""
+"""System metrics, sampled by the tracker's background thread: the readings of MLflow's own
+monitors (CPU and memory; disk; GPU through nvidia-ml-py when it is installed and NVML
+answers), plus what they do not cover (this process's CPU and memory, torch's GPU
+allocator). Only the transport is ours: the readings go through the tracker's buffer, so
+an unreachable server loses none of them (MLflow's monitor thread would drop them). Names
+follow MLflow's ``system/...`` convention so the UI groups them."""
 from __future__ import annotations
 
+import logging
 import sys
-from typing import Dict
+from typing import Dict, List
 
 MB = 1024 * 1024
+log = logging.getLogger(__name__)
+
+
+def _mlflow_monitors() -> List:
+    from mlflow.system_metrics.metrics.cpu_monitor import CPUMonitor
+    from mlflow.system_metrics.metrics.disk_monitor import DiskMonitor
+    monitors = [CPUMonitor(), DiskMonitor()]
+    try:
+        import pynvml  # noqa: F401 - nvidia-ml-py, optional
+        from mlflow.system_metrics.metrics.gpu_monitor import GPUMonitor
+        monitors.append(GPUMonitor())
+    except Exception:  # no nvidia-ml-py, no driver, no GPU: CPU readings only
+        log.debug("no GPU monitor (nvidia-ml-py missing or NVML unavailable)")
+    return monitors
 
 
 class SystemSampler:
     """One call of :meth:`sample` returns current readings; CPU percentages cover the time
-    since the previous call. GPU readings need CUDA already initialised by the training
-    (this thread never initialises it); utilisation needs ``pynvml`` (nvidia-ml-py)."""
+    since the previous call. torch's allocator figures need CUDA already initialised by the
+    training (this thread never initialises it)."""
 
     def __init__(self) -> None:
         import psutil
-        self._psutil = psutil
         self._proc = psutil.Process()
-        psutil.cpu_percent(None)
         self._proc.cpu_percent(None)
-        self._nvml = None
+        self._monitors = _mlflow_monitors()
+        psutil.cpu_percent(None)
 
     def sample(self) -> Dict[str, float]:
-        ps = self._psutil
-        vm = ps.virtual_memory()
-        out = {
-            "system/cpu_utilization_percentage": ps.cpu_percent(None),
-            "system/system_memory_usage_percentage": vm.percent,
-            "system/system_memory_usage_megabytes": (vm.total - vm.available) / MB,
-            "system/process_cpu_percentage": self._proc.cpu_percent(None),
-            "system/process_memory_rss_megabytes": self._proc.memory_info().rss / MB,
-        }
-        out.update(self._gpu())
+        out: Dict[str, float] = {}
+        for monitor in self._monitors:
+            monitor.collect_metrics()
+            out.update({f"system/{k}": float(v) for k, v in monitor.aggregate_metrics().items()})
+            monitor.clear_metrics()
+        out["system/process_cpu_percentage"] = self._proc.cpu_percent(None)
+        out["system/process_memory_rss_megabytes"] = self._proc.memory_info().rss / MB
+        out.update(self._torch_gpu())
         return out
 
-    def _gpu(self) -> Dict[str, float]:
+    @staticmethod
+    def _torch_gpu() -> Dict[str, float]:
         torch = sys.modules.get("torch")
         if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
             return {}
@@ -42,21 +59,4 @@ class SystemSampler:
         for i in range(torch.cuda.device_count()):
             out[f"system/gpu_{i}_memory_allocated_megabytes"] = torch.cuda.memory_allocated(i) / MB
             out[f"system/gpu_{i}_memory_reserved_megabytes"] = torch.cuda.memory_reserved(i) / MB
-            util = self._nvml_utilization(i)
-            if util is not None:
-                out[f"system/gpu_{i}_utilization_percentage"] = util
         return out
-
-    def _nvml_utilization(self, index: int):
-        if self._nvml is False:
-            return None
-        try:
-            if self._nvml is None:
-                import pynvml
-                pynvml.nvmlInit()
-                self._nvml = pynvml
-            handle = self._nvml.nvmlDeviceGetHandleByIndex(index)
-            return float(self._nvml.nvmlDeviceGetUtilizationRates(handle).gpu)
-        except Exception:  # no pynvml / no driver access: memory readings only
-            self._nvml = False
-            return None
