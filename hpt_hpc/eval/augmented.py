@@ -12,13 +12,14 @@ import torch
 from ..config import ProbeConfig
 from ..progress import Progress
 from .metrics import compact_predictions, metric_for, score
-from .probe import (AUGMENTED, Features, ProbeResult, head_loss, label_targets, new_head,
-                    run_schedule, sgd_step, step_decay)
+from .probe import (AUGMENTED, Features, ProbeResult, Resume, head_loss, label_targets,
+                    new_head, run_schedule, sgd_step, step_decay)
 
 
 def augmented_probe(backbone: torch.nn.Module, train_batches: Iterable, val: Features,
                     test: Features, cfg: ProbeConfig, device: torch.device, seed: int,
-                    num_classes: int, progress: Optional[Progress] = None) -> ProbeResult:
+                    num_classes: int, progress: Optional[Progress] = None,
+                    state=None, saved: Optional[dict] = None) -> ProbeResult:
     """Train a linear head on augmented training batches (at least ``cfg.iterations`` of
     them); return the test score at the best val score."""
     backbone.eval().to(device)
@@ -46,6 +47,23 @@ def augmented_probe(backbone: torch.nn.Module, train_batches: Iterable, val: Fea
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # the crops and flips of the in-process transforms
         test_score, best_val, best_step, curve, predictions = run_schedule(
-            train_step, evaluate, cfg.iterations, cfg.eval_every, progress)
+            train_step, evaluate, cfg.iterations, cfg.eval_every, progress,
+            _resume(head, optimizer, scheduler, state, saved))
     return ProbeResult(test_score, best_val, best_step, curve, AUGMENTED,
                        metric_for(val.multi_label), seed, predictions)
+
+
+def _resume(head, optimizer, scheduler, state, saved) -> Optional[Resume]:
+    """Save/restore of the head, its optimiser and schedule (``state`` None: none)."""
+    if state is None:
+        return None
+
+    def snapshot() -> dict:
+        return {"head": head.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict()}
+
+    def restore(modules: dict) -> None:
+        head.load_state_dict(modules["head"])
+        optimizer.load_state_dict(modules["optimizer"])
+        scheduler.load_state_dict(modules["scheduler"])
+    return Resume(saved, state, snapshot, restore)

@@ -9,13 +9,14 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Tuple
 
-from ..config import ExperimentConfig, InitRef, OutputLayout
+from ..config import ExperimentConfig, InitRef, OutputLayout, config_to_dict
 from ..device import limit_cpu_threads, resolve_device
 from ..errors import HptError
 from ..plan import EvalPlan, tracking_target
 from ..tracking.registry import safe_name
 from ..tracking.runs import open_run
 from .record import PREDICTIONS_ARTIFACTS, EvalRecord, save_predictions, write_record_file
+from .resume import Checkpoints, settings_key
 from .runner import evaluate_finetune, evaluate_linear, evaluate_pixels
 
 
@@ -34,6 +35,15 @@ def cli_plan(cfg: ExperimentConfig, protocol: str, dataset: str,
                     ref, label, layout, result, tracking=tracking_target(cfg), seed=cfg.seed)
 
 
+def resume_checkpoints(plan: EvalPlan, weights: Optional[str]) -> Checkpoints:
+    """Where a requeued evaluation resumes from: beside its result file, keyed by every
+    setting the result depends on (the evaluated weights by path, size and time)."""
+    stat = Path(weights).stat() if weights else None
+    return Checkpoints(plan.result_file, settings_key(
+        plan.protocol, plan.method, plan.dataset, plan.seed, weights,
+        (stat.st_size, stat.st_mtime_ns) if stat else None, config_to_dict(plan.config)))
+
+
 def evaluate_plan(plan: EvalPlan) -> Tuple[EvalRecord, Any]:
     """Run the plan's protocol; returns the record and the protocol's own result."""
     cfg = plan.config
@@ -46,12 +56,13 @@ def evaluate_plan(plan: EvalPlan) -> Tuple[EvalRecord, Any]:
                        f"sweep: finished units are skipped, this one is retried")
     resolved = ref.resolve(plan.layout, plan.tracking.uri if plan.tracking else None,
                            who=f"evaluation '{plan.label}'")
+    saved = resume_checkpoints(plan, resolved.path)
     if plan.method == "raw-pixels":
         outcome = evaluate_pixels(cfg, plan.dataset)
     elif plan.protocol == "finetune":
-        outcome = evaluate_finetune(cfg, plan.dataset, resolved.path, device)
+        outcome = evaluate_finetune(cfg, plan.dataset, resolved.path, device, saved)
     else:
-        outcome = evaluate_linear(cfg, plan.dataset, resolved.path, device)
+        outcome = evaluate_linear(cfg, plan.dataset, resolved.path, device, saved)
     stage = plan.layout.read_result() if plan.evaluates else {}
     record = EvalRecord.from_outcome(
         plan.protocol, outcome, method=plan.method, dataset=plan.dataset, steps=plan.steps,
@@ -97,6 +108,7 @@ def run_eval_plan(plan: EvalPlan) -> Tuple[EvalRecord, Any]:
     log_record(plan, record, saved)
     if plan.result_file is not None:
         write_record_file(record, plan.result_file, {"tags": plan.tags})
+        Checkpoints(plan.result_file, "").remove()  # nothing is left to resume
     if math.isnan(record.score):
         raise HptError(f"evaluation {plan.label}: the score is NaN")
     return record, outcome

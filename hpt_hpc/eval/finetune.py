@@ -19,7 +19,8 @@ from ..data.sources import ImageRecord
 from ..errors import HptError
 from ..progress import Progress
 from .metrics import compact_predictions, metric_for, score
-from .probe import head_loss, label_targets, new_head, run_schedule, sgd_step, step_decay
+from .probe import (Resume, head_loss, label_targets, new_head, run_schedule, sgd_step,
+                    step_decay)
 
 FINETUNE = "finetune"
 
@@ -111,7 +112,8 @@ def _logits(network: torch.nn.Module, batches: Iterable, device: torch.device):
 def finetune(backbone: torch.nn.Module, feature_dim: int, train_batches: Iterable,
              val_batches: Iterable, test_batches: Iterable, cfg: FinetuneConfig,
              device: torch.device, num_classes: int, multi_label: bool, seed: int = 0,
-             progress: Optional[Progress] = None) -> FinetuneResult:
+             progress: Optional[Progress] = None, state=None,
+             saved: Optional[dict] = None) -> FinetuneResult:
     """Fine-tune ``backbone`` (in place) and a new head on ``train_batches`` (at least
     ``cfg.iterations`` batches); ``labels`` of the result is left for the caller."""
     head = new_head(feature_dim, num_classes, seed)
@@ -140,6 +142,25 @@ def finetune(backbone: torch.nn.Module, feature_dim: int, train_batches: Iterabl
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # the crops and flips of the in-process transforms
         test_score, best_val, best_step, curve, predictions = run_schedule(
-            train_step, evaluate, cfg.iterations, cfg.eval_every, progress)
+            train_step, evaluate, cfg.iterations, cfg.eval_every, progress,
+            _resume(network, optimizer, scheduler, seen, state, saved))
     return FinetuneResult(test_score, best_val, best_step, curve, 0, FINETUNE,
                           metric_for(multi_label), predictions, seen["targets"].numpy())
+
+
+def _resume(network, optimizer, scheduler, seen: dict, state, saved) -> Optional[Resume]:
+    """Save/restore of the fine-tuned network, optimiser, schedule and the test targets
+    (``state`` None: none)."""
+    if state is None:
+        return None
+
+    def snapshot() -> dict:
+        return {"network": network.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "targets": seen["targets"]}
+
+    def restore(modules: dict) -> None:
+        network.load_state_dict(modules["network"])
+        optimizer.load_state_dict(modules["optimizer"])
+        scheduler.load_state_dict(modules["scheduler"])
+        seen["targets"] = modules["targets"]
+    return Resume(saved, state, snapshot, restore)

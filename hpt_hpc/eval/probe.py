@@ -10,7 +10,7 @@ scored by top-1 accuracy (see :mod:`hpt_hpc.eval.metrics`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -120,26 +120,55 @@ def sgd_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scheduler) ->
     scheduler.step()
 
 
+class Resume(NamedTuple):
+    """How :func:`run_schedule` resumes and saves: ``saved`` (a state loaded before the
+    training batches were built, or None), where to save (:class:`~.resume.EvalState`),
+    and the modules' ``snapshot() -> dict`` / ``restore(dict)``."""
+
+    saved: Optional[Dict[str, Any]]
+    state: Any
+    snapshot: Callable[[], Dict[str, Any]]
+    restore: Callable[[Dict[str, Any]], None]
+
+
 def run_schedule(train_step: Callable[[int], None],
                  evaluate: Callable[[], Tuple[float, float, Any]], iterations: int,
                  eval_every: int, progress: Optional[Progress] = None,
+                 resume: Optional[Resume] = None,
                  ) -> Tuple[float, float, int, List[Tuple[int, float, float]], Any]:
     """Call ``train_step(step)`` for steps 1..iterations and ``evaluate() -> (val, test,
     test_predictions)`` every ``eval_every`` steps and at the end; return
     ``(test_at_best_val, best_val, best_step, curve, test_predictions_at_best_val)`` (the
-    first step wins a tie of val scores). ``progress`` is told every step."""
+    first step wins a tie of val scores). ``progress`` is told every step; with ``resume``
+    the schedule continues after the saved step and saves at every validation point."""
     if iterations < 1 or eval_every < 1:
         raise ValueError(f"iterations ({iterations}) and eval_every ({eval_every}) must be "
                          "positive")
     best = (0.0, float("-inf"), 0, None)
     curve: List[Tuple[int, float, float]] = []
-    for step in range(1, iterations + 1):
+    first = 1
+    if resume is not None and resume.saved is not None:
+        saved = resume.saved
+        resume.restore(saved["modules"])
+        curve = [tuple(point) for point in saved["curve"]]
+        kept = saved["predictions"]
+        best = (saved["best"][0], saved["best"][1], int(saved["best"][2]),
+                kept.numpy() if isinstance(kept, torch.Tensor) else kept)
+        first = int(saved["step"]) + 1
+        torch.set_rng_state(saved["rng"])
+    for step in range(first, iterations + 1):
         train_step(step)
         if step % eval_every == 0 or step == iterations:
             val, test, predictions = evaluate()
             curve.append((step, val, test))
             if val > best[1]:
                 best = (test, val, step, predictions)
+            if resume is not None and step < iterations:
+                kept = best[3]
+                resume.state.save({
+                    "step": step, "curve": curve, "best": best[:3],
+                    "predictions": torch.from_numpy(kept) if isinstance(kept, np.ndarray)
+                    else kept, "modules": resume.snapshot(), "rng": torch.get_rng_state()})
         if progress:
             progress.update(step, note=f"best val {best[1]:.4f}" if curve else "")
     return best[0], best[1], best[2], curve, best[3]

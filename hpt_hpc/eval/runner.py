@@ -30,6 +30,7 @@ from .finetune import FinetuneResult, finetune, select_label_budget
 from .knn import knn_probe
 from .probe import (AUGMENTED, CACHED, KNN, Features, ProbeResult, extract_features,
                     linear_probe, pixel_features)
+from .resume import NONE, Checkpoints, EvalState
 from .splits import SPLITS, SplitRecords, image_batches, kept_paths, load_splits
 
 PIXELS_MODE = "cached (raw pixels)"
@@ -159,44 +160,68 @@ def _seeds(cfg: ExperimentConfig) -> range:
     return range(cfg.seed, cfg.seed + cfg.probe.repeats)
 
 
+def _cached(saved: EvalState, compute) -> Dict[str, Features]:
+    """Features from a resumed job's saved copy, else computed and saved."""
+    state = saved.load()
+    if state is not None:
+        return {split: Features(f["x"], f["y"], list(f["paths"]))
+                for split, f in state["features"].items()}
+    feats = compute()
+    saved.save({"features": {split: {"x": f.x, "y": f.y, "paths": list(f.paths or [])}
+                             for split, f in feats.items()}})
+    return feats
+
+
 def evaluate_linear(cfg: ExperimentConfig, dataset: str, checkpoint: Optional[str],
-                    device) -> LinearSummary:
+                    device, checkpoints: Checkpoints = NONE) -> LinearSummary:
     """Linear separability of a checkpoint's frozen backbone (``None``: random init, drawn
-    from ``cfg.seed``) in ``cfg.probe.mode``, repeated ``cfg.probe.repeats`` times."""
+    from ``cfg.seed``) in ``cfg.probe.mode``, repeated ``cfg.probe.repeats`` times;
+    ``checkpoints``: where a requeued job finds its features and training state."""
     device = torch.device(device)
     backbone = seeded_backbone(cfg, checkpoint).to(device)
     space = load_splits(cfg, dataset)
     if cfg.probe.mode in (CACHED, KNN):
-        feats = split_features(cfg, dataset, backbone, device, space)  # shared by repeats
+        feats = _cached(checkpoints.features,  # shared by repeats
+                        lambda: split_features(cfg, dataset, backbone, device, space))
         if cfg.probe.mode == KNN:  # deterministic: one result, whatever probe.repeats says
             results = [knn_probe(feats["train"], feats["val"], feats["test"],
                                  cfg.probe.knn_k, cfg.probe.knn_temperature)]
         else:
             results = [probe_features(cfg, feats, seed) for seed in _seeds(cfg)]
     elif cfg.probe.mode == AUGMENTED:
-        held_out = {}
-        for split in ("val", "test"):
-            batches = image_batches(cfg, space.records[split], space,
-                                    build_eval_transform(cfg.data, cfg.probe), EXTRACT_BATCH)
-            held_out[split] = _extract(cfg, backbone, batches, device, f"{dataset}/{split}")
-            held_out[split].paths = kept_paths(space.records[split], batches)
+        held_out = _cached(checkpoints.features,
+                           lambda: _held_out(cfg, dataset, backbone, device, space))
         results = []
         for seed in _seeds(cfg):
+            state = checkpoints.schedule(seed)
+            saved = state.load()
             train = image_batches(cfg, space.records["train"], space,
                                   build_probe_train_transform(cfg.data, cfg.probe),
-                                  cfg.probe.batch_size,
-                                  steps=cfg.probe.iterations, seed=seed)
+                                  cfg.probe.batch_size, steps=cfg.probe.iterations,
+                                  seed=seed, start=int(saved["step"]) if saved else 0)
             results.append(augmented_probe(backbone, train, held_out["val"],
                                            held_out["test"], cfg.probe, device, seed,
                                            space.num_classes,
                                            _progress(cfg, f"augmented probe (seed {seed})",
                                                      cfg.probe.iterations,
-                                                     cfg.probe.batch_size)))
+                                                     cfg.probe.batch_size), state, saved))
     else:
         raise HptError(f"probe.mode '{cfg.probe.mode}' is not one of {CACHED}, {AUGMENTED}, "
                        f"{KNN}")
     test = held_out["test"] if cfg.probe.mode == AUGMENTED else feats["test"]
     return summarize(results, cfg.probe.mode, dataset, checkpoint, test)
+
+
+def _held_out(cfg: ExperimentConfig, dataset: str, backbone, device,
+              space: SplitRecords) -> Dict[str, Features]:
+    """Val and test features for the augmented probe (its test view)."""
+    held_out = {}
+    for split in ("val", "test"):
+        batches = image_batches(cfg, space.records[split], space,
+                                build_eval_transform(cfg.data, cfg.probe), EXTRACT_BATCH)
+        held_out[split] = _extract(cfg, backbone, batches, device, f"{dataset}/{split}")
+        held_out[split].paths = kept_paths(space.records[split], batches)
+    return held_out
 
 
 def evaluate_pixels(cfg: ExperimentConfig, dataset: str) -> LinearSummary:
@@ -209,7 +234,7 @@ def evaluate_pixels(cfg: ExperimentConfig, dataset: str) -> LinearSummary:
 
 
 def evaluate_finetune(cfg: ExperimentConfig, dataset: str, checkpoint: Optional[str],
-                      device) -> FinetuneResult:
+                      device, checkpoints: Checkpoints = NONE) -> FinetuneResult:
     """Semi-supervised transfer: fine-tune a checkpoint's backbone (``None``: random init)
     plus a new head on ``cfg.finetune.labels`` training images chosen with
     ``cfg.finetune.label_seed``; test score at the best val score."""
@@ -218,16 +243,20 @@ def evaluate_finetune(cfg: ExperimentConfig, dataset: str, checkpoint: Optional[
     space = load_splits(cfg, dataset)
     budget = select_label_budget(space.records["train"], ft.labels, ft.label_seed)
     backbone = seeded_backbone(cfg, checkpoint)
+    state = checkpoints.schedule(cfg.seed)
+    saved = state.load()
     train = image_batches(cfg, budget, space,
                           build_probe_train_transform(cfg.data, cfg.probe, ft.augment),
-                          ft.batch_size, steps=ft.iterations, seed=cfg.seed)
+                          ft.batch_size, steps=ft.iterations, seed=cfg.seed,
+                          start=int(saved["step"]) if saved else 0)
     held_out = [image_batches(cfg, space.records[split], space,
                               build_eval_transform(cfg.data, cfg.probe), EXTRACT_BATCH)
                 for split in ("val", "test")]
     result = finetune(backbone, feature_dim_for(cfg.model.arch, cfg.model.width), train,
                       *held_out, ft, device, space.num_classes, space.multi_label,
                       seed=cfg.seed, progress=_progress(cfg, "fine-tune", ft.iterations,
-                                                        min(ft.batch_size, len(budget))))
+                                                        min(ft.batch_size, len(budget))),
+                      state=state, saved=saved)
     result.labels = len(budget)
     result.test_paths = kept_paths(space.records["test"], held_out[1])
     return result

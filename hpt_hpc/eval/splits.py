@@ -99,20 +99,34 @@ def kept_paths(records: Sequence[ImageRecord], batches) -> List[str]:
     return [r.path for r in records if r.path not in skipped]
 
 
+class _ResumedSampler(RandomSampler):
+    """:class:`RandomSampler` whose first pass drops the first ``skip`` indices: the rest
+    of a seeded stream, for an evaluation resumed after ``skip / batch`` batches."""
+
+    def __init__(self, data_source, num_samples: int, generator, skip: int):
+        super().__init__(data_source, num_samples=num_samples, generator=generator)
+        self.skip = skip
+
+    def __iter__(self):
+        order = list(super().__iter__())
+        skip, self.skip = self.skip, 0
+        return iter(order[skip:])
+
+
 def image_batches(cfg: ExperimentConfig, records: Sequence[ImageRecord], space: SplitRecords,
                   transform, batch_size: int, steps: Optional[int] = None,
-                  seed: int = 0) -> _Batches:
+                  seed: int = 0, start: int = 0) -> _Batches:
     """One ordered pass over ``records`` or, with ``steps``, an endless stream of shuffled
     batches (epoch after epoch, seeded) of ``min(batch_size, len(records))`` images, drawn
-    ``steps`` batches at a time."""
+    ``steps`` batches at a time; ``start`` skips the stream's first batches (resuming)."""
     dataset = ImageDataset(records, transform, cfg.data.channels, space.num_classes,
                            space.multi_label, cfg.data.max_pixels)
     batch = min(int(batch_size), len(dataset))
     if steps is None:
         sampler = SequentialSampler(dataset)
     else:
-        sampler = RandomSampler(dataset, num_samples=steps * batch,
-                                generator=torch.Generator().manual_seed(seed))
+        sampler = _ResumedSampler(dataset, steps * batch, torch.Generator().manual_seed(seed),
+                                  skip=start * batch)
     loader = DataLoader(dataset, batch_size=batch, sampler=sampler,
                         num_workers=cfg.data.workers, collate_fn=collate_skipping,
                         pin_memory=torch.cuda.is_available(),
