@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 
 import numpy as np
-import pytest
 import torch
 import torchvision
 from click.testing import CliRunner

@@ -42,9 +42,10 @@ def _status_line(row) -> str:
     figures = row.get("progress")
     if figures:
         from ..progress import format_seconds
-        line += (f"\tstep {figures['step']}/{figures['total']} ({figures['percent']:.0f}%)"
-                 f", ETA {format_seconds(figures['eta_seconds'])}"
-                 f" (as of {figures['updated'][11:19]})")
+        line += f"\tstep {figures['step']}/{figures['total']} ({figures['percent']:.0f}%)"
+        if row["state"].startswith("RUNNING"):  # an ETA only while it runs
+            line += f", ETA {format_seconds(figures['eta_seconds'])}"
+        line += f" (as of {figures['updated'][11:19]})"
     return line
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 from typing import Any, Dict, Optional
 
 import submitit
@@ -107,6 +108,7 @@ class StageJob(submitit.helpers.Checkpointable):
         finally:
             _teardown(dist_info)
         summary = {"stage": plan.stage, "label": plan.label, "rank": dist_info.rank,
+                   "host": socket.gethostname(),
                    "world_size": dist_info.world_size, "steps": result.steps,
                    "total_steps": result.total_steps, "checkpoint": str(result.checkpoint),
                    "resumed_from": result.resumed_from, "final_loss": result.final_loss,

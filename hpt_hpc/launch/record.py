@@ -105,6 +105,22 @@ def is_active(state: str) -> bool:
     return state.split(" ", 1)[0].upper() in ACTIVE_STATES
 
 
+# Final states of one attempt after which SLURM may requeue the job under the same id.
+REQUEUE_CAUSES = ("NODE_FAIL", "PREEMPTED", "REQUEUED", "TIMEOUT", "BOOT_FAIL")
+
+
+def _queued_state(job_id: str) -> str:
+    """The controller's live state of a job still in the queue ('' when it is not)."""
+    import subprocess
+    try:
+        out = subprocess.run(["squeue", "-h", "-j", str(job_id).split("_")[0], "-o", "%T"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    states = out.stdout.split() if out.returncode == 0 else []
+    return states[0] if states else ""
+
+
 def job_states(record: LaunchRecord) -> List[Dict[str, Any]]:
     """Stage, cell, job id, scheduler state and the latest progress figures (step, total,
     percent, ETA: :mod:`hpt_hpc.progress`; None before the first report) of every job."""
@@ -117,6 +133,10 @@ def job_states(record: LaunchRecord) -> List[Dict[str, Any]]:
                 state = record.job(entry).state
             except Exception as exc:  # noqa: BLE001 - show the problem in the table
                 state = f"unknown ({exc})"
+            if record.executor == "slurm" and state.split(" ", 1)[0] in REQUEUE_CAUSES:
+                live = _queued_state(entry.job_id)
+                if live:  # accounting shows the ended attempt; the job is queued again
+                    state = f"{live} (requeued after {state.split(' ', 1)[0]})"
         progress = None
         if entry.output_dir and entry.stage in STAGE_NAMES:
             progress = read_status(StageLayout(Path(entry.output_dir), entry.stage).progress)

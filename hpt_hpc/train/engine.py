@@ -86,11 +86,30 @@ def _batches(loader: Any, start_step: int) -> Iterator[Tuple[torch.Tensor, torch
     return iter(loader)
 
 
+def _rng_states(dist: DistInfo) -> Dict[str, Any]:
+    """This rank's generator states and, with several ranks, every rank's under ``ranks``
+    (each rank's augmentations draw from its own generators: a resume restores them all).
+    Collective: every rank calls it."""
+    state = capture_rng_state()
+    if dist.world_size > 1:
+        import torch.distributed as torch_dist
+        ranks: list = [None] * dist.world_size
+        torch_dist.all_gather_object(ranks, state)
+        state = {**state, "ranks": ranks}
+    return state
+
+
+def _own_rng(state: Dict[str, Any], dist: DistInfo) -> Dict[str, Any]:
+    """The states this rank saved (rank 0's in a checkpoint written by one rank)."""
+    ranks = state.get("ranks")
+    return ranks[dist.rank] if ranks and len(ranks) == dist.world_size else state
+
+
 def _checkpoint(model: MoCo, optimizer: Optional[torch.optim.Optimizer], step: int,
-                plan: StagePlan, tracker: Tracker, init: Optional[str]) -> Dict[str, Any]:
+                plan: StagePlan, tracker: Tracker, init: Optional[str],
+                rng: Dict[str, Any]) -> Dict[str, Any]:
     return stage_checkpoint(model, optimizer, step, plan.iterations, plan.stage, plan.variant,
-                            init, config_to_dict(plan.config), capture_rng_state(),
-                            tracker.run_id)
+                            init, config_to_dict(plan.config), rng, tracker.run_id)
 
 
 def parameter_digest(model: MoCo) -> str:
@@ -161,7 +180,7 @@ def run_stage(plan: StagePlan, loader: Any, tracker: Optional[Tracker] = None,
         if optimizer is not None and resume_state.get("optimizer"):
             optimizer.load_state_dict(resume_state["optimizer"])
             set_optimizer_impl(optimizer, speed)
-        restore_rng_state(resume_state["rng"])
+        restore_rng_state(_own_rng(resume_state["rng"], dist))
         start = result.resumed_from = int(resume_state["step"])
         log.info("stage %s: resuming at step %d of %d", stage, start, total)
 
@@ -187,7 +206,7 @@ def run_stage(plan: StagePlan, loader: Any, tracker: Optional[Tracker] = None,
                              dist, stop_after, on_step, init, should_stop, speed)
 
     check_finite(model, plan, result.steps, plan.lr)
-    state = _checkpoint(model, optimizer, result.steps, plan, tracker, init)
+    state = _checkpoint(model, optimizer, result.steps, plan, tracker, init, _rng_states(dist))
     if dist.is_main and (result.completed or result.saved_step != result.steps):
         save_resume_point(state, plan, final=result.completed)
         if result.completed:
@@ -269,9 +288,10 @@ def _train_loop(plan: StagePlan, net: torch.nn.Module,
         progress.update(step + 1, wait, f"loss {loss_value:.4f} lr {lr:.4g}")
         if every and (step + 1) % every == 0 and step + 1 < total:
             check_finite(model, plan, step + 1, lr)
+            rng = _rng_states(dist)
             if dist.is_main:
-                save_resume_point(_checkpoint(model, optimizer, step + 1, plan, tracker, init),
-                                  plan)
+                save_resume_point(_checkpoint(model, optimizer, step + 1, plan, tracker, init,
+                                              rng), plan)
             result.saved_step = step + 1
         if should_stop is not None and step + 1 < end and should_stop(step + 1):
             log.warning("stage %s: stopping at step %d on request (preemption)", result.stage,

@@ -24,6 +24,18 @@ DBD_PORT="${HPT_DEV_CLUSTER_DBD_PORT:-${SAVED_DBD_PORT:-16819}}"
 DB_NAME="slurm_acct_db"
 ACCOUNT="${HPT_DEV_CLUSTER_ACCOUNT:-dev}"
 TIMEOUT="${HPT_DEV_CLUSTER_TIMEOUT:-60}"   # deadline (s) for each daemon to come up
+# Namespaced compute nodes (start.sh --nodes N, N >= 2): node i is a slurmd in its own
+# network, UTS and mount namespace, hostname ${NODE_PREFIX}i, address ${NET}.(10+i) on a
+# private bridge (${NET}.1 on the host), next to the host's own node `localhost`.
+NODES="${HPT_DEV_CLUSTER_NODES:-${SAVED_NODES:-1}}"
+NET="${HPT_DEV_CLUSTER_NET:-${SAVED_NET:-10.77.0}}"
+NODE_PREFIX="${CLUSTER_NAME:0:10}n"        # hptdevn1, hptdevn2, ...
+BRIDGE="${CLUSTER_NAME:0:10}br"            # interface names: at most 15 characters
+NETDIR="$DIR/net"
+HOSTS_FILE="$NETDIR/hosts"                 # bound over /etc/hosts inside each node
+NODE_CPUS="${HPT_DEV_CLUSTER_NODE_CPUS:-${SAVED_NODE_CPUS:-2}}"
+ns_nodes() { local i; for ((i = 1; i <= NODES; i++)); do [ "$NODES" -ge 2 ] && echo "${NODE_PREFIX}$i"; done; return 0; }
+node_addr() { echo "$NET.$((10 + ${1#"$NODE_PREFIX"}))"; }
 
 CONF="$DIR/etc/slurm.conf"
 DBD_CONF="$DIR/etc/slurmdbd.conf"
@@ -58,13 +70,18 @@ not_alive() { ! alive "$1"; }
 # pid_of NAME PIDFILE: print the PID of this cluster's NAME daemon, or nothing.
 # The PID file is trusted only when the process has the right name and our marker.
 _is_ours() {  # PID NAME
-    local pid=$1 name=$2 comm
+    local pid=$1 name=${2%@*} node= comm env
+    [[ "$2" == *@* ]] && node=${2#*@}
     [ -r "/proc/$pid/comm" ] || return 1
     { read -r comm < "/proc/$pid/comm"; } 2>/dev/null || return 1
     [ "$comm" = "$name" ] || return 1
-    { tr "\\0" "\\n" < "/proc/$pid/environ"; } 2>/dev/null | grep -qxF "$MARKER"
+    env=$( { tr "\\0" "\\n" < "/proc/$pid/environ"; } 2>/dev/null ) || return 1
+    grep -qxF "$MARKER" <<<"$env" || return 1
+    # a namespaced node's slurmd carries HPT_DEV_NODE=<node>; the host's carries none
+    if [ -n "$node" ]; then grep -qxF "HPT_DEV_NODE=$node" <<<"$env"
+    else ! grep -q "^HPT_DEV_NODE=" <<<"$env"; fi
 }
-pid_of() {
+pid_of() {  # NAME[@NODE] PIDFILE
     local name=$1 pidfile=$2 pid p
     if [ -s "$pidfile" ]; then
         read -r pid < "$pidfile" || true
@@ -93,7 +110,9 @@ MUNGED_PID="$MUNGE_DIR/munged.pid";     MUNGED_LOG="$MUNGE_DIR/munged.log"
 MARIADB_PID="$MYSQL_DIR/mariadbd.pid"
 SLURMDBD_PID="$RUNDIR/slurmdbd.pid";    SLURMDBD_LOG="$LOGDIR/slurmdbd.log"
 SLURMCTLD_PID="$RUNDIR/slurmctld.pid";  SLURMCTLD_LOG="$LOGDIR/slurmctld.log"
-SLURMD_PID="$RUNDIR/slurmd.pid";        SLURMD_LOG="$LOGDIR/slurmd.log"
+SLURMD_PID="$RUNDIR/slurmd-localhost.pid"; SLURMD_LOG="$LOGDIR/slurmd-localhost.log"
+node_pidfile() { echo "$RUNDIR/slurmd-$1.pid"; }
+node_log()     { echo "$LOGDIR/slurmd-$1.log"; }
 
 # name:comm:pidfile:log, in start order.
 DAEMONS=(
@@ -110,16 +129,17 @@ mariadb_ok()   { timeout 5 mariadb-admin --no-defaults --socket="$MYSQL_SOCKET" 
 slurmdbd_ok()  { timeout 5 sacctmgr -n -P list cluster format=cluster >/dev/null 2>&1; }
 slurmctld_ok() { timeout 5 scontrol ping 2>/dev/null | grep -q "is UP"; }
 # The node has registered (state without the '*' of a non-responding node).
-node_state()   { timeout 5 sinfo -h -N -n localhost -o '%T' 2>/dev/null | head -n1; }
+node_state()   { timeout 5 sinfo -h -N -n "${1:-localhost}" -o '%T' 2>/dev/null | head -n1; }
 # slurmd runs and the node has registered with the controller (maybe still DOWN/DRAINED).
-slurmd_ok() {
-    local s
-    [ -n "$(pid_of slurmd "$SLURMD_PID")" ] || return 1
-    s=$(node_state)
+slurmd_ok() {  # [NODE]
+    local s node=${1:-localhost} comm=slurmd pidfile=$SLURMD_PID
+    [ "$node" = localhost ] || { comm="slurmd@$node"; pidfile=$(node_pidfile "$node"); }
+    [ -n "$(pid_of "$comm" "$pidfile")" ] || return 1
+    s=$(node_state "$node")
     [ -n "$s" ] && [[ "$s" != *'*' ]] && [[ "$s" != unknown* ]]
 }
-node_ok() {
-    local s; s=$(node_state)
+node_ok() {  # [NODE]
+    local s; s=$(node_state "${1:-localhost}")
     [ -n "$s" ] && [[ "$s" != *'*' ]] && [[ "$s" != unknown* ]] && [[ "$s" != down* ]] \
         && [[ "$s" != drain* ]] && [[ "$s" != not_responding* ]]
 }

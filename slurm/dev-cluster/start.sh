@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Start the single-node SLURM dev cluster (munged, MariaDB, slurmdbd, slurmctld, slurmd),
-# all of it under ${HPT_DEV_CLUSTER_DIR:-/tmp/hpt-dev-cluster}. Idempotent: daemons that
-# already run are left alone, so a second call is a quick no-op.
+# Start the SLURM dev cluster (munged, MariaDB, slurmdbd, slurmctld, slurmd), all of it
+# under ${HPT_DEV_CLUSTER_DIR:-/tmp/hpt-dev-cluster}. Idempotent: daemons that already run
+# are left alone, so a second call is a quick no-op.
 #
-#   bash slurm/dev-cluster/start.sh           # start (or confirm it is up)
-#   bash slurm/dev-cluster/start.sh --wipe    # stop, drop job state + accounting, start
+#   bash slurm/dev-cluster/start.sh             # start (or confirm it is up)
+#   bash slurm/dev-cluster/start.sh --nodes 2   # + 2 namespaced nodes (partition `nodes`)
+#   bash slurm/dev-cluster/start.sh --wipe      # stop, drop job state + accounting, start
 #
 # On success the last line of stdout is the export that clients (sbatch, sacct, submitit)
 # need:  export SLURM_CONF=<dir>/etc/slurm.conf   (also written to <dir>/env.sh).
@@ -13,13 +14,17 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 WIPE=0
-for arg in "$@"; do
-    case "$arg" in
+while [ $# -gt 0 ]; do
+    case "$1" in
         --wipe) WIPE=1 ;;
-        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
-        *) die "unknown argument: $arg (use --wipe or --help)" ;;
+        --nodes) shift; NODES="${1:-}" ;;
+        --nodes=*) NODES="${1#--nodes=}" ;;
+        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+        *) die "unknown argument: $1 (use --wipe, --nodes N or --help)" ;;
     esac
+    shift
 done
+[[ "$NODES" =~ ^[1-9][0-9]?$ ]] || die "--nodes takes a number from 1 to 99, got '$NODES'"
 
 [ "$(id -u)" -eq 0 ] || die "start.sh must run as root (slurmd starts jobs as their users)"
 for bin in munged mungekey mariadbd mariadb-install-db slurmdbd slurmctld slurmd sinfo sacctmgr; do
@@ -53,7 +58,7 @@ if [ "$WIPE" -eq 1 ]; then
 fi
 
 # ---------------------------------------------------------------- folders and configs
-mkdir -p "$DIR/etc" "$LOGDIR" "$RUNDIR" "$DIR/slurm/state" "$DIR/slurm/spool" "$MUNGE_DIR" "$MYSQL_DIR"
+mkdir -p "$DIR/etc" "$LOGDIR" "$RUNDIR" "$DIR/slurm/state" "$DIR/slurm/spool/localhost" "$MUNGE_DIR" "$MYSQL_DIR"
 chown munge:munge "$MUNGE_DIR";  chmod 0755 "$MUNGE_DIR"   # munged refuses insecure dirs
 chown mysql:mysql "$MYSQL_DIR";  chmod 0750 "$MYSQL_DIR"
 
@@ -72,22 +77,41 @@ SAVED_DBD_PORT=$DBD_PORT
 SAVED_CPUS=$CPUS
 SAVED_REAL_MEMORY=$REAL_MEMORY
 SAVED_DEF_MEM_PER_CPU=$DEF_MEM_PER_CPU
+SAVED_NODES=$NODES
+SAVED_NET=$NET
+SAVED_NODE_CPUS=$NODE_CPUS
 SAVED
 
-render() {  # TEMPLATE OUT MODE
+# The controller address every node can reach: loopback alone, or the bridge's host side.
+CTLD_HOST=localhost
+[ "$NODES" -ge 2 ] && CTLD_HOST="localhost($NET.1)"
+# Before the host's node: with `localhost` as the only node defined so far, SLURM maps
+# every name to it ("Duplicated NodeHostName").
+ns_node_lines() {  # the namespaced nodes and their partition, for slurm.conf
+    local node
+    [ "$NODES" -ge 2 ] || return 0
+    echo "# Namespaced nodes (start.sh --nodes $NODES): own network, hostname and /etc/hosts."
+    for node in $(ns_nodes); do
+        echo "NodeName=$node NodeAddr=$(node_addr "$node") CPUs=$NODE_CPUS RealMemory=$REAL_MEMORY State=UNKNOWN"
+    done
+    echo "PartitionName=nodes Nodes=${NODE_PREFIX}[1-$NODES] Default=NO MaxTime=INFINITE State=UP"
+}
+
+render() {  # TEMPLATE OUT MODE [EXTRA LINES, placed before the first NodeName= line]
     local tmp="$2.tmp.$$"
-    sed -e "s|@DIR@|$DIR|g" -e "s|@CLUSTER_NAME@|$CLUSTER_NAME|g" \
+    sed -e "s|@DIR@|$DIR|g" -e "s|@CLUSTER_NAME@|$CLUSTER_NAME|g" -e "s|@CTLD_HOST@|$CTLD_HOST|g" \
         -e "s|@CTLD_PORT@|$CTLD_PORT|g" -e "s|@SLURMD_PORT@|$SLURMD_PORT|g" \
         -e "s|@DBD_PORT@|$DBD_PORT|g" -e "s|@MUNGE_SOCKET@|$MUNGE_SOCKET|g" \
         -e "s|@CPUS@|$CPUS|g" -e "s|@REAL_MEMORY@|$REAL_MEMORY|g" \
-        -e "s|@DEF_MEM_PER_CPU@|$DEF_MEM_PER_CPU|g" -e "s|@DB_NAME@|$DB_NAME|g" "$1" > "$tmp"
+        -e "s|@DEF_MEM_PER_CPU@|$DEF_MEM_PER_CPU|g" -e "s|@DB_NAME@|$DB_NAME|g" "$1" \
+        | EXTRA="${4:-}" awk '/^NodeName=/ && !done { if (ENVIRON["EXTRA"] != "") print ENVIRON["EXTRA"]; done = 1 } { print }' > "$tmp"
     if grep -q '@[A-Z_]*@' "$tmp"; then rm -f "$tmp"; die "unfilled placeholder in $1"; fi
     chmod "$3" "$tmp"
     if cmp -s "$tmp" "$2"; then rm -f "$tmp"; return 1; fi
     mv -f "$tmp" "$2"
 }
 conf_changed=0
-if render "$DEV_CLUSTER_SRC/slurm.conf.in" "$CONF" 0644; then conf_changed=1; fi
+if render "$DEV_CLUSTER_SRC/slurm.conf.in" "$CONF" 0644 "$(ns_node_lines)"; then conf_changed=1; fi
 if render "$DEV_CLUSTER_SRC/slurmdbd.conf.in" "$DBD_CONF" 0600; then
     pid=$(pid_of slurmdbd "$SLURMDBD_PID")
     if [ -n "$pid" ]; then
@@ -185,12 +209,45 @@ if ! timeout 10 sacctmgr -n -P list account format=account 2>/dev/null | grep -q
     done
 fi
 
+# ---------------------------------------------------------------- network of the namespaced nodes
+# A bridge with the host at $NET.1; per node a network namespace with a veth pair, and a
+# slurmd in its own UTS (hostname) and mount namespace (the cluster's hosts file bound over
+# /etc/hosts, so node names resolve there; the host's /etc is never touched).
+setup_network() {
+    local node veth
+    mkdir -p "$NETDIR"
+    { echo "127.0.0.1 localhost"; echo "$NET.1 ${CLUSTER_NAME}-host"
+      for node in $(ns_nodes); do echo "$(node_addr "$node") $node"; done; } > "$HOSTS_FILE"
+    ip link show "$BRIDGE" >/dev/null 2>&1 || ip link add "$BRIDGE" type bridge
+    ip -4 addr show dev "$BRIDGE" | grep -q "inet $NET.1/" || ip addr add "$NET.1/24" dev "$BRIDGE"
+    ip link set "$BRIDGE" up
+    for node in $(ns_nodes); do
+        veth="${CLUSTER_NAME:0:10}v${node#"$NODE_PREFIX"}"
+        [ -e "/run/netns/$node" ] || ip netns add "$node"
+        if ! ip link show "$veth" >/dev/null 2>&1; then
+            ip link add "$veth" type veth peer name eth0 netns "$node"
+            ip link set "$veth" master "$BRIDGE" up
+            ip netns exec "$node" ip addr add "$(node_addr "$node")/24" dev eth0
+            ip netns exec "$node" ip link set eth0 up
+            ip netns exec "$node" ip link set lo up
+        fi
+    done
+}
+# Before the controller: with namespaced nodes, clients reach it on the bridge.
+[ "$NODES" -lt 2 ] || setup_network
+
 # ---------------------------------------------------------------- slurmctld, slurmd
 # A changed slurm.conf (node CPUs, partitions, parameters) needs a controller and slurmd
 # restart; `scontrol reconfigure` does not resize a node. SIGTERM keeps running jobs (their
 # slurmstepd carry on and re-register) and saves the controller state.
 if [ "$conf_changed" -eq 1 ]; then
-    for d in "slurmd:$SLURMD_PID" "slurmctld:$SLURMCTLD_PID"; do
+    ns_slurmds=()
+    for f in "$RUNDIR"/slurmd-"$NODE_PREFIX"*.pid; do  # namespaced nodes, old and new
+        [ -e "$f" ] || continue
+        node=${f##*/slurmd-}; node=${node%.pid}
+        ns_slurmds+=("slurmd@$node:$f")
+    done
+    for d in "${ns_slurmds[@]}" "slurmd:$SLURMD_PID" "slurmctld:$SLURMCTLD_PID"; do
         pid=$(pid_of "${d%%:*}" "${d#*:}")
         [ -n "$pid" ] || continue
         log "slurm.conf changed: restarting ${d%%:*} (pid $pid)"
@@ -204,16 +261,34 @@ ensure slurmctld slurmctld "$SLURMCTLD_PID" "$SLURMCTLD_LOG" slurmctld_ok \
 ensure slurmd slurmd "$SLURMD_PID" "$SLURMD_LOG" slurmd_ok \
     env SLURM_CONF="$CONF" slurmd -N localhost
 
-# The node may still be DOWN/DRAINED from an unclean stop: wait for it, resume it if needed.
+CHECK_NODE=
+ns_slurmd_ok() { slurmd_ok "$CHECK_NODE"; }
+# ---------------------------------------------------------------- namespaced nodes
+# nsenter, not `ip netns exec`: that one remounts /sys, hiding the cgroup mounts slurmd reads.
+if [ "$NODES" -ge 2 ]; then
+    for node in $(ns_nodes); do
+        mkdir -p "$DIR/slurm/spool/$node"
+        CHECK_NODE=$node
+        ensure "slurmd $node" "slurmd@$node" "$(node_pidfile "$node")" "$(node_log "$node")" \
+            ns_slurmd_ok env HPT_DEV_NODE="$node" SLURM_CONF="$CONF" \
+            nsenter --net="/run/netns/$node" unshare --uts --mount --propagation private \
+            sh -c 'mount --bind "$1" /etc/hosts && hostname "$2" && exec slurmd -N "$2"' \
+            sh "$HOSTS_FILE" "$node"
+    done
+fi
+
+# A node may still be DOWN/DRAINED from an unclean stop: wait for it, resume it if needed.
 end=$(( $(date +%s) + TIMEOUT ))
-while ! node_ok; do
-    s=$(node_state)
-    case "$s" in
-        down*|drain*|fail*)
-            [[ "$s" == *'*' ]] || timeout 5 scontrol update nodename=localhost state=resume >/dev/null 2>&1 || true ;;
-    esac
-    [ "$(date +%s)" -lt "$end" ] || fail_daemon slurmd "$SLURMD_LOG" "node 'localhost' is '$s' after ${TIMEOUT}s (expected idle)"
-    sleep 0.3
+for node in localhost $(ns_nodes); do
+    while ! node_ok "$node"; do
+        s=$(node_state "$node")
+        case "$s" in
+            down*|drain*|fail*)
+                [[ "$s" == *'*' ]] || timeout 5 scontrol update nodename="$node" state=resume >/dev/null 2>&1 || true ;;
+        esac
+        [ "$(date +%s)" -lt "$end" ] || fail_daemon slurmd "$LOGDIR/slurmd-$node.log" "node '$node' is '$s' after ${TIMEOUT}s (expected idle)"
+        sleep 0.3
+    done
 done
 
 elapsed=$(since)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Report the dev cluster's daemons and node. Exit 0 when everything is up, 1 otherwise.
+# Report the dev cluster's daemons and nodes. Exit 0 when everything is up, 1 otherwise.
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -15,9 +15,19 @@ for d in "${DAEMONS[@]}"; do
         rc=1
     fi
 done
+for node in $(ns_nodes); do
+    pid=$(pid_of "slurmd@$node" "$(node_pidfile "$node")")
+    if [ -n "$pid" ]; then
+        printf '  %-10s running  pid %-8s log %s (namespace %s, %s)\n' "slurmd" "$pid" \
+            "$(node_log "$node")" "$node" "$(node_addr "$node")"
+    else
+        printf '  %-10s STOPPED                log %s (namespace %s)\n' slurmd "$(node_log "$node")" "$node"
+        rc=1
+    fi
+done
 if [ $rc -eq 0 ]; then
     if slurmctld_ok && node_ok; then
-        echo "  node localhost: $(node_state)"
+        for node in localhost $(ns_nodes); do echo "  node $node: $(node_state "$node")"; done
         timeout 5 sinfo -o '  %P %a %l %D %t %c' 2>/dev/null
     else
         echo "  controller or node not answering (node: '$(node_state)')"

@@ -62,6 +62,11 @@ kill_steps() {
     kill -KILL "${all[@]}" 2>/dev/null || true
 }
 
+for f in "$RUNDIR"/slurmd-"$NODE_PREFIX"*.pid; do  # namespaced nodes
+    [ -e "$f" ] || continue
+    node=${f##*/slurmd-}; node=${node%.pid}
+    stop_one "slurmd $node" "slurmd@$node" "$f"
+done
 stop_one slurmd slurmd "$SLURMD_PID"
 kill_steps
 stop_one slurmctld slurmctld "$SLURMCTLD_PID"
@@ -72,4 +77,10 @@ if [ "$SLURM_ONLY" -eq 1 ]; then
 fi
 stop_one mariadbd mariadbd "$MARIADB_PID"
 stop_one munged munged "$MUNGED_PID"
+# The namespaced nodes' network: namespaces (their veth pairs go with them), bridge, hosts.
+for ns in /run/netns/"$NODE_PREFIX"*; do
+    [ -e "$ns" ] && ip netns del "${ns##*/}" 2>/dev/null || true
+done
+if ip link show "$BRIDGE" >/dev/null 2>&1; then ip link del "$BRIDGE" && log "removed bridge $BRIDGE"; fi
+rm -rf "$NETDIR"
 log "all daemons of $DIR stopped"

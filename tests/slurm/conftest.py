@@ -1,4 +1,5 @@
-"""Fixtures for tests against a real single-node SLURM cluster (slurm/dev-cluster/).
+"""Fixtures for tests against a real SLURM cluster (slurm/dev-cluster/): the host's node
+`localhost` (partitions debug, cpu) and two namespaced nodes (partition `nodes`).
 
 `slurm_cluster` (session scope) starts the dev cluster with slurm/dev-cluster/start.sh,
 which is a quick no-op when it already runs, and points SLURM_CONF at it, so that
@@ -11,6 +12,7 @@ Installing the packages is not the fixture's job: when they are missing the test
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -22,6 +24,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 DEV_CLUSTER = REPO / "slurm" / "dev-cluster"
 START_TIMEOUT_S = 300
+NODES = 2  # namespaced compute nodes (start.sh --nodes), each its own host to SLURM/torch
 # States of a job that has not finished (UNKNOWN: not yet in sacct).
 ACTIVE_STATES = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "RESIZING",
                  "SUSPENDED", "STAGE_OUT", "SIGNALING", "UNKNOWN", "READY"}
@@ -90,8 +93,19 @@ class SlurmCluster:
                 pytest.fail(f"job {job.job_id} not finished after {timeout}s (state {state})")
             time.sleep(poll)
 
+    def wait_for_step(self, job, at_least: int, total: int, timeout: float = 180) -> None:
+        """Until the job's progress lines report step ``at_least`` of ``total`` or later."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            steps = re.findall(rf"step (\d+)/{total}", job.stderr() or "")
+            if steps and int(steps[-1]) >= at_least:
+                return
+            time.sleep(0.3)
+        pytest.fail(f"step {at_least}/{total} never appeared in job {job.job_id}'s log:\n"
+                    f"{job.stderr()}")
+
     def slurmd_pid(self) -> int:
-        return int((self.dir / "run" / "slurmd.pid").read_text().split()[0])
+        return int((self.dir / "run" / "slurmd-localhost.pid").read_text().split()[0])
 
 
 def _start_cluster() -> SlurmCluster:
@@ -104,7 +118,8 @@ def _start_cluster() -> SlurmCluster:
         pytest.fail("the SLURM dev cluster runs its daemons as root: run the slurm tests as "
                     "root", pytrace=False)
     try:
-        proc = subprocess.run(["bash", str(DEV_CLUSTER / "start.sh")], capture_output=True,
+        proc = subprocess.run(["bash", str(DEV_CLUSTER / "start.sh"), "--nodes", str(NODES)],
+                              capture_output=True,
                               text=True, timeout=START_TIMEOUT_S, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         pytest.fail(f"slurm/dev-cluster/start.sh did not finish in {START_TIMEOUT_S}s",

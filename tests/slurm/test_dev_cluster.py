@@ -59,6 +59,12 @@ def test_cluster_is_configured(slurm_cluster):
     parts = {line.split("|")[0]: line.split("|")[1:] for line in out.split()}
     assert parts["debug*"][0] == "up"          # the default partition
     assert "cpu" in parts
+    # Two namespaced nodes: their own hostnames, addresses and name resolution.
+    assert parts["nodes"][0] == "up"
+    seen = slurm_cluster.run("srun", "-p", "nodes", "-N", "2", "--ntasks-per-node", "1",
+                             "sh", "-c", "echo $(hostname) $(getent hosts hptdevn2)")
+    assert sorted(line.split()[0] for line in seen.splitlines()) == ["hptdevn1", "hptdevn2"]
+    assert all(line.split()[1] == "10.77.0.12" for line in seen.splitlines())
     # Accounting works: submitit reads job states from sacct.
     assert "hptdev" in slurm_cluster.run("sacctmgr", "-n", "-P", "list", "cluster",
                                          "format=cluster")

@@ -1,7 +1,6 @@
 """`hpt-hpc launch` against the real dev cluster: arrays, chains, failures, DDP, preemption."""
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 
@@ -100,18 +99,6 @@ def test_two_rank_ddp_ends_with_identical_weights(slurm_cluster, tmp_path, mnist
     assert all(r["steps"] == 6 for r in results)
 
 
-def _wait_for_step(job, at_least: int, total: int, timeout: float = 120) -> None:
-    """Until the job's progress lines report step ``at_least`` of ``total`` or later."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        steps = re.findall(rf"step (\d+)/{total}", job.stderr() or "")
-        if steps and int(steps[-1]) >= at_least:
-            return
-        time.sleep(0.3)
-    pytest.fail(f"step {at_least}/{total} never appeared in job {job.job_id}'s log:\n"
-                f"{job.stderr()}")
-
-
 def test_preempted_stage_requeues_and_resumes(slurm_cluster, tmp_path, mnist_tree):
     """SIGUSR2 mid-run: checkpoint at a step boundary, requeue, resume, same end state as an
     uninterrupted run (bit-identical: same data stream, RNG and optimiser state)."""
@@ -124,7 +111,7 @@ def test_preempted_stage_requeues_and_resumes(slurm_cluster, tmp_path, mnist_tre
                                              progress_seconds=0.2)),
                             ["target"], dev_options())
     cut = jobs_of(runs["cut"], "target")[0]
-    _wait_for_step(cut, 30, 300)
+    slurm_cluster.wait_for_step(cut, 30, 300)
     cut._interrupt()  # scancel --signal=USR2, as SLURM does before a time limit
     result = cut.result()
     assert 0 < (result["resumed_from"] or 0) < 300, result
