@@ -1,4 +1,6 @@
 """Stage engine on real images: resume equivalence, checkpoints, variants, chaining."""
+import os
+
 import torch
 import pytest
 
@@ -142,3 +144,21 @@ def test_batch_larger_than_dataset_fails_before_work(tmp_path, mnist_tree):
     with pytest.raises(HptError, match="fewer than one global batch"):
         run_stage_of(cfg, "target")
     assert not (tmp_path / "target").exists()
+
+
+def test_checkpoint_storage_one_copy_when_finished_and_kept_steps(tmp_path, mnist_tree):
+    """A finished stage holds one copy of its weights (last.pt is a hard link to final.pt,
+    no previous.pt); checkpoint.keep keeps the last N periodic saves as links."""
+    from hpt_hpc.config import StageLayout
+    cfg = tiny_config(tmp_path, {"mnist": mnist_tree},
+                      {"target": {"dataset": "mnist", "iterations": 7}},
+                      checkpoint={"every": 2, "keep": 2})
+    run_stage_of(cfg, "target")
+    layout = StageLayout(tmp_path, "target")
+    assert os.path.samefile(layout.final, layout.last) and not layout.previous.exists()
+    assert [p.name for p in layout.kept_checkpoints()] == ["step-000000004.pt",
+                                                           "step-000000006.pt"]
+    assert torch.load(layout.kept(4), weights_only=True)["step"] == 4
+    files = [p for p in layout.checkpoints.iterdir() if p.is_file()]
+    inodes = {p.stat().st_ino for p in files}
+    assert len(files) == 4 and len(inodes) == 3  # final = last, two kept steps

@@ -321,3 +321,15 @@ def test_tracker_interface_without_store(tmp_path):
     assert out.exit_code == 2 and "no tracking store" in out.output
     assert not (tmp_path / "out" / "mlflow.db").exists()
     assert isinstance(MlflowTracker, type)
+
+
+def test_a_local_store_holds_each_checkpoint_once(chain):
+    """The registered artifact and the next stage's init cache are the stage's final.pt
+    itself (hard links), not copies."""
+    cfg = chain[0]
+    out = Path(cfg.output_dir)
+    base_final = out / "base" / "checkpoints" / "final.pt"
+    linked = [p for p in out.rglob("*.pt") if os.path.samefile(p, base_final)]
+    where = {p.relative_to(out).parts[0] for p in linked}
+    assert {"base", "mlartifacts", "target"} <= where, linked  # target/init-cache/...
+    assert len({p.stat().st_ino for p in out.rglob("*.pt")}) == 2  # base, target: 2 files

@@ -26,6 +26,7 @@ PREVIOUS = "previous.pt"
 FINAL = "final.pt"
 LOCK = "stage.lock"
 PROGRESS = "progress.json"
+KEPT_PREFIX = "step-"  # <stage>/checkpoints/step-<step>.pt (checkpoint.keep)
 INIT_CACHE = "init-cache"
 STAGE_RESULT = "result.json"
 UNIT_STAGE = "target"  # a sweep unit trains its target stage
@@ -60,6 +61,14 @@ class StageLayout:
     @property
     def previous(self) -> Path:
         return self.checkpoints / PREVIOUS
+
+    def kept(self, step: int) -> Path:
+        """A resume point kept by ``checkpoint.keep`` (a hard link: no extra bytes)."""
+        return self.checkpoints / f"{KEPT_PREFIX}{step:09d}.pt"
+
+    def kept_checkpoints(self) -> list:
+        """The kept resume points, oldest first."""
+        return sorted(self.checkpoints.glob(f"{KEPT_PREFIX}*.pt"))
 
     @property
     def lock(self) -> Path:

@@ -123,6 +123,7 @@ RANGES = {
     "augment.*.p": (0, 1, False, False), "augment.blur.kernel_size": (1, None, False, False),
     "data.image_size": (1, None, False, False), "data.channels": (1, None, False, False), "data.workers": (0, None, False, False),
     "data.max_pixels": (1, None, False, False), "checkpoint.every": (0, None, False, False),
+    "checkpoint.keep": (0, None, False, False),
     "probe.lr": (0, None, True, False), "probe.momentum": (0, 1, False, True),
     "probe.weight_decay": (0, None, False, False), "probe.iterations": (1, None, False, False),
     "probe.batch_size": (1, None, False, False), "probe.eval_every": (1, None, False, False),

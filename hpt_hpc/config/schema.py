@@ -160,6 +160,7 @@ class StageConfig:
 @dataclass
 class CheckpointConfig:
     every: int = 1000  # periodic checkpoint interval in steps (0: final only)
+    keep: int = 0  # also keep the last N periodic checkpoints (step-<n>.pt, hard links)
 
 
 @dataclass

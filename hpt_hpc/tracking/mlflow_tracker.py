@@ -18,8 +18,10 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
+from ..files import link_atomic
 from .base import Tracker
 from .registry import ensure_registered_model
+from .store import local_artifacts
 from .sysmetrics import SystemSampler
 
 log = logging.getLogger(__name__)
@@ -247,7 +249,11 @@ class MlflowTracker(Tracker):
         from mlflow.entities import RunTag
         name, kind = os.path.basename(state["path"]), state["kind"]
         if not state["uploaded"]:
-            self.client.log_artifact(self.run_id, state["path"], "checkpoints")
+            local = local_artifacts(self.client, self.run_id)
+            if local is not None:  # a local store: the artifact is the same file, linked
+                link_atomic(state["path"], local / "checkpoints" / name)
+            else:
+                self.client.log_artifact(self.run_id, state["path"], "checkpoints")
             state["uploaded"] = True
         if not self.model_name:
             return

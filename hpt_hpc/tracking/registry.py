@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..errors import HptError
-from .store import client_for
+from ..files import link_atomic
+from .store import client_for, local_artifacts
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,13 @@ def fetch_checkpoint(uri: str, tracking_uri: str, cache_dir: Path) -> Fetched:
         fetched = dict(run_id=uri[len("runs:/"):].split("/", 1)[0])
     dest = Path(cache_dir) / key
     cached = _single_checkpoint(dest) if dest.is_dir() else None
+    if cached is None and source.startswith("runs:/"):  # a local store: link, no copy
+        run_id, _, rel = source[len("runs:/"):].partition("/")
+        local = local_artifacts(client, run_id)
+        if local is not None and (local / rel).is_file():
+            cached = dest / Path(rel).name
+            link_atomic(local / rel, cached)
+            log.info("init %s -> %s (linked)", uri, cached)
     if cached is None:
         dest.mkdir(parents=True, exist_ok=True)
         try:

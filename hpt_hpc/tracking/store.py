@@ -289,3 +289,13 @@ def client_for(uri: str) -> Any:
     else:
         ensure_store(uri)
     return MlflowClient(uri, uri)
+
+
+def local_artifacts(client: Any, run_id: str) -> Optional[Path]:
+    """The folder of a run's artifacts when the store keeps them on this filesystem (a
+    sqlite store's artifact root); None for a server or a remote artifact store."""
+    uri = client.get_run(run_id).info.artifact_uri
+    parsed = urlparse(uri)
+    if parsed.scheme not in ("", "file"):
+        return None
+    return Path(parsed.path)

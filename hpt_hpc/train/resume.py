@@ -26,6 +26,7 @@ import torch
 
 from ..config import StageLayout, config_to_dict, flatten
 from ..errors import HptError
+from ..files import link_atomic
 from ..models import CheckpointReadError, load_checkpoint, save_checkpoint_atomic
 from ..plan import StagePlan
 
@@ -154,16 +155,32 @@ def check_finite(model: torch.nn.Module, plan: StagePlan, step: int, lr: float) 
                        f"or move {layout.root} away to start fresh")
 
 
+def _keep(layout: StageLayout, keep: int) -> None:
+    """Keep ``last.pt`` (about to be replaced) as ``step-<n>.pt``; prune to ``keep``."""
+    step = int(torch.load(layout.last, map_location="cpu", weights_only=True,
+                          mmap=True)["step"])
+    link_atomic(layout.last, layout.kept(step))
+    for old in layout.kept_checkpoints()[:-keep]:
+        old.unlink(missing_ok=True)
+
+
 def save_resume_point(state: Dict[str, Any], plan: StagePlan, final: bool = False) -> None:
-    """Save ``state`` as ``last.pt`` (``final.pt`` too when ``final``), keeping the one
-    before as ``previous.pt``. Call :func:`check_finite` first."""
+    """Save ``state`` as ``last.pt``, keeping the one before as ``previous.pt`` (and the
+    last ``checkpoint.keep`` as ``step-<n>.pt``). ``final``: save ``final.pt`` once, with
+    ``last.pt`` a hard link to it and no ``previous.pt`` (a finished stage is one copy).
+    Call :func:`check_finite` first."""
     layout = plan.layout
     state[FINGERPRINT_KEY] = fingerprint(plan)
     if layout.last.exists():
+        if plan.config.checkpoint.keep:
+            _keep(layout, plan.config.checkpoint.keep)
         os.replace(layout.last, layout.previous)
-    save_checkpoint_atomic(state, layout.last)
     if final:
         save_checkpoint_atomic(state, layout.final)
+        link_atomic(layout.final, layout.last)
+        layout.previous.unlink(missing_ok=True)
+    else:
+        save_checkpoint_atomic(state, layout.last)
 
 
 def clean_temporaries(layout: StageLayout) -> int:
