@@ -208,11 +208,16 @@ def test_seed_probe_axes_and_the_compute_matched_control(tmp_path, mnist_tree, f
     assert all(p.stage == "base" and p.dataset == "fashion" and p.iterations == 4
                and p.variant == "full" and p.lr == 0.02 for p in control)
     assert control[0].init.value == str(spec.upstream_checkpoint("base"))
-    target = next(p for p in phases["pretrain"].plans if p.method == "Base+N" and p.seed == 0)
+    target = next(p for p in phases["pretrain-continued"].plans
+                  if p.method == "Base+N" and p.seed == 0)
     assert (target.variant, target.dataset, str(target.init)) == ("bn-stats", "mnist",
                                                                   "stage:base")
     assert target.init.local_path(target.layout) == control[0].layout.final
-    assert "control" in phases["pretrain"].after
+    # each pretraining array waits only for the stage its units start from
+    assert phases["pretrain-continued"].after == ("control",)
+    assert phases["control"].after == ("upstream-base",)
+    assert phases["pretrain"].after == ("upstream-base",)
+    assert phases["eval"].after == ("pretrain", "pretrain-continued")
     hpt = next(p for p in phases["pretrain"].plans if p.method == "HPT" and p.seed == 2)
     assert hpt.seed == 2 and hpt.config.seed == 2  # the seed varies target pretraining
 

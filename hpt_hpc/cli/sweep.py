@@ -18,8 +18,9 @@ from .scheduler import pop_scheduler, scheduler_options
 @scheduler_options
 def sweep(experiment, overrides, max_parallel, dry_run, **scheduler) -> None:
     """Run the studies of EXPERIMENT (configs/experiments/<name>.yaml): upstream stages,
-    then an array of pretraining units, then an array of evaluations. Re-running skips
-    finished units (found through MLflow tags) and resumes unfinished ones."""
+    then arrays of pretraining units (each waiting only for the stage it starts from), then
+    an array of evaluations. Re-running skips finished units (found through MLflow tags)
+    and resumes unfinished ones."""
     from ..experiments.sweep import run_sweep
     from ..plan.experiment import load_experiment
     options, log_folder = pop_scheduler(scheduler)

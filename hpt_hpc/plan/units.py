@@ -369,24 +369,41 @@ def eval_plan(spec: Any, unit: EvalUnit, tracking: Optional[TrackingTarget]) -> 
                     unit.pretrain, unit.tags(spec.name), str(unit.probe_labels or "all"))
 
 
+def pretrain_phase(method: str) -> Tuple[str, Tuple[str, ...]]:
+    """The phase of a method's pretraining units and the one phase it waits for: units
+    from scratch wait for nothing, the others only for the stage they start from."""
+    m = METHODS[method]
+    if m.continues:
+        return "pretrain-continued", ("control",)
+    if m.starts_from is None:
+        return "pretrain-scratch", ()
+    return ("pretrain" if m.starts_from == "base" else f"pretrain-{m.starts_from}",
+            (f"upstream-{m.starts_from}",))
+
+
 def sweep_phases(spec: Any, expansion: Expansion, tracking: Optional[TrackingTarget],
                  skip: frozenset = frozenset(), world_size: int = 1) -> List[Phase]:
-    """Upstream stages (``afterok``) -> one phase of pretraining units (``afterok`` on the
-    upstream) -> one phase of evaluations (``afterany``: an evaluation whose checkpoint is
-    missing fails alone). Units whose id is in ``skip`` (finished) are left out."""
+    """Upstream stages (``afterok``) -> pretraining units, one phase (array) per stage they
+    start from, each waiting only for that stage (``afterok``; from scratch: nothing) ->
+    one phase of evaluations (``afterany`` on every pretraining phase: an evaluation whose
+    checkpoint is missing fails alone). Units whose id is in ``skip`` are left out."""
     upstream = [s for s in expansion.upstream if f"upstream-{s}" not in skip]
     phases = [Phase(f"upstream-{plan.stage}", [plan],
                     ("upstream-base",) if plan.stage == "source" else ())
               for plan in upstream_plans(spec, tracking, upstream, world_size)]
-    upstream_phases = tuple(f"upstream-{s}" for s in UPSTREAM)
     phases.append(Phase("control", [control_plan(spec, u, tracking, world_size)
                                     for u in expansion.pretrain
                                     if METHODS[u.method].continues
-                                    and control_id(u) not in skip], upstream_phases))
-    phases.append(Phase("pretrain", [pretrain_plan(spec, u, tracking, world_size)
-                                     for u in expansion.pretrain if u.unit_id not in skip],
-                        upstream_phases + ("control",)))
+                                    and control_id(u) not in skip], ("upstream-base",)))
+    groups: Dict[str, Phase] = {}
+    for unit in expansion.pretrain:
+        if unit.unit_id in skip:
+            continue
+        name, after = pretrain_phase(unit.method)
+        groups.setdefault(name, Phase(name, [], after)).plans.append(
+            pretrain_plan(spec, unit, tracking, world_size))
+    phases += sorted(groups.values(), key=lambda p: (len(p.after), p.name))  # free first
     phases.append(Phase("eval", [eval_plan(spec, u, tracking)
                                  for u in expansion.evals if u.unit_id not in skip],
-                        ("pretrain",), "afterany"))
+                        tuple(sorted(groups)), "afterany"))
     return phases

@@ -21,16 +21,16 @@ def test_sweep_runs_as_dependent_arrays(slurm_cluster, tmp_path, mnist_tree):
     plan, record = run_sweep(spec, build_options("dev", executor="slurm"), max_parallel=2)
     entries = {e.stage: [x for x in record.jobs if x.stage == e.stage] for e in record.jobs}
     [base] = entries["upstream-base"]
-    pretrain, evals = entries["pretrain"], entries["eval"]
-    assert len(pretrain) == 2 and len(evals) == 2
-    array = {e.job_id.split("_")[0] for e in pretrain}
-    assert len(array) == 1, "pretraining units form one array"
-    assert all(e.depends_on == [base.job_id] for e in pretrain)
-    assert all(e.depends_on == sorted(array) for e in evals)
+    [hpt], [target] = entries["pretrain"], entries["pretrain-scratch"]
+    pretrain, evals = [hpt, target], entries["eval"]
+    assert len(evals) == 2
+    assert hpt.depends_on == [base.job_id]  # HPT starts from base: it waits for base
+    assert target.depends_on == []          # Target starts from scratch: at once
+    assert all(sorted(e.depends_on) == sorted([hpt.job_id, target.job_id]) for e in evals)
     states = {e.job_id: slurm_cluster.wait(record.job(e), timeout=240) for e in record.jobs}
     assert set(states.values()) == {"COMPLETED"}, states
     ends = {e.job_id: slurm_cluster.sacct(e.job_id) for e in record.jobs}
-    assert all(ends[p.job_id]["Start"] >= ends[base.job_id]["End"] for p in pretrain)
+    assert ends[hpt.job_id]["Start"] >= ends[base.job_id]["End"]
     last_pretrain = max(ends[p.job_id]["End"] for p in pretrain)
     assert all(ends[e.job_id]["Start"] >= last_pretrain for e in evals)
     done = finished_units(spec, record.tracking_uri)
