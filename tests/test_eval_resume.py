@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from hpt_hpc.config import load_config
-from hpt_hpc.eval.execute import cli_plan, run_eval_plan
+from hpt_hpc.eval.execute import cli_plan, resume_checkpoints, run_eval_plan
 from tiny import write_tiny_config
 
 RUN = """
@@ -22,7 +22,7 @@ from hpt_hpc.config import load_config
 from hpt_hpc.eval.execute import cli_plan, run_eval_plan
 cfg = load_config(sys.argv[1])
 plan = dataclasses.replace(cli_plan(cfg, sys.argv[2], "mnist", None),
-                           result_file=Path(sys.argv[3]))
+                           result_file=Path(sys.argv[3]), resumable=True)
 record, _ = run_eval_plan(plan)
 print(json.dumps({"score": record.score, "val": record.val_score,
                   "step": record.best_step, "curve": record.curve}))
@@ -37,7 +37,7 @@ def _start(config: Path, protocol: str, result: Path) -> subprocess.Popen:
 def _in_process(config: Path, protocol: str, result: Path) -> dict:
     """The uninterrupted run, here (what RUN prints)."""
     plan = dataclasses.replace(cli_plan(load_config(str(config)), protocol, "mnist", None),
-                               result_file=result)
+                               result_file=result, resumable=True)
     record, _ = run_eval_plan(plan)
     return json.loads(json.dumps({"score": record.score, "val": record.val_score,
                                   "step": record.best_step, "curve": record.curve}))
@@ -72,6 +72,9 @@ def test_killed_finetune_resumes_to_the_same_record(tmp_path, mnist_tree):
     assert "resuming evaluation from" in err
     assert resumed == whole
     assert sorted(p.name for p in tmp_path.glob("cut.*")) == ["cut.json", "cut.npz"]
+    # `hpt-hpc finetune` writes a new result file each time: it saves no resume state
+    cli = cli_plan(load_config(str(config)), "finetune", "mnist", None)
+    assert resume_checkpoints(cli, None).schedule(0).path is None
 
 
 def test_killed_probe_reuses_its_features(tmp_path, mnist_tree):

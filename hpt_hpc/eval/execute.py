@@ -37,7 +37,10 @@ def cli_plan(cfg: ExperimentConfig, protocol: str, dataset: str,
 
 def resume_checkpoints(plan: EvalPlan, weights: Optional[str]) -> Checkpoints:
     """Where a requeued evaluation resumes from: beside its result file, keyed by every
-    setting the result depends on (the evaluated weights by path, size and time)."""
+    setting the result depends on (the evaluated weights by path, size and time); nothing
+    for a plan whose result file is new each time (``hpt-hpc probe``/``finetune``)."""
+    if not plan.resumable:
+        return Checkpoints(None, "")
     stat = Path(weights).stat() if weights else None
     return Checkpoints(plan.result_file, settings_key(
         plan.protocol, plan.method, plan.dataset, plan.seed, weights,

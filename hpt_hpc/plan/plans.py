@@ -109,6 +109,7 @@ class EvalPlan:
     evaluates: Optional[str] = None  # the pretraining unit evaluated
     tags: Dict[str, str] = field(default_factory=dict)
     probe_labels: str = "all"  # linear probes: labelled images per class
+    resumable: bool = False  # save resume state beside result_file (a stable path: sweeps)
     kind = "eval"
 
     def describe(self) -> str:

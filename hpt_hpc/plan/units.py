@@ -366,7 +366,8 @@ def eval_plan(spec: Any, unit: EvalUnit, tracking: Optional[TrackingTarget]) -> 
     return EvalPlan(cfg, unit.protocol, unit.method, unit.dataset, checkpoint, unit.unit_id,
                     layout, spec.layout.eval_result(unit.pretrain or unit.unit_id, unit.unit_id),
                     tracking, unit.steps, unit.seed, unit.augment, str(unit.images or "all"),
-                    unit.pretrain, unit.tags(spec.name), str(unit.probe_labels or "all"))
+                    unit.pretrain, unit.tags(spec.name), str(unit.probe_labels or "all"),
+                    resumable=True)
 
 
 def pretrain_phase(method: str) -> Tuple[str, Tuple[str, ...]]:
