@@ -25,11 +25,12 @@ RESULTS = ROOT / "benchmarks" / "results" / "checkpoint_storage.json"
 def storage(folder: Path) -> dict:
     """Apparent and unique bytes of every ``*.pt`` below ``folder``, and how many."""
     apparent, inodes = 0, {}
-    for path in folder.rglob("*.pt"):
+    files = [p for p in folder.rglob("*.pt") if p.is_file()]  # (a cache folder may end in .pt)
+    for path in files:
         st = path.stat()
         apparent += st.st_size
         inodes[(st.st_dev, st.st_ino)] = st.st_size
-    return {"files": sum(1 for _ in folder.rglob("*.pt")), "apparent_bytes": apparent,
+    return {"files": len(files), "apparent_bytes": apparent,
             "unique_bytes": sum(inodes.values()), "unique_files": len(inodes)}
 
 

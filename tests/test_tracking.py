@@ -326,10 +326,13 @@ def test_tracker_interface_without_store(tmp_path):
 def test_a_local_store_holds_each_checkpoint_once(chain):
     """The registered artifact and the next stage's init cache are the stage's final.pt
     itself (hard links), not copies."""
-    cfg = chain[0]
+    cfg, _, results = chain[:3]
     out = Path(cfg.output_dir)
-    base_final = out / "base" / "checkpoints" / "final.pt"
-    linked = [p for p in out.rglob("*.pt") if os.path.samefile(p, base_final)]
-    where = {p.relative_to(out).parts[0] for p in linked}
-    assert {"base", "mlartifacts", "target"} <= where, linked  # target/init-cache/...
-    assert len({p.stat().st_ino for p in out.rglob("*.pt")}) == 2  # base, target: 2 files
+    finals = {s: out / s / "checkpoints" / "final.pt" for s in ("base", "target")}
+    for stage, final in finals.items():
+        [artifact] = out.glob(f"mlartifacts/*/{results[stage].run_id}/artifacts/"
+                              f"checkpoints/final.pt")
+        assert os.path.samefile(artifact, final), stage
+        assert os.path.samefile(out / stage / "checkpoints" / "last.pt", final)
+    cached = [p for p in (out / "target").rglob("init-cache/**/*.pt") if p.is_file()]
+    assert cached and all(os.path.samefile(p, finals["base"]) for p in cached)
