@@ -97,7 +97,8 @@ class LaunchRecord:
 
 # Scheduler states (SLURM's, submitit's local ones) of a job that may still change.
 ACTIVE_STATES = ("PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
-                 "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING", "QUEUED", "UNKNOWN")
+                 "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING", "QUEUED", "UNKNOWN",
+                 "STAGE_OUT", "SIGNALING", "READY")
 
 
 def is_active(state: str) -> bool:

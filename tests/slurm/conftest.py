@@ -21,13 +21,13 @@ from pathlib import Path
 
 import pytest
 
+from hpt_hpc.launch.record import is_active
+
 REPO = Path(__file__).resolve().parents[2]
 DEV_CLUSTER = REPO / "slurm" / "dev-cluster"
 START_TIMEOUT_S = 300
 NODES = 2  # namespaced compute nodes (start.sh --nodes), each its own host to SLURM/torch
 # States of a job that has not finished (UNKNOWN: not yet in sacct).
-ACTIVE_STATES = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "RESIZING",
-                 "SUSPENDED", "STAGE_OUT", "SIGNALING", "UNKNOWN", "READY"}
 
 
 def pytest_configure(config):
@@ -87,7 +87,7 @@ class SlurmCluster:
         end = time.monotonic() + timeout
         while True:
             state = job.watcher.get_state(job.job_id, mode="force")
-            if state not in ACTIVE_STATES:
+            if not is_active(state):
                 return state.split()[0]     # "CANCELLED by 0" -> "CANCELLED"
             if time.monotonic() > end:
                 pytest.fail(f"job {job.job_id} not finished after {timeout}s (state {state})")
