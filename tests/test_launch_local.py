@@ -1,6 +1,12 @@
 """Launching without SLURM: the local and debug executors, sweeps and the executor rule."""
+import json
+import sys
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
+import cloudpickle
 import pytest
 import torch
 from click.testing import CliRunner
@@ -15,6 +21,10 @@ from hpt_hpc.config import load_config
 from hpt_hpc.plan import grid_cells, plan_stages
 from hpt_hpc.models import load_checkpoint
 from tiny import write_tiny_config
+
+# The local jobs unpickle ``clocked`` and ``ClockPlan`` in a fresh interpreter that cannot
+# import this test module: ship them by value.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 def write_config(folder: Path, datasets: dict, stages: dict, **sections) -> Path:
@@ -160,3 +170,75 @@ def test_every_option_of_every_command_has_help_text():
     missing = [f"{name} {p.opts[0]}" for name, cmd in commands(cli, [])
                for p in cmd.params if isinstance(p, click.Option) and not p.help]
     assert not missing, missing
+
+
+@dataclass
+class ClockPlan:
+    """A cheap plan: its job only records when it ran (``config.output_dir``: where)."""
+    label: str
+    config: Any
+    meet: str = ""  # a plan whose job must be running while this one runs
+
+
+def clocked(plan: ClockPlan) -> str:
+    """Write start and end times and the core share; with ``meet``, wait (at most 60 s)
+    until that job has started, which only happens if the two run at the same time."""
+    import os
+    import time
+    out = Path(plan.config.output_dir)
+    start = time.time()
+    (out / f"{plan.label}.started").touch()
+    while plan.meet and not (out / f"{plan.meet}.started").exists() \
+            and time.time() < start + 60:
+        time.sleep(0.05)
+    met = not plan.meet or (out / f"{plan.meet}.started").exists()
+    (out / f"{plan.label}.json").write_text(json.dumps(
+        {"start": start, "end": time.time(), "met": met,
+         "cpus": os.environ.get("HPT_CPUS_PER_TASK")}))
+    return plan.label
+
+
+def test_local_jobs_run_by_dependency_not_phase_by_phase(tmp_path, monkeypatch):
+    """Sweep-shaped phases on real local jobs, at most 2 at once: the independent phases
+    ``up`` and ``scratch`` overlap, ``down`` starts only after ``up`` ended, ``eval``
+    (afterany) after everything else; never more than 2 jobs ran at once, and each got
+    half of the cores."""
+    from hpt_hpc.device import available_cores
+    from hpt_hpc.launch import submit as submitter
+    from hpt_hpc.plan import Phase
+    monkeypatch.setattr(submitter, "job_for", lambda plan: clocked)
+    where = SimpleNamespace(output_dir=str(tmp_path))
+    phases = [Phase("up", [ClockPlan("up", where, meet="scratch-0")]),
+              Phase("scratch", [ClockPlan("scratch-0", where, meet="up"),
+                                ClockPlan("scratch-1", where)]),
+              Phase("down", [ClockPlan(f"down-{i}", where) for i in range(2)], ("up",)),
+              Phase("eval", [ClockPlan("eval", where)], ("scratch", "down"), "afterany")]
+    record = LaunchRecord.new(tmp_path, "local", str(tmp_path), ["clock"],
+                              str(tmp_path / "logs"))
+    submitter.submit(phases, build_options(None, executor="local"), record, max_parallel=2)
+    ran = {p.label: json.loads((tmp_path / f"{p.label}.json").read_text())
+           for phase in phases for p in phase.plans}
+    assert ran["up"]["met"] and ran["scratch-0"]["met"]  # ran at the same time
+    assert ran["up"]["start"] < ran["scratch-0"]["end"]
+    assert ran["scratch-0"]["start"] < ran["up"]["end"]
+    assert min(ran[f"down-{i}"]["start"] for i in range(2)) >= ran["up"]["end"]
+    assert ran["eval"]["start"] >= max(r["end"] for k, r in ran.items() if k != "eval")
+    events = sorted([(r["start"], 1) for r in ran.values()] +
+                    [(r["end"], -1) for r in ran.values()])
+    running = [sum(step for _, step in events[:n + 1]) for n in range(len(events))]
+    assert max(running) == 2  # the cap, across phases
+    assert {r["cpus"] for r in ran.values()} == {str(max(1, available_cores() // 2))}
+    ids = {e.cell: e.job_id for e in record.jobs}
+    after = {e.cell: e.depends_on for e in record.jobs}
+    assert after["down-0"] == after["down-1"] == [ids["up"]] and after["up"] == []
+    assert after["eval"] == [ids[k] for k in ("scratch-0", "scratch-1", "down-0", "down-1")]
+
+
+def test_a_local_jobs_share_of_cores_limits_its_torch_threads(monkeypatch):
+    from hpt_hpc.device import CPUS_PER_TASK_ENV, limit_cpu_threads
+    monkeypatch.setenv(CPUS_PER_TASK_ENV, "1")
+    before = torch.get_num_threads()
+    try:
+        assert limit_cpu_threads(torch.device("cpu"), 0) == torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -7,7 +7,8 @@ import pytest
 from hpt_hpc.config import ConfigError, config_from_dict
 from hpt_hpc.experiments.results import rows_from_mlflow
 from hpt_hpc.experiments.report import build_report
-from hpt_hpc.experiments.sweep import finished_units, plan_sweep, run_sweep, sweep_tracking
+from hpt_hpc.experiments.sweep import default_max_parallel, finished_units, plan_sweep, \
+    run_sweep, sweep_tracking
 from hpt_hpc.launch.options import build_options
 from hpt_hpc.plan.experiment import load_experiment as load_sweep_spec
 from hpt_hpc.plan.units import expand, pretrain_plan, unit_config
@@ -68,6 +69,15 @@ def test_experiment_file_errors_are_clear(tmp_path, mnist_tree, studies, extra, 
     path = write_tiny_experiment(tmp_path, {"mnist": mnist_tree}, studies, **extra)
     with pytest.raises(ConfigError, match=message):
         load_sweep_spec(str(path))
+
+
+def test_default_max_parallel(tmp_path):
+    """Local: every core, within what the tracking store takes; elsewhere one."""
+    from hpt_hpc.device import available_cores
+    cores = available_cores()
+    assert default_max_parallel("local", None) == cores
+    assert default_max_parallel("local", f"sqlite:///{tmp_path}/mlflow.db") == min(cores, 8)
+    assert default_max_parallel("slurm", None) == default_max_parallel("debug", None) == 1
 
 
 def test_sweep_skips_finished_units_and_resumes_unfinished(tmp_path, mnist_tree):

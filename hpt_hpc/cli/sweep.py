@@ -12,8 +12,11 @@ from .scheduler import pop_scheduler, scheduler_options
 @click.argument("experiment", type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a key of the experiment's config (repeatable).")
-@click.option("--max-parallel", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Units running at once (local processes, or the SLURM array's %N).")
+@click.option("--max-parallel", type=click.IntRange(min=1),
+              help="Units running at once: local processes across all phases (default: "
+                   "the cores available to this process, at most 8 with a sqlite tracking "
+                   "store, 1 with one on a network filesystem), or the SLURM array's %N "
+                   "(default 1).")
 @click.option("--dry-run", is_flag=True, help="List what would run and what is skipped.")
 @scheduler_options
 def sweep(experiment, overrides, max_parallel, dry_run, **scheduler) -> None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional, Set, Tuple
 
 from ..config import config_to_dict
+from ..device import available_cores
 from ..launch.options import SchedulerOptions, resolve_executor
 from ..launch.record import LaunchRecord
 from ..launch.submit import check_slurm, run_phases
@@ -20,7 +21,7 @@ from ..plan.experiment import ExperimentSpec, prepare_offline_data
 from ..plan.units import (CONTROL_STAGE, CONTROL_SUFFIX, UPSTREAM, EvalUnit, Expansion,
                           PretrainUnit, expand, sweep_phases)
 from ..tracking.runs import search_all
-from ..tracking.store import prepare_store, sqlite_path
+from ..tracking.store import MAX_SQLITE_WRITERS, prepare_store, requires_server, sqlite_path
 
 
 @dataclass
@@ -83,13 +84,30 @@ def sweep_tracking(spec: ExperimentSpec) -> Optional[TrackingTarget]:
     return tracking_target(spec.base_config(), pipeline=spec.name)
 
 
+def default_max_parallel(kind: str, uri: Optional[str], nodes: int = 1) -> int:
+    """``--max-parallel`` when not given. Local: the cores available to this process, at
+    most the writers the tracking store takes (8 on a sqlite file on a local disk, 1 on a
+    network filesystem); other executors: 1."""
+    if kind != "local":
+        return 1
+    cores = available_cores()
+    for n in (cores, min(cores, MAX_SQLITE_WRITERS)):
+        if uri is None or requires_server(uri, n, nodes=nodes) is None:
+            return n
+    return 1
+
+
 def run_sweep(spec: ExperimentSpec, options: SchedulerOptions, dry_run: bool = False,
-              max_parallel: int = 1, folder: Optional[str] = None,
+              max_parallel: Optional[int] = None, folder: Optional[str] = None,
               end: bool = True) -> Tuple[SweepPlan, Optional[LaunchRecord]]:
-    """Plan, then submit (slurm) or run (local: ``max_parallel`` tasks at a time; debug: in
-    this process). Returns ``(plan, record)``; ``record`` is None for a dry run."""
+    """Plan, then submit (slurm) or run (local: ``max_parallel`` jobs at a time across
+    phases, default :func:`default_max_parallel`; debug: in this process). Returns
+    ``(plan, record)``; ``record`` is None for a dry run."""
     kind = resolve_executor(options)
     target = sweep_tracking(spec)
+    if max_parallel is None:
+        max_parallel = default_max_parallel(kind, target.uri if target else None,
+                                            options.nodes)
     writers = max_parallel if kind != "slurm" else min(options.array_parallelism, max_parallel)
     if dry_run:
         return plan_sweep(spec, target, options.world_size), None

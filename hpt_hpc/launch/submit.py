@@ -3,10 +3,14 @@
 A phase is one submission (a single job or a job array) that starts after the phases it
 names: on SLURM through ``--dependency=afterok|afterany:<ids>`` (``afterok`` adds
 ``kill-on-invalid-dep``, so dependants of a failed job are cancelled, never run); locally
-and in-process by waiting for them (a phase whose ``afterok`` upstream failed is not
-run). :func:`run_phases` adds the launch's preflight (tracking store, controller,
-container), the pipeline run and the launch record; ``train``, ``launch``, ``sweep`` and
-``quickstart`` all go through it.
+and in-process by waiting for them (a phase whose ``afterok`` upstream failed is not run).
+Local jobs are scheduled by dependency, not phase by phase: a job starts as soon as the
+phases it waits for ended, so independent phases overlap, with at most ``max_parallel``
+jobs running across all phases; each task gets its share of the cores
+(``HPT_CPUS_PER_TASK``, read by :func:`hpt_hpc.device.limit_cpu_threads`). The debug
+executor runs one job at a time in this process, in phase order. :func:`run_phases` adds
+the launch's preflight (tracking store, controller, container), the pipeline run and the
+launch record; ``train``, ``launch``, ``sweep`` and ``quickstart`` all go through it.
 """
 from __future__ import annotations
 
@@ -14,10 +18,12 @@ import dataclasses
 import logging
 import re
 import subprocess
+import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..config import OutputLayout
+from ..device import CPUS_PER_TASK_ENV, available_cores
 from ..errors import HptError, WorkFailed
 from ..plan import EvalPlan, Phase, TrackingTarget, with_parent
 from ..tracking.runs import end_pipeline_run, start_pipeline_run
@@ -30,6 +36,7 @@ from .record import JobEntry, LaunchRecord
 log = logging.getLogger(__name__)
 
 SLURM_TIMEOUT_S = 5
+POLL_S = 0.2  # how often the local scheduler asks its running jobs whether they ended
 
 
 def _run(cmd: Sequence[str], check: bool = True) -> str:
@@ -91,6 +98,9 @@ class InlineJob:
     def results(self) -> List[Any]:
         return [self.result()]
 
+    def done(self) -> bool:
+        return True
+
 
 def _phase_options(phase: Phase, options: SchedulerOptions) -> SchedulerOptions:
     """Evaluations are single processes: one node, one task (one GPU if any)."""
@@ -133,74 +143,132 @@ def _failure(phase: Phase, label: str, exc: BaseException) -> str:
 
 def submit(phases: Sequence[Phase], options: SchedulerOptions, record: LaunchRecord,
            max_parallel: Optional[int] = None, wait: bool = True) -> LaunchRecord:
-    """Run ``phases`` on ``record.executor`` (see the module docstring). Local and debug:
-    at most ``max_parallel`` jobs of a phase at once; with ``wait`` False, jobs of a local
-    phase nothing depends on keep running in the background. Failures of local/debug jobs
-    raise one error at the end, naming every failed job: :class:`WorkFailed`, or
-    :class:`HptError` when every failure was bad input caught in this process (debug)."""
-    kind, folder = record.executor, Path(record.log_folder)
-    user_errors = kind == "debug"  # every failure a user error raised in this process
+    """Run ``phases`` on ``record.executor`` (see the module docstring). Local: at most
+    ``max_parallel`` jobs at once across all phases (None: no limit); with ``wait`` False,
+    jobs of phases nothing depends on keep running in the background. Failures of
+    local/debug jobs raise one error at the end, naming every failed job:
+    :class:`WorkFailed`, or :class:`HptError` when every failure was bad input caught in
+    this process (debug)."""
     phases = [p for p in phases if p.plans]
-    names = {p.name for p in phases}
-    ids: Dict[str, List[str]] = {}
-    failed: Dict[str, bool] = {}
-    failures: List[str] = []
-    needed = {a for p in phases for a in p.after}
-    for phase in phases:
-        after = [a for a in phase.after if a in names]
-        popts = _phase_options(phase, options)
-        upstream_ids = [i for a in after for i in ids[a]]
-        if kind == "slurm":
-            if max_parallel:
-                popts = dataclasses.replace(popts, array_parallelism=max_parallel)
-            executor = make_executor("slurm", folder, popts, f"hpt-{phase.name}")
-            if upstream_ids:
-                dep = {"dependency": f"{phase.dependency}:" + ":".join(upstream_ids)}
-                if phase.dependency == "afterok":
-                    dep["kill-on-invalid-dep"] = "yes"
-                executor.update_parameters(slurm_additional_parameters={**options.extra, **dep})
-            plans = phase.plans
-            jobs = [executor.submit(job_for(plans[0]), plans[0])] if len(plans) == 1 else \
-                executor.map_array(job_for(plans[0]), plans)
-            for plan, job in zip(plans, jobs):
-                _entry(record, phase, plan, job, upstream_ids, popts)
-            ids[phase.name] = sorted({str(j.job_id).split("_")[0] for j in jobs})
-            continue
-        ids[phase.name] = []
-        if phase.dependency == "afterok" and any(failed.get(a) for a in after):
-            failed[phase.name] = True
-            failures.append(f"{phase.name}: not run, because {', '.join(after)} failed")
-            continue
-        step = max(1, max_parallel or len(phase.plans))
-        must_wait = wait or kind == "debug" or phase.name in needed
-        for start in range(0, len(phase.plans), step):
-            batch = phase.plans[start:start + step]
-            if kind == "debug":
-                jobs = [_inline(record, job_for(plan), plan) for plan in batch]
-            else:
-                executor = make_executor("local", folder, popts, f"hpt-{phase.name}")
-                jobs = [executor.submit(job_for(plan), plan) for plan in batch]
-            for plan, job in zip(batch, jobs):
-                _entry(record, phase, plan, job, upstream_ids, popts)
-                ids[phase.name].append(str(job.job_id))
-            if not (must_wait or start + step < len(phase.plans)):
-                continue
-            for plan, job in zip(batch, jobs):
-                try:
-                    job.results()
-                except Exception as exc:  # noqa: BLE001 - report every failed job
-                    log.error("%s %s failed: %s", phase.name, plan.label, exc)
-                    failed[phase.name] = True
-                    failures.append(_failure(phase, plan.label, exc))
-                    # in this process the error keeps its kind: bad input stays exit 2
-                    user_errors &= isinstance(exc, HptError) and not isinstance(exc, WorkFailed)
+    if record.executor == "slurm":
+        _submit_slurm(phases, options, record, max_parallel)
+        return record
+    failures, user_errors = _run_here(phases, options, record, max_parallel, wait)
     if failures:
         record.save()
         kind_of_error = HptError if user_errors else WorkFailed
         raise kind_of_error(f"{len(failures)} job(s) failed or did not run: "
                        + "; ".join(failures[:5]) + (" ..." if len(failures) > 5 else "")
-                       + f" -- logs: {folder}; the launch record: {record.path}")
+                       + f" -- logs: {record.log_folder}; the launch record: {record.path}")
     return record
+
+
+def _submit_slurm(phases: List[Phase], options: SchedulerOptions, record: LaunchRecord,
+                  max_parallel: Optional[int]) -> None:
+    folder, names = Path(record.log_folder), {p.name for p in phases}
+    ids: Dict[str, List[str]] = {}
+    for phase in phases:
+        upstream_ids = [i for a in phase.after if a in names for i in ids[a]]
+        popts = _phase_options(phase, options)
+        if max_parallel:
+            popts = dataclasses.replace(popts, array_parallelism=max_parallel)
+        executor = make_executor("slurm", folder, popts, f"hpt-{phase.name}")
+        if upstream_ids:
+            dep = {"dependency": f"{phase.dependency}:" + ":".join(upstream_ids)}
+            if phase.dependency == "afterok":
+                dep["kill-on-invalid-dep"] = "yes"
+            executor.update_parameters(slurm_additional_parameters={**options.extra, **dep})
+        plans = phase.plans
+        jobs = [executor.submit(job_for(plans[0]), plans[0])] if len(plans) == 1 else \
+            executor.map_array(job_for(plans[0]), plans)
+        for plan, job in zip(plans, jobs):
+            _entry(record, phase, plan, job, upstream_ids, popts)
+        ids[phase.name] = sorted({str(j.job_id).split("_")[0] for j in jobs})
+
+
+def _width(phases: List[Phase]) -> int:
+    """At most how many jobs can run at once: for some phase, its jobs plus those of every
+    phase neither before nor after it (an upper bound of the widest unordered set)."""
+    before: Dict[str, set] = {}
+    for p in phases:  # upstream phases come first
+        before[p.name] = set().union(*({a} | before[a] for a in p.after if a in before))
+
+    def unordered(p: Phase, q: Phase) -> bool:
+        return q is not p and p.name not in before[q.name] and q.name not in before[p.name]
+    return max(len(p.plans) + sum(len(q.plans) for q in phases if unordered(p, q))
+               for p in phases)
+
+
+def _run_here(phases: List[Phase], options: SchedulerOptions, record: LaunchRecord,
+              max_parallel: Optional[int], wait: bool) -> Tuple[List[str], bool]:
+    """Local and debug: a job starts once every phase in its ``after`` ended (``afterok``
+    with a failed upstream: the phase is not run), at most ``max_parallel`` local jobs at
+    once across phases, lowest phase first; debug runs one at a time in this process.
+    Returns the failure lines (in phase order) and whether all were user errors."""
+    kind, folder = record.executor, Path(record.log_folder)
+    names = {p.name for p in phases}
+    after = {p.name: [a for a in p.after if a in names] for p in phases}
+    needed = {a for p in phases for a in p.after}
+    cap = 1 if kind == "debug" else max(1, max_parallel or sum(len(p.plans) for p in phases))
+    share = available_cores() // min(cap, _width(phases)) if phases else 1
+    ids: Dict[str, List[str]] = {p.name: [] for p in phases}
+    left = {p.name: len(p.plans) for p in phases}  # jobs not yet ended
+    failed: set = set()
+    failures: List[Tuple[int, int, str]] = []
+    user_errors = kind == "debug"  # every failure a user error raised in this process
+    waiting, ready, running = list(range(len(phases))), [], []
+    executors: Dict[int, Any] = {}
+    while True:
+        for i in list(waiting):  # release phases whose upstream ended (cascades in order)
+            phase = phases[i]
+            if any(left[a] for a in after[phase.name]):
+                continue
+            waiting.remove(i)
+            if phase.dependency == "afterok" and any(a in failed for a in after[phase.name]):
+                failed.add(phase.name)
+                left[phase.name] = 0
+                failures.append((i, -1, f"{phase.name}: not run, because "
+                                        f"{', '.join(after[phase.name])} failed"))
+            else:
+                ready = sorted(ready + [(i, j) for j in range(len(phase.plans))])
+        if waiting and not ready and not running:
+            raise HptError(f"phases wait for each other in a circle: "
+                           f"{', '.join(phases[i].name for i in waiting)}")
+        while ready and len(running) < cap:
+            i, j = ready.pop(0)
+            phase, plan = phases[i], phases[i].plans[j]
+            popts = _phase_options(phase, options)
+            if kind == "debug":
+                job = _inline(record, job_for(plan), plan)
+            else:
+                if i not in executors:
+                    executors[i] = make_executor("local", folder, popts, f"hpt-{phase.name}")
+                    threads = max(1, share // popts.world_size)
+                    executors[i].update_parameters(
+                        local_setup=[f"export {CPUS_PER_TASK_ENV}={threads}"])
+                job = executors[i].submit(job_for(plan), plan)
+            _entry(record, phase, plan, job, [x for a in after[phase.name] for x in ids[a]],
+                   popts)
+            ids[phase.name].append(str(job.job_id))
+            running.append((i, j, job))
+        ended = [r for r in running if r[2].done()]
+        for i, j, job in ended:
+            running.remove((i, j, job))
+            phase = phases[i]
+            left[phase.name] -= 1
+            try:
+                job.results()
+            except Exception as exc:  # noqa: BLE001 - report every failed job
+                log.error("%s %s failed: %s", phase.name, phase.plans[j].label, exc)
+                failed.add(phase.name)
+                failures.append((i, j, _failure(phase, phase.plans[j].label, exc)))
+                # in this process the error keeps its kind: bad input stays exit 2
+                user_errors &= isinstance(exc, HptError) and not isinstance(exc, WorkFailed)
+        background = not wait and all(phases[i].name not in needed for i, _, _ in running)
+        if not waiting and not ready and (not running or background):
+            return [line for _, _, line in sorted(failures)], user_errors
+        if running and not ended:
+            time.sleep(POLL_S)
 
 
 def _inline(record: LaunchRecord, job: Any, plan: Any) -> InlineJob:
