@@ -1,4 +1,4 @@
-"""``hpt-hpc data``: prepare the offline datasets, check a dataset for broken files."""
+"""``hpt-hpc data``: prepare the offline datasets, check, index and measure a dataset."""
 from __future__ import annotations
 
 import json
@@ -51,6 +51,34 @@ def check(path: str, fmt: str, channels: int, write_clean_list, max_pixels) -> N
     click.echo(format_report(report))
     if not report["ok"]:
         raise SystemExit(1)
+
+
+@data.command("index")
+@click.argument("path", type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(list(DATASET_FORMATS)),
+              default="imagefolder", show_default=True,
+              help="Dataset format, as in data check.")
+@click.option("--split", "splits", multiple=True, default=("train",), show_default=True,
+              help="A split to index; repeat the option for more.")
+def index(path: str, fmt: str, splits) -> None:
+    """Save the listing of each split beside it (or in ~/.cache/hpt-hpc/index where the
+    dataset is read-only); stages and evaluations reuse it while no folder of the split has
+    changed, instead of listing every file again."""
+    import time
+    from types import SimpleNamespace
+
+    from ..data.sources import index_split
+    from ..errors import HptError
+    ds = SimpleNamespace(path=path, format=fmt, splits={s: s for s in splits}, max_images=None)
+    for split in splits:
+        started = time.monotonic()
+        try:
+            listing, where = index_split(ds, split)
+        except OSError as exc:
+            raise HptError(f"cannot save the index of {path!r}: {exc}") from None
+        click.echo(f"{split}: {len(listing.records)} images, {len(listing.classes)} classes, "
+                   f"{len(listing.stamps)} folder(s) watched, listed in "
+                   f"{time.monotonic() - started:.1f} s -> {where}")
 
 
 @data.command("stats")

@@ -11,7 +11,8 @@ from importlib import import_module
 from .check import check_dataset, format_report
 from .images import UnreadableImage, load_image
 from .prepare import DATASETS, prepare_dataset
-from .sources import IMAGE_EXTENSIONS, DatasetError, ImageRecord, list_split
+from .sources import IMAGE_EXTENSIONS, DatasetError, ImageRecord, index_split, list_split
+from .table import RecordTable
 
 _LAZY = {
     "EvalSpec": "specs", "eval_spec": "specs", "normalisation": "specs",
@@ -26,8 +27,9 @@ _LAZY = {
     "DaliPretrainLoader": "dali_loader", "DaliEvalLoader": "dali_loader",  # need NVIDIA DALI
 }
 
-__all__ = ["DATASETS", "IMAGE_EXTENSIONS", "DatasetError", "ImageRecord", "UnreadableImage",
-           "check_dataset", "format_report", "list_split", "load_image", "prepare_dataset",
+__all__ = ["DATASETS", "IMAGE_EXTENSIONS", "DatasetError", "ImageRecord", "RecordTable",
+           "UnreadableImage", "check_dataset", "format_report", "index_split", "list_split",
+           "load_image", "prepare_dataset",
            *_LAZY]
 
 

@@ -18,6 +18,7 @@ from ..config.schema import DataConfig
 from .bands import read_image
 from .dali_feed import is_direct_file
 from .images import UnreadableImage
+from .index import Listing, save_index
 from .sources import DatasetError, ImageRecord, scan_split, split_location
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -60,7 +61,8 @@ def _as_config(dataset, fmt: str, splits: Optional[Sequence[str]]):
 
 def _check_split(ds, split: str, channels: int, workers: int,
                  max_pixels: Optional[int]) -> Tuple[dict, List]:
-    records, classes, others = scan_split(ds, split)
+    listing = scan_split(ds, split, use_index=False)
+    records, classes, others = listing[:3]
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         results = list(pool.map(lambda r: _probe(r, channels, max_pixels), records,
                                 chunksize=64))
@@ -86,8 +88,17 @@ def _check_split(ds, split: str, channels: int, workers: int,
              "classes": classes, "class_counts": class_counts, "unreadable": unreadable,
              "non_image_files": others, "min_size": min_size, "max_size": max_size,
              "unlabelled": sum(1 for r in readable if not r.labels),
-             "dali_converted": converted}
+             "dali_converted": converted, "index": _save_index(ds, split, listing)}
     return entry, readable
+
+
+def _save_index(ds, split: str, listing: Listing) -> Optional[str]:
+    """Save the listing as the split's index (see :mod:`hpt_hpc.data.index`); None when
+    no place is writable."""
+    try:
+        return str(save_index(split_location(ds, split), ds.format, listing))
+    except OSError:
+        return None
 
 
 def _write_list(path: str, records: Sequence[ImageRecord]) -> None:
@@ -148,6 +159,8 @@ def format_report(report: dict, max_files: int = 20) -> str:
         counts = ", ".join(f"{c}={n}" for c, n in e["class_counts"].items())
         if counts:
             lines.append(f"    per class: {counts}")
+        if e.get("index"):
+            lines.append(f"    listing saved for reuse: {e['index']}")
         if e["unlabelled"]:
             lines.append(f"    unlabelled: {e['unlabelled']}")
         if e.get("dali_converted"):

@@ -108,7 +108,7 @@ class FileReader:
 
     def __init__(self, paths: Sequence[str], channels: int, skipped,
                  max_pixels: Optional[int] = None):
-        self.paths, self.channels, self.skipped = list(paths), int(channels), skipped
+        self.paths, self.channels, self.skipped = paths, int(channels), skipped
         self.max_pixels = max_pixels
         self.quarantined: Set[int] = set()
         self.converted = 0

@@ -28,6 +28,7 @@ from .dali_pipelines import (eval_graph, pipeline_kwargs, resolve_device, two_vi
                              view_spec)
 from .dataset import ImageDataset, ShardSampler, SkippedImages
 from .sources import DatasetError, ImageRecord
+from .table import as_table
 from .specs import eval_spec, normalisation
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -123,7 +124,7 @@ class DaliPretrainLoader(_DaliBase):
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.device = resolve_device(data_cfg.device)
         self.spec = view_spec(aug_cfg, data_cfg)
-        self.records = list(records)
+        self.records = as_table(records)
         self.sampler = ShardSampler(len(self.records), batch_size, seed, rank, world_size)
         if self.sampler.steps_per_epoch == 0:
             raise DatasetError(f"{len(self.records)} images are too few for batch size "
@@ -135,7 +136,7 @@ class DaliPretrainLoader(_DaliBase):
         self.threads = max(1, data_cfg.workers if workers is None else workers)
         self.normalisation = normalisation(data_cfg)
         self.skipped = SkippedImages()
-        self.reader = FileReader([r.path for r in self.records], data_cfg.channels,
+        self.reader = FileReader(self.records.paths, data_cfg.channels,
                                  self.skipped, data_cfg.max_pixels)
         self._colour = None
         self.set_epoch(start_epoch, start_step)
@@ -192,11 +193,11 @@ class DaliEvalLoader(_DaliBase):
                  batch_size: int, train: bool = False, workers: Optional[int] = None,
                  num_classes: Optional[int] = None, multi_label: Optional[bool] = None,
                  seed: int = 0, probe: Optional["ProbeConfig"] = None):
-        records = list(records)
-        if not records:
+        records = as_table(records)
+        if not len(records):
             raise DatasetError("no images to evaluate on")
         if multi_label is None:
-            multi_label = any(len(r.labels) > 1 for r in records)
+            multi_label = records.multi_label
         self.device = resolve_device(data_cfg.device)
         self.spec = eval_spec(data_cfg, probe)
         self.labels = ImageDataset(records, None, data_cfg.channels, num_classes, multi_label)
@@ -205,7 +206,7 @@ class DaliEvalLoader(_DaliBase):
         self.batch_size = int(batch_size)
         self.threads = max(1, data_cfg.workers if workers is None else workers)
         self.skipped = SkippedImages()
-        self.reader = FileReader([r.path for r in records], data_cfg.channels, self.skipped,
+        self.reader = FileReader(records.paths, data_cfg.channels, self.skipped,
                                  data_cfg.max_pixels)
         self.passes = 0
 

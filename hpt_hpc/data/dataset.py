@@ -17,6 +17,7 @@ from torch.utils.data._utils.collate import default_collate
 from .bands import read_image
 from .images import UnreadableImage
 from .sources import DatasetError, ImageRecord
+from .table import as_table
 
 __all__ = ["ImageDataset", "ShardSampler", "SkippedImages", "SkippedItem", "collate_skipping"]
 
@@ -69,12 +70,12 @@ class ImageDataset(Dataset):
     def __init__(self, records: Sequence[ImageRecord], transform=None, channels: int = 3,
                  num_classes: Optional[int] = None, multi_label: bool = False,
                  max_pixels: Optional[int] = None):
-        self.records = list(records)
+        self.records = as_table(records)  # arrays: forked workers share them, never copy
         self.transform = transform
         self.channels = channels
         self.max_pixels = max_pixels
         self.multi_label = multi_label
-        top = max((max(r.labels) for r in self.records if r.labels), default=-1)
+        top = self.records.max_label()
         self.num_classes = top + 1 if num_classes is None else int(num_classes)
         if top >= self.num_classes:
             raise DatasetError(f"label {top} found but num_classes is {self.num_classes}")
@@ -83,7 +84,7 @@ class ImageDataset(Dataset):
         return len(self.records)
 
     def label(self, index: int):
-        labels = self.records[index].labels
+        labels = self.records.labels_of(index)
         if self.multi_label:
             target = torch.zeros(self.num_classes, dtype=torch.float32)
             target[list(labels)] = 1.0
@@ -91,9 +92,8 @@ class ImageDataset(Dataset):
         return labels[0] if labels else -1
 
     def __getitem__(self, index: int):
-        record = self.records[index]
         try:
-            img = read_image(record.path, self.channels, self.max_pixels)
+            img = read_image(self.records.path(index), self.channels, self.max_pixels)
         except UnreadableImage as exc:
             return SkippedItem(exc.path, exc.reason)
         sample = self.transform(img) if self.transform is not None else img

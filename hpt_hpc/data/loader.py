@@ -18,6 +18,7 @@ from torch.utils.data._utils.collate import default_collate
 from .dataset import (ImageDataset, ShardSampler, SkippedImages, SkippedItem,  # noqa: F401
                       collate_skipping)
 from .sources import DatasetError, ImageRecord
+from .table import as_table
 from .transforms import (build_eval_transform, build_probe_train_transform,
                          build_two_view_transform)
 
@@ -110,7 +111,7 @@ class PretrainLoader(_WorkerLoader):
             if have + len(extra) == self.batch_size:
                 break
             index = order[(start + k) % len(order)]
-            if self.dataset.records[index].path in self.skipped:
+            if self.dataset.records.path(index) in self.skipped:
                 continue
             item = self.dataset[index]
             if isinstance(item, SkippedItem):
@@ -139,11 +140,11 @@ class EvalLoader(_WorkerLoader):
                  batch_size: int, train: bool = False, workers: Optional[int] = None,
                  num_classes: Optional[int] = None, multi_label: Optional[bool] = None,
                  seed: int = 0, probe: Optional["ProbeConfig"] = None):
-        records = list(records)
-        if not records:
+        records = as_table(records)
+        if not len(records):
             raise DatasetError("no images to evaluate on")
         if multi_label is None:
-            multi_label = any(len(r.labels) > 1 for r in records)
+            multi_label = records.multi_label
         transform = build_probe_train_transform(data_cfg, probe) if train else \
             build_eval_transform(data_cfg, probe)
         self.dataset = ImageDataset(records, transform, data_cfg.channels, num_classes,

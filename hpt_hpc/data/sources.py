@@ -19,29 +19,31 @@ Hidden files (``.name``) are never listed as images.
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import random
-from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional, Sequence, Tuple
+import time
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 from ..config.schema import DATASET_FORMATS as FORMATS
 from ..errors import HptError
+from .index import RACY_NS, Listing, is_racy, load_index, save_index, stamp
+from .table import ImageRecord, RecordTable, TableBuilder
 
 if TYPE_CHECKING:  # pragma: no cover
+    from pathlib import Path
+
     from hpt_hpc.config.schema import DatasetConfig
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 SUBSET_SEED = 0  # seed of the shuffle that picks a ``max_images`` subset
+SLOW_LISTING_S = 10.0  # a listing this slow suggests `hpt-hpc data index`
+
+log = logging.getLogger(__name__)
 
 
 class DatasetError(HptError, ValueError):
     """A dataset is missing, empty or malformed (raised before any training work)."""
-
-
-class ImageRecord(NamedTuple):
-    """One image: its file and its integer labels (empty for unlabelled images)."""
-
-    path: str
-    labels: Tuple[int, ...]
 
 
 def is_image_file(name: str) -> bool:
@@ -73,64 +75,89 @@ def split_location(ds_cfg: "DatasetConfig", split: str) -> str:
     return location
 
 
-def scan_imagefolder(split_dir: str) -> Tuple[List[ImageRecord], List[str], List[str]]:
+def scan_imagefolder(split_dir: str) -> Listing:
     """Records, sorted class names and the non-image files (strays included) of a folder."""
     if not os.path.isdir(split_dir):
         raise DatasetError(f"split folder {split_dir!r} does not exist; expected "
                            "<path>/<split>/<class>/<image> (format: imagefolder)")
+    split_dir = os.path.abspath(split_dir)  # absolute paths, listed or from the index
+    built, stamps = time.time_ns(), [stamp(split_dir)]
     entries = sorted(os.scandir(split_dir), key=lambda e: e.name)
     classes = [e.name for e in entries if e.is_dir() and not e.name.startswith(".")]
     others = [e.path for e in entries if not e.is_dir()]
-    records: List[ImageRecord] = []
+    builder = TableBuilder(split_dir)
     for label, name in enumerate(classes):
-        for path, regular in _walk(os.path.join(split_dir, name)):
+        for path, regular in _walk(split_dir, name, stamps):
             fname = os.path.basename(path)
             if regular and is_image_file(fname) and not fname.startswith("."):
-                records.append(ImageRecord(path, (label,)))
+                builder.add_path(path, (label,))
             else:  # strays, and FIFOs/sockets/devices however they are named
                 others.append(path)
-    return records, classes, others
+    return Listing(builder.table(), classes, others, stamps, built)
 
 
-def scan_folder(split_dir: str) -> Tuple[List[ImageRecord], List[str]]:
+def scan_folder(split_dir: str) -> Listing:
     """Unlabelled records of every image below a folder (any depth) and its strays."""
     if not os.path.isdir(split_dir):
         raise DatasetError(f"folder {split_dir!r} does not exist; expected images anywhere "
                            "below <path>/<split> (format: folder)")
-    records, others = [], []
-    for path, regular in _walk(split_dir):
+    split_dir = os.path.abspath(split_dir)
+    built, stamps, others = time.time_ns(), [], []
+    builder = TableBuilder(split_dir)
+    for path, regular in _walk(split_dir, "", stamps):
         fname = os.path.basename(path)
         if regular and is_image_file(fname) and not fname.startswith("."):
-            records.append(ImageRecord(path, ()))
+            builder.add_path(path, ())
         else:
             others.append(path)
-    return records, others
+    return Listing(builder.table(), [], others, stamps, built)
 
 
-def scan_split(ds_cfg: "DatasetConfig", split: str
-               ) -> Tuple[List[ImageRecord], List[str], List[str]]:
-    """Records, class names and stray files of one split, in any format (no subset)."""
+def scan_split(ds_cfg: "DatasetConfig", split: str, use_index: bool = True) -> Listing:
+    """The listing of one split, in any format (no subset): from its index
+    (:mod:`hpt_hpc.data.index`) while the tree is unchanged, else from the tree."""
     location = split_location(ds_cfg, split)
+    if use_index:
+        indexed = load_index(location, ds_cfg.format)
+        if indexed is not None:
+            return indexed
+    started = time.monotonic()
     if ds_cfg.format == "imagefolder":
-        return scan_imagefolder(location)
-    if ds_cfg.format == "folder":
-        records, others = scan_folder(location)
-        return records, [], others
-    records = read_filelist(location)
-    top = max((max(r.labels) for r in records if r.labels), default=-1)
-    return records, [str(i) for i in range(top + 1)], []
+        listing = scan_imagefolder(location)
+    elif ds_cfg.format == "folder":
+        listing = scan_folder(location)
+    else:
+        listing = read_filelist(location)
+    seconds = time.monotonic() - started
+    if use_index and seconds > SLOW_LISTING_S:
+        log.warning("listing %s took %.0f s; `hpt-hpc data index` saves the listing for the "
+                    "next runs (reused while the tree is unchanged)", location, seconds)
+    return listing
 
 
-def _walk(folder: str):
-    """``(path, is a regular file)`` of every non-folder below ``folder`` in os.walk's
-    sorted order; the type comes from the directory entry (no extra stat, nothing opened)."""
-    entries = sorted(os.scandir(folder), key=lambda e: e.name)
+def index_split(ds_cfg: "DatasetConfig", split: str) -> Tuple[Listing, "Path"]:
+    """List ``split`` from the tree (never from an index) and save its index; a tree
+    changed within the last seconds is listed once more after they pass (see
+    :data:`~hpt_hpc.data.index.RACY_NS`). Raises OSError when no place is writable."""
+    listing = scan_split(ds_cfg, split, use_index=False)
+    if is_racy(listing):
+        time.sleep(RACY_NS / 1e9)
+        listing = scan_split(ds_cfg, split, use_index=False)
+    return listing, save_index(split_location(ds_cfg, split), ds_cfg.format, listing)
+
+
+def _walk(top: str, rel: str, stamps: list):
+    """``(path, is a regular file)`` of every non-folder below ``top/rel`` in os.walk's
+    sorted order; the type comes from the directory entry (no extra stat, nothing opened).
+    Appends the stamp of every folder walked to ``stamps`` (taken before it is read)."""
+    stamps.append(stamp(top, rel))
+    entries = sorted(os.scandir(os.path.join(top, rel)), key=lambda e: e.name)
     for entry in entries:  # files first, then subfolders (os.walk's order)
         if not entry.is_dir():
             yield entry.path, entry.is_file()
     for entry in entries:
         if entry.is_dir():
-            yield from _walk(entry.path)
+            yield from _walk(top, os.path.join(rel, entry.name), stamps)
 
 
 def _parse_labels(fields: Sequence[str]) -> Optional[Tuple[int, ...]]:
@@ -140,14 +167,16 @@ def _parse_labels(fields: Sequence[str]) -> Optional[Tuple[int, ...]]:
         return None
 
 
-def read_filelist(list_file: str) -> List[ImageRecord]:
-    """Parse a CSV/TXT file list into records (paths made absolute-or-joined)."""
+def read_filelist(list_file: str) -> Listing:
+    """Parse a CSV/TXT file list into records (paths made absolute-or-joined); class names
+    are ``"0"..str(max_label)``."""
     if not os.path.isfile(list_file):
         raise DatasetError(f"file list {list_file!r} does not exist; expected a .csv/.txt file "
                            "of image_path[,label...] lines (format: filelist)")
     base = os.path.dirname(os.path.abspath(list_file))
     is_txt = list_file.lower().endswith(".txt")
-    records: List[ImageRecord] = []
+    built, stamps = time.time_ns(), [stamp(list_file)]
+    records = TableBuilder(base)
     with open(list_file, newline="", encoding="utf-8") as handle:
         for lineno, line in enumerate(handle, start=1):
             text = line.strip()
@@ -168,30 +197,32 @@ def read_filelist(list_file: str) -> List[ImageRecord]:
             path = fields[0]
             if not os.path.isabs(path):
                 path = os.path.join(base, path)
-            records.append(ImageRecord(path, labels))
-    return records
+            records.add_path(path, labels)
+    table = records.table()
+    return Listing(table, [str(i) for i in range(table.max_label() + 1)], [], stamps, built)
 
 
-def subset(records: Sequence[ImageRecord], max_images: int) -> List[ImageRecord]:
+def subset(records: RecordTable, max_images: int) -> RecordTable:
     """``max_images`` records, stratified by first label in class proportion (seeded
     shuffle within each class), returned in listing order."""
     if max_images <= 0:
         raise DatasetError(f"max_images must be positive, got {max_images}")
     order = list(range(len(records)))
     random.Random(SUBSET_SEED).shuffle(order)
+    first = records.first_labels().tolist()
     strata: Dict[int, List[int]] = {}
     for i in order:
-        strata.setdefault(records[i].labels[0] if records[i].labels else -1, []).append(i)
+        strata.setdefault(first[i], []).append(i)
     # the k-th of n members of a class sits at (k + 0.5) / n: taking the smallest positions
     # picks every class in proportion to its size
     keyed = [((k + 0.5) / len(members), i) for members in strata.values()
              for k, i in enumerate(members)]
-    return [records[i] for i in sorted(i for _, i in sorted(keyed)[:max_images])]
+    return records.take(sorted(i for _, i in sorted(keyed)[:max_images]))
 
 
-def list_split(ds_cfg: "DatasetConfig", split: str) -> Tuple[List[ImageRecord], List[str]]:
+def list_split(ds_cfg: "DatasetConfig", split: str) -> Tuple[RecordTable, List[str]]:
     """Records and class names of ``split``; ``max_images`` applies to ``train`` only."""
-    records, classes, _ = scan_split(ds_cfg, split)
+    records, classes = scan_split(ds_cfg, split)[:2]
     if not records:
         raise DatasetError(f"split {split!r} of {ds_cfg.path!r} has no images (looked in "
                            f"{split_location(ds_cfg, split)!r}; extensions: "

@@ -5,7 +5,7 @@ a time (memory: one image). Unreadable files are skipped and counted."""
 from __future__ import annotations
 
 import random
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 
@@ -16,13 +16,14 @@ from .sources import ImageRecord, scan_split
 STATS_SEED = 0  # the sample of --max-images is drawn with this seed
 
 
-def channel_stats(records: "list[ImageRecord]", channels: int,
+def channel_stats(records: "Sequence[ImageRecord]", channels: int,
                   max_images: Optional[int] = None,
                   max_pixels: Optional[int] = None) -> Dict[str, object]:
     """``{"mean": [...], "std": [...], "images": n, "pixels": n, "skipped": n}`` over
     ``records`` (a seeded sample of ``max_images`` of them when given)."""
     if max_images is not None and len(records) > max_images:
-        records = random.Random(STATS_SEED).sample(list(records), max_images)
+        picked = random.Random(STATS_SEED).sample(range(len(records)), max_images)
+        records = [records[i] for i in picked]
     total = np.zeros(channels)
     squares = np.zeros(channels)
     pixels, images, skipped = 0, 0, 0
@@ -52,5 +53,4 @@ def channel_stats(records: "list[ImageRecord]", channels: int,
 def dataset_stats(ds_cfg, split: str, channels: int, max_images: Optional[int] = None,
                   max_pixels: Optional[int] = None) -> Dict[str, object]:
     """:func:`channel_stats` of one split of a dataset config (any format)."""
-    records, _, _ = scan_split(ds_cfg, split)
-    return channel_stats(records, channels, max_images, max_pixels)
+    return channel_stats(scan_split(ds_cfg, split).records, channels, max_images, max_pixels)

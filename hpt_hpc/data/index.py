@@ -1,0 +1,113 @@
+"""Dataset index: a split's listing saved once and reused while the tree is unchanged.
+
+Listing 1.28M files walks every directory entry; on a parallel filesystem that takes
+minutes. ``hpt-hpc data index`` (and ``data check``) save the :class:`Listing` of a split —
+its compact :class:`~hpt_hpc.data.table.RecordTable`, classes, strays — with the
+modification time of every folder it walked (of the list file, for file lists). Adding,
+removing or renaming an image changes its folder's time, so a listing checks those times
+(one ``stat`` per folder: ~1,000 for ImageNet) and uses the index only when all match.
+Folders changed within :data:`RACY_NS` of the scan are never trusted (coarse clocks).
+
+Where: ``.<split>.hpt-index.npz`` beside the split folder or list file, or, where that
+folder is not writable, ``$XDG_CACHE_HOME/hpt-hpc/index/<hash>.npz`` (``~/.cache``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+from pathlib import Path
+from typing import List, NamedTuple, Optional, Tuple
+
+import numpy as np
+
+from .table import RecordTable
+
+INDEX_FORMAT = 1
+RACY_NS = 2_000_000_000  # folders changed this close to the scan may hide a later change
+
+
+class Listing(NamedTuple):
+    """What listing a split found; ``stamps``: ``(path below the split, size or -1 for a
+    folder, mtime_ns)`` of everything whose change would change the listing."""
+
+    records: RecordTable
+    classes: List[str]
+    others: List[str]
+    stamps: List[Tuple[str, int, int]]
+    built_ns: int
+
+
+def stamp(location: str, rel: str = "") -> Tuple[str, int, int]:
+    """The stamp of ``location/rel`` now (a folder's size is -1)."""
+    info = os.stat(os.path.join(location, rel) if rel else location)
+    return rel, -1 if stat.S_ISDIR(info.st_mode) else info.st_size, info.st_mtime_ns
+
+
+def index_paths(location: str) -> List[Path]:
+    """Where the index of ``location`` is looked for, in order."""
+    location = os.path.abspath(location)
+    beside = Path(os.path.dirname(location)) / f".{os.path.basename(location)}.hpt-index.npz"
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    digest = hashlib.sha256(location.encode("utf-8", "surrogateescape")).hexdigest()[:24]
+    return [beside, cache / "hpt-hpc" / "index" / f"{digest}.npz"]
+
+
+def is_racy(listing: Listing) -> bool:
+    """True when something changed so close to the scan that its time cannot be trusted."""
+    return any(mtime > listing.built_ns - RACY_NS for _, _, mtime in listing.stamps)
+
+
+def save_index(location: str, kind: str, listing: Listing) -> Path:
+    """Write the index of ``location`` (atomically) to the first writable place."""
+    meta = {"format": INDEX_FORMAT, "location": os.path.abspath(location), "kind": kind,
+            "root": listing.records.root, "classes": listing.classes,
+            "others": listing.others, "stamps": listing.stamps,
+            "built_ns": listing.built_ns}
+    arrays = {name: getattr(listing.records, name) for name in RecordTable.ARRAYS}
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    errors = []
+    for path in index_paths(location):
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as handle:
+                np.savez(handle, **arrays)
+            os.replace(tmp, path)
+            return path
+        except OSError as exc:
+            errors.append(f"{path.parent}: {exc.strerror or exc}")
+            tmp.unlink(missing_ok=True)
+    raise OSError("no writable place for the dataset index (" + "; ".join(errors) + ")")
+
+
+def load_index(location: str, kind: str) -> Optional[Listing]:
+    """The saved listing of ``location`` when it is still exact, else None."""
+    for path in index_paths(location):
+        listing = _read(path, location, kind)
+        if listing is not None:
+            return listing
+    return None
+
+
+def _read(path: Path, location: str, kind: str) -> Optional[Listing]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(data["meta"].tobytes())
+            if meta.get("format") != INDEX_FORMAT or meta.get("kind") != kind or \
+                    meta.get("location") != os.path.abspath(location):
+                return None
+            stamps = [tuple(s) for s in meta["stamps"]]
+            listing = Listing(RecordTable(meta["root"], *(data[n] for n in RecordTable.ARRAYS)),
+                              meta["classes"], meta["others"], stamps, int(meta["built_ns"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # missing, unreadable or foreign: list the tree instead
+    if is_racy(listing):
+        return None
+    try:
+        if any(stamp(location, rel) != (rel, size, mtime) for rel, size, mtime in stamps):
+            return None
+    except OSError:
+        return None
+    return listing
