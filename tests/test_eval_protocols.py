@@ -177,3 +177,30 @@ def test_cli_probe_and_finetune_report_mode_and_spread(tmp_path, mnist_tree):
     short = runner.invoke(cli, ["finetune", "--config", str(config), "--dataset", "mnist",
                                 "--labels", "4", "--iterations", "2"])
     assert short.exit_code != 0 and "at least one image per class" in short.output
+
+
+def test_split_images_are_decoded_once_per_process(tmp_path, mnist_tree, monkeypatch):
+    """Evaluations in one process reuse a split's decoded test view: the same features
+    as decoding it again, and no loader is built for a split seen before."""
+    from hpt_hpc.eval import decoded, runner
+    built = []
+    real = runner.build_eval_loader
+    monkeypatch.setattr(runner, "build_eval_loader",
+                        lambda *a, **k: built.append(1) or real(*a, **k))
+    monkeypatch.setattr(decoded, "_CACHE", type(decoded._CACHE)())
+    cfg = _cfg(tmp_path, {"mnist": mnist_tree})
+    backbones = [runner.seeded_backbone(dataclasses.replace(cfg, seed=s), None)
+                 for s in (0, 1)]
+    first = runner.split_features(cfg, "mnist", backbones[0], torch.device("cpu"))
+    assert len(built) == 3
+    second = runner.split_features(cfg, "mnist", backbones[1], torch.device("cpu"))
+    assert len(built) == 3  # decoded once
+    monkeypatch.setattr(decoded, "CACHE_BYTES", 0)  # nothing kept: decoded every time
+    monkeypatch.setattr(decoded, "_CACHE", type(decoded._CACHE)())
+    for backbone, cached in zip(backbones, (first, second)):
+        fresh = runner.split_features(cfg, "mnist", backbone, torch.device("cpu"))
+        for split in ("train", "val", "test"):
+            assert torch.equal(fresh[split].x, cached[split].x)
+            assert fresh[split].paths == cached[split].paths
+    assert len(built) == 9 and not decoded._CACHE
+    assert not torch.equal(first["test"].x, second["test"].x)

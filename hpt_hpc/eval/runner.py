@@ -21,11 +21,13 @@ import torch
 
 from ..config import ExperimentConfig
 from ..data import build_eval_loader
+from ..data.specs import eval_spec
 from ..data.transforms import build_eval_transform, build_probe_train_transform
 from ..errors import HptError
 from ..models import MoCo, feature_dim_for, load_initial_weights
 from ..progress import Progress
 from .augmented import augmented_probe
+from .decoded import decoded_batches
 from .finetune import FinetuneResult, finetune, select_label_budget
 from .knn import knn_probe
 from .probe import (AUGMENTED, CACHED, KNN, Features, ProbeResult, extract_features,
@@ -114,9 +116,17 @@ def seeded_backbone(cfg: ExperimentConfig, path: Optional[str]) -> torch.nn.Modu
 
 
 def _split_batches(cfg: ExperimentConfig, space: SplitRecords, split: str):
-    return build_eval_loader(space.records[split], cfg.data, batch_size=EXTRACT_BATCH,
-                             train=False, num_classes=space.num_classes,
-                             multi_label=space.multi_label, probe=cfg.probe)
+    """The test-view batches of ``split``, decoded once per process (see
+    :mod:`hpt_hpc.eval.decoded`)."""
+    records, spec = space.records[split], eval_spec(cfg.data, cfg.probe)
+    key = (tuple(records), spec, cfg.data.backend, cfg.data.device, cfg.data.max_pixels,
+           space.num_classes, space.multi_label)
+    return decoded_batches(key, len(records) * spec.channels * spec.size ** 2 * 4,
+                           lambda: build_eval_loader(records, cfg.data,
+                                                     batch_size=EXTRACT_BATCH, train=False,
+                                                     num_classes=space.num_classes,
+                                                     multi_label=space.multi_label,
+                                                     probe=cfg.probe))
 
 
 def _progress(cfg: ExperimentConfig, label: str, total: int, images_per_step: int
