@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from hpt_hpc.cli.main import cli
@@ -105,3 +106,13 @@ def test_config_show_plan_prints_what_would_run(tmp_path, mnist_tree):
     bad = CliRunner().invoke(cli, ["config", "show", "--config", str(cfg), "--plan",
                                    "--stage", "target"])
     assert bad.exit_code == 2 and "neither in this --chain nor finished" in bad.output
+
+
+@pytest.mark.parametrize("budgets", ["25,x", ",", "0,100", "-5"])
+def test_quickstart_refuses_bad_budgets_before_work(tmp_path, budgets):
+    result = CliRunner().invoke(cli, ["quickstart", "--output", str(tmp_path / "qs"),
+                                      "--data-dir", str(tmp_path / "d"), f"--budgets={budgets}"])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "--budgets" in errors[0]
+    assert not (tmp_path / "qs").exists() and not (tmp_path / "d").exists()

@@ -30,7 +30,6 @@ from .results import Cell, rows_from_files
 from .sweep import run_sweep
 from .tables import markdown_table, write_csv
 
-DEFAULT_BUDGETS = (50, 200, 800)
 ROW_ORDER = ("raw-pixels", "random-init", "Base", "HPT", "Target", "HPT-BN")
 CSV_FIELDS = ("method", "target_steps", "test_acc", "val_acc", "best_probe_step",
               "pretrain_seconds", "note")
@@ -54,15 +53,17 @@ def experiment_file() -> Path:
         "experiments", "quickstart.yaml")))
 
 
-def load_quickstart(output: Path, data_dir: Path, budgets: Sequence[int] = DEFAULT_BUDGETS,
+def load_quickstart(output: Path, data_dir: Path, budgets: Optional[Sequence[int]] = None,
                     base_steps: Optional[int] = None,
                     overrides: Sequence[str] = ()) -> ExperimentSpec:
-    """The quickstart experiment with the command's folders, budgets and overrides."""
+    """The quickstart experiment with the command's folders and overrides; ``budgets``
+    and ``base_steps`` replace the file's target budgets and base length when given."""
     data_dir = Path(data_dir).resolve()
     paths = [f"datasets.{name}.path={data_dir / name}" for name in ("fashion-mnist", "mnist")]
     spec = load_experiment(str(experiment_file()), paths + list(overrides),
                            output_dir=str(output))
-    spec.studies[0].axes["steps"] = [int(b) for b in budgets]
+    if budgets:
+        spec.studies[0].axes["steps"] = [int(b) for b in budgets]
     if base_steps is not None:
         spec.upstream["base"]["iterations"] = int(base_steps)
     check_axes(spec)
@@ -85,7 +86,7 @@ def _cells(spec: ExperimentSpec, r: EvalRecord) -> list:
             int(r.best_step), f"{r.pretrain_seconds:.0f}", _note(spec, r)]
 
 
-def run_quickstart(output: Path, data_dir: Path, budgets: Sequence[int] = DEFAULT_BUDGETS,
+def run_quickstart(output: Path, data_dir: Path, budgets: Optional[Sequence[int]] = None,
                    base_steps: Optional[int] = None,
                    overrides: Sequence[str] = ()) -> QuickstartOutcome:
     """Prepare data, run the experiment in this process, write the table and the plot."""
