@@ -51,6 +51,12 @@ def is_image_file(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
+def _is_listed(path: str, regular: bool) -> bool:
+    """A regular file with an image extension whose name is not hidden."""
+    name = os.path.basename(path)
+    return regular and is_image_file(name) and not name.startswith(".")
+
+
 def split_location(ds_cfg: "DatasetConfig", split: str) -> str:
     """The folder (imagefolder) or list file (filelist) of ``split``; validates the config."""
     if ds_cfg.format not in FORMATS:
@@ -88,8 +94,7 @@ def scan_imagefolder(split_dir: str) -> Listing:
     builder = TableBuilder(split_dir)
     for label, name in enumerate(classes):
         for path, regular in _walk(split_dir, name, stamps):
-            fname = os.path.basename(path)
-            if regular and is_image_file(fname) and not fname.startswith("."):
+            if _is_listed(path, regular):
                 builder.add_path(path, (label,))
             else:  # strays, and FIFOs/sockets/devices however they are named
                 others.append(path)
@@ -105,8 +110,7 @@ def scan_folder(split_dir: str) -> Listing:
     built, stamps, others = time.time_ns(), [], []
     builder = TableBuilder(split_dir)
     for path, regular in _walk(split_dir, "", stamps):
-        fname = os.path.basename(path)
-        if regular and is_image_file(fname) and not fname.startswith("."):
+        if _is_listed(path, regular):
             builder.add_path(path, ())
         else:
             others.append(path)

@@ -52,13 +52,11 @@ class RecordTable(Sequence):
         return len(self.ends)
 
     def path(self, index: int) -> str:
-        start = int(self.ends[index - 1]) if index > 0 else 0
-        rel = self.blob[start:int(self.ends[index])].tobytes().decode("utf-8", "surrogateescape")
+        rel = self.blob[_span(self.ends, index)].tobytes().decode("utf-8", "surrogateescape")
         return os.path.join(self.root, rel) if self.root else rel
 
     def labels_of(self, index: int) -> Tuple[int, ...]:
-        start = int(self.label_ends[index - 1]) if index > 0 else 0
-        return tuple(int(v) for v in self.labels[start:int(self.label_ends[index])])
+        return tuple(int(v) for v in self.labels[_span(self.label_ends, index)])
 
     def __getitem__(self, index: Union[int, slice]):
         if isinstance(index, slice):  # a list, as a list's slice (take() stays compact)
@@ -91,25 +89,26 @@ class RecordTable(Sequence):
         """A new table of the records at ``indices``, in that order."""
         builder = TableBuilder(self.root)
         for i in indices:
-            start = int(self.ends[i - 1]) if i > 0 else 0
-            lstart = int(self.label_ends[i - 1]) if i > 0 else 0
-            builder.add_raw(self.blob[start:int(self.ends[i])].tobytes(),
-                            self.labels[lstart:int(self.label_ends[i])])
+            builder.add_raw(self.blob[_span(self.ends, i)].tobytes(),
+                            self.labels[_span(self.label_ends, i)])
         return builder.table()
 
     def max_label(self) -> int:
         """The largest label, -1 when no record has one."""
         return int(self.labels.max()) if len(self.labels) else -1
 
+    def _label_counts(self) -> np.ndarray:
+        return np.diff(self.label_ends, prepend=0)
+
     @property
     def multi_label(self) -> bool:
         """True when some record has more than one label."""
-        counts = np.diff(self.label_ends, prepend=0)
+        counts = self._label_counts()
         return bool(len(counts) and counts.max() > 1)
 
     def first_labels(self) -> np.ndarray:
         """The first label of every record (-1 for unlabelled ones)."""
-        counts = np.diff(self.label_ends, prepend=0)
+        counts = self._label_counts()
         first = np.full(len(self), -1, dtype=np.int64)
         has = counts > 0
         first[has] = self.labels[(self.label_ends - counts)[has]]
@@ -118,6 +117,11 @@ class RecordTable(Sequence):
     @property
     def nbytes(self) -> int:
         return sum(getattr(self, name).nbytes for name in self.ARRAYS)
+
+
+def _span(ends: np.ndarray, index: int) -> slice:
+    """Where item ``index`` lies in the flat array that ``ends`` cuts into items."""
+    return slice(int(ends[index - 1]) if index > 0 else 0, int(ends[index]))
 
 
 class _Paths(Sequence):
