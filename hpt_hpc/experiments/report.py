@@ -16,6 +16,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..config.schema import PROBE_MODES
 from ..eval.record import EvalRecord
+from ..files import write_text_atomic
 from ..plan.methods import METHODS, PAPER_METHODS, REFERENCE_LABELS, TRANSFER
 from .claims import MISSING, claims_markdown, judge_claims
 from .evidence import BOOTSTRAP_METHOD, INTERVAL_METHOD
@@ -294,7 +295,7 @@ def build_report(rows: Sequence[EvalRecord], out: Path, name: str, preamble: str
         lines += _finetune_section(cells, dataset)
     md = "\n".join(lines) + "\n"
     path = out / f"{name}.md"
-    path.write_text(md)
+    write_text_atomic(path, md)
     _write_csv(rows, out / f"{name}.csv")
     return Report(md, plots, path)
 
