@@ -1,7 +1,8 @@
 """What the commands write, through the real CLI: output names taken as typed (never a
 suffix stripped), no output over one of the command's inputs, files created as the umask
 says (colleagues in a shared folder can read them), embeddings of unlabelled folders with
-paths relative to the listing's root."""
+paths relative to the listing's root, and results files that name paths relative to the
+experiment's output folder."""
 from __future__ import annotations
 
 import csv
@@ -16,7 +17,7 @@ import yaml
 from click.testing import CliRunner
 
 from hpt_hpc.cli.main import cli
-from tiny import write_tiny_config
+from tiny import write_tiny_config, write_tiny_experiment
 
 
 def invoke(*args):
@@ -130,3 +131,19 @@ def test_embed_of_an_unlabelled_folder_with_relative_paths(tmp_path, mnist_tree)
     assert all(os.path.isfile(os.path.join(root, r["path"])) for r in rows)
     classes = sorted(p.name for p in (mnist_tree / "val").iterdir())
     assert all(r["labels"] == str(classes.index(r["path"].split("/")[0])) for r in rows)
+
+
+def test_report_csv_names_checkpoints_relative_to_the_output_folder(tmp_path, mnist_tree):
+    experiment = write_tiny_experiment(tmp_path, {"mnist": mnist_tree}, {
+        "linear": {"method": ["Base"], "dataset": ["mnist"]}})
+    swept = invoke("sweep", experiment, "--executor", "debug")
+    assert swept.exit_code == 0, swept.output
+    report = invoke("report", experiment, "--from-files")
+    assert report.exit_code == 0, report.output
+    with open(tmp_path / "out" / "report" / "tiny-sweep.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    named = [r["checkpoint"] for r in rows if r["checkpoint"] != "none"]
+    assert named and len(rows) == 3  # Base, and the two references without a checkpoint
+    for path in named:
+        assert not os.path.isabs(path) and path.startswith("units/"), path
+        assert (tmp_path / "out" / path).is_file()
