@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import IO, Iterable, Iterator, Optional
 
+from .files import write_text_atomic
+
 BAR_REFRESH = 0.5  # seconds between redraws of the live bar on a terminal
 
 
@@ -112,10 +114,7 @@ class Progress:
         if self.status_file is None:
             return
         try:
-            self.status_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.status_file.with_name(f".{self.status_file.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(self.figures()))
-            tmp.replace(self.status_file)
+            write_text_atomic(self.status_file, json.dumps(self.figures()))
         except OSError:  # progress is advisory: a full disk must not stop training
             pass
 

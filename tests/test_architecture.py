@@ -13,8 +13,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "hpt_hpc"
 # Lowest first. A unit may import units of lower layers only; units sharing a layer are
 # independent of each other. "" is the package's own __init__.
 LAYERS = (
-    ("", "errors", "resources", "progress", "files"),
-    ("device", "tracking"),
+    ("", "errors", "resources"),
+    ("files",),
+    ("progress", "device", "tracking"),
     ("config",),
     ("data", "models"),
     ("plan",),

@@ -72,6 +72,7 @@ def test_embed_writes_features_and_their_index(tmp_path, mnist_tree):
     assert out.exit_code == 0, out.output
     feats = np.load(tmp_path / "emb" / "val.npy", allow_pickle=False)
     with open(tmp_path / "emb" / "val.index.csv") as handle:
+        assert handle.readline() == f"# root: {(mnist_tree / 'val').resolve()}\n"
         index = list(csv.DictReader(handle))
     model = load_config(str(config)).model
     assert feats.dtype == np.float32

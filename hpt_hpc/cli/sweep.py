@@ -50,7 +50,9 @@ def sweep(experiment, overrides, max_parallel, dry_run, **scheduler) -> None:
               help="Read the units' result files instead of MLflow (tracking switched off).")
 @click.option("--preamble", help="Text placed under the title (command, machine, date).")
 def report(experiment, tracking_uri, sweep_name, out_dir, from_files, preamble) -> None:
-    """Markdown report with method x dataset tables and paper-style plots, from MLflow."""
+    """Markdown report with method x dataset tables and paper-style plots, from MLflow;
+    one CSV row per evaluation (with the EXPERIMENT file, paths in it are relative to its
+    output folder)."""
     from ..errors import HptError
     from ..experiments.report import build_report
     from ..experiments.results import rows_from_files, rows_from_mlflow
@@ -78,5 +80,6 @@ def report(experiment, tracking_uri, sweep_name, out_dir, from_files, preamble) 
         rows = rows_from_mlflow(uri, experiment_name, name)
     if not rows:
         raise HptError(f"no finished evaluations of sweep '{name}' yet")
-    result = build_report(rows, out, name, preamble or "")
+    result = build_report(rows, out, name, preamble or "",
+                          spec.output_dir if spec is not None else None)
     click.echo(f"report: {result.path} ({len(rows)} evaluations, {len(result.plots)} plots)")

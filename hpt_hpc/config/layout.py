@@ -11,11 +11,13 @@
 * a grid launch: ``grid/<cell>/`` (each cell an output_dir of its own);
 * an experiment file: ``upstream/<stage>/`` (shared base/source stages), ``units/<id>/``
   (a pretraining unit's output_dir; its stage is ``target``) and
-  ``units/<id>/results/<eval id>.json`` (evaluation records).
+  ``units/<id>/results/<eval id>.json`` (evaluation records); results files name the
+  paths below the output folder relative to it (:meth:`OutputLayout.relative`).
 """
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List
@@ -151,3 +153,15 @@ class OutputLayout:
         """Unit ids whose ``stage`` has its final checkpoint."""
         pattern = f"units/*/{stage}/{CHECKPOINTS}/{FINAL}"
         return sorted(p.parents[2].name for p in self.root.glob(pattern))
+
+    def relative(self, path: str) -> str:
+        """``path`` as results files name it: relative to the output folder when it lies
+        below it (``units/<id>/target/checkpoints/final.pt``), else as given (a reference
+        such as ``stage:target`` or ``none``, a file elsewhere)."""
+        if not os.path.isabs(path):
+            return path
+        for resolve in (os.path.abspath, os.path.realpath):
+            rel = os.path.relpath(resolve(path), resolve(self.root))
+            if rel != os.pardir and not rel.startswith(os.pardir + os.sep):
+                return rel
+        return path

@@ -22,6 +22,7 @@ from typing import List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
+from ..files import atomic_write
 from .table import RecordTable
 
 INDEX_FORMAT = 1
@@ -69,16 +70,12 @@ def save_index(location: str, kind: str, listing: Listing) -> Path:
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     errors = []
     for path in index_paths(location):
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as handle:
+            with atomic_write(path) as handle:
                 np.savez(handle, **arrays)
-            os.replace(tmp, path)
             return path
         except OSError as exc:
             errors.append(f"{path.parent}: {exc.strerror or exc}")
-            tmp.unlink(missing_ok=True)
     raise OSError("no writable place for the dataset index (" + "; ".join(errors) + ")")
 
 

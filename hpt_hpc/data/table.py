@@ -52,8 +52,12 @@ class RecordTable(Sequence):
         return len(self.ends)
 
     def path(self, index: int) -> str:
-        rel = self.blob[_span(self.ends, index)].tobytes().decode("utf-8", "surrogateescape")
+        rel = self.relative_path(index)
         return os.path.join(self.root, rel) if self.root else rel
+
+    def relative_path(self, index: int) -> str:
+        """Path ``index`` as stored: relative to ``root`` (absolute when outside it)."""
+        return self.blob[_span(self.ends, index)].tobytes().decode("utf-8", "surrogateescape")
 
     def labels_of(self, index: int) -> Tuple[int, ...]:
         return tuple(int(v) for v in self.labels[_span(self.label_ends, index)])

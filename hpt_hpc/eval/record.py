@@ -30,6 +30,7 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tup
 import numpy as np
 
 from ..config.schema import PROBE_MODES
+from ..files import atomic_write, write_text_atomic
 from ..tracking import Tracker
 from .metrics import TOP1
 
@@ -82,11 +83,9 @@ class Predictions:
 
     def save(self, path: os.PathLike) -> Path:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-        np.savez_compressed(tmp, predictions=self.predictions, targets=self.targets,
-                            paths=np.asarray(self.paths, dtype=str))
-        os.replace(tmp, path)
+        with atomic_write(path) as handle:
+            np.savez_compressed(handle, predictions=self.predictions, targets=self.targets,
+                                paths=np.asarray(self.paths, dtype=str))
         return path
 
     @classmethod
@@ -240,12 +239,10 @@ def write_record_file(record: EvalRecord, path: os.PathLike,
     """The record as JSON (atomic), plus ``extra`` (e.g. the run's tags), with its
     predictions beside it unless they were saved already."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if not record.predictions_file:
         save_predictions(record, path)
-    tmp = path.with_suffix(f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps({**record.to_json(), **(extra or {})}, indent=1, default=str))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps({**record.to_json(), **(extra or {})}, indent=1,
+                                       default=str))
 
 
 def read_record_files(paths: Sequence[os.PathLike]) -> List[EvalRecord]:

@@ -15,10 +15,11 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 
-from ..config import ExperimentConfig
+from ..config import DatasetConfig, ExperimentConfig
 from ..data import list_split
 from ..data.dataset import ImageDataset, SkippedImages, collate_skipping
 from ..data.sources import ImageRecord
+from ..data.table import RecordTable
 from ..errors import HptError
 from .finetune import per_class_budget
 
@@ -45,18 +46,28 @@ def label_space(train: Sequence[ImageRecord], *others: Sequence[ImageRecord]):
     return top + 1, multi_label
 
 
-def split_records(cfg: ExperimentConfig, dataset: str, split: str) -> List[ImageRecord]:
-    """Every record of ``split`` (``max_images`` ignored; ``probe.max_train_images``
-    keeps the first N training records, ``probe.labels_per_class`` a seeded N per class)."""
+def dataset_config(cfg: ExperimentConfig, dataset: str) -> DatasetConfig:
+    """The settings of ``dataset`` with every image of a split (``max_images`` ignored)."""
     if dataset not in cfg.datasets:
         raise HptError(f"dataset '{dataset}' is not defined in the config (defined: "
                        f"{', '.join(sorted(cfg.datasets)) or 'none'})")
-    if cfg.datasets[dataset].format == "folder":
+    return dataclasses.replace(cfg.datasets[dataset], max_images=None)
+
+
+def listed_split(cfg: ExperimentConfig, dataset: str, split: str) -> RecordTable:
+    """Every record of ``split`` in any format, labelled or not (``max_images`` ignored)."""
+    return list_split(dataset_config(cfg, dataset), split)[0]
+
+
+def split_records(cfg: ExperimentConfig, dataset: str, split: str) -> List[ImageRecord]:
+    """Every record of ``split`` of a labelled dataset (``max_images`` ignored;
+    ``probe.max_train_images`` keeps the first N training records,
+    ``probe.labels_per_class`` a seeded N per class)."""
+    if dataset in cfg.datasets and cfg.datasets[dataset].format == "folder":
         raise HptError(f"dataset '{dataset}' is a folder of unlabelled images (format: "
                        f"folder), good for pretraining only; evaluations need labelled "
                        f"train/val/test splits (format imagefolder or filelist)")
-    ds_cfg = dataclasses.replace(cfg.datasets[dataset], max_images=None)
-    records, _ = list_split(ds_cfg, split)
+    records = listed_split(cfg, dataset, split)
     if split == "train" and cfg.probe.max_train_images:
         records = records[:cfg.probe.max_train_images]
     if split == "train" and cfg.probe.labels_per_class:

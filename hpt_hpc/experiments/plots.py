@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from ..files import atomic_write
 from ..plan.methods import METHODS, REFERENCE_LABELS
 from .results import Cell
 
@@ -45,8 +46,11 @@ def _save(plt, fig, ax, path: Path, ylabel: str) -> None:
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        with atomic_write(path) as handle:
+            fig.savefig(handle, format=Path(path).suffix.lstrip(".") or "png")
+    finally:
+        plt.close(fig)
 
 
 def _error(cell: Cell) -> float:

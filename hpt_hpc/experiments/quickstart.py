@@ -20,6 +20,7 @@ from typing import Dict, List, Optional, Sequence
 
 from ..device import available_cores, resolve_device
 from ..eval.record import EvalRecord
+from ..files import write_text_atomic
 from ..launch.options import SchedulerOptions
 from ..plan.experiment import ExperimentSpec, load_experiment
 from ..plan.methods import METHODS, display_name
@@ -108,7 +109,7 @@ def run_quickstart(output: Path, data_dir: Path, budgets: Optional[Sequence[int]
     table = output / "results.md"
     lines = ["# hpt-hpc quickstart results", "", preamble, ""]
     lines += markdown_table(HEADER, [_cells(spec, r) for r in rows], align="lrrrrrl")
-    table.write_text("\n".join(lines) + "\n")
+    write_text_atomic(table, "\n".join(lines) + "\n")
     csv_path = output / "results.csv"
     write_csv(csv_path, CSV_FIELDS, [[display_name(r.method), r.steps, r.score, r.val_score,
                                       int(r.best_step), r.pretrain_seconds, _note(spec, r)]

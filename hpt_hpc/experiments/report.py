@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from ..config import OutputLayout
 from ..config.schema import PROBE_MODES
 from ..eval.record import EvalRecord
+from ..files import write_text_atomic
 from ..plan.methods import METHODS, PAPER_METHODS, REFERENCE_LABELS, TRANSFER
 from .claims import MISSING, claims_markdown, judge_claims
 from .evidence import BOOTSTRAP_METHOD, INTERVAL_METHOD
@@ -265,8 +267,9 @@ def _finetune_section(cells, dataset: str) -> List[str]:
 
 
 def build_report(rows: Sequence[EvalRecord], out: Path, name: str, preamble: str = "",
-                 ) -> Report:
-    """Write ``<out>/<name>.md`` (+ PNGs and ``<name>.csv``) from evaluation records."""
+                 output_dir: Optional[Path] = None) -> Report:
+    """Write ``<out>/<name>.md`` (+ PNGs and ``<name>.csv``) from evaluation records;
+    paths below the experiment's ``output_dir`` are named relative to it."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cells = group_cells(rows)
@@ -294,8 +297,8 @@ def build_report(rows: Sequence[EvalRecord], out: Path, name: str, preamble: str
         lines += _finetune_section(cells, dataset)
     md = "\n".join(lines) + "\n"
     path = out / f"{name}.md"
-    path.write_text(md)
-    _write_csv(rows, out / f"{name}.csv")
+    write_text_atomic(path, md)
+    _write_csv(rows, out / f"{name}.csv", output_dir)
     return Report(md, plots, path)
 
 
@@ -309,10 +312,18 @@ CSV_FIELDS = (("protocol", "protocol"), ("method", "method"), ("dataset", "datas
               ("pretrain_seconds", "pretrain_seconds"), ("checkpoint", "checkpoint"),
               ("run_id", "run_id"))
 PERCENT = {"score", "score_std", "val_score"}
+PATHS = {"checkpoint"}
 
 
-def _write_csv(rows: Sequence[EvalRecord], path: Path) -> None:
-    """One row per evaluation; columns carry their units (``_pct``: percent)."""
+def _write_csv(rows: Sequence[EvalRecord], path: Path, output_dir: Optional[Path]) -> None:
+    """One row per evaluation; columns carry their units (``_pct``: percent); paths
+    relative to the experiment's output folder (:meth:`OutputLayout.relative`)."""
+    layout = OutputLayout(output_dir) if output_dir is not None else None
+
+    def cell(record: EvalRecord, attribute: str):
+        value = getattr(record, attribute)
+        if attribute in PERCENT:
+            return round(100 * value, 4)
+        return layout.relative(value) if attribute in PATHS and layout else value
     write_csv(path, [column for column, _ in CSV_FIELDS],
-              [[round(100 * getattr(r, f), 4) if f in PERCENT else getattr(r, f)
-                for _, f in CSV_FIELDS] for r in rows])
+              [[cell(r, f) for _, f in CSV_FIELDS] for r in rows])

@@ -6,6 +6,8 @@ import csv
 from pathlib import Path
 from typing import Any, List, Sequence
 
+from ..files import atomic_write
+
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]],
                    align: str = "") -> List[str]:
@@ -24,8 +26,7 @@ def text_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> List[str
 
 
 def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as handle:
+    with atomic_write(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
         writer.writerows(rows)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any, Dict, List, Optional
 from ..config import OutputLayout, StageLayout
 from ..config.schema import STAGE_NAMES
 from ..errors import HptError
+from ..files import write_text_atomic
 from ..progress import read_status
 
 LATEST = OutputLayout(Path(".")).latest_launch.name
@@ -61,9 +61,7 @@ class LaunchRecord:
         data.pop("live")
         text = json.dumps(data, indent=2)
         for target in (path, path.parent / LATEST):
-            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-            tmp.write_text(text)
-            tmp.replace(target)
+            write_text_atomic(target, text)
         return path
 
     @classmethod

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 from typing import Any
 
 import torch
 
 from ..errors import HptError
+from ..files import atomic_write
 from .moco import MoCo
 from .resnet import describe_arch
 
@@ -70,36 +70,12 @@ class IncompatibleCheckpointError(HptError, ValueError):
 
 
 def save_checkpoint_atomic(obj: Any, path: str) -> None:
-    """``torch.save`` ``obj`` to ``path`` atomically.
-
-    Writes a temporary file in the same directory, flushes and fsyncs it, then ``os.replace``s
-    it over ``path``; on any failure the temporary file is removed and an existing ``path`` is
-    left untouched. See the module docstring for what ``obj`` may contain.
-    """
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # persist the rename itself; not supported on every platform/filesystem
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
+    """``torch.save`` ``obj`` to ``path`` atomically (:func:`hpt_hpc.files.atomic_write`:
+    a temporary file beside it, synced, renamed over ``path``; on a failure ``path`` is
+    left untouched; created as the umask says). See the module docstring for what ``obj``
+    may contain."""
+    with atomic_write(path, "wb", durable=True) as handle:
+        torch.save(obj, handle)
 
 
 def load_checkpoint(path: str) -> Any:

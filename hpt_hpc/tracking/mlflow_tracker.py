@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
-from ..files import link_atomic
+from ..files import link_atomic, write_text_atomic
 from .base import Tracker
 from .registry import ensure_registered_model
 from .store import local_artifacts
@@ -304,10 +304,7 @@ class MlflowTracker(Tracker):
                       "delivered and are lost (no spill folder)", self.run_id,
                       len(data["metrics"]), len(data["ops"]))
             return
-        self.spill_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.spill_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, self.spill_path)
+        write_text_atomic(self.spill_path, json.dumps(data))
         log.warning("tracking: run %s: store unreachable at close; %d metric values and %d "
                     "operations kept in %s (sent when the stage resumes, or run "
                     "`hpt-hpc mlflow sync %s`)", self.run_id, len(data["metrics"]),

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 from .. import __version__
+from ..files import write_text_atomic
 from .mlflow_tracker import MlflowTracker
 from .registry import safe_name
 from .store import UI_KIND_TAG, TrackingError, artifact_root, client_for
@@ -100,12 +101,9 @@ def _existing_run(client: Any, run_id: str) -> Any:
 
 def _write_config(config: Mapping[str, Any], folder: Path) -> Path:
     import yaml
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / CONFIG_ARTIFACT
-    tmp = folder / f".config.{os.getpid()}.tmp"  # concurrent array tasks share the folder
-    tmp.write_text(yaml.safe_dump(dict(config), sort_keys=False))
-    os.replace(tmp, path)
-    return path
+    # concurrent array tasks share the folder: each writes its own temporary file
+    return write_text_atomic(folder / CONFIG_ARTIFACT, yaml.safe_dump(dict(config),
+                                                                      sort_keys=False))
 
 
 def open_run(uri: str, experiment: str, label: str, kind: str, *,
@@ -184,11 +182,8 @@ def start_pipeline_run(uri: str, experiment: str, name: str, record_dir: os.Path
     run = client.create_run(exp_id, run_name=name, tags=tags)
     if config is not None:
         client.log_artifact(run.info.run_id, str(_write_config(config, record_dir)))
-    record_dir.mkdir(parents=True, exist_ok=True)
-    tmp = record.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"name": name, "run_id": run.info.run_id,
-                               "tracking_uri": uri}))
-    os.replace(tmp, record)
+    write_text_atomic(record, json.dumps({"name": name, "run_id": run.info.run_id,
+                                          "tracking_uri": uri}))
     return run.info.run_id
 
 

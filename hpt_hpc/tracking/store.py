@@ -18,6 +18,7 @@ from typing import Any, Iterator, Optional
 from urllib.parse import urlparse
 
 from ..errors import HptError
+from ..files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -135,11 +136,9 @@ def ensure_store(uri: str) -> None:
         scratch = Path(tempfile.mkdtemp(dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
         try:
             _create_schema(scratch / DB_NAME, artifact_root(uri))
-            staged = db.with_name(f".{db.name}.{os.getpid()}.tmp")
-            shutil.copyfile(scratch / DB_NAME, staged)
-            with open(staged, "rb+") as handle:
-                os.fsync(handle.fileno())
-            os.replace(staged, db)
+            with open(scratch / DB_NAME, "rb") as source, \
+                    atomic_write(db, durable=True) as target:
+                shutil.copyfileobj(source, target)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import asdict
 from typing import Callable, Optional
 
 from ..data import build_pretrain_loader
+from ..files import write_text_atomic
 from ..models import checkpoint_run_id
 from ..plan import StagePlan, training_records
 from ..plan.plans import config_dict
@@ -56,14 +56,10 @@ def open_stage_tracker(plan: StagePlan, rank: int = 0) -> Tracker:
 
 def write_result(plan: StagePlan, result: StageResult) -> None:
     """The stage's summary next to its checkpoints (``result.json``, atomic)."""
-    path = plan.layout.result
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = {k: v for k, v in asdict(result).items() if k != "init_report"}
     data["checkpoint"] = str(result.checkpoint)
     data["init_layout"] = result.init_report.get("layout")
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    os.replace(tmp, path)
+    write_text_atomic(plan.layout.result, json.dumps(data, indent=1, default=str))
 
 
 def run_plan(plan: StagePlan, dist: Optional[DistInfo] = None,
