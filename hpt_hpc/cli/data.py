@@ -61,8 +61,9 @@ def check(path: str, fmt: str, channels: int, write_clean_list, max_pixels) -> N
 @click.option("--split", "splits", multiple=True, default=("train",), show_default=True,
               help="A split to index; repeat the option for more.")
 def index(path: str, fmt: str, splits) -> None:
-    """Save the listing of each split beside it (or in ~/.cache/hpt-hpc/index where the
-    dataset is read-only); stages and evaluations reuse it while no folder of the split has
+    """Save the listing of each split inside the dataset folder (PATH/.<split>.hpt-index.npz,
+    or PATH/.hpt-index/ for a folder that is itself the split; ~/.cache/hpt-hpc/index where
+    the dataset is read-only); stages and evaluations reuse it while no folder of the split has
     changed, instead of listing every file again."""
     import time
     from types import SimpleNamespace

@@ -18,8 +18,8 @@ from ..config.schema import DataConfig
 from .bands import read_image
 from .dali_feed import is_direct_file
 from .images import UnreadableImage
-from .index import Listing, save_index
-from .sources import DatasetError, ImageRecord, scan_split, split_location
+from .index import Listing
+from .sources import DatasetError, ImageRecord, listing_to_save, save_listing, split_location
 
 if TYPE_CHECKING:  # pragma: no cover
     from hpt_hpc.config.schema import DatasetConfig
@@ -61,7 +61,7 @@ def _as_config(dataset, fmt: str, splits: Optional[Sequence[str]]):
 
 def _check_split(ds, split: str, channels: int, workers: int,
                  max_pixels: Optional[int]) -> Tuple[dict, List]:
-    listing = scan_split(ds, split, use_index=False)
+    listing = listing_to_save(ds, split)
     records, classes, others = listing[:3]
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         results = list(pool.map(lambda r: _probe(r, channels, max_pixels), records,
@@ -96,7 +96,7 @@ def _save_index(ds, split: str, listing: Listing) -> Optional[str]:
     """Save the listing as the split's index (see :mod:`hpt_hpc.data.index`); None when
     no place is writable."""
     try:
-        return str(save_index(split_location(ds, split), ds.format, listing))
+        return str(save_listing(ds, split, listing))
     except OSError:
         return None
 
