@@ -42,15 +42,30 @@ def prepare(name: str, dest: str, seed: int, limit) -> None:
               show_default=True,
               help="Images with more pixels (read from the header) count as unreadable "
                    "(data.max_pixels).")
-def check(path: str, fmt: str, channels: int, write_clean_list, max_pixels) -> None:
+@click.option("--strict", is_flag=True,
+              help="Exit with code 2 when any image is unreadable, too.")
+def check(path: str, fmt: str, channels: int, write_clean_list, max_pixels,
+          strict: bool) -> None:
     """Count images and classes per split and list unreadable files (also FIFOs, sockets
-    and devices named like images, and images over --max-pixels)."""
+    and devices named like images, and images over --max-pixels).
+
+    \b
+    Exit codes:
+      0  usable: every split found has readable images (unreadable
+         files are listed; training skips them)
+      2  not usable (no split found, or a split without one readable
+         image), or --strict and any image is unreadable
+    """
     from ..data.check import check_dataset, format_report
+    from ..data.sources import DatasetError
     report = check_dataset(path, fmt=fmt, channels=channels,
                            write_clean_list=write_clean_list, max_pixels=max_pixels)
     click.echo(format_report(report))
-    if not report["ok"]:
-        raise SystemExit(1)
+    if report["unusable"]:
+        raise DatasetError(f"dataset {report['path']} is not usable: {report['unusable']}")
+    if strict and report["unreadable_count"]:
+        raise DatasetError(f"{report['unreadable_count']} unreadable image(s) in "
+                           f"{report['path']} (--strict)")
 
 
 @data.command("index")

@@ -140,8 +140,10 @@ def check_dataset(dataset: Union["DatasetConfig", str], fmt: str = "imagefolder"
     entries = report["splits"].values()
     report["unreadable_count"] = sum(len(e["unreadable"]) for e in entries)
     report["non_image_count"] = sum(len(e["non_image_files"]) for e in entries)
-    report["ok"] = bool(report["splits"]) and report["unreadable_count"] == 0 and all(
-        e["readable"] > 0 for e in entries)
+    empty = [s for s, e in report["splits"].items() if e["readable"] == 0]
+    report["unusable"] = ("no split found" if not report["splits"] else
+                          f"no readable image in {', '.join(empty)}" if empty else None)
+    report["ok"] = report["unusable"] is None and report["unreadable_count"] == 0
     return report
 
 
@@ -178,6 +180,12 @@ def format_report(report: dict, max_files: int = 20) -> str:
         lines.append(f"  {split}: missing ({message})")
     for split, path in report["clean_lists"].items():
         lines.append(f"  clean list for {split}: {path}")
-    status = "OK" if report["ok"] else f"PROBLEMS ({report['unreadable_count']} unreadable)"
+    if report["unusable"]:
+        status = f"NOT USABLE ({report['unusable']})"
+    elif report["unreadable_count"]:
+        status = (f"usable, with PROBLEMS ({report['unreadable_count']} unreadable, skipped "
+                  f"by training)")
+    else:
+        status = "OK"
     lines.append(f"status: {status}")
     return "\n".join(lines)
