@@ -114,13 +114,13 @@ def test_log_lines_never_glue_to_the_progress_bar(tmp_path, mnist_tree):
     is drawn start on a line of their own; the MoCo queue notice is one log line."""
     folder = tmp_path / "images"
     folder.mkdir()
-    pngs = sorted((mnist_tree / "train").rglob("*.png"))[:64]
+    pngs = sorted((mnist_tree / "train").rglob("*.png"))[:16]
     for i, png in enumerate(pngs):
         (folder / f"ok{i:03d}.png").write_bytes(png.read_bytes())
         (folder / f"broken{i:03d}.png").write_bytes(png.read_bytes()[:50])
     config = write_tiny_config(tmp_path, {"mine": folder},
-                               {"target": {"dataset": "mine", "iterations": 40}},
-                               progress_seconds=1e-6)
+                               {"target": {"dataset": "mine", "iterations": 6}},
+                               progress_seconds=1e-6, checkpoint={"every": 0})
     config.write_text(config.read_text().replace(f"path: {folder}",
                                                  f"path: {folder}\n    format: folder")
                       .replace("queue_size: 64", "queue_size: 1024"))
@@ -131,12 +131,12 @@ def test_log_lines_never_glue_to_the_progress_bar(tmp_path, mnist_tree):
     glued = [line for line in screen if re.search(BAR, line) and re.search(LOG_LINE, line)]
     assert not glued, glued[:3]
     skipped = [line for line in screen if "skipping unreadable image" in line]
-    assert len(skipped) == 64 and all(re.match(LOG_LINE, line) for line in skipped), skipped
-    assert any(re.fullmatch(BAR + r"stage target: step 40/40 .*", line) for line in screen)
+    assert len(skipped) == 16 and all(re.match(LOG_LINE, line) for line in skipped), skipped
+    assert any(re.fullmatch(BAR + r"stage target: step 6/6 .*", line) for line in screen)
     queue = [line for line in screen if "queue" in line]
     assert len(queue) == 1 and re.match(
-        LOG_LINE + r"hpt_hpc\.models\.moco: MoCo queue size K=1024 exceeds the 128 images "
-        r"listed \(unreadable ones are skipped later\); using K=128 ", queue[0]), queue
+        LOG_LINE + r"hpt_hpc\.models\.moco: MoCo queue size K=1024 exceeds the 32 images "
+        r"listed; using K=32 ", queue[0]), queue
     assert "UserWarning" not in raw
 
 
