@@ -1,8 +1,6 @@
 """``hpt-hpc data``: prepare the offline datasets, check, index and measure a dataset."""
 from __future__ import annotations
 
-import json
-
 import click
 
 from ..config.schema import DATASET_FORMATS, DataConfig
@@ -23,8 +21,13 @@ def data() -> None:
 def prepare(name: str, dest: str, seed: int, limit) -> None:
     """Write an offline dataset NAME as an image tree DEST/{train,val,test}/<class>/."""
     from ..data.prepare import prepare_dataset
-    summary = prepare_dataset(name, dest, seed=seed, limit=limit)
-    click.echo(json.dumps(summary, indent=2, default=str))
+    s = prepare_dataset(name, dest, seed=seed, limit=limit)
+    done = "already prepared, reused" if s["reused"] else f"written in {s['seconds']:.1f} s"
+    click.echo(f"{s['name']} -> {s['path']} (seed {s['seed']}, limit {s['limit'] or 'none'}; "
+               f"{done})")
+    for split, counts in s["class_counts"].items():
+        per_class = " ".join(f"{c}:{n}" for c, n in counts.items())
+        click.echo(f"  {split}: {sum(counts.values())} images ({per_class})")
 
 
 @data.command("check")
