@@ -2,11 +2,18 @@
 timer with step/total, images/s, the share of time spent waiting for data and the ETA; a
 live bar instead when the stream is a terminal; optionally the same figures in a small
 JSON file that ``hpt-hpc status`` reads. Only the process that should report (rank 0)
-creates an enabled reporter; the others get a silent one."""
+creates an enabled reporter; the others get a silent one.
+
+On a terminal, :func:`guard_terminal` (called by the CLI before logging is set up) routes
+``sys.stderr``/``sys.stdout`` through :class:`TerminalStream`: any other output (log
+records, warnings, ``click.echo``) first erases the live bar, and a complete line is
+followed by the bar drawn again, so no line is ever glued to the bar."""
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -15,6 +22,86 @@ from typing import IO, Iterable, Iterator, Optional
 from .files import write_text_atomic
 
 BAR_REFRESH = 0.5  # seconds between redraws of the live bar on a terminal
+ERASE_END = "\x1b[K"  # erase to the end of the line (what a shorter bar leaves over)
+
+
+class _Bar:
+    """The live bar of this process's terminal: its text and the stream it is drawn on."""
+
+    stream: Optional[IO[str]] = None  # the real terminal stream
+    text = ""  # "" when no bar is live
+    shown = False  # on screen now, the cursor at its end
+    pid = 0  # a forked child (a loader worker) may erase the bar, never draw it
+
+    @classmethod
+    def draw(cls, stream: IO[str], text: str, final: bool) -> None:
+        draw_line(stream, text, final)
+        cls.stream, cls.pid = stream, os.getpid()
+        cls.text, cls.shown = ("", False) if final else (text, True)
+
+    @classmethod
+    def erase(cls) -> None:
+        if cls.shown:
+            cls.stream.write("\r" + ERASE_END)
+            cls.stream.flush()
+            cls.shown = False
+
+    @classmethod
+    def restore(cls) -> None:
+        if cls.text and not cls.shown and cls.pid == os.getpid():
+            cls.draw(cls.stream, cls.text, final=False)
+
+
+def draw_line(stream: IO[str], text: str, final: bool) -> None:
+    """``text`` over the current line of a terminal (a new line after it when ``final``),
+    cut to the terminal's width: a wrapped line could not be erased."""
+    width = shutil.get_terminal_size((200, 24)).columns
+    stream.write("\r" + text[:max(20, width - 1)] + ERASE_END + ("\n" if final else ""))
+    stream.flush()
+
+
+class TerminalStream:
+    """A terminal stream whose writers never glue to the live bar: the bar is erased
+    before other output and drawn again after a complete line."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        if not text or not _Bar.shown:
+            return self._stream.write(text)
+        _Bar.erase()
+        written = self._stream.write(text)
+        if text.endswith("\n"):
+            self._stream.flush()
+            _Bar.restore()
+        return written
+
+    def draw_bar(self, text: str, final: bool) -> None:
+        _Bar.draw(self._stream, text, final)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+def _is_terminal(stream: object) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
+def guard_terminal() -> None:
+    """Route ``sys.stderr`` and ``sys.stdout`` through :class:`TerminalStream` where they
+    are terminals (once per process); a bar left live at exit is erased."""
+    guarded = False
+    for name in ("stderr", "stdout"):
+        stream = getattr(sys, name)
+        if not isinstance(stream, TerminalStream) and _is_terminal(stream):
+            setattr(sys, name, TerminalStream(stream))
+            guarded = True
+    if guarded:
+        atexit.register(_Bar.erase)
 
 
 def format_seconds(seconds: Optional[float]) -> str:
@@ -50,7 +137,7 @@ class Progress:
         self.status_file = Path(status_file) if status_file else None
         self.start, self.done, self.wait = int(start), int(start), 0.0
         self.began = self.last_line = self.last_bar = time.perf_counter()
-        self.lines, self.note = 0, ""
+        self.lines, self.note, self.drawn = 0, "", False
 
     def update(self, done: int, wait: float = 0.0, note: str = "") -> None:
         """``done`` steps so far, ``wait`` seconds of input wait in the last one, ``note``
@@ -61,10 +148,12 @@ class Progress:
             return
         now = time.perf_counter()
         finished = self.done >= self.total
-        if self.tty and (now - self.last_bar >= BAR_REFRESH or finished):
-            self.last_bar = now
-            self.stream.write("\r" + self._bar() + ("\n" if finished else ""))
-            self.stream.flush()
+        if self.tty and (now - self.last_bar >= BAR_REFRESH or finished or not self.drawn):
+            self.last_bar, self.drawn = now, True
+            if isinstance(self.stream, TerminalStream):
+                self.stream.draw_bar(self._bar(), finished)
+            else:
+                draw_line(self.stream, self._bar(), finished)
         if finished or now - self.last_line >= self.interval:
             self.last_line = now
             if not self.tty:

@@ -1,5 +1,6 @@
 """The command line: fast help, clear errors, data commands, a short quickstart."""
 import csv
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -50,15 +51,29 @@ def test_train_missing_dataset_fails_before_work(tmp_path):
     assert not (tmp_path / "out" / "target" / "checkpoints").exists()
 
 
-def test_data_check_reports_unreadable_file(tmp_path, mnist_tree):
+def test_data_check_exit_codes(tmp_path, mnist_tree):
+    """0: usable, the unreadable file listed (training skips it); 2 with --strict, and
+    for a split without one readable image; the codes are in --help."""
     import shutil
     tree = tmp_path / "tree"
     shutil.copytree(mnist_tree, tree)
     victim = next((tree / "train" / "3").glob("*.png"))
     victim.write_bytes(victim.read_bytes()[:40])
     result = CliRunner().invoke(cli, ["data", "check", str(tree), "--channels", "1"])
-    assert result.exit_code == 1
-    assert victim.name in result.output
+    assert result.exit_code == 0, result.output
+    assert victim.name in result.output and "status: usable, with PROBLEMS (1 unreadable" \
+        in result.output
+    strict = CliRunner().invoke(cli, ["data", "check", str(tree), "--channels", "1",
+                                      "--strict"])
+    assert strict.exit_code == 2 and victim.name in strict.output
+    assert strict.output.splitlines()[-1] == f"error: 1 unreadable image(s) in {tree} (--strict)"
+    for png in (tree / "val").rglob("*.png"):
+        png.write_bytes(b"")
+    broken = CliRunner().invoke(cli, ["data", "check", str(tree), "--channels", "1"])
+    assert broken.exit_code == 2 and broken.output.splitlines()[-1] == \
+        f"error: dataset {tree} is not usable: no readable image in val"
+    helped = CliRunner().invoke(cli, ["data", "check", "--help"])
+    assert re.search(r"Exit codes:\n +0  usable: .*\n.*\n +2  not usable", helped.output)
 
 
 def test_quickstart_end_to_end_small(tmp_path):

@@ -125,6 +125,35 @@ def test_file_lists_and_the_cache_fallback(tmp_path, monkeypatch):
     assert scan_split(ds(root, "filelist", name="train.csv"), "train").classes[-1] == "7"
 
 
+def test_a_folder_that_is_its_own_split_keeps_its_index_inside(tmp_path, monkeypatch):
+    """README: the index is saved inside the dataset folder; for a plain folder of images
+    (format folder, no train/) that means my-images/.hpt-index/, nothing beside it."""
+    folder = tmp_path / "my-images"
+    (folder / "nested").mkdir(parents=True)
+    for i in range(6):
+        Image.new("L", (8, 8), i * 30).save(folder / ("nested" if i % 2 else ".") / f"{i}.png")
+    age(folder)
+    out = index(folder, "--format", "folder")
+    saved = folder / ".hpt-index" / "listing.npz"
+    assert "train: 6 images, 0 classes, 2 folder(s) watched" in out and str(saved) in out
+    assert saved.is_file() and os.listdir(tmp_path) == ["my-images"]
+    listed = scan_split(ds(folder, "folder"), "train", use_index=False)
+    assert len(listed.records) == 6 and listed.others == []  # the index is not listed
+
+    def no_walking(*args):
+        raise AssertionError("the tree was listed although its index is valid")
+
+    with monkeypatch.context() as m:
+        m.setattr(sources.os, "scandir", no_walking)
+        assert scan_split(ds(folder, "folder"), "train").records == listed.records
+    report = CliRunner().invoke(cli, ["data", "check", str(folder), "--format", "folder"])
+    assert report.exit_code == 0 and ".hpt-index" not in report.output.replace(
+        f"listing saved for reuse: {saved}", ""), report.output
+    assert os.listdir(tmp_path) == ["my-images"]
+    Image.new("L", (8, 8)).save(folder / "new.png")
+    assert len(scan_split(ds(folder, "folder"), "train").records) == 7
+
+
 def test_data_check_saves_the_index_and_missing_paths_are_one_line(tmp_path):
     root = make_tree(tmp_path / "d")
     report = check_dataset(str(root), splits=["train"])

@@ -1,5 +1,4 @@
 """ResNet builder, MoCo-v2, queue sizing and training variants (tiny CPU models)."""
-import warnings
 
 import pytest
 import torch
@@ -196,14 +195,14 @@ def test_single_process_split_bn_is_unshuffled_correctly():
     torch.testing.assert_close(m.compute_keys(x[:2]), F.normalize(m.encoder_k(x[:2]), dim=1))
 
 
-def test_cap_queue_size_warns_and_caps():
-    with pytest.warns(UserWarning, match="65536.*2100"):
+def test_cap_queue_size_says_so_in_one_log_line_and_caps(caplog):
+    with caplog.at_level("INFO", logger="hpt_hpc.models.moco"):
         assert cap_queue_size(65536, 2100, 256) == 2048
-    with pytest.warns(UserWarning):
         assert cap_queue_size(65536, 100, 256) == 256
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
         assert cap_queue_size(1000, 2100, 256) == 1000
+    assert [r.getMessage().split(" (")[0] for r in caplog.records] == [
+        "MoCo queue size K=65536 exceeds the 2100 images listed; using K=2048",
+        "MoCo queue size K=65536 exceeds the 100 images listed; using K=256"]
 
 
 # --------------------------------------------------------------------------- variants

@@ -76,7 +76,9 @@ def test_readme_tutorial_runs_as_written(tmp_path, mnist_tree, monkeypatch):
     assert [args[:2] for args in lines] == [
         ["hpt-hpc", "data"], ["hpt-hpc", "data"], ["hpt-hpc", "train"], ["hpt-hpc", "export"],
         ["python", "-c"]]
-    _own_images(mnist_tree, tmp_path / "my-images")
+    folder = _own_images(mnist_tree, tmp_path / "my-images")
+    png = next(folder.glob("*.png")).read_bytes()
+    (folder / "broken.png").write_bytes(png[:len(png) // 2])  # lines run as under `set -e`
     (tmp_path / "configs" / "tutorial").mkdir(parents=True)
     shutil.copy(REPO / "configs" / "tutorial" / "my-images.yaml",
                 tmp_path / "configs" / "tutorial")
@@ -92,6 +94,8 @@ def test_readme_tutorial_runs_as_written(tmp_path, mnist_tree, monkeypatch):
             args += ["--set", "optim.iterations=4", "--set", "data.workers=0"]
         result = CliRunner().invoke(cli, args[1:])
         assert result.exit_code == 0, f"{args}\n{result.output}"
+        if args[1:3] == ["data", "check"]:
+            assert "broken.png" in result.output and "1 unreadable" in result.output
     assert (tmp_path / "my-backbone.pt").is_file()
 
 

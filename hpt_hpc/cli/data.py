@@ -1,8 +1,6 @@
 """``hpt-hpc data``: prepare the offline datasets, check, index and measure a dataset."""
 from __future__ import annotations
 
-import json
-
 import click
 
 from ..config.schema import DATASET_FORMATS, DataConfig
@@ -23,8 +21,13 @@ def data() -> None:
 def prepare(name: str, dest: str, seed: int, limit) -> None:
     """Write an offline dataset NAME as an image tree DEST/{train,val,test}/<class>/."""
     from ..data.prepare import prepare_dataset
-    summary = prepare_dataset(name, dest, seed=seed, limit=limit)
-    click.echo(json.dumps(summary, indent=2, default=str))
+    s = prepare_dataset(name, dest, seed=seed, limit=limit)
+    done = "already prepared, reused" if s["reused"] else f"written in {s['seconds']:.1f} s"
+    click.echo(f"{s['name']} -> {s['path']} (seed {s['seed']}, limit {s['limit'] or 'none'}; "
+               f"{done})")
+    for split, counts in s["class_counts"].items():
+        per_class = " ".join(f"{c}:{n}" for c, n in counts.items())
+        click.echo(f"  {split}: {sum(counts.values())} images ({per_class})")
 
 
 @data.command("check")
@@ -42,15 +45,30 @@ def prepare(name: str, dest: str, seed: int, limit) -> None:
               show_default=True,
               help="Images with more pixels (read from the header) count as unreadable "
                    "(data.max_pixels).")
-def check(path: str, fmt: str, channels: int, write_clean_list, max_pixels) -> None:
+@click.option("--strict", is_flag=True,
+              help="Exit with code 2 when any image is unreadable, too.")
+def check(path: str, fmt: str, channels: int, write_clean_list, max_pixels,
+          strict: bool) -> None:
     """Count images and classes per split and list unreadable files (also FIFOs, sockets
-    and devices named like images, and images over --max-pixels)."""
+    and devices named like images, and images over --max-pixels).
+
+    \b
+    Exit codes:
+      0  usable: every split found has readable images (unreadable
+         files are listed; training skips them)
+      2  not usable (no split found, or a split without one readable
+         image), or --strict and any image is unreadable
+    """
     from ..data.check import check_dataset, format_report
+    from ..data.sources import DatasetError
     report = check_dataset(path, fmt=fmt, channels=channels,
                            write_clean_list=write_clean_list, max_pixels=max_pixels)
     click.echo(format_report(report))
-    if not report["ok"]:
-        raise SystemExit(1)
+    if report["unusable"]:
+        raise DatasetError(f"dataset {report['path']} is not usable: {report['unusable']}")
+    if strict and report["unreadable_count"]:
+        raise DatasetError(f"{report['unreadable_count']} unreadable image(s) in "
+                           f"{report['path']} (--strict)")
 
 
 @data.command("index")
@@ -61,8 +79,9 @@ def check(path: str, fmt: str, channels: int, write_clean_list, max_pixels) -> N
 @click.option("--split", "splits", multiple=True, default=("train",), show_default=True,
               help="A split to index; repeat the option for more.")
 def index(path: str, fmt: str, splits) -> None:
-    """Save the listing of each split beside it (or in ~/.cache/hpt-hpc/index where the
-    dataset is read-only); stages and evaluations reuse it while no folder of the split has
+    """Save the listing of each split inside the dataset folder (PATH/.<split>.hpt-index.npz,
+    or PATH/.hpt-index/ for a folder that is itself the split; ~/.cache/hpt-hpc/index where
+    the dataset is read-only); stages and evaluations reuse it while no folder of the split has
     changed, instead of listing every file again."""
     import time
     from types import SimpleNamespace

@@ -8,6 +8,7 @@ import sys
 import click
 
 from .. import __version__
+from ..progress import guard_terminal
 from .data import data
 from .train import config_group, finetune, probe, train
 from .launch import cancel, launch, status
@@ -38,6 +39,7 @@ class _ErrorHandlingGroup(click.Group):
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def cli(verbose: bool) -> None:
     """Hierarchical PreTraining (staged MoCo-v2) for SLURM clusters and local machines."""
+    guard_terminal()  # before logging holds the stream: nothing glues to a progress bar
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 

@@ -61,6 +61,7 @@ def serve(store: str, host: str, port: int, allowed_hosts, auth: bool) -> None:
     """Start a lean MLflow server (one worker, no job runner) and print its URI.
 
     Runs in the foreground until interrupted; start it in tmux/screen on the login node.
+    A --store folder without a store gets a new, empty one (said in one line).
     Without --auth anyone who can reach the port can read and write every run: on a
     shared login node keep the default 127.0.0.1 or use --auth.
     """
@@ -78,6 +79,9 @@ def serve(store: str, host: str, port: int, allowed_hosts, auth: bool) -> None:
                    f"this port can read and change all runs, configs and checkpoints",
                    err=True)
     handle = start_server(store, host=host, port=port, allowed_hosts=allowed_hosts, auth=auth)
+    if handle.new_store:
+        click.echo(f"new MLflow store {handle.new_store} (there was none in "
+                   f"{handle.new_store.parent})")
     click.echo(f"MLflow server ready (pid {handle.process.pid}, log {handle.log_path})")
     click.echo(f"export MLFLOW_TRACKING_URI={handle.uri}")
     try:
@@ -119,16 +123,10 @@ def sync(folder: str, timeout: float) -> None:
 @click.option("--markdown", is_flag=True, help="Print a Markdown table.")
 def runs(uri, output_dir, config_path, pipeline, experiment, markdown) -> None:
     """A pipeline's stage and evaluation runs: method, dataset, steps, probe accuracy."""
-    from mlflow import MlflowClient
-
     from ..experiments.results import format_runs, pipeline_rows
-    from ..tracking.store import check_reachable, sqlite_path
+    from ..tracking.store import reader_for
     target = _store_uri(uri, output_dir, config_path)
-    db = sqlite_path(target)
-    if db is not None and not db.is_file():
-        raise click.UsageError(f"no tracking store at {db}")
-    check_reachable(target)
-    parent, rows = pipeline_rows(MlflowClient(target, target), pipeline, experiment)
+    parent, rows = pipeline_rows(reader_for(target), pipeline, experiment)
     click.echo(f"pipeline {parent.data.tags.get('hpt.pipeline', parent.info.run_name)} "
                f"(run {parent.info.run_id}, {parent.info.status}) in {target}")
     click.echo(format_runs(rows, markdown))

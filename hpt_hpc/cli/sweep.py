@@ -61,8 +61,8 @@ def report(experiment, tracking_uri, sweep_name, out_dir, from_files, preamble) 
     if experiment:
         from ..plan.experiment import load_experiment
         spec = load_experiment(experiment)
-    if spec is None and not (tracking_uri and sweep_name):
-        raise click.UsageError("give an EXPERIMENT file, or --tracking-uri and --name")
+    if spec is None and not (tracking_uri and sweep_name and out_dir):
+        raise click.UsageError("give an EXPERIMENT file, or --tracking-uri, --name and --out")
     name = sweep_name or spec.name
     out = Path(out_dir) if out_dir else spec.output_dir / "report"
     if from_files:

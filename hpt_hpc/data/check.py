@@ -18,8 +18,8 @@ from ..config.schema import DataConfig
 from .bands import read_image
 from .dali_feed import is_direct_file
 from .images import UnreadableImage
-from .index import Listing, save_index
-from .sources import DatasetError, ImageRecord, scan_split, split_location
+from .index import Listing
+from .sources import DatasetError, ImageRecord, listing_to_save, save_listing, split_location
 
 if TYPE_CHECKING:  # pragma: no cover
     from hpt_hpc.config.schema import DatasetConfig
@@ -61,7 +61,7 @@ def _as_config(dataset, fmt: str, splits: Optional[Sequence[str]]):
 
 def _check_split(ds, split: str, channels: int, workers: int,
                  max_pixels: Optional[int]) -> Tuple[dict, List]:
-    listing = scan_split(ds, split, use_index=False)
+    listing = listing_to_save(ds, split)
     records, classes, others = listing[:3]
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         results = list(pool.map(lambda r: _probe(r, channels, max_pixels), records,
@@ -96,7 +96,7 @@ def _save_index(ds, split: str, listing: Listing) -> Optional[str]:
     """Save the listing as the split's index (see :mod:`hpt_hpc.data.index`); None when
     no place is writable."""
     try:
-        return str(save_index(split_location(ds, split), ds.format, listing))
+        return str(save_listing(ds, split, listing))
     except OSError:
         return None
 
@@ -140,8 +140,10 @@ def check_dataset(dataset: Union["DatasetConfig", str], fmt: str = "imagefolder"
     entries = report["splits"].values()
     report["unreadable_count"] = sum(len(e["unreadable"]) for e in entries)
     report["non_image_count"] = sum(len(e["non_image_files"]) for e in entries)
-    report["ok"] = bool(report["splits"]) and report["unreadable_count"] == 0 and all(
-        e["readable"] > 0 for e in entries)
+    empty = [s for s, e in report["splits"].items() if e["readable"] == 0]
+    report["unusable"] = ("no split found" if not report["splits"] else
+                          f"no readable image in {', '.join(empty)}" if empty else None)
+    report["ok"] = report["unusable"] is None and report["unreadable_count"] == 0
     return report
 
 
@@ -178,6 +180,12 @@ def format_report(report: dict, max_files: int = 20) -> str:
         lines.append(f"  {split}: missing ({message})")
     for split, path in report["clean_lists"].items():
         lines.append(f"  clean list for {split}: {path}")
-    status = "OK" if report["ok"] else f"PROBLEMS ({report['unreadable_count']} unreadable)"
+    if report["unusable"]:
+        status = f"NOT USABLE ({report['unusable']})"
+    elif report["unreadable_count"]:
+        status = (f"usable, with PROBLEMS ({report['unreadable_count']} unreadable, skipped "
+                  f"by training)")
+    else:
+        status = "OK"
     lines.append(f"status: {status}")
     return "\n".join(lines)

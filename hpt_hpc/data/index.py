@@ -8,8 +8,12 @@ removing or renaming an image changes its folder's time, so a listing checks tho
 (one ``stat`` per folder: ~1,000 for ImageNet) and uses the index only when all match.
 Folders changed within :data:`RACY_NS` of the scan are never trusted (coarse clocks).
 
-Where: ``.<split>.hpt-index.npz`` beside the split folder or list file, or, where that
-folder is not writable, ``$XDG_CACHE_HOME/hpt-hpc/index/<hash>.npz`` (``~/.cache``).
+Where: ``.<split>.hpt-index.npz`` beside the split folder or list file, inside the
+dataset folder (``PATH/.train.hpt-index.npz``); a dataset folder that is itself the split
+(format ``folder`` without ``train/``) keeps it inside, in ``PATH/.hpt-index/`` (a folder
+made before the listing, so writing the index never changes the listed folder's time);
+where neither is writable, ``$XDG_CACHE_HOME/hpt-hpc/index/<hash>.npz`` (``~/.cache``).
+Nothing is written outside the dataset folder but the cache.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from ..files import atomic_write
 from .table import RecordTable
 
 INDEX_FORMAT = 1
+INDEX_DIR = ".hpt-index"  # inside a dataset folder that is itself a split; never listed
 RACY_NS = 2_000_000_000  # folders changed this close to the scan may hide a later change
 
 
@@ -46,13 +51,27 @@ def stamp(location: str, rel: str = "") -> Tuple[str, int, int]:
     return rel, -1 if stat.S_ISDIR(info.st_mode) else info.st_size, info.st_mtime_ns
 
 
-def index_paths(location: str) -> List[Path]:
-    """Where the index of ``location`` is looked for, in order."""
+def index_paths(location: str, own_folder: bool = False) -> List[Path]:
+    """Where the index of ``location`` is looked for, in order: beside it, or inside it
+    when ``own_folder`` (the split is the dataset folder itself), then the cache."""
     location = os.path.abspath(location)
-    beside = Path(os.path.dirname(location)) / f".{os.path.basename(location)}.hpt-index.npz"
+    if own_folder:
+        first = Path(location) / INDEX_DIR / "listing.npz"
+    else:
+        first = Path(os.path.dirname(location)) / f".{os.path.basename(location)}.hpt-index.npz"
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     digest = hashlib.sha256(location.encode("utf-8", "surrogateescape")).hexdigest()[:24]
-    return [beside, cache / "hpt-hpc" / "index" / f"{digest}.npz"]
+    return [first, cache / "hpt-hpc" / "index" / f"{digest}.npz"]
+
+
+def make_room(location: str) -> None:
+    """Make the index folder inside ``location`` (a dataset folder that is its own split)
+    before it is listed: made later, it would change the folder's time and so outdate the
+    index at once. A read-only folder is left alone (the index goes to the cache)."""
+    try:
+        os.makedirs(os.path.join(location, INDEX_DIR), exist_ok=True)
+    except OSError:
+        pass
 
 
 def is_racy(listing: Listing) -> bool:
@@ -60,7 +79,7 @@ def is_racy(listing: Listing) -> bool:
     return any(mtime > listing.built_ns - RACY_NS for _, _, mtime in listing.stamps)
 
 
-def save_index(location: str, kind: str, listing: Listing) -> Path:
+def save_index(location: str, kind: str, listing: Listing, own_folder: bool = False) -> Path:
     """Write the index of ``location`` (atomically) to the first writable place."""
     meta = {"format": INDEX_FORMAT, "location": os.path.abspath(location), "kind": kind,
             "root": listing.records.root, "classes": listing.classes,
@@ -69,7 +88,7 @@ def save_index(location: str, kind: str, listing: Listing) -> Path:
     arrays = {name: getattr(listing.records, name) for name in RecordTable.ARRAYS}
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     errors = []
-    for path in index_paths(location):
+    for path in index_paths(location, own_folder):
         try:
             with atomic_write(path) as handle:
                 np.savez(handle, **arrays)
@@ -79,9 +98,9 @@ def save_index(location: str, kind: str, listing: Listing) -> Path:
     raise OSError("no writable place for the dataset index (" + "; ".join(errors) + ")")
 
 
-def load_index(location: str, kind: str) -> Optional[Listing]:
+def load_index(location: str, kind: str, own_folder: bool = False) -> Optional[Listing]:
     """The saved listing of ``location`` when it is still exact, else None."""
-    for path in index_paths(location):
+    for path in index_paths(location, own_folder):
         listing = _read(path, location, kind)
         if listing is not None:
             return listing

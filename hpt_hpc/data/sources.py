@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 from ..config.schema import DATASET_FORMATS as FORMATS
 from ..errors import HptError
-from .index import RACY_NS, Listing, is_racy, load_index, save_index, stamp
+from .index import (INDEX_DIR, RACY_NS, Listing, is_racy, load_index, make_room, save_index,
+                    stamp)
 from .table import ImageRecord, RecordTable, TableBuilder
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -81,6 +82,12 @@ def split_location(ds_cfg: "DatasetConfig", split: str) -> str:
     return location
 
 
+def is_own_folder(ds_cfg: "DatasetConfig", location: str) -> bool:
+    """True when the split at ``location`` is the dataset folder itself (format folder
+    without ``train/``): its index lives inside it (:mod:`hpt_hpc.data.index`)."""
+    return os.path.abspath(location) == os.path.abspath(ds_cfg.path)
+
+
 def scan_imagefolder(split_dir: str) -> Listing:
     """Records, sorted class names and the non-image files (strays included) of a folder."""
     if not os.path.isdir(split_dir):
@@ -122,7 +129,7 @@ def scan_split(ds_cfg: "DatasetConfig", split: str, use_index: bool = True) -> L
     (:mod:`hpt_hpc.data.index`) while the tree is unchanged, else from the tree."""
     location = split_location(ds_cfg, split)
     if use_index:
-        indexed = load_index(location, ds_cfg.format)
+        indexed = load_index(location, ds_cfg.format, is_own_folder(ds_cfg, location))
         if indexed is not None:
             return indexed
     started = time.monotonic()
@@ -139,28 +146,43 @@ def scan_split(ds_cfg: "DatasetConfig", split: str, use_index: bool = True) -> L
     return listing
 
 
+def listing_to_save(ds_cfg: "DatasetConfig", split: str) -> Listing:
+    """``split`` listed from the tree (never from an index), its index's place made first."""
+    location = split_location(ds_cfg, split)
+    if is_own_folder(ds_cfg, location):
+        make_room(location)
+    return scan_split(ds_cfg, split, use_index=False)
+
+
+def save_listing(ds_cfg: "DatasetConfig", split: str, listing: Listing) -> "Path":
+    """Save ``listing`` as the index of ``split``; OSError when no place is writable."""
+    location = split_location(ds_cfg, split)
+    return save_index(location, ds_cfg.format, listing, is_own_folder(ds_cfg, location))
+
+
 def index_split(ds_cfg: "DatasetConfig", split: str) -> Tuple[Listing, "Path"]:
-    """List ``split`` from the tree (never from an index) and save its index; a tree
-    changed within the last seconds is listed once more after they pass (see
-    :data:`~hpt_hpc.data.index.RACY_NS`). Raises OSError when no place is writable."""
-    listing = scan_split(ds_cfg, split, use_index=False)
+    """List ``split`` from the tree and save its index; a tree changed within the last
+    seconds is listed once more after they pass (see :data:`~hpt_hpc.data.index.RACY_NS`).
+    Raises OSError when no place is writable."""
+    listing = listing_to_save(ds_cfg, split)
     if is_racy(listing):
         time.sleep(RACY_NS / 1e9)
         listing = scan_split(ds_cfg, split, use_index=False)
-    return listing, save_index(split_location(ds_cfg, split), ds_cfg.format, listing)
+    return listing, save_listing(ds_cfg, split, listing)
 
 
 def _walk(top: str, rel: str, stamps: list):
     """``(path, is a regular file)`` of every non-folder below ``top/rel`` in os.walk's
     sorted order; the type comes from the directory entry (no extra stat, nothing opened).
-    Appends the stamp of every folder walked to ``stamps`` (taken before it is read)."""
+    Appends the stamp of every folder walked to ``stamps`` (taken before it is read). The
+    dataset index's own folder is not walked."""
     stamps.append(stamp(top, rel))
     entries = sorted(os.scandir(os.path.join(top, rel)), key=lambda e: e.name)
     for entry in entries:  # files first, then subfolders (os.walk's order)
         if not entry.is_dir():
             yield entry.path, entry.is_file()
     for entry in entries:
-        if entry.is_dir():
+        if entry.is_dir() and entry.name != INDEX_DIR:
             yield from _walk(top, os.path.join(rel, entry.name), stamps)
 
 

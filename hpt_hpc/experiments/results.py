@@ -15,9 +15,11 @@ from ..config import OutputLayout
 from ..errors import HptError
 from ..eval.record import (PREDICTIONS_ARTIFACTS, CellKey, EvalRecord, Predictions,
                            is_eval_run, read_record_files)
-from ..tracking.store import TrackingError, client_for
+from ..tracking.store import TrackingError, reader_for
 from .evidence import Interval, seed_interval
 from .tables import markdown_table, text_table
+
+RUN_THE_SWEEP = "run `hpt-hpc sweep <experiment file>` first, or give --tracking-uri"
 
 
 @dataclass
@@ -73,11 +75,11 @@ class Cell:
 
 def rows_from_mlflow(uri: str, experiment: str, sweep: str) -> List[EvalRecord]:
     """FINISHED evaluation runs of ``sweep`` (the newest run per unit)."""
-    client = client_for(uri)
+    client = reader_for(uri, hint=RUN_THE_SWEEP)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
-        raise HptError(f"MLflow experiment '{experiment}' not found in {uri}; has the sweep "
-                       f"run? (hpt-hpc sweep <experiment file>)")
+        raise HptError(f"MLflow experiment '{experiment}' not found in {uri}: "
+                       f"{RUN_THE_SWEEP}")
     newest: Dict[str, Any] = {}
     token = None
     while True:

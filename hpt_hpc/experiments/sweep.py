@@ -21,7 +21,7 @@ from ..plan.experiment import ExperimentSpec, prepare_offline_data
 from ..plan.units import (CONTROL_STAGE, CONTROL_SUFFIX, UPSTREAM, EvalUnit, Expansion,
                           PretrainUnit, expand, sweep_phases)
 from ..tracking.runs import search_all
-from ..tracking.store import MAX_SQLITE_WRITERS, prepare_store, requires_server, sqlite_path
+from ..tracking.store import MAX_SQLITE_WRITERS, StoreMissing, prepare_store, requires_server
 
 
 @dataclass
@@ -48,11 +48,14 @@ class SweepPlan:
 
 def finished_units(spec: ExperimentSpec, uri: Optional[str]) -> Set[str]:
     """Unit ids with a FINISHED run tagged ``hpt.sweep=<name>`` in the MLflow store (with
-    tracking off: units whose final checkpoint or result file exists)."""
+    tracking off, or no store yet: units whose final checkpoint or result file exists)."""
     if not uri:
         return _finished_on_disk(spec)
-    runs = search_all(uri, spec.experiment, f"tags.`hpt.sweep` = '{spec.name}' and "
-                                            f"attributes.status = 'FINISHED'") or []
+    try:
+        runs = search_all(uri, spec.experiment, f"tags.`hpt.sweep` = '{spec.name}' and "
+                                                f"attributes.status = 'FINISHED'") or []
+    except StoreMissing:
+        return _finished_on_disk(spec)
     return {r.data.tags["hpt.unit"] for r in runs if r.data.tags.get("hpt.unit")}
 
 
@@ -70,9 +73,7 @@ def plan_sweep(spec: ExperimentSpec, tracking: Optional[TrackingTarget],
     """Expand the studies and drop every unit that already finished (stages planned for
     ``world_size`` DDP ranks)."""
     expansion = expand(spec)
-    db = sqlite_path(tracking.uri) if tracking else None
-    store = tracking.uri if tracking and (db is None or db.is_file()) else None
-    done = finished_units(spec, store)  # no store yet: finished means on disk
+    done = finished_units(spec, tracking.uri if tracking else None)
     phases = sweep_phases(spec, expansion, tracking, frozenset(done), world_size)
     return SweepPlan(expansion, [s for s in expansion.upstream if f"upstream-{s}" not in done],
                      [u for u in expansion.pretrain if u.unit_id not in done],

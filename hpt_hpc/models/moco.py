@@ -23,7 +23,7 @@ logits are computed in fp32 even under autocast.
 from __future__ import annotations
 
 import copy
-import warnings
+import logging
 from typing import Optional
 
 import torch
@@ -32,6 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .resnet import ResNetBackbone, build_resnet
+
+log = logging.getLogger(__name__)
 
 
 def dist_world_size() -> int:
@@ -67,17 +69,17 @@ def cap_queue_size(queue_size: int, num_images: int, batch_size: int) -> int:
     With K larger than the number of training images the queue holds several stale keys of
     every image (the paper's K=65536 vs. UC-Merced's 2,100 images), so K is reduced to
     ``num_images`` rounded down to a multiple of ``batch_size`` (the *global* batch, i.e. keys
-    enqueued per step) and at least ``batch_size``; a warning explains the change.
+    enqueued per step) and at least ``batch_size``; one log line says so. ``num_images``
+    counts the images listed (which of them are unreadable is known only once read).
     """
     if queue_size < 1 or batch_size < 1:
         raise ValueError(f"queue_size and batch_size must be >= 1 (got {queue_size}, {batch_size})")
     if queue_size <= num_images:
         return queue_size
     capped = max(batch_size, (num_images // batch_size) * batch_size)
-    warnings.warn(
-        f"MoCo queue size K={queue_size} exceeds the {num_images} training images; using "
-        f"K={capped} (dataset size rounded down to a multiple of the batch size {batch_size}) "
-        f"so that the queue does not hold several keys of the same image.", stacklevel=2)
+    log.info("MoCo queue size K=%d exceeds the %d images listed; using K=%d (rounded down "
+             "to a multiple of the batch size %d) so that the queue never holds one image "
+             "twice", queue_size, num_images, capped, batch_size)
     return capped
 
 

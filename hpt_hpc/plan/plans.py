@@ -152,10 +152,15 @@ def config_dict(plan: Plan) -> dict:
 
 
 def describe_phases(phases: List[Phase]) -> str:
-    """What would run, phase by phase (``hpt-hpc config show --plan``, dry runs)."""
+    """What would run, phase by phase (``hpt-hpc config show --plan``, dry runs): phases
+    without jobs are left out, as the submitter leaves them out, and so are waits on
+    them."""
+    phases = [p for p in phases if p.plans]
+    names = {p.name for p in phases}
     lines = []
     for phase in phases:
-        after = f", {phase.dependency} {', '.join(phase.after)}" if phase.after else ""
+        waits = [a for a in phase.after if a in names]
+        after = f", {phase.dependency} {', '.join(waits)}" if waits else ""
         jobs = f"{len(phase.plans)} job{'s' if len(phase.plans) != 1 else ''}"
         lines.append(f"phase {phase.name} ({jobs}{after})")
         lines += [f"  {plan.describe()}" for plan in phase.plans]

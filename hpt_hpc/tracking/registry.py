@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 from ..errors import HptError
 from ..files import link_atomic
-from .store import client_for, local_artifacts
+from .store import local_artifacts, reader_for
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,8 @@ def fetch_checkpoint(uri: str, tracking_uri: str, cache_dir: Path) -> Fetched:
     from mlflow.artifacts import download_artifacts
     from mlflow.exceptions import MlflowException
 
-    client = client_for(tracking_uri)
+    client = reader_for(tracking_uri, hint=f"init '{uri}' can only come from the "
+                                                f"store that registered it")
     if uri.startswith("models:/"):
         mv = _model_version(client, uri, tracking_uri)
         source, key = mv.source, f"{safe_name(mv.name)}-v{mv.version}"

@@ -24,7 +24,7 @@ from .. import __version__
 from ..files import write_text_atomic
 from .mlflow_tracker import MlflowTracker
 from .registry import safe_name
-from .store import UI_KIND_TAG, TrackingError, artifact_root, client_for
+from .store import UI_KIND_TAG, TrackingError, artifact_root, client_for, reader_for
 
 log = logging.getLogger(__name__)
 
@@ -212,8 +212,9 @@ def end_pipeline_run(uri: str, run_id: Optional[str], status: str = "FINISHED",
 
 
 def search_all(uri: str, experiment: str, query: str) -> Optional[List[Any]]:
-    """Every run of ``experiment`` matching ``query`` (``None``: no such experiment)."""
-    client = client_for(uri)
+    """Every run of ``experiment`` matching ``query`` (``None``: no such experiment;
+    :class:`~.store.StoreMissing`: no store)."""
+    client = reader_for(uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return None

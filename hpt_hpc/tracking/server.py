@@ -30,6 +30,7 @@ class ServerHandle:
     process: subprocess.Popen
     command: List[str]
     log_path: Path
+    new_store: Optional[Path] = None  # the database created for it (none was there)
 
     def running(self) -> bool:
         return self.process.poll() is None
@@ -149,7 +150,7 @@ def start_server(store: os.PathLike, host: str = "127.0.0.1", port: Optional[int
     store.mkdir(parents=True, exist_ok=True)
     port = port or free_port(host if host in LOCAL_HOSTS else "0.0.0.0")
     check_port_free(host, port)
-    ensure_store(f"sqlite:///{store / DB_NAME}")  # never let the server race to create it
+    created = ensure_store(f"sqlite:///{store / DB_NAME}")  # before the server: no race
     cmd = server_command(store, host, port, allowed_hosts, auth)
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     # MLflow's log_batch holds one pooled database connection while it takes a second:
@@ -164,7 +165,8 @@ def start_server(store: os.PathLike, host: str = "127.0.0.1", port: Optional[int
     with open(log_path, "ab") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)
-    handle = ServerHandle(f"http://{advertised_host(host)}:{port}", proc, cmd, log_path)
+    handle = ServerHandle(f"http://{advertised_host(host)}:{port}", proc, cmd, log_path,
+                          store / DB_NAME if created else None)
     probe = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     deadline = time.time() + wait
     while True:

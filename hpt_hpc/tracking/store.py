@@ -38,6 +38,10 @@ class TrackingError(HptError):
     """The tracking store cannot be used as configured (unreachable, wrong kind, ...)."""
 
 
+class StoreMissing(TrackingError):
+    """A command that only reads found no store where it looked (none is created)."""
+
+
 def default_uri(output_dir: str) -> str:
     """``sqlite:///<absolute output_dir>/mlflow.db``."""
     return "sqlite:///" + str(Path(output_dir).resolve() / DB_NAME)
@@ -118,8 +122,9 @@ def _schema_present(db: Path) -> bool:
         return False
 
 
-def ensure_store(uri: str) -> None:
-    """Create an sqlite store's schema once, under a file lock (no-op for servers).
+def ensure_store(uri: str) -> bool:
+    """Create an sqlite store's schema once, under a file lock (no-op for servers); True
+    when this call created it.
 
     Call this before parallel tasks start: N processes creating one new database at the same
     time corrupt it. With the lock, the first caller creates it and the others find it. The
@@ -128,10 +133,10 @@ def ensure_store(uri: str) -> None:
     """
     db = sqlite_path(uri)
     if db is None:
-        return
+        return False
     with file_lock(db.with_name(db.name + ".lock")):
         if _schema_present(db):
-            return
+            return False
         log.info("tracking: creating MLflow store %s", db)
         scratch = Path(tempfile.mkdtemp(dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
         try:
@@ -141,12 +146,19 @@ def ensure_store(uri: str) -> None:
                 shutil.copyfileobj(source, target)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+    return True
 
 
 def _create_schema(db: Path, artifacts: str) -> None:
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
     uri = f"sqlite:///{db}"
-    store = SqlAlchemyStore(uri, artifacts)
+    chatty = logging.getLogger("mlflow.store.db.utils")  # two lines per new store
+    level = chatty.level
+    chatty.setLevel(logging.WARNING)
+    try:
+        store = SqlAlchemyStore(uri, artifacts)
+    finally:
+        chatty.setLevel(level)
     # Drop the cached engine: a forked child must not inherit its connections.
     SqlAlchemyStore._engine_map.pop(uri, None)
     store.engine.dispose()
@@ -276,6 +288,24 @@ def prepare_store(uri: str, num_tasks: int = 1, nodes: int = 1,
 
 def client_for(uri: str) -> Any:
     """An ``MlflowClient`` on ``uri`` (sqlite schema created once; servers checked)."""
+    if not is_server_uri(uri):
+        ensure_store(uri)
+    return _client(uri)
+
+
+def reader_for(uri: str, hint: str = "run `hpt-hpc train`, `launch` or `sweep` first, or "
+                                     "name the store that holds the runs") -> Any:
+    """An ``MlflowClient`` for a command that only reads: an sqlite store must exist and
+    is never created (nor its lock file); :class:`StoreMissing` says where it looked,
+    with ``hint``."""
+    db = sqlite_path(uri)
+    if db is not None and not _schema_present(db):
+        what = "no MLflow store at" if not db.exists() else "not an MLflow store:"
+        raise StoreMissing(f"{what} {db} (nothing was tracked there yet): {hint}")
+    return _client(uri)
+
+
+def _client(uri: str) -> Any:
     from mlflow import MlflowClient
     if is_server_uri(uri):
         # Keep one failed request short (MLflow's default retries for minutes): the tracker
@@ -285,8 +315,6 @@ def client_for(uri: str) -> Any:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "0.5")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
         check_reachable(uri)
-    else:
-        ensure_store(uri)
     return MlflowClient(uri, uri)
 
 
