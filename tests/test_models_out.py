@@ -46,7 +46,8 @@ def test_export_loads_strictly_into_torchvision_and_matches(tmp_path):
     assert out.exit_code == 0, out.output
     reference = torchvision.models.resnet18()
     reference.fc = torch.nn.Identity()
-    reference.load_state_dict(torch.load(tmp_path / "tv.pt", weights_only=True), strict=True)
+    reference.load_state_dict(torch.load(tmp_path / "tv.pt", weights_only=True)["state_dict"],
+                              strict=True)
     ours = backbone_from_checkpoint(cfg, str(path))
     images = torch.randn(2, 3, 64, 64)
     with torch.no_grad():

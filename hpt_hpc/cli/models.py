@@ -12,19 +12,22 @@ import click
                    "set model.fc = torch.nn.Identity() before a strict load); moco: the "
                    "official MoCo layout, projection head included.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
-              help="Where to write the state dict (a torch file).")
+              help="Where to write the export file (a torch file: {'state_dict': ..., "
+                   "'meta': preprocessing, architecture, provenance}).")
 def export(checkpoint: str, fmt: str, out: str) -> None:
-    """Write the backbone of a toolkit CHECKPOINT (final.pt or last.pt) for other code."""
-    from ..models import load_checkpoint, save_checkpoint_atomic
-    from ..models.export import export_backbone, torchvision_compatible
-    state = export_backbone(checkpoint, fmt)
-    save_checkpoint_atomic(state, out)
-    click.echo(f"wrote {out} ({fmt}, {len(state.get('state_dict', state))} tensors)")
-    if fmt == "torchvision" and not torchvision_compatible(load_checkpoint(checkpoint)
-                                                           ["config"]):
+    """Write the backbone of a toolkit CHECKPOINT (final.pt or last.pt) for other code,
+    with the preprocessing its features expect (mean, std, input size, channels)."""
+    from ..api import export as export_file
+    from ..models.export import torchvision_compatible
+    meta = export_file(checkpoint, out, fmt)
+    pre = meta["preprocessing"]
+    click.echo(f"wrote {out} ({fmt}; input {pre['input_size']}x{pre['input_size']}, "
+               f"{pre['channels']} channel(s), short side resized to {pre['resize']} "
+               f"({pre['interpolation']}), mean {pre['mean']}, std {pre['std']})")
+    if fmt == "torchvision" and not torchvision_compatible(meta):
         click.echo("note: this model (width, small stem or channels) is not a stock "
-                   "torchvision ResNet; load it into hpt_hpc.models.build_resnet(...) with "
-                   "the stage's model settings")
+                   "torchvision ResNet; hpt_hpc.load_backbone(path) builds it from the "
+                   "file's meta")
 
 
 @click.command()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import hashlib
+import json
 import math
 import re
 import typing
@@ -296,6 +298,13 @@ def load_config(path: Union[str, Path], overrides: Iterable[str] = ()) -> Experi
 def config_to_dict(cfg: Any) -> Dict[str, Any]:
     """Plain nested dict of a config (for checkpoints, YAML dumps and MLflow params)."""
     return dataclasses.asdict(cfg)
+
+
+def config_digest(config: Dict[str, Any]) -> str:
+    """A short sha256 of a plain config dict (canonical JSON): equal digests, equal
+    settings (an export file names the config its weights were trained with)."""
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def flatten(data: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:

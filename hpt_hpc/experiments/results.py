@@ -117,6 +117,28 @@ def rows_from_files(output_dir: Path) -> List[EvalRecord]:
     return read_record_files(OutputLayout(Path(output_dir)).eval_results())
 
 
+# The results table: one row per evaluation, column -> EvalRecord field (``_pct``: the
+# fraction as percent, 4 decimals). The report's CSV and hpt_hpc.results() are this table.
+_COLUMNS = (("protocol", "protocol"), ("method", "method"), ("dataset", "dataset"),
+            ("target_steps", "steps"), ("seed", "seed"), ("augment", "augment"),
+            ("pretrain_images", "pretrain_images"), ("images_axis", "images"),
+            ("queue_size_keys", "queue_size"), ("probe_labels_per_class", "probe_labels"),
+            ("score_pct", "score"), ("score_std_pct", "score_std"),
+            ("val_score_pct", "val_score"), ("best_step", "best_step"),
+            ("repeats", "repeats"), ("mode", "mode"), ("metric", "metric"),
+            ("pretrain_seconds", "pretrain_seconds"), ("checkpoint", "checkpoint"),
+            ("run_id", "run_id"))
+RESULT_COLUMNS = tuple(column for column, _ in _COLUMNS)
+_PERCENT = {"score", "score_std", "val_score"}
+
+
+def result_rows(records: Sequence[EvalRecord]) -> List[Dict[str, Any]]:
+    """The results table of ``records``: one dict per evaluation, keys
+    :data:`RESULT_COLUMNS` in order."""
+    return [{column: round(100 * getattr(r, f), 4) if f in _PERCENT else getattr(r, f)
+             for column, f in _COLUMNS} for r in records]
+
+
 def group_cells(rows: Sequence[EvalRecord]) -> Dict[Tuple, Cell]:
     cells: Dict[Tuple, Cell] = {}
     for row in rows:

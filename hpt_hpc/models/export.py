@@ -1,23 +1,38 @@
-"""Taking a trained backbone out: this toolkit's checkpoint -> the state dict other code
-loads (``hpt-hpc export``).
+"""Taking a trained backbone out: this toolkit's checkpoint -> an export file other code
+loads (``hpt-hpc export``), ``{"state_dict": ..., "meta": ...}``:
 
-* ``torchvision``: the query encoder's backbone (no projection head) with torchvision
-  ResNet keys: ``model = torchvision.models.resnet50(); model.fc = torch.nn.Identity();
-  model.load_state_dict(state, strict=True)`` (a stage trained with ``model.width: 1``,
-  no small stem and 3 channels is exactly torchvision's architecture; other settings load
-  into :func:`hpt_hpc.models.build_resnet` with the same keys);
-* ``moco``: the official MoCo layout, ``{"state_dict": {"module.encoder_q.<key>": ...},
-  "arch": ...}``, projection head included (what MoCo's and HPT's linear-evaluation code
-  read).
+* ``torchvision``: ``state_dict`` is the query encoder's backbone (no projection head)
+  with torchvision ResNet keys: ``model = torchvision.models.resnet50(); model.fc =
+  torch.nn.Identity(); model.load_state_dict(torch.load(path, weights_only=True)
+  ["state_dict"])`` (a stage trained with ``model.width: 1``, no small stem and 3 channels
+  is exactly torchvision's architecture; other settings load into
+  :func:`hpt_hpc.models.build_resnet` with ``meta["model"]``);
+* ``moco``: the official MoCo layout, ``state_dict`` with ``module.encoder_q.<key>``
+  keys, projection head included, and ``arch`` (what MoCo's and HPT's linear-evaluation
+  code read).
+
+``meta`` (:func:`export_meta`) holds plain values only, so it loads with
+``weights_only=True`` and travels as string metadata too (:func:`meta_to_strings`, e.g. a
+safetensors header): ``format``, ``layout``, ``model`` (the architecture),
+``preprocessing`` (the evaluation test view: :meth:`hpt_hpc.data.specs.EvalSpec.
+preprocessing`) and ``provenance`` (stage, variant, method, steps, dataset, config
+digest, tracking run, init, toolkit version).
 """
 from __future__ import annotations
 
-from typing import Any, Dict
+import json
+from typing import Any, Dict, Optional, Tuple
 
+from .. import __version__
+from ..config import config_digest
 from ..errors import HptError
+from .resnet import feature_dim_for
 from .weights import CHECKPOINT_FORMAT, load_checkpoint
 
 FORMATS = ("torchvision", "moco")
+EXPORT_FORMAT = "hpt-hpc-export/1"
+MODEL_KEYS = ("arch", "width", "small_stem", "stem_stride", "in_channels")
+STRING_PREFIX = "hpt."
 
 
 def torchvision_compatible(config: Dict[str, Any]) -> bool:
@@ -27,17 +42,86 @@ def torchvision_compatible(config: Dict[str, Any]) -> bool:
             and model.get("in_channels") == 3)
 
 
-def export_backbone(path: str, fmt: str) -> Dict[str, Any]:
-    """The backbone of a toolkit checkpoint in ``fmt`` (see the module docstring)."""
-    if fmt not in FORMATS:
-        raise HptError(f"--format '{fmt}' is not one of {', '.join(FORMATS)}")
+def read_toolkit_checkpoint(path: str) -> Dict[str, Any]:
+    """A toolkit checkpoint (``final.pt``/``last.pt``); anything else is an error."""
     state = load_checkpoint(path)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise HptError(f"{path} is not an hpt-hpc checkpoint (format {CHECKPOINT_FORMAT}); "
                        f"export reads this toolkit's final.pt/last.pt files")
-    encoder = {k[len("encoder_q."):]: v for k, v in state["model"].items()
+    return state
+
+
+def export_meta(checkpoint: Dict[str, Any], fmt: str,
+                preprocessing: Dict[str, Any]) -> Dict[str, Any]:
+    """What an export file says about its weights (see the module docstring)."""
+    config = checkpoint["config"]
+    model = {k: config["model"][k] for k in MODEL_KEYS}
+    model["feature_dim"] = feature_dim_for(model["arch"], model["width"])
+    stage = checkpoint.get("stage")
+    return {
+        "format": EXPORT_FORMAT, "layout": fmt, "model": model,
+        "preprocessing": dict(preprocessing),
+        "provenance": {
+            "stage": stage, "variant": checkpoint.get("variant"),
+            "method": checkpoint.get("method"), "steps": checkpoint.get("step"),
+            "total_steps": checkpoint.get("total_steps"),
+            "dataset": (config.get("stages", {}).get(stage) or {}).get("dataset"),
+            "config_digest": config_digest(config), "experiment": config.get("name"),
+            "run_id": checkpoint.get("tracker_run_id"), "init": checkpoint.get("init"),
+            "toolkit": f"hpt-hpc {__version__}",
+        },
+    }
+
+
+def export_backbone(checkpoint: Dict[str, Any], fmt: str,
+                    preprocessing: Dict[str, Any]) -> Dict[str, Any]:
+    """The export file of a toolkit checkpoint in ``fmt`` (see the module docstring)."""
+    if fmt not in FORMATS:
+        raise HptError(f"--format '{fmt}' is not one of {', '.join(FORMATS)}")
+    encoder = {k[len("encoder_q."):]: v for k, v in checkpoint["model"].items()
                if k.startswith("encoder_q.")}
+    meta = export_meta(checkpoint, fmt, preprocessing)
     if fmt == "moco":
         return {"state_dict": {f"module.encoder_q.{k}": v for k, v in encoder.items()},
-                "arch": state["config"]["model"]["arch"]}
-    return {k: v for k, v in encoder.items() if not k.startswith("fc.")}
+                "arch": checkpoint["config"]["model"]["arch"], "meta": meta}
+    return {"state_dict": {k: v for k, v in encoder.items() if not k.startswith("fc.")},
+            "meta": meta}
+
+
+def read_export(obj: Any) -> Optional[Tuple[Dict[str, Any], Dict[str, Any]]]:
+    """``(backbone state dict with torchvision keys, meta)`` of a loaded export file;
+    ``None`` for anything else."""
+    if not (isinstance(obj, dict) and isinstance(obj.get("meta"), dict)
+            and obj["meta"].get("format") == EXPORT_FORMAT
+            and isinstance(obj.get("state_dict"), dict)):
+        return None
+    prefix = "module.encoder_q."
+    state = {k[len(prefix):] if k.startswith(prefix) else k: v
+             for k, v in obj["state_dict"].items()}
+    return {k: v for k, v in state.items() if not k.startswith("fc.")}, obj["meta"]
+
+
+def meta_to_strings(meta: Dict[str, Any], prefix: str = STRING_PREFIX) -> Dict[str, str]:
+    """``meta`` as a flat string mapping (safetensors' ``__metadata__``): dotted keys
+    under ``prefix``, JSON values (``{"hpt.preprocessing.mean": "[0.5, 0.5, 0.5]"}``)."""
+    out: Dict[str, str] = {}
+    for key, value in meta.items():
+        if isinstance(value, dict):
+            out.update(meta_to_strings(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = json.dumps(value)
+    return out
+
+
+def meta_from_strings(strings: Dict[str, str], prefix: str = STRING_PREFIX) -> Dict[str, Any]:
+    """The inverse of :func:`meta_to_strings` (keys without ``prefix`` are ignored)."""
+    meta: Dict[str, Any] = {}
+    for key, text in strings.items():
+        if not key.startswith(prefix):
+            continue
+        *path, leaf = key[len(prefix):].split(".")
+        node = meta
+        for part in path:
+            node = node.setdefault(part, {})
+        node[leaf] = json.loads(text)
+    return meta
