@@ -3,6 +3,7 @@ tiny trained stage, its export files, the CLI's embed and the report's CSV."""
 from __future__ import annotations
 
 import csv
+import json
 import re
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from hpt_hpc.cli.main import cli
 from hpt_hpc.config import StageLayout, config_digest, load_config
 from hpt_hpc.errors import HptError
 from hpt_hpc.eval.runner import backbone_from_checkpoint
-from hpt_hpc.models import load_checkpoint
+from hpt_hpc.models import MoCo, load_checkpoint, load_initial_weights
 from hpt_hpc.models.export import meta_from_strings, meta_to_strings
 from tiny import write_tiny_config, write_tiny_experiment
 
@@ -68,6 +69,10 @@ def test_export_carries_preprocessing_and_provenance_and_loads_back(trained, mni
         assert all(isinstance(v, str) for v in meta_to_strings(meta).values())
         backbone = hpt_hpc.load_backbone(path)
         assert isinstance(backbone.model, torch.nn.Module) and not backbone.model.training
+        start = MoCo.from_config(cfg.model, cfg.moco, queue_size=8)  # an init: still works
+        load_initial_weights(start, str(path))
+        start.encoder_q.fc = torch.nn.Identity()
+        assert torch.allclose(_features(start.encoder_q, images), reference, atol=1e-6)
         assert torch.allclose(_features(backbone.model, images), reference, atol=1e-6)
     from_checkpoint = hpt_hpc.load_backbone(final)
     assert torch.allclose(_features(from_checkpoint.model, images), reference, atol=1e-6)
@@ -148,6 +153,9 @@ def test_results_are_the_report_csv(tmp_path, mnist_tree):
     assert len(rows) == len(written) == 3  # HPT, raw pixels, random init
     assert [{k: "" if v is None else str(v) for k, v in row.items()} for row in rows] == written
     assert hpt_hpc.results(tmp_path / "out", as_frame=False) == rows
+    stored = [json.loads(p.read_text()) for p in (tmp_path / "out").glob("units/*/results/*.json")]
+    assert sorted((r["method"], r["score_pct"]) for r in rows) == sorted(
+        (d["method"], round(100 * d["score"], 4)) for d in stored)  # percent of the files
     frame = hpt_hpc.results(experiment)
     assert list(frame.columns) == list(written[0]) and len(frame) == 3
     assert sorted(frame["method"]) == sorted(r["method"] for r in written)
