@@ -97,13 +97,12 @@ def _sync_folder(folder: Path) -> None:
 
 def refuse_inputs(outputs: Sequence[os.PathLike], inputs: Mapping[str, os.PathLike]) -> None:
     """Raise :class:`OutputError` when an output names the same file as one of ``inputs``
-    (``{what it is: path}``; symbolic links followed)."""
+    (``{what it is: path}``; symbolic and hard links count: the same inode)."""
     for output in outputs:
-        if not os.path.lexists(output):
+        if not os.path.exists(output):
             continue
         for what, given in inputs.items():
-            if given and os.path.exists(given) and \
-                    os.path.realpath(output) == os.path.realpath(given):
+            if given and os.path.exists(given) and os.path.samefile(output, given):
                 raise OutputError(f"{output} is {what}; an output never replaces an input: "
                                   f"choose another output name")
 

@@ -22,6 +22,7 @@ LAYERS = (
     ("train", "eval"),
     ("launch",),
     ("experiments",),
+    ("api",),
     ("cli",),
 )
 LAYER_OF = {unit: i for i, units in enumerate(LAYERS) for unit in units}

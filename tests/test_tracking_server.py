@@ -150,6 +150,26 @@ def test_server_command_is_lean(tmp_path):
     assert f"{socket.gethostname()}:5123" in wide[wide.index("--allowed-hosts") + 1].split(",")
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0"])
+def test_the_ui_answers_through_an_ssh_tunnel(server, tmp_path, host):
+    """`ssh -L 15000:localhost:5000 login` (docs/tracking.md): the browser sends
+    `Host: localhost:15000`, the request arrives on the login node's loopback. Served on
+    127.0.0.1 or on 0.0.0.0 (for compute nodes) alike; other names are still refused."""
+    import requests
+    handle = server["handle"] if host == "127.0.0.1" else start_server(tmp_path, host, 0)
+    port = handle.uri.rsplit(":", 1)[1]
+    try:
+        tunnel = requests.get(f"http://127.0.0.1:{port}/", headers={"Host": "localhost:15000"},
+                              timeout=10)
+        assert tunnel.status_code == 200 and "<html" in tunnel.text.lower()
+        other = requests.get(f"http://127.0.0.1:{port}/", headers={"Host": "evil.example"},
+                             timeout=10)
+        assert other.status_code in (400, 403)
+    finally:
+        if handle is not server["handle"]:
+            handle.stop()
+
+
 def test_auth_server_keeps_the_password_out_of_every_file(tmp_path, mnist_tree, monkeypatch):
     """``serve --auth`` refuses anonymous requests; a run logged with the credentials in
     the environment writes the password nowhere (outputs, store, server log, output)."""

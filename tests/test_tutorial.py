@@ -32,11 +32,18 @@ def _own_images(mnist_tree: Path, dest: Path) -> Path:
     return dest
 
 
-def _tutorial_lines():
+def _tutorial_section() -> str:
     text = (REPO / "README.md").read_text()
-    section = text.split("## Your own images (tutorial)", 1)[1]
-    block = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    return text.split("## Your own images (tutorial)", 1)[1].split("\n## ", 1)[0]
+
+
+def _tutorial_lines():
+    block = _tutorial_section().split("```bash\n", 1)[1].split("```", 1)[0]
     return [shlex.split(line, comments=True) for line in block.splitlines() if line.strip()]
+
+
+def _tutorial_python():
+    return [part.split("```", 1)[0] for part in _tutorial_section().split("```python\n")[1:]]
 
 
 def test_data_stats_match_the_pixels(tmp_path, mnist_tree):
@@ -72,10 +79,11 @@ def test_pretraining_on_an_unlabelled_folder_and_evaluation_refused(tmp_path, mn
 
 
 def test_readme_tutorial_runs_as_written(tmp_path, mnist_tree, monkeypatch):
+    """The shell lines, then the Python blocks: plain torchvision with the export file's
+    preprocessing gives the features hpt_hpc.embed gives for the same image file."""
     lines = _tutorial_lines()
     assert [args[:2] for args in lines] == [
-        ["hpt-hpc", "data"], ["hpt-hpc", "data"], ["hpt-hpc", "train"], ["hpt-hpc", "export"],
-        ["python", "-c"]]
+        ["hpt-hpc", "data"], ["hpt-hpc", "data"], ["hpt-hpc", "train"], ["hpt-hpc", "export"]]
     folder = _own_images(mnist_tree, tmp_path / "my-images")
     png = next(folder.glob("*.png")).read_bytes()
     (folder / "broken.png").write_bytes(png[:len(png) // 2])  # lines run as under `set -e`
@@ -84,19 +92,27 @@ def test_readme_tutorial_runs_as_written(tmp_path, mnist_tree, monkeypatch):
                 tmp_path / "configs" / "tutorial")
     monkeypatch.chdir(tmp_path)
     for args in lines:
-        if args[0] == "python":
-            out = subprocess.run([sys.executable] + args[1:], capture_output=True, text=True,
-                                 timeout=300)
-            assert out.returncode == 0, out.stderr
-            assert out.stdout.strip() == "torch.Size([1, 512])"
-            continue
         if args[1] == "train":
             args += ["--set", "optim.iterations=4", "--set", "data.workers=0"]
         result = CliRunner().invoke(cli, args[1:])
         assert result.exit_code == 0, f"{args}\n{result.output}"
         if args[1:3] == ["data", "check"]:
             assert "broken.png" in result.output and "1 unreadable" in result.output
-    assert (tmp_path / "my-backbone.pt").is_file()
+    plain, api = _tutorial_python()
+    image = re.search(r'Image\.open\("([^"]+)"\)', plain)[1]
+    out = subprocess.run([sys.executable, "-c", plain + "\ntorch.save(features, 'f.pt')\n"],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "torch.Size([1, 512])"
+    script = api + f"\nimport numpy\nnumpy.save('api.npy', features)\nnumpy.save('one.npy', " \
+                   f"hpt_hpc.embed(backbone, [{image!r}]))\n"
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    import torch
+    features = torch.load(tmp_path / "f.pt", weights_only=True).detach().numpy()
+    assert np.allclose(features, np.load(tmp_path / "one.npy"), atol=1e-5)
+    assert np.load(tmp_path / "api.npy").shape == (200, 512)  # every image, nested too
 
 
 def test_folder_format_is_validated_with_the_others(tmp_path):

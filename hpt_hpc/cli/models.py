@@ -12,21 +12,22 @@ import click
                    "set model.fc = torch.nn.Identity() before a strict load); moco: the "
                    "official MoCo layout, projection head included.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
-              help="Where to write the state dict (a torch file; never the CHECKPOINT).")
+              help="Where to write the export file (a torch file; never the CHECKPOINT). "
+                   "It carries its preprocessing, architecture and provenance (meta).")
 def export(checkpoint: str, fmt: str, out: str) -> None:
-    """Write the backbone of a toolkit CHECKPOINT (final.pt or last.pt) for other code."""
-    from ..files import refuse_inputs
-    from ..models import load_checkpoint, save_checkpoint_atomic
-    from ..models.export import export_backbone, torchvision_compatible
-    refuse_inputs([out], {"the checkpoint this command reads": checkpoint})
-    state = export_backbone(checkpoint, fmt)
-    save_checkpoint_atomic(state, out)
-    click.echo(f"wrote {out} ({fmt}, {len(state.get('state_dict', state))} tensors)")
-    if fmt == "torchvision" and not torchvision_compatible(load_checkpoint(checkpoint)
-                                                           ["config"]):
+    """Write the backbone of a toolkit CHECKPOINT (final.pt or last.pt) for other code,
+    with the preprocessing its features expect (mean, std, input size, channels)."""
+    from ..api import export as export_file
+    from ..models.export import torchvision_compatible
+    meta = export_file(checkpoint, out, fmt)
+    pre = meta["preprocessing"]
+    click.echo(f"wrote {out} ({fmt}; input {pre['input_size']}x{pre['input_size']}, "
+               f"{pre['channels']} channel(s), short side resized to {pre['resize']} "
+               f"({pre['interpolation']}), mean {pre['mean']}, std {pre['std']})")
+    if fmt == "torchvision" and not torchvision_compatible(meta):
         click.echo("note: this model (width, small stem or channels) is not a stock "
-                   "torchvision ResNet; load it into hpt_hpc.models.build_resnet(...) with "
-                   "the stage's model settings")
+                   "torchvision ResNet; hpt_hpc.load_backbone(path) builds it from the "
+                   "file's meta")
 
 
 @click.command()
@@ -35,32 +36,26 @@ def export(checkpoint: str, fmt: str, out: str) -> None:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config key (repeatable).")
 @click.option("--dataset", required=True, help="Dataset name from the config's datasets.")
-@click.option("--split", help="Split to embed [default: test; train for an unlabelled "
-                               "folder (format: folder): the folder itself unless it has "
-                               "a train/ sub-folder].")
+@click.option("--split", default="test", show_default=True, help="Split to embed.")
 @click.option("--checkpoint", default=None,
               help="A file, stage:<name>, models:/<name>@<alias> or runs:/<id>/<path> "
                    "(omit: random init).")
-@click.option("--out", required=True, metavar="PREFIX",
-              help="Name prefix of the two files written (appended, never replaced: "
-                   "--out f/run.v2 writes f/run.v2.npy, the features, and "
-                   "f/run.v2.index.csv: a '# root: <folder>' line, then row,path,labels "
-                   "with paths relative to that folder; labels empty when unlabelled).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="Features file: <out>.npy and <out>.index.csv (paths and labels).")
 def embed(config_path, overrides, dataset, split, checkpoint, out) -> None:
-    """Features of every image of a dataset split (frozen backbone, eval transform),
-    labelled or not (format: folder)."""
+    """Features of every image of a dataset split (frozen backbone, eval transform)."""
     from pathlib import Path
 
     from ..config import InitRef, OutputLayout, load_config
     from ..device import resolve_device
-    from ..eval.embed import embed_outputs, embed_split
+    from ..eval.embed import embed_split
     from ..plan import tracking_target
-    features, index = embed_outputs(out)
     cfg = load_config(config_path, overrides)
     ref = InitRef.parse(checkpoint, "--checkpoint").absolute()
     target = tracking_target(cfg)
     resolved = ref.resolve(OutputLayout(Path(cfg.output_dir).resolve()).evaluations,
                            target.uri if target else None, who="embed")
-    rows, dim = embed_split(cfg, dataset, split, resolved.path, out,
-                            resolve_device(cfg.device), {"the --config file": config_path})
-    click.echo(f"wrote {features} ({rows} x {dim} float32) and {index}")
+    rows, dim = embed_split(cfg, dataset, split, resolved.path, Path(out),
+                            resolve_device(cfg.device))
+    click.echo(f"wrote {Path(out).with_suffix('.npy')} ({rows} x {dim} float32) and "
+               f"{Path(out).with_suffix('.index.csv')}")

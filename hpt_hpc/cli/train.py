@@ -134,3 +134,15 @@ def show(config_path: str, overrides, show_plan, stages, chain, world_size) -> N
         return
     click.echo(yaml.safe_dump(config_to_dict(load_config(config_path, overrides)),
                               sort_keys=False))
+
+
+@config_group.command("reference")
+def reference() -> None:
+    """Print the reference of every config key (type, default, range, meaning) as
+    Markdown: docs/config.md is this output."""
+    from ..config.reference import HEADER, INTRO, sections
+    from ..experiments.tables import markdown_table
+    lines = ["# Config keys", "", INTRO, ""]
+    for title, meaning, rows in sections():
+        lines += [f"## {title}", "", meaning, ""] + markdown_table(HEADER, rows) + [""]
+    click.echo("\n".join(lines).rstrip("\n"))

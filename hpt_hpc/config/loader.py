@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import hashlib
+import json
 import math
 import re
 import typing
@@ -16,7 +18,7 @@ import yaml
 from ..errors import ConfigError
 from ..tracking.store import TrackingError, normalize_uri
 from .refs import InitRef
-from .schema import BACKENDS, DATASET_FORMATS, PROBE_MODES, STAGE_NAMES, VARIANTS, ExperimentConfig
+from .schema import STAGE_NAMES, ExperimentConfig
 
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")  # what YAML 1.1 misses
 
@@ -69,14 +71,29 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
+_YAML_BOOL_WORDS = {False: ("off", "no", "false"), True: ("on", "yes", "true")}
+
+
+def _choice_word(value: Any, choices: tuple) -> Any:
+    """YAML 1.1 reads ``off``/``on``/``yes``/``no`` as booleans: back to the one value of a
+    closed set spelled so (``compute.fused_optimizer: off``); anything else unchanged."""
+    if isinstance(value, bool):
+        words = [c for c in choices if c in _YAML_BOOL_WORDS[value]]
+        if len(words) == 1:
+            return words[0]
+    return value
+
+
 def _build(cls: type, data: Dict[str, Any], where: str) -> Any:
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    names = list(fields)
     for key in data:
         if key not in names:
             raise ConfigError(
                 f"unknown config key '{where + '.' if where else ''}{key}'{suggest(key, names)}; "
                 f"valid keys here: {', '.join(names)}")
+    data = {k: _choice_word(v, fields[k].metadata.get("choices", ())) for k, v in data.items()}
     kwargs = {k: _coerce(v, hints[k], f"{where + '.' if where else ''}{k}") for k, v in data.items()}
     return cls(**kwargs)
 
@@ -165,10 +182,31 @@ def check_ranges(cfg: ExperimentConfig) -> None:
             bad_low = low is not None and (value <= low if low_open else value < low)
             bad_high = high is not None and (value >= high if high_open else value > high)
             if bad_low or bad_high:
-                interval = (f"{'(' if low_open else '['}{low if low is not None else '-inf'}, "
-                            f"{high if high is not None else 'inf'}{')' if high_open else ']'}")
-                raise ConfigError(f"{where}: {value!r} is outside its range {interval}")
+                raise ConfigError(f"{where}: {value!r} is outside its range "
+                                  f"{range_text(RANGES[path])}")
     check_bands(cfg)
+
+
+def range_text(bounds: tuple) -> str:
+    """A :data:`RANGES` entry as an interval: ``[1, inf]``, ``(0, 1]``."""
+    low, high, low_open, high_open = bounds
+    return (f"{'(' if low_open else '['}{low if low is not None else '-inf'}, "
+            f"{high if high is not None else 'inf'}{')' if high_open else ']'}")
+
+
+def _check_choices(section: Any, where: str) -> None:
+    """Every key declared with ``choices`` in the schema holds one of them (sections and
+    mappings of sections are walked)."""
+    for f in dataclasses.fields(section):
+        value, path = getattr(section, f.name), f"{where}.{f.name}" if where else f.name
+        if dataclasses.is_dataclass(value):
+            _check_choices(value, path)
+        elif isinstance(value, dict):
+            for name, item in value.items():
+                if dataclasses.is_dataclass(item):
+                    _check_choices(item, f"{path}.{name}")
+        elif f.metadata.get("choices") and value not in f.metadata["choices"]:
+            _check_choice(path, value, f.metadata["choices"])
 
 
 def check_bands(cfg: ExperimentConfig) -> None:
@@ -193,29 +231,18 @@ def check_bands(cfg: ExperimentConfig) -> None:
 def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     """Cross-field checks that types alone cannot express."""
     check_ranges(cfg)
-    if cfg.model.arch not in ("resnet18", "resnet50"):
-        raise ConfigError(f"model.arch: '{cfg.model.arch}' is not one of resnet18, resnet50")
+    _check_choices(cfg, "")
     if cfg.model.in_channels != cfg.data.channels:
         raise ConfigError(f"model.in_channels ({cfg.model.in_channels}) must equal "
                           f"data.channels ({cfg.data.channels})")
     if len(cfg.data.mean) != cfg.data.channels or len(cfg.data.std) != cfg.data.channels:
         raise ConfigError(f"data.mean and data.std need {cfg.data.channels} values "
                           f"(one per channel)")
-    if cfg.data.backend not in BACKENDS:
-        raise ConfigError(f"data.backend: '{cfg.data.backend}' is not one of "
-                          f"{', '.join(BACKENDS)}")
-    for name, ds in cfg.datasets.items():
-        if ds.format not in DATASET_FORMATS:
-            raise ConfigError(f"datasets.{name}.format: '{ds.format}' is not one of "
-                              f"{', '.join(DATASET_FORMATS)}")
     for name, stage in cfg.stages.items():
         where = f"stages.{name}"
         if name not in STAGE_NAMES:
             raise ConfigError(f"{where}: stage names are {', '.join(STAGE_NAMES)}"
                               f"{suggest(name, STAGE_NAMES)}")
-        if stage.variant not in VARIANTS:
-            raise ConfigError(f"{where}.variant: '{stage.variant}' is not one of "
-                              f"{', '.join(VARIANTS)}{suggest(stage.variant, VARIANTS)}")
         if stage.dataset not in cfg.datasets:
             raise ConfigError(f"{where}.dataset: '{stage.dataset}' is not defined under "
                               f"datasets{suggest(stage.dataset, cfg.datasets)}")
@@ -229,12 +256,6 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
             normalize_uri(cfg.tracking.uri)
         except TrackingError as exc:
             raise ConfigError(f"tracking.uri: {exc}") from None
-    if cfg.optim.schedule not in ("cosine", "constant"):
-        raise ConfigError(f"optim.schedule: '{cfg.optim.schedule}' is not one of cosine, constant")
-    _check_choice("probe.mode", cfg.probe.mode, PROBE_MODES)
-    _check_choice("compute.precision", cfg.compute.precision, ("auto", "fp32", "bf16"))
-    _check_choice("compute.fused_optimizer", cfg.compute.fused_optimizer,
-                  ("auto", "fused", "foreach", "off"))
     return cfg
 
 
@@ -277,6 +298,13 @@ def load_config(path: Union[str, Path], overrides: Iterable[str] = ()) -> Experi
 def config_to_dict(cfg: Any) -> Dict[str, Any]:
     """Plain nested dict of a config (for checkpoints, YAML dumps and MLflow params)."""
     return dataclasses.asdict(cfg)
+
+
+def config_digest(config: Dict[str, Any]) -> str:
+    """A short sha256 of a plain config dict (canonical JSON): equal digests, equal
+    settings (an export file names the config its weights were trained with)."""
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def flatten(data: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:

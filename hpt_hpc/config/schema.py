@@ -2,12 +2,14 @@
 
 Every section is a dataclass; unknown keys are rejected by :mod:`hpt_hpc.config.loader`.
 Defaults are the small CPU-friendly settings of the quickstart; ``configs/paper/``
-carries the published HPT settings.
+carries the published HPT settings. Every key is declared with :func:`key`: its default,
+one line of meaning and, for a closed set of values, the values. ``docs/config.md`` is
+generated from these declarations (``hpt-hpc config reference``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from dataclasses import MISSING, dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 VARIANTS = ("full", "bn", "bn-stats", "scratch")
 STAGE_NAMES = ("base", "source", "target")
@@ -15,6 +17,20 @@ DATASET_FORMATS = ("imagefolder", "filelist", "folder")  # datasets.<name>.forma
 BACKENDS = ("torchvision", "dali")  # data.backend
 PROBE_MODES = ("cached", "augmented", "knn")  # probe.mode: features once | the paper's
 # augmented probe | k-nearest-neighbour vote on the cached features
+ARCHS = ("resnet18", "resnet50")
+SCHEDULES = ("cosine", "constant")
+PRECISIONS = ("auto", "fp32", "bf16")
+FUSED_OPTIMIZERS = ("auto", "fused", "foreach", "off")
+
+
+def key(default: Any = MISSING, doc: str = "", *, factory: Optional[Callable[[], Any]] = None,
+        choices: Sequence[str] = ()) -> Any:
+    """A config key: its default (``factory`` for mutable ones), one line of meaning and
+    the values of a closed set (checked by the loader)."""
+    meta = {"doc": doc, "choices": tuple(choices)}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
@@ -28,36 +44,43 @@ class DatasetConfig:
     ``.`` is ``path`` itself).
     """
 
-    path: str = ""
-    format: str = "imagefolder"
-    splits: Dict[str, str] = field(
-        default_factory=lambda: {"train": "train", "val": "val", "test": "test"})
-    max_images: Optional[int] = None  # use only the first N training images (deterministic)
+    path: str = key("", "the dataset's folder (relative paths: to where you run)")
+    format: str = key("imagefolder", "imagefolder: `path/<split>/<class>/<image>`; filelist: "
+                      "`path/<split>` lists `image[,label...]`; folder: unlabelled images",
+                      choices=DATASET_FORMATS)
+    splits: Dict[str, str] = key(doc="split name -> its folder or list file under path",
+                                 factory=lambda: {"train": "train", "val": "val",
+                                                  "test": "test"})
+    max_images: Optional[int] = key(None, "use only the first N training images "
+                                          "(deterministic); null: all")
 
 
 @dataclass
 class ModelConfig:
     """Backbone: a torchvision ResNet layout, optionally narrowed and with a small-image stem."""
 
-    arch: str = "resnet18"  # resnet18 | resnet50
-    width: float = 1.0  # multiplier on the 64-128-256-512 stage widths
-    small_stem: bool = False  # 3x3 conv, no max-pool (for 32x32-ish images)
-    stem_stride: int = 1  # stride of the small stem's conv (2 halves the compute at 32x32)
-    in_channels: int = 3
+    arch: str = key("resnet18", "the ResNet depth", choices=ARCHS)
+    width: float = key(1.0, "multiplier on the 64-128-256-512 stage widths (1: torchvision's)")
+    small_stem: bool = key(False, "3x3 conv stem without max-pool (for 32x32-ish images)")
+    stem_stride: int = key(1, "stride of the small stem's conv (2 halves the compute at 32x32)")
+    in_channels: int = key(3, "input channels; must equal data.channels")
 
 
 @dataclass
 class MocoConfig:
     """MoCo-v2 hyper-parameters (He et al. 2020; Chen et al. 2020)."""
 
-    queue_size: int = 65536  # K
-    momentum: float = 0.999  # m
-    temperature: float = 0.2  # T
-    dim: int = 128  # projection output
-    mlp: bool = True  # MoCo-v2 MLP head
-    mlp_hidden: Optional[int] = None  # None: the backbone's feature width (2048 for ResNet-50)
-    shuffle_bn: bool = True  # shuffle-BN across ranks; split-batch BN in one process
-    bn_splits: int = 2  # single-process stand-in for shuffle-BN: key BN over this many sub-batches
+    queue_size: int = key(65536, "K: negatives kept in the queue (capped to what the stage's "
+                                 "data can fill)")
+    momentum: float = key(0.999, "m: momentum of the key encoder's moving average")
+    temperature: float = key(0.2, "T: softmax temperature of the contrastive loss")
+    dim: int = key(128, "output dimension of the projection head")
+    mlp: bool = key(True, "MoCo-v2's MLP projection head (false: one linear layer, MoCo v1)")
+    mlp_hidden: Optional[int] = key(None, "hidden width of the MLP head; null: the backbone's "
+                                          "feature width (2048 for ResNet-50)")
+    shuffle_bn: bool = key(True, "shuffle-BN across ranks; split-batch BN in one process")
+    bn_splits: int = key(2, "single-process stand-in for shuffle-BN: key BN over this many "
+                            "sub-batches")
 
 
 @dataclass
@@ -70,76 +93,99 @@ class OptimConfig:
     scaling rule), so changing the number of GPUs alone never changes the rate.
     """
 
-    lr: float = 0.03
-    lr_batch_reference: Optional[int] = None
-    weight_decay: float = 1e-4
-    momentum: float = 0.9
-    batch_size: int = 256
-    iterations: int = 5000
-    schedule: str = "cosine"  # cosine | constant
-    warmup_iterations: int = 0
+    lr: float = key(0.03, "learning rate for a global batch of lr_batch_reference")
+    lr_batch_reference: Optional[int] = key(None, "batch the lr is given for; the rate used "
+                                                  "is lr x batch_size / this (null: batch_size)")
+    weight_decay: float = key(1e-4, "SGD weight decay")
+    momentum: float = key(0.9, "SGD momentum")
+    batch_size: int = key(256, "global batch (split evenly over the ranks)")
+    iterations: int = key(5000, "training steps of a stage "
+                                "(`stages.<name>.iterations` overrides it)")
+    schedule: str = key("cosine", "learning-rate schedule after the warm-up (cosine: to 0)",
+                        choices=SCHEDULES)
+    warmup_iterations: int = key(0, "steps of linear warm-up from 0")
 
 
 @dataclass
 class CropConfig:
-    enabled: bool = True
-    scale: List[float] = field(default_factory=lambda: [0.2, 1.0])
-    ratio: List[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
+    """RandomResizedCrop of both views."""
+
+    enabled: bool = key(True, "random crop at all (false: resize and centre-crop to "
+                              "image_size)")
+    scale: List[float] = key(doc="[low, high] fraction of the image area kept",
+                             factory=lambda: [0.2, 1.0])
+    ratio: List[float] = key(doc="[low, high] aspect ratio of the crop",
+                             factory=lambda: [3 / 4, 4 / 3])
 
 
 @dataclass
 class ColorJitterConfig:
-    enabled: bool = True
-    brightness: float = 0.4
-    contrast: float = 0.4
-    saturation: float = 0.4
-    hue: float = 0.1
-    p: float = 0.8
+    """Colour jitter (grey images: brightness and contrast only; N bands: refused)."""
+
+    enabled: bool = key(True, "jitter colours at all")
+    brightness: float = key(0.4, "brightness factor drawn from [1 - b, 1 + b]")
+    contrast: float = key(0.4, "contrast factor drawn from [1 - c, 1 + c]")
+    saturation: float = key(0.4, "saturation factor drawn from [1 - s, 1 + s]")
+    hue: float = key(0.1, "hue shift drawn from [-h, h] (fraction of the colour circle)")
+    p: float = key(0.8, "probability that a view is jittered")
 
 
 @dataclass
 class GrayscaleConfig:
-    enabled: bool = True
-    p: float = 0.2
+    """Random conversion to grey (RGB images only)."""
+
+    enabled: bool = key(True, "random grey at all")
+    p: float = key(0.2, "probability that a view turns grey")
 
 
 @dataclass
 class BlurConfig:
-    enabled: bool = True
-    sigma: List[float] = field(default_factory=lambda: [0.1, 2.0])
-    kernel_size: Optional[int] = None  # None: about 10% of the image side, odd
-    p: float = 0.5
+    """Gaussian blur of MoCo-v2."""
+
+    enabled: bool = key(True, "blur at all")
+    sigma: List[float] = key(doc="[low, high] range of the blur's sigma in pixels",
+                             factory=lambda: [0.1, 2.0])
+    kernel_size: Optional[int] = key(None, "DALI's kernel size (odd); null: about 10% of the "
+                                           "image side")
+    p: float = key(0.5, "probability that a view is blurred")
 
 
 @dataclass
 class FlipConfig:
-    enabled: bool = True
-    p: float = 0.5
+    """Random horizontal flip."""
+
+    enabled: bool = key(True, "flip at all")
+    p: float = key(0.5, "probability that a view is flipped")
 
 
 @dataclass
 class AugmentConfig:
     """MoCo-v2's augmentations, each switchable (the paper's robustness study drops them)."""
 
-    crop: CropConfig = field(default_factory=CropConfig)
-    color_jitter: ColorJitterConfig = field(default_factory=ColorJitterConfig)
-    grayscale: GrayscaleConfig = field(default_factory=GrayscaleConfig)
-    blur: BlurConfig = field(default_factory=BlurConfig)
-    flip: FlipConfig = field(default_factory=FlipConfig)
+    crop: CropConfig = key(doc="random resized crop", factory=CropConfig)
+    color_jitter: ColorJitterConfig = key(doc="colour jitter", factory=ColorJitterConfig)
+    grayscale: GrayscaleConfig = key(doc="random grey", factory=GrayscaleConfig)
+    blur: BlurConfig = key(doc="Gaussian blur", factory=BlurConfig)
+    flip: FlipConfig = key(doc="horizontal flip", factory=FlipConfig)
 
 
 @dataclass
 class DataConfig:
     """How images are read and fed: image size, channels, normalisation, loader backend."""
 
-    backend: str = "torchvision"  # torchvision | dali
-    device: str = "auto"  # DALI operators: auto | cpu | gpu
-    image_size: int = 224
-    channels: int = 3  # 1 for grey images (converted on load)
-    mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
-    std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
-    workers: int = 4
-    max_pixels: int = 50_000_000  # larger images (read from the header) are skipped as unreadable
+    backend: str = key("torchvision", "the input pipeline (dali needs NVIDIA DALI; without "
+                                      "it torchvision runs, with one warning)",
+                       choices=BACKENDS)
+    device: str = key("auto", "where DALI's operators run: auto, cpu or gpu")
+    image_size: int = key(224, "side of the square crops fed to the network")
+    channels: int = key(3, "1: grey, 3: RGB (both converted on load), other N: N-band stacks")
+    mean: List[float] = key(doc="per-channel mean on the 0..1 scale (`hpt-hpc data stats`)",
+                            factory=lambda: [0.485, 0.456, 0.406])
+    std: List[float] = key(doc="per-channel std on the 0..1 scale (`hpt-hpc data stats`)",
+                           factory=lambda: [0.229, 0.224, 0.225])
+    workers: int = key(4, "loader worker processes per rank (0: load in the main process)")
+    max_pixels: int = key(50_000_000, "larger images (read from the header) are skipped as "
+                                      "unreadable")
 
 
 @dataclass
@@ -148,58 +194,72 @@ class StageConfig:
     checkpoint), or a checkpoint file (this toolkit's, official MoCo, OpenSelfSup/HPT or a
     torchvision state dict). Unset optimisation fields fall back to ``optim``."""
 
-    dataset: str = ""
-    variant: str = "full"  # full (HPT) | bn (HPT-BN) | bn-stats (Base) | scratch (Target)
-    init: Optional[str] = None
-    iterations: Optional[int] = None
-    lr: Optional[float] = None
-    batch_size: Optional[int] = None
-    train_head: bool = True  # variant bn: the projection head trains too (official HPT code)
+    dataset: str = key("", "name of the dataset under datasets")
+    variant: str = key("full", "what trains: full (HPT), bn (HPT-BN), bn-stats (Base: BN "
+                               "statistics only), scratch (Target)", choices=VARIANTS)
+    init: Optional[str] = key(None, "start weights: null, `stage:<name>`, a file, "
+                                    "`models:/<name>@<alias>`, `runs:/<id>/<path>`")
+    iterations: Optional[int] = key(None, "training steps (null: optim.iterations)")
+    lr: Optional[float] = key(None, "learning rate (null: optim.lr), linearly scaled the same")
+    batch_size: Optional[int] = key(None, "global batch (null: optim.batch_size)")
+    train_head: bool = key(True, "variant bn: the projection head trains too (official HPT "
+                                 "code)")
 
 
 @dataclass
 class CheckpointConfig:
-    every: int = 1000  # periodic checkpoint interval in steps (0: final only)
-    keep: int = 0  # also keep the last N periodic checkpoints (step-<n>.pt, hard links)
+    """When a stage saves."""
+
+    every: int = key(1000, "periodic checkpoint interval in steps (0: final only)")
+    keep: int = key(0, "also keep the last N periodic checkpoints (`step-<n>.pt`, hard "
+                      "links)")
 
 
 @dataclass
 class ProbeConfig:
     """Linear probe on a frozen backbone (defaults: the paper's protocol)."""
 
-    lr: float = 30.0
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    iterations: int = 5000
-    milestones: List[int] = field(default_factory=lambda: [1651, 3333])
-    batch_size: int = 512
-    eval_every: int = 100
-    max_train_images: Optional[int] = None  # label budget for the probe's training split
-    labels_per_class: Optional[int] = None  # low-label probing: N seeded images per class
-    mode: str = "cached"  # cached (features once, no augmentation) | augmented (paper) | knn
-    knn_k: int = 20  # knn mode: neighbours that vote
-    knn_temperature: float = 0.07  # knn mode: vote weight exp(cosine similarity / T)
-    repeats: int = 1  # independent probes (seeds seed..seed+repeats-1): mean +- std
-    crop_scale: List[float] = field(default_factory=lambda: [0.08, 1.0])  # augmented mode
-    flip: bool = True  # augmented mode: random horizontal flip of training images
-    center_crop_ratio: float = 0.875  # test: resize to size/ratio, centre-crop size
+    lr: float = key(30.0, "SGD learning rate of the linear classifier")
+    momentum: float = key(0.9, "SGD momentum")
+    weight_decay: float = key(0.0, "SGD weight decay")
+    iterations: int = key(5000, "probe training steps")
+    milestones: List[int] = key(doc="steps at which the lr is multiplied by 0.1",
+                                factory=lambda: [1651, 3333])
+    batch_size: int = key(512, "probe batch")
+    eval_every: int = key(100, "val and test are scored every this many steps")
+    max_train_images: Optional[int] = key(None, "label budget for the probe's training "
+                                                "split (null: all)")
+    labels_per_class: Optional[int] = key(None, "low-label probing: N seeded images per "
+                                                "class (null: all)")
+    mode: str = key("cached", "cached: features once; augmented: the paper's crops and "
+                              "flips; knn: neighbour vote", choices=PROBE_MODES)
+    knn_k: int = key(20, "knn mode: neighbours that vote")
+    knn_temperature: float = key(0.07, "knn mode: vote weight exp(cosine similarity / T)")
+    repeats: int = key(1, "independent probes (seeds seed..seed+repeats-1): mean +- std")
+    crop_scale: List[float] = key(doc="augmented mode: [low, high] area of the random crop",
+                                  factory=lambda: [0.08, 1.0])
+    flip: bool = key(True, "augmented mode: random horizontal flip of training images")
+    center_crop_ratio: float = key(0.875, "test view: resize to image_size / ratio, "
+                                          "centre-crop image_size")
 
 
 @dataclass
 class FinetuneConfig:
     """Semi-supervised transfer: fine-tune the whole network on a label budget."""
 
-    labels: int = 1000  # training images with labels (at least one per class, seeded)
-    label_seed: int = 0
-    lr: float = 0.01  # backbone; the paper uses 0.01 or 0.001
-    head_lr_mult: float = 100.0  # the new linear head learns this much faster
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    iterations: int = 2500
-    milestones: List[int] = field(default_factory=list)  # x0.1 at these steps
-    batch_size: int = 256
-    eval_every: int = 100
-    augment: bool = True  # random-resized-crop (+ flip when probe.flip) on training images
+    labels: int = key(1000, "training images with labels (at least one per class, seeded)")
+    label_seed: int = key(0, "seed of the labelled subset")
+    lr: float = key(0.01, "backbone learning rate (the paper uses 0.01 or 0.001)")
+    head_lr_mult: float = key(100.0, "the new linear head learns this much faster")
+    momentum: float = key(0.9, "SGD momentum")
+    weight_decay: float = key(0.0, "SGD weight decay")
+    iterations: int = key(2500, "fine-tuning steps")
+    milestones: List[int] = key(doc="steps at which the lr is multiplied by 0.1",
+                                factory=list)
+    batch_size: int = key(256, "fine-tuning batch")
+    eval_every: int = key(100, "val and test are scored every this many steps")
+    augment: bool = key(True, "random-resized-crop (+ flip when probe.flip) on training "
+                              "images")
 
 
 @dataclass
@@ -211,12 +271,14 @@ class ComputeConfig:
     micro-steps per optimiser step (the global batch is split into that many parts).
     """
 
-    precision: str = "auto"  # auto | fp32 | bf16
-    channels_last: Optional[bool] = None  # null: on CUDA only
-    fused_optimizer: str = "auto"  # auto (fused on CUDA, foreach on CPU) | fused | foreach | off
-    compile: bool = False  # torch.compile the encoders (off until measured to help)
-    accumulate: int = 1
-    non_blocking: bool = True
+    precision: str = key("auto", "auto: bf16 autocast on CUDA, fp32 on CPU", choices=PRECISIONS)
+    channels_last: Optional[bool] = key(None, "channels-last memory format (null: on CUDA "
+                                              "only)")
+    fused_optimizer: str = key("auto", "SGD kernel: auto is fused on CUDA, foreach on CPU",
+                               choices=FUSED_OPTIMIZERS)
+    compile: bool = key(False, "torch.compile the encoders (off until measured to help)")
+    accumulate: int = key(1, "gradient-accumulation micro-steps per optimiser step")
+    non_blocking: bool = key(True, "host-to-device copies do not wait (pinned memory)")
 
 
 @dataclass
@@ -226,40 +288,43 @@ class TrackingConfig:
     else ``sqlite:///<path>`` or a server ``http://host:port``. The environment variable
     ``MLFLOW_TRACKING_URI`` overrides it."""
 
-    enabled: bool = True
-    uri: Optional[str] = None
-    experiment: Optional[str] = None  # default: the config's name
-    model_name: Optional[str] = None  # registered model of stage checkpoints (default: experiment)
-    system_metrics: bool = True  # CPU, memory, GPU readings with every flush
-    flush_seconds: float = 10.0  # buffered metrics are sent in batches this often
+    enabled: bool = key(True, "log to MLflow at all")
+    uri: Optional[str] = key(None, "null: `sqlite:///<output_dir>/mlflow.db`; else "
+                                   "`sqlite:///<path>` or `http://host:port`")
+    experiment: Optional[str] = key(None, "MLflow experiment (null: the config's name)")
+    model_name: Optional[str] = key(None, "registered model of stage checkpoints (null: the "
+                                          "experiment)")
+    system_metrics: bool = key(True, "CPU, memory, GPU readings with every flush")
+    flush_seconds: float = key(10.0, "buffered metrics are sent in batches this often")
 
 
 @dataclass
 class ExperimentConfig:
     """A whole HPT experiment: data, model, MoCo, optimisation, augmentation and stages."""
 
-    name: str = "experiment"
-    seed: int = 0
-    output_dir: str = "outputs"
-    device: str = "auto"  # auto | cpu | cuda
-    # seconds between progress lines (step/total, images/s, data wait, ETA) of training,
-    # feature extraction, probes and fine-tuning in logs; 0: none. A terminal gets a bar.
-    progress_seconds: float = 60.0
-    datasets: Dict[str, DatasetConfig] = field(default_factory=dict)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    moco: MocoConfig = field(default_factory=MocoConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    stages: Dict[str, StageConfig] = field(default_factory=dict)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    probe: ProbeConfig = field(default_factory=ProbeConfig)
-    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-    compute: ComputeConfig = field(default_factory=ComputeConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    # Launch grid of `hpt-hpc launch`: config path (or the shorthands variant, lr,
-    # iterations, dataset, batch_size, init for the launched stage, and seed) -> list of
-    # values. The Cartesian product becomes one SLURM job array, each cell writing to
-    # <output_dir>/grid/<cell>. (Experiment files, run by `hpt-hpc sweep`, are the other
-    # way to run many stages: see hpt_hpc.plan.experiment.)
-    grid: Dict[str, List[Any]] = field(default_factory=dict)
+    name: str = key("experiment", "the experiment's name (MLflow experiment, pipeline run)")
+    seed: int = key(0, "seed of weights, data order and augmentation")
+    output_dir: str = key("outputs", "where stages, evaluations and the MLflow store go")
+    device: str = key("auto", "auto (CUDA when visible), cpu, cuda or `cuda:<n>`")
+    progress_seconds: float = key(60.0, "seconds between progress lines of long loops "
+                                        "(0: none; a terminal gets a bar)")
+    datasets: Dict[str, DatasetConfig] = key(doc="dataset name -> where it lives",
+                                             factory=dict)
+    model: ModelConfig = key(doc="the backbone", factory=ModelConfig)
+    moco: MocoConfig = key(doc="MoCo-v2", factory=MocoConfig)
+    optim: OptimConfig = key(doc="pretraining optimiser", factory=OptimConfig)
+    augment: AugmentConfig = key(doc="pretraining augmentations", factory=AugmentConfig)
+    data: DataConfig = key(doc="image reading and feeding", factory=DataConfig)
+    stages: Dict[str, StageConfig] = key(doc="stage name (base, source, target) -> its "
+                                             "settings", factory=dict)
+    checkpoint: CheckpointConfig = key(doc="checkpoint saving", factory=CheckpointConfig)
+    probe: ProbeConfig = key(doc="linear probe", factory=ProbeConfig)
+    finetune: FinetuneConfig = key(doc="semi-supervised fine-tuning", factory=FinetuneConfig)
+    compute: ComputeConfig = key(doc="speed switches", factory=ComputeConfig)
+    tracking: TrackingConfig = key(doc="MLflow tracking", factory=TrackingConfig)
+    # Launch grid of `hpt-hpc launch`: the Cartesian product becomes one SLURM job array,
+    # each cell writing to <output_dir>/grid/<cell>. (Experiment files, run by
+    # `hpt-hpc sweep`, are the other way to run many stages: see hpt_hpc.plan.experiment.)
+    grid: Dict[str, List[Any]] = key(doc="launch grid: config path (or variant, lr, "
+                                         "iterations, dataset, batch_size, init, seed) -> "
+                                         "values; one job array", factory=dict)

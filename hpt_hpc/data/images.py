@@ -100,6 +100,13 @@ def _convert(img: Image.Image, channels: int) -> Image.Image:
     return img if img.mode == target else img.convert(target)
 
 
+def convert_image(img: Image.Image, channels: int) -> Image.Image:
+    """An image already in memory converted as :func:`load_image` converts a file's."""
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    return _convert(img, channels)
+
+
 def load_image(path: str, channels: int = 3, max_pixels: Optional[int] = None) -> Image.Image:
     """Fully decode ``path`` and return an ``L`` (channels=1) or ``RGB`` (channels=3) image.
 

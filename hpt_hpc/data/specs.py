@@ -8,13 +8,15 @@ drift apart.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
-from ..config.schema import ProbeConfig
+from ..config.schema import DataConfig, ProbeConfig
 from ..errors import HptError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hpt_hpc.config.schema import BlurConfig, DataConfig
+    from hpt_hpc.config.schema import BlurConfig
+
+INTERPOLATION = "bilinear"  # the test view's resize (PIL, torchvision's Resize default)
 
 
 def blur_kernel_size(blur: "BlurConfig", image_size: int) -> int:
@@ -80,6 +82,17 @@ class EvalSpec:
         """The test view's target short side for an image whose short side is given."""
         return self.size if short_side <= self.size else self.resize_large
 
+    def preprocessing(self) -> Dict[str, Any]:
+        """The test view as plain values, what an export file carries: an image is
+        converted to ``channels`` (1: grey, 3: RGB), its short side resized
+        (``interpolation``) to ``resize`` - or to ``input_size`` when it is at most
+        ``input_size`` -, centre-cropped to ``input_size``, scaled to 0..1 and normalised
+        with ``mean``/``std``."""
+        return {"input_size": self.size, "resize": self.resize_large,
+                "center_crop_ratio": self.center_crop_ratio, "channels": self.channels,
+                "mean": list(self.mean), "std": list(self.std),
+                "interpolation": INTERPOLATION}
+
 
 def eval_spec(data: "DataConfig", probe: Optional["ProbeConfig"] = None) -> EvalSpec:
     """The :class:`EvalSpec` of a config (``probe`` None: :class:`ProbeConfig` defaults);
@@ -97,3 +110,26 @@ def eval_spec(data: "DataConfig", probe: Optional["ProbeConfig"] = None) -> Eval
     return EvalSpec(size=int(data.image_size), channels=int(data.channels), mean=tuple(mean),
                     std=tuple(std), center_crop_ratio=ratio, crop_scale=scale,
                     flip=bool(probe.flip))
+
+
+def preprocessing_configs(values: Dict[str, Any]) -> Tuple[DataConfig, ProbeConfig]:
+    """The data and probe settings whose test view is :meth:`EvalSpec.preprocessing`'s
+    ``values`` (read back from an export file; bad values are an :class:`HptError`)."""
+    try:
+        data = DataConfig(image_size=int(values["input_size"]),
+                          channels=int(values["channels"]),
+                          mean=[float(v) for v in values["mean"]],
+                          std=[float(v) for v in values["std"]], workers=0)
+        probe = ProbeConfig(center_crop_ratio=float(values["center_crop_ratio"]))
+        if data.image_size < 1 or data.channels < 1:
+            raise ValueError("input_size and channels must be positive")
+        if values.get("interpolation", INTERPOLATION) != INTERPOLATION:
+            raise ValueError(f"interpolation {values['interpolation']!r} (only "
+                             f"{INTERPOLATION!r} is implemented)")
+        spec = eval_spec(data, probe)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise HptError(f"preprocessing {values!r} is not usable: {exc}") from None
+    if spec.resize_large != values.get("resize", spec.resize_large):
+        raise HptError(f"preprocessing {values!r} is inconsistent: resize "
+                       f"{values['resize']} is not input_size / center_crop_ratio")
+    return data, probe

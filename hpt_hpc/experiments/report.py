@@ -22,7 +22,7 @@ from ..plan.methods import METHODS, PAPER_METHODS, REFERENCE_LABELS, TRANSFER
 from .claims import MISSING, claims_markdown, judge_claims
 from .evidence import BOOTSTRAP_METHOD, INTERVAL_METHOD
 from .plots import Series, plot_bars, plot_curves, plot_lines
-from .results import Cell, find, group_cells
+from .results import RESULT_COLUMNS, Cell, find, group_cells, result_rows
 from .tables import markdown_table, write_csv
 
 STEPLESS = tuple(name for name, m in METHODS.items() if not m.uses_steps)
@@ -302,28 +302,8 @@ def build_report(rows: Sequence[EvalRecord], out: Path, name: str, preamble: str
     return Report(md, plots, path)
 
 
-CSV_FIELDS = (("protocol", "protocol"), ("method", "method"), ("dataset", "dataset"),
-              ("target_steps", "steps"), ("seed", "seed"), ("augment", "augment"),
-              ("pretrain_images", "pretrain_images"), ("images_axis", "images"),
-              ("queue_size_keys", "queue_size"), ("probe_labels_per_class", "probe_labels"),
-              ("score_pct", "score"), ("score_std_pct", "score_std"),
-              ("val_score_pct", "val_score"), ("best_step", "best_step"),
-              ("repeats", "repeats"), ("mode", "mode"), ("metric", "metric"),
-              ("pretrain_seconds", "pretrain_seconds"), ("checkpoint", "checkpoint"),
-              ("run_id", "run_id"))
-PERCENT = {"score", "score_std", "val_score"}
-PATHS = {"checkpoint"}
-
-
 def _write_csv(rows: Sequence[EvalRecord], path: Path, output_dir: Optional[Path]) -> None:
-    """One row per evaluation; columns carry their units (``_pct``: percent); paths
-    relative to the experiment's output folder (:meth:`OutputLayout.relative`)."""
-    layout = OutputLayout(output_dir) if output_dir is not None else None
-
-    def cell(record: EvalRecord, attribute: str):
-        value = getattr(record, attribute)
-        if attribute in PERCENT:
-            return round(100 * value, 4)
-        return layout.relative(value) if attribute in PATHS and layout else value
-    write_csv(path, [column for column, _ in CSV_FIELDS],
-              [[cell(r, f) for _, f in CSV_FIELDS] for r in rows])
+    """One row per evaluation (:func:`.results.result_rows`; ``_pct``: percent; paths
+    relative to the experiment's output folder)."""
+    table = result_rows(rows, output_dir)
+    write_csv(path, list(RESULT_COLUMNS), [list(row.values()) for row in table])

@@ -119,6 +119,37 @@ def rows_from_files(output_dir: Path) -> List[EvalRecord]:
     return read_record_files(OutputLayout(Path(output_dir)).eval_results())
 
 
+# The results table: one row per evaluation, column -> EvalRecord field (``_pct``: the
+# fraction as percent, 4 decimals). The report's CSV and hpt_hpc.results() are this table.
+_COLUMNS = (("protocol", "protocol"), ("method", "method"), ("dataset", "dataset"),
+            ("target_steps", "steps"), ("seed", "seed"), ("augment", "augment"),
+            ("pretrain_images", "pretrain_images"), ("images_axis", "images"),
+            ("queue_size_keys", "queue_size"), ("probe_labels_per_class", "probe_labels"),
+            ("score_pct", "score"), ("score_std_pct", "score_std"),
+            ("val_score_pct", "val_score"), ("best_step", "best_step"),
+            ("repeats", "repeats"), ("mode", "mode"), ("metric", "metric"),
+            ("pretrain_seconds", "pretrain_seconds"), ("checkpoint", "checkpoint"),
+            ("run_id", "run_id"))
+RESULT_COLUMNS = tuple(column for column, _ in _COLUMNS)
+_PERCENT = {"score", "score_std", "val_score"}
+_PATHS = {"checkpoint"}
+
+
+def result_rows(records: Sequence[EvalRecord],
+                output_dir: Optional[Path] = None) -> List[Dict[str, Any]]:
+    """The results table of ``records``: one dict per evaluation, keys
+    :data:`RESULT_COLUMNS` in order; with ``output_dir``, paths below the experiment's
+    output folder are relative to it (:meth:`OutputLayout.relative`)."""
+    layout = OutputLayout(Path(output_dir)) if output_dir is not None else None
+
+    def cell(record: EvalRecord, field: str) -> Any:
+        value = getattr(record, field)
+        if field in _PERCENT:
+            return round(100 * value, 4)
+        return layout.relative(value) if field in _PATHS and layout else value
+    return [{column: cell(r, f) for column, f in _COLUMNS} for r in records]
+
+
 def group_cells(rows: Sequence[EvalRecord]) -> Dict[Tuple, Cell]:
     cells: Dict[Tuple, Cell] = {}
     for row in rows:

@@ -30,10 +30,11 @@ _MAX_LISTED = 10
 
 def stage_checkpoint(model: torch.nn.Module, optimizer: Any, step: int, total: int,
                      stage: str, variant: str, init: Any, config: dict, rng: dict,
-                     run_id: Any) -> dict:
+                     run_id: Any, method: Any = None) -> dict:
     """The toolkit's checkpoint of a stage: ``format``, ``model`` (MoCo state with queue),
-    ``optimizer``, ``step``/``total_steps``, ``stage``, ``variant``, ``init``, the resolved
-    ``config`` (plain dict), ``rng`` states and the tracker's ``tracker_run_id``."""
+    ``optimizer``, ``step``/``total_steps``, ``stage``, ``variant``, ``method`` (its row
+    in the method table; ``None`` in checkpoints of earlier versions), ``init``, the
+    resolved ``config`` (plain dict), ``rng`` states and the tracker's ``tracker_run_id``."""
     return {
         "format": CHECKPOINT_FORMAT,
         "model": model.state_dict(),
@@ -42,6 +43,7 @@ def stage_checkpoint(model: torch.nn.Module, optimizer: Any, step: int, total: i
         "total_steps": total,
         "stage": stage,
         "variant": variant,
+        "method": method,
         "init": init,
         "config": config,
         "rng": rng,

@@ -20,6 +20,9 @@ from typing import List, Optional
 from .store import DB_NAME, ARTIFACTS_DIR, TrackingError, check_reachable, ensure_store
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+# Host headers of requests through an SSH tunnel (`ssh -L <port>:localhost:<port> login`):
+# the browser names the laptop's end, the request arrives on the login node's loopback
+TUNNEL_HOSTS = ("localhost", "localhost:*", "127.0.0.1", "127.0.0.1:*")
 
 
 @dataclass
@@ -77,11 +80,12 @@ def server_command(store: Path, host: str, port: int, allowed_hosts: Optional[st
         cmd += ["--app-name", "basic-auth"]
     if host not in LOCAL_HOSTS:
         # Compute nodes send the login node's name as Host header; MLflow's default
-        # allow-list holds only localhost and private IP addresses.
+        # allow-list holds only localhost and private IP addresses, and a list of our own
+        # replaces it: the tunnel's names are kept.
         name = advertised_host(host)
         short = socket.gethostname()
         cmd += ["--allowed-hosts", allowed_hosts or ",".join(
-            sorted({name, short, f"{name}:{port}", f"{short}:{port}"}))]
+            sorted({name, short, f"{name}:{port}", f"{short}:{port}", *TUNNEL_HOSTS}))]
     elif allowed_hosts:
         cmd += ["--allowed-hosts", allowed_hosts]
     return cmd
