@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import subprocess
 import sys
@@ -109,7 +110,9 @@ def test_embed_equals_the_cli_embed(trained, mnist_tree):
     assert out.exit_code == 0, out.output
     npy, index = re.search(r"wrote (\S+\.npy).* and (\S+\.csv)", out.output).groups()
     with open(index, encoding="utf-8") as handle:
-        rows = {row["path"]: int(row["row"]) for row in csv.DictReader(handle)}
+        root = handle.readline().removeprefix("# root: ").rstrip("\n")
+        rows = {os.path.join(root, row["path"]): int(row["row"])
+                for row in csv.DictReader(handle)}
     cli_features = np.load(npy)
     features, paths = hpt_hpc.embed("stage:target", mnist_tree / "val", config=config,
                                     return_paths=True)
@@ -137,7 +140,7 @@ def test_load_backbone_says_what_it_needs(trained, tmp_path):
     loaded = hpt_hpc.load_backbone(foreign, config=config)
     assert loaded.meta == {} and loaded.preprocess.values["input_size"] == 16
     same = CliRunner().invoke(cli, ["export", str(final), "--out", str(final)])
-    assert same.exit_code == 2 and "is the checkpoint being exported" in same.output
+    assert same.exit_code == 2 and "is the checkpoint this command reads" in same.output
 
 
 def test_results_are_the_report_csv(tmp_path, mnist_tree):

@@ -36,26 +36,32 @@ def export(checkpoint: str, fmt: str, out: str) -> None:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config key (repeatable).")
 @click.option("--dataset", required=True, help="Dataset name from the config's datasets.")
-@click.option("--split", default="test", show_default=True, help="Split to embed.")
+@click.option("--split", help="Split to embed [default: test; train for an unlabelled "
+                               "folder (format: folder): the folder itself unless it has "
+                               "a train/ sub-folder].")
 @click.option("--checkpoint", default=None,
               help="A file, stage:<name>, models:/<name>@<alias> or runs:/<id>/<path> "
                    "(omit: random init).")
-@click.option("--out", required=True, type=click.Path(dir_okay=False),
-              help="Features file: <out>.npy and <out>.index.csv (paths and labels).")
+@click.option("--out", required=True, metavar="PREFIX",
+              help="Name prefix of the two files written (appended, never replaced: "
+                   "--out f/run.v2 writes f/run.v2.npy, the features, and "
+                   "f/run.v2.index.csv: a '# root: <folder>' line, then row,path,labels "
+                   "with paths relative to that folder; labels empty when unlabelled).")
 def embed(config_path, overrides, dataset, split, checkpoint, out) -> None:
-    """Features of every image of a dataset split (frozen backbone, eval transform)."""
+    """Features of every image of a dataset split (frozen backbone, eval transform),
+    labelled or not (format: folder)."""
     from pathlib import Path
 
     from ..config import InitRef, OutputLayout, load_config
     from ..device import resolve_device
-    from ..eval.embed import embed_split
+    from ..eval.embed import embed_outputs, embed_split
     from ..plan import tracking_target
+    features, index = embed_outputs(out)
     cfg = load_config(config_path, overrides)
     ref = InitRef.parse(checkpoint, "--checkpoint").absolute()
     target = tracking_target(cfg)
     resolved = ref.resolve(OutputLayout(Path(cfg.output_dir).resolve()).evaluations,
                            target.uri if target else None, who="embed")
-    rows, dim = embed_split(cfg, dataset, split, resolved.path, Path(out),
-                            resolve_device(cfg.device))
-    click.echo(f"wrote {Path(out).with_suffix('.npy')} ({rows} x {dim} float32) and "
-               f"{Path(out).with_suffix('.index.csv')}")
+    rows, dim = embed_split(cfg, dataset, split, resolved.path, out,
+                            resolve_device(cfg.device), {"the --config file": config_path})
+    click.echo(f"wrote {features} ({rows} x {dim} float32) and {index}")
