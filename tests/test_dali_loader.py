@@ -218,7 +218,7 @@ def test_data_check_clean_list_feeds_dali_without_skips(digits, tmp_path):
     bad = _bad_files(tree, Path(digits[0].path))
     odd = _unusual_images(tree, Path(digits[0].path))
     report = check_dataset(tmp_path / "tree", splits=["train"], channels=1,
-                           write_clean_list=str(tmp_path / "clean.csv"))
+                           write_clean_list=str(tmp_path / "clean"))
     entry = report["splits"]["train"]
     assert sorted(u["path"] for u in entry["unreadable"]) == sorted(bad)
     assert sorted(entry["dali_converted"]) == sorted(p for n, p in odd.items() if n != "grey.jpg")

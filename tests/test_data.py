@@ -252,7 +252,7 @@ def test_check_dataset_reports_bad_and_non_image_files(digits_tree, tmp_path):
     bad = make_bad_files(root / "train" / "1", next((digits_tree / "train" / "1").glob("*")))
     (root / "train" / "0" / "notes.txt").write_text("not data")
     (root / "train" / "0" / "._ghost.png").write_bytes(b"")  # macOS metadata: not an image
-    report = check_dataset(str(root), channels=1, write_clean_list=str(tmp_path / "clean.csv"))
+    report = check_dataset(str(root), channels=1, write_clean_list=str(tmp_path / "clean"))
     train = report["splits"]["train"]
     assert train["listed"] == 10 and train["readable"] == 6
     assert sorted(u["path"] for u in train["unreadable"]) == sorted(bad)

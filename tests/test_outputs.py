@@ -147,3 +147,33 @@ def test_report_csv_names_checkpoints_relative_to_the_output_folder(tmp_path, mn
     for path in named:
         assert not os.path.isabs(path) and path.startswith("units/"), path
         assert (tmp_path / "out" / path).is_file()
+
+
+def test_clean_list_names_are_a_prefix_taken_as_typed(tmp_path, mnist_tree):
+    """data check --write-clean-list: PREFIX-<split>.csv, never a suffix stripped (clean.v1
+    and clean.v2 were both clean-<split>.csv), never over the file list it checks."""
+    for name in ("clean.v1", "clean.v2"):
+        out = invoke("data", "check", mnist_tree, "--channels", "1",
+                  "--write-clean-list", tmp_path / name)
+        assert out.exit_code == 0, out.output
+    for name in ("clean.v1", "clean.v2"):
+        for split in ("train", "val", "test"):
+            assert (tmp_path / f"{name}-{split}.csv").is_file()
+    assert_one_error(invoke("data", "check", mnist_tree, "--write-clean-list",
+                         tmp_path / "clean.csv"), "give '")
+    listed = tmp_path / "listed"
+    listed.mkdir()
+    (listed / "train.csv").write_text((tmp_path / "clean.v1-train.csv").read_text())
+    os.link(listed / "train.csv", listed / "x-train.csv")  # the same file by another name
+    before = (listed / "train.csv").read_text()
+    result = invoke("data", "check", listed, "--format", "filelist", "--channels", "1",
+                    "--write-clean-list", listed / "x")
+    assert_one_error(result, "an output never replaces an input")
+    assert (listed / "train.csv").read_text() == before
+
+
+def assert_one_error(result, text: str) -> None:
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and text in errors[0] and "Traceback" not in result.output, \
+        result.output

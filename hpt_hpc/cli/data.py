@@ -39,8 +39,9 @@ def prepare(name: str, dest: str, seed: int, limit) -> None:
 @click.option("--channels", type=click.IntRange(min=1), default=3, show_default=True,
               help="As data.channels: 1 or 3 convert to grey or RGB; another number reads "
                    "that many bands (multi-band TIFF).")
-@click.option("--write-clean-list", type=click.Path(dir_okay=False), default=None,
-              help="Write CSV file lists of the readable images (one per split).")
+@click.option("--write-clean-list", metavar="PREFIX", default=None,
+              help="Write CSV file lists of the readable images, one per split: "
+                   "PREFIX-<split>.csv (PREFIX taken as typed; never a file it reads).")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=DataConfig().max_pixels,
               show_default=True,
               help="Images with more pixels (read from the header) count as unreadable "

@@ -15,6 +15,7 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple, Union
 
 from ..config.schema import DataConfig
+from ..files import OutputError, atomic_write, refuse_inputs
 from .bands import read_image
 from .dali_feed import is_direct_file
 from .images import UnreadableImage
@@ -102,7 +103,7 @@ def _save_index(ds, split: str, listing: Listing) -> Optional[str]:
 
 
 def _write_list(path: str, records: Sequence[ImageRecord]) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as handle:
+    with atomic_write(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         for record in records:
             writer.writerow([os.path.abspath(record.path), *record.labels])
@@ -117,9 +118,14 @@ def check_dataset(dataset: Union["DatasetConfig", str], fmt: str = "imagefolder"
     ``dataset`` is a :class:`DatasetConfig` or a dataset folder (then ``fmt`` applies and
     the splits are train/val/test). A configured split that is missing is reported under
     ``missing_splits``, not raised; a missing dataset path raises :class:`DatasetError`.
-    ``write_clean_list="out/clean.csv"`` writes ``out/clean-<split>.csv`` per split.
+    ``write_clean_list="out/clean"`` (a name prefix, taken as typed) writes
+    ``out/clean-<split>.csv`` per split.
     """
     ds, names = _as_config(dataset, fmt, splits)
+    if write_clean_list and write_clean_list.endswith(".csv"):
+        raise OutputError(f"the clean-list name {write_clean_list!r} ends in .csv, but it is "
+                          f"a name prefix: data check writes <prefix>-<split>.csv (give "
+                          f"{write_clean_list[:-len('.csv')]!r})")
     workers = min(8, os.cpu_count() or 1) if workers is None else workers
     split_location(ds, names[0])  # validates path and format first
     report = {"path": os.path.abspath(ds.path), "format": ds.format, "channels": channels,
@@ -132,9 +138,9 @@ def check_dataset(dataset: Union["DatasetConfig", str], fmt: str = "imagefolder"
             continue
         report["splits"][split] = entry
         if write_clean_list:
-            stem, _ = os.path.splitext(write_clean_list)
-            out = f"{stem}-{split}.csv"
-            os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+            out = f"{write_clean_list}-{split}.csv"
+            refuse_inputs([out], {"a file list this command reads":
+                                  split_location(ds, split)})
             _write_list(out, readable)
             report["clean_lists"][split] = os.path.abspath(out)
     entries = report["splits"].values()
