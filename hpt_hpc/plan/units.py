@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from ..config import STAGE_NAMES, ConfigError, InitRef, config_from_dict
 from ..config.loader import apply_overrides, suggest
 from ..tracking.registry import alias_for, model_uri
-from .methods import METHODS, REFERENCES, method
+from .methods import METHODS, REFERENCES, method, upstream_method
 from .planner import stage_plan
 from ..config.schema import PROBE_MODES
 from .plans import PROTOCOLS, EvalPlan, Phase, StagePlan, TrackingTarget
@@ -326,7 +326,7 @@ def upstream_plans(spec: Any, tracking: Optional[TrackingTarget], stages: List[s
                 "hpt.unit_kind": "upstream"}
         plans.append(stage_plan(cfg, stage, world_size=world_size,
                                 init=InitRef.parse(init) if init else None,
-                                method=f"MoCo-v2 {stage}", tags=tags, tracking=tracking))
+                                method=upstream_method(stage), tags=tags, tracking=tracking))
     return plans
 
 
