@@ -1,20 +1,28 @@
-"""What a stage says it is, through the CLI: its method follows from its variant and where
-it starts."""
+"""What a stage and an evaluation say they are, through the CLI: a stage's method follows
+from its variant and where it starts; an evaluation of a checkpoint on its own takes its
+lineage from the checkpoint and is filed beside the stage run."""
 from __future__ import annotations
 
 import re
 import shutil
 from pathlib import Path
 
+import pytest
 import torch
 from click.testing import CliRunner
 
 from hpt_hpc.cli.main import cli
 from hpt_hpc.config import config_to_dict
-from hpt_hpc.models import MoCo, save_checkpoint_atomic, stage_checkpoint
+from hpt_hpc.models import MoCo, load_checkpoint, save_checkpoint_atomic, stage_checkpoint
 from tiny import tiny_config, write_tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _no_tracking_env(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("HPT_MLFLOW_PARENT_RUN_ID", raising=False)
 
 
 def invoke(*args):
@@ -73,3 +81,62 @@ def test_a_stage_method_follows_from_variant_and_start(tmp_path, mnist_tree, mon
     assert methods(from_base, "stages.target.variant=bn")[2] == ("target", "HPT-BN", "bn")
     assert methods(from_base, "stages.target.variant=bn", "stages.target.train_head=false"
                    )[2] == ("target", "HPT-BN-frozen-head", "bn")
+
+
+def test_an_evaluation_on_its_own_is_filed_beside_its_stage(tmp_path, mnist_tree):
+    from mlflow import MlflowClient
+    config = write_tiny_config(tmp_path, {"mnist": mnist_tree},
+                               {"target": {"dataset": "mnist", "iterations": 2}},
+                               tracking={"enabled": True, "system_metrics": False,
+                                         "flush_seconds": 0.5})
+    out = tmp_path / "out"
+    invoke("train", "--config", config)
+    final = out / "target" / "checkpoints" / "final.pt"
+    # A checkpoint written before checkpoints recorded method, label and budget.
+    old = load_checkpoint(str(final))
+    assert (old.pop("method"), old.pop("label"), old.pop("target_steps")) == \
+        ("Target", "target", 2)
+    save_checkpoint_atomic(old, tmp_path / "old.pt")
+    invoke("export", final, "--out", tmp_path / "tv.pt")
+    knn = ["--mode", "knn", "--set", "probe.knn_k=5"]
+    invoke("probe", "--config", config, "--dataset", "mnist", "--checkpoint", "stage:target",
+           *knn)
+    invoke("probe", "--config", config, "--dataset", "mnist", "--checkpoint",
+           tmp_path / "old.pt", *knn)
+    invoke("probe", "--config", config, "--dataset", "mnist", "--checkpoint",
+           tmp_path / "tv.pt", *knn)
+    invoke("finetune", "--config", config, "--dataset", "mnist", "--checkpoint",
+           "models:/tiny@tiny-target", "--labels", "10", "--iterations", "2",
+           "--set", "finetune.batch_size=10", "--set", "finetune.eval_every=2")
+    invoke("embed", "--config", config, "--dataset", "mnist", "--split", "val",
+           "--checkpoint", "models:/tiny@tiny-target", "--out", tmp_path / "emb" / "val")
+
+    uri = f"sqlite:///{out / 'mlflow.db'}"
+    client = MlflowClient(uri, uri)
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    [pipeline] = [r for r in runs if r.data.tags["hpt.kind"] == "pipeline"]
+    [stage] = [r for r in runs if r.data.tags["hpt.kind"] == "stage"]
+    assert stage.data.tags["hpt.method"] == "Target"  # full from random init
+    version = client.get_model_version_by_alias("tiny", "tiny-target")
+    assert version.tags["hpt.method"] == "Target"
+    lineage = ("hpt.method", "hpt.stage", "hpt.evaluates", "hpt.target_steps",
+               "hpt.pipeline")
+    mine = [r for r in runs if r.data.tags["hpt.kind"] in ("eval", "embed")]
+    nested = sorted((r.info.run_name, r.data.tags["hpt.checkpoint"]) for r in mine
+                    if r.data.tags.get("mlflow.parentRunId") == pipeline.info.run_id)
+    assert nested == sorted([("probe mnist of target", "stage:target"),
+                             ("probe mnist of target", str(tmp_path / "old.pt")),
+                             ("finetune mnist of target", "models:/tiny@tiny-target"),
+                             ("embed mnist/val of target", "models:/tiny@tiny-target")])
+    for run in mine:
+        tags = run.data.tags
+        if tags["hpt.checkpoint"] == str(tmp_path / "tv.pt"):  # another toolkit's file
+            assert "mlflow.parentRunId" not in tags and run.info.run_name == "probe mnist"
+            assert [tags[t] for t in lineage[:4]] == ["external (torchvision)", "none",
+                                                      "none", "0"]
+        else:
+            assert [tags[t] for t in lineage] == ["Target", "target", "target", "2", "tiny"]
+    table = invoke("runs", "--output-dir", out)
+    assert "embed mnist/val of target" in table and "finetune mnist of target" in table
+    assert len(re.findall(r"^probe mnist of target +eval +Target +mnist +2 ", table,
+                          re.M)) == 2, table

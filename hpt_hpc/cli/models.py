@@ -43,16 +43,15 @@ def embed(config_path, overrides, dataset, split, checkpoint, out) -> None:
     """Features of every image of a dataset split (frozen backbone, eval transform)."""
     from pathlib import Path
 
-    from ..config import InitRef, OutputLayout, load_config
+    from ..config import InitRef, load_config
     from ..device import resolve_device
     from ..eval.embed import embed_split
-    from ..plan import tracking_target
+    from ..eval.lineage import checkpoint_lineage, log_embedding
     cfg = load_config(config_path, overrides)
     ref = InitRef.parse(checkpoint, "--checkpoint").absolute()
-    target = tracking_target(cfg)
-    resolved = ref.resolve(OutputLayout(Path(cfg.output_dir).resolve()).evaluations,
-                           target.uri if target else None, who="embed")
-    rows, dim = embed_split(cfg, dataset, split, resolved.path, Path(out),
+    lineage = checkpoint_lineage(cfg, ref, who="embed")
+    rows, dim = embed_split(cfg, dataset, split, lineage.path, Path(out),
                             resolve_device(cfg.device))
+    log_embedding(lineage, ref, dataset, split, {"out": out, "rows": rows, "dim": dim})
     click.echo(f"wrote {Path(out).with_suffix('.npy')} ({rows} x {dim} float32) and "
                f"{Path(out).with_suffix('.index.csv')}")

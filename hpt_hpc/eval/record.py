@@ -5,11 +5,11 @@ path (``hpt-hpc probe``/``finetune``, sweep and quickstart evaluations) and read
 MLflow: an evaluation run (tag ``hpt.kind=eval``) carries the coordinates as tags
 (``hpt.protocol``, ``hpt.method``, ``hpt.dataset``, ``hpt.target_steps``, ``hpt.seed``,
 ``hpt.augment``, ``hpt.images``, ``hpt.eval_mode``, ``hpt.metric``, ``hpt.checkpoint``,
-``hpt.evaluates``) and the scores as metrics: ``score`` (test score at the best val score,
-mean over probe repeats), ``score_std``, ``val_score``, ``best_step``, ``repeats``,
-``pretrain_seconds``, ``score_repeat`` (one value per repeat, step = repeat index) and the
-curves ``curve_val``/``curve_test`` (step = probe or fine-tune step); the per-image test
-predictions as the artifact ``predictions.npz``. Files: the same record as JSON
+``hpt.evaluates``, ``hpt.stage``) and the scores as metrics: ``score`` (test score at the
+best val score, mean over probe repeats), ``score_std``, ``val_score``, ``best_step``,
+``repeats``, ``pretrain_seconds``, ``score_repeat`` (one value per repeat, step = repeat
+index) and the curves ``curve_val``/``curve_test`` (step = probe or fine-tune step); the
+per-image test predictions as the artifact ``predictions.npz``. Files: the same record as JSON
 (:meth:`EvalRecord.to_json`) with the predictions beside it (``<name>.npz``).
 
 Predictions (:class:`Predictions`): ``predictions`` (repeats, images) predicted classes
@@ -40,7 +40,7 @@ PRETRAIN_SECONDS, SCORE_REPEAT, CURVE_VAL, CURVE_TEST = ("pretrain_seconds", "sc
 _TAGS = {"protocol": "hpt.protocol", "method": "hpt.method", "dataset": "hpt.dataset",
          "steps": "hpt.target_steps", "seed": "hpt.seed", "augment": "hpt.augment",
          "images": "hpt.images", "mode": "hpt.eval_mode", "metric": "hpt.metric",
-         "checkpoint": "hpt.checkpoint", "evaluates": "hpt.evaluates",
+         "checkpoint": "hpt.checkpoint", "evaluates": "hpt.evaluates", "stage": "hpt.stage",
          "probe_labels": "hpt.probe_labels", "queue_size": "hpt.queue_size",
          "pretrain_images": "hpt.pretrain_images"}
 PREDICTIONS_ARTIFACTS = "predictions"  # the run's artifact folder holding the .npz
@@ -116,7 +116,8 @@ class EvalRecord:
     augment: str = "all"
     images: str = "all"
     checkpoint: str = "none"
-    evaluates: str = "none"  # the pretraining unit evaluated
+    evaluates: str = "none"  # the evaluated stage's run (label): a sweep's pretraining unit
+    stage: str = "none"  # the evaluated checkpoint's stage
     pretrain_seconds: float = 0.0
     probe_labels: str = "all"  # linear probes: labelled training images per class
     queue_size: int = 0  # the evaluated stage's effective MoCo queue (0: none)
@@ -218,12 +219,18 @@ class EvalRecord:
                    steps=int(coords["steps"] or 0), seed=int(coords["seed"] or 0),
                    augment=coords["augment"] or "all", images=coords["images"] or "all",
                    checkpoint=coords["checkpoint"] or "none",
-                   evaluates=coords["evaluates"] or "none",
+                   evaluates=coords["evaluates"] or "none", stage=coords["stage"] or "none",
                    pretrain_seconds=metrics.get(PRETRAIN_SECONDS, 0.0),
                    probe_labels=coords["probe_labels"] or "all",
                    queue_size=int(coords["queue_size"] or 0),
                    pretrain_images=int(coords["pretrain_images"] or 0),
                    label=tags.get("hpt.label", ""), run_id=run.info.run_id)
+
+
+def record_tags(**coords: Any) -> Dict[str, str]:
+    """The tags of these record coordinates (``method=...``, ``stage=...``) for runs that
+    are not evaluations (``hpt-hpc embed``): the one spelling of each."""
+    return {_TAGS[name]: str(value) for name, value in coords.items()}
 
 
 def save_predictions(record: EvalRecord, path: os.PathLike) -> Optional[Path]:

@@ -63,6 +63,7 @@ TRANSFER = (("B", "Base"), ("B+S", "B+S"), ("B+T", "HPT"), ("B+S+T", "B+S+T"))
 TRAINS_ALL = ("full", "scratch")  # the same training: every parameter (variants.py)
 TARGET_STAGE = STAGE_NAMES[-1]
 UPSTREAM_METHOD = "MoCo-v2 {stage}"  # the method tag of a stage before the target
+EXTERNAL_METHOD = "external ({layout})"  # a checkpoint this toolkit did not write
 
 
 def method(name: str) -> Method:
@@ -94,9 +95,22 @@ def stage_method(stage: str, variant: str, start: Optional[str],
     return found[0].name
 
 
+def filed_steps(name: str, variant: str, steps: int) -> int:
+    """The step budget tables file a stage's checkpoint under: its ``steps`` when its
+    method has a step budget, 0 when it only re-estimates BN statistics."""
+    known = METHODS.get(name)
+    return steps if (known.uses_steps if known else variant != "bn-stats") else 0
+
+
 def upstream_method(stage: str) -> str:
     """The method tag of an upstream (base, source) stage: ``MoCo-v2 <stage>``."""
     return UPSTREAM_METHOD.format(stage=stage)
+
+
+def external_method(layout: str) -> str:
+    """The method tag of an evaluated checkpoint of another toolkit (its file layout:
+    moco, openselfsup, torchvision)."""
+    return EXTERNAL_METHOD.format(layout=layout)
 
 
 def display_name(name: str) -> str:

@@ -75,11 +75,13 @@ def tracking_target(cfg: ExperimentConfig, pipeline: Optional[str] = None,
 def stage_plan(cfg: ExperimentConfig, stage: str, *, world_size: int = 1,
                init: Optional[InitRef] = None, label: Optional[str] = None,
                method: Optional[str] = None, tags: Optional[Dict[str, str]] = None,
-               tracking: Any = "config", start: Any = "init") -> StagePlan:
+               tracking: Any = "config", start: Any = "init",
+               budget: Optional[int] = None) -> StagePlan:
     """The plan of one stage of ``cfg`` (``init``: overrides the stage's own;
     ``tracking``: a target, ``None`` for none, default: from the config). Without a
     ``method`` the method table names it from the variant and ``start`` (default: where
-    ``init`` starts, :func:`~hpt_hpc.plan.lineage.starting_point`)."""
+    ``init`` starts, :func:`~hpt_hpc.plan.lineage.starting_point`); ``budget``: a sweep
+    unit's step budget."""
     if stage not in cfg.stages:
         raise HptError(f"stage '{stage}' is not defined in the config (defined: "
                        f"{', '.join(cfg.stages) or 'none'})")
@@ -96,7 +98,8 @@ def stage_plan(cfg: ExperimentConfig, stage: str, *, world_size: int = 1,
     return StagePlan(cfg, stage, label or stage, method, init.absolute(),
                      StageLayout(Path(cfg.output_dir).resolve(), stage),
                      settings["iterations"], settings["lr"], settings["batch_size"],
-                     settings["rank_batch_size"], world_size, tracking, dict(tags or {}))
+                     settings["rank_batch_size"], world_size, tracking, dict(tags or {}),
+                     budget)
 
 
 def _slug(values: Dict[str, Any]) -> str:
