@@ -1,20 +1,24 @@
 """What a stage and an evaluation say they are, through the CLI: a stage's method follows
 from its variant and where it starts; an evaluation of a checkpoint on its own takes its
-lineage from the checkpoint and is filed beside the stage run."""
+lineage from the checkpoint and is filed beside the stage run; a kNN vote is printed as a
+kNN vote (checked against a vote computed here)."""
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import yaml
 from click.testing import CliRunner
 
 from hpt_hpc.cli.main import cli
-from hpt_hpc.config import config_to_dict
+from hpt_hpc.config import config_to_dict, load_config
 from hpt_hpc.models import MoCo, load_checkpoint, save_checkpoint_atomic, stage_checkpoint
-from tiny import tiny_config, write_tiny_config
+from tiny import tiny_config, write_tiny_config, write_tiny_experiment
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -138,5 +142,52 @@ def test_an_evaluation_on_its_own_is_filed_beside_its_stage(tmp_path, mnist_tree
             assert [tags[t] for t in lineage] == ["Target", "target", "target", "2", "tiny"]
     table = invoke("runs", "--output-dir", out)
     assert "embed mnist/val of target" in table and "finetune mnist of target" in table
-    assert len(re.findall(r"^probe mnist of target +eval +Target +mnist +2 ", table,
-                          re.M)) == 2, table
+    assert len(re.findall(r"^probe mnist of target +eval: kNN \(k=5\) +Target +mnist +2 ",
+                          table, re.M)) == 2, table
+
+
+def _vote(train, queries, k, temperature, classes):
+    """The weighted kNN vote, written out in NumPy."""
+    bank = train.x.numpy() / np.linalg.norm(train.x.numpy(), axis=1, keepdims=True)
+    q = queries.x.numpy() / np.linalg.norm(queries.x.numpy(), axis=1, keepdims=True)
+    sims = q @ bank.T
+    top = np.argsort(-sims, axis=1)[:, :k]
+    votes = np.zeros((len(q), classes))
+    for i, row in enumerate(top):
+        for j in row:
+            votes[i, int(train.y[j])] += np.exp(sims[i, j] / temperature)
+    return (votes.argmax(1) == queries.y.numpy()).mean()
+
+
+def test_knn_is_printed_as_a_vote(tmp_path, mnist_tree):
+    from hpt_hpc.eval.runner import seeded_backbone, split_features
+    config = write_tiny_config(tmp_path, {"mnist": mnist_tree}, {})
+    out = invoke("probe", "--config", config, "--dataset", "mnist", "--mode", "knn",
+                 "--repeats", "3", "--set", "probe.knn_k=5")
+    cfg = load_config(str(config))
+    feats = split_features(cfg, "mnist", seeded_backbone(cfg, None), torch.device("cpu"))
+    test, val = (_vote(feats["train"], feats[s], 5, 0.07, 10) for s in ("test", "val"))
+    assert out.splitlines()[-1] == \
+        f"mnist: kNN (k=5) test top1 {100 * test:.2f} %, val {100 * val:.2f} %"
+    assert "probe step" not in out and "probe" not in out.splitlines()[-1]
+    record = json.loads(next((tmp_path / "out" / "evaluations").glob("*.json")).read_text())
+    assert (record["mode"], record["repeats"]) == ("knn (k=5)", 1)
+    capped = invoke("probe", "--config", config, "--dataset", "mnist", "--mode", "knn",
+                    "--set", "probe.knn_k=100000")
+    assert f"kNN (k={len(feats['train'].y)}) test" in capped  # every training image voted
+
+
+def test_the_report_shows_a_knn_vote_without_a_spread(tmp_path, mnist_tree):
+    path = write_tiny_experiment(tmp_path, {"mnist": mnist_tree}, {
+        "s": {"method": ["Target"], "dataset": ["mnist"], "steps": [2],
+              "probe_mode": ["knn", "cached"]}}, references=False,
+        set=["probe.knn_k=5", "probe.repeats=1"])
+    invoke("sweep", path, "--executor", "debug")
+    invoke("report", path, "--from-files")
+    report = (tmp_path / "out" / "report" / "tiny-sweep.md").read_text()
+    results = {r["mode"]: r for r in (json.loads(p.read_text()) for p in
+                                      (tmp_path / "out").glob("units/*/results/*.json"))}
+    knn, cached = (100 * results[m]["score"] for m in ("knn (k=5)", "cached"))
+    assert "### mnist: protocol check (kNN (k=5) vs cached)" in report
+    assert f"| Target | 2 | {knn:.1f} (n=1) | {cached:.1f} (n=1) |" in report, report
+    assert "knn (k=5)" in report.split("Evaluation modes in this report: ")[1].split("\n")[0]

@@ -162,7 +162,7 @@ def test_runs_table_and_other_init_forms(chain, tmp_path):
     out = invoke("runs", "--output-dir", cfg.output_dir)
     assert out.exit_code == 0, out.output
     lines = out.output.splitlines()
-    assert "method" in lines[1] and "probe test" in lines[1]
+    assert "method" in lines[1] and " test " in lines[1] and " val " in lines[1]
     target_line = next(line for line in lines if line.startswith("target"))
     assert "models:/tiny@tiny-base <- base" in target_line and "FINISHED" in target_line
     probe_line = next(line for line in lines if line.startswith("probe target"))

@@ -32,6 +32,7 @@ import numpy as np
 from ..config.schema import PROBE_MODES
 from ..tracking import Tracker
 from .metrics import TOP1
+from .probe import KNN
 
 SCORE, SCORE_STD, VAL_SCORE, BEST_STEP, REPEATS = ("score", "score_std", "val_score",
                                                    "best_step", "repeats")
@@ -102,7 +103,7 @@ class EvalRecord:
     protocol: str  # linear | finetune
     method: str
     dataset: str
-    mode: str  # cached | augmented | cached (raw pixels) | finetune (<n> labels)
+    mode: str  # cached | augmented | knn (k=<k>) | cached (raw pixels) | finetune (<n> labels)
     metric: str  # top1 | auroc
     score: float
     score_std: float = 0.0
@@ -133,7 +134,23 @@ class EvalRecord:
         cached), "" for fine-tuning."""
         if self.protocol != "linear":
             return ""
-        return self.mode if self.mode in PROBE_MODES else "cached"
+        mode = self.mode.split(" ")[0]
+        return mode if mode in PROBE_MODES else "cached"
+
+    @property
+    def trained(self) -> bool:
+        """False for a kNN vote: no probe steps, no repeats, nothing trained."""
+        return self.probe_mode != KNN
+
+    @property
+    def evaluation(self) -> str:
+        """What the evaluation is: ``linear probe (cached)``, ``linear probe (cached, raw
+        pixels)``, ``kNN (k=20)``, ``fine-tune (100 labels)``."""
+        if not self.trained:
+            return "kNN" + self.mode[len(KNN):]
+        if self.protocol == "linear":
+            return f"linear probe ({self.mode.replace(' (', ', ').replace(')', '')})"
+        return "fine-tune" + self.mode[len("finetune"):]
 
     @property
     def key(self) -> CellKey:
@@ -170,9 +187,18 @@ class EvalRecord:
         return {tag: str(getattr(self, name)) for name, tag in _TAGS.items()}
 
     def describe(self) -> str:
-        """One line, e.g. ``top1 91.20 +- 0.35 % over 3 repeats (mode: augmented)``."""
-        return (f"{self.metric} {100 * self.score:.2f} +- {100 * self.score_std:.2f} % over "
-                f"{self.repeats} repeat{'s' if self.repeats != 1 else ''} "
+        """One line: ``kNN (k=20) test top1 91.20 %, val 90.80 %``; a linear probe's test
+        score at its best val score, ``top1 91.20 +- 0.35 % over 3 probes (mode:
+        augmented)`` (one probe: no spread); ``fine-tune (100 labels): ...``."""
+        score = f"{self.metric} {100 * self.score:.2f}"
+        if not self.trained:
+            return f"{self.evaluation} test {score} %, val {100 * self.val_score:.2f} %"
+        if self.protocol != "linear":
+            return (f"{self.evaluation} test {score} % at the best val score (val "
+                    f"{100 * self.val_score:.2f} % at step {int(self.best_step)})")
+        if self.repeats == 1:
+            return f"{score} % (1 probe, mode: {self.mode})"
+        return (f"{score} +- {100 * self.score_std:.2f} % over {self.repeats} probes "
                 f"(mode: {self.mode})")
 
     def log(self, tracker: Tracker) -> None:
