@@ -12,6 +12,7 @@ from hpt_hpc.config import DatasetConfig, config_from_dict
 from hpt_hpc.data import list_split
 from hpt_hpc.errors import HptError
 from hpt_hpc.eval.metrics import binary_auroc, mean_auroc, score
+from hpt_hpc.eval.record import EvalRecord
 from hpt_hpc.eval.runner import evaluate_linear, evaluate_pixels
 from hpt_hpc.data.transforms import build_eval_transform, build_probe_train_transform
 from hpt_hpc.eval.splits import label_space
@@ -90,7 +91,10 @@ def test_cached_repeats_give_mean_and_std(tmp_path, mnist_tree):
     assert summary.mean == pytest.approx(statistics.fmean(scores))
     assert summary.std == pytest.approx(statistics.stdev(scores))
     assert len({tuple(r.curve) for r in summary.results}) > 1, "seeds must differ"
-    assert "over 3 probes (mode: cached)" in summary.describe()
+    assert EvalRecord.from_outcome("linear", summary, method="random-init",
+                                   dataset="mnist").describe() == (
+        f"top1 {100 * summary.mean:.2f} +- {100 * summary.std:.2f} % over 3 probes "
+        f"(mode: cached)")
     # the same seed reproduces its probe exactly; the random init is drawn from cfg.seed
     again = evaluate_linear(dataclasses.replace(
         cfg, probe=dataclasses.replace(cfg.probe, repeats=1)), "mnist", None, "cpu")

@@ -96,8 +96,7 @@ def test_knn_votes_by_weighted_neighbours_and_runs_from_the_cli(tmp_path, mnist_
     out = CliRunner().invoke(cli, ["probe", "--config", str(config), "--dataset", "mnist",
                                    "--mode", "knn", "--set", "probe.knn_k=5"])
     assert out.exit_code == 0, out.output
-    assert "(mode: knn)" in out.output
-    accuracy = float(out.output.split("test top1 at best val ")[1].split("%")[0])
+    accuracy = float(out.output.split("mnist: kNN (k=5) test top1 ")[1].split(" %")[0])
     assert accuracy > 20.0  # far above chance (10 %) even on a random backbone's features
 
 

@@ -145,6 +145,22 @@ def test_sweep_skips_finished_units_and_resumes_unfinished(tmp_path, mnist_tree)
     assert "| HPT |  | " in text and "raw pixels (reference)" in text
     assert "random init (reference)" in text and "4 steps | 6 steps" in text
     assert all(p.is_file() and p.stat().st_size > 5000 for p in report.plots)
+    # A unit's checkpoint evaluated on its own is filed beside the sweep's evaluations
+    # (same experiment and pipeline run), with the unit's lineage, but not as the sweep's.
+    unit = "HPT-mnist-6st-seed0"
+    probe = CliRunner().invoke(cli, ["probe", "--config", str(tmp_path / "config.yaml"),
+                                     "--dataset", "mnist", "--mode", "knn", "--checkpoint",
+                                     str(spec.layout.unit_stage(unit).final)])
+    assert probe.exit_code == 0, probe.output
+    [own] = client.search_runs([exp.experiment_id],
+                               f"attributes.run_name = 'probe mnist of {unit}'")
+    [sweeps] = client.search_runs([exp.experiment_id], f"tags.`hpt.unit` = '{unit}-linear'")
+    assert own.data.tags["mlflow.parentRunId"] == sweeps.data.tags["mlflow.parentRunId"]
+    for tag in ("hpt.pipeline", "hpt.method", "hpt.stage", "hpt.evaluates",
+                "hpt.target_steps", "hpt.queue_size"):
+        assert own.data.tags[tag] == sweeps.data.tags[tag], tag
+    assert own.data.tags["hpt.evaluates"] == unit and "hpt.sweep" not in own.data.tags
+    assert len(rows_from_mlflow(uri, "tiny-sweep", "tiny-sweep")) == len(rows)
 
 
 def test_paths_in_an_experiment_file_are_relative_to_it(tmp_path, mnist_tree, monkeypatch):

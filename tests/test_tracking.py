@@ -129,11 +129,11 @@ def test_chain_is_nested_tagged_and_registered(chain):
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     assert exp.artifact_location.startswith(str(Path(cfg.output_dir) / "mlartifacts"))
     base, target = (client.get_run(results[s].run_id) for s in ("base", "target"))
-    for stage, run in (("base", base), ("target", target)):
+    for stage, run, method in (("base", base, "MoCo-v2 base"), ("target", target, "HPT")):
         tags = run.data.tags
         assert tags["mlflow.parentRunId"] == parent and run.info.status == "FINISHED"
         assert (tags["hpt.pipeline"], tags["hpt.stage"], tags["hpt.method"],
-                tags["hpt.dataset"]) == ("tiny", stage, "HPT", "mnist")
+                tags["hpt.dataset"]) == ("tiny", stage, method, "mnist")
         assert len(tags["hpt.git_commit"]) == 40
         assert run.data.params["optim.lr"] == "0.05" and "tracking.uri" in run.data.params
         assert {"system/cpu_utilization_percentage", "system/disk_usage_percentage",
@@ -163,7 +163,7 @@ def test_runs_table_and_other_init_forms(chain, tmp_path):
     out = invoke("runs", "--output-dir", cfg.output_dir)
     assert out.exit_code == 0, out.output
     lines = out.output.splitlines()
-    assert "method" in lines[1] and "probe test" in lines[1]
+    assert "method" in lines[1] and " test " in lines[1] and " val " in lines[1]
     target_line = next(line for line in lines if line.startswith("target"))
     assert "models:/tiny@tiny-base <- base" in target_line and "FINISHED" in target_line
     probe_line = next(line for line in lines if line.startswith("probe target"))

@@ -122,7 +122,7 @@ def sync(folder: str, timeout: float) -> None:
 @click.option("--experiment", default=None, help="Only this experiment.")
 @click.option("--markdown", is_flag=True, help="Print a Markdown table.")
 def runs(uri, output_dir, config_path, pipeline, experiment, markdown) -> None:
-    """A pipeline's stage and evaluation runs: method, dataset, steps, probe accuracy."""
+    """A pipeline's stage and evaluation runs: method, dataset, steps, test/val score."""
     from ..experiments.results import format_runs, pipeline_rows
     from ..tracking.store import reader_for
     target = _store_uri(uri, output_dir, config_path)

@@ -50,18 +50,15 @@ def export(checkpoint: str, fmt: str, out: str) -> None:
 def embed(config_path, overrides, dataset, split, checkpoint, out) -> None:
     """Features of every image of a dataset split (frozen backbone, eval transform),
     labelled or not (format: folder)."""
-    from pathlib import Path
-
-    from ..config import InitRef, OutputLayout, load_config
+    from ..config import InitRef, load_config
     from ..device import resolve_device
     from ..eval.embed import embed_outputs, embed_split
-    from ..plan import tracking_target
+    from ..eval.lineage import checkpoint_lineage, log_embedding
     features, index = embed_outputs(out)
     cfg = load_config(config_path, overrides)
     ref = InitRef.parse(checkpoint, "--checkpoint").absolute()
-    target = tracking_target(cfg)
-    resolved = ref.resolve(OutputLayout(Path(cfg.output_dir).resolve()).evaluations,
-                           target.uri if target else None, who="embed")
-    rows, dim = embed_split(cfg, dataset, split, resolved.path, out,
+    lineage = checkpoint_lineage(cfg, ref, who="embed")
+    rows, dim = embed_split(cfg, dataset, split, lineage.path, out,
                             resolve_device(cfg.device), {"the --config file": config_path})
+    log_embedding(lineage, ref, dataset, split, {"out": out, "rows": rows, "dim": dim})
     click.echo(f"wrote {features} ({rows} x {dim} float32) and {index}")

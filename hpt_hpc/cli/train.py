@@ -71,14 +71,15 @@ def _evaluate(config_path, overrides, protocol, dataset, checkpoint, section, ch
               help="Independent probes (seeds seed..seed+N-1), reported as mean +- std "
                    "(default: probe.repeats).")
 def probe(config_path: str, overrides, checkpoint, dataset, mode, repeats) -> None:
-    """Linear probe of a checkpoint's frozen backbone (test score at the best val score)."""
+    """Linear probe of a checkpoint's frozen backbone (test score at the best val score),
+    or a kNN vote on its features (--mode knn: nothing trained)."""
     record, summary = _evaluate(config_path, overrides, "linear", dataset, checkpoint,
                                 "probe", {"mode": mode, "repeats": repeats})
-    for res in summary.results:
+    for res in summary.results if record.trained else ():
         click.echo(f"seed {res.seed}: test {res.metric} at best val "
                    f"{100 * res.test_at_best_val:.2f}% (val {100 * res.best_val:.2f}% at "
                    f"probe step {res.best_step})")
-    click.echo(f"{dataset}: {summary.describe()}")
+    click.echo(f"{dataset}: {record.describe()}")
 
 
 @click.command()

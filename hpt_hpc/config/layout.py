@@ -20,7 +20,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 CHECKPOINTS = "checkpoints"
 LAST = "last.pt"
@@ -100,6 +100,15 @@ class StageLayout:
     def sibling(self, stage: str) -> "StageLayout":
         """Another stage of the same output_dir."""
         return StageLayout(self.output_dir, stage)
+
+    @classmethod
+    def finished_at(cls, checkpoint: object) -> Optional["StageLayout"]:
+        """The stage whose final checkpoint ``checkpoint`` is (``None``: another file)."""
+        path = Path(checkpoint).resolve()
+        if len(path.parents) < 3:
+            return None
+        layout = cls(path.parents[2], path.parents[1].name)
+        return layout if layout.final == path else None
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,10 @@ from typing import Any, Optional, Tuple
 from ..config import ExperimentConfig, InitRef, OutputLayout, config_to_dict
 from ..device import limit_cpu_threads, resolve_device
 from ..errors import HptError
-from ..plan import EvalPlan, tracking_target
+from ..plan import EvalPlan
 from ..tracking.registry import safe_name
 from ..tracking.runs import open_run
+from .lineage import checkpoint_lineage
 from .record import PREDICTIONS_ARTIFACTS, EvalRecord, save_predictions, write_record_file
 from .resume import Checkpoints, settings_key
 from .runner import evaluate_finetune, evaluate_linear, evaluate_pixels
@@ -23,16 +24,22 @@ from .runner import evaluate_finetune, evaluate_linear, evaluate_pixels
 def cli_plan(cfg: ExperimentConfig, protocol: str, dataset: str,
              checkpoint: Optional[str]) -> EvalPlan:
     """The plan of ``hpt-hpc probe``/``finetune``: ``checkpoint`` is any reference
-    :class:`InitRef` accepts (``None``: a seeded random backbone)."""
+    :class:`InitRef` accepts (``None``: a seeded random backbone); method, stage, step
+    budget, the evaluated run and where the run logs come from the checkpoint
+    (:func:`~hpt_hpc.eval.lineage.checkpoint_lineage`)."""
     ref = InitRef.parse(checkpoint, "--checkpoint").absolute()
     if dataset not in cfg.datasets:
         raise HptError(f"dataset '{dataset}' is not defined in the config (defined: "
                        f"{', '.join(sorted(cfg.datasets)) or 'none'})")
-    label = f"{'probe' if protocol == 'linear' else 'finetune'} {dataset}"
+    what = f"{'probe' if protocol == 'linear' else 'finetune'} {dataset}"
+    lineage = checkpoint_lineage(cfg, ref, who=f"evaluation '{what}'")
+    label = lineage.name(what)
     layout = OutputLayout(Path(cfg.output_dir).resolve()).evaluations
     result = layout.root / f"{safe_name(label)}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    return EvalPlan(cfg, protocol, "random-init" if ref.is_random else "checkpoint", dataset,
-                    ref, label, layout, result, tracking=tracking_target(cfg), seed=cfg.seed)
+    return EvalPlan(cfg, protocol, lineage.method, dataset, ref, label,
+                    lineage.layout or layout, result, tracking=lineage.tracking,
+                    steps=lineage.steps, seed=cfg.seed, evaluates=lineage.evaluates,
+                    stage=lineage.stage)
 
 
 def resume_checkpoints(plan: EvalPlan, weights: Optional[str]) -> Checkpoints:
@@ -53,7 +60,7 @@ def evaluate_plan(plan: EvalPlan) -> Tuple[EvalRecord, Any]:
     device = resolve_device(cfg.device)
     limit_cpu_threads(device, cfg.data.workers)
     ref = plan.checkpoint
-    if plan.evaluates and not Path(ref.value).is_file():
+    if plan.evaluates and ref.kind == "file" and not Path(ref.value).is_file():
         raise HptError(f"unit {plan.label}: its pretraining ({plan.evaluates}) has no final "
                        f"checkpoint at {ref.value}; it failed or was cancelled. Re-run the "
                        f"sweep: finished units are skipped, this one is retried")
@@ -71,6 +78,7 @@ def evaluate_plan(plan: EvalPlan) -> Tuple[EvalRecord, Any]:
         plan.protocol, outcome, method=plan.method, dataset=plan.dataset, steps=plan.steps,
         seed=plan.seed, augment=plan.augment, images=plan.images,
         checkpoint=ref.text or "none", evaluates=plan.evaluates or "none",
+        stage=plan.stage or "none",
         pretrain_seconds=float(stage.get("seconds", 0.0)), probe_labels=plan.probe_labels,
         queue_size=int(stage.get("queue_size", 0)),
         pretrain_images=int(stage.get("images", 0)), label=plan.label)
@@ -86,7 +94,7 @@ def log_record(plan: EvalPlan, record: EvalRecord,
         return None
     section = plan.config.probe if plan.protocol == "linear" else plan.config.finetune
     tracker = open_run(target.uri, target.experiment, plan.label, "eval",
-                       tags={"hpt.pipeline": target.pipeline, **plan.tags},
+                       tags={**target.tags(), **plan.tags},
                        parent_run_id=target.parent_run_id, system_metrics=False,
                        flush_seconds=target.flush_seconds)
     status = "FAILED"

@@ -32,10 +32,13 @@ def knn_scores(train: Features, queries: Features, k: int, temperature: float,
 
 def knn_probe(train: Features, val: Features, test: Features, k: int,
               temperature: float) -> ProbeResult:
-    """Val and test scores of the kNN classifier (``best_step`` 0: nothing is trained)."""
+    """Val and test scores of the kNN classifier (``best_step`` 0: nothing is trained);
+    its mode names the neighbours that voted, ``knn (k=<k>)`` (``k`` capped at the
+    training images)."""
     classes = num_classes_of(train, val, test)
     val_scores = knn_scores(train, val, k, temperature, classes)
     test_scores = knn_scores(train, test, k, temperature, classes)
-    return ProbeResult(score(test_scores, test.y), score(val_scores, val.y), 0, [], KNN,
-                       metric_for(train.multi_label), 0,
+    voted = min(int(k), train.x.shape[0])
+    return ProbeResult(score(test_scores, test.y), score(val_scores, val.y), 0, [],
+                       f"{KNN} (k={voted})", metric_for(train.multi_label), 0,
                        compact_predictions(test_scores, test.y))

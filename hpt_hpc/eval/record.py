@@ -5,11 +5,11 @@ path (``hpt-hpc probe``/``finetune``, sweep and quickstart evaluations) and read
 MLflow: an evaluation run (tag ``hpt.kind=eval``) carries the coordinates as tags
 (``hpt.protocol``, ``hpt.method``, ``hpt.dataset``, ``hpt.target_steps``, ``hpt.seed``,
 ``hpt.augment``, ``hpt.images``, ``hpt.eval_mode``, ``hpt.metric``, ``hpt.checkpoint``,
-``hpt.evaluates``) and the scores as metrics: ``score`` (test score at the best val score,
-mean over probe repeats), ``score_std``, ``val_score``, ``best_step``, ``repeats``,
-``pretrain_seconds``, ``score_repeat`` (one value per repeat, step = repeat index) and the
-curves ``curve_val``/``curve_test`` (step = probe or fine-tune step); the per-image test
-predictions as the artifact ``predictions.npz``. Files: the same record as JSON
+``hpt.evaluates``, ``hpt.stage``) and the scores as metrics: ``score`` (test score at the
+best val score, mean over probe repeats), ``score_std``, ``val_score``, ``best_step``,
+``repeats``, ``pretrain_seconds``, ``score_repeat`` (one value per repeat, step = repeat
+index) and the curves ``curve_val``/``curve_test`` (step = probe or fine-tune step); the
+per-image test predictions as the artifact ``predictions.npz``. Files: the same record as JSON
 (:meth:`EvalRecord.to_json`) with the predictions beside it (``<name>.npz``).
 
 Predictions (:class:`Predictions`): ``predictions`` (repeats, images) predicted classes
@@ -33,6 +33,7 @@ from ..config.schema import PROBE_MODES
 from ..files import atomic_write, write_text_atomic
 from ..tracking import Tracker
 from .metrics import TOP1
+from .probe import KNN
 
 SCORE, SCORE_STD, VAL_SCORE, BEST_STEP, REPEATS = ("score", "score_std", "val_score",
                                                    "best_step", "repeats")
@@ -41,7 +42,7 @@ PRETRAIN_SECONDS, SCORE_REPEAT, CURVE_VAL, CURVE_TEST = ("pretrain_seconds", "sc
 _TAGS = {"protocol": "hpt.protocol", "method": "hpt.method", "dataset": "hpt.dataset",
          "steps": "hpt.target_steps", "seed": "hpt.seed", "augment": "hpt.augment",
          "images": "hpt.images", "mode": "hpt.eval_mode", "metric": "hpt.metric",
-         "checkpoint": "hpt.checkpoint", "evaluates": "hpt.evaluates",
+         "checkpoint": "hpt.checkpoint", "evaluates": "hpt.evaluates", "stage": "hpt.stage",
          "probe_labels": "hpt.probe_labels", "queue_size": "hpt.queue_size",
          "pretrain_images": "hpt.pretrain_images"}
 PREDICTIONS_ARTIFACTS = "predictions"  # the run's artifact folder holding the .npz
@@ -101,7 +102,7 @@ class EvalRecord:
     protocol: str  # linear | finetune
     method: str
     dataset: str
-    mode: str  # cached | augmented | cached (raw pixels) | finetune (<n> labels)
+    mode: str  # cached | augmented | knn (k=<k>) | cached (raw pixels) | finetune (<n> labels)
     metric: str  # top1 | auroc
     score: float
     score_std: float = 0.0
@@ -115,7 +116,8 @@ class EvalRecord:
     augment: str = "all"
     images: str = "all"
     checkpoint: str = "none"
-    evaluates: str = "none"  # the pretraining unit evaluated
+    evaluates: str = "none"  # the evaluated stage's run (label): a sweep's pretraining unit
+    stage: str = "none"  # the evaluated checkpoint's stage
     pretrain_seconds: float = 0.0
     probe_labels: str = "all"  # linear probes: labelled training images per class
     queue_size: int = 0  # the evaluated stage's effective MoCo queue (0: none)
@@ -131,7 +133,23 @@ class EvalRecord:
         cached), "" for fine-tuning."""
         if self.protocol != "linear":
             return ""
-        return self.mode if self.mode in PROBE_MODES else "cached"
+        mode = self.mode.split(" ")[0]
+        return mode if mode in PROBE_MODES else "cached"
+
+    @property
+    def trained(self) -> bool:
+        """False for a kNN vote: no probe steps, no repeats, nothing trained."""
+        return self.probe_mode != KNN
+
+    @property
+    def evaluation(self) -> str:
+        """What the evaluation is: ``linear probe (cached)``, ``linear probe (cached, raw
+        pixels)``, ``kNN (k=20)``, ``fine-tune (100 labels)``."""
+        if not self.trained:
+            return "kNN" + self.mode[len(KNN):]
+        if self.protocol == "linear":
+            return f"linear probe ({self.mode.replace(' (', ', ').replace(')', '')})"
+        return "fine-tune" + self.mode[len("finetune"):]
 
     @property
     def key(self) -> CellKey:
@@ -168,9 +186,18 @@ class EvalRecord:
         return {tag: str(getattr(self, name)) for name, tag in _TAGS.items()}
 
     def describe(self) -> str:
-        """One line, e.g. ``top1 91.20 +- 0.35 % over 3 repeats (mode: augmented)``."""
-        return (f"{self.metric} {100 * self.score:.2f} +- {100 * self.score_std:.2f} % over "
-                f"{self.repeats} repeat{'s' if self.repeats != 1 else ''} "
+        """One line: ``kNN (k=20) test top1 91.20 %, val 90.80 %``; a linear probe's test
+        score at its best val score, ``top1 91.20 +- 0.35 % over 3 probes (mode:
+        augmented)`` (one probe: no spread); ``fine-tune (100 labels): ...``."""
+        score = f"{self.metric} {100 * self.score:.2f}"
+        if not self.trained:
+            return f"{self.evaluation} test {score} %, val {100 * self.val_score:.2f} %"
+        if self.protocol != "linear":
+            return (f"{self.evaluation} test {score} % at the best val score (val "
+                    f"{100 * self.val_score:.2f} % at step {int(self.best_step)})")
+        if self.repeats == 1:
+            return f"{score} % (1 probe, mode: {self.mode})"
+        return (f"{score} +- {100 * self.score_std:.2f} % over {self.repeats} probes "
                 f"(mode: {self.mode})")
 
     def log(self, tracker: Tracker) -> None:
@@ -217,12 +244,18 @@ class EvalRecord:
                    steps=int(coords["steps"] or 0), seed=int(coords["seed"] or 0),
                    augment=coords["augment"] or "all", images=coords["images"] or "all",
                    checkpoint=coords["checkpoint"] or "none",
-                   evaluates=coords["evaluates"] or "none",
+                   evaluates=coords["evaluates"] or "none", stage=coords["stage"] or "none",
                    pretrain_seconds=metrics.get(PRETRAIN_SECONDS, 0.0),
                    probe_labels=coords["probe_labels"] or "all",
                    queue_size=int(coords["queue_size"] or 0),
                    pretrain_images=int(coords["pretrain_images"] or 0),
                    label=tags.get("hpt.label", ""), run_id=run.info.run_id)
+
+
+def record_tags(**coords: Any) -> Dict[str, str]:
+    """The tags of these record coordinates (``method=...``, ``stage=...``) for runs that
+    are not evaluations (``hpt-hpc embed``): the one spelling of each."""
+    return {_TAGS[name]: str(value) for name, value in coords.items()}
 
 
 def save_predictions(record: EvalRecord, path: os.PathLike) -> Optional[Path]:

@@ -42,8 +42,9 @@ EXTRACT_BATCH = 256
 @dataclass
 class LinearSummary:
     """``repeats`` linear probes of one backbone: mean and sample std (0 for one probe) of
-    their test scores at the best val score. ``mode``: cached | augmented | cached (raw
-    pixels); ``metric``: top1 | auroc. The ``test_at_best_val`` / ``best_val`` /
+    their test scores at the best val score. ``mode``: cached | augmented | knn (k=<k>) |
+    cached (raw pixels); ``metric``: top1 | auroc (described by its
+    :class:`~hpt_hpc.eval.record.EvalRecord`). The ``test_at_best_val`` / ``best_val`` /
     ``best_step`` / ``curve`` properties let it stand in for a :class:`ProbeResult`."""
 
     mean: float
@@ -75,12 +76,6 @@ class LinearSummary:
     @property
     def repeats(self) -> int:
         return len(self.results)
-
-    def describe(self) -> str:
-        """One line, e.g. ``top1 91.20 +- 0.35 % over 3 probes (mode: augmented)``."""
-        probes = "probe" if self.repeats == 1 else "probes"
-        return (f"{self.metric} {100 * self.mean:.2f} +- {100 * self.std:.2f} % over "
-                f"{self.repeats} {probes} (mode: {self.mode})")
 
 
 def summarize(results: List[ProbeResult], mode: str, dataset: str = "",
@@ -219,7 +214,8 @@ def evaluate_linear(cfg: ExperimentConfig, dataset: str, checkpoint: Optional[st
         raise HptError(f"probe.mode '{cfg.probe.mode}' is not one of {CACHED}, {AUGMENTED}, "
                        f"{KNN}")
     test = held_out["test"] if cfg.probe.mode == AUGMENTED else feats["test"]
-    return summarize(results, cfg.probe.mode, dataset, checkpoint, test)
+    mode = results[0].mode if cfg.probe.mode == KNN else cfg.probe.mode  # knn (k=<k>)
+    return summarize(results, mode, dataset, checkpoint, test)
 
 
 def _held_out(cfg: ExperimentConfig, dataset: str, backbone, device,

@@ -27,7 +27,8 @@ from .tables import markdown_table, write_csv
 
 STEPLESS = tuple(name for name, m in METHODS.items() if not m.uses_steps)
 METHOD_NOTE = (f"Cells: mean over pretraining seeds with its {INTERVAL_METHOD} and n, the "
-               f"number of seeds; with one seed, mean ± the probe repeats' std (n=1). The "
+               f"number of seeds; with one seed, mean ± the probe repeats' std (n=1), or the "
+               f"mean alone (one probe, or a kNN vote: nothing trained, nothing repeated). The "
                f"seed axis varies target-stage pretraining (data order, augmentation, new "
                f"heads); the shared upstream stages (base, source) are trained once and "
                f"stand for a published checkpoint. Differences: {BOOTSTRAP_METHOD}. "
@@ -237,7 +238,8 @@ def _protocol_section(cells, dataset: str, steps: Sequence[int], mode: str) -> L
     for k in sorted(keys, key=lambda k: (_ordered([k.method]), k.steps)):
         cached = find(cells, "linear", k.method, dataset, k.steps or None)
         body.append([k.method, str(k.steps or "–"), _text(cells[k]), _text(cached)])
-    title = "the paper's augmented probe" if mode == "augmented" else f"the {mode} probe"
+    title = "the paper's augmented probe" if mode == "augmented" else \
+        cells[keys[0]].first.evaluation
     lines = [f"### {dataset}: protocol check ({title} vs cached)", ""]
     lines += _table(["method", "target steps", mode, "cached"], body)
     other = {j.comparison: j.verdict for c in judge_claims(cells, dataset, steps, mode)

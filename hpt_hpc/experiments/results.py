@@ -26,7 +26,7 @@ RUN_THE_SWEEP = "run `hpt-hpc sweep <experiment file>` first, or give --tracking
 class Cell:
     """The seeds of one cell, aggregated: mean over seeds and a 95 % t-interval over them
     (:func:`.evidence.seed_interval`); std over seeds when there are several, else the
-    probe repeats' std."""
+    probe repeats' std (none for one probe or a kNN vote)."""
 
     rows: List[EvalRecord]
 
@@ -58,10 +58,11 @@ class Cell:
         return [r.score for r in self.rows]
 
     def text(self) -> str:
-        """``mean [low, high] (n=seeds)``, or ``mean ± repeats' std (n=1)``."""
-        if len(self.rows) > 1:
-            return self.interval.text()
-        return f"{100 * self.mean:.1f} ± {100 * self.std:.1f} (n=1)"
+        """``mean [low, high] (n=seeds)``, ``mean ± repeats' std (n=1)``, or ``mean (n=1)``
+        when one evaluation has no spread (one probe, a kNN vote)."""
+        if len(self.rows) == 1 and self.first.repeats > 1:
+            return f"{100 * self.mean:.1f} ± {100 * self.std:.1f} (n=1)"
+        return self.interval.text()
 
     def curve(self) -> List[Tuple[int, float]]:
         """Mean test score against probe steps over the cell's seeds."""
@@ -169,8 +170,8 @@ def find(cells: Dict[Tuple, Cell], protocol: str, method: str, dataset: str,
 
 
 # -- hpt-hpc runs -------------------------------------------------------------------------
-RUN_COLUMNS = ("run", "kind", "method", "dataset", "steps", "loss", "probe test",
-               "probe val", "status", "started from")
+RUN_COLUMNS = ("run", "kind", "method", "dataset", "steps", "loss", "test", "val",
+               "status", "started from")
 
 
 def _experiments(client: Any, experiment: Optional[str]) -> List[str]:
@@ -212,13 +213,15 @@ def _cells(run: Any, names: Dict[str, str]) -> Tuple[str, ...]:
     if tags.get("hpt.init_run_id") in names:
         src += f" <- {names[tags['hpt.init_run_id']]}"
     test = val = "-"
+    kind = tags.get("hpt.kind", "?")
     if is_eval_run(run):
         record = EvalRecord.from_run(run)
+        kind = f"{kind}: {record.evaluation}"
         unit = " AUROC" if record.metric == "auroc" else ""
         test, val = _fmt(record.score, True), _fmt(record.val_score, True)
         test = test + unit if test != "-" else test
     steps = tags.get("hpt.steps") or tags.get("hpt.target_steps", "-")
-    return (run.info.run_name or run.info.run_id[:8], tags.get("hpt.kind", "?"),
+    return (run.info.run_name or run.info.run_id[:8], kind,
             tags.get("hpt.method", "-"), tags.get("hpt.dataset", "-"), steps,
             _fmt(metrics.get("loss")), test, val, run.info.status, src or "-")
 

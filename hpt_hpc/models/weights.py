@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import os
 import pickle
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
 
 import torch
 
@@ -30,11 +31,14 @@ _MAX_LISTED = 10
 
 def stage_checkpoint(model: torch.nn.Module, optimizer: Any, step: int, total: int,
                      stage: str, variant: str, init: Any, config: dict, rng: dict,
-                     run_id: Any, method: Any = None) -> dict:
+                     run_id: Any, *, method: Optional[str] = None,
+                     label: Optional[str] = None, target_steps: Optional[int] = None) -> dict:
     """The toolkit's checkpoint of a stage: ``format``, ``model`` (MoCo state with queue),
-    ``optimizer``, ``step``/``total_steps``, ``stage``, ``variant``, ``method`` (its row
-    in the method table; ``None`` in checkpoints of earlier versions), ``init``, the
-    resolved ``config`` (plain dict), ``rng`` states and the tracker's ``tracker_run_id``."""
+    ``optimizer``, ``step``/``total_steps``, ``stage``, ``variant``, ``init``, the resolved
+    ``config`` (plain dict), ``rng`` states, the tracker's ``tracker_run_id``, and its
+    lineage: the stage's ``method`` tag, ``label`` (its run's name: the stage, grid cell or
+    sweep unit) and ``target_steps`` (the step budget tables file it under). Checkpoints
+    written before the lineage keys lack them (:func:`checkpoint_info` reads them as None)."""
     return {
         "format": CHECKPOINT_FORMAT,
         "model": model.state_dict(),
@@ -43,12 +47,66 @@ def stage_checkpoint(model: torch.nn.Module, optimizer: Any, step: int, total: i
         "total_steps": total,
         "stage": stage,
         "variant": variant,
-        "method": method,
         "init": init,
         "config": config,
         "rng": rng,
         "tracker_run_id": run_id,
+        "method": method,
+        "label": label,
+        "target_steps": target_steps,
     }
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What a checkpoint file says about itself: its ``layout`` (hpt-hpc, moco, openselfsup,
+    torchvision) and, for the toolkit's own, the stage that wrote it. ``method``, ``label``
+    and ``target_steps`` are None in checkpoints written before they were recorded;
+    ``stage_config`` is that stage's section of the recorded config."""
+
+    layout: str
+    stage: Optional[str] = None
+    variant: Optional[str] = None
+    method: Optional[str] = None
+    label: Optional[str] = None
+    step: int = 0
+    total_steps: int = 0
+    target_steps: Optional[int] = None
+    run_id: Optional[str] = None
+    stage_config: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_toolkit(self) -> bool:
+        return self.layout == "hpt-hpc"
+
+
+def _header(path: str) -> Any:
+    """The checkpoint's object, tensors memory-mapped (not read) where the file allows."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - a legacy (non-zip) file: read it whole
+        return load_checkpoint(path)
+
+
+def checkpoint_info(path: str) -> CheckpointInfo:
+    """The :class:`CheckpointInfo` of a checkpoint file; unreadable files and unknown
+    layouts raise like :func:`load_checkpoint`."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    obj = _header(path)
+    layout = _classify(obj, path)[0]
+    if layout != "hpt-hpc":
+        return CheckpointInfo(layout)
+    stage = obj.get("stage")
+    stages = (obj.get("config") or {}).get("stages") or {}
+    steps = obj.get("target_steps")
+    return CheckpointInfo(layout, stage, obj.get("variant"), obj.get("method") or None,
+                          obj.get("label") or None, int(obj.get("step") or 0),
+                          int(obj.get("total_steps") or 0),
+                          None if steps is None else int(steps),
+                          obj.get("tracker_run_id") or None,
+                          dict(stages.get(stage) or {}))
 
 
 def checkpoint_run_id(path: str) -> Any:

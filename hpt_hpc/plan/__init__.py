@@ -1,13 +1,15 @@
 """Planning: configs and experiment files resolved once into the plan objects jobs
 receive (:class:`StagePlan`, :class:`EvalPlan`, grouped in :class:`Phase` objects), and
 the one method table. See ``docs/architecture.md``."""
-from .methods import ALIASES, METHODS, REFERENCES, Method, method, method_of_variant
+from .methods import (ALIASES, METHODS, REFERENCES, Method, external_method, method,
+                      stage_method, upstream_method)
 from .planner import (ConfigPlan, GridCell, check_data, grid_cells, plan_config, plan_stages,
                       stage_plan, tracking_target, training_records)
 from .plans import (PROTOCOLS, EvalPlan, Phase, StagePlan, TrackingTarget, describe_phases,
                     with_parent)
 
-__all__ = ["ALIASES", "METHODS", "REFERENCES", "Method", "method", "method_of_variant",
+__all__ = ["ALIASES", "METHODS", "REFERENCES", "Method", "external_method", "method",
+           "stage_method", "upstream_method",
            "ConfigPlan", "GridCell", "check_data", "grid_cells", "plan_config", "plan_stages",
            "stage_plan", "tracking_target", "training_records", "PROTOCOLS", "EvalPlan",
            "Phase", "StagePlan", "TrackingTarget", "describe_phases", "with_parent"]

@@ -3,13 +3,16 @@ reference rows every results table carries.
 
 A method says how a target-stage checkpoint is made: the variant (what trains), the
 upstream stage it starts from, and whether a step budget applies. Plain configs name a
-variant per stage; :func:`method_of_variant` gives the method tag such a stage carries.
+variant and an init per stage; :func:`stage_method` gives the method tag such a stage
+carries (what trains *and* where it starts: ``full`` from random init is Target, from a
+base model HPT, from a source model B+S+T).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Dict, Optional
 
+from ..config import STAGE_NAMES
 from ..config.loader import suggest
 from ..errors import ConfigError
 
@@ -57,7 +60,10 @@ REFERENCE_LABELS = {"raw-pixels": "raw pixels (reference)",
                     "random-init": "random init (reference)"}
 PAPER_METHODS = ("Base", "Target", "HPT", "HPT-BN")
 TRANSFER = (("B", "Base"), ("B+S", "B+S"), ("B+T", "HPT"), ("B+S+T", "B+S+T"))
-_BY_VARIANT = {"full": "HPT", "bn": "HPT-BN", "bn-stats": "Base", "scratch": "Target"}
+TRAINS_ALL = ("full", "scratch")  # the same training: every parameter (variants.py)
+TARGET_STAGE = STAGE_NAMES[-1]
+UPSTREAM_METHOD = "MoCo-v2 {stage}"  # the method tag of a stage before the target
+EXTERNAL_METHOD = "external ({layout})"  # a checkpoint this toolkit did not write
 
 
 def method(name: str) -> Method:
@@ -70,10 +76,41 @@ def method(name: str) -> Method:
     return METHODS[name]
 
 
-def method_of_variant(variant: str) -> str:
-    """The method tag of a plain config stage: full -> HPT, bn -> HPT-BN, bn-stats ->
-    Base, scratch -> Target."""
-    return _BY_VARIANT[variant]
+def stage_method(stage: str, variant: str, start: Optional[str],
+                 train_head: bool = True) -> str:
+    """The method tag of a plain config's stage. A target stage's is the table's row of
+    what trains (``variant``; ``full`` and ``scratch`` train the same) and where it starts:
+    ``start`` None is a random init, ``source`` a source model; any other pretrained
+    checkpoint counts as a base model. Stages before the target are the upstream models
+    (``MoCo-v2 base``); a combination without a row keeps its variant's base-model row."""
+    if stage != TARGET_STAGE:
+        return upstream_method(stage)
+    trains = "full" if variant in TRAINS_ALL else variant
+    start = start if start in (None, "source") else "base"
+    rows = [m for m in _TABLE if not m.is_reference and not m.continues
+            and ("full" if m.variant in TRAINS_ALL else m.variant) == trains
+            and (m.train_head == train_head or trains != "bn")]
+    found = [m for m in rows if m.starts_from == start] or \
+        [m for m in rows if m.starts_from == "base"]
+    return found[0].name
+
+
+def filed_steps(name: str, variant: str, steps: int) -> int:
+    """The step budget tables file a stage's checkpoint under: its ``steps`` when its
+    method has a step budget, 0 when it only re-estimates BN statistics."""
+    known = METHODS.get(name)
+    return steps if (known.uses_steps if known else variant != "bn-stats") else 0
+
+
+def upstream_method(stage: str) -> str:
+    """The method tag of an upstream (base, source) stage: ``MoCo-v2 <stage>``."""
+    return UPSTREAM_METHOD.format(stage=stage)
+
+
+def external_method(layout: str) -> str:
+    """The method tag of an evaluated checkpoint of another toolkit (its file layout:
+    moco, openselfsup, torchvision)."""
+    return EXTERNAL_METHOD.format(layout=layout)
 
 
 def display_name(name: str) -> str:

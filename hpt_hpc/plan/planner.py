@@ -29,7 +29,8 @@ from ..data.images import UnreadableImage
 from ..errors import HptError
 from ..tracking.registry import alias_for, model_uri, safe_name
 from ..tracking.store import resolve_uri
-from .methods import method_of_variant
+from .lineage import starting_point
+from .methods import stage_method
 from .plans import Phase, StagePlan, TrackingTarget
 
 GRID_SHORTHANDS = ("variant", "lr", "iterations", "dataset", "batch_size", "init")
@@ -74,9 +75,13 @@ def tracking_target(cfg: ExperimentConfig, pipeline: Optional[str] = None,
 def stage_plan(cfg: ExperimentConfig, stage: str, *, world_size: int = 1,
                init: Optional[InitRef] = None, label: Optional[str] = None,
                method: Optional[str] = None, tags: Optional[Dict[str, str]] = None,
-               tracking: Any = "config") -> StagePlan:
+               tracking: Any = "config", start: Any = "init",
+               budget: Optional[int] = None) -> StagePlan:
     """The plan of one stage of ``cfg`` (``init``: overrides the stage's own;
-    ``tracking``: a target, ``None`` for none, default: from the config)."""
+    ``tracking``: a target, ``None`` for none, default: from the config). Without a
+    ``method`` the method table names it from the variant and ``start`` (default: where
+    ``init`` starts, :func:`~hpt_hpc.plan.lineage.starting_point`); ``budget``: a sweep
+    unit's step budget."""
     if stage not in cfg.stages:
         raise HptError(f"stage '{stage}' is not defined in the config (defined: "
                        f"{', '.join(cfg.stages) or 'none'})")
@@ -85,11 +90,16 @@ def stage_plan(cfg: ExperimentConfig, stage: str, *, world_size: int = 1,
         init = InitRef.parse(cfg.stages[stage].init, f"stages.{stage}.init")
     if tracking == "config":
         tracking = tracking_target(cfg)
-    return StagePlan(cfg, stage, label or stage,
-                     method or method_of_variant(cfg.stages[stage].variant), init.absolute(),
+    if method is None:
+        section = cfg.stages[stage]
+        method = stage_method(stage, section.variant,
+                              starting_point(init) if start == "init" else start,
+                              section.train_head)
+    return StagePlan(cfg, stage, label or stage, method, init.absolute(),
                      StageLayout(Path(cfg.output_dir).resolve(), stage),
                      settings["iterations"], settings["lr"], settings["batch_size"],
-                     settings["rank_batch_size"], world_size, tracking, dict(tags or {}))
+                     settings["rank_batch_size"], world_size, tracking, dict(tags or {}),
+                     budget)
 
 
 def _slug(values: Dict[str, Any]) -> str:
@@ -177,11 +187,12 @@ def plan_config(raw: Dict[str, Any], overrides: Sequence[str] = (),
                 if cell.overrides else cfg
             ref = init or InitRef.parse(cell_cfg.stages[stage].init, f"stages.{stage}.init")
             ref.check(base_layout.stage(stage), tuple(stages[:i]), who=f"stage '{stage}'")
+            start = starting_point(ref, stages[i - 1] if handover and i > 0 else None)
             if ref.kind == "stage" and cell.overrides:
                 ref = InitRef.file(base_layout.stage(ref.value).final)
             label = stage if cell.name == DEFAULT_CELL else f"{stage}-{cell.name}"
             plans.append(stage_plan(cell_cfg, stage, world_size=world_size, init=ref,
-                                    label=label, tracking=target))
+                                    label=label, tracking=target, start=start))
         check_data(plans)
         phases.append(Phase(stage, plans, (stages[i - 1],) if i else ()))
     return ConfigPlan(cfg, target, phases)

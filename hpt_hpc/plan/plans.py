@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
 from ..config import ExperimentConfig, InitRef, StageLayout, config_to_dict
+from .methods import filed_steps
 
 DEPENDENCIES = ("afterok", "afterany")
 PROTOCOLS = ("linear", "finetune")  # evaluation protocols: linear probe, fine-tuning
@@ -33,6 +34,10 @@ class TrackingTarget:
     parent_run_id: Optional[str] = None
     flush_seconds: float = 10.0
     system_metrics: bool = True
+
+    def tags(self) -> Dict[str, str]:
+        """The tags of every run logged here: its pipeline."""
+        return {"hpt.pipeline": self.pipeline}
 
 
 @dataclass
@@ -53,6 +58,7 @@ class StagePlan:
     world_size: int = 1
     tracking: Optional[TrackingTarget] = None
     tags: Dict[str, str] = field(default_factory=dict)
+    budget: Optional[int] = None  # a sweep unit's step budget (None: from the method)
     kind = "stage"
 
     @property
@@ -67,13 +73,21 @@ class StagePlan:
     def seed(self) -> int:
         return self.config.seed
 
+    @property
+    def target_steps(self) -> int:
+        """The step budget tables file the stage's checkpoint under: a sweep unit's
+        ``budget``, else :func:`~hpt_hpc.plan.methods.filed_steps` of its iterations."""
+        if self.budget is not None:
+            return self.budget
+        return filed_steps(self.method, self.variant, self.iterations)
+
     def run_tags(self) -> Dict[str, str]:
         """The tags of the stage's run (lineage tags are added when the init resolves)."""
         tags = {"hpt.stage": self.stage, "hpt.method": self.method,
                 "hpt.dataset": self.dataset, "hpt.variant": self.variant,
                 "hpt.init": str(self.init)}
         if self.tracking:
-            tags["hpt.pipeline"] = self.tracking.pipeline
+            tags.update(self.tracking.tags())
         return {**tags, **self.tags}
 
     def describe(self) -> str:
@@ -106,10 +120,11 @@ class EvalPlan:
     seed: int = 0
     augment: str = "all"
     images: str = "all"
-    evaluates: Optional[str] = None  # the pretraining unit evaluated
+    evaluates: Optional[str] = None  # the evaluated stage's run (label): a sweep's unit id
     tags: Dict[str, str] = field(default_factory=dict)
     probe_labels: str = "all"  # linear probes: labelled images per class
     resumable: bool = False  # save resume state beside result_file (a stable path: sweeps)
+    stage: Optional[str] = None  # the evaluated checkpoint's stage (None: not a stage's)
     kind = "eval"
 
     def describe(self) -> str:

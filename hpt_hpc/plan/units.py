@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from ..config import STAGE_NAMES, ConfigError, InitRef, config_from_dict
 from ..config.loader import apply_overrides, suggest
 from ..tracking.registry import alias_for, model_uri
-from .methods import METHODS, REFERENCES, method
+from .methods import METHODS, REFERENCES, method, upstream_method
 from .planner import stage_plan
 from ..config.schema import PROBE_MODES
 from .plans import PROTOCOLS, EvalPlan, Phase, StagePlan, TrackingTarget
@@ -326,7 +326,7 @@ def upstream_plans(spec: Any, tracking: Optional[TrackingTarget], stages: List[s
                 "hpt.unit_kind": "upstream"}
         plans.append(stage_plan(cfg, stage, world_size=world_size,
                                 init=InitRef.parse(init) if init else None,
-                                method=f"MoCo-v2 {stage}", tags=tags, tracking=tracking))
+                                method=upstream_method(stage), tags=tags, tracking=tracking))
     return plans
 
 
@@ -341,7 +341,7 @@ def pretrain_plan(spec: Any, unit: PretrainUnit, tracking: Optional[TrackingTarg
     """The unit's target stage."""
     return stage_plan(_unit_config(spec, unit, tracking), "target", world_size=world_size,
                       label=unit.unit_id, method=unit.method, tags=unit.tags(spec.name),
-                      tracking=tracking)
+                      tracking=tracking, budget=unit.steps)
 
 
 def control_plan(spec: Any, unit: PretrainUnit, tracking: Optional[TrackingTarget],
@@ -352,7 +352,7 @@ def control_plan(spec: Any, unit: PretrainUnit, tracking: Optional[TrackingTarge
     tags = {**unit.tags(spec.name), "hpt.unit": uid, "hpt.unit_kind": "control"}
     return stage_plan(_unit_config(spec, unit, tracking), CONTROL_STAGE,
                       world_size=world_size, label=uid, method=unit.method, tags=tags,
-                      tracking=tracking)
+                      tracking=tracking, budget=unit.steps)
 
 
 def control_id(unit: PretrainUnit) -> str:
@@ -367,7 +367,7 @@ def eval_plan(spec: Any, unit: EvalUnit, tracking: Optional[TrackingTarget]) -> 
                     layout, spec.layout.eval_result(unit.pretrain or unit.unit_id, unit.unit_id),
                     tracking, unit.steps, unit.seed, unit.augment, str(unit.images or "all"),
                     unit.pretrain, unit.tags(spec.name), str(unit.probe_labels or "all"),
-                    resumable=True)
+                    resumable=True, stage=layout.stage if layout else None)
 
 
 def pretrain_phase(method: str) -> Tuple[str, Tuple[str, ...]]:

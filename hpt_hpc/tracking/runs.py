@@ -17,6 +17,7 @@ import logging
 import os
 import socket
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
@@ -97,6 +98,34 @@ def _existing_run(client: Any, run_id: str) -> Any:
     except MlflowException:
         return None
     return run if run.info.lifecycle_stage != "deleted" else None
+
+
+@dataclass(frozen=True)
+class RunPlace:
+    """Where a run sits in a store: its experiment (by name), parent run and pipeline."""
+
+    experiment: str
+    parent_run_id: Optional[str]
+    pipeline: Optional[str]
+
+
+def run_place(uri: str, run_id: str) -> Optional[RunPlace]:
+    """Where run ``run_id`` sits in the store ``uri`` (``None``: not there, or deleted),
+    so that a later run can be filed beside it: its parent, else (a run started outside
+    its pipeline, e.g. by hand) the newest pipeline run of its ``hpt.pipeline``."""
+    client = client_for(uri)
+    run = _existing_run(client, run_id)
+    if run is None:
+        return None
+    tags = run.data.tags
+    parent, pipeline = tags.get("mlflow.parentRunId"), tags.get("hpt.pipeline")
+    if parent is None and pipeline:
+        runs = client.search_runs([run.info.experiment_id],
+                                  f"tags.`hpt.kind` = 'pipeline' and tags.`hpt.pipeline` = "
+                                  f"'{pipeline}'", order_by=["attributes.start_time DESC"],
+                                  max_results=1)
+        parent = runs[0].info.run_id if runs else None
+    return RunPlace(client.get_experiment(run.info.experiment_id).name, parent, pipeline)
 
 
 def _write_config(config: Mapping[str, Any], folder: Path) -> Path:

@@ -110,7 +110,8 @@ def _checkpoint(model: MoCo, optimizer: Optional[torch.optim.Optimizer], step: i
                 rng: Dict[str, Any]) -> Dict[str, Any]:
     return stage_checkpoint(model, optimizer, step, plan.iterations, plan.stage, plan.variant,
                             init, config_to_dict(plan.config), rng, tracker.run_id,
-                            method=plan.method)
+                            method=plan.method, label=plan.label,
+                            target_steps=plan.target_steps)
 
 
 def parameter_digest(model: MoCo) -> str:
