@@ -63,8 +63,8 @@ def test_export_carries_preprocessing_and_provenance_and_loads_back(trained, mni
         saved = load_checkpoint(str(final))
         assert meta["provenance"]["config_digest"] == config_digest(saved["config"])
         assert {k: meta["provenance"][k] for k in ("stage", "variant", "method", "steps",
-                                                  "dataset")} == {
-            "stage": "target", "variant": "full", "method": "HPT", "steps": 2,
+                                                  "dataset")} == {  # from scratch: Target
+            "stage": "target", "variant": "full", "method": "Target", "steps": 2,
             "dataset": "mnist"}
         assert meta["model"]["feature_dim"] == reference.shape[1]
         assert meta_from_strings(meta_to_strings(meta)) == meta  # as safetensors metadata
