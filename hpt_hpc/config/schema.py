@@ -209,6 +209,10 @@ class ComputeConfig:
     ``precision``: ``auto`` is bf16 autocast on CUDA and fp32 on CPU; ``bf16`` forces
     autocast (also on CPU), ``fp32`` disables it. ``accumulate``: gradient-accumulation
     micro-steps per optimiser step (the global batch is split into that many parts).
+    ``threads``: torch intra-op threads of training and evaluation; ``null`` is this
+    process's cores minus the loader workers (fastest). On CPU the results depend on it
+    (kernels split their sums by thread): a number gives the same bits on any core count
+    of the same CPU kind (README, "What is reproducible").
     """
 
     precision: str = "auto"  # auto | fp32 | bf16
@@ -217,6 +221,7 @@ class ComputeConfig:
     compile: bool = False  # torch.compile the encoders (off until measured to help)
     accumulate: int = 1
     non_blocking: bool = True
+    threads: Optional[int] = None  # null: cores - data.workers (on CPU)
 
 
 @dataclass
