@@ -64,7 +64,8 @@ def limit_cpu_threads(device: torch.device, loader_workers: int,
 
 # Environment variables that pin the CPU kernels torch dispatches to (ATen, oneDNN, MKL).
 KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_CBWR",
-              "MKL_ENABLE_INSTRUCTIONS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+              "MKL_ENABLE_INSTRUCTIONS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+              "OMP_WAIT_POLICY")
 # CPU flags that change which kernels run (and so the bits of a CPU result).
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16",
              "avx512_fp16", "amx_tile", "amx_bf16")
