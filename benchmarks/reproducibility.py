@@ -13,6 +13,9 @@ CPU), plus finished output folders (``--existing NAME=DIR``) and the tables repo
 other machines (:data:`REPORTED`): per run whether every stage's parameters and every cell
 equal the reference's; per table cell the values, their range and standard deviation.
 Results: ``benchmarks/results/reproducibility.json`` (sections ``kernels``, ``quickstarts``).
+On a shared machine run with ``OMP_WAIT_POLICY=PASSIVE``: runs with more threads than free
+cores otherwise stall in spinning OpenMP barriers (40x slower steps); the bits do not change
+(entry ``kernels, OMP_WAIT_POLICY=PASSIVE``).
 Usage: ``PYTHONPATH=. python benchmarks/reproducibility.py kernels --data-dir data``
        ``PYTHONPATH=. python benchmarks/reproducibility.py quickstarts --data-dir data``
 """
@@ -190,10 +193,12 @@ def quickstarts(args) -> dict:
 
 
 def _spread(tables: Dict[str, Dict[str, float]]) -> Dict[str, dict]:
-    """Per cell: values of distinct runs (bit-identical tables count once), range, std."""
-    distinct = {}
+    """Per cell: values of distinct runs (tables equal in every shared cell count once),
+    their range and standard deviation."""
+    distinct: Dict[str, Dict[str, float]] = {}
     for name, cells in tables.items():
-        if cells not in distinct.values():
+        if not any(all(cells[c] == seen[c] for c in cells.keys() & seen.keys())
+                   for seen in distinct.values()):
             distinct[name] = cells
     out = {}
     for cell in next(iter(tables.values())):

@@ -212,7 +212,7 @@ class ComputeConfig:
     ``threads``: torch intra-op threads of training and evaluation; ``null`` is this
     process's cores minus the loader workers (fastest). On CPU the results depend on it
     (kernels split their sums by thread): a number gives the same bits on any core count
-    of the same CPU kind (README, "What is reproducible").
+    of the same CPU kind (README, *What is reproducible*).
     """
 
     precision: str = "auto"  # auto | fp32 | bf16
