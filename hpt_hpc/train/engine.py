@@ -58,6 +58,7 @@ class StageResult:
     queue_size: int = 0  # the MoCo queue's effective length (capped to what the data fills)
     images: int = 0  # training images of the stage (all ranks)
     saved_step: int = -1  # the step of this call's last periodic checkpoint
+    threads: int = 0  # torch intra-op threads the steps ran with (CPU results depend on it)
 
     @property
     def completed(self) -> bool:
@@ -163,7 +164,8 @@ def run_stage(plan: StagePlan, loader: Any, tracker: Optional[Tracker] = None,
     seed_everything(cfg.seed + dist.rank)
     model = build_model(cfg, loader.num_images, plan.batch_size)  # every rank lists all
     result = StageResult(stage, variant, layout.final, 0, total,
-                         queue_size=int(model.queue.shape[1]), images=loader.num_images)
+                         queue_size=int(model.queue.shape[1]), images=loader.num_images,
+                         threads=torch.get_num_threads())
 
     resume_state = load_resume_point(plan)
     if resume_state is None and init:
