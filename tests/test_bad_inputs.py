@@ -53,6 +53,7 @@ def assert_user_error(result, text: str) -> str:
     ("optim.batch_size=0", "optim.batch_size: 0 is outside its range [1, inf]"),
     ("optim.batch_size=-8", "optim.batch_size: -8 is outside its range"),
     ("data.workers=-1", "data.workers: -1 is outside its range [0, inf]"),
+    ("compute.threads=0", "compute.threads: 0 is outside its range [1, inf]"),
     ("moco.temperature=0", "moco.temperature: 0.0 is outside its range (0, inf]"),
     ("data.channels=2", "data.channels: 2 bands: augment.color_jitter need grey or RGB"),
     ("data.channels=0", "data.channels: 0 is outside its range"),

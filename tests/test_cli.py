@@ -1,5 +1,6 @@
 """The command line: fast help, clear errors, data commands, a short quickstart."""
 import csv
+import json
 import re
 import subprocess
 import sys
@@ -97,6 +98,25 @@ def test_quickstart_end_to_end_small(tmp_path):
     png = (tmp_path / "qs" / "probe_vs_steps.png").read_bytes()
     assert png.startswith(b"\x89PNG")
     assert "| HPT | 4 |" in (tmp_path / "qs" / "results.md").read_text()
+    _assert_machine_facts(tmp_path / "qs")
+
+
+def _assert_machine_facts(folder: Path) -> None:
+    """machine.json holds what decides the bits, each checked against its own source."""
+    import os
+    import torch
+    facts = json.loads((folder / "machine.json").read_text())
+    base = json.loads((folder / "upstream" / "base" / "result.json").read_text())
+    assert facts["torch_threads"] == base["threads"] == len(os.sched_getaffinity(0))
+    assert facts["loader_workers"] == 0
+    assert facts["aten_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert facts["versions"]["torch"] == torch.__version__
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    model = next(line.split(":", 1)[1].strip() for line in cpuinfo.splitlines()
+                 if line.startswith("model name"))
+    assert facts["cpu"] == model
+    assert ("avx2" in facts["isa_flags"]) == (" avx2" in cpuinfo)
+    assert f"Machine: {model}" in (folder / "results.md").read_text()
 
 
 def test_config_show_plan_prints_what_would_run(tmp_path, mnist_tree):

@@ -1,6 +1,9 @@
 """Launching without SLURM: the local and debug executors, sweeps and the executor rule."""
 import json
+import re
+import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -95,6 +98,80 @@ def test_local_chain_with_grid(tmp_path, mnist_tree, fashion_tree):
     shown = CliRunner().invoke(cli, ["status", str(tmp_path / "out"), "--watch", "--every", "1"])
     assert shown.exit_code == 0, shown.output  # --watch ends: nothing is pending or running
     assert shown.output.count("FINISHED\tstep 4/4 (100%) (as of ") == 3, shown.output
+    # the launch returned before its last jobs ended: its pipeline run ends after them
+    runs = wait_for_output(["runs", "--output-dir", str(tmp_path / "out")], ", FINISHED)")
+    assert runs.count("FINISHED") == 1 + 3, runs  # the pipeline run and its stage runs
+
+
+def wait_for_output(args, wanted: str, timeout: float = 90) -> str:
+    """The output of the CLI command ``args`` once it contains ``wanted``."""
+    end = time.monotonic() + timeout
+    while True:
+        shown = CliRunner().invoke(cli, args)
+        assert shown.exit_code == 0, shown.output
+        if wanted in shown.output:
+            return shown.output
+        assert time.monotonic() < end, f"{wanted!r} never shown:\n{shown.output}"
+        time.sleep(1)
+
+
+def test_status_and_cancel_follow_a_detached_local_launch(tmp_path, mnist_tree):
+    """`hpt-hpc launch --executor local` returns while its job runs: `status` (another
+    process) shows it RUNNING with its step and ETA, `status --watch` refreshes until
+    `cancel` stops it, and the launch's pipeline run (and the job's run) end KILLED."""
+    cfg = write_config(tmp_path, {"m": mnist_tree},
+                       {"target": {"dataset": "m", "iterations": 100000}},
+                       progress_seconds=0.2,
+                       tracking={"enabled": True, "system_metrics": False})
+    out, hpt = tmp_path / "out", [sys.executable, "-m", "hpt_hpc.cli.main"]
+    try:
+        with (tmp_path / "launch.txt").open("w") as log:  # the job inherits it: not a pipe
+            launched = subprocess.run(hpt + ["launch", "--config", str(cfg), "--stage",
+                                             "target", "--executor", "local"],
+                                      stdout=log, stderr=subprocess.STDOUT, timeout=300)
+        assert launched.returncode == 0, (tmp_path / "launch.txt").read_text()
+        job = LaunchRecord.load(out).jobs[0].job_id
+        running = re.compile(rf"^target\tjob {job}\tRUNNING\tstep (\d+)/100000 \((\d+)%\), "
+                             rf"ETA (\d+h\d\dm|\d+m\d\ds|\d+s) \(as of", re.M)
+        end = time.monotonic() + 120
+        while not running.search(shown := CliRunner().invoke(cli, ["status", str(out)]).output):
+            assert f"job {job}\tRUNNING" in shown, shown  # it runs from the start
+            assert time.monotonic() < end, shown
+            time.sleep(0.5)
+        step, percent, _ = running.search(shown).groups()
+        assert int(percent) == round(100 * int(step) / 100000)
+        watched = tmp_path / "watch.txt"
+        with watched.open("w") as log:
+            watch = subprocess.Popen(hpt + ["status", str(out), "--watch", "--every", "1"],
+                                     stdout=log, stderr=subprocess.STDOUT)
+        end = time.monotonic() + 120
+        while len(running.findall(watched.read_text())) < 2:  # two refreshes, still running
+            assert watch.poll() is None and time.monotonic() < end, watched.read_text()
+            time.sleep(0.5)
+        cancelled = CliRunner().invoke(cli, ["cancel", str(out)])
+        assert cancelled.output == f"cancelled: {job}\n", cancelled.output
+        assert watch.wait(timeout=60) == 0  # --watch ends once nothing runs
+        last = watched.read_text().splitlines()[-1]
+        assert last.startswith(f"target\tjob {job}\tINTERRUPTED\tstep "), watched.read_text()
+        runs = wait_for_output(["runs", "--output-dir", str(out)], ", KILLED)")
+        assert re.search(r"^target\s+stage .* KILLED ", runs, re.M), runs
+        import psutil  # nothing of the job (or of the closer that ended the run) is left
+        _, alive = psutil.wait_procs(_processes_of(out), timeout=30)
+        assert not [p.info["cmdline"] for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+    finally:  # a failed run leaves no job behind
+        for proc in _processes_of(out):
+            try:
+                proc.kill()
+            except Exception:  # noqa: BLE001 - ended in between
+                pass
+
+
+def _processes_of(folder: Path) -> list:
+    """Live processes with ``folder`` in their command line (local jobs, closer, watch)."""
+    import psutil
+    return [p for p in psutil.process_iter(["cmdline", "status"])
+            if p.info["status"] != psutil.STATUS_ZOMBIE
+            and any(str(folder) in a for a in p.info["cmdline"] or [])]
 
 
 def test_debug_executor_runs_in_process(tmp_path, mnist_tree):

@@ -152,6 +152,7 @@ RANGES = {
     "finetune.momentum": (0, 1, False, True), "finetune.weight_decay": (0, None, False, False),
     "finetune.iterations": (1, None, False, False), "finetune.batch_size": (1, None, False, False),
     "finetune.eval_every": (1, None, False, False), "compute.accumulate": (1, None, False, False),
+    "compute.threads": (1, None, False, False),
     "tracking.flush_seconds": (0, None, True, False),
     "stages.*.iterations": (1, None, False, False), "stages.*.lr": (0, None, False, False),
     "stages.*.batch_size": (1, None, False, False),

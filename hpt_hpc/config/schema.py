@@ -281,6 +281,10 @@ class ComputeConfig:
     ``precision``: ``auto`` is bf16 autocast on CUDA and fp32 on CPU; ``bf16`` forces
     autocast (also on CPU), ``fp32`` disables it. ``accumulate``: gradient-accumulation
     micro-steps per optimiser step (the global batch is split into that many parts).
+    ``threads``: torch intra-op threads of training and evaluation; ``null`` is this
+    process's cores minus the loader workers (fastest). On CPU the results depend on it
+    (kernels split their sums by thread): a number gives the same bits on any core count
+    of the same CPU kind (README, *What is reproducible*).
     """
 
     precision: str = key("auto", "auto: bf16 autocast on CUDA, fp32 on CPU", choices=PRECISIONS)
@@ -291,6 +295,9 @@ class ComputeConfig:
     compile: bool = key(False, "torch.compile the encoders (off until measured to help)")
     accumulate: int = key(1, "gradient-accumulation micro-steps per optimiser step")
     non_blocking: bool = key(True, "host-to-device copies do not wait (pinned memory)")
+    threads: Optional[int] = key(None, "torch intra-op threads of training and evaluation "
+                                       "(null: cores - data.workers); results depend on it "
+                                       "on CPU")
 
 
 @dataclass

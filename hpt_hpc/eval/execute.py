@@ -58,7 +58,7 @@ def evaluate_plan(plan: EvalPlan) -> Tuple[EvalRecord, Any]:
     """Run the plan's protocol; returns the record and the protocol's own result."""
     cfg = plan.config
     device = resolve_device(cfg.device)
-    limit_cpu_threads(device, cfg.data.workers)
+    limit_cpu_threads(device, cfg.data.workers, cfg.compute.threads)
     ref = plan.checkpoint
     if plan.evaluates and ref.kind == "file" and not Path(ref.value).is_file():
         raise HptError(f"unit {plan.label}: its pretraining ({plan.evaluates}) has no final "

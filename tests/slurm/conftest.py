@@ -73,6 +73,14 @@ class SlurmCluster:
                        "-j", str(job_id), "-o", ",".join(fields))
         return [dict(zip(fields, line.split("|"))) for line in out.splitlines() if line]
 
+    def attempts(self, job_id: str) -> list:
+        """The states of every attempt of a job in accounting, oldest first (a requeued
+        job has one record per attempt: ``sacct --duplicates``)."""
+        out = self.run("sacct", "-X", "-D", "-n", "--parsable2", "-j", str(job_id), "-o",
+                       "JobID,State")
+        return [line.split("|")[1] for line in out.splitlines()
+                if line.split("|")[0] == str(job_id)]
+
     def scontrol_job(self, job_id: str) -> dict:
         """The controller's view of a job (kept MinJobAge=600 s after it ends)."""
         out = self.run("scontrol", "-o", "show", "job", str(job_id))

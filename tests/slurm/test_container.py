@@ -16,7 +16,7 @@ import pytest
 
 from hpt_hpc import __version__
 from hpt_hpc.launch.options import build_options
-from hpt_hpc.launch.record import LaunchRecord
+from hpt_hpc.launch.record import JobEntry, LaunchRecord
 from hpt_hpc.launch.submit import make_executor
 from tiny import write_tiny_config
 
@@ -138,6 +138,12 @@ def test_cli_launch_trains_a_stage_inside_the_image(slurm_cluster, image, on_pat
                               "tags.`hpt.label` = 'target'")
     assert runs and runs[0].data.tags["slurm.job_id"] == str(job.job_id)
     assert runs[0].info.status == "FINISHED"
+    # the job that ends the pipeline run ran in the image too (no SLURM clients there)
+    closer = record.job(JobEntry("close", record.closer_job_id))
+    assert slurm_cluster.wait(closer, timeout=120) == "COMPLETED", closer.stderr()
+    assert closer.result() == "FINISHED" and str(image) in \
+        Path(closer.paths.submission_file).read_text()
+    assert client.get_run(record.pipeline_run_id).info.status == "FINISHED"
 
 
 def test_sweep_runs_every_unit_inside_the_image(slurm_cluster, image, on_path, tmp_path,

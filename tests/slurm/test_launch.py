@@ -6,11 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from click.testing import CliRunner
 from submitit.core.utils import FailedJobError
 
+from hpt_hpc.cli.main import cli
 from hpt_hpc.errors import HptError
 from hpt_hpc.launch.options import build_options
-from hpt_hpc.launch.record import LaunchRecord, job_states
+from hpt_hpc.launch.record import JobEntry, LaunchRecord, job_states
 from hpt_hpc.launch.commands import launch
 from hpt_hpc.models import load_checkpoint
 from tiny import write_tiny_config
@@ -68,6 +70,12 @@ def test_chain_target_starts_from_base_checkpoint(slurm_cluster, tmp_path, mnist
     assert all(torch.equal(started_from[k], base_final[k]) for k in base_final)
     b, t = (slurm_cluster.sacct(j.job_id) for j in (base_job, target_job))
     assert t["Start"] >= b["End"], (b, t)
+    # the launch returned at once: a job after the others ends its pipeline run
+    closer = LaunchRecord.load(tmp_path / "out").closer_job_id
+    assert slurm_cluster.wait(record.job(JobEntry("close", closer)), timeout=120) == \
+        "COMPLETED"
+    runs = CliRunner().invoke(cli, ["runs", "--output-dir", str(tmp_path / "out")]).output
+    assert f"(run {record.pipeline_run_id}, FINISHED)" in runs, runs
 
 
 def test_failing_stage_cancels_dependants(slurm_cluster, tmp_path, mnist_tree):
@@ -75,7 +83,7 @@ def test_failing_stage_cancels_dependants(slurm_cluster, tmp_path, mnist_tree):
     corrupt.write_bytes(b"not a checkpoint at all")
     cfg = write_config(tmp_path, {"mnist": mnist_tree},
                        {"base": {"dataset": "mnist", "init": str(corrupt)},
-                        "target": {"dataset": "mnist"}})
+                        "target": {"dataset": "mnist"}}, tracking={"enabled": True})
     record = launch(str(cfg), ["base", "target"], dev_options())
     base_job, target_job = jobs_of(record, "base")[0], jobs_of(record, "target")[0]
     with pytest.raises(FailedJobError) as err:
@@ -85,7 +93,12 @@ def test_failing_stage_cancels_dependants(slurm_cluster, tmp_path, mnist_tree):
     assert state == "CANCELLED"
     assert not (tmp_path / "out" / "target").exists(), "the dependant must never run"
     states = {row["stage"]: row["state"] for row in job_states(record)}
-    assert states["base"] == "FAILED"
+    assert states == {"base": "FAILED", "target": "CANCELLED"}, states
+    closer = record.job(JobEntry("close", record.closer_job_id))
+    assert slurm_cluster.wait(closer, timeout=120) == "COMPLETED"
+    assert closer.result() == "FAILED"
+    runs = CliRunner().invoke(cli, ["runs", "--output-dir", str(tmp_path / "out")]).output
+    assert f"(run {record.pipeline_run_id}, FAILED)" in runs, runs
 
 
 def test_two_rank_ddp_ends_with_identical_weights(slurm_cluster, tmp_path, mnist_tree):

@@ -112,9 +112,13 @@ def test_lost_node_requeues_the_job_which_resumes_when_the_node_returns(
     restarted = False
     try:
         assert _kill_node("hptdevn2") >= 2  # slurmd + at least the rank's process
+        # requeued: the controller restarts it, and accounting has closed the failed
+        # attempt and opened the next (its newest record no longer says NODE_FAIL)
         end = time.monotonic() + 240
-        while _restarts(slurm_cluster, base) < 1:
-            assert time.monotonic() < end, slurm_cluster.scontrol_job(base.job_id)
+        while _restarts(slurm_cluster, base) < 1 or \
+                slurm_cluster.attempts(base.job_id)[-2:-1] != ["NODE_FAIL"]:
+            assert time.monotonic() < end, (slurm_cluster.scontrol_job(base.job_id),
+                                            slurm_cluster.attempts(base.job_id))
             time.sleep(1)
         saved = load_checkpoint(str(StageLayout(tmp_path / "out", "base").last))["step"]
         assert 10 <= saved < 200  # the resume point is intact
@@ -126,7 +130,7 @@ def test_lost_node_requeues_the_job_which_resumes_when_the_node_returns(
         subprocess.run(["bash", str(REPO / "slurm" / "dev-cluster" / "start.sh"), "--nodes",
                         "2"], check=True, capture_output=True, timeout=300)
         restarted = True
-        end = time.monotonic() + 300  # accounting shows the failed attempt until the next ends
+        end = time.monotonic() + 300  # until accounting's newest attempt ended
         while slurm_cluster.sacct(base.job_id).get("State") != "COMPLETED":
             assert time.monotonic() < end, slurm_cluster.sacct(base.job_id)
             time.sleep(1)
