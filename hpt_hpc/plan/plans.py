@@ -100,8 +100,8 @@ class StagePlan:
         ds = cfg.datasets[self.dataset]
         amount = f", first {ds.max_images} images" if ds.max_images else ""
         return (f"{self.label}: {self.method} ({self.variant}) on {self.dataset} "
-                f"[{ds.path}{amount}], init {self.init}, ssl {self.ssl}, {self.iterations} steps, lr "
-                f"{self.lr:g}, batch {self.batch_size} ({self.rank_batch_size}/rank x "
+                f"[{ds.path}{amount}], init {self.init}, ssl {self.ssl}, {self.iterations} "
+                f"steps, lr {self.lr:g}, batch {self.batch_size} ({self.rank_batch_size}/rank x "
                 f"{self.world_size}), seed {self.seed} -> {self.layout.final}")
 
 
