@@ -11,7 +11,7 @@ OUT    ?= outputs/quickstart
 $(VENV)/.installed: setup.py constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[test,dali-cuda13]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,dali-cuda13,lora]'
 	touch $@
 
 venv: $(VENV)/.installed

@@ -32,12 +32,16 @@ setup(
         "matplotlib>=3.8",
         "scikit-learn>=1.4",
         "mlxtend>=0.23",
+        "timm>=1.0",  # model.arch timm:<name>; weights by name (init: timm:, hf-hub:)
+        "safetensors>=0.4",
+        "huggingface-hub>=0.24",  # the shared weights cache (HF_HOME), offline loading
     ],
     extras_require={
         # NVIDIA DALI for the CUDA major version of the site's driver (data.backend: dali;
         # without it the torchvision backend runs, with one warning)
         "dali-cuda12": ["nvidia-dali-cuda120>=1.40"],
         "dali-cuda13": ["nvidia-dali-cuda130>=2.0"],
+        "lora": ["peft>=0.12"],  # LoRA adapters on the frozen part of a backbone
         "test": ["pytest>=8", "playwright>=1.45"],
     },
     entry_points={"console_scripts": ["hpt-hpc=hpt_hpc.cli.main:cli"]},

@@ -64,7 +64,8 @@ def resnet50_checkpoint_bytes(work: Path) -> int:
     """Size of a real saved ResNet-50 MoCo-v2 checkpoint (K = 65,536, SGD momentum)."""
     import torch
 
-    from hpt_hpc.models import MoCo, save_checkpoint_atomic, stage_checkpoint
+    from hpt_hpc.models import save_checkpoint_atomic, stage_checkpoint
+    from hpt_hpc.ssl import MoCo
     model = MoCo(arch="resnet50", dim=128, mlp=True, mlp_hidden=2048, queue_size=65536)
     optimizer = torch.optim.SGD(model.encoder_q.parameters(), lr=0.03, momentum=0.9)
     for p in model.encoder_q.parameters():

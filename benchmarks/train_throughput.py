@@ -47,7 +47,8 @@ from reference_moco import (ReferenceTrainer, init_single_process_group,  # noqa
 
 from hpt_hpc.config import ExperimentConfig, load_config  # noqa: E402
 from hpt_hpc.config.schema import ComputeConfig  # noqa: E402
-from hpt_hpc.models import MoCo, build_backbone_from_config, configure_variant  # noqa: E402
+from hpt_hpc.models import build_backbone_from_config  # noqa: E402
+from hpt_hpc.ssl import MoCo  # noqa: E402
 from hpt_hpc.train.speed import (make_optimizer, prepare_model, resolve_speed,  # noqa: E402
                                  to_device, train_step)
 
@@ -98,14 +99,14 @@ class OurRunner:
         self.speed = resolve_speed(compute, DEVICE)
         self.model = MoCo.from_config(cfg.model, cfg.moco).to(DEVICE).train()
         prepare_model(self.model, self.speed)  # also sets cudnn.benchmark on CUDA
-        params = configure_variant(self.model, "full")
+        params = self.model.trainable_parameters("full")
         self.optimizer = make_optimizer(params, cfg.optim.lr, 0.9, 1e-4, self.speed)
         self.feed, self.batches, self.loss = feed, iter(feed), None
 
     def step(self):
         view_q, view_k = (to_device(v, DEVICE, self.speed) for v in next(self.batches))
         self.optimizer.zero_grad(set_to_none=True)
-        self.loss, _, _ = train_step(self.model, view_q, view_k, self.speed)
+        self.loss, _ = train_step(self.model, self.model, [view_q, view_k], self.speed)
         self.optimizer.step()
 
     def finish(self):

@@ -34,7 +34,8 @@ from .eval.probe import extract_features
 from .eval.runner import EXTRACT_BATCH, seeded_backbone
 from .eval.splits import kept_paths
 from .experiments.results import RESULT_COLUMNS, result_rows, rows_from_files
-from .models import CHECKPOINT_FORMAT, build_resnet, load_checkpoint, save_checkpoint_atomic
+from .models import (CHECKPOINT_FORMAT, backbone_for_features, build_encoder, load_backbone_into,
+                     load_checkpoint, save_checkpoint_atomic)
 from .models.export import (MODEL_KEYS, export_backbone, export_meta, export_meta_of,
                             read_export, read_toolkit_checkpoint)
 from .plan import tracking_target
@@ -124,12 +125,11 @@ def load_backbone(source: PathLike, *, config: Union[None, PathLike, ExperimentC
     exported = read_export(loaded)
     if exported is not None:
         state, meta = exported
-        model = build_resnet(**{k: meta["model"][k] for k in MODEL_KEYS})
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            raise HptError(f"{path}: the weights do not fit the model its meta names: "
-                           f"{exc}") from None
+        encoder = build_encoder(**{k: meta["model"].get(k) for k in MODEL_KEYS
+                                   if meta["model"].get(k) is not None},
+                                image_size=meta["preprocessing"]["input_size"])
+        load_backbone_into(encoder, state, f"{path} (the model its meta names)")
+        model = backbone_for_features(encoder)
         return Backbone(model.eval(), Preprocessing(meta["preprocessing"]), meta)
     if isinstance(loaded, dict) and loaded.get("format") == CHECKPOINT_FORMAT:
         cfg = _stored_config(loaded)

@@ -23,7 +23,8 @@ from hpt_hpc.config import StageLayout, config_digest, load_config
 from hpt_hpc.errors import HptError
 from hpt_hpc.models.export import export_meta_of
 from hpt_hpc.eval.runner import backbone_from_checkpoint
-from hpt_hpc.models import MoCo, load_checkpoint, load_initial_weights
+from hpt_hpc.models import load_checkpoint
+from hpt_hpc.ssl import MoCo, load_initial_weights
 from hpt_hpc.models.export import meta_from_strings, meta_to_strings
 from tiny import write_tiny_config, write_tiny_experiment
 

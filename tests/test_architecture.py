@@ -18,6 +18,7 @@ LAYERS = (
     ("progress", "device", "tracking"),
     ("config",),
     ("data", "models"),
+    ("ssl",),
     ("plan",),
     ("train", "eval"),
     ("launch",),

@@ -17,7 +17,7 @@ from hpt_hpc.config import load_config
 from hpt_hpc.config.schema import PROBE_MODES
 from hpt_hpc.data import build_pretrain_loader, list_split
 from hpt_hpc.data.prepare import DATASETS
-from hpt_hpc.models import MoCo
+from hpt_hpc.ssl import MoCo
 from tiny import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]

@@ -135,7 +135,7 @@ def test_log_lines_never_glue_to_the_progress_bar(tmp_path, mnist_tree):
     assert any(re.fullmatch(BAR + r"stage target: step 6/6 .*", line) for line in screen)
     queue = [line for line in screen if "queue" in line]
     assert len(queue) == 1 and re.match(
-        LOG_LINE + r"hpt_hpc\.models\.moco: MoCo queue size K=1024 exceeds the 32 images "
+        LOG_LINE + r"hpt_hpc\.ssl\.moco: MoCo queue size K=1024 exceeds the 32 images "
         r"listed; using K=32 ", queue[0]), queue
     assert "UserWarning" not in raw
 

@@ -17,7 +17,8 @@ from click.testing import CliRunner
 
 from hpt_hpc.cli.main import cli
 from hpt_hpc.config import config_to_dict, load_config
-from hpt_hpc.models import MoCo, load_checkpoint, save_checkpoint_atomic, stage_checkpoint
+from hpt_hpc.models import load_checkpoint, save_checkpoint_atomic, stage_checkpoint
+from hpt_hpc.ssl import MoCo
 from tiny import tiny_config, write_tiny_config, write_tiny_experiment
 
 REPO = Path(__file__).resolve().parents[1]

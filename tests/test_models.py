@@ -7,8 +7,9 @@ import torchvision
 from torch import nn
 
 from hpt_hpc.config.schema import ModelConfig, MocoConfig
-from hpt_hpc.models import (MoCo, build_backbone_from_config, build_resnet, cap_queue_size,
-                            configure_variant, feature_dim_for, is_bn, reestimate_bn_stats)
+from hpt_hpc.models import (build_backbone_from_config, build_resnet,
+                            feature_dim_for, is_bn, reestimate_bn_stats)
+from hpt_hpc.ssl import MoCo, cap_queue_size
 
 TINY = dict(arch="resnet18", width=0.25, small_stem=True, in_channels=3)
 
@@ -196,7 +197,7 @@ def test_single_process_split_bn_is_unshuffled_correctly():
 
 
 def test_cap_queue_size_says_so_in_one_log_line_and_caps(caplog):
-    with caplog.at_level("INFO", logger="hpt_hpc.models.moco"):
+    with caplog.at_level("INFO", logger="hpt_hpc.ssl.moco"):
         assert cap_queue_size(65536, 2100, 256) == 2048
         assert cap_queue_size(65536, 100, 256) == 256
         assert cap_queue_size(1000, 2100, 256) == 1000
@@ -216,19 +217,19 @@ def _sgd_step(model, params, x):
 
 def test_variant_full_trains_all_of_encoder_q():
     m = tiny_moco()
-    params = configure_variant(m, "full")
+    params = m.trainable_parameters("full")
     assert {id(p) for p in params} == {id(p) for p in m.encoder_q.parameters()}
     assert not any(p.requires_grad for p in m.encoder_k.parameters())
-    assert len(configure_variant(m, "scratch")) == len(params)
+    assert len(m.trainable_parameters("scratch")) == len(params)
     with pytest.raises(ValueError, match="unknown variant"):
-        configure_variant(m, "linear")
+        m.trainable_parameters("linear")
 
 
 def test_variant_bn_trains_only_batchnorm_affine():
     m = tiny_moco(shuffle_bn=False).train()
-    with_head = {id(p) for p in configure_variant(m, "bn")}  # the default: head trains too
+    with_head = {id(p) for p in m.trainable_parameters("bn")}  # the default: head trains too
     assert {id(p) for p in m.encoder_q.fc.parameters()} < with_head
-    params = configure_variant(m, "bn", train_head=False)
+    params = m.trainable_parameters("bn", train_head=False)
     bn_params = {id(p) for mod in m.encoder_q.modules() if isinstance(mod, nn.BatchNorm2d)
                  for p in (mod.weight, mod.bias)}
     assert params and {id(p) for p in params} == bn_params
@@ -247,7 +248,7 @@ def test_variant_bn_trains_only_batchnorm_affine():
 
 def test_variant_bn_stats_changes_only_running_stats():
     m = tiny_moco()
-    assert configure_variant(m, "bn-stats") == []
+    assert m.trainable_parameters("bn-stats") == []
     assert not any(p.requires_grad for p in m.parameters())
     params_before = {n: p.clone() for n, p in m.named_parameters()}
     mean_before = m.encoder_q.layer1[0].bn1.running_mean.clone()

@@ -17,7 +17,7 @@ def _worker(rank, init_file):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
-        from hpt_hpc.models import MoCo
+        from hpt_hpc.ssl import MoCo
 
         torch.manual_seed(0)  # identical models and queues on both ranks
         model = MoCo("resnet18", 0.25, True, dim=16, queue_size=24, shuffle_bn=True).train()

@@ -14,8 +14,8 @@ from hpt_hpc.config import config_to_dict, load_config
 from hpt_hpc.eval.knn import knn_scores
 from hpt_hpc.eval.probe import Features
 from hpt_hpc.eval.runner import backbone_from_checkpoint
-from hpt_hpc.models import (MoCo, feature_dim_for, load_initial_weights, save_checkpoint_atomic,
-                             stage_checkpoint)
+from hpt_hpc.models import feature_dim_for, save_checkpoint_atomic, stage_checkpoint
+from hpt_hpc.ssl import MoCo, load_initial_weights
 from tiny import tiny_config, write_tiny_config
 
 RGB = {"model": {"arch": "resnet18", "width": 1.0, "small_stem": False, "in_channels": 3},

@@ -8,8 +8,8 @@ import torch
 import torchvision
 
 from hpt_hpc.models import (CHECKPOINT_FORMAT, CheckpointReadError, IncompatibleCheckpointError,
-                            MoCo, build_resnet, load_checkpoint, load_initial_weights,
-                            save_checkpoint_atomic)
+                            build_resnet, load_checkpoint, save_checkpoint_atomic)
+from hpt_hpc.ssl import MoCo, load_initial_weights
 
 
 def full_moco(**kw):

@@ -6,7 +6,7 @@ import torch
 
 from hpt_hpc.config.schema import ComputeConfig
 from hpt_hpc.errors import HptError
-from hpt_hpc.models import MoCo
+from hpt_hpc.ssl import MoCo
 from hpt_hpc.train.engine import run_stage
 from hpt_hpc.train import build_stage_loader
 from hpt_hpc.train.speed import (StepSpeed, make_optimizer, prepare_model, resolve_speed,
@@ -41,7 +41,7 @@ def run_steps(model, speed, steps=2, lr=0.1):
             view_q, view_k = (v.contiguous(memory_format=torch.channels_last)
                               for v in (view_q, view_k))
         optimizer.zero_grad(set_to_none=True)
-        loss, _, _ = train_step(model, view_q, view_k, speed)
+        loss, _ = train_step(model, model, [view_q, view_k], speed)
         optimizer.step()
         losses.append(float(loss))
     return losses, optimizer

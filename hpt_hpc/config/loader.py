@@ -18,7 +18,7 @@ import yaml
 from ..errors import ConfigError
 from ..tracking.store import TrackingError, normalize_uri
 from .refs import InitRef
-from .schema import STAGE_NAMES, ExperimentConfig
+from .schema import ARCHS, STAGE_NAMES, TIMM_PREFIX, ExperimentConfig
 
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")  # what YAML 1.1 misses
 
@@ -206,7 +206,8 @@ def _check_choices(section: Any, where: str) -> None:
             for name, item in value.items():
                 if dataclasses.is_dataclass(item):
                     _check_choices(item, f"{path}.{name}")
-        elif f.metadata.get("choices") and value not in f.metadata["choices"]:
+        elif f.metadata.get("choices") and value is not None and \
+                value not in f.metadata["choices"]:
             _check_choice(path, value, f.metadata["choices"])
 
 
@@ -233,6 +234,13 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     """Cross-field checks that types alone cannot express."""
     check_ranges(cfg)
     _check_choices(cfg, "")
+    arch = cfg.model.arch
+    if arch not in ARCHS and not (arch.startswith(TIMM_PREFIX) and arch[len(TIMM_PREFIX):]):
+        raise ConfigError(f"model.arch: '{arch}' is neither a built-in ResNet "
+                          f"({', '.join(ARCHS)}){suggest(arch, ARCHS)} nor timm:<name>")
+    if cfg.model.timm_kwargs and not arch.startswith(TIMM_PREFIX):
+        raise ConfigError("model.timm_kwargs: only timm models (model.arch: timm:<name>) "
+                          "take them")
     if cfg.model.in_channels != cfg.data.channels:
         raise ConfigError(f"model.in_channels ({cfg.model.in_channels}) must equal "
                           f"data.channels ({cfg.data.channels})")

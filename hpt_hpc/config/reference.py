@@ -24,7 +24,7 @@ def _type(tp: Any) -> str:
     if origin in (list, typing.List):
         return f"list of {_type(args[0])}" if args[0] is not Any else "list"
     if origin in (dict, typing.Dict):
-        return f"mapping of {_type(args[1])}"
+        return f"mapping of {_type(args[1])}" if args[1] is not Any else "mapping"
     if dataclasses.is_dataclass(tp):
         return "section"
     return {bool: "bool", int: "int", float: "float", str: "string"}.get(tp, str(tp))

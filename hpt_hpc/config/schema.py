@@ -17,7 +17,9 @@ DATASET_FORMATS = ("imagefolder", "filelist", "folder")  # datasets.<name>.forma
 BACKENDS = ("torchvision", "dali")  # data.backend
 PROBE_MODES = ("cached", "augmented", "knn")  # probe.mode: features once | the paper's
 # augmented probe | k-nearest-neighbour vote on the cached features
-ARCHS = ("resnet18", "resnet50")
+ARCHS = ("resnet18", "resnet50")  # built in; `timm:<name>` names any timm model
+TIMM_PREFIX = "timm:"
+SSL_METHODS = ("moco-v2",)  # the rows of hpt_hpc.ssl.METHODS (ssl:)
 SCHEDULES = ("cosine", "constant")
 PRECISIONS = ("auto", "fp32", "bf16")
 FUSED_OPTIMIZERS = ("auto", "fused", "foreach", "off")
@@ -57,13 +59,20 @@ class DatasetConfig:
 
 @dataclass
 class ModelConfig:
-    """Backbone: a torchvision ResNet layout, optionally narrowed and with a small-image stem."""
+    """Backbone: a built-in torchvision-layout ResNet (optionally narrowed, with a
+    small-image stem) or any timm model (``timm:<name>``)."""
 
-    arch: str = key("resnet18", "the ResNet depth", choices=ARCHS)
+    arch: str = key("resnet18", "resnet18 or resnet50 (built in), or `timm:<name>`: a timm "
+                                "model (e.g. timm:resnet50, timm:vit_small_patch16_224, "
+                                "timm:convnext_tiny)")
     width: float = key(1.0, "multiplier on the 64-128-256-512 stage widths (1: torchvision's)")
     small_stem: bool = key(False, "3x3 conv stem without max-pool (for 32x32-ish images)")
     stem_stride: int = key(1, "stride of the small stem's conv (2 halves the compute at 32x32)")
-    in_channels: int = key(3, "input channels; must equal data.channels")
+    in_channels: int = key(3, "input channels; must equal data.channels (timm models adapt "
+                              "their first layer)")
+    timm_kwargs: Dict[str, Any] = key(doc="timm models: extra arguments of "
+                                          "timm.create_model (e.g. patch_size, drop_path_rate)",
+                                      factory=dict)
 
 
 @dataclass
@@ -204,6 +213,9 @@ class StageConfig:
     batch_size: Optional[int] = key(None, "global batch (null: optim.batch_size)")
     train_head: bool = key(True, "variant bn: the projection head trains too (official HPT "
                                  "code)")
+    ssl: Optional[str] = key(None, "this stage's self-supervised method (null: the top-level "
+                                   "ssl); a stage after another method's takes its backbone, "
+                                   "heads start fresh", choices=SSL_METHODS)
 
 
 @dataclass
@@ -311,6 +323,8 @@ class ExperimentConfig:
 
     name: str = key("experiment", "the experiment's name (MLflow experiment, pipeline run)")
     seed: int = key(0, "seed of weights, data order and augmentation")
+    ssl: str = key("moco-v2", "the self-supervised method stages train with (hpt_hpc.ssl)",
+                   choices=SSL_METHODS)
     output_dir: str = key("outputs", "where stages, evaluations and the MLflow store go")
     device: str = key("auto", "auto (CUDA when visible), cpu, cuda or `cuda:<n>`")
     progress_seconds: float = key(60.0, "seconds between progress lines of long loops "

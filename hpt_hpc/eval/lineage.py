@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from ..config import ExperimentConfig, InitRef, OutputLayout, StageLayout
-from ..models.weights import checkpoint_info
+from ..models.loading import checkpoint_info
 from ..plan import TrackingTarget, external_method, tracking_target
 from ..plan.lineage import checkpoint_method, checkpoint_steps
 from ..tracking.runs import open_run, run_place

@@ -24,7 +24,7 @@ from ..data import build_eval_loader
 from ..data.specs import eval_spec
 from ..data.transforms import build_eval_transform, build_probe_train_transform
 from ..errors import HptError
-from ..models import MoCo, feature_dim_for, load_initial_weights
+from ..models import backbone_for_features, encoder_from_config, load_backbone_into, read_weights
 from ..progress import Progress
 from .augmented import augmented_probe
 from .decoded import decoded_batches
@@ -92,14 +92,15 @@ def summarize(results: List[ProbeResult], mode: str, dataset: str = "",
 
 
 def backbone_from_checkpoint(cfg: ExperimentConfig, path: Optional[str]) -> torch.nn.Module:
-    """The query encoder's backbone (projection head dropped) of a checkpoint, or a
-    randomly initialised one when ``path`` is ``None``."""
-    model = MoCo.from_config(cfg.model, cfg.moco, queue_size=cfg.optim.batch_size)
+    """The backbone of ``cfg.model`` (no head: forward gives pooled features) with the
+    backbone weights of a checkpoint of any accepted layout and ssl method, or randomly
+    initialised when ``path`` is ``None``."""
+    encoder = encoder_from_config(cfg.model, cfg.data.image_size)
     if path is not None:
-        load_initial_weights(model, path)
-    backbone = model.encoder_q
-    backbone.fc = torch.nn.Identity()
-    return backbone
+        weights = read_weights(path)
+        load_backbone_into(encoder, weights.backbone,
+                           f"checkpoint {path} ({weights.layout} layout)")
+    return backbone_for_features(encoder)
 
 
 def seeded_backbone(cfg: ExperimentConfig, path: Optional[str]) -> torch.nn.Module:
@@ -258,7 +259,7 @@ def evaluate_finetune(cfg: ExperimentConfig, dataset: str, checkpoint: Optional[
     held_out = [image_batches(cfg, space.records[split], space,
                               build_eval_transform(cfg.data, cfg.probe), EXTRACT_BATCH)
                 for split in ("val", "test")]
-    result = finetune(backbone, feature_dim_for(cfg.model.arch, cfg.model.width), train,
+    result = finetune(backbone, backbone.feature_dim, train,
                       *held_out, ft, device, space.num_classes, space.multi_label,
                       seed=cfg.seed, progress=_progress(cfg, "fine-tune", ft.iterations,
                                                         min(ft.batch_size, len(budget))),

@@ -29,12 +29,14 @@ from typing import Any, Dict, Optional, Tuple
 from .. import __version__
 from ..config import config_digest
 from ..errors import HptError
+from .backbones import is_timm
+from .loading import classify
 from .resnet import feature_dim_for
 from .weights import CHECKPOINT_FORMAT, load_checkpoint
 
 FORMATS = ("torchvision", "moco")
 EXPORT_FORMAT = "hpt-hpc-export/1"
-MODEL_KEYS = ("arch", "width", "small_stem", "stem_stride", "in_channels")
+MODEL_KEYS = ("arch", "width", "small_stem", "stem_stride", "in_channels", "timm_kwargs")
 STRING_PREFIX = "hpt."
 META_KEY = "hpt_hpc"  # the entry of a torchvision export's state_dict._metadata
 
@@ -59,8 +61,10 @@ def export_meta(checkpoint: Dict[str, Any], fmt: str,
                 preprocessing: Dict[str, Any]) -> Dict[str, Any]:
     """What an export file says about its weights (see the module docstring)."""
     config = checkpoint["config"]
-    model = {k: config["model"][k] for k in MODEL_KEYS}
-    model["feature_dim"] = feature_dim_for(model["arch"], model["width"])
+    model = {k: config["model"].get(k) for k in MODEL_KEYS}
+    model["timm_kwargs"] = model["timm_kwargs"] or {}
+    model["feature_dim"] = checkpoint.get("feature_dim") or (
+        None if is_timm(model["arch"]) else feature_dim_for(model["arch"], model["width"]))
     stage = checkpoint.get("stage")
     return {
         "format": EXPORT_FORMAT, "layout": fmt, "model": model,
@@ -82,13 +86,13 @@ def export_backbone(checkpoint: Dict[str, Any], fmt: str,
     """The export file of a toolkit checkpoint in ``fmt`` (see the module docstring)."""
     if fmt not in FORMATS:
         raise HptError(f"--format '{fmt}' is not one of {', '.join(FORMATS)}")
-    encoder = {k[len("encoder_q."):]: v for k, v in checkpoint["model"].items()
-               if k.startswith("encoder_q.")}
+    weights = classify(checkpoint, "the checkpoint")
     meta = export_meta(checkpoint, fmt, preprocessing)
     if fmt == "moco":
+        encoder = {**weights.backbone, **{f"fc.{k}": v for k, v in weights.head.items()}}
         return {"state_dict": {f"module.encoder_q.{k}": v for k, v in encoder.items()},
                 "arch": checkpoint["config"]["model"]["arch"], "meta": meta}
-    state = OrderedDict((k, v) for k, v in encoder.items() if not k.startswith("fc."))
+    state = OrderedDict(weights.backbone)
     state._metadata = OrderedDict({META_KEY: meta})  # type: ignore[attr-defined]
     return state
 
@@ -119,7 +123,7 @@ def meta_to_strings(meta: Dict[str, Any], prefix: str = STRING_PREFIX) -> Dict[s
     under ``prefix``, JSON values (``{"hpt.preprocessing.mean": "[0.5, 0.5, 0.5]"}``)."""
     out: Dict[str, str] = {}
     for key, value in meta.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and value:
             out.update(meta_to_strings(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = json.dumps(value)

@@ -1,8 +1,9 @@
-"""Training variants of an HPT stage and BatchNorm statistics re-estimation.
+"""Training variants of an HPT stage and BatchNorm statistics re-estimation, for the
+online encoder of any ssl method (backbone + head ``fc``, :mod:`.backbones`).
 
-* ``full`` / ``scratch``: every parameter of ``encoder_q`` (backbone and head) is trained;
+* ``full`` / ``scratch``: every parameter of the encoder (backbone and head) is trained;
   the two differ only in their initial weights, which the training engine chooses.
-* ``bn`` (HPT-BN): the affine weight/bias of ``encoder_q``'s backbone BatchNorm layers and,
+* ``bn`` (HPT-BN): the affine weight/bias of the backbone's BatchNorm layers and,
   with ``train_head`` (the default, as the official HPT code: OpenSelfSup's
   ``frozen_stages=4, norm_train=True`` freezes the backbone but not the neck), the
   projection head; convolutions are frozen. Running statistics still update in train mode.
@@ -17,7 +18,7 @@ import torch
 from torch import nn
 
 from ..config.schema import VARIANTS  # ("full", "bn", "bn-stats", "scratch")
-from .moco import MoCo
+from .backbones import HEAD, backbone_modules
 
 
 def is_bn(module: nn.Module) -> bool:
@@ -25,26 +26,27 @@ def is_bn(module: nn.Module) -> bool:
     return isinstance(module, nn.modules.batchnorm._BatchNorm)
 
 
-def configure_variant(model: MoCo, variant: str, train_head: bool = True) -> list[nn.Parameter]:
-    """Set ``requires_grad`` for ``variant`` and return the parameters to optimise.
+def configure_variant(encoder: nn.Module, variant: str,
+                      train_head: bool = True) -> list[nn.Parameter]:
+    """Set ``requires_grad`` of ``encoder``'s parameters for ``variant`` and return those
+    to optimise (the caller freezes everything else, e.g. momentum targets).
 
-    ``encoder_k`` always stays frozen (it follows ``encoder_q`` by momentum). Call this on the
-    unwrapped model *before* wrapping it in DistributedDataParallel, which records which
-    parameters require gradients when it is constructed.
+    Call this on the unwrapped model *before* wrapping it in DistributedDataParallel, which
+    records which parameters require gradients when it is constructed.
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; expected one of {list(VARIANTS)}")
-    for p in model.parameters():
+    for p in encoder.parameters():
         p.requires_grad = False
     if variant in ("full", "scratch"):
-        trainable = list(model.encoder_q.parameters())
+        trainable = list(encoder.parameters())
     elif variant == "bn":
         trainable = []
-        for name, module in model.encoder_q.named_modules():
-            if is_bn(module) and not name.startswith("fc"):
+        for _, module in backbone_modules(encoder):
+            if is_bn(module):
                 trainable += [p for p in (module.weight, module.bias) if p is not None]
         if train_head:
-            trainable += list(model.encoder_q.fc.parameters())
+            trainable += list(getattr(encoder, HEAD).parameters())
     else:  # bn-stats
         trainable = []
     for p in trainable:
@@ -72,8 +74,8 @@ def reestimate_bn_stats(module: nn.Module, batches_iterable: Iterable, num_batch
     tuple/list whose first (possibly nested) element is the input tensor, e.g. ``(images,
     labels)`` or ``((view_1, view_2), labels)``; it is moved to the module's device. BN momenta
     and each submodule's train/eval mode are restored afterwards. Returns the number of batches
-    used. Pass ``model.encoder_q`` (not the MoCo wrapper, whose forward updates the queue), then
-    ``model.sync_key_encoder()`` if ``encoder_k`` should share the new statistics.
+    used. Pass the online encoder (not the method, whose forward updates its state), then
+    let the targets follow (``SslMethod.sync_targets``).
     """
     bns = [m for m in module.modules() if is_bn(m)]
     if not bns:

@@ -25,7 +25,7 @@ def starting_point(ref: InitRef, handed_from: Optional[str] = None,
     if ref.kind == "stage":
         return ref.value
     if ref.kind == "file" and read_files:
-        from ..models.weights import checkpoint_info  # torch: only for file inits
+        from ..models.loading import checkpoint_info  # torch: only for file inits
         try:
             return checkpoint_info(ref.value).stage or CHECKPOINT
         except (OSError, ValueError):  # missing or unreadable: the preflight says so

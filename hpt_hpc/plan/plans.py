@@ -70,6 +70,11 @@ class StagePlan:
         return self.config.stages[self.stage].dataset
 
     @property
+    def ssl(self) -> str:
+        """The stage's self-supervised method (``stages.<stage>.ssl``, else ``ssl``)."""
+        return self.config.stages[self.stage].ssl or self.config.ssl
+
+    @property
     def seed(self) -> int:
         return self.config.seed
 
@@ -85,7 +90,7 @@ class StagePlan:
         """The tags of the stage's run (lineage tags are added when the init resolves)."""
         tags = {"hpt.stage": self.stage, "hpt.method": self.method,
                 "hpt.dataset": self.dataset, "hpt.variant": self.variant,
-                "hpt.init": str(self.init)}
+                "hpt.init": str(self.init), "hpt.ssl": self.ssl}
         if self.tracking:
             tags.update(self.tracking.tags())
         return {**tags, **self.tags}
@@ -95,8 +100,8 @@ class StagePlan:
         ds = cfg.datasets[self.dataset]
         amount = f", first {ds.max_images} images" if ds.max_images else ""
         return (f"{self.label}: {self.method} ({self.variant}) on {self.dataset} "
-                f"[{ds.path}{amount}], init {self.init}, {self.iterations} steps, lr "
-                f"{self.lr:g}, batch {self.batch_size} ({self.rank_batch_size}/rank x "
+                f"[{ds.path}{amount}], init {self.init}, ssl {self.ssl}, {self.iterations} "
+                f"steps, lr {self.lr:g}, batch {self.batch_size} ({self.rank_batch_size}/rank x "
                 f"{self.world_size}), seed {self.seed} -> {self.layout.final}")
 
 

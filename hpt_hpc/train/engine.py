@@ -1,5 +1,6 @@
-"""The stage engine: one MoCo-v2 stage from a :class:`StagePlan`, a data loader, a
-tracker and an initial checkpoint file.
+"""The stage engine: one pretraining stage from a :class:`StagePlan`, a data loader, a
+tracker and an initial checkpoint file. The ssl method (MoCo-v2, ...) is asked only
+through its interface (:class:`hpt_hpc.ssl.SslMethod`).
 
 Iteration-based SGD with cosine decay. Periodic and final checkpoints are written
 atomically; if the stage's output folder already holds a checkpoint the stage resumes
@@ -22,10 +23,10 @@ import torch
 
 from ..config import ExperimentConfig, config_to_dict, flatten
 from ..errors import HptError
-from ..models import (MoCo, cap_queue_size, configure_variant, load_initial_weights,
-                      reestimate_bn_stats, stage_checkpoint)
+from ..models import reestimate_bn_stats, stage_checkpoint
 from ..plan import StagePlan
 from ..progress import Progress
+from ..ssl import SslMethod, build_method
 from ..tracking import NullTracker, Tracker
 from .distributed import DistInfo
 from .resume import check_finite, load_resume_point, save_resume_point
@@ -55,7 +56,7 @@ class StageResult:
     model_uri: Optional[str] = None  # registry URI of the final checkpoint, when registered
     param_digest: str = ""  # sha256 of the query encoder's parameters (compare ranks/runs)
     step_seconds: float = float("nan")  # median step time of this call, first 5 steps skipped
-    queue_size: int = 0  # the MoCo queue's effective length (capped to what the data fills)
+    queue_size: int = 0  # MoCo's effective queue length (capped to what the data fills)
     images: int = 0  # training images of the stage (all ranks)
     saved_step: int = -1  # the step of this call's last periodic checkpoint
     threads: int = 0  # torch intra-op threads the steps ran with (CPU results depend on it)
@@ -106,29 +107,29 @@ def _own_rng(state: Dict[str, Any], dist: DistInfo) -> Dict[str, Any]:
     return ranks[dist.rank] if ranks and len(ranks) == dist.world_size else state
 
 
-def _checkpoint(model: MoCo, optimizer: Optional[torch.optim.Optimizer], step: int,
+def _checkpoint(model: SslMethod, optimizer: Optional[torch.optim.Optimizer], step: int,
                 plan: StagePlan, tracker: Tracker, init: Optional[str],
                 rng: Dict[str, Any]) -> Dict[str, Any]:
     return stage_checkpoint(model, optimizer, step, plan.iterations, plan.stage, plan.variant,
                             init, config_to_dict(plan.config), rng, tracker.run_id,
                             method=plan.method, label=plan.label,
-                            target_steps=plan.target_steps)
+                            target_steps=plan.target_steps, **model.checkpoint_keys())
 
 
-def parameter_digest(model: MoCo) -> str:
-    """A short hash of the query encoder's parameters: equal digests, equal weights."""
+def parameter_digest(model: SslMethod) -> str:
+    """A short hash of the online encoder's parameters: equal digests, equal weights."""
     import hashlib
     digest = hashlib.sha256()
-    for name, param in sorted(model.encoder_q.named_parameters()):
+    for name, param in sorted(model.online_encoder().named_parameters()):
         digest.update(name.encode())
         digest.update(param.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]
 
 
-def build_model(cfg: ExperimentConfig, num_images: int, global_batch: int) -> MoCo:
-    """MoCo-v2 for this config, its queue capped to what ``num_images`` can fill."""
-    queue = cap_queue_size(cfg.moco.queue_size, num_images, global_batch)
-    return MoCo.from_config(cfg.model, cfg.moco, queue_size=queue)
+def build_model(plan: StagePlan, num_images: int) -> SslMethod:
+    """The stage's ssl method for ``num_images`` training images (every rank lists all)."""
+    return build_method(plan.config, plan.ssl, num_images=num_images,
+                        global_batch=plan.batch_size)
 
 
 def run_stage(plan: StagePlan, loader: Any, tracker: Optional[Tracker] = None,
@@ -162,20 +163,20 @@ def run_stage(plan: StagePlan, loader: Any, tracker: Optional[Tracker] = None,
     speed = resolve_speed(cfg.compute, device)
     check_accumulation(plan.rank_batch_size, speed.accumulate, stage)
     seed_everything(cfg.seed + dist.rank)
-    model = build_model(cfg, loader.num_images, plan.batch_size)  # every rank lists all
+    model = build_model(plan, loader.num_images)
     result = StageResult(stage, variant, layout.final, 0, total,
-                         queue_size=int(model.queue.shape[1]), images=loader.num_images,
-                         threads=torch.get_num_threads())
+                         queue_size=int(model.facts().get("queue_size", 0)),
+                         images=loader.num_images, threads=torch.get_num_threads())
 
     resume_state = load_resume_point(plan)
     if resume_state is None and init:
-        result.init_report = load_initial_weights(model, init)
+        result.init_report = model.load_initial(init)
         log.info("stage %s: initial weights from %s (%s)", stage, init,
                  result.init_report.get("layout"))
     model.to(device)
     prepare_model(model, speed)
 
-    params = configure_variant(model, variant, cfg.stages[stage].train_head)
+    params = model.trainable_parameters(variant, cfg.stages[stage].train_head)
     optimizer = (make_optimizer(params, plan.lr, cfg.optim.momentum, cfg.optim.weight_decay,
                                 speed) if params else None)
     start = 0
@@ -195,10 +196,10 @@ def run_stage(plan: StagePlan, loader: Any, tracker: Optional[Tracker] = None,
     if variant == "bn-stats":
         if start < total:
             batches = (torch.cat(views).to(device) for views in _batches(loader, start))
-            reestimate_bn_stats(model.encoder_q, batches, total)
+            reestimate_bn_stats(model.online_encoder(), batches, total)
             if dist.world_size > 1:
-                _average_buffers(model.encoder_q, dist.world_size)
-            model.encoder_k.load_state_dict(model.encoder_q.state_dict())
+                _average_buffers(model.online_encoder(), dist.world_size)
+            model.sync_targets()
         result.steps = total
     else:
         net = model
@@ -244,7 +245,7 @@ def _train_loop(plan: StagePlan, net: torch.nn.Module,
                 init: Optional[str], should_stop: Optional[Callable[[int], bool]],
                 speed: StepSpeed) -> StageResult:
     cfg, base_lr = plan.config, plan.lr
-    model: MoCo = getattr(net, "module", net)
+    model: SslMethod = getattr(net, "module", net)
     total = result.total_steps
     end = total if stop_after is None else min(total, start + stop_after)
     net.train()
@@ -259,14 +260,15 @@ def _train_loop(plan: StagePlan, net: torch.nn.Module,
     sync_each_step = device.type != "cuda" or on_step is not None
     for step in range(start, end):
         fetch = time.perf_counter()
-        view_q, view_k = (to_device(view, device, speed) for view in next(batches))
+        views = [to_device(view, device, speed) for view in next(batches)]
         wait = time.perf_counter() - fetch
         lr = learning_rate(step, total, base_lr, cfg.optim.warmup_iterations, cfg.optim.schedule)
         for group in optimizer.param_groups:
             group["lr"] = lr
         optimizer.zero_grad(set_to_none=True)
-        loss, logits, labels = train_step(net, view_q, view_k, speed)
+        loss, out = train_step(net, model, views, speed)
         optimizer.step()
+        model.after_step(step + 1, total)
         window_steps += 1
         logged = (step + 1) % log_every == 0 or step + 1 == end
         if sync_each_step or logged:
@@ -284,9 +286,8 @@ def _train_loop(plan: StagePlan, net: torch.nn.Module,
         if on_step is not None:
             on_step(step + 1, loss_value)
         if logged:
-            acc = float((logits.argmax(dim=1) == labels).float().mean())
             now = time.time()
-            tracker.log_metrics({"loss": loss_value, "lr": lr, "contrastive_acc": acc,
+            tracker.log_metrics({"loss": loss_value, "lr": lr, **model.metrics_of(out),
                                  "step_seconds": (now - tick) / log_every}, step=step + 1)
             tick = now
         progress.update(step + 1, wait, f"loss {loss_value:.4f} lr {lr:.4g}")

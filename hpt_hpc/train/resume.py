@@ -25,6 +25,7 @@ from typing import Any, Dict, Iterator, Optional
 import torch
 
 from ..config import StageLayout, config_to_dict, flatten
+from ..config.schema import DatasetConfig, ExperimentConfig, StageConfig
 from ..errors import HptError
 from ..files import link_atomic
 from ..models import CheckpointReadError, load_checkpoint, save_checkpoint_atomic
@@ -33,7 +34,7 @@ from ..plan import StagePlan
 log = logging.getLogger(__name__)
 
 FINGERPRINT_SECTIONS = ("model.", "moco.", "optim.", "augment.", "compute.accumulate", "seed",
-                        "data.image_size", "data.channels", "data.mean", "data.std")
+                        "data.image_size", "data.channels", "data.mean", "data.std", "ssl")
 FINGERPRINT_KEY = "resume_settings"
 
 
@@ -89,9 +90,23 @@ def fingerprint(plan: StagePlan) -> Dict[str, Any]:
             for k, v in sorted(keys.items())}
 
 
+def _default(key: str) -> Any:
+    """A setting's default as a fingerprint holds it: what a checkpoint written before the
+    setting existed ran with."""
+    parts = key.split(".")
+    if parts[0] in ("stages", "datasets") and len(parts) == 3:
+        section = StageConfig() if parts[0] == "stages" else DatasetConfig()
+        value = getattr(section, parts[2], None)
+    else:
+        value = flatten(config_to_dict(ExperimentConfig())).get(key)
+    return value if isinstance(value, (int, float, str, bool)) or value is None else repr(value)
+
+
 def _differences(saved: Dict[str, Any], current: Dict[str, Any]) -> list:
-    return [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}"
-            for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
+    def old(key: str) -> Any:
+        return saved[key] if key in saved else _default(key)
+    return [f"{k}: {old(k)!r} -> {current.get(k)!r}"
+            for k in sorted(set(saved) | set(current)) if old(k) != current.get(k)]
 
 
 def finite(model: torch.nn.Module) -> bool:

@@ -1,16 +1,18 @@
 """The training step's speed switches (config section ``compute``) in one place.
 
 * precision: bf16 autocast (``auto``: on CUDA GPUs with bf16, fp32 elsewhere); the
-  contrastive logits stay fp32 (see :meth:`hpt_hpc.models.MoCo.forward`). No loss scaler
-  is needed for bf16.
+  methods keep their losses in fp32 (e.g. :meth:`hpt_hpc.ssl.MoCo.forward`). No loss
+  scaler is needed for bf16.
 * channels_last: model and input batches in NHWC (``null``: on CUDA only).
 * fused_optimizer: SGD with the fused kernel (``auto``: on CUDA), the multi-tensor
   ``foreach`` path (``auto`` on CPU) or the per-parameter loop (``off``).
-* compile: ``torch.compile`` of both encoders (in place: state_dict keys unchanged).
+* compile: ``torch.compile`` of the method's encoders (``compiled_modules``; in place:
+  state_dict keys unchanged).
 * accumulate: the rank batch from the loader is split into that many micro-batches, each
   forward/backward on its own, one optimiser step (and one momentum update) per loader
-  batch; keys of every micro-batch are enqueued after the last one, so every micro-batch
-  sees the queue one large batch would have seen. Steps, learning rate, checkpoints and
+  batch; the method is told which micro-batch is first and last (``micro_batch``: MoCo
+  enqueues the keys of every micro-batch after the last one, so every micro-batch sees
+  the queue one large batch would have seen). Steps, learning rate, checkpoints and
   resume are unchanged (one loader batch per step). BatchNorm statistics are per
   micro-batch, as they are per GPU in DDP.
 * non_blocking: host-to-device copies of the batches do not wait (with pinned memory).
@@ -21,7 +23,7 @@ import contextlib
 import logging
 import warnings
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional, Tuple
+from typing import Any, Iterable, Optional, Sequence, Tuple
 
 import torch
 
@@ -100,8 +102,8 @@ def prepare_model(model: torch.nn.Module, speed: StepSpeed) -> torch.nn.Module:
     if speed.channels_last:
         model.to(memory_format=torch.channels_last)
     if speed.compile:
-        for name in ("encoder_q", "encoder_k"):
-            getattr(model, name).compile()
+        for module in model.compiled_modules():
+            module.compile()
     return model
 
 
@@ -137,29 +139,31 @@ def check_accumulation(rank_batch: int, accumulate: int, stage: str) -> None:
                        f"per-rank batch {rank_batch} into micro-batches of at least 2 images")
 
 
-def train_step(net: torch.nn.Module, view_q: torch.Tensor, view_k: torch.Tensor,
-               speed: StepSpeed) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def train_step(net: torch.nn.Module, method: Any, views: Sequence[torch.Tensor],
+               speed: StepSpeed) -> Tuple[torch.Tensor, Any]:
     """Forward and backward of one optimiser step (gradients accumulated, not applied).
 
-    Returns the step's mean loss (detached) and the last micro-batch's logits and labels.
+    ``net`` is the ssl method ``method`` or its DDP wrapper, called with the step's views.
+    Returns the step's mean loss (detached) and the last micro-batch's forward result.
     Under DDP, gradients are all-reduced once, on the last micro-batch.
     """
     parts = speed.accumulate
     if parts == 1:
         with autocast(speed):
-            loss, logits, labels = net(view_q, view_k)
+            out = net(*views, **method.micro_batch(True, True))
+        loss = method.loss_of(out)
         loss.backward()
-        return loss.detach(), logits, labels
+        return loss.detach(), out
     total = None
-    chunks = zip(view_q.chunk(parts), view_k.chunk(parts))
-    for index, (micro_q, micro_k) in enumerate(chunks):
+    chunks = zip(*(view.chunk(parts) for view in views))
+    for index, micro in enumerate(chunks):
         last = index == parts - 1
         no_sync = getattr(net, "no_sync", None)
         sync = contextlib.nullcontext() if last or no_sync is None else no_sync()
         with sync:
             with autocast(speed):
-                loss, logits, labels = net(micro_q, micro_k, update_key_encoder=index == 0,
-                                           enqueue=last)
+                out = net(*micro, **method.micro_batch(index == 0, last))
+            loss = method.loss_of(out)
             (loss / parts).backward()
         total = loss.detach() if total is None else total + loss.detach()
-    return total / parts, logits, labels
+    return total / parts, out

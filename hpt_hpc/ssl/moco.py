@@ -1,8 +1,11 @@
-"""MoCo-v2 (He et al. 2020; Chen et al. 2020) following facebookresearch/moco's builder.
+"""MoCo-v2 (He et al. 2020; Chen et al. 2020) following facebookresearch/moco's builder:
+the ssl method ``moco-v2`` (:class:`~hpt_hpc.ssl.base.SslMethod`).
 
-``encoder_q``/``encoder_k`` are :class:`~hpt_hpc.models.resnet.ResNetBackbone` instances whose
-``fc`` is the projection head, so state_dict keys match the official checkpoints
-(``encoder_q.conv1.weight``, ``encoder_q.fc.0.weight``, ``encoder_q.fc.2.weight``, ``queue``).
+``encoder_q``/``encoder_k`` are encoders (:mod:`hpt_hpc.models.backbones`: a built-in
+ResNet or a timm model) whose ``fc`` is the projection head; with the built-in ResNets the
+state_dict keys match the official checkpoints (``encoder_q.conv1.weight``,
+``encoder_q.fc.0.weight``, ``encoder_q.fc.2.weight``, ``queue``). Backbones without
+BatchNorm (ViTs) have no statistics to shuffle: shuffle-BN then changes nothing.
 
 Behaviour kept from the official implementation:
 
@@ -24,34 +27,18 @@ from __future__ import annotations
 
 import copy
 import logging
-from typing import Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .resnet import ResNetBackbone, build_resnet
+from ..models.backbones import build_encoder
+from .base import SslMethod
+from .collectives import concat_all_gather, dist_world_size
 
 log = logging.getLogger(__name__)
-
-
-def dist_world_size() -> int:
-    """World size of the default process group, 1 when not distributed."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size()
-    return 1
-
-
-@torch.no_grad()
-def concat_all_gather(tensor: torch.Tensor) -> torch.Tensor:
-    """All-gather ``tensor`` from every rank and concatenate along dim 0 (no gradient).
-
-    Every rank must pass a tensor of the same shape.
-    """
-    gathered = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-    dist.all_gather(gathered, tensor.contiguous())
-    return torch.cat(gathered, dim=0)
 
 
 def projection_head(in_dim: int, dim: int, mlp: bool = True,
@@ -83,7 +70,7 @@ def cap_queue_size(queue_size: int, num_images: int, batch_size: int) -> int:
     return capped
 
 
-class MoCo(nn.Module):
+class MoCo(SslMethod):
     """MoCo-v2 with a momentum key encoder and a queue of negatives.
 
     ``forward(im_q, im_k)`` returns ``(loss, logits, labels)``: InfoNCE cross-entropy over
@@ -91,11 +78,16 @@ class MoCo(nn.Module):
     rank must use the same per-rank batch size (e.g. ``drop_last=True``) for the all-gathers.
     """
 
+    name = "moco-v2"
+    backbone_key, target_key = "encoder_q.", "encoder_k."
+    head_layouts = ("moco",)  # the official MoCo files carry this method's head
+
     def __init__(self, arch: str = "resnet18", width: float = 1.0, small_stem: bool = False,
                  in_channels: int = 3, dim: int = 128, queue_size: int = 65536,
                  momentum: float = 0.999, temperature: float = 0.2, mlp: bool = True,
                  mlp_hidden: Optional[int] = None, shuffle_bn: bool = True,
-                 bn_splits: int = 2, stem_stride: int = 1) -> None:
+                 bn_splits: int = 2, stem_stride: int = 1, image_size: int = 224,
+                 timm_kwargs: Optional[Dict[str, Any]] = None) -> None:
         super().__init__()
         if queue_size < 1:
             raise ValueError(f"queue_size must be >= 1, got {queue_size}")
@@ -108,11 +100,11 @@ class MoCo(nn.Module):
         self.momentum, self.temperature = momentum, temperature
         self.mlp, self.shuffle_bn, self.bn_splits = mlp, shuffle_bn, max(1, int(bn_splits))
 
-        self.encoder_q: ResNetBackbone = build_resnet(arch, width, small_stem, in_channels,
-                                                      stem_stride=stem_stride)
+        self.encoder_q = build_encoder(arch, width, small_stem, in_channels, stem_stride,
+                                       image_size, timm_kwargs)
         self.encoder_q.fc = projection_head(self.encoder_q.feature_dim, dim, mlp, mlp_hidden)
         self.mlp_hidden = (mlp_hidden or self.encoder_q.feature_dim) if mlp else None
-        self.encoder_k: ResNetBackbone = copy.deepcopy(self.encoder_q)
+        self.encoder_k = copy.deepcopy(self.encoder_q)
         for p in self.encoder_k.parameters():
             p.requires_grad = False
 
@@ -121,7 +113,8 @@ class MoCo(nn.Module):
         self._held_keys: list = []  # keys of earlier micro-batches (gradient accumulation)
 
     @classmethod
-    def from_config(cls, model_cfg, moco_cfg, queue_size: Optional[int] = None) -> "MoCo":
+    def from_config(cls, model_cfg, moco_cfg, queue_size: Optional[int] = None,
+                    image_size: int = 224) -> "MoCo":
         """Build from ``ModelConfig`` + ``MocoConfig``; ``queue_size`` overrides ``moco_cfg``'s
         (e.g. the result of :func:`cap_queue_size`)."""
         return cls(arch=model_cfg.arch, width=model_cfg.width, small_stem=model_cfg.small_stem,
@@ -130,7 +123,48 @@ class MoCo(nn.Module):
                    momentum=moco_cfg.momentum, temperature=moco_cfg.temperature,
                    mlp=moco_cfg.mlp, mlp_hidden=moco_cfg.mlp_hidden,
                    shuffle_bn=moco_cfg.shuffle_bn, bn_splits=moco_cfg.bn_splits,
-                   stem_stride=model_cfg.stem_stride)
+                   stem_stride=model_cfg.stem_stride, image_size=image_size,
+                   timm_kwargs=model_cfg.timm_kwargs)
+
+    @classmethod
+    def for_stage(cls, cfg: Any, *, num_images: int, global_batch: int) -> "MoCo":
+        """The stage's MoCo, its queue capped to what ``num_images`` can fill."""
+        queue = cap_queue_size(cfg.moco.queue_size, num_images, global_batch)
+        return cls.from_config(cfg.model, cfg.moco, queue_size=queue,
+                               image_size=cfg.data.image_size)
+
+    # -- the SslMethod interface ---------------------------------------------------------
+    def online_encoder(self) -> nn.Module:
+        return self.encoder_q
+
+    def ema_pairs(self) -> List[Tuple[nn.Module, nn.Module]]:
+        return [(self.encoder_k, self.encoder_q)]
+
+    def ema_momentum(self, step: int, total: int) -> float:
+        return self.momentum  # constant, applied inside forward (official order)
+
+    def micro_batch(self, first: bool, last: bool) -> Dict[str, Any]:
+        return {"update_key_encoder": first, "enqueue": last}
+
+    def loss_of(self, out: Any) -> torch.Tensor:
+        return out[0]
+
+    def metrics_of(self, out: Any) -> Dict[str, float]:
+        _, logits, labels = out
+        return {"contrastive_acc": float((logits.argmax(dim=1) == labels).float().mean())}
+
+    def facts(self) -> Dict[str, Any]:
+        return {"queue_size": int(self.queue.shape[1])}
+
+    def load_initial(self, path: str, strict: bool = True) -> Dict[str, Any]:
+        """:meth:`SslMethod.load_initial`; the queue is never loaded (a new stage starts
+        with a fresh random queue). Report keys also ``encoder_k`` and ``queue_loaded``."""
+        report = super().load_initial(path, strict)
+        report.update({"encoder_k": "checkpoint" if report["targets_loaded"]
+                       else "copied from encoder_q", "queue_loaded": False,
+                       "note": ("queue not loaded: a new stage starts with a fresh random "
+                                "queue" if report["layout"] == "hpt-hpc" else "")})
+        return report
 
     @property
     def feature_dim(self) -> int:
@@ -138,20 +172,18 @@ class MoCo(nn.Module):
         return self.encoder_q.feature_dim
 
     def backbone_state_dict(self) -> dict:
-        """``encoder_q``'s state_dict without the head: a torchvision-style backbone."""
-        return {k: v for k, v in self.encoder_q.state_dict().items() if not k.startswith("fc.")}
+        """``encoder_q``'s backbone weights with its library's keys (no head)."""
+        return self.backbone_state()
 
     def sync_key_encoder(self) -> None:
         """Make ``encoder_k`` an exact copy of ``encoder_q`` (parameters and BN buffers)."""
-        self.encoder_k.load_state_dict(self.encoder_q.state_dict())
+        self.sync_targets()
 
     @torch.no_grad()
     def momentum_update(self) -> None:
-        """``theta_k <- m * theta_k + (1 - m) * theta_q`` over all parameters (not buffers)."""
-        params_k = [p.detach() for p in self.encoder_k.parameters()]
-        params_q = [p.detach() for p in self.encoder_q.parameters()]
-        # k + (1 - m) * (q - k) == m * k + (1 - m) * q, one kernel per dtype/device group
-        torch._foreach_lerp_(params_k, params_q, 1.0 - self.momentum)
+        """``theta_k <- m * theta_k + (1 - m) * theta_q`` over all parameters (not buffers):
+        one fused ``_foreach_lerp_`` per dtype/device group."""
+        self.ema_update(self.momentum)
 
     @torch.no_grad()
     def _enqueue(self, keys: torch.Tensor) -> None:

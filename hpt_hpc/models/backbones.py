@@ -1,0 +1,142 @@
+"""Encoders: a backbone (pooled features) plus a projection head named ``fc``.
+
+Two families behind one shape:
+
+* the built-in ResNets (``model.arch: resnet18 | resnet50``, :mod:`.resnet`): the encoder
+  *is* the torchvision-layout ResNet whose ``fc`` is the head, so state-dict keys are
+  torchvision's (``conv1.weight`` ... ``fc.0.weight``), as in the official MoCo code;
+* timm's models (``model.arch: timm:<name>``, e.g. ``timm:resnet50``,
+  ``timm:vit_small_patch16_224``, ``timm:convnext_tiny``): :class:`TimmEncoder` holds the
+  timm model (classifier removed, ``num_classes=0``) as ``backbone`` and the head as
+  ``fc``; the backbone's keys are timm's own under ``backbone.``. Input channels go
+  through timm's own adaptation (``in_chans``); models that take an input size (ViTs) get
+  ``data.image_size``; ``model.timm_kwargs`` reach ``timm.create_model`` unchanged.
+
+Every encoder answers :func:`backbone_state_dict` (the backbone's weights with its
+library's keys: what exports and foreign checkpoints hold), :func:`load_backbone_state`
+and :func:`backbone_modules` (the named sub-modules of the backbone, head excluded).
+An encoder for evaluation drops its head: ``encoder.fc = nn.Identity()``.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Iterator, Optional, Tuple
+
+import torch
+from torch import nn
+
+from ..config.schema import TIMM_PREFIX
+from ..errors import ConfigError
+from .resnet import ResNetBackbone, build_resnet, describe_arch
+
+HEAD = "fc"  # the head's attribute (and state-dict prefix ``fc.``) in every encoder
+
+
+def is_timm(arch: str) -> bool:
+    """True for ``timm:<name>`` architectures."""
+    return str(arch).startswith(TIMM_PREFIX)
+
+
+def timm_name(arch: str) -> str:
+    """``timm:resnet50`` -> ``resnet50``."""
+    return str(arch)[len(TIMM_PREFIX):]
+
+
+class TimmEncoder(nn.Module):
+    """A timm model without its classifier (``backbone``) followed by a head (``fc``)."""
+
+    def __init__(self, backbone: nn.Module, arch: str) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.arch = arch
+        self.feature_dim = int(backbone.num_features)
+        self.fc: nn.Module = nn.Identity()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled backbone features (timm's ``forward`` with ``num_classes=0``)."""
+        return self.backbone(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.backbone(x))
+
+    def extra_repr(self) -> str:
+        return f"arch={self.arch}, feature_dim={self.feature_dim}"
+
+
+def create_timm(name: str, in_channels: int, image_size: int,
+                kwargs: Optional[Dict[str, Any]] = None) -> nn.Module:
+    """``timm.create_model(name, pretrained=False, num_classes=0, in_chans=...)``; models
+    whose constructor takes ``img_size`` (ViTs and kin) get ``image_size`` unless
+    ``kwargs`` sets it. Weights never come from the network here (see ``init``)."""
+    import timm
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('_')[0]}*")[:5]
+        hint = f" (similar: {', '.join(close)})" if close else ""
+        raise ConfigError(f"model.arch: timm has no model '{name}'{hint}")
+    args = {"pretrained": False, "num_classes": 0, "in_chans": int(in_channels),
+            **(kwargs or {})}
+    if "img_size" not in args:
+        try:
+            return timm.create_model(name, img_size=int(image_size), **args)
+        except TypeError as exc:
+            if "img_size" not in str(exc):
+                raise
+    return timm.create_model(name, **args)
+
+
+def build_encoder(arch: str, width: float = 1.0, small_stem: bool = False,
+                  in_channels: int = 3, stem_stride: int = 1, image_size: int = 224,
+                  timm_kwargs: Optional[Dict[str, Any]] = None) -> nn.Module:
+    """The encoder of ``arch`` with an identity head (set ``encoder.fc`` to the head).
+    ``width``, ``small_stem`` and ``stem_stride`` apply to the built-in ResNets only."""
+    if is_timm(arch):
+        return TimmEncoder(create_timm(timm_name(arch), in_channels, image_size, timm_kwargs),
+                           arch)
+    return build_resnet(arch, width, small_stem, in_channels, stem_stride=stem_stride)
+
+
+def encoder_from_config(model_cfg: Any, image_size: int) -> nn.Module:
+    """:func:`build_encoder` from a ``ModelConfig`` (``image_size``: ``data.image_size``)."""
+    return build_encoder(model_cfg.arch, model_cfg.width, model_cfg.small_stem,
+                         model_cfg.in_channels, model_cfg.stem_stride, image_size,
+                         getattr(model_cfg, "timm_kwargs", None))
+
+
+def _backbone_prefix(encoder: nn.Module) -> str:
+    return "backbone." if isinstance(encoder, TimmEncoder) else ""
+
+
+def backbone_state_dict(encoder: nn.Module) -> Dict[str, torch.Tensor]:
+    """The backbone's weights with its library's keys (torchvision's for the built-in
+    ResNets, timm's for timm models): the encoder's state without the head."""
+    prefix = _backbone_prefix(encoder)
+    return {k[len(prefix):]: v for k, v in encoder.state_dict().items()
+            if k.startswith(prefix) and not k.startswith(f"{HEAD}.")}
+
+
+def encoder_keys(encoder: nn.Module, backbone_keys: Dict[str, Any]) -> Dict[str, Any]:
+    """Backbone keys (library layout) -> the encoder's own keys."""
+    prefix = _backbone_prefix(encoder)
+    return {f"{prefix}{k}": v for k, v in backbone_keys.items()}
+
+
+def backbone_modules(encoder: nn.Module) -> Iterator[Tuple[str, nn.Module]]:
+    """``(name, module)`` of every sub-module of the backbone (the head excluded)."""
+    for name, module in encoder.named_modules():
+        if name != HEAD and not name.startswith(f"{HEAD}."):
+            yield name, module
+
+
+def describe_encoder(encoder: nn.Module) -> str:
+    """One line for error messages: the architecture and its feature width."""
+    if isinstance(encoder, ResNetBackbone):
+        return describe_arch(encoder.arch, encoder.width, encoder.small_stem,
+                             encoder.in_channels, encoder.feature_dim)
+    return f"{getattr(encoder, 'arch', type(encoder).__name__)} " \
+           f"(feature_dim={encoder.feature_dim})"
+
+
+def backbone_for_features(encoder: nn.Module) -> nn.Module:
+    """``encoder`` without its head (in place): forward gives pooled features."""
+    encoder.fc = nn.Identity()
+    return encoder
+

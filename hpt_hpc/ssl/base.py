@@ -1,0 +1,140 @@
+"""The interface every self-supervised (ssl) method implements: what the stage engine,
+the speed switches, variants, checkpoint I/O, export, evaluation, progress and tracking
+may ask of a method. One module per method under :mod:`hpt_hpc.ssl`, one table
+(:data:`hpt_hpc.ssl.METHODS`) keyed by the config's ``ssl:``.
+
+A method is an ``nn.Module`` (its ``state_dict`` is the checkpoint's ``model``) holding:
+
+* ``online`` encoder(s) trained by gradient; :meth:`SslMethod.online_encoder` is the one
+  that is probed, exported and embedded (its backbone), with its head as ``fc``
+  (:mod:`hpt_hpc.models.backbones`);
+* ``targets``: encoders following online ones by momentum/EMA (never optimised):
+  :meth:`SslMethod.ema_pairs` and the schedule :meth:`SslMethod.ema_momentum`.
+
+The engine calls the method (through DDP when distributed) as
+``out = net(*views, **method.micro_batch(first, last))`` for each micro-batch of a step,
+takes the loss from :meth:`SslMethod.loss_of`, steps the optimiser, then calls
+:meth:`SslMethod.after_step`; :meth:`SslMethod.metrics_of` names what is logged.
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar, Dict, List, Tuple
+
+import torch
+from torch import nn
+
+from ..models import backbone_state_dict, configure_variant
+from ..models.loading import (load_backbone_into, load_head_into, load_target_into,
+                              read_weights)
+
+
+class SslMethod(nn.Module):
+    """Base class of the ssl methods (see the module docstring)."""
+
+    name: ClassVar[str] = ""  # the config's ``ssl:`` value
+    backbone_key: ClassVar[str] = ""  # state-dict prefix of the online encoder
+    target_key: ClassVar[str] = ""  # state-dict prefix of the (first) target encoder
+    head_layouts: ClassVar[Tuple[str, ...]] = ()  # foreign layouts holding this head
+
+    @classmethod
+    def from_config(cls, cfg: Any, *, num_images: int, global_batch: int) -> "SslMethod":
+        """The method for an ``ExperimentConfig`` whose stage lists ``num_images``
+        training images and steps with ``global_batch`` images."""
+        raise NotImplementedError
+
+    def online_encoder(self) -> nn.Module:
+        """The encoder whose backbone is the stage's result (head as ``fc``)."""
+        raise NotImplementedError
+
+    def ema_pairs(self) -> List[Tuple[nn.Module, nn.Module]]:
+        """``(target, online)`` pairs updated by momentum; targets are never optimised."""
+        return []
+
+    def ema_momentum(self, step: int, total: int) -> float:
+        """The momentum of the target update at ``step`` of ``total``."""
+        return 0.0
+
+    def compiled_modules(self) -> List[nn.Module]:
+        """Modules ``compute.compile`` compiles in place (state-dict keys unchanged)."""
+        return [self.online_encoder()] + [target for target, _ in self.ema_pairs()]
+
+    def micro_batch(self, first: bool, last: bool) -> Dict[str, Any]:
+        """Keyword arguments of ``forward`` for one micro-batch of a step (gradient
+        accumulation: ``first``/``last`` of the step's micro-batches)."""
+        return {}
+
+    def loss_of(self, out: Any) -> torch.Tensor:
+        """The loss of one ``forward`` result."""
+        raise NotImplementedError
+
+    def metrics_of(self, out: Any) -> Dict[str, float]:
+        """Named metrics of one ``forward`` result (read when a step is logged)."""
+        return {}
+
+    def after_step(self, step: int, total: int) -> None:
+        """Called after every optimiser step (e.g. an EMA update that follows it)."""
+
+    def facts(self) -> Dict[str, Any]:
+        """Numbers a stage reports about its method (e.g. ``queue_size``)."""
+        return {}
+
+    # -- shared behaviour ----------------------------------------------------------------
+    def trainable_parameters(self, variant: str, train_head: bool = True) -> List[nn.Parameter]:
+        """Set ``requires_grad`` for ``variant`` (targets always frozen) and return the
+        parameters to optimise. Call before wrapping in DDP."""
+        for p in self.parameters():
+            p.requires_grad = False
+        return configure_variant(self.online_encoder(), variant, train_head)
+
+    def sync_targets(self) -> None:
+        """Every target becomes an exact copy of its online encoder (weights and buffers)."""
+        for target, online in self.ema_pairs():
+            target.load_state_dict(online.state_dict())
+
+    @torch.no_grad()
+    def ema_update(self, momentum: float) -> None:
+        """``target <- m * target + (1 - m) * online`` over parameters (not buffers)."""
+        for target, online in self.ema_pairs():
+            params_t = [p.detach() for p in target.parameters()]
+            params_o = [p.detach() for p in online.parameters()]
+            torch._foreach_lerp_(params_t, params_o, 1.0 - momentum)
+
+    def backbone_state(self) -> Dict[str, torch.Tensor]:
+        """The online backbone's weights with its library's keys (an export's content)."""
+        return backbone_state_dict(self.online_encoder())
+
+    def checkpoint_keys(self) -> Dict[str, str]:
+        """What a checkpoint records so that any reader finds the encoders in ``model``."""
+        return {"ssl": self.name, "backbone_key": self.backbone_key,
+                "target_key": self.target_key,
+                "feature_dim": int(self.online_encoder().feature_dim)}
+
+    def load_initial(self, path: str, strict: bool = True) -> Dict[str, Any]:
+        """Initialise from a checkpoint file of any accepted layout
+        (:mod:`hpt_hpc.models.loading`): the backbone always (every key must fit unless
+        ``strict`` is False); the head and the target too when the file was written by
+        this method (and they fit); otherwise heads stay fresh and targets become copies
+        of their online encoders.
+
+        Report keys: ``layout``, ``ssl`` (the writing method, toolkit files), ``loaded_keys``
+        (tensors loaded into the online encoder), ``expected_keys``, ``head_loaded``,
+        ``targets_loaded``, ``ignored_keys``, ``missing_keys``, ``unexpected_keys``,
+        ``shape_mismatches``, ``dropped_keys`` (a library classifier's).
+        """
+        weights = read_weights(path)
+        online = self.online_encoder()
+        report = load_backbone_into(online, weights.backbone,
+                                    f"checkpoint {path} ({weights.layout} layout)", strict)
+        own = weights.layout == "hpt-hpc" and weights.ssl == self.name
+        head = (own or weights.layout in self.head_layouts) and load_head_into(online,
+                                                                                weights.head)
+        pairs = self.ema_pairs()
+        targets = own and head and len(pairs) == 1 and load_target_into(pairs[0][0],
+                                                                          weights.target)
+        if not targets:
+            self.sync_targets()
+        report.update({"layout": weights.layout, "ssl": weights.ssl,
+                       "loaded_keys": report["loaded_keys"] + (len(weights.head) if head else 0),
+                       "head_loaded": bool(head), "targets_loaded": bool(targets),
+                       "ignored_keys": weights.ignored})
+        return report
