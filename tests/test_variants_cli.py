@@ -12,7 +12,10 @@ from hpt_hpc.cli.main import cli
 from hpt_hpc.config import StageLayout
 from hpt_hpc.models import load_checkpoint
 from hpt_hpc.models.loading import read_weights
-from tiny import run_stage_of, tiny_config, write_tiny_config
+from hpt_hpc.plan.experiment import load_experiment
+from hpt_hpc.plan.units import expand, unit_config
+from hpt_hpc.config import config_from_dict
+from tiny import run_stage_of, tiny_config, write_tiny_config, write_tiny_experiment
 
 VIT_KWARGS = {"patch_size": 4, "depth": 3, "embed_dim": 32, "num_heads": 2}
 VIT = {"arch": "timm:vit_small_patch16_224", "in_channels": 1, "timm_kwargs": VIT_KWARGS}
@@ -83,6 +86,7 @@ def test_a_resumed_lora_stage_ends_bit_identical(tmp_path, mnist_tree, fashion_t
     assert not run_stage_of(cut_cfg, "target", stop_after=2).completed
     rest = run_stage_of(cut_cfg, "target")
     assert rest.resumed_from == 2 and rest.completed
+    assert load_checkpoint(whole.checkpoint)["method"] == "HPT-LoRA"
     a, b = load_checkpoint(whole.checkpoint)["model"], load_checkpoint(rest.checkpoint)["model"]
     assert any(".lora_A." in k for k in a) and set(a) == set(b)
     for key, value in a.items():
@@ -111,3 +115,26 @@ def test_settings_the_backbone_cannot_take_are_one_line(tmp_path, mnist_tree, se
                                      "stages.base.variant=lora"])
     assert fresh.exit_code == 2 and "error: stages.base: variant 'lora' needs an init " \
                                     "checkpoint" in fresh.output
+
+
+def test_experiment_files_run_hpt_lb_and_hpt_lora_with_their_settings(tmp_path, mnist_tree):
+    studies = {"partial": {"method": ["HPT-LB", "HPT-LoRA"], "dataset": ["mnist"],
+                           "steps": [3]}}
+    methods = {"HPT-LB": {"blocks": 2}, "HPT-LoRA": {"lora": {"rank": 4}}}
+    path = write_tiny_experiment(tmp_path, {"mnist": mnist_tree}, studies, methods=methods)
+    out = CliRunner().invoke(cli, ["sweep", str(path), "--dry-run", "--set",
+                                   "model.arch=timm:vit_small_patch16_224", "--set",
+                                   f"model.timm_kwargs={VIT_KWARGS}"])
+    assert out.exit_code == 0, out.output
+    assert "HPT-LB-mnist-3st-seed0" in out.output and "HPT-LoRA-mnist-3st-seed0" in out.output
+    spec = load_experiment(str(path))
+    stages = {u.method: config_from_dict(unit_config(spec, u)).stages["target"]
+              for u in expand(spec).pretrain}
+    assert (stages["HPT-LB"].variant, stages["HPT-LB"].blocks) == ("last-blocks", 2)
+    assert (stages["HPT-LoRA"].variant, stages["HPT-LoRA"].lora.rank) == ("lora", 4)
+    methods["HPT-LB"]["blocks"] = 4  # more than the ViT's 3: refused before any work
+    path = write_tiny_experiment(tmp_path, {"mnist": mnist_tree}, studies, methods=methods)
+    out = CliRunner().invoke(cli, ["sweep", str(path), "--dry-run", "--set",
+                                   "model.arch=timm:vit_small_patch16_224", "--set",
+                                   f"model.timm_kwargs={VIT_KWARGS}"])
+    assert out.exit_code == 2 and "error: stages.target: blocks: 4, but " in out.output

@@ -23,6 +23,7 @@ downsampling) train only in ``full``/``scratch`` (their norms in every variant b
 """
 from __future__ import annotations
 
+import importlib.util
 import sys
 from typing import Iterable, List
 
@@ -102,9 +103,13 @@ def configure_variant(encoder: nn.Module, variant: str, train_head: bool = True,
 def check_variant(model_cfg, image_size: int, stage: str, section) -> None:
     """Fail before any work when stage ``stage`` (its config ``section``) asks for blocks
     or adapters the backbone of ``model_cfg`` lacks (built on the meta device: no
-    memory, no weights); one :class:`ConfigError` naming the stage."""
+    memory, no weights), or for adapters without peft; one :class:`ConfigError` naming
+    the stage."""
     if section.variant not in BLOCK_VARIANTS:
         return
+    if section.variant == "lora" and importlib.util.find_spec("peft") is None:
+        raise ConfigError(f"stages.{stage}: variant lora needs peft: pip install "
+                          f"'hpt-hpc[lora]'")
     with torch.device("meta"):
         encoder = encoder_from_config(model_cfg, image_size)
     try:

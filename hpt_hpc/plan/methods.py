@@ -46,17 +46,18 @@ _TABLE = (
     Method("HPT-BN-frozen-head", "bn", "base", True,
            "base -> target, only the backbone's normalisation layers trained",
            train_head=False),
-    Method("HPT-LB", "last-blocks", "base", True,
-           "base -> target, the last blocks (stages.<s>.blocks), the normalisation layers "
-           "and the projection head trained"),
-    Method("HPT-LoRA", "lora", "base", True,
-           "base -> target, as HPT-LB plus LoRA adapters on the other blocks (ExPLoRA)"),
     Method("B+S", "bn-stats", "source", False,
            "base -> source, BN statistics re-estimated on target"),
     Method("B+S+T", "full", "source", True, "base -> source -> target"),
     Method("Base+N", "bn-stats", "base", True,
            "compute-matched control: base continued N steps on base data, then BN "
            "statistics re-estimated on target", continues=True),
+    # after the paper's rows: every earlier method keeps its plot colour
+    Method("HPT-LB", "last-blocks", "base", True,
+           "base -> target, the last blocks (stages.<s>.blocks), the normalisation layers "
+           "and the projection head trained"),
+    Method("HPT-LoRA", "lora", "base", True,
+           "base -> target, as HPT-LB plus LoRA adapters on the other blocks (ExPLoRA)"),
     Method("raw-pixels", None, None, False, "no backbone"),
     Method("random-init", None, None, False, "untrained backbone"),
 )

@@ -161,12 +161,16 @@ def check_data(plans: Sequence[StagePlan]) -> None:
 
 def check_variants(plans: Sequence[StagePlan]) -> None:
     """Every stage that trains its last blocks (variants last-blocks, lora) asks for no
-    more blocks, and adapters on no layers, than its backbone has."""
+    more blocks, and adapters on no other layers, than its backbone has."""
+    seen = set()
     for plan in plans:
-        if plan.variant in BLOCK_VARIANTS:
+        cfg, section = plan.config, plan.config.stages[plan.stage]
+        key = (repr(cfg.model), cfg.data.image_size, section.variant, section.blocks,
+               tuple(section.lora.targets))
+        if plan.variant in BLOCK_VARIANTS and key not in seen:
+            seen.add(key)
             from ..models.variants import check_variant  # torch: only for these variants
-            check_variant(plan.config.model, plan.config.data.image_size, plan.stage,
-                          plan.config.stages[plan.stage])
+            check_variant(cfg.model, cfg.data.image_size, plan.stage, section)
 
 
 def plan_config(raw: Dict[str, Any], overrides: Sequence[str] = (),
