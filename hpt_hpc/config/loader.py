@@ -155,9 +155,11 @@ RANGES = {
     "compute.threads": (1, None, False, False),
     "tracking.flush_seconds": (0, None, True, False),
     "stages.*.iterations": (1, None, False, False), "stages.*.lr": (0, None, False, False),
-    "stages.*.batch_size": (1, None, False, False),
+    "stages.*.batch_size": (1, None, False, False), "stages.*.blocks": (0, None, False, False),
+    "stages.*.lora.rank": (1, None, False, False), "stages.*.lora.alpha": (0, None, True, False),
     "datasets.*.max_images": (1, None, False, False),
 }
+NEEDS_INIT = ("bn", "bn-stats", "last-blocks", "lora")  # variants that freeze weights
 COLOUR_CHANNELS = (1, 3)  # data.channels of grey/RGB images; others are band stacks
 
 
@@ -258,7 +260,7 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
         ref = InitRef.parse(stage.init, f"{where}.init")
         if ref.kind == "stage" and (ref.value not in cfg.stages or ref.value == name):
             raise ConfigError(f"{where}.init: '{stage.init}' names no other stage")
-        if stage.variant in ("bn", "bn-stats") and not stage.init:
+        if stage.variant in NEEDS_INIT and not stage.init:
             raise ConfigError(f"{where}: variant '{stage.variant}' needs an init checkpoint")
     if cfg.tracking.uri:
         try:

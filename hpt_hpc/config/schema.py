@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import MISSING, dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-VARIANTS = ("full", "bn", "bn-stats", "scratch")
+VARIANTS = ("full", "bn", "bn-stats", "scratch", "last-blocks", "lora")
+BLOCK_VARIANTS = ("last-blocks", "lora")  # train the last stages.<s>.blocks blocks
 STAGE_NAMES = ("base", "source", "target")
 DATASET_FORMATS = ("imagefolder", "filelist", "folder")  # datasets.<name>.format
 BACKENDS = ("torchvision", "dali")  # data.backend
@@ -198,21 +199,40 @@ class DataConfig:
 
 
 @dataclass
+class LoraConfig:
+    """LoRA adapters of variant ``lora`` (through peft; the ExPLoRA recipe): on the
+    Linear/Conv2d layers of the frozen blocks, merged into plain weights wherever a
+    checkpoint is read as a backbone."""
+
+    rank: int = key(8, "r: the rank of each adapter")
+    alpha: float = key(8.0, "an adapter adds alpha / rank x B A to its layer's weight")
+    targets: List[str] = key(doc="layer names (or name endings) inside a block that get "
+                                 "adapters; []: the family's (ViT: qkv, ConvNeXt: fc1, fc2, "
+                                 "ResNet: conv1, conv2, conv3)", factory=list)
+
+
+@dataclass
 class StageConfig:
     """One HPT stage. ``init``: ``null`` (random), ``stage:<name>`` (that stage's final
     checkpoint), or a checkpoint file (this toolkit's, official MoCo, OpenSelfSup/HPT or a
     torchvision state dict). Unset optimisation fields fall back to ``optim``."""
 
     dataset: str = key("", "name of the dataset under datasets")
-    variant: str = key("full", "what trains: full (HPT), bn (HPT-BN), bn-stats (Base: BN "
-                               "statistics only), scratch (Target)", choices=VARIANTS)
+    variant: str = key("full", "what trains: full (HPT), bn (HPT-BN: normalisation layers "
+                               "+ head), bn-stats (Base: BN statistics only), scratch "
+                               "(Target), last-blocks (HPT-LB: + the last blocks), lora "
+                               "(HPT-LoRA: + LoRA adapters on the other blocks)",
+                       choices=VARIANTS)
     init: Optional[str] = key(None, "start weights: null, `stage:<name>`, a file, "
                                     "`models:/<name>@<alias>`, `runs:/<id>/<path>`")
     iterations: Optional[int] = key(None, "training steps (null: optim.iterations)")
     lr: Optional[float] = key(None, "learning rate (null: optim.lr), linearly scaled the same")
     batch_size: Optional[int] = key(None, "global batch (null: optim.batch_size)")
-    train_head: bool = key(True, "variant bn: the projection head trains too (official HPT "
-                                 "code)")
+    train_head: bool = key(True, "variants bn, last-blocks, lora: the projection head "
+                                 "trains too (official HPT code)")
+    blocks: int = key(1, "variants last-blocks and lora: the last N blocks of the backbone "
+                         "train whole (0: none)")
+    lora: LoraConfig = key(doc="variant lora: the adapters", factory=LoraConfig)
     ssl: Optional[str] = key(None, "this stage's self-supervised method (null: the top-level "
                                    "ssl); a stage after another method's takes its backbone, "
                                    "heads start fresh", choices=SSL_METHODS)

@@ -6,7 +6,7 @@ from .backbones import (TimmEncoder, backbone_for_features, backbone_state_dict,
 from .loading import (CheckpointInfo, Weights, checkpoint_info, load_backbone_into,
                       read_weights)
 from .resnet import ResNetBackbone, build_backbone_from_config, build_resnet, feature_dim_for
-from .variants import VARIANTS, configure_variant, is_bn, reestimate_bn_stats
+from .variants import VARIANTS, configure_variant, is_bn, is_norm, reestimate_bn_stats
 from .weights import (CHECKPOINT_FORMAT, CheckpointReadError, IncompatibleCheckpointError,
                       checkpoint_run_id, load_checkpoint, save_checkpoint_atomic,
                       stage_checkpoint)
@@ -16,7 +16,7 @@ __all__ = [
     "encoder_from_config", "is_timm",
     "CheckpointInfo", "Weights", "checkpoint_info", "load_backbone_into", "read_weights",
     "ResNetBackbone", "build_backbone_from_config", "build_resnet", "feature_dim_for",
-    "VARIANTS", "configure_variant", "is_bn", "reestimate_bn_stats",
+    "VARIANTS", "configure_variant", "is_bn", "is_norm", "reestimate_bn_stats",
     "CHECKPOINT_FORMAT", "CheckpointReadError", "IncompatibleCheckpointError",
     "checkpoint_run_id", "load_checkpoint", "save_checkpoint_atomic", "stage_checkpoint",
 ]

@@ -16,10 +16,14 @@ Every encoder answers :func:`backbone_state_dict` (the backbone's weights with i
 library's keys: what exports and foreign checkpoints hold), :func:`load_backbone_state`
 and :func:`backbone_modules` (the named sub-modules of the backbone, head excluded).
 An encoder for evaluation drops its head: ``encoder.fc = nn.Identity()``.
+
+:func:`block_layout` is the one place that knows each family's *blocks* (what variants
+``last-blocks`` and ``lora`` count from the end) and the layers LoRA adapts by default.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Iterator, Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -140,3 +144,53 @@ def backbone_for_features(encoder: nn.Module) -> nn.Module:
     encoder.fc = nn.Identity()
     return encoder
 
+
+
+@dataclass(frozen=True)
+class BlockLayout:
+    """A backbone's blocks in forward order (``(name in the encoder, module)``) and the
+    layer names LoRA adapts inside a block unless told otherwise."""
+
+    family: str
+    blocks: List[Tuple[str, nn.Module]]
+    lora_targets: Tuple[str, ...]
+
+
+def _sequence(module: Any) -> bool:
+    return isinstance(module, (nn.Sequential, nn.ModuleList))
+
+
+def block_layout(encoder: nn.Module) -> BlockLayout:
+    """The :class:`BlockLayout` of ``encoder``'s backbone, by family:
+
+    * ResNets (built-in, timm's): the residual blocks of ``layer1`` .. ``layer4``; LoRA on
+      their convolutions ``conv1``, ``conv2``, ``conv3`` (the shortcut's stays frozen);
+    * ViTs (timm's ``blocks``): the transformer blocks; LoRA on the attention's fused
+      ``qkv`` projection (ExPLoRA adapts Q and V; timm fuses Q, K and V in one layer);
+    * ConvNeXts (timm's ``stages[i].blocks``): every stage's blocks; LoRA on the MLP's
+      ``fc1``/``fc2`` (Linear, or 1x1 convolutions with ``conv_mlp``).
+
+    Layers outside the blocks (stems, patch and position embeddings, ConvNeXt's
+    downsampling between stages) are never a block. Another structure is a
+    :class:`ConfigError`."""
+    prefix = _backbone_prefix(encoder)
+    root = encoder.backbone if isinstance(encoder, TimmEncoder) else encoder
+    layers = [getattr(root, f"layer{i}", None) for i in range(1, 5)]
+    if all(_sequence(layer) for layer in layers):
+        return BlockLayout("resnet", [(f"{prefix}layer{i}.{j}", block)
+                                      for i, layer in enumerate(layers, 1)
+                                      for j, block in enumerate(layer)],
+                           ("conv1", "conv2", "conv3"))
+    if _sequence(getattr(root, "blocks", None)):
+        return BlockLayout("vit", [(f"{prefix}blocks.{j}", block)
+                                   for j, block in enumerate(root.blocks)], ("qkv",))
+    stages = getattr(root, "stages", None)
+    if _sequence(stages) and all(_sequence(getattr(s, "blocks", None)) for s in stages):
+        return BlockLayout("convnext", [(f"{prefix}stages.{i}.blocks.{j}", block)
+                                        for i, stage in enumerate(stages)
+                                        for j, block in enumerate(stage.blocks)],
+                           ("fc1", "fc2"))
+    raise ConfigError(f"model.arch {getattr(encoder, 'arch', type(encoder).__name__)}: no "
+                      f"known block structure (ResNets: layer1-4, ViTs: blocks, ConvNeXts: "
+                      f"stages[i].blocks), which variants last-blocks and lora need; use "
+                      f"full or bn")

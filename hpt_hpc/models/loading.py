@@ -7,7 +7,8 @@ Layouts (:func:`read_weights`):
 * ``hpt-hpc``: this toolkit's checkpoint; the online encoder's state is under its
   ``backbone_key`` (``encoder_q.`` in checkpoints of every version so far), the target's
   under ``target_key`` (``encoder_k.``), and ``ssl`` names the method that wrote it
-  (``moco-v2`` when absent);
+  (``moco-v2`` when absent); LoRA adapters (variant ``lora``) are merged into plain
+  weights here, the one place (:func:`.lora.merge_adapters`);
 * ``moco``: official MoCo ``{"state_dict": {"module.encoder_q.*": ...}}`` (or a bare MoCo
   state dict): backbone and head;
 * ``openselfsup``: OpenSelfSup/HPT ``{"state_dict": backbone keys}``, optionally prefixed
@@ -26,6 +27,7 @@ from torch import nn
 
 from .backbones import (HEAD, TimmEncoder, backbone_state_dict, describe_encoder, encoder_keys,
                         is_timm)
+from .lora import checkpoint_scale, is_adapter_key, merge_adapters
 from .weights import (CHECKPOINT_FORMAT, CheckpointReadError, IncompatibleCheckpointError,
                       load_checkpoint)
 
@@ -74,6 +76,8 @@ def classify(obj: Any, path: str) -> Weights:
             raise CheckpointReadError(f"{path}: {CHECKPOINT_FORMAT} checkpoint without a "
                                       f"'model' dict")
         state = _strip(state, "module.")
+        if any(is_adapter_key(k) for k in state):  # variant lora: merged here, only here
+            state = merge_adapters(state, checkpoint_scale(obj, path))
         online = _select(state, obj.get("backbone_key") or DEFAULT_BACKBONE_KEY)
         target = _select(state, obj.get("target_key") or DEFAULT_TARGET_KEY)
         backbone, head = _split_head(online)

@@ -45,7 +45,7 @@ SPEC_KEYS = ("name", "config", "set", "datasets", "prepare", "output_dir", "upst
 AXES = ("method", "dataset", "steps", "seed", "augment", "images", "evaluate", "probe_mode",
         "probe_labels")
 UPSTREAM_KEYS = ("dataset", "iterations", "lr", "batch_size", "variant", "checkpoint")
-METHOD_KEYS = ("lr", "bn_batches", "batch_size")
+METHOD_KEYS = ("lr", "bn_batches", "batch_size", "blocks", "lora")  # target-stage settings
 DEFAULT_STEPS = "default"
 
 

@@ -41,15 +41,23 @@ _TABLE = (
     Method("Target", "scratch", None, True, "MoCo-v2 from scratch on the target"),
     Method("HPT", "full", "base", True, "base -> target, all layers trained"),
     Method("HPT-BN", "bn", "base", True,
-           "base -> target, BatchNorm layers and the projection head trained (official HPT)"),
+           "base -> target, normalisation (BatchNorm, LayerNorm, GroupNorm) layers and the "
+           "projection head trained (official HPT)"),
     Method("HPT-BN-frozen-head", "bn", "base", True,
-           "base -> target, only the backbone's BatchNorm layers trained", train_head=False),
+           "base -> target, only the backbone's normalisation layers trained",
+           train_head=False),
     Method("B+S", "bn-stats", "source", False,
            "base -> source, BN statistics re-estimated on target"),
     Method("B+S+T", "full", "source", True, "base -> source -> target"),
     Method("Base+N", "bn-stats", "base", True,
            "compute-matched control: base continued N steps on base data, then BN "
            "statistics re-estimated on target", continues=True),
+    # after the paper's rows: every earlier method keeps its plot colour
+    Method("HPT-LB", "last-blocks", "base", True,
+           "base -> target, the last blocks (stages.<s>.blocks), the normalisation layers "
+           "and the projection head trained"),
+    Method("HPT-LoRA", "lora", "base", True,
+           "base -> target, as HPT-LB plus LoRA adapters on the other blocks (ExPLoRA)"),
     Method("raw-pixels", None, None, False, "no backbone"),
     Method("random-init", None, None, False, "untrained backbone"),
 )

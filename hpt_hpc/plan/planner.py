@@ -23,6 +23,7 @@ import yaml
 
 from ..config import (STAGE_NAMES, ConfigError, ExperimentConfig, InitRef, OutputLayout,
                       StageLayout, config_from_dict, config_to_dict, stage_settings)
+from ..config.schema import BLOCK_VARIANTS
 from ..data import list_split
 from ..data.bands import read_image
 from ..data.images import UnreadableImage
@@ -158,6 +159,20 @@ def check_data(plans: Sequence[StagePlan]) -> None:
             training_records(plan.config, plan.stage, plan.batch_size)
 
 
+def check_variants(plans: Sequence[StagePlan]) -> None:
+    """Every stage that trains its last blocks (variants last-blocks, lora) asks for no
+    more blocks, and adapters on no other layers, than its backbone has."""
+    seen = set()
+    for plan in plans:
+        cfg, section = plan.config, plan.config.stages[plan.stage]
+        key = (repr(cfg.model), cfg.data.image_size, section.variant, section.blocks,
+               tuple(section.lora.targets))
+        if plan.variant in BLOCK_VARIANTS and key not in seen:
+            seen.add(key)
+            from ..models.variants import check_variant  # torch: only for these variants
+            check_variant(cfg.model, cfg.data.image_size, plan.stage, section)
+
+
 def plan_config(raw: Dict[str, Any], overrides: Sequence[str] = (),
                 stages: Optional[Sequence[str]] = None, *, world_size: int = 1,
                 handover: bool = False, first_init: Optional[InitRef] = None,
@@ -194,6 +209,7 @@ def plan_config(raw: Dict[str, Any], overrides: Sequence[str] = (),
             plans.append(stage_plan(cell_cfg, stage, world_size=world_size, init=ref,
                                     label=label, tracking=target, start=start))
         check_data(plans)
+        check_variants(plans)
         phases.append(Phase(stage, plans, (stages[i - 1],) if i else ()))
     return ConfigPlan(cfg, target, phases)
 

@@ -20,7 +20,7 @@ from ..config import STAGE_NAMES, ConfigError, InitRef, config_from_dict
 from ..config.loader import apply_overrides, suggest
 from ..tracking.registry import alias_for, model_uri
 from .methods import METHODS, REFERENCES, method, upstream_method
-from .planner import stage_plan
+from .planner import check_variants, stage_plan
 from ..config.schema import PROBE_MODES
 from .plans import PROTOCOLS, EvalPlan, Phase, StagePlan, TrackingTarget
 
@@ -403,6 +403,7 @@ def sweep_phases(spec: Any, expansion: Expansion, tracking: Optional[TrackingTar
         name, after = pretrain_phase(unit.method)
         groups.setdefault(name, Phase(name, [], after)).plans.append(
             pretrain_plan(spec, unit, tracking, world_size))
+    check_variants([plan for group in groups.values() for plan in group.plans])
     phases += sorted(groups.values(), key=lambda p: (len(p.after), p.name))  # free first
     phases.append(Phase("eval", [eval_plan(spec, u, tracking)
                                  for u in expansion.evals if u.unit_id not in skip],

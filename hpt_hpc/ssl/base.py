@@ -23,7 +23,9 @@ from typing import Any, ClassVar, Dict, List, Tuple
 import torch
 from torch import nn
 
+from ..config.schema import LoraConfig
 from ..models import backbone_state_dict, configure_variant
+from ..models.lora import adapted_layers, add_adapters, has_adapters, is_adapter_key
 from ..models.loading import (load_backbone_into, load_head_into, load_target_into,
                               read_weights)
 
@@ -79,12 +81,36 @@ class SslMethod(nn.Module):
         return {}
 
     # -- shared behaviour ----------------------------------------------------------------
-    def trainable_parameters(self, variant: str, train_head: bool = True) -> List[nn.Parameter]:
+    def trainable_parameters(self, variant: str, train_head: bool = True, blocks: int = 1,
+                             lora: Any = None) -> List[nn.Parameter]:
         """Set ``requires_grad`` for ``variant`` (targets always frozen) and return the
-        parameters to optimise. Call before wrapping in DDP."""
+        parameters to optimise (:func:`~hpt_hpc.models.variants.configure_variant`);
+        variant ``lora`` first adds the adapters (:meth:`add_adapters`; ``lora``: a
+        ``LoraConfig``, None: its defaults). Call before wrapping in DDP, before loading a
+        resumed state (it holds the adapters) and after loading initial weights (plain)."""
+        if variant == "lora" and not has_adapters(self.online_encoder()):
+            self.add_adapters(blocks, lora if lora is not None else LoraConfig())
         for p in self.parameters():
             p.requires_grad = False
-        return configure_variant(self.online_encoder(), variant, train_head)
+        return configure_variant(self.online_encoder(), variant, train_head, blocks)
+
+    def add_adapters(self, blocks: int, lora: Any) -> List[str]:
+        """LoRA adapters (:mod:`hpt_hpc.models.lora`) on the online encoder's blocks but
+        the last ``blocks``, and the same on every target, whose adapters start as copies
+        of its online encoder's (targets keep following by EMA). Returns the adapted
+        layers' names."""
+        online = self.online_encoder()
+        names = adapted_layers(online, blocks, lora.targets)
+        add_adapters(online, names, lora.rank, lora.alpha)
+        for target, source in self.ema_pairs():
+            if source is online:
+                add_adapters(target, names, lora.rank, lora.alpha)
+                adapters = dict(source.named_parameters())
+                with torch.no_grad():
+                    for name, param in target.named_parameters():
+                        if is_adapter_key(name):
+                            param.copy_(adapters[name])
+        return names
 
     def sync_targets(self) -> None:
         """Every target becomes an exact copy of its online encoder (weights and buffers)."""

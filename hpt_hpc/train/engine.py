@@ -5,7 +5,8 @@ through its interface (:class:`hpt_hpc.ssl.SslMethod`).
 Iteration-based SGD with cosine decay. Periodic and final checkpoints are written
 atomically; if the stage's output folder already holds a checkpoint the stage resumes
 from it at the saved step. Variants: ``full`` (HPT), ``bn`` (HPT-BN), ``bn-stats`` (the
-Base baseline: BatchNorm statistics re-estimated, no gradient step), ``scratch`` (Target).
+Base baseline: BatchNorm statistics re-estimated, no gradient step), ``scratch`` (Target),
+``last-blocks`` (HPT-LB), ``lora`` (HPT-LoRA): :mod:`hpt_hpc.models.variants`.
 Speed switches (bf16 autocast, channels_last, fused SGD, compile, gradient accumulation)
 come from ``cfg.compute`` through :mod:`hpt_hpc.train.speed`. On a GPU the loss is read
 back (a host sync) only when it is logged, reported or checked, not every step.
@@ -22,7 +23,7 @@ from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 import torch
 
 from ..config import ExperimentConfig, config_to_dict, flatten
-from ..errors import HptError
+from ..errors import ConfigError, HptError
 from ..models import reestimate_bn_stats, stage_checkpoint
 from ..plan import StagePlan
 from ..progress import Progress
@@ -174,9 +175,13 @@ def run_stage(plan: StagePlan, loader: Any, tracker: Optional[Tracker] = None,
         log.info("stage %s: initial weights from %s (%s)", stage, init,
                  result.init_report.get("layout"))
     model.to(device)
+    section = cfg.stages[stage]
+    try:  # before compiling: variant lora adds layers
+        params = model.trainable_parameters(variant, section.train_head, section.blocks,
+                                            section.lora)
+    except ConfigError as exc:
+        raise ConfigError(f"stages.{stage}: {exc}") from None
     prepare_model(model, speed)
-
-    params = model.trainable_parameters(variant, cfg.stages[stage].train_head)
     optimizer = (make_optimizer(params, plan.lr, cfg.optim.momentum, cfg.optim.weight_decay,
                                 speed) if params else None)
     start = 0
