@@ -223,11 +223,36 @@ def test_a_profiles_model_cache_reaches_the_preflight_and_local_jobs(tmp_path, m
     assert "HPT_MODEL_CACHE" not in os.environ
     slurm = executor_parameters(build_options("site", executor="slurm"), "x")
     assert slurm["slurm_setup"] == [f"export HPT_MODEL_CACHE={shared}"]
+    from hpt_hpc.config import InitRef
+    from hpt_hpc.hub import using_cache
+    with using_cache(str(shared)):  # what a container binds to read them
+        assert InitRef.parse("timm:vit_tiny_patch16_224").host_paths() == [
+            shared / "huggingface/hub"]
+        assert InitRef.parse("torchvision:ResNet18_Weights.DEFAULT").host_paths() == [
+            shared / "torch/hub/checkpoints"]
     (tmp_path / "profiles/site.yaml").write_text(f"executor: local\nmodel_cache: "
                                                  f"{tmp_path / 'elsewhere'}\n")
     refused = CliRunner().invoke(cli, ["launch", "--config", str(cfg), "--stage", "target",
                                        "--set", "seed=1", "--profile", "site"])
     assert refused.exit_code == 2 and f"--cache {tmp_path / 'elsewhere'}`" in refused.output
+
+
+def test_a_resumed_stage_reports_the_init_its_first_run_loaded(tmp_path, mnist_tree,
+                                                                monkeypatch):
+    from hpt_hpc.config import load_config
+    from tiny import run_stage_of
+    monkeypatch.setenv("HPT_MODEL_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cache/torch/hub/checkpoints").mkdir(parents=True)
+    saved = resnet_weights()
+    torch.save(saved, tmp_path / "cache/torch/hub/checkpoints" / RESNET18_FILE)
+    cfg = stage_config(tmp_path, mnist_tree, "torchvision:ResNet18_Weights.IMAGENET1K_V1",
+                       variant="full")
+    first = run_stage_of(load_config(cfg), "target", stop_after=1)
+    assert not first.completed and first.init["loaded"] == first.init["of"] > 0
+    done = train(cfg)  # resumes from last.pt: nothing is loaded again
+    assert done.exit_code == 0, done.output
+    assert result_of(tmp_path)["resumed_from"] == 1
+    assert result_of(tmp_path)["init"] == first.init
 
 
 def test_a_safetensors_file_is_an_init_and_a_truncated_one_is_refused(tmp_path, mnist_tree):
@@ -245,6 +270,22 @@ def test_a_safetensors_file_is_an_init_and_a_truncated_one_is_refused(tmp_path, 
     refused = train(stage_config(tmp_path / "again", mnist_tree, str(cut)))
     assert refused.exit_code == 2
     assert f"cannot read safetensors file {cut} (corrupt or truncated)" in refused.output
+
+
+def test_the_readmes_tensor_count_of_resnet50():
+    """The README's example line: timm's ResNet-50 backbone holds as many tensors as
+    torchvision's ResNet-50 without its classifier (BatchNorm counters not counted)."""
+    import torchvision
+    from hpt_hpc.models import build_encoder, load_backbone_into
+    from hpt_hpc.models.backbones import backbone_state_dict
+    encoder = build_encoder("timm:resnet50", image_size=32)
+    report = load_backbone_into(encoder, backbone_state_dict(encoder), "itself")
+    count = len([k for k in torchvision.models.resnet50().state_dict()
+                 if not k.startswith("fc.") and not k.endswith("num_batches_tracked")])
+    assert report["loaded_keys"] == report["expected_keys"] == count
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert f"`loaded {count} of {count} backbone tensors from\ntimm:resnet50.a1_in1k`" \
+        in readme
 
 
 # ---------------------------------------------------------------- models fetch
@@ -361,9 +402,15 @@ def test_models_fetch_through_a_local_hub_then_train_offline(tmp_path, mnist_tre
     assert len(lines) == 1 and lines[0].startswith(
         f"error: cannot fetch hf-hub:lab/other from http://127.0.0.1:{port}: "), failed.output
     monkeypatch.setenv("HPT_MODEL_CACHE", str(cache))
-    done = train(stage_config(tmp_path, mnist_tree, "timm:vit_tiny_patch16_224", VIT))
+    cfg = stage_config(tmp_path, mnist_tree, "timm:vit_tiny_patch16_224", VIT)
+    done = train(cfg)
     assert done.exit_code == 0, done.output
-    weights_kept(tmp_path, safetensors.torch.load(timm_bytes), "head.")
+    fetched = safetensors.torch.load(timm_bytes)
+    weights_kept(tmp_path, fetched, "head.")
+    import hpt_hpc  # the Python API reads public names from the cache too
+    model = hpt_hpc.load_backbone("timm:vit_tiny_patch16_224", config=str(cfg)).model
+    assert all(torch.equal(model.state_dict()[f"backbone.{k}"], v)
+               for k, v in fetched.items() if not k.startswith("head."))
 
 
 def test_models_fetch_refuses_names_it_cannot_fetch(tmp_path, monkeypatch, local_hub):
