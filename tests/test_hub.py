@@ -1,95 +1,18 @@
 """Public starting points by name (``init: timm:…``, ``torchvision:…``, ``hf-hub:…``), read
-offline from the libraries' own cache layouts, loaded strictly with a report of what
-loaded; ``hpt-hpc models fetch`` against a local HTTP server standing in for the hub."""
-import hashlib
-import io
-import json
+offline from the libraries' own cache layouts (written here as the libraries write them),
+loaded strictly with a report of what loaded."""
 import os
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-import safetensors.torch
 import timm
 import torch
 from click.testing import CliRunner
 
 from hpt_hpc.cli.main import cli
-from hpt_hpc.models.loading import read_weights
-from hpt_hpc.models.resnet import build_resnet
-from tiny import write_tiny_config
-
-VIT = {"arch": "timm:vit_tiny_patch16_224", "in_channels": 1,
-       "timm_kwargs": {"patch_size": 4, "depth": 2}}
-TIMM_REPO = "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k"  # timm's default tag's repo
-RESNET18_FILE = "resnet18-f37072fd.pth"  # the file name of ResNet18_Weights.IMAGENET1K_V1
-REVISION = "3" * 40
-
-
-def vit_weights(depth: int = 2, classes: int = 5, seed: int = 7) -> dict:
-    """A tiny timm ViT as timm saves it (classifier ``head`` included)."""
-    torch.manual_seed(seed)
-    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=classes,
-                              in_chans=1, img_size=16, patch_size=4, depth=depth)
-    return {k: v.contiguous() for k, v in model.state_dict().items()}
-
-
-def resnet_weights(arch: str = "resnet18") -> dict:
-    """torchvision-keyed weights of the tiny config's ResNet, with a classifier ``fc``."""
-    torch.manual_seed(11)
-    state = build_resnet(arch, width=0.125, small_stem=True, in_channels=1,
-                         stem_stride=2).state_dict()
-    width = state["layer4.1.bn2.weight" if arch == "resnet18" else "layer4.2.bn3.weight"]
-    return {**state, "fc.weight": torch.randn(10, len(width)), "fc.bias": torch.randn(10)}
-
-
-def as_bytes(tensors: dict, fmt: str) -> bytes:
-    if fmt == "safetensors":
-        return safetensors.torch.save(tensors)
-    buffer = io.BytesIO()
-    torch.save(tensors, buffer)
-    return buffer.getvalue()
-
-
-def hf_entry(hub: Path, repo: str, files: dict) -> None:
-    """A Hugging Face cache entry: blobs by content hash, a snapshot of symlinks, refs/main."""
-    folder = hub / f"models--{repo.replace('/', '--')}"
-    snapshot = folder / "snapshots" / REVISION
-    for sub in ("blobs", "refs"):
-        (folder / sub).mkdir(parents=True, exist_ok=True)
-    snapshot.mkdir(parents=True, exist_ok=True)
-    (folder / "refs" / "main").write_text(REVISION)
-    for name, data in files.items():
-        blob = folder / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.write_bytes(data)
-        (snapshot / name).symlink_to(os.path.relpath(blob, snapshot))
-
-
-def stage_config(tmp_path, mnist_tree, init, model=None, **stage) -> Path:
-    sections = {"model": model} if model else {}
-    return write_tiny_config(tmp_path, {"m": mnist_tree},
-                             {"target": {"dataset": "m", "variant": "bn-stats", "init": init,
-                                         **stage}},
-                             optim={"lr": 0.05, "batch_size": 8, "iterations": 2}, **sections)
-
-
-def train(cfg: Path, *overrides):
-    args = ["train", "--config", str(cfg)] + [a for o in overrides for a in ("--set", o)]
-    return CliRunner().invoke(cli, args)
-
-
-def result_of(tmp_path) -> dict:
-    return json.loads((tmp_path / "out/target/result.json").read_text())
-
-
-def weights_kept(tmp_path, saved: dict, classifier: str) -> None:
-    """Every saved backbone weight is in the finished stage exactly (bn-stats trains
-    nothing; only BatchNorm statistics are re-estimated)."""
-    backbone = read_weights(str(tmp_path / "out/target/checkpoints/final.pt")).backbone
-    compared = [k for k in saved if not k.startswith(classifier)
-                and not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
-    assert compared and all(torch.equal(backbone[k], saved[k]) for k in compared)
+from hubcache import (REVISION, RESNET18_FILE, TIMM_REPO, VIT, as_bytes, hf_entry,
+                      resnet_weights, result_of, stage_config, train, vit_weights,
+                      weights_kept)
 
 
 @pytest.mark.parametrize("kind", ["timm", "hf-hub", "torchvision"])
@@ -249,7 +172,7 @@ def test_a_resumed_stage_reports_the_init_its_first_run_loaded(tmp_path, mnist_t
                        variant="full")
     first = run_stage_of(load_config(cfg), "target", stop_after=1)
     assert not first.completed and first.init["loaded"] == first.init["of"] > 0
-    done = train(cfg)  # resumes from last.pt: nothing is loaded again
+    done = train(cfg, "stages.target.init_partial=true")  # resumes: nothing loads again
     assert done.exit_code == 0, done.output
     assert result_of(tmp_path)["resumed_from"] == 1
     assert result_of(tmp_path)["init"] == first.init
@@ -286,140 +209,3 @@ def test_the_readmes_tensor_count_of_resnet50():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert f"`loaded {count} of {count} backbone tensors from\ntimm:resnet50.a1_in1k`" \
         in readme
-
-
-# ---------------------------------------------------------------- models fetch
-
-
-class Hub(BaseHTTPRequestHandler):
-    """The Hugging Face endpoints huggingface_hub uses to download a file and describe a
-    repo, and a plain file server for URL-hosted weights."""
-
-    repos: dict = {}
-    files: dict = {}
-
-    def log_message(self, *args):
-        pass
-
-    def _send(self, code, body=b"", headers=(), with_body=True):
-        self.send_response(code)
-        for key, value in headers:
-            self.send_header(key, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if with_body:
-            self.wfile.write(body)
-
-    def _answer(self, with_body):
-        parts = self.path.split("?")[0].strip("/").split("/")
-        if parts[0] == "api" and parts[1] == "models":
-            repo = "/".join(parts[2:4])
-            if repo not in self.repos:
-                return self._send(404, headers=[("X-Error-Code", "RepoNotFound")])
-            body = json.dumps({"id": repo, "sha": REVISION,
-                               "cardData": {"license": self.repos[repo]["licence"]}}).encode()
-            return self._send(200, body, [("Content-Type", "application/json")], with_body)
-        if "/".join(parts) in self.files:
-            return self._send(200, self.files["/".join(parts)], with_body=with_body)
-        repo, name = "/".join(parts[:2]), "/".join(parts[4:])
-        if repo not in self.repos:
-            return self._send(404, headers=[("X-Error-Code", "RepoNotFound")])
-        if name not in self.repos[repo]["files"]:
-            return self._send(404, headers=[("X-Error-Code", "EntryNotFound")])
-        body = self.repos[repo]["files"][name]
-        return self._send(200, body, [("X-Repo-Commit", REVISION),
-                                      ("ETag", f'"{hashlib.sha256(body).hexdigest()}"')],
-                          with_body)
-
-    def do_HEAD(self):
-        self._answer(False)
-
-    def do_GET(self):
-        self._answer(True)
-
-
-@pytest.fixture
-def local_hub():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Hub)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server
-    server.shutdown()
-    server.server_close()
-
-
-def fetch(*args):
-    return CliRunner().invoke(cli, ["models", "fetch", *args])
-
-
-def test_models_fetch_through_a_local_hub_then_train_offline(tmp_path, mnist_tree,
-                                                              monkeypatch, local_hub):
-    port, cache = local_hub.server_port, tmp_path / "cache"
-    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
-    monkeypatch.delenv("HPT_MODEL_CACHE", raising=False)
-    timm_bytes = as_bytes(vit_weights(seed=3), "safetensors")
-    bin_bytes = as_bytes(vit_weights(seed=4), "torch")
-    tv_bytes = as_bytes(resnet_weights(), "torch")
-    Hub.repos = {TIMM_REPO: {"licence": "apache-2.0", "files": {
-                     "model.safetensors": timm_bytes,
-                     "config.json": b'{"architecture": "vit_tiny_patch16_224"}'}},
-                 "lab/tiny": {"licence": "cc-by-nc-4.0",
-                              "files": {"pytorch_model.bin": bin_bytes}}}
-    Hub.files = {f"models/{RESNET18_FILE}": tv_bytes}
-
-    got = fetch("timm:vit_tiny_patch16_224", "--cache", str(cache))
-    assert got.exit_code == 0, got.output
-    path = cache / f"huggingface/hub/models--timm--{TIMM_REPO[5:]}/snapshots/{REVISION}" \
-                   f"/model.safetensors"
-    assert path.read_bytes() == timm_bytes
-    assert f"timm:{TIMM_REPO[5:]} -> {path}" in got.output
-    assert f"size: {len(timm_bytes):,} bytes" in got.output
-    assert f"licence: apache-2.0 (stated by the hub's model card of {TIMM_REPO})" in got.output
-    assert "model.arch: timm:vit_tiny_patch16_224" in got.output
-
-    got = fetch("hf-hub:lab/tiny", "--cache", str(cache))
-    assert got.exit_code == 0, got.output
-    assert "licence: cc-by-nc-4.0" in got.output and "pytorch_model.bin" in got.output
-    assert f"size: {len(bin_bytes):,} bytes" in got.output
-
-    got = fetch("torchvision:ResNet18_Weights.IMAGENET1K_V1", "--cache", str(cache),
-                "--url-mirror", f"http://127.0.0.1:{port}")
-    assert got.exit_code == 0, got.output
-    assert (cache / "torch/hub/checkpoints" / RESNET18_FILE).read_bytes() == tv_bytes
-    assert "licence: none stated for these weights (torchvision's README: " in got.output
-
-    listed = CliRunner().invoke(cli, ["models", "list", "--cache", str(cache)])
-    assert listed.exit_code == 0, listed.output
-    for name in (f"timm:{TIMM_REPO[5:]}", "hf-hub:lab/tiny",
-                 "torchvision:ResNet18_Weights.IMAGENET1K_V1"):
-        assert name in listed.output
-
-    # the hub goes away: fetching fails in one line, training reads the cache offline
-    local_hub.shutdown()
-    local_hub.server_close()
-    failed = fetch("hf-hub:lab/other", "--cache", str(cache))
-    assert failed.exit_code == 2
-    lines = failed.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(
-        f"error: cannot fetch hf-hub:lab/other from http://127.0.0.1:{port}: "), failed.output
-    monkeypatch.setenv("HPT_MODEL_CACHE", str(cache))
-    cfg = stage_config(tmp_path, mnist_tree, "timm:vit_tiny_patch16_224", VIT)
-    done = train(cfg)
-    assert done.exit_code == 0, done.output
-    fetched = safetensors.torch.load(timm_bytes)
-    weights_kept(tmp_path, fetched, "head.")
-    import hpt_hpc  # the Python API reads public names from the cache too
-    model = hpt_hpc.load_backbone("timm:vit_tiny_patch16_224", config=str(cfg)).model
-    assert all(torch.equal(model.state_dict()[f"backbone.{k}"], v)
-               for k, v in fetched.items() if not k.startswith("head."))
-
-
-def test_models_fetch_refuses_names_it_cannot_fetch(tmp_path, monkeypatch, local_hub):
-    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{local_hub.server_port}")
-    Hub.repos, Hub.files = {}, {}
-    for name, wanted in [("hf-hub:lab/none", "no such repo"),
-                         ("stage:base", "not a public model name"),
-                         ("timm:resnet50.nope", "resnet50.a1_in1k"),
-                         ("torchvision:Nope_Weights.X", "torchvision has no weights")]:
-        got = fetch(name, "--cache", str(tmp_path))
-        lines = got.output.strip().splitlines()
-        assert got.exit_code == 2 and len(lines) == 1 and wanted in lines[0], got.output
