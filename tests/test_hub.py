@@ -102,7 +102,8 @@ def test_partial_or_mismatched_init_is_refused_unless_asked(tmp_path, mnist_tree
              if r.info.run_name == "target"]
     tags = run.data.tags
     assert tags["hpt.init_source"] == "hf-hub:lab/shallow"
-    assert tags["hpt.init_revision"] == REVISION
+    assert tags["hpt.init_revision"] == REVISION and tags["hpt.init_weights"] == tags[
+        "hpt.init_source"]
     assert (tags["hpt.init_loaded_tensors"], tags["hpt.init_backbone_tensors"]) == (
         str(len(model) - len(missing)), str(len(model)))
     assert sorted(tags["hpt.init_not_loaded"].split("; ")) == missing

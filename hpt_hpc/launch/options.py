@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional
 import yaml
 
 from ..errors import HptError
+from ..hub import CACHE_ENV
 
 PROFILE_DIR_ENV = "HPT_SLURM_PROFILES"
 
@@ -144,6 +145,5 @@ def job_setup(options: SchedulerOptions) -> List[str]:
     """Shell lines every job runs first: the model cache its inits are read from."""
     if not options.model_cache:
         return []
-    from ..hub import CACHE_ENV
     root = Path(options.model_cache).expanduser().resolve()
     return [f"export {CACHE_ENV}={shlex.quote(str(root))}"]
