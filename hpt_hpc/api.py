@@ -35,7 +35,8 @@ from .eval.runner import EXTRACT_BATCH, seeded_backbone
 from .eval.splits import kept_paths
 from .experiments.results import RESULT_COLUMNS, result_rows, rows_from_files
 from .models import (CHECKPOINT_FORMAT, backbone_for_features, build_encoder, load_backbone_into,
-                     load_checkpoint, save_checkpoint_atomic)
+                     save_checkpoint_atomic)
+from .models.loading import read_file
 from .models.export import (MODEL_KEYS, export_backbone, export_meta, export_meta_of,
                             read_export, read_toolkit_checkpoint)
 from .plan import tracking_target
@@ -117,11 +118,13 @@ def load_backbone(source: PathLike, *, config: Union[None, PathLike, ExperimentC
     """The backbone of ``source``: an export file (``hpt-hpc export``), a toolkit
     checkpoint, ``stage:<name>`` (in ``config``'s output_dir), ``models:/<name>@<alias>``
     or ``runs:/<id>/<path>`` (from ``tracking_uri``, else ``config``'s store, else
-    ``MLFLOW_TRACKING_URI``). A foreign file (official MoCo, OpenSelfSup, torchvision)
-    needs ``config`` for its architecture and preprocessing."""
+    ``MLFLOW_TRACKING_URI``), or public weights from the model cache (``timm:…``,
+    ``torchvision:…``, ``hf-hub:…``). A foreign file (official MoCo, OpenSelfSup,
+    torchvision, timm, safetensors) needs ``config`` for its architecture and
+    preprocessing."""
     cfg = _config(config)
     path = _resolve(source, cfg, tracking_uri)
-    loaded = load_checkpoint(path)
+    loaded = read_file(path)  # torch or safetensors
     exported = read_export(loaded)
     if exported is not None:
         state, meta = exported

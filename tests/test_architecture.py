@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "hpt_hpc"
 LAYERS = (
     ("", "errors", "resources"),
     ("files",),
-    ("progress", "device", "tracking"),
+    ("progress", "device", "tracking", "hub"),
     ("config",),
     ("data", "models"),
     ("ssl",),

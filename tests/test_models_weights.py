@@ -49,7 +49,9 @@ def test_official_moco_layout(tmp_path):
     assert report["encoder_k"] == "copied from encoder_q" and not report["queue_loaded"]
     assert_backbone_equals(model, src_model.encoder_q.state_dict())
     assert torch.equal(model.encoder_q.fc[2].weight, src_model.encoder_q.fc[2].weight)
-    assert report["loaded_keys"] == len(model.encoder_q.state_dict())
+    # tensors, not BatchNorm's step counters (checkpoints may lack them)
+    assert report["loaded_keys"] == len([k for k in model.encoder_q.state_dict()
+                                         if not k.endswith("num_batches_tracked")])
     assert not torch.equal(model.queue, src_model.queue)
 
 

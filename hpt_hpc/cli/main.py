@@ -10,6 +10,7 @@ import click
 from .. import __version__
 from ..progress import guard_terminal
 from .data import data
+from .hub import models_group
 from .train import config_group, finetune, probe, train
 from .launch import cancel, launch, status
 from .mlflow import mlflow_group, runs
@@ -59,6 +60,7 @@ cli.add_command(sweep)
 cli.add_command(report)
 cli.add_command(export)
 cli.add_command(embed)
+cli.add_command(models_group)
 
 if __name__ == "__main__":  # pragma: no cover
     cli()

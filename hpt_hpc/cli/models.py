@@ -40,8 +40,8 @@ def export(checkpoint: str, fmt: str, out: str) -> None:
                                "folder (format: folder): the folder itself unless it has "
                                "a train/ sub-folder].")
 @click.option("--checkpoint", default=None,
-              help="A file, stage:<name>, models:/<name>@<alias> or runs:/<id>/<path> "
-                   "(omit: random init).")
+              help="A file, stage:<name>, models:/<name>@<alias>, runs:/<id>/<path> or "
+                   "public weights (timm:, torchvision:, hf-hub:; omit: random init).")
 @click.option("--out", required=True, metavar="PREFIX",
               help="Name prefix of the two files written (appended, never replaced: "
                    "--out f/run.v2 writes f/run.v2.npy, the features, and "

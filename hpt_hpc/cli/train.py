@@ -40,7 +40,9 @@ def train(config_path: str, overrides, stages, init) -> None:
 _checkpoint = click.option(
     "--checkpoint", default=None,
     help="Checkpoint to evaluate: a file, stage:<name> (that stage's final checkpoint), "
-         "models:/<name>@<alias> or runs:/<id>/<path> (omit: random init).")
+         "models:/<name>@<alias>, runs:/<id>/<path> or public weights from the model "
+         "cache (timm:<model>.<tag>, torchvision:<Enum>.<NAME>, hf-hub:<org>/<name>; "
+         "omit: random init).")
 _dataset = click.option("--dataset", required=True,
                         help="Dataset name from the config's datasets.")
 

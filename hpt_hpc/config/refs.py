@@ -3,9 +3,12 @@
 
 Forms: ``null`` (random), ``stage:<name>`` (that stage's final checkpoint in the same
 output_dir), a checkpoint file, ``models:/<name>@<alias>`` / ``models:/<name>/<version>``
-(the MLflow registry) and ``runs:/<run_id>/<path>`` (a run's artifact). One way to resolve
-it to a local file (:meth:`InitRef.resolve`), to list the host paths a container must bind
-(:meth:`InitRef.host_paths`) and to describe it in tags (:meth:`InitRef.tags`).
+(the MLflow registry), ``runs:/<run_id>/<path>`` (a run's artifact) and public weights by
+name: ``timm:<model>[.<tag>]``, ``torchvision:<Enum>.<NAME>``, ``hf-hub:<org>/<name>``
+(read from the libraries' caches, never downloaded at run time: :mod:`hpt_hpc.hub`). One
+way to resolve it to a local file (:meth:`InitRef.resolve`), to list the host paths a
+container must bind (:meth:`InitRef.host_paths`) and to describe it in tags
+(:meth:`InitRef.tags`).
 """
 from __future__ import annotations
 
@@ -14,16 +17,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from .. import hub
 from ..errors import ConfigError
 from ..tracking.registry import fetch_checkpoint
 from .layout import StageLayout
 from .schema import STAGE_NAMES
 
-KINDS = ("random", "stage", "file", "model", "run")
+KINDS = ("random", "stage", "file", "model", "run", *hub.KINDS)
 FORMS = ("null (random), stage:<name>, a checkpoint file, models:/<name>@<alias>, "
-         "models:/<name>/<version> or runs:/<run_id>/<path>")
+         "models:/<name>/<version>, runs:/<run_id>/<path>, timm:<model>.<tag>, "
+         "torchvision:<Enum>.<NAME> or hf-hub:<org>/<name>")
 _MODEL = re.compile(r"models:/[^@/]+(@[\w\-]+|/\d+)")
 _RUN = re.compile(r"runs:/[0-9a-f]+/.+")
+_PUBLIC = {"timm": (re.compile(r"[a-z0-9_]+(\.[\w\-]+)?"), "timm:<model>[.<tag>]"),
+           "torchvision": (re.compile(r"\w+_Weights\.\w+"), "torchvision:<Enum>.<NAME>"),
+           "hf-hub": (re.compile(r"[\w.\-]+/[\w.\-]+(@[\w.\-]+)?"), "hf-hub:<org>/<name>")}
 
 
 class InitRefError(ConfigError):
@@ -36,6 +44,8 @@ class Resolved:
 
     path: Optional[str]
     tags: Dict[str, str]
+    arch: str = ""  # the model public weights are for (timm's/torchvision's name)
+    name: str = ""  # the reference, public names completed (timm's default tag)
 
 
 @dataclass(frozen=True)
@@ -66,6 +76,12 @@ class InitRef:
             if not _RUN.fullmatch(text):
                 raise InitRefError(f"{where}: '{text}' is not runs:/<run_id>/<path>")
             return cls("run", text)
+        kind, _, name = text.partition(":")
+        if kind in _PUBLIC:
+            pattern, form = _PUBLIC[kind]
+            if not pattern.fullmatch(name):
+                raise InitRefError(f"{where}: '{text}' is not {form}")
+            return cls(kind, name)
         if "://" in text:
             raise InitRefError(f"{where}: '{text}' is not a supported reference; use {FORMS}"
                                f" (nothing is downloaded at run time)")
@@ -80,6 +96,11 @@ class InitRef:
         return self.kind == "random"
 
     @property
+    def is_public(self) -> bool:
+        """Public weights by name, read from the model cache (:mod:`hpt_hpc.hub`)."""
+        return self.kind in hub.KINDS
+
+    @property
     def in_registry(self) -> bool:
         """Resolved through the tracking store (``models:/``, ``runs:/``)."""
         return self.kind in ("model", "run")
@@ -89,7 +110,9 @@ class InitRef:
         """The reference as written in a config (``None`` for random)."""
         if self.kind == "random":
             return None
-        return f"stage:{self.value}" if self.kind == "stage" else self.value
+        if self.kind == "stage" or self.is_public:
+            return f"{self.kind}:{self.value}"
+        return self.value
 
     def __str__(self) -> str:
         return self.text or "random"
@@ -112,7 +135,10 @@ class InitRef:
 
     def host_paths(self) -> List[Path]:
         """Host paths a container must bind to read this reference (stage and registry
-        references live in the output folder or the tracking store, bound anyway)."""
+        references live in the output folder or the tracking store, bound anyway; public
+        weights in the model cache)."""
+        if self.is_public:
+            return hub.cache_folders(self.kind, self.value)
         return [Path(self.value).resolve()] if self.kind == "file" else []
 
     def tags(self) -> Dict[str, str]:
@@ -122,8 +148,11 @@ class InitRef:
     def check(self, layout: Optional[StageLayout], pending: tuple = (),
               who: str = "stage") -> None:
         """Fail before any work when a file is missing or a stage reference names a stage
-        that is neither finished nor in ``pending`` (stages that will run first).
-        Registry references are checked when they resolve."""
+        that is neither finished nor in ``pending`` (stages that will run first), or
+        public weights are not in the model cache. Registry references are checked when
+        they resolve."""
+        if self.is_public:
+            self._public(who)
         if self.kind == "file" and not Path(self.value).is_file():
             raise InitRefError(f"{who}: init checkpoint '{self.value}' does not exist; copy "
                                f"the file here first (nothing is downloaded at run time)")
@@ -140,6 +169,12 @@ class InitRef:
         if self.is_random:
             return Resolved(None, {})
         tags = self.tags()
+        if self.is_public:
+            found = self._public(who)
+            tags["hpt.init_weights"] = found.source.ref
+            if found.revision:
+                tags["hpt.init_revision"] = found.revision
+            return Resolved(str(found.path), tags, found.arch, found.source.ref)
         if self.in_registry:
             if not tracking_uri:
                 raise InitRefError(f"{who}: '{self}' needs MLflow tracking (it is switched "
@@ -151,7 +186,7 @@ class InitRef:
             if fetched.model:
                 tags.update({"hpt.init_model": fetched.model,
                              "hpt.init_model_version": fetched.version})
-            return Resolved(fetched.path, tags)
+            return Resolved(fetched.path, tags, name=str(self))
         path = self.local_path(layout)
         if not path.is_file():
             if self.kind == "stage":
@@ -159,4 +194,11 @@ class InitRef:
                                    f"'{self.value}' has no final checkpoint at {path}; run "
                                    f"stage '{self.value}' first")
             raise InitRefError(f"{who}: init checkpoint '{self.value}' does not exist")
-        return Resolved(str(path), tags)
+        return Resolved(str(path), tags, name=str(path) if self.kind == "file" else str(self))
+
+    def _public(self, who: str) -> "hub.Located":
+        """The cached file of public weights (one line naming the fetch command if not)."""
+        try:
+            return hub.locate(self.kind, self.value)
+        except hub.HubError as exc:
+            raise InitRefError(f"{who}: {exc}") from None

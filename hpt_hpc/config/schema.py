@@ -214,8 +214,10 @@ class LoraConfig:
 @dataclass
 class StageConfig:
     """One HPT stage. ``init``: ``null`` (random), ``stage:<name>`` (that stage's final
-    checkpoint), or a checkpoint file (this toolkit's, official MoCo, OpenSelfSup/HPT or a
-    torchvision state dict). Unset optimisation fields fall back to ``optim``."""
+    checkpoint), a checkpoint file (this toolkit's, official MoCo, OpenSelfSup/HPT, a
+    torchvision/timm state dict or safetensors file), a registry reference or public
+    weights by name (:class:`~hpt_hpc.config.refs.InitRef`). Unset optimisation fields
+    fall back to ``optim``."""
 
     dataset: str = key("", "name of the dataset under datasets")
     variant: str = key("full", "what trains: full (HPT), bn (HPT-BN: normalisation layers "
@@ -224,7 +226,13 @@ class StageConfig:
                                "(HPT-LoRA: + LoRA adapters on the other blocks)",
                        choices=VARIANTS)
     init: Optional[str] = key(None, "start weights: null, `stage:<name>`, a file, "
-                                    "`models:/<name>@<alias>`, `runs:/<id>/<path>`")
+                                    "`models:/<name>@<alias>`, `runs:/<id>/<path>`, public "
+                                    "weights `timm:<model>.<tag>`, "
+                                    "`torchvision:<Enum>.<NAME>`, `hf-hub:<org>/<name>` "
+                                    "(from the model cache: `hpt-hpc models fetch`)")
+    init_partial: bool = key(False, "load only the init's backbone tensors that fit and "
+                                    "report the rest (default: any missing, unexpected or "
+                                    "mis-shaped tensor refuses the init)")
     iterations: Optional[int] = key(None, "training steps (null: optim.iterations)")
     lr: Optional[float] = key(None, "learning rate (null: optim.lr), linearly scaled the same")
     batch_size: Optional[int] = key(None, "global batch (null: optim.batch_size)")

@@ -13,6 +13,7 @@ from typing import List, Optional, Set, Tuple
 
 from ..config import config_to_dict
 from ..device import available_cores
+from ..hub import using_cache
 from ..launch.options import SchedulerOptions, resolve_executor
 from ..launch.record import LaunchRecord
 from ..launch.submit import check_slurm, run_phases
@@ -104,6 +105,13 @@ def run_sweep(spec: ExperimentSpec, options: SchedulerOptions, dry_run: bool = F
     """Plan, then submit (slurm) or run (local: ``max_parallel`` jobs at a time across
     phases, default :func:`default_max_parallel`; debug: in this process). Returns
     ``(plan, record)``; ``record`` is None for a dry run."""
+    with using_cache(options.model_cache):  # public inits: the profile's model cache
+        return _run_sweep(spec, options, dry_run, max_parallel, folder, end)
+
+
+def _run_sweep(spec: ExperimentSpec, options: SchedulerOptions, dry_run: bool,
+               max_parallel: Optional[int], folder: Optional[str],
+               end: bool) -> Tuple[SweepPlan, Optional[LaunchRecord]]:
     kind = resolve_executor(options)
     target = sweep_tracking(spec)
     if max_parallel is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from ..config import InitRef, config_to_dict, read_config_dict
+from ..hub import using_cache
 from ..plan import plan_config
 from .options import SchedulerOptions
 from .record import LaunchRecord
@@ -15,14 +16,16 @@ def launch(config_path: str, stages: Sequence[str], options: SchedulerOptions,
            overrides: Sequence[str] = (), folder: Optional[str] = None) -> LaunchRecord:
     """Submit ``stages`` (one, or a chain: each stage ``afterok`` on the previous and
     starting from its checkpoint); the config's ``grid`` makes the last stage an array.
-    Everything is checked before anything is submitted."""
-    planned = plan_config(read_config_dict(config_path), overrides, stages,
-                          world_size=options.world_size, handover=True, where=config_path)
-    cfg = planned.config
-    return run_phases(planned.phases, options, output_dir=cfg.output_dir, source=config_path,
-                      name=cfg.name, tracking=planned.tracking,
-                      writers=len(planned.phases[-1].plans), folder=folder, wait=False,
-                      labels=list(stages), config=config_to_dict(cfg))
+    Everything is checked before anything is submitted (public inits in the profile's
+    model cache)."""
+    with using_cache(options.model_cache):
+        planned = plan_config(read_config_dict(config_path), overrides, stages,
+                              world_size=options.world_size, handover=True, where=config_path)
+        cfg = planned.config
+        return run_phases(planned.phases, options, output_dir=cfg.output_dir,
+                          source=config_path, name=cfg.name, tracking=planned.tracking,
+                          writers=len(planned.phases[-1].plans), folder=folder, wait=False,
+                          labels=list(stages), config=config_to_dict(cfg))
 
 
 def train(config_path: str, stages: Sequence[str] = (), overrides: Sequence[str] = (),

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import shlex
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any, Dict, List, Optional
 import yaml
 
 from ..errors import HptError
+from ..hub import CACHE_ENV
 
 PROFILE_DIR_ENV = "HPT_SLURM_PROFILES"
 
@@ -39,6 +41,7 @@ class SchedulerOptions:
     container: Optional[str] = None  # Apptainer/Singularity image every task runs in
     container_binds: List[str] = field(default_factory=list)  # more SRC[:DST[:ro]] binds
     container_runtime: Optional[str] = None  # apptainer | singularity | a path (default: found)
+    model_cache: Optional[str] = None  # cache root of public weights (hpt-hpc models fetch)
 
     @property
     def ranks_per_node(self) -> int:
@@ -133,4 +136,14 @@ def executor_parameters(options: SchedulerOptions, name: str) -> Dict[str, Any]:
             params[f"slurm_{key}"] = value
     if options.extra:
         params["slurm_additional_parameters"] = dict(options.extra)
+    if options.model_cache:
+        params["slurm_setup"] = job_setup(options)
     return params
+
+
+def job_setup(options: SchedulerOptions) -> List[str]:
+    """Shell lines every job runs first: the model cache its inits are read from."""
+    if not options.model_cache:
+        return []
+    root = Path(options.model_cache).expanduser().resolve()
+    return [f"export {CACHE_ENV}={shlex.quote(str(root))}"]

@@ -26,13 +26,15 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from ..config import OutputLayout
 from ..device import CPUS_PER_TASK_ENV, available_cores
 from ..errors import HptError, WorkFailed
+from ..hub import using_cache
 from ..plan import EvalPlan, Phase, TrackingTarget, with_parent
 from ..tracking.runs import end_pipeline_run, start_pipeline_run
 from ..tracking.store import prepare_store
 from .close import CloseJob
 from .container import plan_paths, preflight, task_python
 from .job import job_for
-from .options import SchedulerOptions, executor_parameters, parse_minutes, resolve_executor
+from .options import (SchedulerOptions, executor_parameters, job_setup, parse_minutes,
+                      resolve_executor)
 from .record import JobEntry, LaunchRecord
 
 log = logging.getLogger(__name__)
@@ -248,7 +250,8 @@ def _run_here(phases: List[Phase], options: SchedulerOptions, record: LaunchReco
                     executors[i] = make_executor("local", folder, popts, f"hpt-{phase.name}")
                     threads = max(1, share // popts.world_size)
                     executors[i].update_parameters(
-                        local_setup=[f"export {CPUS_PER_TASK_ENV}={threads}"])
+                        local_setup=[f"export {CPUS_PER_TASK_ENV}={threads}",
+                                     *job_setup(popts)])
                 job = executors[i].submit(job_for(plan), plan)
             _entry(record, phase, plan, job, [x for a in after[phase.name] for x in ids[a]],
                    popts)
@@ -299,6 +302,16 @@ def run_phases(phases: List[Phase], options: SchedulerOptions, *, output_dir: Pa
     failed): here when every job ran to its end here (debug, or local with ``wait``),
     else after the last job, through :func:`_close_later`.
     """
+    with using_cache(options.model_cache):  # jobs run here read the profile's cache
+        return _run_phases(phases, options, output_dir=output_dir, source=source, name=name,
+                           tracking=tracking, writers=writers, max_parallel=max_parallel,
+                           folder=folder, wait=wait, labels=labels, config=config, end=end)
+
+
+def _run_phases(phases: List[Phase], options: SchedulerOptions, *, output_dir: Path,
+                source: str, name: str, tracking: Optional[TrackingTarget], writers: int,
+                max_parallel: Optional[int], folder: Optional[str], wait: bool,
+                labels: Sequence[str], config: Optional[dict], end: bool) -> LaunchRecord:
     kind = resolve_executor(options)
     if options.container:
         preflight(options, kind)

@@ -15,6 +15,10 @@ Layouts (:func:`read_weights`):
   ``backbone.`` (other entries such as the neck are ignored);
 * ``torchvision``: a plain state dict (torchvision's or timm's keys); ``fc.*`` is a
   classifier and dropped.
+
+Files are torch files (read with ``weights_only``) or ``.safetensors`` files (a plain
+tensor dict: the ``torchvision`` layout; how timm and Hugging Face hub repos ship
+weights), told apart by their content.
 """
 from __future__ import annotations
 
@@ -111,9 +115,30 @@ def classify(obj: Any, path: str) -> Weights:
         f"'state_dict', or a torchvision ResNet state_dict")
 
 
+def is_safetensors(path: str) -> bool:
+    """True for a safetensors file: an 8-byte header length, then its JSON header."""
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and not head.startswith(b"PK")
+
+
+def read_file(path: str) -> Any:
+    """The object of a torch checkpoint (``weights_only``) or the tensor dict of a
+    safetensors file (safe by construction); errors name ``path``."""
+    path = os.fspath(path)
+    if not os.path.isfile(path) or not is_safetensors(path):
+        return load_checkpoint(path)
+    from safetensors.torch import load_file
+    try:
+        return load_file(path, device="cpu")
+    except Exception as e:  # noqa: BLE001 - a truncated or corrupt header or body
+        raise CheckpointReadError(f"cannot read safetensors file {path} (corrupt or "
+                                  f"truncated): {e}") from e
+
+
 def read_weights(path: str) -> Weights:
-    """:func:`classify` of the checkpoint file ``path`` (read with ``weights_only``)."""
-    return classify(load_checkpoint(path), os.fspath(path))
+    """:func:`classify` of the checkpoint file ``path`` (:func:`read_file`)."""
+    return classify(read_file(path), os.fspath(path))
 
 
 def _listing(items: list) -> str:
@@ -150,7 +175,8 @@ def load_backbone_into(encoder: nn.Module, backbone: Dict[str, torch.Tensor], so
     library classifier's keys are dropped); otherwise
     :class:`IncompatibleCheckpointError` names the missing, unexpected and mismatched
     keys, unless ``strict`` is False and some tensors fit (then those load and the rest
-    is reported). Returns ``loaded_keys`` (of ``expected_keys``), ``missing_keys``,
+    is reported). Returns ``loaded_keys`` (of ``expected_keys``; BatchNorm's
+    ``num_batches_tracked`` counters not counted), ``missing_keys``,
     ``unexpected_keys``, ``shape_mismatches``, ``dropped_keys``.
     """
     drop = classifier_prefixes(encoder)
@@ -160,15 +186,20 @@ def load_backbone_into(encoder: nn.Module, backbone: Dict[str, torch.Tensor], so
     missing, unexpected, mismatched = compare(own, backbone)
     fitting = {k: v for k, v in backbone.items()
                if k in own and tuple(v.shape) == tuple(own[k].shape)}
+
+    def counted(keys):  # tensors, not BatchNorm's step counters (which may be absent)
+        return len([k for k in keys if not k.endswith("num_batches_tracked")])
+
     if (missing or unexpected or mismatched) and (strict or not fitting):
         raise IncompatibleCheckpointError(
-            f"{source} does not fit the model's backbone {describe_encoder(encoder)}:"
+            f"{source} does not fit the model's backbone {describe_encoder(encoder)}: "
+            f"{counted(fitting)} of {counted(own)} tensors fit ({len(missing)} missing, "
+            f"{len(unexpected)} unexpected, {len(mismatched)} mis-shaped)"
             f"\n  missing keys ({len(missing)}): {_listing(missing)}"
             f"\n  unexpected keys ({len(unexpected)}): {_listing(unexpected)}"
             f"\n  shape mismatches ({len(mismatched)}): {_listing(mismatched)}")
     encoder.load_state_dict(encoder_keys(encoder, fitting), strict=False)
-    expected = [k for k in own if not k.endswith("num_batches_tracked")]
-    return {"loaded_keys": len(fitting), "expected_keys": len(expected),
+    return {"loaded_keys": counted(fitting), "expected_keys": counted(own),
             "missing_keys": missing, "unexpected_keys": unexpected,
             "shape_mismatches": mismatched, "dropped_keys": len(dropped)}
 
@@ -217,6 +248,8 @@ class CheckpointInfo:
 
 def _header(path: str) -> Any:
     """The checkpoint's object, tensors memory-mapped (not read) where the file allows."""
+    if is_safetensors(path):
+        return read_file(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # noqa: BLE001 - a legacy (non-zip) file: read it whole

@@ -32,7 +32,8 @@ def stage_checkpoint(model: torch.nn.Module, optimizer: Any, step: int, total: i
                      label: Optional[str] = None, target_steps: Optional[int] = None,
                      ssl: Optional[str] = None, backbone_key: Optional[str] = None,
                      target_key: Optional[str] = None,
-                     feature_dim: Optional[int] = None) -> dict:
+                     feature_dim: Optional[int] = None,
+                     init_report: Optional[dict] = None) -> dict:
     """The toolkit's checkpoint of a stage: ``format``, ``model`` (the ssl method's state:
     online and target encoders, heads, queue; which is which: ``ssl`` names the method,
     ``backbone_key``/``target_key`` the prefixes of its online and target encoders,
@@ -40,8 +41,10 @@ def stage_checkpoint(model: torch.nn.Module, optimizer: Any, step: int, total: i
     ``optimizer``, ``step``/``total_steps``, ``stage``, ``variant``, ``init``, the resolved
     ``config`` (plain dict), ``rng`` states, the tracker's ``tracker_run_id``, and its
     lineage: the stage's ``method`` tag, ``label`` (its run's name: the stage, grid cell or
-    sweep unit) and ``target_steps`` (the step budget tables file it under). Checkpoints
-    written before the lineage keys lack them (:func:`checkpoint_info` reads them as None)."""
+    sweep unit) and ``target_steps`` (the step budget tables file it under), and
+    ``init_report``: what the init loaded (plain values; a resumed stage reports it).
+    Checkpoints written before the lineage keys lack them (:func:`checkpoint_info` reads
+    them as None)."""
     return {
         "format": CHECKPOINT_FORMAT,
         "model": model.state_dict(),
@@ -61,6 +64,7 @@ def stage_checkpoint(model: torch.nn.Module, optimizer: Any, step: int, total: i
         "backbone_key": backbone_key,
         "target_key": target_key,
         "feature_dim": feature_dim,
+        "init_report": init_report,
     }
 
 

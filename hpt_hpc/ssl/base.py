@@ -135,7 +135,8 @@ class SslMethod(nn.Module):
                 "target_key": self.target_key,
                 "feature_dim": int(self.online_encoder().feature_dim)}
 
-    def load_initial(self, path: str, strict: bool = True) -> Dict[str, Any]:
+    def load_initial(self, path: str, strict: bool = True,
+                     source: str = "") -> Dict[str, Any]:
         """Initialise from a checkpoint file of any accepted layout
         (:mod:`hpt_hpc.models.loading`): the backbone always (every key must fit unless
         ``strict`` is False); the head and the target too when the file was written by
@@ -143,14 +144,17 @@ class SslMethod(nn.Module):
         of their online encoders.
 
         Report keys: ``layout``, ``ssl`` (the writing method, toolkit files), ``loaded_keys``
-        (tensors loaded into the online encoder), ``expected_keys``, ``head_loaded``,
+        (tensors loaded into the online encoder), ``backbone_loaded`` (of them, the
+        backbone's), ``expected_keys`` (the backbone's), ``head_loaded``,
         ``targets_loaded``, ``ignored_keys``, ``missing_keys``, ``unexpected_keys``,
-        ``shape_mismatches``, ``dropped_keys`` (a library classifier's).
+        ``shape_mismatches``, ``dropped_keys`` (a library classifier's). ``source`` names
+        the file in messages (default: its path).
         """
         weights = read_weights(path)
         online = self.online_encoder()
         report = load_backbone_into(online, weights.backbone,
-                                    f"checkpoint {path} ({weights.layout} layout)", strict)
+                                    f"{source or 'checkpoint ' + str(path)} "
+                                    f"({weights.layout} layout)", strict)
         own = weights.layout == "hpt-hpc" and weights.ssl == self.name
         head = (own or weights.layout in self.head_layouts) and load_head_into(online,
                                                                                 weights.head)
@@ -160,6 +164,7 @@ class SslMethod(nn.Module):
         if not targets:
             self.sync_targets()
         report.update({"layout": weights.layout, "ssl": weights.ssl,
+                       "backbone_loaded": report["loaded_keys"],
                        "loaded_keys": report["loaded_keys"] + (len(weights.head) if head else 0),
                        "head_loaded": bool(head), "targets_loaded": bool(targets),
                        "ignored_keys": weights.ignored})

@@ -156,10 +156,11 @@ class MoCo(SslMethod):
     def facts(self) -> Dict[str, Any]:
         return {"queue_size": int(self.queue.shape[1])}
 
-    def load_initial(self, path: str, strict: bool = True) -> Dict[str, Any]:
+    def load_initial(self, path: str, strict: bool = True,
+                     source: str = "") -> Dict[str, Any]:
         """:meth:`SslMethod.load_initial`; the queue is never loaded (a new stage starts
         with a fresh random queue). Report keys also ``encoder_k`` and ``queue_loaded``."""
-        report = super().load_initial(path, strict)
+        report = super().load_initial(path, strict, source)
         report.update({"encoder_k": "checkpoint" if report["targets_loaded"]
                        else "copied from encoder_q", "queue_loaded": False,
                        "note": ("queue not loaded: a new stage starts with a fresh random "

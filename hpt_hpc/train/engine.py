@@ -23,6 +23,7 @@ from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 import torch
 
 from ..config import ExperimentConfig, config_to_dict, flatten
+from ..config.refs import Resolved
 from ..errors import ConfigError, HptError
 from ..models import reestimate_bn_stats, stage_checkpoint
 from ..plan import StagePlan
@@ -30,6 +31,7 @@ from ..progress import Progress
 from ..ssl import SslMethod, build_method
 from ..tracking import NullTracker, Tracker
 from .distributed import DistInfo
+from .initial import load_stage_init
 from .resume import check_finite, load_resume_point, save_resume_point
 from .speed import (StepSpeed, check_accumulation, make_optimizer, prepare_model,
                     resolve_speed, set_optimizer_impl, to_device, train_step)
@@ -52,6 +54,7 @@ class StageResult:
     skipped_images: int = 0
     resumed_from: Optional[int] = None
     init_report: Dict[str, Any] = field(default_factory=dict)
+    init: Dict[str, Any] = field(default_factory=dict)  # what the init loaded (.initial)
     seconds: float = 0.0
     run_id: Optional[str] = None  # the tracker's run (MLflow run id)
     model_uri: Optional[str] = None  # registry URI of the final checkpoint, when registered
@@ -110,11 +113,12 @@ def _own_rng(state: Dict[str, Any], dist: DistInfo) -> Dict[str, Any]:
 
 def _checkpoint(model: SslMethod, optimizer: Optional[torch.optim.Optimizer], step: int,
                 plan: StagePlan, tracker: Tracker, init: Optional[str],
-                rng: Dict[str, Any]) -> Dict[str, Any]:
+                rng: Dict[str, Any], init_report: Dict[str, Any]) -> Dict[str, Any]:
     return stage_checkpoint(model, optimizer, step, plan.iterations, plan.stage, plan.variant,
                             init, config_to_dict(plan.config), rng, tracker.run_id,
                             method=plan.method, label=plan.label,
-                            target_steps=plan.target_steps, **model.checkpoint_keys())
+                            target_steps=plan.target_steps, init_report=init_report or None,
+                            **model.checkpoint_keys())
 
 
 def parameter_digest(model: SslMethod) -> str:
@@ -137,11 +141,13 @@ def run_stage(plan: StagePlan, loader: Any, tracker: Optional[Tracker] = None,
               init: Optional[str] = None, dist: Optional[DistInfo] = None,
               stop_after: Optional[int] = None,
               on_step: Optional[Callable[[int, float], None]] = None,
-              should_stop: Optional[Callable[[int], bool]] = None) -> StageResult:
+              should_stop: Optional[Callable[[int], bool]] = None,
+              resolved: Optional[Resolved] = None) -> StageResult:
     """Run (or resume) one stage; return where its checkpoint is and how far it got.
 
     ``loader`` yields ``(view1, view2)`` batches and reports ``num_images``;
-    ``init`` is a checkpoint file (``None``: random init). ``stop_after`` ends the run
+    ``init`` is a checkpoint file (``None``: random init; ``resolved``: the reference it
+    was resolved from, which names it and the model its weights are for: :mod:`.initial`). ``stop_after`` ends the run
     early after that many steps of this call (used to test resumption); ``should_stop(step)``
     is asked after every step and ends the run at that step boundary when true (preemption).
     With ``dist.world_size > 1`` the process group must be initialised: the model is wrapped
@@ -171,9 +177,10 @@ def run_stage(plan: StagePlan, loader: Any, tracker: Optional[Tracker] = None,
 
     resume_state = load_resume_point(plan)
     if resume_state is None and init:
-        result.init_report = model.load_initial(init)
-        log.info("stage %s: initial weights from %s (%s)", stage, init,
-                 result.init_report.get("layout"))
+        result.init_report = load_stage_init(model, plan, init, resolved, tracker)
+        result.init = result.init_report["init"]
+    elif resume_state is not None:
+        result.init = dict(resume_state.get("init_report") or {})
     model.to(device)
     section = cfg.stages[stage]
     try:  # before compiling: variant lora adds layers
@@ -216,7 +223,8 @@ def run_stage(plan: StagePlan, loader: Any, tracker: Optional[Tracker] = None,
                              dist, stop_after, on_step, init, should_stop, speed)
 
     check_finite(model, plan, result.steps, plan.lr)
-    state = _checkpoint(model, optimizer, result.steps, plan, tracker, init, _rng_states(dist))
+    state = _checkpoint(model, optimizer, result.steps, plan, tracker, init, _rng_states(dist),
+                        result.init)
     if dist.is_main and (result.completed or result.saved_step != result.steps):
         save_resume_point(state, plan, final=result.completed)
         if result.completed:
@@ -301,7 +309,7 @@ def _train_loop(plan: StagePlan, net: torch.nn.Module,
             rng = _rng_states(dist)
             if dist.is_main:
                 save_resume_point(_checkpoint(model, optimizer, step + 1, plan, tracker, init,
-                                              rng), plan)
+                                              rng, result.init), plan)
             result.saved_step = step + 1
         if should_stop is not None and step + 1 < end and should_stop(step + 1):
             log.warning("stage %s: stopping at step %d on request (preemption)", result.stage,

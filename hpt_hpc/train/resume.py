@@ -81,7 +81,8 @@ def fingerprint(plan: StagePlan) -> Dict[str, Any]:
     flat = flatten(config_to_dict(plan.config))
     keys = {k: v for k, v in flat.items() if k.startswith(FINGERPRINT_SECTIONS)}
     stage = plan.config.stages[plan.stage]
-    keys.update({f"stages.{plan.stage}.{k}": v for k, v in vars(stage).items() if k != "init"})
+    keys.update({f"stages.{plan.stage}.{k}": v for k, v in vars(stage).items()
+                 if k not in ("init", "init_partial")})  # used at the start only
     keys.update({f"datasets.{plan.dataset}.{k}": v
                  for k, v in vars(plan.config.datasets[plan.dataset]).items()})
     keys.update({"plan.iterations": plan.iterations, "plan.lr": plan.lr,

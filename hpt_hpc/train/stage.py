@@ -100,7 +100,8 @@ def _run_locked(plan: StagePlan, dist: DistInfo, tracker: Optional[Tracker],
         limit_cpu_threads(resolve_device(plan.config.device), plan.config.data.workers,
                           plan.config.compute.threads)
         result = run_stage(plan, loader, tracker=tracker, init=resolved.path, dist=dist,
-                           stop_after=stop_after, on_step=on_step, should_stop=should_stop)
+                           stop_after=stop_after, on_step=on_step, should_stop=should_stop,
+                           resolved=resolved)
         tracker.set_tags({"hpt.steps": result.steps, "hpt.total_steps": result.total_steps})
         status = "FINISHED" if result.completed else "KILLED"
     except KeyboardInterrupt:
