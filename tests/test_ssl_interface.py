@@ -58,8 +58,8 @@ class TinyByol(SslMethod):
     def ema_momentum(self, step, total):
         return 1 - (1 - 0.9) * (1 + torch.cos(torch.tensor(torch.pi * step / total))) / 2
 
-    def trainable_parameters(self, variant, train_head=True):
-        params = super().trainable_parameters(variant, train_head)
+    def trainable_parameters(self, variant, *args, **kwargs):
+        params = super().trainable_parameters(variant, *args, **kwargs)
         if params:
             for p in self.predictor.parameters():
                 p.requires_grad = True
