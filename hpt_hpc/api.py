@@ -36,9 +36,9 @@ from .eval.splits import kept_paths
 from .experiments.results import RESULT_COLUMNS, result_rows, rows_from_files
 from .models import (CHECKPOINT_FORMAT, backbone_for_features, build_encoder, load_backbone_into,
                      save_checkpoint_atomic)
-from .models.loading import read_file
 from .models.export import (MODEL_KEYS, export_backbone, export_meta, export_meta_of,
-                            read_export, read_toolkit_checkpoint)
+                            load_export_file, read_export, read_toolkit_checkpoint,
+                            save_export, wants_safetensors)
 from .plan import tracking_target
 from .plan.experiment import load_experiment
 
@@ -46,7 +46,7 @@ __all__ = ["Backbone", "Preprocessing", "embed", "export", "load_backbone", "res
 
 PathLike = Union[str, os.PathLike]
 DOWNLOADS = Path.home() / ".cache" / "hpt-hpc"  # registry downloads without a config
-_STORED = ("model", "moco", "data", "probe")  # what a checkpoint's config must give here
+_STORED = ("model", "moco", "data", "augment", "probe")  # what a checkpoint's config gives here
 
 
 class Preprocessing:
@@ -90,7 +90,8 @@ def _config(config: Union[None, PathLike, ExperimentConfig]) -> Optional[Experim
 
 
 def _stored_config(checkpoint: Dict[str, Any]) -> ExperimentConfig:
-    """The model, MoCo, data and probe settings a toolkit checkpoint was trained with."""
+    """The model, MoCo, data, augment and probe settings a toolkit checkpoint was trained
+    with (augment: its checks depend on data.channels)."""
     stored = checkpoint.get("config") or {}
     return config_from_dict({k: stored[k] for k in _STORED if k in stored})
 
@@ -124,27 +125,28 @@ def load_backbone(source: PathLike, *, config: Union[None, PathLike, ExperimentC
     preprocessing."""
     cfg = _config(config)
     path = _resolve(source, cfg, tracking_uri)
-    loaded = read_file(path)  # torch or safetensors
+    loaded = load_export_file(path)
     exported = read_export(loaded)
     if exported is not None:
         state, meta = exported
-        encoder = build_encoder(**{k: meta["model"].get(k) for k in MODEL_KEYS
-                                   if meta["model"].get(k) is not None},
-                                image_size=meta["preprocessing"]["input_size"])
+        model_meta = meta["model"]
+        encoder = build_encoder(**{k: model_meta.get(k) for k in MODEL_KEYS
+                                   if model_meta.get(k) is not None},
+                                image_size=model_meta.get("image_size")
+                                or meta["preprocessing"]["input_size"])
         load_backbone_into(encoder, state, f"{path} (the model its meta names)")
         model = backbone_for_features(encoder)
         return Backbone(model.eval(), Preprocessing(meta["preprocessing"]), meta)
-    if isinstance(loaded, dict) and loaded.get("format") == CHECKPOINT_FORMAT:
+    toolkit = isinstance(loaded, dict) and loaded.get("format") == CHECKPOINT_FORMAT
+    if toolkit:
         cfg = _stored_config(loaded)
-        values = eval_spec(cfg.data, cfg.probe).preprocessing()
-        meta = export_meta(loaded, "checkpoint", values)
     elif cfg is None:
         raise HptError(f"{path} is neither an hpt-hpc export nor an hpt-hpc checkpoint: "
                        f"pass config= (its model and data settings) to load it")
-    else:
-        values, meta = eval_spec(cfg.data, cfg.probe).preprocessing(), {}
-    del loaded
+    values = eval_spec(cfg.data, cfg.probe).preprocessing()
     model = seeded_backbone(cfg, path)
+    meta = export_meta(loaded, "checkpoint", values, model) if toolkit else {}
+    del loaded
     return Backbone(model.eval(), Preprocessing(values), meta)
 
 
@@ -220,14 +222,16 @@ def results(source: PathLike, *, as_frame: Optional[bool] = None) -> Any:
     return pandas.DataFrame(rows, columns=list(RESULT_COLUMNS))
 
 
-def export(checkpoint: PathLike, out: PathLike, fmt: str = "torchvision") -> Dict[str, Any]:
+def export(checkpoint: PathLike, out: PathLike, fmt: Optional[str] = None) -> Dict[str, Any]:
     """Write the backbone of a toolkit ``checkpoint`` to ``out`` (see
     :mod:`hpt_hpc.models.export`) with its preprocessing and provenance; returns the
-    file's ``meta``."""
+    file's ``meta``. ``fmt``: ``torchvision``, ``timm`` or ``moco`` (None: the model's
+    library); an ``out`` ending in ``.safetensors`` is a safetensors file."""
     checkpoint, out = os.fspath(checkpoint), os.fspath(out)
     refuse_inputs([out], {"the checkpoint this command reads": checkpoint})
     state = read_toolkit_checkpoint(checkpoint)
     cfg = _stored_config(state)
-    exported = export_backbone(state, fmt, eval_spec(cfg.data, cfg.probe).preprocessing())
-    save_checkpoint_atomic(exported, out)
+    exported = export_backbone(state, fmt, eval_spec(cfg.data, cfg.probe).preprocessing(),
+                               safetensors=wants_safetensors(out))
+    save_export(exported, out)
     return export_meta_of(exported)

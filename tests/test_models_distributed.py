@@ -65,3 +65,51 @@ def _gather(t):
 @pytest.mark.skipif(not dist.is_available() or sys.platform == "win32", reason="needs gloo")
 def test_two_process_shuffle_bn_and_queue(tmp_path):
     mp.spawn(_worker, args=(str(tmp_path / "init"),), nprocs=WORLD, join=True)
+
+
+def _vit_worker(rank, init_file):
+    """A timm ViT (LayerNorm, no BatchNorm) under DDP with shuffle-BN switched on."""
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        from hpt_hpc.ssl import MoCo
+
+        torch.manual_seed(0)
+        vit = MoCo("timm:vit_small_patch16_224", in_channels=3, dim=16, queue_size=24,
+                   shuffle_bn=True, image_size=16,
+                   timm_kwargs={"patch_size": 4, "depth": 1, "embed_dim": 48,
+                                "num_heads": 3}).train()
+        resnet = MoCo("resnet18", 0.25, True, dim=16, queue_size=24, shuffle_bn=True).train()
+        gen = torch.Generator().manual_seed(100 + rank)
+        im_q = torch.randn(BATCH, 3, 16, 16, generator=gen)
+        im_k = torch.randn(BATCH, 3, 16, 16, generator=gen)
+
+        # 1. without BatchNorm the cross-rank shuffle changes no key, even in train mode;
+        #    with BatchNorm in train mode it does (what shuffle-BN is for)
+        with torch.no_grad():
+            direct = F.normalize(vit.encoder_k(im_k), dim=1)
+            torch.testing.assert_close(vit.compute_keys(im_k), direct)
+            bn_direct = F.normalize(resnet.encoder_k(im_k), dim=1)
+            assert not torch.allclose(resnet.compute_keys(im_k), bn_direct, atol=1e-4)
+
+        # 2. one DDP step as the engine takes it: the same weights on both ranks after it
+        params = vit.trainable_parameters("full")
+        before = [p.detach().clone() for p in params]
+        net = torch.nn.parallel.DistributedDataParallel(vit)
+        optimizer = torch.optim.SGD(params, lr=0.5)
+        loss, _, _ = net(im_q, im_k, **vit.micro_batch(True, True))
+        loss.backward()
+        optimizer.step()
+        assert any(not torch.equal(b, p) for b, p in zip(before, params))
+        flat = torch.cat([p.detach().flatten() for p in params]).unsqueeze(0)
+        ranks = _gather(flat)
+        assert torch.equal(ranks[0], ranks[1])
+        queues = _gather(vit.queue.unsqueeze(0))
+        assert torch.equal(queues[0], queues[1]) and int(vit.queue_ptr) == WORLD * BATCH
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_process_vit_step_without_batchnorm(tmp_path):
+    mp.spawn(_vit_worker, args=(str(tmp_path / "init"),), nprocs=WORLD, join=True)

@@ -64,6 +64,28 @@ def test_export_loads_strictly_into_torchvision_and_matches(tmp_path):
     assert bad.exit_code == 2 and "is not an hpt-hpc checkpoint" in bad.output
 
 
+def test_stock_resnet_as_safetensors_and_no_timm_layout(tmp_path):
+    """The torchvision layout in a safetensors file loads into torchvision's own class (the
+    printed line says how); the timm layout is for timm models only (one line, no file)."""
+    import safetensors.torch
+    cfg, path = trained_checkpoint(tmp_path)
+    out = CliRunner().invoke(cli, ["export", str(path), "--out", str(tmp_path / "b.safetensors")])
+    assert out.exit_code == 0, out.output
+    assert "load: torchvision.models.resnet18() with fc = torch.nn.Identity()" in out.output
+    reference = torchvision.models.resnet18()
+    reference.fc = torch.nn.Identity()
+    reference.load_state_dict(safetensors.torch.load_file(tmp_path / "b.safetensors"))
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(reference.eval()(images),
+                              backbone_from_checkpoint(cfg, str(path)).eval()(images), atol=1e-5)
+    timm_layout = CliRunner().invoke(cli, ["export", str(path), "--format", "timm",
+                                           "--out", str(tmp_path / "t.pt")])
+    assert timm_layout.exit_code == 2 and timm_layout.output.count("\n") == 1
+    assert "--format timm needs a timm model" in timm_layout.output
+    assert not (tmp_path / "t.pt").exists()
+
+
 def test_embed_writes_features_and_their_index(tmp_path, mnist_tree):
     config = write_tiny_config(tmp_path, {"mnist": mnist_tree}, {})
     args = ["embed", "--config", str(config), "--dataset", "mnist", "--split", "val",

@@ -1,9 +1,23 @@
-"""Tiny experiment configs for tests: a width-0.125 ResNet-18 MoCo at 16x16 grey."""
+"""Tiny experiment configs for tests: a width-0.125 ResNet-18 MoCo at 16x16 grey, and tiny
+timm models of each family (``TIMM_FAMILIES``: the ``model`` and ``data`` sections)."""
 from pathlib import Path
 
 import yaml
 
 from hpt_hpc.config import config_from_dict
+
+
+def _grey(size: int) -> dict:
+    return {"image_size": size, "channels": 1, "mean": [0.5], "std": [0.5], "workers": 0}
+
+
+# A few steps of each take 0.5-3 s on one CPU core.
+TIMM_FAMILIES = {
+    "resnet50": {"model": {"arch": "timm:resnet50", "in_channels": 1}, "data": _grey(32)},
+    "vit-s16": {"model": {"arch": "timm:vit_small_patch16_224", "in_channels": 1,
+                          "timm_kwargs": {"patch_size": 4, "depth": 2}}, "data": _grey(16)},
+    "convnext": {"model": {"arch": "timm:convnext_atto", "in_channels": 1}, "data": _grey(32)},
+}
 
 
 def tiny_config_data(out: Path, datasets: dict, stages: dict, **sections) -> dict:
@@ -45,13 +59,15 @@ def tiny_config(out: Path, datasets: dict, stages: dict, **sections):
 
 
 def write_tiny_experiment(folder: Path, datasets: dict, studies: dict, tracking: bool = False,
-                          name: str = "tiny-sweep", **extra) -> Path:
+                          name: str = "tiny-sweep", config_sections: dict = None,
+                          **extra) -> Path:
     """A tiny config plus an experiment file (``folder/experiment.yaml``) whose upstream
-    base stage trains 2 steps on the first dataset; ``extra`` adds/replaces top-level keys."""
-    write_tiny_config(folder, datasets, {},
-                      tracking={"enabled": tracking, "system_metrics": False},
-                      probe={"lr": 0.1, "iterations": 20, "milestones": [10],
-                             "batch_size": 64, "eval_every": 10})
+    base stage trains 2 steps on the first dataset; ``extra`` adds/replaces top-level keys
+    of the experiment file, ``config_sections`` whole sections of the config."""
+    sections = {"tracking": {"enabled": tracking, "system_metrics": False},
+                "probe": {"lr": 0.1, "iterations": 20, "milestones": [10],
+                          "batch_size": 64, "eval_every": 10}, **(config_sections or {})}
+    write_tiny_config(folder, datasets, {}, **sections)
     data = {"name": name, "config": "config.yaml", "output_dir": str(Path(folder) / "out"),
             "upstream": {"base": {"dataset": next(iter(datasets)), "iterations": 2}},
             "studies": studies, **extra}

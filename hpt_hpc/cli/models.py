@@ -6,27 +6,40 @@ import click
 
 @click.command()
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["torchvision", "moco"]),
-              default="torchvision", show_default=True,
-              help="torchvision: backbone keys for torchvision's ResNet (fc not included: "
-                   "set model.fc = torch.nn.Identity() before a strict load); moco: the "
-                   "official MoCo layout, projection head included.")
+@click.option("--format", "fmt", type=click.Choice(["torchvision", "timm", "moco"]),
+              default=None, show_default=False,
+              help="torchvision: a state dict with torchvision ResNet keys, no head (the "
+                   "built-in and timm ResNets; set model.fc = torch.nn.Identity() before a "
+                   "strict load); timm: the state dict of timm.create_model(name, "
+                   "pretrained=False, num_classes=0, ...) for timm models, loaded strictly "
+                   "(the line printed says how); moco: the official MoCo layout, projection "
+                   "head included (a torch file). [default: the model's library: timm for "
+                   "timm:<name>, else torchvision]")
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
-              help="Where to write the export file (a torch file; never the CHECKPOINT). "
-                   "It carries its preprocessing, architecture and provenance (meta).")
+              help="The export file (never the CHECKPOINT): a name ending in .safetensors "
+                   "writes a safetensors file (torchvision/timm layouts, meta as its string "
+                   "metadata), any other name a torch file. It carries its preprocessing, "
+                   "architecture and provenance (meta).")
 def export(checkpoint: str, fmt: str, out: str) -> None:
     """Write the backbone of a toolkit CHECKPOINT (final.pt or last.pt) for other code,
     with the preprocessing its features expect (mean, std, input size, channels)."""
     from ..api import export as export_file
-    from ..models.export import torchvision_compatible
     meta = export_file(checkpoint, out, fmt)
-    pre = meta["preprocessing"]
-    click.echo(f"wrote {out} ({fmt}; input {pre['input_size']}x{pre['input_size']}, "
-               f"{pre['channels']} channel(s), short side resized to {pre['resize']} "
-               f"({pre['interpolation']}), mean {pre['mean']}, std {pre['std']})")
-    if fmt == "torchvision" and not torchvision_compatible(meta):
-        click.echo("note: this model (width, small stem or channels) is not a stock "
-                   "torchvision ResNet; hpt_hpc.load_backbone(path) builds it from the "
+    pre, model = meta["preprocessing"], meta["model"]
+    click.echo(f"wrote {out} ({meta['layout']}; input {pre['input_size']}x"
+               f"{pre['input_size']}, {pre['channels']} channel(s), short side resized to "
+               f"{pre['resize']} ({pre['interpolation']}), mean {pre['mean']}, std "
+               f"{pre['std']})")
+    if meta["layout"] == "timm":
+        kwargs = "".join(f", {k}={v!r}" for k, v in model["timm"]["kwargs"].items())
+        click.echo(f"load: timm.create_model({model['timm']['name']!r}, pretrained=False"
+                   f"{kwargs}).load_state_dict(state)")
+    elif meta["layout"] == "torchvision" and model["torchvision"]:
+        click.echo(f"load: torchvision.models.{model['torchvision']}() with fc = "
+                   f"torch.nn.Identity(), then .load_state_dict(state)")
+    elif meta["layout"] == "torchvision":
+        click.echo("note: this model (width, small stem, channels or timm_kwargs) is not a "
+                   "stock torchvision ResNet; hpt_hpc.load_backbone(path) builds it from the "
                    "file's meta")
 
 

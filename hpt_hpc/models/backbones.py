@@ -46,12 +46,17 @@ def timm_name(arch: str) -> str:
 
 
 class TimmEncoder(nn.Module):
-    """A timm model without its classifier (``backbone``) followed by a head (``fc``)."""
+    """A timm model without its classifier (``backbone``) followed by a head (``fc``).
+    ``create_kwargs``: the keyword arguments of ``timm.create_model`` that built the
+    backbone (besides its name and ``pretrained=False``), so that
+    ``timm.create_model(name, pretrained=False, **create_kwargs)`` builds it again."""
 
-    def __init__(self, backbone: nn.Module, arch: str) -> None:
+    def __init__(self, backbone: nn.Module, arch: str,
+                 create_kwargs: Optional[Dict[str, Any]] = None) -> None:
         super().__init__()
         self.backbone = backbone
         self.arch = arch
+        self.create_kwargs = dict(create_kwargs or {})
         self.feature_dim = int(backbone.num_features)
         self.fc: nn.Module = nn.Identity()
 
@@ -67,24 +72,25 @@ class TimmEncoder(nn.Module):
 
 
 def create_timm(name: str, in_channels: int, image_size: int,
-                kwargs: Optional[Dict[str, Any]] = None) -> nn.Module:
-    """``timm.create_model(name, pretrained=False, num_classes=0, in_chans=...)``; models
-    whose constructor takes ``img_size`` (ViTs and kin) get ``image_size`` unless
-    ``kwargs`` sets it. Weights never come from the network here (see ``init``)."""
+                kwargs: Optional[Dict[str, Any]] = None) -> Tuple[nn.Module, Dict[str, Any]]:
+    """``timm.create_model(name, pretrained=False, num_classes=0, in_chans=...)`` and the
+    keyword arguments that built it (``pretrained`` aside); models whose constructor takes
+    ``img_size`` (ViTs and kin) get ``image_size`` unless ``kwargs`` sets it. Weights
+    never come from the network here (see ``init``)."""
     import timm
     if not timm.is_model(name):
         close = timm.list_models(f"*{name.split('_')[0]}*")[:5]
         hint = f" (similar: {', '.join(close)})" if close else ""
         raise ConfigError(f"model.arch: timm has no model '{name}'{hint}")
-    args = {"pretrained": False, "num_classes": 0, "in_chans": int(in_channels),
-            **(kwargs or {})}
+    args = {"num_classes": 0, "in_chans": int(in_channels), **(kwargs or {})}
     if "img_size" not in args:
         try:
-            return timm.create_model(name, img_size=int(image_size), **args)
+            sized = {**args, "img_size": int(image_size)}
+            return timm.create_model(name, pretrained=False, **sized), sized
         except TypeError as exc:
             if "img_size" not in str(exc):
                 raise
-    return timm.create_model(name, **args)
+    return timm.create_model(name, pretrained=False, **args), args
 
 
 def build_encoder(arch: str, width: float = 1.0, small_stem: bool = False,
@@ -93,8 +99,8 @@ def build_encoder(arch: str, width: float = 1.0, small_stem: bool = False,
     """The encoder of ``arch`` with an identity head (set ``encoder.fc`` to the head).
     ``width``, ``small_stem`` and ``stem_stride`` apply to the built-in ResNets only."""
     if is_timm(arch):
-        return TimmEncoder(create_timm(timm_name(arch), in_channels, image_size, timm_kwargs),
-                           arch)
+        model, kwargs = create_timm(timm_name(arch), in_channels, image_size, timm_kwargs)
+        return TimmEncoder(model, arch, kwargs)
     return build_resnet(arch, width, small_stem, in_channels, stem_stride=stem_stride)
 
 

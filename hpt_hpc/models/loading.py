@@ -33,7 +33,7 @@ from .backbones import (HEAD, TimmEncoder, backbone_state_dict, describe_encoder
                         is_timm)
 from .lora import checkpoint_scale, is_adapter_key, merge_adapters
 from .weights import (CHECKPOINT_FORMAT, CheckpointReadError, IncompatibleCheckpointError,
-                      load_checkpoint)
+                      is_safetensors, load_checkpoint, load_safetensors)
 
 DEFAULT_SSL = "moco-v2"  # the method of checkpoints written before ``ssl`` was recorded
 DEFAULT_BACKBONE_KEY, DEFAULT_TARGET_KEY = "encoder_q.", "encoder_k."
@@ -115,25 +115,13 @@ def classify(obj: Any, path: str) -> Weights:
         f"'state_dict', or a torchvision ResNet state_dict")
 
 
-def is_safetensors(path: str) -> bool:
-    """True for a safetensors file: an 8-byte header length, then its JSON header."""
-    with open(path, "rb") as handle:
-        head = handle.read(9)
-    return len(head) == 9 and head[8:9] == b"{" and not head.startswith(b"PK")
-
-
 def read_file(path: str) -> Any:
     """The object of a torch checkpoint (``weights_only``) or the tensor dict of a
     safetensors file (safe by construction); errors name ``path``."""
     path = os.fspath(path)
     if not os.path.isfile(path) or not is_safetensors(path):
         return load_checkpoint(path)
-    from safetensors.torch import load_file
-    try:
-        return load_file(path, device="cpu")
-    except Exception as e:  # noqa: BLE001 - a truncated or corrupt header or body
-        raise CheckpointReadError(f"cannot read safetensors file {path} (corrupt or "
-                                  f"truncated): {e}") from e
+    return load_safetensors(path)[0]
 
 
 def read_weights(path: str) -> Weights:

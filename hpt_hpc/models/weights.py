@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import os
 import pickle
-from typing import Any, Optional
+from collections import OrderedDict
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 
@@ -23,6 +24,7 @@ from ..errors import HptError
 from ..files import atomic_write
 
 CHECKPOINT_FORMAT = "hpt-hpc/1"
+SAFETENSORS_SUFFIX = ".safetensors"
 _MAX_LISTED = 10
 
 
@@ -117,3 +119,41 @@ def load_checkpoint(path: str) -> Any:
     except Exception as e:  # garbage input can fail anywhere inside the unpickler
         raise CheckpointReadError(
             f"cannot read checkpoint {path} (corrupt, truncated or not a torch file): {e}") from e
+
+
+def is_safetensors(path: str) -> bool:
+    """True when ``path`` is a safetensors file (by content: an 8-byte little-endian
+    header length, then the JSON header), whatever its name."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(9)
+            size = os.fstat(handle.fileno()).st_size
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < size
+
+
+def save_safetensors_atomic(state: Mapping[str, torch.Tensor], path: str,
+                            metadata: Optional[Dict[str, str]] = None) -> None:
+    """Write a flat tensor dict as a safetensors file with string ``metadata``, atomically
+    (as :func:`save_checkpoint_atomic`)."""
+    from safetensors.torch import save
+    data = save({k: v.detach().cpu().contiguous() for k, v in state.items()}, metadata)
+    with atomic_write(path, "wb", durable=True) as handle:
+        handle.write(data)
+
+
+def load_safetensors(path: str) -> Tuple["OrderedDict[str, torch.Tensor]", Dict[str, str]]:
+    """``(tensors, string metadata)`` of a safetensors file (on the CPU); a file that is
+    not one raises :class:`CheckpointReadError` naming ``path``."""
+    from safetensors import safe_open
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        with safe_open(path, framework="pt", device="cpu") as handle:
+            state = OrderedDict((key, handle.get_tensor(key)) for key in handle.keys())
+            return state, dict(handle.metadata() or {})
+    except Exception as e:  # noqa: BLE001 - safetensors' own error types vary by version
+        raise CheckpointReadError(f"cannot read safetensors file {path} (corrupt or "
+                                  f"truncated): {e}") from e

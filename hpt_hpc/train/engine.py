@@ -25,7 +25,7 @@ import torch
 from ..config import ExperimentConfig, config_to_dict, flatten
 from ..config.refs import Resolved
 from ..errors import ConfigError, HptError
-from ..models import reestimate_bn_stats, stage_checkpoint
+from ..models import is_bn, reestimate_bn_stats, stage_checkpoint
 from ..plan import StagePlan
 from ..progress import Progress
 from ..ssl import SslMethod, build_method
@@ -206,7 +206,11 @@ def run_stage(plan: StagePlan, loader: Any, tracker: Optional[Tracker] = None,
         tracker.set_tags({"hpt.resumed_from_step": str(start)})
 
     if variant == "bn-stats":
-        if start < total:
+        if not any(is_bn(m) for m in model.online_encoder().modules()):
+            log.info("stage %s: bn-stats: the backbone (%s) has no BatchNorm layers, so "
+                     "there are no statistics to re-estimate; the result is the initial "
+                     "model as is", stage, cfg.model.arch)
+        elif start < total:
             batches = (torch.cat(views).to(device) for views in _batches(loader, start))
             reestimate_bn_stats(model.online_encoder(), batches, total)
             if dist.world_size > 1:
