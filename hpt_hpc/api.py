@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -34,8 +34,7 @@ from .eval.probe import extract_features
 from .eval.runner import EXTRACT_BATCH, seeded_backbone
 from .eval.splits import kept_paths
 from .experiments.results import RESULT_COLUMNS, result_rows, rows_from_files
-from .models import (CHECKPOINT_FORMAT, backbone_for_features, build_encoder, load_backbone_into,
-                     save_checkpoint_atomic)
+from .models import CHECKPOINT_FORMAT, backbone_for_features, build_encoder, load_backbone_into
 from .models.export import (MODEL_KEYS, export_backbone, export_meta, export_meta_of,
                             load_export_file, read_export, read_toolkit_checkpoint,
                             save_export, wants_safetensors)

@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 from click.testing import CliRunner
-from PIL import Image
 
 from hpt_hpc.cli.main import cli
 from tiny import write_tiny_config, write_tiny_experiment

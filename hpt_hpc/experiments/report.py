@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from ..config import OutputLayout
 from ..config.schema import PROBE_MODES
 from ..eval.record import EvalRecord
 from ..files import write_text_atomic
