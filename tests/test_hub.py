@@ -10,6 +10,8 @@ import torch
 from click.testing import CliRunner
 
 from hpt_hpc.cli.main import cli
+from hpt_hpc.models.loading import read_weights
+from hpt_hpc.models.resnet import build_resnet
 from hubcache import (REVISION, RESNET18_FILE, TIMM_REPO, VIT, as_bytes, hf_entry,
                       resnet_weights, result_of, stage_config, train, vit_weights,
                       weights_kept)
@@ -210,3 +212,46 @@ def test_the_readmes_tensor_count_of_resnet50():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert f"`loaded {count} of {count} backbone tensors from\ntimm:resnet50.a1_in1k`" \
         in readme
+
+
+def test_weights_of_another_input_size_and_channels_are_adapted_as_timm_does(
+        tmp_path, mnist_tree, monkeypatch):
+    """Public weights made for 3-channel 64x64 inputs with 8x8 patches (8x8 positions), on 1-channel 16x16
+    images with 4x4 patches (4x4 positions): the stage's backbone equals what timm's own pretrained loader
+    makes of the same file (its checkpoint filter resamples the position and patch
+    embeddings; adapt_input_conv sums the colour channels), and the report lists each
+    adapted tensor. The built-in ResNet's first conv is adapted the same way."""
+    monkeypatch.setenv("HPT_MODEL_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(5)
+    source = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=5,
+                               in_chans=3, img_size=64, patch_size=8, depth=2)
+    saved = {k: v.contiguous() for k, v in source.state_dict().items()}
+    hf_entry(tmp_path / "cache/huggingface/hub", TIMM_REPO,
+             {"model.safetensors": as_bytes(saved, "safetensors")})
+    done = train(stage_config(tmp_path, mnist_tree, "timm:vit_tiny_patch16_224", VIT))
+    assert done.exit_code == 0, done.output
+    init = result_of(tmp_path)["init"]
+    assert init["loaded"] == init["of"] and not init["shape_mismatches"]
+    assert sorted(note.split(":")[0] for note in init["adapted"]) == \
+        ["patch_embed.proj.weight", "pos_embed"]
+    file = tmp_path / "weights.safetensors"
+    file.write_bytes(as_bytes(saved, "safetensors"))
+    reference = timm.create_model("vit_tiny_patch16_224", pretrained=True, num_classes=0,
+                                  pretrained_cfg_overlay={"file": str(file)}, in_chans=1,
+                                  img_size=16, patch_size=4, depth=2)
+    backbone = read_weights(str(tmp_path / "out/target/checkpoints/final.pt")).backbone
+    for key, value in reference.state_dict().items():
+        assert torch.allclose(backbone[key], value, atol=1e-6), key
+    # a 3-channel torchvision-keyed ResNet on grey images: conv1 summed over colours
+    rgb = {k: v for k, v in build_resnet("resnet18", 0.125, True, 3, stem_stride=2)
+           .state_dict().items()}
+    torch.save(rgb, tmp_path / "rgb.pt")
+    grey = tmp_path / "grey"
+    grey.mkdir()
+    done = train(stage_config(grey, mnist_tree, str(tmp_path / "rgb.pt")))
+    assert done.exit_code == 0, done.output
+    kept = read_weights(str(grey / "out/target/checkpoints/final.pt")).backbone
+    assert torch.allclose(kept["conv1.weight"], rgb["conv1.weight"].sum(dim=1, keepdim=True))
+    assert result_of(grey)["init"]["adapted"] == [
+        f"conv1.weight: {tuple(rgb['conv1.weight'].shape)} -> "
+        f"{tuple(kept['conv1.weight'].shape)}"]

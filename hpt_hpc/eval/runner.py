@@ -99,7 +99,8 @@ def backbone_from_checkpoint(cfg: ExperimentConfig, path: Optional[str]) -> torc
     if path is not None:
         weights = read_weights(path)
         load_backbone_into(encoder, weights.backbone,
-                           f"checkpoint {path} ({weights.layout} layout)")
+                           f"checkpoint {path} ({weights.layout} layout)",
+                           adapt=weights.layout != "hpt-hpc")
     return backbone_for_features(encoder)
 
 

@@ -136,6 +136,43 @@ def backbone_modules(encoder: nn.Module) -> Iterator[Tuple[str, nn.Module]]:
             yield name, module
 
 
+def first_conv(encoder: nn.Module) -> str:
+    """The name (library keys) of the layer that reads the input image: ``conv1`` for
+    ResNets, timm's ``pretrained_cfg['first_conv']`` (``patch_embed.proj``, ``stem.0``...)."""
+    if isinstance(encoder, TimmEncoder):
+        return (getattr(encoder.backbone, "pretrained_cfg", None) or {}).get("first_conv") \
+            or ""
+    return "conv1"
+
+
+def adapt_to_encoder(encoder: nn.Module, state: Dict[str, torch.Tensor]
+                     ) -> Tuple[Dict[str, torch.Tensor], list]:
+    """Foreign backbone weights adapted to ``encoder`` the way timm adapts pretrained
+    weights to a model (``timm.create_model(..., pretrained=True)``): the model family's
+    own checkpoint filter (a ViT's position and patch embeddings resampled to the input
+    size and patch size) and ``adapt_input_conv`` for another number of input channels
+    (3-channel weights on grey or multi-band images). Returns the state and one note per
+    tensor whose shape changed; tensors that fit already are left alone."""
+    import sys
+
+    from timm.models import adapt_input_conv
+    before = {k: tuple(v.shape) for k, v in state.items()}
+    if isinstance(encoder, TimmEncoder):
+        model = encoder.backbone
+        fit = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+        if fit is not None:
+            state = dict(fit(dict(state), model))
+    own = backbone_state_dict(encoder)
+    key = f"{first_conv(encoder)}.weight"
+    given, wanted = state.get(key), own.get(key)
+    if given is not None and wanted is not None and given.ndim == 4 and \
+            given.shape[1] != wanted.shape[1] and given.shape[0] == wanted.shape[0]:
+        state = {**state, key: adapt_input_conv(int(wanted.shape[1]), given)}
+    notes = [f"{k}: {before[k]} -> {tuple(v.shape)}" for k, v in state.items()
+             if k in before and tuple(v.shape) != before[k]]
+    return state, notes
+
+
 def describe_encoder(encoder: nn.Module) -> str:
     """One line for error messages: the architecture and its feature width."""
     if isinstance(encoder, ResNetBackbone):

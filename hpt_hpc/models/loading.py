@@ -29,8 +29,8 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 from torch import nn
 
-from .backbones import (HEAD, TimmEncoder, backbone_state_dict, describe_encoder, encoder_keys,
-                        is_timm)
+from .backbones import (HEAD, TimmEncoder, adapt_to_encoder, backbone_state_dict,
+                        describe_encoder, encoder_keys, is_timm)
 from .lora import checkpoint_scale, is_adapter_key, merge_adapters
 from .weights import (CHECKPOINT_FORMAT, CheckpointReadError, IncompatibleCheckpointError,
                       is_safetensors, load_checkpoint, load_safetensors)
@@ -156,22 +156,28 @@ def classifier_prefixes(encoder: nn.Module) -> Tuple[str, ...]:
 
 
 def load_backbone_into(encoder: nn.Module, backbone: Dict[str, torch.Tensor], source: str,
-                       strict: bool = True) -> Dict[str, Any]:
+                       strict: bool = True, adapt: bool = False) -> Dict[str, Any]:
     """Copy backbone weights (library keys) into ``encoder``'s backbone.
 
     Keys must match exactly (missing ``num_batches_tracked`` buffers tolerated; a
     library classifier's keys are dropped); otherwise
     :class:`IncompatibleCheckpointError` names the missing, unexpected and mismatched
     keys, unless ``strict`` is False and some tensors fit (then those load and the rest
-    is reported). Returns ``loaded_keys`` (of ``expected_keys``; BatchNorm's
-    ``num_batches_tracked`` counters not counted), ``missing_keys``,
-    ``unexpected_keys``, ``shape_mismatches``, ``dropped_keys``.
+    is reported). ``adapt``: weights of another input size or channel count are first
+    adapted as timm adapts pretrained weights (:func:`~.backbones.adapt_to_encoder`), each
+    change listed under ``adapted``. Returns ``loaded_keys`` (of ``expected_keys``;
+    BatchNorm's ``num_batches_tracked`` counters not counted), ``missing_keys``,
+    ``unexpected_keys``, ``shape_mismatches``, ``dropped_keys``, ``adapted``.
     """
     drop = classifier_prefixes(encoder)
     dropped = [k for k in backbone if drop and k.startswith(drop)]
     backbone = {k: v for k, v in backbone.items() if k not in dropped}
     own = backbone_state_dict(encoder)
     missing, unexpected, mismatched = compare(own, backbone)
+    adapted: list = []
+    if adapt and mismatched:
+        backbone, adapted = adapt_to_encoder(encoder, backbone)
+        missing, unexpected, mismatched = compare(own, backbone)
     fitting = {k: v for k, v in backbone.items()
                if k in own and tuple(v.shape) == tuple(own[k].shape)}
 
@@ -189,7 +195,8 @@ def load_backbone_into(encoder: nn.Module, backbone: Dict[str, torch.Tensor], so
     encoder.load_state_dict(encoder_keys(encoder, fitting), strict=False)
     return {"loaded_keys": counted(fitting), "expected_keys": counted(own),
             "missing_keys": missing, "unexpected_keys": unexpected,
-            "shape_mismatches": mismatched, "dropped_keys": len(dropped)}
+            "shape_mismatches": mismatched, "dropped_keys": len(dropped),
+            "adapted": adapted}
 
 
 def load_head_into(encoder: nn.Module, head: Dict[str, torch.Tensor]) -> bool:

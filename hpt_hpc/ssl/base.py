@@ -147,14 +147,17 @@ class SslMethod(nn.Module):
         (tensors loaded into the online encoder), ``backbone_loaded`` (of them, the
         backbone's), ``expected_keys`` (the backbone's), ``head_loaded``,
         ``targets_loaded``, ``ignored_keys``, ``missing_keys``, ``unexpected_keys``,
-        ``shape_mismatches``, ``dropped_keys`` (a library classifier's). ``source`` names
-        the file in messages (default: its path).
+        ``shape_mismatches``, ``dropped_keys`` (a library classifier's), ``adapted`` (weights
+        of another file than the toolkit's, adapted to the input size or channels as timm
+        adapts pretrained weights). ``source`` names the file in messages (default: its
+        path).
         """
         weights = read_weights(path)
         online = self.online_encoder()
         report = load_backbone_into(online, weights.backbone,
                                     f"{source or 'checkpoint ' + str(path)} "
-                                    f"({weights.layout} layout)", strict)
+                                    f"({weights.layout} layout)", strict,
+                                    adapt=weights.layout != "hpt-hpc")
         own = weights.layout == "hpt-hpc" and weights.ssl == self.name
         head = (own or weights.layout in self.head_layouts) and load_head_into(online,
                                                                                 weights.head)

@@ -43,12 +43,15 @@ def summary(report: Dict[str, Any], source: str) -> Dict[str, Any]:
             "unexpected": list(report["unexpected_keys"]),
             "shape_mismatches": list(report["shape_mismatches"]),
             "classifier_dropped": int(report["dropped_keys"]),
+            "adapted": list(report.get("adapted") or []),
             "head_loaded": bool(report.get("head_loaded"))}
 
 
 def describe(init: Dict[str, Any]) -> str:
     """``loaded N of M backbone tensors from <source>`` (plus what was not loaded)."""
     text = f"loaded {init['loaded']} of {init['of']} backbone tensors from {init['source']}"
+    if init.get("adapted"):
+        text += f" (adapted as timm adapts pretrained weights: {'; '.join(init['adapted'])})"
     left = [f"{len(init[k])} {k.replace('_', ' ')}" for k in
             ("missing", "unexpected", "shape_mismatches") if init[k]]
     return text + (f"; not loaded: {', '.join(left)}" if left else "")
@@ -58,6 +61,8 @@ def tags(init: Dict[str, Any]) -> Dict[str, str]:
     """The run's tags of a load; a partial one lists what was not loaded."""
     out = {"hpt.init_loaded_tensors": str(init["loaded"]),
            "hpt.init_backbone_tensors": str(init["of"])}
+    if init.get("adapted"):
+        out["hpt.init_adapted"] = "; ".join(init["adapted"])[:_TAG_CHARS]
     rest = init["missing"] + init["unexpected"] + init["shape_mismatches"]
     if rest:
         out["hpt.init_not_loaded"] = "; ".join(rest)[:_TAG_CHARS]
