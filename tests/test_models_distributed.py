@@ -1,4 +1,5 @@
 """Shuffle-BN and the distributed queue with two CPU processes over gloo."""
+import gc
 import os
 import sys
 
@@ -52,8 +53,17 @@ def _worker(rank, init_file):
         with torch.no_grad():
             q = F.normalize(model.encoder_q(im_q), dim=1)
         torch.testing.assert_close(logits[:, 0] * model.temperature, (q * mine).sum(1))
+        dist.barrier()  # both ranks done before either destroys the group
     finally:
-        dist.destroy_process_group()
+        _leave()
+
+
+def _leave():
+    """Destroy the group with nothing left holding it (a DDP reducer in a reference cycle)
+    for interpreter shutdown, where gloo's threads can abort the process (SIGABRT,
+    "terminate called without an active exception")."""
+    gc.collect()
+    dist.destroy_process_group()
 
 
 def _gather(t):
@@ -107,8 +117,10 @@ def _vit_worker(rank, init_file):
         assert torch.equal(ranks[0], ranks[1])
         queues = _gather(vit.queue.unsqueeze(0))
         assert torch.equal(queues[0], queues[1]) and int(vit.queue_ptr) == WORLD * BATCH
+        del net  # DDP's reducer holds the process group: free it before the group goes
+        dist.barrier()  # both ranks done before either destroys the group
     finally:
-        dist.destroy_process_group()
+        _leave()
 
 
 def test_two_process_vit_step_without_batchnorm(tmp_path):

@@ -1,6 +1,7 @@
 """HPT's variants on every backbone family (built-in ResNet, timm ResNet, ViT, ConvNeXt):
 exactly which parameters train and move, LoRA adapters (peft) merged into plain weights
 that give the adapted model's features, and DDP over peft-wrapped layers."""
+import gc
 import os
 
 import pytest
@@ -238,7 +239,10 @@ def _ddp_worker(rank, init_file):
         adapters = torch.cat([p.detach().flatten() for n, p in m.encoder_q.named_parameters()
                               if ".lora_B." in n])
         assert adapters.abs().sum() > 0  # the adapters trained
+        del net  # DDP's reducer holds the group: free it before the group goes
+        dist.barrier()
     finally:
+        gc.collect()  # nothing holding the group left for shutdown (gloo would abort)
         dist.destroy_process_group()
 
 

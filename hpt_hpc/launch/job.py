@@ -144,4 +144,6 @@ def _teardown(dist_info: DistInfo) -> None:
     if dist_info.world_size > 1:
         import torch.distributed as dist
         if dist.is_initialized():
+            import gc
+            gc.collect()  # a DDP reducer left in a cycle would hold the group past exit
             dist.destroy_process_group()
