@@ -88,7 +88,8 @@ class MocoConfig:
     mlp: bool = key(True, "MoCo-v2's MLP projection head (false: one linear layer, MoCo v1)")
     mlp_hidden: Optional[int] = key(None, "hidden width of the MLP head; null: the backbone's "
                                           "feature width (2048 for ResNet-50)")
-    shuffle_bn: bool = key(True, "shuffle-BN across ranks; split-batch BN in one process")
+    shuffle_bn: bool = key(True, "shuffle-BN across ranks; split-batch BN in one process "
+                                 "(no effect on backbones without BatchNorm: ViT, ConvNeXt)")
     bn_splits: int = key(2, "single-process stand-in for shuffle-BN: key BN over this many "
                             "sub-batches")
 
