@@ -39,7 +39,7 @@ def binary_auroc(scores, targets) -> float:
 
 def mean_auroc(scores, targets) -> float:
     """Mean AUROC over the classes (columns) that have both label values in ``targets``."""
-    scores = np.asarray(torch.as_tensor(scores).detach().cpu().float(), dtype=np.float64)
+    scores = np.asarray(torch.as_tensor(scores).detach().cpu().double(), dtype=np.float64)
     targets = np.asarray(torch.as_tensor(targets).detach().cpu().float())
     if scores.shape != targets.shape or scores.ndim != 2:
         raise ValueError(f"scores {scores.shape} and targets {targets.shape} must be equal "
