@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Optional
 import numpy as np
 from PIL import Image
 
-from .images import UnreadableImage, check_file, load_image
+from .images import UnreadableImage, check_file, load_image, refuse_large
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -30,11 +30,14 @@ def _tiff(path: str, max_pixels: Optional[int]) -> np.ndarray:
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
         shape, axes = series.shape, series.axes
-        pixels = int(np.prod([n for n, a in zip(shape, axes) if a in "YX"]))
-        if max_pixels and pixels > max_pixels:
-            raise UnreadableImage(path, f"{pixels} pixels exceed data.max_pixels "
-                                        f"({max_pixels}); raise it to read this image")
-        if len(shape) == 2 and len(tif.pages) > 1:  # one band per page
+        by_page = len(shape) == 2 and len(tif.pages) > 1  # one band per page
+        if max_pixels:  # every page read, before any is decoded
+            parts = tif.pages if by_page else [series]
+            size = sum(int(np.prod(p.shape)) * np.dtype(p.dtype if p.dtype is not None else np.uint8).itemsize
+                       for p in parts)
+            refuse_large(path, size, max_pixels, f"{len(tif.pages)} page(s) of shape "
+                                                 f"{tuple(shape)} ({axes})")
+        if by_page:
             arr = tif.asarray(key=slice(None))
             return arr if arr.ndim == 3 else arr.reshape(-1, *shape)
         arr = series.asarray()
@@ -44,7 +47,7 @@ def _tiff(path: str, max_pixels: Optional[int]) -> np.ndarray:
 
 
 def _pil(path: str, max_pixels: Optional[int]) -> np.ndarray:
-    check_file(path, max_pixels)
+    check_file(path, max_pixels, all_frames=True)
     with Image.open(path) as img:
         frames = getattr(img, "n_frames", 1)
         if frames > 1:

@@ -50,10 +50,26 @@ def _to_8bit_grey(img: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), mode="L")
 
 
-def check_file(path: str, max_pixels: Optional[int] = None) -> None:
+def decoded_bytes(img: Image.Image, frames: int = 1) -> int:
+    """What ``frames`` frames of ``img`` decode to, from its header: width x height x
+    bands x bytes per sample (``data.max_pixels`` counts this)."""
+    mode = img.mode
+    per_sample = 2 if mode.startswith("I;16") else 4 if mode in ("I", "F") else 1
+    return img.width * img.height * len(img.getbands()) * per_sample * frames
+
+
+def refuse_large(path: str, size: int, max_pixels: Optional[int], what: str) -> None:
+    """Raise :class:`UnreadableImage` when ``size`` decoded bytes exceed ``max_pixels``."""
+    if max_pixels and size > max_pixels:
+        raise UnreadableImage(str(path), f"{what}: {size} bytes decoded exceed data.max_pixels "
+                                         f"({max_pixels}); raise it to read this image")
+
+
+def check_file(path: str, max_pixels: Optional[int] = None, all_frames: bool = False) -> None:
     """Refuse what must not be opened: anything but a regular file (a FIFO would block
-    the reader forever; sockets, devices) and, after reading only the header, images of
-    more than ``max_pixels`` pixels (``data.max_pixels``: decoding bombs)."""
+    the reader forever; sockets, devices) and, after reading only the header, images that
+    decode to more than ``max_pixels`` bytes (``data.max_pixels``: decoding bombs; the
+    first frame, or every frame with ``all_frames``)."""
     try:
         mode = os.stat(path).st_mode
     except OSError as exc:
@@ -63,13 +79,12 @@ def check_file(path: str, max_pixels: Optional[int] = None) -> None:
     if max_pixels:
         try:
             with Image.open(path) as img:
-                width, height = img.size
+                frames = getattr(img, "n_frames", 1) if all_frames else 1
+                size, what = decoded_bytes(img, frames), f"{img.width}x{img.height} {img.mode}"
         except (OSError, SyntaxError, ValueError, TypeError, Image.DecompressionBombError,
                 EOFError) as exc:
             raise UnreadableImage(str(path), f"{type(exc).__name__}: {exc}") from None
-        if width * height > max_pixels:
-            raise UnreadableImage(str(path), f"{width}x{height} pixels exceed data.max_pixels "
-                                             f"({max_pixels}); raise it to read this image")
+        refuse_large(path, size, max_pixels, what + (f" x {frames} frames" if frames > 1 else ""))
 
 
 def _flatten_alpha(img: Image.Image) -> Image.Image:
@@ -79,7 +94,7 @@ def _flatten_alpha(img: Image.Image) -> Image.Image:
         base = Image.new("L", img.size, _BACKGROUND)
         base.paste(img.getchannel("L"), mask=img.getchannel("A"))
         return base
-    rgba = img.convert("RGBA")
+    rgba = img if img.mode == "RGBA" else img.convert("RGBA")  # no copy: memory
     base = Image.new("RGB", img.size, (_BACKGROUND,) * 3)
     base.paste(rgba.convert("RGB"), mask=rgba.getchannel("A"))
     return base
