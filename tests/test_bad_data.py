@@ -221,8 +221,21 @@ def test_nan_pixels_are_unreadable(tmp_path, caplog):
     out = run("data", "check", tree, "--channels", "1")
     assert "inf-grey.tif: non-finite pixel values" in out.output, out.output
     out = run("data", "stats", tree, "--channels", "2")
-    assert out.exit_code == 0 and "nan" not in out.output.replace("nan.tif", ""), out.output
-    assert "mean: [0.5, 0.5]" in out.output and "unreadable skipped" in out.output
+    assert out.exit_code == 0, out.output
+    assert "mean: [0.5, 0.5]" in out.output and "std: [0.0, 0.0]" in out.output, out.output
+    assert "2 unreadable skipped" in out.output  # nan.tif, and inf-grey.tif (1 band)
+
+    # training (grey) skips it like any unreadable image, instead of reading it as zeros
+    for i in range(7):
+        Image.new("L", (8, 8), 30 * i).save(tree / "train" / "a" / f"{i}.png")
+    stages = {"target": {"dataset": "d", "variant": "scratch", "iterations": 2}}
+    config = write_tiny_config(tmp_path, {"d": tree}, stages,
+                               optim={"lr": 0.05, "batch_size": 8, "iterations": 2,
+                                      "weight_decay": 1e-4})
+    caplog.set_level("WARNING")
+    out = run("train", "--config", config)
+    assert out.exit_code == 0, out.output
+    assert "inf-grey.tif (non-finite pixel values" in caplog.text, caplog.text
 
 
 # -- case 17: a read-only dataset ---------------------------------------------------------

@@ -6,8 +6,8 @@ planar, or one band per page); other formats with PIL (``RGBA``/``CMYK`` are 4 b
 multi-frame file has one band per frame). Values are scaled by their type's range (uint8
 / 255, uint16 / 65535, other integers by their maximum; floats as stored), so
 ``data.mean``/``data.std`` (``hpt-hpc data stats``) are in the same units. The number of
-bands must equal ``data.channels``: anything else is an unreadable image, named and
-skipped like a broken file.
+bands must equal ``data.channels``: anything else, or a float image with NaN or infinite
+values, is an unreadable image, named and skipped like a broken file.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Optional
 import numpy as np
 from PIL import Image
 
-from .images import UnreadableImage, check_file, load_image, refuse_large
+from .images import NON_FINITE, UnreadableImage, check_file, load_image, refuse_large
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -90,6 +90,8 @@ def load_bands(path: str, channels: int, max_pixels: Optional[int] = None) -> "t
         raise UnreadableImage(str(path), f"{arr.shape[0] if arr.ndim == 3 else '?'} bands "
                                          f"(shape {tuple(arr.shape)}), data.channels is "
                                          f"{channels}")
+    if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
+        raise UnreadableImage(str(path), NON_FINITE)
     return torch.from_numpy(np.ascontiguousarray(_scaled(arr)))
 
 

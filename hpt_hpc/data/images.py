@@ -7,7 +7,8 @@ Conversion rules:
   channel instead would expose arbitrary colours under transparent pixels);
 * 16-bit grey (``I;16*``) is scaled to 8 bits (``v / 257``); 32-bit integer images are
   treated as 16-bit when their maximum exceeds 255; float images in ``[0, 1]`` are scaled
-  by 255, others clipped to ``[0, 255]``;
+  by 255, others clipped to ``[0, 255]``; a float image with NaN or infinite pixels is
+  unreadable (no number would be right);
 * ``CMYK``, ``YCbCr``, ``LAB``, ``HSV``, palette and bilevel images use PIL's conversions;
   colour to grey is PIL's ITU-R 601-2 luma.
 """
@@ -33,11 +34,20 @@ class UnreadableImage(Exception):
         self.reason = reason
 
 
+NON_FINITE = "non-finite pixel values (NaN or infinity)"
+
+
+class NonFinitePixels(ValueError):
+    """A float image with NaN or infinite pixels."""
+
+
 def _to_8bit_grey(img: Image.Image) -> Image.Image:
     """16-bit and integer images to 8 bits in integer arithmetic (``round(x / 257)``:
     65535 -> 255; a 9400² 16-bit image needs 0.5 GB, not the 2 GB of float64 copies)."""
     if img.mode == "F":
         arr = np.asarray(img, dtype=np.float32)
+        if not np.isfinite(arr).all():
+            raise NonFinitePixels(NON_FINITE)
         if arr.size and arr.min() >= 0.0 and arr.max() <= 1.0:
             arr = arr * np.float32(255.0)
         return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
@@ -137,6 +147,8 @@ def load_image(path: str, channels: int = 3, max_pixels: Optional[int] = None) -
             out = _convert(img, channels)
             if out is img:
                 out = img.copy()
+    except NonFinitePixels as exc:
+        raise UnreadableImage(str(path), str(exc)) from None
     except (OSError, SyntaxError, ValueError, TypeError, Image.DecompressionBombError,
             EOFError, MemoryError) as exc:  # PIL signals corrupt data with all of these
         raise UnreadableImage(str(path), f"{type(exc).__name__}: {exc}") from None
