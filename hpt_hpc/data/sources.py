@@ -218,6 +218,22 @@ def _parse_labels(fields: Sequence[str]) -> Optional[Tuple[int, ...]]:
         return None
 
 
+def _utf8_lines(list_file: str):
+    """``(line number, text)`` of a UTF-8 file; another encoding is a :class:`DatasetError`
+    naming the line and the byte offset (never a guess at the names it holds)."""
+    offset = 0
+    with open(list_file, "rb") as handle:
+        for lineno, raw in enumerate(handle, start=1):
+            try:
+                yield lineno, raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise DatasetError(
+                    f"{list_file}:{lineno}: not UTF-8 (byte {offset + exc.start} is "
+                    f"0x{raw[exc.start]:02x}); re-encode the file list as UTF-8, e.g. `iconv "
+                    f"-f latin1 -t utf-8 {list_file} > new.csv`") from None
+            offset += len(raw)
+
+
 def read_filelist(list_file: str) -> Listing:
     """Parse a CSV/TXT file list into records (paths made absolute-or-joined); class names
     are ``"0"..str(max_label)``."""
@@ -228,27 +244,26 @@ def read_filelist(list_file: str) -> Listing:
     is_txt = list_file.lower().endswith(".txt")
     built, stamps = time.time_ns(), [stamp(list_file)]
     records = TableBuilder(base)
-    with open(list_file, newline="", encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            text = line.strip()
-            if not text or text.startswith("#"):
+    for lineno, text in _utf8_lines(list_file):
+        text = text.strip()
+        if not text or text.startswith("#"):
+            continue
+        if is_txt and "," not in text:
+            fields = text.split()
+        else:
+            fields = [f.strip() for f in next(csv.reader([text]))]
+        labels = _parse_labels(fields[1:])
+        if labels is None:
+            if not records:  # header line such as ``path,label``
                 continue
-            if is_txt and "," not in text:
-                fields = text.split()
-            else:
-                fields = [f.strip() for f in next(csv.reader([text]))]
-            labels = _parse_labels(fields[1:])
-            if labels is None:
-                if not records:  # header line such as ``path,label``
-                    continue
-                raise DatasetError(f"{list_file}:{lineno}: labels must be integers, got "
-                                   f"{fields[1:]!r}")
-            if any(lab < 0 for lab in labels):
-                raise DatasetError(f"{list_file}:{lineno}: negative label in {fields[1:]!r}")
-            path = fields[0]
-            if not os.path.isabs(path):
-                path = os.path.join(base, path)
-            records.add_path(path, labels)
+            raise DatasetError(f"{list_file}:{lineno}: labels must be integers, got "
+                               f"{fields[1:]!r}")
+        if any(lab < 0 for lab in labels):
+            raise DatasetError(f"{list_file}:{lineno}: negative label in {fields[1:]!r}")
+        path = fields[0]
+        if not os.path.isabs(path):
+            path = os.path.join(base, path)
+        records.add_path(path, labels)
     table = records.table()
     return Listing(table, [str(i) for i in range(table.max_label() + 1)], [], stamps, built)
 
