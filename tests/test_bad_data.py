@@ -242,13 +242,17 @@ def test_nan_pixels_are_unreadable(tmp_path, caplog):
 
 def test_index_of_a_read_only_dataset_goes_to_the_cache(tmp_path):
     tree = small_tree(tmp_path / "ro")
+    flat = tree / "train" / "0"  # format folder: the folder is its own split
     env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"),
                PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).parent.parent),
                                                         os.environ.get("PYTHONPATH")])))
-    out = cli_in_mounts(["data", "index", tree], [read_only(tree)], env=env)
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert str(tmp_path / "cache" / "hpt-hpc" / "index") in out.stdout
-    assert not list(tree.glob(".*hpt-index*"))
+    cache = str(tmp_path / "cache" / "hpt-hpc" / "index")
+    for args in (["data", "index", tree], ["data", "index", flat, "--format", "folder"],
+                 ["data", "check", tree, "--channels", "1"]):
+        out = cli_in_mounts(args, [read_only(tree)], env=env)
+        assert out.returncode == 0 and "Traceback" not in out.stderr, out.stdout + out.stderr
+        assert cache in out.stdout, out.stdout
+    assert not list(tree.rglob(".*hpt-index*"))
 
 
 # -- cases 25 and 26: file lists and empty statistics -------------------------------------
