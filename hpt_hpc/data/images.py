@@ -71,8 +71,9 @@ def decoded_bytes(img: Image.Image, frames: int = 1) -> int:
 def refuse_large(path: str, size: int, max_pixels: Optional[int], what: str) -> None:
     """Raise :class:`UnreadableImage` when ``size`` decoded bytes exceed ``max_pixels``."""
     if max_pixels and size > max_pixels:
-        raise UnreadableImage(str(path), f"{what}: {size} bytes decoded exceed data.max_pixels "
-                                         f"({max_pixels}); raise it to read this image")
+        raise UnreadableImage(str(path), f"{what}: {size} bytes of decoded pixels exceed "
+                                         f"data.max_pixels ({max_pixels}); raise it to "
+                                         "read this image")
 
 
 def check_file(path: str, max_pixels: Optional[int] = None, all_frames: bool = False) -> None:
