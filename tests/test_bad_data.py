@@ -18,7 +18,6 @@ which case of the issue:
 from __future__ import annotations
 
 import os
-import resource
 import shutil
 import subprocess
 import sys

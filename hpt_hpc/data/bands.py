@@ -25,6 +25,10 @@ if TYPE_CHECKING:  # pragma: no cover
 TIFF_EXTENSIONS = (".tif", ".tiff")
 
 
+def _itemsize(dtype) -> int:
+    return np.dtype(dtype).itemsize if dtype is not None else 1
+
+
 def _tiff(path: str, max_pixels: Optional[int]) -> np.ndarray:
     import tifffile
     with tifffile.TiffFile(path) as tif:
@@ -33,8 +37,7 @@ def _tiff(path: str, max_pixels: Optional[int]) -> np.ndarray:
         by_page = len(shape) == 2 and len(tif.pages) > 1  # one band per page
         if max_pixels:  # every page read, before any is decoded
             parts = tif.pages if by_page else [series]
-            size = sum(int(np.prod(p.shape)) * np.dtype(p.dtype if p.dtype is not None else np.uint8).itemsize
-                       for p in parts)
+            size = sum(int(np.prod(p.shape)) * _itemsize(p.dtype) for p in parts)
             refuse_large(path, size, max_pixels, f"{len(tif.pages)} page(s) of shape "
                                                  f"{tuple(shape)} ({axes})")
         if by_page:

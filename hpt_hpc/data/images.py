@@ -95,7 +95,7 @@ def check_file(path: str, max_pixels: Optional[int] = None, all_frames: bool = F
         except (OSError, SyntaxError, ValueError, TypeError, Image.DecompressionBombError,
                 EOFError) as exc:
             raise UnreadableImage(str(path), f"{type(exc).__name__}: {exc}") from None
-        refuse_large(path, size, max_pixels, what + (f" x {frames} frames" if frames > 1 else ""))
+        refuse_large(path, size, max_pixels, what + (f" x {frames} frames" * (frames > 1)))
 
 
 def _flatten_alpha(img: Image.Image) -> Image.Image:

@@ -160,8 +160,9 @@ def _read(path: Path, location: str, kind: str) -> Optional[Listing]:
                             location)
                 return None
             stamps = [tuple(s) for s in meta["stamps"]]
-            listing = Listing(RecordTable(meta["root"], *(arrays[n] for n in RecordTable.ARRAYS)),
-                              meta["classes"], meta["others"], stamps, int(meta["built_ns"]))
+            table = RecordTable(meta["root"], *(arrays[n] for n in RecordTable.ARRAYS))
+            listing = Listing(table, meta["classes"], meta["others"], stamps,
+                              int(meta["built_ns"]))
     except (OSError, ValueError, KeyError, TypeError):
         return None  # missing, unreadable or foreign: list the tree instead
     outside = _outside(listing.records, location) if kind in CONTAINED_KINDS else None
