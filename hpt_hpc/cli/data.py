@@ -44,7 +44,8 @@ def prepare(name: str, dest: str, seed: int, limit) -> None:
                    "PREFIX-<split>.csv (PREFIX taken as typed; never a file it reads).")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=DataConfig().max_pixels,
               show_default=True,
-              help="Images with more pixels (read from the header) count as unreadable "
+              help="Images that decode to more bytes (width x height x bands x bytes per "
+                   "sample, every page read; from the header) count as unreadable "
                    "(data.max_pixels).")
 @click.option("--strict", is_flag=True,
               help="Exit with code 2 when any image is unreadable, too.")
@@ -114,7 +115,8 @@ def index(path: str, fmt: str, splits) -> None:
 @click.option("--max-images", type=click.IntRange(min=1), default=5000, show_default=True,
               help="Measure a seeded sample of this many images.")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=DataConfig().max_pixels,
-              show_default=True, help="Larger images are skipped (data.max_pixels).")
+              show_default=True, help="Images that decode to more bytes are skipped "
+                                      "(data.max_pixels).")
 def stats(path: str, fmt: str, split: str, channels: int, max_images: int,
           max_pixels: int) -> None:
     """Per-channel mean and std of a dataset's images, printed as the data.mean and

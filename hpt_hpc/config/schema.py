@@ -195,8 +195,10 @@ class DataConfig:
     std: List[float] = key(doc="per-channel std on the 0..1 scale (`hpt-hpc data stats`)",
                            factory=lambda: [0.229, 0.224, 0.225])
     workers: int = key(4, "loader worker processes per rank (0: load in the main process)")
-    max_pixels: int = key(50_000_000, "larger images (read from the header) are skipped as "
-                                      "unreadable")
+    max_pixels: int = key(2 ** 26, "images that decode to more bytes (width x height x bands "
+                                   "x bytes per sample, every page or frame read; from the "
+                                   "header) are skipped as unreadable: 64 MiB keeps one decode "
+                                   "with its conversion under ~256 MB")
 
 
 @dataclass

@@ -6,8 +6,8 @@ planar, or one band per page); other formats with PIL (``RGBA``/``CMYK`` are 4 b
 multi-frame file has one band per frame). Values are scaled by their type's range (uint8
 / 255, uint16 / 65535, other integers by their maximum; floats as stored), so
 ``data.mean``/``data.std`` (``hpt-hpc data stats``) are in the same units. The number of
-bands must equal ``data.channels``: anything else is an unreadable image, named and
-skipped like a broken file.
+bands must equal ``data.channels``: anything else, or a float image with NaN or infinite
+values, is an unreadable image, named and skipped like a broken file.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Optional
 import numpy as np
 from PIL import Image
 
-from .images import UnreadableImage, check_file, load_image
+from .images import NON_FINITE, UnreadableImage, check_file, load_image, refuse_large
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -25,16 +25,22 @@ if TYPE_CHECKING:  # pragma: no cover
 TIFF_EXTENSIONS = (".tif", ".tiff")
 
 
+def _itemsize(dtype) -> int:
+    return np.dtype(dtype).itemsize if dtype is not None else 1
+
+
 def _tiff(path: str, max_pixels: Optional[int]) -> np.ndarray:
     import tifffile
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
         shape, axes = series.shape, series.axes
-        pixels = int(np.prod([n for n, a in zip(shape, axes) if a in "YX"]))
-        if max_pixels and pixels > max_pixels:
-            raise UnreadableImage(path, f"{pixels} pixels exceed data.max_pixels "
-                                        f"({max_pixels}); raise it to read this image")
-        if len(shape) == 2 and len(tif.pages) > 1:  # one band per page
+        by_page = len(shape) == 2 and len(tif.pages) > 1  # one band per page
+        if max_pixels:  # every page read, before any is decoded
+            parts = tif.pages if by_page else [series]
+            size = sum(int(np.prod(p.shape)) * _itemsize(p.dtype) for p in parts)
+            refuse_large(path, size, max_pixels, f"{len(tif.pages)} page(s) of shape "
+                                                 f"{tuple(shape)} ({axes})")
+        if by_page:
             arr = tif.asarray(key=slice(None))
             return arr if arr.ndim == 3 else arr.reshape(-1, *shape)
         arr = series.asarray()
@@ -44,7 +50,7 @@ def _tiff(path: str, max_pixels: Optional[int]) -> np.ndarray:
 
 
 def _pil(path: str, max_pixels: Optional[int]) -> np.ndarray:
-    check_file(path, max_pixels)
+    check_file(path, max_pixels, all_frames=True)
     with Image.open(path) as img:
         frames = getattr(img, "n_frames", 1)
         if frames > 1:
@@ -87,6 +93,8 @@ def load_bands(path: str, channels: int, max_pixels: Optional[int] = None) -> "t
         raise UnreadableImage(str(path), f"{arr.shape[0] if arr.ndim == 3 else '?'} bands "
                                          f"(shape {tuple(arr.shape)}), data.channels is "
                                          f"{channels}")
+    if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
+        raise UnreadableImage(str(path), NON_FINITE)
     return torch.from_numpy(np.ascontiguousarray(_scaled(arr)))
 
 

@@ -117,7 +117,8 @@ def check_dataset(dataset: Union["DatasetConfig", str], fmt: str = "imagefolder"
 
     ``dataset`` is a :class:`DatasetConfig` or a dataset folder (then ``fmt`` applies and
     the splits are train/val/test). A configured split that is missing is reported under
-    ``missing_splits``, not raised; a missing dataset path raises :class:`DatasetError`.
+    ``missing_splits``, not raised; a missing dataset path, or a split that is there but
+    malformed (a file list that is not UTF-8...), raises :class:`DatasetError`.
     ``write_clean_list="out/clean"`` (a name prefix, taken as typed) writes
     ``out/clean-<split>.csv`` per split.
     """
@@ -134,6 +135,8 @@ def check_dataset(dataset: Union["DatasetConfig", str], fmt: str = "imagefolder"
         try:
             entry, readable = _check_split(ds, split, channels, workers, max_pixels)
         except DatasetError as exc:
+            if os.path.exists(split_location(ds, split)):
+                raise  # there but malformed (a file list): the error, not a missing split
             report["missing_splits"][split] = str(exc)
             continue
         report["splits"][split] = entry

@@ -7,7 +7,8 @@ Conversion rules:
   channel instead would expose arbitrary colours under transparent pixels);
 * 16-bit grey (``I;16*``) is scaled to 8 bits (``v / 257``); 32-bit integer images are
   treated as 16-bit when their maximum exceeds 255; float images in ``[0, 1]`` are scaled
-  by 255, others clipped to ``[0, 255]``;
+  by 255, others clipped to ``[0, 255]``; a float image with NaN or infinite pixels is
+  unreadable (no number would be right);
 * ``CMYK``, ``YCbCr``, ``LAB``, ``HSV``, palette and bilevel images use PIL's conversions;
   colour to grey is PIL's ITU-R 601-2 luma.
 """
@@ -33,11 +34,20 @@ class UnreadableImage(Exception):
         self.reason = reason
 
 
+NON_FINITE = "non-finite pixel values (NaN or infinity)"
+
+
+class NonFinitePixels(ValueError):
+    """A float image with NaN or infinite pixels."""
+
+
 def _to_8bit_grey(img: Image.Image) -> Image.Image:
     """16-bit and integer images to 8 bits in integer arithmetic (``round(x / 257)``:
     65535 -> 255; a 9400² 16-bit image needs 0.5 GB, not the 2 GB of float64 copies)."""
     if img.mode == "F":
         arr = np.asarray(img, dtype=np.float32)
+        if not np.isfinite(arr).all():
+            raise NonFinitePixels(NON_FINITE)
         if arr.size and arr.min() >= 0.0 and arr.max() <= 1.0:
             arr = arr * np.float32(255.0)
         return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
@@ -50,10 +60,27 @@ def _to_8bit_grey(img: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), mode="L")
 
 
-def check_file(path: str, max_pixels: Optional[int] = None) -> None:
+def decoded_bytes(img: Image.Image, frames: int = 1) -> int:
+    """What ``frames`` frames of ``img`` decode to, from its header: width x height x
+    bands x bytes per sample (``data.max_pixels`` counts this)."""
+    mode = img.mode
+    per_sample = 2 if mode.startswith("I;16") else 4 if mode in ("I", "F") else 1
+    return img.width * img.height * len(img.getbands()) * per_sample * frames
+
+
+def refuse_large(path: str, size: int, max_pixels: Optional[int], what: str) -> None:
+    """Raise :class:`UnreadableImage` when ``size`` decoded bytes exceed ``max_pixels``."""
+    if max_pixels and size > max_pixels:
+        raise UnreadableImage(str(path), f"{what}: {size} bytes of decoded pixels exceed "
+                                         f"data.max_pixels ({max_pixels}); raise it to "
+                                         "read this image")
+
+
+def check_file(path: str, max_pixels: Optional[int] = None, all_frames: bool = False) -> None:
     """Refuse what must not be opened: anything but a regular file (a FIFO would block
-    the reader forever; sockets, devices) and, after reading only the header, images of
-    more than ``max_pixels`` pixels (``data.max_pixels``: decoding bombs)."""
+    the reader forever; sockets, devices) and, after reading only the header, images that
+    decode to more than ``max_pixels`` bytes (``data.max_pixels``: decoding bombs; the
+    first frame, or every frame with ``all_frames``)."""
     try:
         mode = os.stat(path).st_mode
     except OSError as exc:
@@ -63,13 +90,12 @@ def check_file(path: str, max_pixels: Optional[int] = None) -> None:
     if max_pixels:
         try:
             with Image.open(path) as img:
-                width, height = img.size
+                frames = getattr(img, "n_frames", 1) if all_frames else 1
+                size, what = decoded_bytes(img, frames), f"{img.width}x{img.height} {img.mode}"
         except (OSError, SyntaxError, ValueError, TypeError, Image.DecompressionBombError,
                 EOFError) as exc:
             raise UnreadableImage(str(path), f"{type(exc).__name__}: {exc}") from None
-        if width * height > max_pixels:
-            raise UnreadableImage(str(path), f"{width}x{height} pixels exceed data.max_pixels "
-                                             f"({max_pixels}); raise it to read this image")
+        refuse_large(path, size, max_pixels, what + (f" x {frames} frames" * (frames > 1)))
 
 
 def _flatten_alpha(img: Image.Image) -> Image.Image:
@@ -79,7 +105,7 @@ def _flatten_alpha(img: Image.Image) -> Image.Image:
         base = Image.new("L", img.size, _BACKGROUND)
         base.paste(img.getchannel("L"), mask=img.getchannel("A"))
         return base
-    rgba = img.convert("RGBA")
+    rgba = img if img.mode == "RGBA" else img.convert("RGBA")  # no copy: memory
     base = Image.new("RGB", img.size, (_BACKGROUND,) * 3)
     base.paste(rgba.convert("RGB"), mask=rgba.getchannel("A"))
     return base
@@ -122,6 +148,8 @@ def load_image(path: str, channels: int = 3, max_pixels: Optional[int] = None) -
             out = _convert(img, channels)
             if out is img:
                 out = img.copy()
+    except NonFinitePixels as exc:
+        raise UnreadableImage(str(path), str(exc)) from None
     except (OSError, SyntaxError, ValueError, TypeError, Image.DecompressionBombError,
             EOFError, MemoryError) as exc:  # PIL signals corrupt data with all of these
         raise UnreadableImage(str(path), f"{type(exc).__name__}: {exc}") from None

@@ -14,11 +14,17 @@ dataset folder (``PATH/.train.hpt-index.npz``); a dataset folder that is itself 
 made before the listing, so writing the index never changes the listed folder's time);
 where neither is writable, ``$XDG_CACHE_HOME/hpt-hpc/index/<hash>.npz`` (``~/.cache``).
 Nothing is written outside the dataset folder but the cache.
+
+Trust: an index carries a digest of its listing parameters (format, location, kind, root)
+and of everything it lists; an index whose digest does not match, or (format
+``imagefolder``/``folder``) with an entry outside the split folder, is ignored and the
+split listed again (one warning says so): nothing outside the split is ever read.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import stat
 from pathlib import Path
@@ -29,9 +35,12 @@ import numpy as np
 from ..files import atomic_write
 from .table import RecordTable
 
-INDEX_FORMAT = 1
+INDEX_FORMAT = 2  # 2: with a digest
 INDEX_DIR = ".hpt-index"  # inside a dataset folder that is itself a split; never listed
 RACY_NS = 2_000_000_000  # folders changed this close to the scan may hide a later change
+CONTAINED_KINDS = ("imagefolder", "folder")  # listings whose entries all lie below the split
+
+log = logging.getLogger(__name__)
 
 
 class Listing(NamedTuple):
@@ -86,6 +95,7 @@ def save_index(location: str, kind: str, listing: Listing, own_folder: bool = Fa
             "others": listing.others, "stamps": listing.stamps,
             "built_ns": listing.built_ns}
     arrays = {name: getattr(listing.records, name) for name in RecordTable.ARRAYS}
+    meta["digest"] = _digest(meta, arrays)
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     errors = []
     for path in index_paths(location, own_folder):
@@ -107,18 +117,59 @@ def load_index(location: str, kind: str, own_folder: bool = False) -> Optional[L
     return None
 
 
+def _digest(meta: dict, arrays: dict) -> str:
+    """SHA-256 of the listing parameters and entries (``meta`` less its digest)."""
+    h = hashlib.sha256(json.dumps({k: v for k, v in meta.items() if k != "digest"},
+                                  sort_keys=True).encode())
+    for name in RecordTable.ARRAYS:
+        array = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}:{array.dtype.str}:{array.shape}".encode())
+        h.update(array.tobytes())
+    return h.hexdigest()
+
+
+def _outside(table: RecordTable, location: str) -> Optional[str]:
+    """The first entry of an ``imagefolder``/``folder`` listing not below ``location``."""
+    if table.root != location:
+        return table.root
+    blob = table.blob.tobytes()
+    starts = np.concatenate(([0], table.ends[:-1])) if len(table) else table.ends
+    if len(table) and (table.blob[starts[table.ends > starts]] == ord("/")).any():
+        return next(table.path(i) for i in range(len(table))
+                    if os.path.isabs(table.relative_path(i)))
+    if b".." in blob:  # a name with '..' in it, or a '..' component: look closer
+        for i in range(len(table)):
+            rel = table.relative_path(i)
+            if not rel or os.path.normpath(rel).split(os.sep)[0] == os.pardir:
+                return table.path(i)
+    return None
+
+
 def _read(path: Path, location: str, kind: str) -> Optional[Listing]:
+    location = os.path.abspath(location)
     try:
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(data["meta"].tobytes())
             if meta.get("format") != INDEX_FORMAT or meta.get("kind") != kind or \
-                    meta.get("location") != os.path.abspath(location):
+                    meta.get("location") != location:
+                return None
+            arrays = {n: data[n] for n in RecordTable.ARRAYS}
+            if meta.get("digest") != _digest(meta, arrays):
+                log.warning("dataset index %s does not match its digest (edited or damaged): "
+                            "listing %s again; `hpt-hpc data index` replaces it", path,
+                            location)
                 return None
             stamps = [tuple(s) for s in meta["stamps"]]
-            listing = Listing(RecordTable(meta["root"], *(data[n] for n in RecordTable.ARRAYS)),
-                              meta["classes"], meta["others"], stamps, int(meta["built_ns"]))
+            table = RecordTable(meta["root"], *(arrays[n] for n in RecordTable.ARRAYS))
+            listing = Listing(table, meta["classes"], meta["others"], stamps,
+                              int(meta["built_ns"]))
     except (OSError, ValueError, KeyError, TypeError):
         return None  # missing, unreadable or foreign: list the tree instead
+    outside = _outside(listing.records, location) if kind in CONTAINED_KINDS else None
+    if outside is not None:
+        log.warning("dataset index %s lists %s, outside %s: listing it again; `hpt-hpc data "
+                    "index` replaces it", path, outside, location)
+        return None
     if is_racy(listing):
         return None
     try:

@@ -14,7 +14,9 @@ Three on-disk formats (see :class:`hpt_hpc.config.DatasetConfig`):
   pretraining on your own images; evaluations need one of the labelled formats. Without a
   ``path/train`` folder, ``path`` itself is the training split.
 
-Hidden files (``.name``) are never listed as images.
+Hidden files (``.name``) are never listed as images. Symbolic links are followed (symlink
+farms), but no folder is walked twice: a link back into the tree (``ln -s . again``) or a
+second link to a folder walked already is named as ignored, never followed.
 """
 from __future__ import annotations
 
@@ -96,11 +98,21 @@ def scan_imagefolder(split_dir: str) -> Listing:
     split_dir = os.path.abspath(split_dir)  # absolute paths, listed or from the index
     built, stamps = time.time_ns(), [stamp(split_dir)]
     entries = sorted(os.scandir(split_dir), key=lambda e: e.name)
-    classes = [e.name for e in entries if e.is_dir() and not e.name.startswith(".")]
-    others = [e.path for e in entries if not e.is_dir()]
+    seen, classes, others = {_folder_key(split_dir)}, [], []
+    for e in entries:
+        if not e.is_dir():
+            others.append(e.path)
+        elif not e.name.startswith("."):
+            key = _folder_key(e.path)
+            if key in seen:  # a link to the split itself or to another class: no class
+                others.append(e.path)
+            else:
+                classes.append(e.name)
+                seen.add(key)
+    seen = {_folder_key(split_dir)}  # the classes are walked below
     builder = TableBuilder(split_dir)
     for label, name in enumerate(classes):
-        for path, regular in _walk(split_dir, name, stamps):
+        for path, regular in _walk(split_dir, name, stamps, seen):
             if _is_listed(path, regular):
                 builder.add_path(path, (label,))
             else:  # strays, and FIFOs/sockets/devices however they are named
@@ -116,7 +128,7 @@ def scan_folder(split_dir: str) -> Listing:
     split_dir = os.path.abspath(split_dir)
     built, stamps, others = time.time_ns(), [], []
     builder = TableBuilder(split_dir)
-    for path, regular in _walk(split_dir, "", stamps):
+    for path, regular in _walk(split_dir, "", stamps, set()):
         if _is_listed(path, regular):
             builder.add_path(path, ())
         else:
@@ -171,19 +183,32 @@ def index_split(ds_cfg: "DatasetConfig", split: str) -> Tuple[Listing, "Path"]:
     return listing, save_listing(ds_cfg, split, listing)
 
 
-def _walk(top: str, rel: str, stamps: list):
+def _folder_key(path: str) -> Tuple[int, int]:
+    info = os.stat(path)
+    return info.st_dev, info.st_ino
+
+
+def _walk(top: str, rel: str, stamps: list, seen: set):
     """``(path, is a regular file)`` of every non-folder below ``top/rel`` in os.walk's
     sorted order; the type comes from the directory entry (no extra stat, nothing opened).
     Appends the stamp of every folder walked to ``stamps`` (taken before it is read). The
-    dataset index's own folder is not walked."""
+    dataset index's own folder is not walked, nor a folder in ``seen`` (``(st_dev,
+    st_ino)`` of those walked: a symlink loop or a second link), which is yielded as a
+    non-file instead."""
+    folder = os.path.join(top, rel)
+    key = _folder_key(folder)
+    if key in seen:
+        yield folder, False
+        return
+    seen.add(key)
     stamps.append(stamp(top, rel))
-    entries = sorted(os.scandir(os.path.join(top, rel)), key=lambda e: e.name)
+    entries = sorted(os.scandir(folder), key=lambda e: e.name)
     for entry in entries:  # files first, then subfolders (os.walk's order)
         if not entry.is_dir():
             yield entry.path, entry.is_file()
     for entry in entries:
         if entry.is_dir() and entry.name != INDEX_DIR:
-            yield from _walk(top, os.path.join(rel, entry.name), stamps)
+            yield from _walk(top, os.path.join(rel, entry.name), stamps, seen)
 
 
 def _parse_labels(fields: Sequence[str]) -> Optional[Tuple[int, ...]]:
@@ -191,6 +216,22 @@ def _parse_labels(fields: Sequence[str]) -> Optional[Tuple[int, ...]]:
         return tuple(int(f) for f in fields if f != "")
     except ValueError:
         return None
+
+
+def _utf8_lines(list_file: str):
+    """``(line number, text)`` of a UTF-8 file; another encoding is a :class:`DatasetError`
+    naming the line and the byte offset (never a guess at the names it holds)."""
+    offset = 0
+    with open(list_file, "rb") as handle:
+        for lineno, raw in enumerate(handle, start=1):
+            try:
+                yield lineno, raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise DatasetError(
+                    f"{list_file}:{lineno}: not UTF-8 (byte {offset + exc.start} is "
+                    f"0x{raw[exc.start]:02x}); re-encode the file list as UTF-8, e.g. `iconv "
+                    f"-f latin1 -t utf-8 {list_file} > new.csv`") from None
+            offset += len(raw)
 
 
 def read_filelist(list_file: str) -> Listing:
@@ -203,27 +244,26 @@ def read_filelist(list_file: str) -> Listing:
     is_txt = list_file.lower().endswith(".txt")
     built, stamps = time.time_ns(), [stamp(list_file)]
     records = TableBuilder(base)
-    with open(list_file, newline="", encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            text = line.strip()
-            if not text or text.startswith("#"):
+    for lineno, text in _utf8_lines(list_file):
+        text = text.strip()
+        if not text or text.startswith("#"):
+            continue
+        if is_txt and "," not in text:
+            fields = text.split()
+        else:
+            fields = [f.strip() for f in next(csv.reader([text]))]
+        labels = _parse_labels(fields[1:])
+        if labels is None:
+            if not records:  # header line such as ``path,label``
                 continue
-            if is_txt and "," not in text:
-                fields = text.split()
-            else:
-                fields = [f.strip() for f in next(csv.reader([text]))]
-            labels = _parse_labels(fields[1:])
-            if labels is None:
-                if not records:  # header line such as ``path,label``
-                    continue
-                raise DatasetError(f"{list_file}:{lineno}: labels must be integers, got "
-                                   f"{fields[1:]!r}")
-            if any(lab < 0 for lab in labels):
-                raise DatasetError(f"{list_file}:{lineno}: negative label in {fields[1:]!r}")
-            path = fields[0]
-            if not os.path.isabs(path):
-                path = os.path.join(base, path)
-            records.add_path(path, labels)
+            raise DatasetError(f"{list_file}:{lineno}: labels must be integers, got "
+                               f"{fields[1:]!r}")
+        if any(lab < 0 for lab in labels):
+            raise DatasetError(f"{list_file}:{lineno}: negative label in {fields[1:]!r}")
+        path = fields[0]
+        if not os.path.isabs(path):
+            path = os.path.join(base, path)
+        records.add_path(path, labels)
     table = records.table()
     return Listing(table, [str(i) for i in range(table.max_label() + 1)], [], stamps, built)
 

@@ -1,7 +1,8 @@
 """Per-channel mean and standard deviation of a dataset's images (``hpt-hpc data stats``),
 the values ``data.mean`` / ``data.std`` normalise with: pixels scaled to [0, 1] after the
 same conversion training applies (``data.channels``), accumulated in float64 one image at
-a time (memory: one image). Unreadable files are skipped and counted."""
+a time (memory: one image). Unreadable files are skipped and counted; without a readable
+image there is no statistic (:class:`DatasetError`)."""
 from __future__ import annotations
 
 import random
@@ -11,7 +12,7 @@ import numpy as np
 
 from .bands import read_image
 from .images import UnreadableImage
-from .sources import ImageRecord, scan_split
+from .sources import DatasetError, ImageRecord, scan_split
 
 STATS_SEED = 0  # the sample of --max-images is drawn with this seed
 
@@ -26,12 +27,13 @@ def channel_stats(records: "Sequence[ImageRecord]", channels: int,
         records = [records[i] for i in picked]
     total = np.zeros(channels)
     squares = np.zeros(channels)
-    pixels, images, skipped = 0, 0, 0
+    pixels, images, skipped, first = 0, 0, 0, None
     for record in records:
         try:
             img = read_image(record.path, channels, max_pixels)
-        except UnreadableImage:
+        except UnreadableImage as exc:
             skipped += 1
+            first = first or f"{exc.path}: {exc.reason}"
             continue
         if channels not in (1, 3):  # bands (C, H, W), already scaled
             values = img.double().reshape(channels, -1).T.numpy()
@@ -42,8 +44,9 @@ def channel_stats(records: "Sequence[ImageRecord]", channels: int,
         pixels += values.shape[0]
         images += 1
     if not images:
-        raise UnreadableImage(records[0].path if records else "?",
-                              "no readable image to compute statistics from")
+        raise DatasetError(f"no readable image to compute statistics from ({skipped} "
+                           f"unreadable" + (f", first {first}" if first else "") +
+                           "); `hpt-hpc data check` names every unreadable file")
     mean = total / pixels
     std = np.sqrt(np.maximum(squares / pixels - np.square(mean), 0.0))
     return {"mean": [round(float(m), 4) for m in mean], "std": [round(float(s), 4) for s in std],
