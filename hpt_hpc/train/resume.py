@@ -27,7 +27,7 @@ import torch
 from ..config import StageLayout, config_to_dict, flatten
 from ..config.schema import DatasetConfig, ExperimentConfig, StageConfig
 from ..errors import HptError
-from ..files import link_atomic
+from ..files import link_atomic, make_folder
 from ..models import CheckpointReadError, load_checkpoint, save_checkpoint_atomic
 from ..plan import StagePlan
 
@@ -49,7 +49,7 @@ def stage_lock(layout: StageLayout, label: str, hold: bool = True) -> Iterator[N
         yield
         return
     created = not layout.root.exists()
-    layout.root.mkdir(parents=True, exist_ok=True)
+    make_folder(layout.root)
     with open(layout.lock, "a+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
