@@ -28,6 +28,7 @@ Issue case -> test:
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -39,7 +40,7 @@ import yaml
 from click.testing import CliRunner
 
 from hpt_hpc.cli.main import cli
-from mounts import cli_in_mounts, full_disk, read_only
+from mounts import cli_in_mounts, full_disk, read_only, shell_in_mounts
 from hpt_hpc.config import load_config
 from tiny import run_stage_of, write_tiny_config, write_tiny_experiment
 
@@ -311,4 +312,29 @@ def test_a_corrupt_last_checkpoint_with_keep(tmp_path, mnist_tree):
 
 
 def test_a_full_disk_at_a_checkpoint_save_keeps_the_previous_one(tmp_path, mnist_tree):
-    pass
+    """Room for one checkpoint (about 2.2 MB): the save at step 2 fits, the one at step 4
+    does not; last.pt stays the step-2 checkpoint, loadable, and no temporary is left."""
+    disk = tmp_path / "disk"
+    config = write_keep_config(tmp_path, mnist_tree, 6)
+    raw = yaml.safe_load(config.read_text())
+    raw["output_dir"] = str(disk / "out")
+    config.write_text(yaml.safe_dump(raw))
+    checkpoints = disk / "out" / "target" / "checkpoints"
+    python = shlex.quote(sys.executable)
+    script = (f"{python} -m hpt_hpc.cli.main train --config {shlex.quote(str(config))}; "
+              f"echo rc=$?; {python} -c {shlex.quote(READ_STEP)} {shlex.quote(str(checkpoints))}")
+    result = shell_in_mounts(script, [full_disk(disk, 3600)])
+    assert "rc=2" in result.stdout, result.stdout + result.stderr
+    line = one_error(result.stderr, f"cannot write {checkpoints / 'last.pt'}: disk full")
+    assert "previous checkpoint" in line
+    assert "last.pt step 2" in result.stdout and "temporaries []" in result.stdout, \
+        result.stdout
+
+
+READ_STEP = """
+import sys, torch
+from pathlib import Path
+folder = Path(sys.argv[1])
+print("last.pt step", torch.load(folder / "last.pt", weights_only=True)["step"])
+print("temporaries", sorted(p.name for p in folder.glob(".*")))
+"""
