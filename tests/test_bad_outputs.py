@@ -267,29 +267,22 @@ def test_clean_list_into_a_read_only_folder(tmp_path, mnist_tree):
 
 
 def test_clean_list_of_awkward_names(tmp_path, mnist_tree):
+    """A name a CSV file list cannot give back exactly (a line break: read back as two
+    bogus records; bytes that are not UTF-8) is refused, naming it, before any list is
+    written."""
     data = tmp_path / "data"
     shutil.copytree(mnist_tree, data)
     first = sorted((data / "train" / "0").glob("*.png"))
     os.rename(first[0], data / "train" / "0" / "line\nbreak.png")
     result = invoke("data", "check", data, "--channels", "1",
                     "--write-clean-list", tmp_path / "clean")
-    if result.exit_code == 0:  # written: the round trip keeps every image exactly
-        listed = tmp_path / "listed"
-        listed.mkdir()
-        shutil.copy(tmp_path / "clean-train.csv", listed / "train.csv")
-        back = invoke("data", "check", listed, "--format", "filelist", "--channels", "1",
-                      "--splits", "train")
-        assert back.exit_code == 0, back.output
-        assert "train: %d/%d" % ((n := sum(1 for _ in (data / "train").rglob("*.png"))), n) \
-            in back.output, back.output
-    else:
-        assert_refused(result, "line\\nbreak.png")
-        assert not list(tmp_path.glob("clean*"))
+    assert_refused(result, "line\\nbreak.png")
+    assert not list(tmp_path.glob("clean*"))
     os.rename(data / "train" / "0" / "line\nbreak.png", first[0])
     os.rename(first[1], os.path.join(os.fsencode(data / "train" / "0"), b"\xff.png"))
     result = invoke("data", "check", data, "--channels", "1",
                     "--write-clean-list", tmp_path / "clean2")
-    assert_refused(result, "\\xff.png")
+    assert_refused(result, "/0/\\xff.png has a line break or bytes that are not UTF-8")
     assert not list(tmp_path.glob("clean2*"))
 
 
