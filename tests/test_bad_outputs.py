@@ -11,7 +11,8 @@ Issue case -> test:
 * 7  embed ``run.v1`` / ``run.v2``: ``tests/test_outputs.py::test_embed_out_is_a_prefix_taken_as_typed``
 * 8  embed of a non-UTF-8 file name: ``test_embed_keeps_every_row_of_a_non_utf8_name``
 * 14 temporaries of killed runs: ``test_the_next_run_removes_stale_temporaries``,
-  ``test_a_sweep_removes_stale_feature_cache_temporaries``
+  ``test_a_sweep_removes_stale_feature_cache_temporaries`` (also: its report into a
+  read-only folder)
 * 22 export of a malformed checkpoint, a folder, a read-only folder, a full disk:
   ``test_export_of_a_malformed_checkpoint``, ``test_export_out_is_a_folder``,
   ``test_export_into_a_read_only_folder_or_a_full_disk``
@@ -55,7 +56,7 @@ def invoke(*args):
     return CliRunner().invoke(cli, [str(a) for a in args])
 
 
-def one_error(output: str, text: str, code: int = 2, result_code=None) -> str:
+def one_error(output: str, text: str) -> str:
     """``output`` holds exactly one ``error:`` line, containing ``text``, no traceback."""
     assert "Traceback" not in output, output
     errors = [line for line in output.splitlines() if line.startswith("error:")]
@@ -236,6 +237,13 @@ def test_a_sweep_removes_stale_feature_cache_temporaries(tmp_path, mnist_tree):
     swept = invoke("sweep", experiment, "--executor", "debug")
     assert swept.exit_code == 0, swept.output
     assert not [p for p in stale if p.exists()]
+    # its report into a read-only folder: one line, nothing written
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    result = cli_in_mounts(["report", experiment, "--from-files", "--out", ro / "report"],
+                           [read_only(ro)])
+    assert_refused(result, f"cannot create the folder {ro / 'report'}: read-only file system")
+    assert not list(ro.iterdir())
 
 
 def test_report_without_out(tmp_path):
