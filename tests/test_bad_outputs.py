@@ -209,7 +209,7 @@ def test_the_next_run_removes_stale_temporaries(tmp_path, mnist_tree, trained):
     out.mkdir()
     stale = stale_temporaries(out / "emb.npy", ("", "raw")) + stale_temporaries(
         out / "emb.index.csv") + stale_temporaries(out / "tv.pt")
-    live = out / f".emb.npy.1.0badc0de.tmp"  # pid 1 is alive: another run's, kept
+    live = out / ".emb.npy.1.0badc0de.tmp"  # pid 1 is alive: another run's, kept
     live.write_bytes(b"in progress")
     other = out / ".notes.txt.12.0badc0de.tmp"  # not a temporary of these outputs
     other.write_bytes(b"someone else's")
