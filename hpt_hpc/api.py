@@ -29,7 +29,7 @@ from .data.sources import ImageRecord, scan_folder
 from .data.specs import eval_spec, preprocessing_configs
 from .device import resolve_device
 from .errors import HptError
-from .files import refuse_inputs
+from .files import output_file
 from .eval.probe import extract_features
 from .eval.runner import EXTRACT_BATCH, seeded_backbone
 from .eval.splits import kept_paths
@@ -227,7 +227,7 @@ def export(checkpoint: PathLike, out: PathLike, fmt: Optional[str] = None) -> Di
     file's ``meta``. ``fmt``: ``torchvision``, ``timm`` or ``moco`` (None: the model's
     library); an ``out`` ending in ``.safetensors`` is a safetensors file."""
     checkpoint, out = os.fspath(checkpoint), os.fspath(out)
-    refuse_inputs([out], {"the checkpoint this command reads": checkpoint})
+    output_file(out, {"the checkpoint this command reads": checkpoint})
     state = read_toolkit_checkpoint(checkpoint)
     cfg = _stored_config(state)
     exported = export_backbone(state, fmt, eval_spec(cfg.data, cfg.probe).preprocessing(),

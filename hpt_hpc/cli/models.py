@@ -15,7 +15,7 @@ import click
                    "(the line printed says how); moco: the official MoCo layout, projection "
                    "head included (a torch file). [default: the model's library: timm for "
                    "timm:<name>, else torchvision]")
-@click.option("--out", required=True, type=click.Path(dir_okay=False),
+@click.option("--out", required=True, type=click.Path(),
               help="The export file (never the CHECKPOINT): a name ending in .safetensors "
                    "writes a safetensors file (torchvision/timm layouts, meta as its string "
                    "metadata), any other name a torch file. It carries its preprocessing, "

@@ -62,7 +62,10 @@ def report(experiment, tracking_uri, sweep_name, out_dir, from_files, preamble) 
         from ..plan.experiment import load_experiment
         spec = load_experiment(experiment)
     if spec is None and not (tracking_uri and sweep_name and out_dir):
-        raise click.UsageError("give an EXPERIMENT file, or --tracking-uri, --name and --out")
+        missing = [o for o, v in (("--tracking-uri", tracking_uri), ("--name", sweep_name),
+                                  ("--out", out_dir)) if not v]
+        raise HptError(f"report: give an EXPERIMENT file, or --tracking-uri, --name and "
+                       f"--out (missing: {', '.join(missing)})")
     name = sweep_name or spec.name
     out = Path(out_dir) if out_dir else spec.output_dir / "report"
     if from_files:

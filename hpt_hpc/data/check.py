@@ -15,7 +15,7 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple, Union
 
 from ..config.schema import DataConfig
-from ..files import OutputError, atomic_write, refuse_inputs
+from ..files import OutputError, atomic_write, output_file
 from .bands import read_image
 from .dali_feed import is_direct_file
 from .images import UnreadableImage
@@ -102,6 +102,23 @@ def _save_index(ds, split: str, listing: Listing) -> Optional[str]:
         return None
 
 
+def _listable(records: Sequence[ImageRecord]) -> None:
+    """Refuse a file name a CSV file list cannot give back exactly (one line): a line
+    break (read line by line) or bytes that are not UTF-8 (the list's encoding)."""
+    for record in records:
+        path = os.path.abspath(record.path)
+        try:
+            path.encode("utf-8")
+            bad = "\n" in path or "\r" in path
+        except UnicodeEncodeError:
+            bad = True
+        if bad:
+            shown = repr(os.fsencode(path))[2:-1]
+            raise OutputError(f"cannot write a clean list: the file name {shown} has a line "
+                              f"break or bytes that are not UTF-8, which a file list cannot "
+                              f"hold; rename it (nothing was written)")
+
+
 def _write_list(path: str, records: Sequence[ImageRecord]) -> None:
     with atomic_write(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
@@ -131,6 +148,7 @@ def check_dataset(dataset: Union["DatasetConfig", str], fmt: str = "imagefolder"
     split_location(ds, names[0])  # validates path and format first
     report = {"path": os.path.abspath(ds.path), "format": ds.format, "channels": channels,
               "splits": {}, "missing_splits": {}, "clean_lists": {}}
+    lists = {}
     for split in names:
         try:
             entry, readable = _check_split(ds, split, channels, workers, max_pixels)
@@ -142,10 +160,13 @@ def check_dataset(dataset: Union["DatasetConfig", str], fmt: str = "imagefolder"
         report["splits"][split] = entry
         if write_clean_list:
             out = f"{write_clean_list}-{split}.csv"
-            refuse_inputs([out], {"a file list this command reads":
-                                  split_location(ds, split)})
-            _write_list(out, readable)
-            report["clean_lists"][split] = os.path.abspath(out)
+            output_file(out, {"a file list this command reads": split_location(ds, split)})
+            _listable(readable)
+            lists[out] = readable
+    for out, readable in lists.items():  # every split checked first: all lists or none
+        _write_list(out, readable)
+    report["clean_lists"] = {split: os.path.abspath(f"{write_clean_list}-{split}.csv")
+                             for split in report["splits"] if write_clean_list}
     entries = report["splits"].values()
     report["unreadable_count"] = sum(len(e["unreadable"]) for e in entries)
     report["non_image_count"] = sum(len(e["non_image_files"]) for e in entries)

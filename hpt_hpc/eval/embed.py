@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import os
+from contextlib import suppress
 from pathlib import Path
 from typing import Mapping, Optional, Tuple
 
@@ -26,7 +27,8 @@ import torch
 from ..config import ExperimentConfig
 from ..data import build_eval_loader
 from ..data.sources import split_location
-from ..files import OutputError, atomic_write, refuse_inputs, temporary_beside
+from ..files import (OutputError, atomic_write, make_folder, refuse_inputs,
+                     remove_stale_temporaries, temporary_beside, writing)
 from ..progress import Progress
 from .runner import EXTRACT_BATCH, seeded_backbone
 from .splits import dataset_config, kept_paths, listed_split
@@ -69,11 +71,14 @@ def embed_split(cfg: ExperimentConfig, dataset: str, split: Optional[str],
     records = listed_split(cfg, dataset, split)
     backbone = seeded_backbone(cfg, checkpoint).to(device).eval()
     loader = build_eval_loader(records, cfg.data, batch_size=EXTRACT_BATCH, probe=cfg.probe)
-    features.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(features.parent)  # a read-only folder or a full disk: before any work
+    for target in (features, index):
+        remove_stale_temporaries(target)
     raw = temporary_beside(features, "raw")
     rows, dim = 0, 0
     try:
-        with open(raw, "wb") as handle, torch.no_grad():
+        with writing(features), open(raw, "wb") as handle, \
+                torch.no_grad():
             progress = Progress(f"embed {dataset}/{split}", len(loader), cfg.progress_seconds,
                                 images_per_step=EXTRACT_BATCH)
             for batch, (images, _) in enumerate(progress.timed(loader), 1):
@@ -81,21 +86,23 @@ def embed_split(cfg: ExperimentConfig, dataset: str, split: Optional[str],
                 handle.write(np.ascontiguousarray(feats, dtype="<f4").tobytes())
                 rows, dim = rows + feats.shape[0], feats.shape[1]
                 progress.update(batch)
-        _write_npy(raw, features, rows, dim)
+        kept = set(kept_paths(records, loader))
+        # the index is renamed into place after the features: both files or neither
+        with atomic_write(index, "w", newline="", encoding="utf-8",
+                          errors="surrogateescape") as handle:
+            handle.write(f"{ROOT_LINE}{records.root}\n")
+            writer = csv.writer(handle)
+            writer.writerow(INDEX_COLUMNS)
+            row = 0
+            for i, record in enumerate(records):
+                if record.path in kept:
+                    writer.writerow([row, records.relative_path(i),
+                                     " ".join(map(str, record.labels))])
+                    row += 1
+            _write_npy(raw, features, rows, dim)
     finally:
-        raw.unlink(missing_ok=True)
-    kept = set(kept_paths(records, loader))
-    with atomic_write(index, "w", newline="", encoding="utf-8",
-                      errors="surrogateescape") as handle:
-        handle.write(f"{ROOT_LINE}{records.root}\n")
-        writer = csv.writer(handle)
-        writer.writerow(INDEX_COLUMNS)
-        row = 0
-        for i, record in enumerate(records):
-            if record.path in kept:
-                writer.writerow([row, records.relative_path(i),
-                                 " ".join(map(str, record.labels))])
-                row += 1
+        with suppress(OSError):
+            raw.unlink(missing_ok=True)
     return rows, dim
 
 

@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..config.schema import PROBE_MODES
 from ..eval.record import EvalRecord
-from ..files import write_text_atomic
+from ..files import make_folder, write_text_atomic
 from ..plan.methods import METHODS, PAPER_METHODS, REFERENCE_LABELS, TRANSFER
 from .claims import MISSING, claims_markdown, judge_claims
 from .evidence import BOOTSTRAP_METHOD, INTERVAL_METHOD
@@ -272,7 +272,7 @@ def build_report(rows: Sequence[EvalRecord], out: Path, name: str, preamble: str
     """Write ``<out>/<name>.md`` (+ PNGs and ``<name>.csv``) from evaluation records;
     paths below the experiment's ``output_dir`` are named relative to it."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     cells = group_cells(rows)
     plots: List[Path] = []
     modes = sorted({r.mode for r in rows})

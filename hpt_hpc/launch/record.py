@@ -57,8 +57,7 @@ class LaunchRecord:
                    str(output_dir), path=str(path))
 
     def save(self) -> Path:
-        path = Path(self.path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path = Path(self.path)  # its folder: made by write_text_atomic
         data = asdict(self)
         data.pop("live")
         text = json.dumps(data, indent=2)

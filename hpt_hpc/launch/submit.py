@@ -26,6 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from ..config import OutputLayout
 from ..device import CPUS_PER_TASK_ENV, available_cores
 from ..errors import HptError, WorkFailed
+from ..files import make_folder
 from ..hub import using_cache
 from ..plan import EvalPlan, Phase, TrackingTarget, with_parent
 from ..tracking.runs import end_pipeline_run, start_pipeline_run
@@ -317,6 +318,7 @@ def _run_phases(phases: List[Phase], options: SchedulerOptions, *, output_dir: P
         preflight(options, kind)
     if kind == "slurm":  # before anything is created: a dead controller leaves no store
         check_slurm(options.partition)
+    make_folder(output_dir)  # a read-only mount: one line before any store or job
     if tracking is not None:
         prepare_store(tracking.uri, num_tasks=max(1, writers), nodes=options.nodes)
     plans = [p for phase in phases for p in phase.plans]

@@ -236,6 +236,15 @@ def read_toolkit_checkpoint(path: str) -> Dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise HptError(f"{path} is not an hpt-hpc checkpoint (format {CHECKPOINT_FORMAT}); "
                        f"export reads this toolkit's final.pt/last.pt files")
+    config = state.get("config")
+    for what, value in (("model", state.get("model")), ("config", config),
+                        ("config.model", config.get("model") if isinstance(config, dict)
+                         else {})):
+        if not isinstance(value, dict):
+            found = "missing" if value is None else f"a {type(value).__name__}, not a dict"
+            raise HptError(f"{path} is a damaged hpt-hpc checkpoint: its '{what}' entry is "
+                           f"{found}; export the stage's final.pt/last.pt as training "
+                           f"wrote it")
     return state
 
 

@@ -27,7 +27,7 @@ import torch
 from ..config import StageLayout, config_to_dict, flatten
 from ..config.schema import DatasetConfig, ExperimentConfig, StageConfig
 from ..errors import HptError
-from ..files import link_atomic
+from ..files import OutputError, link_atomic, make_folder
 from ..models import CheckpointReadError, load_checkpoint, save_checkpoint_atomic
 from ..plan import StagePlan
 
@@ -49,7 +49,7 @@ def stage_lock(layout: StageLayout, label: str, hold: bool = True) -> Iterator[N
         yield
         return
     created = not layout.root.exists()
-    layout.root.mkdir(parents=True, exist_ok=True)
+    make_folder(layout.root)
     with open(layout.lock, "a+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -171,10 +171,17 @@ def check_finite(model: torch.nn.Module, plan: StagePlan, step: int, lr: float) 
                        f"or move {layout.root} away to start fresh")
 
 
-def _keep(layout: StageLayout, keep: int) -> None:
+def _saved_step(path) -> Optional[int]:
+    """The step a checkpoint file holds (memory-mapped: tensors are not read); None when
+    it cannot be read (corrupt, truncated, not a checkpoint)."""
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["step"])
+    except Exception:  # noqa: BLE001 - garbage can fail anywhere in the unpickler
+        return None
+
+
+def _keep(layout: StageLayout, step: int, keep: int) -> None:
     """Keep ``last.pt`` (about to be replaced) as ``step-<n>.pt``; prune to ``keep``."""
-    step = int(torch.load(layout.last, map_location="cpu", weights_only=True,
-                          mmap=True)["step"])
     link_atomic(layout.last, layout.kept(step))
     for old in layout.kept_checkpoints()[:-keep]:
         old.unlink(missing_ok=True)
@@ -184,19 +191,29 @@ def save_resume_point(state: Dict[str, Any], plan: StagePlan, final: bool = Fals
     """Save ``state`` as ``last.pt``, keeping the one before as ``previous.pt`` (and the
     last ``checkpoint.keep`` as ``step-<n>.pt``). ``final``: save ``final.pt`` once, with
     ``last.pt`` a hard link to it and no ``previous.pt`` (a finished stage is one copy).
-    Call :func:`check_finite` first."""
+    The old ``last.pt`` is linked as ``previous.pt`` before the new one replaces it, so a
+    failed save (a full disk) leaves both as they were; an unreadable ``last.pt`` is never
+    kept (``previous.pt``, the resume point, stays). Call :func:`check_finite` first."""
     layout = plan.layout
     state[FINGERPRINT_KEY] = fingerprint(plan)
     if layout.last.exists():
-        if plan.config.checkpoint.keep:
-            _keep(layout, plan.config.checkpoint.keep)
-        os.replace(layout.last, layout.previous)
+        step = _saved_step(layout.last)
+        if step is None:
+            log.warning("stage %s: %s cannot be read; replacing it, %s stays the previous "
+                        "checkpoint", plan.label, layout.last, layout.previous)
+        else:
+            if plan.config.checkpoint.keep:
+                _keep(layout, step, plan.config.checkpoint.keep)
+            link_atomic(layout.last, layout.previous)
+    target = layout.final if final else layout.last
+    try:
+        save_checkpoint_atomic(state, target)
+    except OutputError as exc:
+        raise OutputError(f"{exc}; the stage's previous checkpoint is kept: re-run the "
+                          f"stage to resume from it once the cause is fixed") from None
     if final:
-        save_checkpoint_atomic(state, layout.final)
         link_atomic(layout.final, layout.last)
         layout.previous.unlink(missing_ok=True)
-    else:
-        save_checkpoint_atomic(state, layout.last)
 
 
 def clean_temporaries(layout: StageLayout) -> int:
