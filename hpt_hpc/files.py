@@ -25,6 +25,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator, Mapping, Optional, Sequence
@@ -33,8 +34,9 @@ from .errors import HptError
 
 log = logging.getLogger(__name__)
 
-TEMP_SUFFIX = ".tmp"  # every temporary file: ``.<name>.<pid>.<random>.tmp``
+TEMP_SUFFIX = ".tmp"  # every temporary file: ``.<name>.<pid>@<host>.<random>.tmp``
 _NAME_KEPT = 120  # of the target's name in a temporary name (NAME_MAX is 255 bytes)
+_HOST_KEPT = 40
 _REASONS = {errno.EROFS: "read-only file system", errno.ENOSPC: "disk full",
             errno.EDQUOT: "disk quota exceeded", errno.EACCES: "permission denied",
             errno.EPERM: "permission denied"}
@@ -114,11 +116,18 @@ def output_file(path: os.PathLike, inputs: Optional[Mapping[str, os.PathLike]] =
 
 
 def temporary_beside(path: os.PathLike, kind: str = "") -> Path:
-    """A new, unused name for a temporary file beside ``path`` (hidden, ends in ``.tmp``)."""
+    """A new, unused name for a temporary file beside ``path``:
+    ``.<name>.<pid>@<host>.<random>[.<kind>].tmp`` (hidden)."""
     path = Path(path)
     tag = f".{kind}" if kind else ""
-    return path.with_name(f".{path.name[:_NAME_KEPT]}.{os.getpid()}.{secrets.token_hex(4)}"
-                          f"{tag}{TEMP_SUFFIX}")
+    return path.with_name(f".{path.name[:_NAME_KEPT]}.{os.getpid()}@{this_host()}."
+                          f"{secrets.token_hex(4)}{tag}{TEMP_SUFFIX}")
+
+
+def this_host() -> str:
+    """This machine's name as temporary names carry it (letters, digits, ``-``): a
+    process id means something only on the machine it runs on."""
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:_HOST_KEPT] or "host"
 
 
 def _create(path: Path) -> "tuple[Path, int]":
@@ -176,10 +185,12 @@ def _alive(pid: int) -> bool:
 def remove_stale_temporaries(path: os.PathLike) -> int:
     """Remove the temporary files of ``path`` (:func:`temporary_beside`) whose process
     has ended on this machine (killed, out of disk); returns how many. Those of live
-    processes stay (another run writing the same file)."""
+    processes stay (another run writing the same file), and so do those of other
+    machines (a job on another node of a shared filesystem)."""
     path = Path(path)
-    pattern = re.compile(re.escape(f".{path.name[:_NAME_KEPT]}.") +
-                         r"(\d+)\.[0-9a-f]{8}(\.[a-z]+)?" + re.escape(TEMP_SUFFIX))
+    pattern = re.compile(re.escape(f".{path.name[:_NAME_KEPT]}.") + r"(\d+)" +
+                         re.escape(f"@{this_host()}.") + r"[0-9a-f]{8}(\.[a-z]+)?" +
+                         re.escape(TEMP_SUFFIX))
     removed = 0
     try:
         candidates = [e.name for e in os.scandir(path.parent)

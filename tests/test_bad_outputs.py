@@ -43,6 +43,7 @@ from click.testing import CliRunner
 from hpt_hpc.cli.main import cli
 from mounts import cli_in_mounts, full_disk, read_only, shell_in_mounts
 from hpt_hpc.config import load_config
+from hpt_hpc.files import this_host
 from tiny import run_stage_of, write_tiny_config, write_tiny_experiment
 
 
@@ -198,7 +199,7 @@ def stale_temporaries(target: Path, kinds=("",)) -> list:
     pid, made = dead_pid(), []
     for kind in kinds:
         tag = f".{kind}" if kind else ""
-        path = target.with_name(f".{target.name}.{pid}.0badc0de{tag}.tmp")
+        path = target.with_name(f".{target.name}.{pid}@{this_host()}.0badc0de{tag}.tmp")
         path.write_bytes(b"half a file")
         made.append(path)
     return made
@@ -209,8 +210,11 @@ def test_the_next_run_removes_stale_temporaries(tmp_path, mnist_tree, trained):
     out.mkdir()
     stale = stale_temporaries(out / "emb.npy", ("", "raw")) + stale_temporaries(
         out / "emb.index.csv") + stale_temporaries(out / "tv.pt")
-    live = out / ".emb.npy.1.0badc0de.tmp"  # pid 1 is alive: another run's, kept
+    live = out / f".emb.npy.1@{this_host()}.0badc0de.tmp"  # pid 1 lives: another run's
     live.write_bytes(b"in progress")
+    # a dead pid here may be a live process on another node of a shared filesystem: kept
+    elsewhere = out / f".emb.npy.{dead_pid()}@other-node.0badc0de.tmp"
+    elsewhere.write_bytes(b"in progress on other-node")
     other = out / ".notes.txt.12.0badc0de.tmp"  # not a temporary of these outputs
     other.write_bytes(b"someone else's")
     config = embed_config(tmp_path, mnist_tree)
@@ -219,7 +223,7 @@ def test_the_next_run_removes_stale_temporaries(tmp_path, mnist_tree, trained):
     assert result.exit_code == 0, result.output
     assert invoke("export", trained, "--out", out / "tv.pt").exit_code == 0
     assert not [p for p in stale if p.exists()]
-    assert live.exists() and other.exists()
+    assert live.exists() and other.exists() and elsewhere.exists()
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
         "emb.index.csv", "emb.npy", "tv.pt"]
 
