@@ -65,15 +65,8 @@ def serve(store: str, host: str, port: int, allowed_hosts, auth: bool) -> None:
     Without --auth anyone who can reach the port can read and write every run: on a
     shared login node keep the default 127.0.0.1 or use --auth.
     """
-    import signal
-
-    from ..tracking.server import start_server
-
-    def _stop(signum, frame):
-        raise SystemExit(0)  # runs the finally below: the server is stopped with us
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _stop)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    from ..tracking.server import start_server, stop_on_signals
+    stop_on_signals()  # start_server and the finally below stop the server with us
     if host not in ("127.0.0.1", "localhost", "::1") and not auth:
         click.echo(f"WARNING: serving on {host} without --auth: every user who can reach "
                    f"this port can read and change all runs, configs and checkpoints",
@@ -86,8 +79,6 @@ def serve(store: str, host: str, port: int, allowed_hosts, auth: bool) -> None:
     click.echo(f"export MLFLOW_TRACKING_URI={handle.uri}")
     try:
         handle.process.wait()
-    except KeyboardInterrupt:
-        pass
     finally:
         handle.stop()
 

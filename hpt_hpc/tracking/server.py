@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
@@ -39,15 +40,67 @@ class ServerHandle:
         return self.process.poll() is None
 
     def stop(self, timeout: float = 15.0) -> None:
-        """Stop the server's process group (its workers included)."""
-        if self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
+        """Stop the server's process group (its workers included, also when the server
+        itself already ended) and return once no process of it is left (a second stop
+        signal meanwhile does not interrupt this)."""
+        with _signals_deferred(reraise=False):
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                if not _group_alive(self.process):
+                    return
+                try:
+                    os.killpg(self.process.pid, sig)
+                except ProcessLookupError:
+                    return
+                deadline = time.time() + timeout
+                while time.time() < deadline and _group_alive(self.process):
+                    time.sleep(0.05)
+
+
+def _group_alive(leader: subprocess.Popen) -> bool:
+    """Whether a process of ``leader``'s group (its pid: it started a session) still runs;
+    the leader is reaped here, orphaned zombies do not count."""
+    import psutil
+    leader.poll()
+    for proc in psutil.process_iter():
         try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout)
+            if os.getpgid(proc.pid) == leader.pid and proc.status() != psutil.STATUS_ZOMBIE:
+                return True
+        except (ProcessLookupError, psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return False
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+_deferred: dict = {"active": False}
+
+
+def stop_on_signals() -> None:
+    """SIGTERM, SIGINT and SIGHUP end this process with ``SystemExit(0)`` at any moment
+    (so ``finally`` blocks stop the server); while :func:`start_server` creates the server
+    process they wait until its handle exists."""
+    def _stop(signum, frame):
+        if _deferred["active"]:
+            _deferred["pending"] = signum
+            return
+        raise SystemExit(0)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _stop)
+
+
+@contextmanager
+def _signals_deferred(reraise: bool = True):
+    """Hold the stop signals of :func:`stop_on_signals` back for the block; ``reraise``:
+    act on one that came meanwhile at its end."""
+    outer = _deferred["active"]
+    if not outer:
+        _deferred.pop("pending", None)
+    _deferred["active"] = True
+    try:
+        yield
+    finally:
+        _deferred["active"] = outer
+    if reraise and not outer and _deferred.pop("pending", None) is not None:
+        raise SystemExit(0)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -166,11 +219,24 @@ def start_server(store: os.PathLike, host: str = "127.0.0.1", port: Optional[int
     if auth:
         env.update(_auth_environment(store))
     log_path = store / f"server-{port}.log"
-    with open(log_path, "ab") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
-    handle = ServerHandle(f"http://{advertised_host(host)}:{port}", proc, cmd, log_path,
-                          store / DB_NAME if created else None)
+    handle = None
+    try:
+        with _signals_deferred():  # a stop signal in Popen would lose the process
+            with open(log_path, "ab") as out:
+                proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                        start_new_session=True)
+            handle = ServerHandle(f"http://{advertised_host(host)}:{port}", proc, cmd,
+                                  log_path, store / DB_NAME if created else None)
+        _wait_ready(handle, host, port, wait)
+    except BaseException:  # an error, a timeout or a stop signal: no server is left
+        if handle is not None:
+            handle.stop()
+        raise
+    return handle
+
+
+def _wait_ready(handle: ServerHandle, host: str, port: int, wait: float) -> None:
+    proc, log_path = handle.process, handle.log_path
     probe = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     deadline = time.time() + wait
     while True:
@@ -180,11 +246,10 @@ def start_server(store: os.PathLike, host: str = "127.0.0.1", port: Optional[int
         try:
             check_reachable(probe, timeout=2.0)
             if owns_port(proc, port):
-                return handle
+                return
         except TrackingError:
             pass
         if time.time() > deadline:
-            handle.stop()
             raise TrackingError(f"mlflow server on {probe} not ready (or not the process "
                                 f"answering there) after {wait:.0f} s (log: {log_path})")
         time.sleep(0.5)

@@ -1,0 +1,106 @@
+"""Hostile inputs, round two (#24): server lifecycle and refused runs that touch nothing
+shared, through the real CLI.
+
+Issue case -> mechanism -> test:
+ 3. SIGTERM/SIGINT to `mlflow serve` at any moment -> serve stops the server's whole
+    process group (signals deferred while the process is created, the group stopped on
+    any exit of start-up, its stop waits for every member) -> test_serve_stops_its_group
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from hpt_hpc.tracking.server import free_port
+
+
+@pytest.fixture(autouse=True)
+def _no_tracking_env(monkeypatch):
+    for var in ("MLFLOW_TRACKING_URI", "HPT_MLFLOW_PARENT_RUN_ID", "MLFLOW_TRACKING_USERNAME",
+                "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def cli_process(out: Path, *args, env=None) -> subprocess.Popen:
+    """``hpt-hpc ARGS`` as a subprocess (this interpreter, this checkout's package), its
+    output in the file ``out``."""
+    with open(out, "w") as sink:
+        return subprocess.Popen([sys.executable, "-m", "hpt_hpc.cli.main", *map(str, args)],
+                                stdout=sink, stderr=subprocess.STDOUT,
+                                env={**os.environ, **(env or {})})
+
+
+def marked(mark: str):
+    """Live processes (zombies aside) whose environment carries ``mark``."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.status() != psutil.STATUS_ZOMBIE and \
+                    proc.environ().get("HPT_TEST_MARK") == mark:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return found
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def wait_for(condition, seconds: float, what: str):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        found = condition()
+        if found:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _server_spawned(mark: str):
+    return [p for p in marked(mark) if "--backend-store-uri" in p.cmdline()]
+
+
+@pytest.mark.parametrize("sig, moment", [
+    (signal.SIGTERM, "at once"), (signal.SIGTERM, "server spawned"),
+    (signal.SIGINT, "server spawned"), (signal.SIGTERM, "ready")])
+def test_serve_stops_its_group(tmp_path, sig, moment):
+    mark, port = secrets.token_hex(8), free_port()
+    out = tmp_path / "serve.out"
+    serve = cli_process(out, "mlflow", "serve", "--store", tmp_path / "store", "--port", port,
+                        env={"HPT_TEST_MARK": mark})
+    try:
+        if moment == "server spawned":
+            wait_for(lambda: _server_spawned(mark), 120, "the mlflow server process")
+        elif moment == "ready":
+            wait_for(lambda: serve.poll() is not None or "ready" in out.read_text(), 180,
+                     "serve ready")
+            assert serve.poll() is None, out.read_text()
+        serve.send_signal(sig)
+        serve.wait(timeout=60)
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+    output = out.read_text()
+    assert "Traceback" not in output, output
+    left = marked(mark)
+    for proc in left:  # leave nothing behind for the next test
+        proc.kill()
+    assert not left, [p.cmdline() for p in left]
+    assert port_free(port)
+
