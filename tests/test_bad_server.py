@@ -104,3 +104,49 @@ def test_serve_stops_its_group(tmp_path, sig, moment):
     assert not left, [p.cmdline() for p in left]
     assert port_free(port)
 
+
+
+def _serve_until_ready(tmp_path: Path, name: str, *args, env=None):
+    """``mlflow serve ARGS`` as a subprocess, returned once it said it is ready (or ended);
+    its output is in ``tmp_path/<name>``."""
+    out = tmp_path / name
+    serve = cli_process(out, "mlflow", "serve", *args, env=env)
+    wait_for(lambda: serve.poll() is not None or "MLflow server ready" in out.read_text(),
+             180, f"serve {args} ready")
+    return serve, out
+
+
+def _stop(serve: subprocess.Popen) -> None:
+    if serve.poll() is None:
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(timeout=60)
+
+
+def test_serve_auth_takes_a_changed_password(tmp_path):
+    """Restarted on the same store with another MLFLOW_TRACKING_PASSWORD, ``serve --auth``
+    makes it the admin's password (one line, without it): the new one answers 200, the old
+    one 401; neither is written to a file or printed."""
+    import requests
+    old, new = "Old-" + secrets.token_hex(8), "New-" + secrets.token_hex(8)
+    store, port = tmp_path / "store", free_port()
+    args = ("--store", store, "--port", port, "--auth")
+    user = {"MLFLOW_TRACKING_USERNAME": "researcher"}
+    first, out1 = _serve_until_ready(tmp_path, "first.out", *args,
+                                     env={**user, "MLFLOW_TRACKING_PASSWORD": old})
+    _stop(first)
+    assert first.returncode == 0, out1.read_text()
+    second, out2 = _serve_until_ready(tmp_path, "second.out", *args,
+                                      env={**user, "MLFLOW_TRACKING_PASSWORD": new})
+    try:
+        output = out2.read_text()
+        assert second.poll() is None, output
+        assert "admin password of 'researcher' updated" in output, output
+        api = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search"
+        answer = {pw: requests.get(api, params={"max_results": 1}, auth=("researcher", pw),
+                                   timeout=10).status_code for pw in (old, new)}
+        assert answer == {old: 401, new: 200}
+    finally:
+        _stop(second)
+    for path in [p for p in tmp_path.rglob("*") if p.is_file()]:
+        data = path.read_bytes()
+        assert old.encode() not in data and new.encode() not in data, path

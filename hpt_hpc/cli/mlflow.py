@@ -65,7 +65,7 @@ def serve(store: str, host: str, port: int, allowed_hosts, auth: bool) -> None:
     Without --auth anyone who can reach the port can read and write every run: on a
     shared login node keep the default 127.0.0.1 or use --auth.
     """
-    from ..tracking.server import start_server, stop_on_signals
+    from ..tracking.server import AUTH_DB, start_server, stop_on_signals
     stop_on_signals()  # start_server and the finally below stop the server with us
     if host not in ("127.0.0.1", "localhost", "::1") and not auth:
         click.echo(f"WARNING: serving on {host} without --auth: every user who can reach "
@@ -75,6 +75,9 @@ def serve(store: str, host: str, port: int, allowed_hosts, auth: bool) -> None:
     if handle.new_store:
         click.echo(f"new MLflow store {handle.new_store} (there was none in "
                    f"{handle.new_store.parent})")
+    if handle.password_updated:
+        click.echo(f"admin password of '{handle.password_updated}' updated to "
+                   f"MLFLOW_TRACKING_PASSWORD in {handle.log_path.parent / AUTH_DB}")
     click.echo(f"MLflow server ready (pid {handle.process.pid}, log {handle.log_path})")
     click.echo(f"export MLFLOW_TRACKING_URI={handle.uri}")
     try:

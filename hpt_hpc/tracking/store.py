@@ -38,6 +38,14 @@ class TrackingError(HptError):
     """The tracking store cannot be used as configured (unreachable, wrong kind, ...)."""
 
 
+class AccessDenied(TrackingError):
+    """A server answered 401/403 to the credentials in the environment (or to none)."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+
 class StoreMissing(TrackingError):
     """A command that only reads found no store where it looked (none is created)."""
 
@@ -197,6 +205,10 @@ def check_reachable(uri: str, timeout: float = 10.0) -> None:
             f"MLflow tracking server {uri} is not reachable ({type(exc).__name__}: {exc}). "
             f"Start one with `hpt-hpc mlflow serve`, fix MLFLOW_TRACKING_URI / tracking.uri, "
             f"or unset both to use the embedded sqlite store") from None
+    if resp.status_code in (401, 403):
+        raise AccessDenied(f"{uri} answered HTTP {resp.status_code} to an MLflow API call: "
+                           f"access denied to the account in MLFLOW_TRACKING_USERNAME/"
+                           f"MLFLOW_TRACKING_PASSWORD (or to no account)", resp.status_code)
     if resp.status_code != 200:
         raise TrackingError(f"{uri} answered HTTP {resp.status_code} to an MLflow API call "
                             f"(not an MLflow server, or access denied): {resp.text[:200]}")
