@@ -5,6 +5,10 @@ Issue case -> mechanism -> test:
  3. SIGTERM/SIGINT to `mlflow serve` at any moment -> serve stops the server's whole
     process group (signals deferred while the process is created, the group stopped on
     any exit of start-up, its stop waits for every member) -> test_serve_stops_its_group
+ 2. `serve --auth` restarted with another MLFLOW_TRACKING_PASSWORD -> serve owns the
+    store's basic-auth.db and updates the admin's password at start (one line, no
+    password); a 401 during start-up stops it at once
+    -> test_serve_auth_takes_a_changed_password
 """
 from __future__ import annotations
 
