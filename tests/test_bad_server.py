@@ -9,6 +9,10 @@ Issue case -> mechanism -> test:
     store's basic-auth.db and updates the admin's password at start (one line, no
     password); a 401 during start-up stops it at once
     -> test_serve_auth_takes_a_changed_password
+ 6. credentials in a --tracking-uri (report) -> tracking.store.refuse_credentials, the one
+    check normalize_uri (train's) uses, also run by every client and reachability check;
+    report normalizes its URI like the other commands
+    -> test_credentials_in_a_tracking_uri_are_refused_everywhere
 """
 from __future__ import annotations
 
@@ -154,3 +158,32 @@ def test_serve_auth_takes_a_changed_password(tmp_path):
     for path in [p for p in tmp_path.rglob("*") if p.is_file()]:
         data = path.read_bytes()
         assert old.encode() not in data and new.encode() not in data, path
+
+
+def run(*args):
+    from click.testing import CliRunner
+
+    from hpt_hpc.cli.main import cli
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def assert_user_error(result, text: str) -> str:
+    """Exit 2, no traceback, the error on one line containing ``text``; returns it."""
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and text in errors[0], result.output
+    return errors[0]
+
+
+@pytest.mark.parametrize("args", [
+    ("report", "--name", "x", "--out", "{tmp}/report", "--tracking-uri", "{uri}"),
+    ("runs", "--tracking-uri", "{uri}"),
+    ("mlflow", "init", "--tracking-uri", "{uri}"),
+])
+def test_credentials_in_a_tracking_uri_are_refused_everywhere(tmp_path, args):
+    uri = f"http://bob:hunter2@127.0.0.1:{free_port()}/"
+    result = run(*(a.format(tmp=tmp_path, uri=uri) for a in args))
+    line = assert_user_error(result, "MLFLOW_TRACKING_USERNAME")
+    assert "hunter2" not in result.output and "bob" not in line
+    assert list(tmp_path.iterdir()) == []

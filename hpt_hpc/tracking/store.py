@@ -58,14 +58,8 @@ def default_uri(output_dir: str) -> str:
 def normalize_uri(uri: str) -> str:
     """Absolute sqlite paths; reject plain paths, the (maintenance-mode) file store and
     credentials inside the URI (they would reach params, artifacts, records and logs)."""
-    parsed = urlparse(uri)
-    scheme = parsed.scheme
-    if "@" in parsed.netloc:
-        host = parsed.netloc.rsplit("@", 1)[1]
-        raise TrackingError(f"the tracking URI carries a user name or password "
-                            f"({scheme}://…@{host}): remove them and set "
-                            f"MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD instead "
-                            f"(a URI is stored in params, checkpoints and records)")
+    refuse_credentials(uri)
+    scheme = urlparse(uri).scheme
     if scheme == "sqlite":
         path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
         if not path or path == ":memory:":
@@ -79,6 +73,18 @@ def normalize_uri(uri: str) -> str:
             f"use sqlite:///{Path(uri.replace('file://', '')).resolve() / DB_NAME} or a "
             f"server URI http://host:port")
     return uri
+
+
+def refuse_credentials(uri: str) -> None:
+    """Refuse a URI with a user name or password in it (never repeating them): they would
+    reach params, artifacts, records, logs and error messages."""
+    parsed = urlparse(uri)
+    if "@" in parsed.netloc:
+        host = parsed.netloc.rsplit("@", 1)[1]
+        raise TrackingError(f"the tracking URI carries a user name or password "
+                            f"({parsed.scheme}://…@{host}): remove them and set "
+                            f"MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD instead "
+                            f"(a URI is stored in params, checkpoints and records)")
 
 
 def resolve_uri(configured: Optional[str], output_dir: str) -> str:
@@ -174,6 +180,7 @@ def _create_schema(db: Path, artifacts: str) -> None:
 
 def check_reachable(uri: str, timeout: float = 10.0) -> None:
     """Fail fast with a clear :class:`TrackingError` when ``uri`` cannot take runs."""
+    refuse_credentials(uri)
     db = sqlite_path(uri)
     if db is not None:
         folder = db.parent
@@ -319,6 +326,7 @@ def reader_for(uri: str, hint: str = "run `hpt-hpc train`, `launch` or `sweep` f
 
 def _client(uri: str) -> Any:
     from mlflow import MlflowClient
+    refuse_credentials(uri)
     if is_server_uri(uri):
         # Keep one failed request short (MLflow's default retries for minutes): the tracker
         # retries on its own schedule without blocking training.
