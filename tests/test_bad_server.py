@@ -13,9 +13,13 @@ Issue case -> mechanism -> test:
     check normalize_uri (train's) uses, also run by every client and reachability check;
     report normalizes its URI like the other commands
     -> test_credentials_in_a_tracking_uri_are_refused_everywhere
+ 16. a `train` refused by the stage lock -> train takes every stage's lock (stage_lock, now
+    a no-op when this process holds it) before the pipeline run and launch records
+    -> test_a_train_refused_by_the_stage_lock_touches_nothing_shared
 """
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -187,3 +191,34 @@ def test_credentials_in_a_tracking_uri_are_refused_everywhere(tmp_path, args):
     line = assert_user_error(result, "MLFLOW_TRACKING_USERNAME")
     assert "hunter2" not in result.output and "bob" not in line
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_train_refused_by_the_stage_lock_touches_nothing_shared(tmp_path, mnist_tree):
+    """The pipeline run stays as the finished run left it, ``launches/`` and the pipeline
+    record are unchanged: the lock is taken before any of them."""
+    import fcntl
+
+    from mlflow import MlflowClient
+
+    from tiny import write_tiny_config
+    cfg = write_tiny_config(tmp_path, {"mnist": mnist_tree},
+                            {"target": {"dataset": "mnist", "variant": "scratch",
+                                        "iterations": 2}},
+                            tracking={"enabled": True, "system_metrics": False})
+    out = tmp_path / "out"
+    assert run("train", "--config", cfg).exit_code == 0
+    shared = {p: p.read_bytes() for p in [*(out / "launches").iterdir(),
+                                          out / "mlflow-pipeline.json"]}
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    pipeline = json.loads((out / "mlflow-pipeline.json").read_text())["run_id"]
+    assert client.get_run(pipeline).info.status == "FINISHED"
+    with open(out / "target" / "stage.lock", "w") as holder:
+        holder.write("host login1, pid 4242")
+        holder.flush()
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert_user_error(run("train", "--config", cfg),
+                          "stage 'target' is already running (host login1, pid 4242)")
+    assert client.get_run(pipeline).info.status == "FINISHED"
+    assert sorted((out / "launches").iterdir()) == sorted(p for p in shared
+                                                          if p.parent.name == "launches")
+    assert all(path.read_bytes() == data for path, data in shared.items())
