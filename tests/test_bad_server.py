@@ -16,6 +16,12 @@ Issue case -> mechanism -> test:
  16. a `train` refused by the stage lock -> train takes every stage's lock (stage_lock, now
     a no-op when this process holds it) before the pipeline run and launch records
     -> test_a_train_refused_by_the_stage_lock_touches_nothing_shared
+ 15. `cancel` that did not cancel -> launch.states.cancel_slurm (scancel's exit code and
+    error) and cancel_local (waits for the controller and every process under it);
+    cancel_jobs raises WorkFailed naming each job not cancelled
+    -> test_cancel_says_which_local_job_keeps_running (a real controller-like process
+    that ignores SIGINT/SIGTERM), test_cancel_says_when_scancel_fails (the real scancel
+    binary on an unknown id; without a cluster it fails on the missing configuration)
 """
 from __future__ import annotations
 
@@ -222,3 +228,47 @@ def test_a_train_refused_by_the_stage_lock_touches_nothing_shared(tmp_path, mnis
     assert sorted((out / "launches").iterdir()) == sorted(p for p in shared
                                                           if p.parent.name == "launches")
     assert all(path.read_bytes() == data for path, data in shared.items())
+
+
+def _record(tmp_path: Path, executor: str, job_id: str) -> Path:
+    """A launch record of one ``target`` job (as `launch` writes it)."""
+    from hpt_hpc.launch.record import JobEntry, LaunchRecord
+    record = LaunchRecord.new(tmp_path / "out", executor, str(tmp_path / "config.yaml"),
+                              ["target"], str(tmp_path / "logs"))
+    record.jobs.append(JobEntry(stage="target", job_id=job_id,
+                                output_dir=str(tmp_path / "out")))
+    return record.save()
+
+
+def test_cancel_says_which_local_job_keeps_running(tmp_path):
+    """A local job whose controller ignores SIGINT/SIGTERM: `cancel` waits a little, then
+    names the job and its pid and exits non-zero instead of printing "cancelled"."""
+    (tmp_path / "logs").mkdir()
+    stubborn = subprocess.Popen(
+        [sys.executable, "-c", "import signal, time\n"
+         "for s in (signal.SIGINT, signal.SIGTERM): signal.signal(s, signal.SIG_IGN)\n"
+         "time.sleep(120)", "submitit.local._local", str(tmp_path / "logs")])
+    try:
+        wait_for(lambda: "submitit.local._local" in psutil.Process(stubborn.pid).cmdline(),
+                 30, "the job's controller")
+        result = run("cancel", _record(tmp_path, "local", str(stubborn.pid)))
+        assert stubborn.poll() is None
+    finally:
+        stubborn.kill()
+        stubborn.wait()
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert not any(ln.startswith("cancelled:") for ln in result.output.splitlines())
+    lines = [ln for ln in result.output.splitlines() if ln.startswith("failed:")]
+    assert len(lines) == 1, result.output
+    assert f"job {stubborn.pid} still running" in lines[0] and f"pid {stubborn.pid}" in lines[0]
+
+
+def test_cancel_says_when_scancel_fails(tmp_path):
+    """The real scancel, on a job id no controller knows (or with no controller at all):
+    its error, not "cancelled"."""
+    result = run("cancel", _record(tmp_path, "slurm", "999999999"))
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert not any(ln.startswith("cancelled:") for ln in result.output.splitlines())
+    lines = [ln for ln in result.output.splitlines() if ln.startswith("failed:")]
+    assert len(lines) == 1 and "job 999999999 not cancelled (scancel" in lines[0], \
+        result.output
