@@ -22,6 +22,9 @@ Issue case -> mechanism -> test:
     -> test_cancel_says_which_local_job_keeps_running (a real controller-like process
     that ignores SIGINT/SIGTERM), test_cancel_says_when_scancel_fails (the real scancel
     binary on an unknown id; without a cluster it fails on the missing configuration)
+ 26 (part). `mlflow sync` of a cut spill file -> tracking.spill.read_spill (whole records
+    up to the cut), keep_partial (kept as <name>.partial); sync says it in one line
+    -> test_sync_of_a_truncated_spill_file_syncs_what_is_whole
 """
 from __future__ import annotations
 
@@ -272,3 +275,37 @@ def test_cancel_says_when_scancel_fails(tmp_path):
     lines = [ln for ln in result.output.splitlines() if ln.startswith("failed:")]
     assert len(lines) == 1 and "job 999999999 not cancelled (scancel" in lines[0], \
         result.output
+
+
+def test_sync_of_a_truncated_spill_file_syncs_what_is_whole(tmp_path, monkeypatch):
+    """A spill file cut in the middle of its metric values: `mlflow sync` sends the whole
+    rows before the cut, keeps the file (renamed, unchanged) and says so in one line."""
+    from mlflow import MlflowClient
+
+    from hpt_hpc.tracking.mlflow_tracker import MlflowTracker
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert run("mlflow", "init", "--tracking-uri", uri).exit_code == 0
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("spill")).info.run_id
+    dead = MlflowClient(f"http://127.0.0.1:{free_port()}")  # an outage: nothing arrives
+    tracker = MlflowTracker(dead, run_id, tracking_uri=uri, spill_dir=tmp_path / "stage",
+                            flush_seconds=60, system_metrics=False)
+    for step in range(1, 41):
+        tracker.log_metrics({"loss": step / 8}, step)
+    tracker.set_tags({"hpt.note": "after the metrics"})
+    tracker.close("FINISHED", timeout=0.5)
+    spill = tmp_path / "stage" / f"mlflow-pending-{run_id}.json"
+    text = spill.read_text()
+    cut = text.index('"loss", 2.625')  # inside the row of step 21
+    spill.write_text(text[:cut + 9])
+    before = spill.read_bytes()
+    result = run("mlflow", "sync", tmp_path / "stage")
+    line = assert_user_error(result, str(spill))
+    assert "20 metric values and 0 operations" in line and "kept as" in line
+    steps = sorted(m.step for m in client.get_metric_history(run_id, "loss"))
+    assert steps == list(range(1, 21))
+    kept = [p for p in (tmp_path / "stage").iterdir()]
+    assert len(kept) == 1 and kept[0].read_bytes() == before and kept[0].name in line
+    assert run("mlflow", "sync", tmp_path / "stage").exit_code == 0  # nothing sent twice
+    assert len(client.get_metric_history(run_id, "loss")) == 20

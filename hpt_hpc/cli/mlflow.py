@@ -102,9 +102,23 @@ def init(uri, output_dir, config_path) -> None:
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds to keep retrying.")
 def sync(folder: str, timeout: float) -> None:
     """Send what runs could not deliver during an outage (mlflow-pending-*.json files)."""
+    from ..errors import HptError
     from ..tracking.mlflow_tracker import sync_pending
     done = sync_pending(folder, timeout)
     click.echo(json.dumps(done, indent=2) if done else "nothing pending")
+    problems = []
+    for path, summary in done.items():
+        if summary.get("unreadable"):
+            problems.append(f"{path} names no run and store to send to (not a spill file, "
+                            f"or cut before them): nothing sent, the file is left in place")
+        elif summary.get("kept"):
+            metrics, ops = summary["synced"]
+            what = "synced" if not summary["pending"] else "queued again (store unreachable)"
+            problems.append(f"{path} is cut short: its {metrics} metric values and {ops} "
+                            f"operations before the cut were {what}; what came after is "
+                            f"lost; the file is kept as {summary['kept']}")
+    if problems:
+        raise HptError("; ".join(problems))
     if any(s["pending"] for s in done.values()):
         raise SystemExit(1)
 
