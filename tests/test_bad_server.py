@@ -247,13 +247,14 @@ def test_cancel_says_which_local_job_keeps_running(tmp_path):
     """A local job whose controller ignores SIGINT/SIGTERM: `cancel` waits a little, then
     names the job and its pid and exits non-zero instead of printing "cancelled"."""
     (tmp_path / "logs").mkdir()
+    ready = tmp_path / "ignoring"
     stubborn = subprocess.Popen(
-        [sys.executable, "-c", "import signal, time\n"
+        [sys.executable, "-c", "import pathlib, signal, sys, time\n"
          "for s in (signal.SIGINT, signal.SIGTERM): signal.signal(s, signal.SIG_IGN)\n"
-         "time.sleep(120)", "submitit.local._local", str(tmp_path / "logs")])
+         "pathlib.Path(sys.argv[3]).touch()\n"
+         "time.sleep(120)", "submitit.local._local", str(tmp_path / "logs"), str(ready)])
     try:
-        wait_for(lambda: "submitit.local._local" in psutil.Process(stubborn.pid).cmdline(),
-                 30, "the job's controller")
+        wait_for(ready.exists, 30, "the job's controller ignoring signals")
         result = run("cancel", _record(tmp_path, "local", str(stubborn.pid)))
         assert stubborn.poll() is None
     finally:
