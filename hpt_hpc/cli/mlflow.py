@@ -65,15 +65,8 @@ def serve(store: str, host: str, port: int, allowed_hosts, auth: bool) -> None:
     Without --auth anyone who can reach the port can read and write every run: on a
     shared login node keep the default 127.0.0.1 or use --auth.
     """
-    import signal
-
-    from ..tracking.server import start_server
-
-    def _stop(signum, frame):
-        raise SystemExit(0)  # runs the finally below: the server is stopped with us
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _stop)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    from ..tracking.server import AUTH_DB, start_server, stop_on_signals
+    stop_on_signals()  # start_server and the finally below stop the server with us
     if host not in ("127.0.0.1", "localhost", "::1") and not auth:
         click.echo(f"WARNING: serving on {host} without --auth: every user who can reach "
                    f"this port can read and change all runs, configs and checkpoints",
@@ -82,12 +75,13 @@ def serve(store: str, host: str, port: int, allowed_hosts, auth: bool) -> None:
     if handle.new_store:
         click.echo(f"new MLflow store {handle.new_store} (there was none in "
                    f"{handle.new_store.parent})")
+    if handle.password_updated:
+        click.echo(f"admin password of '{handle.password_updated}' updated to "
+                   f"MLFLOW_TRACKING_PASSWORD in {handle.log_path.parent / AUTH_DB}")
     click.echo(f"MLflow server ready (pid {handle.process.pid}, log {handle.log_path})")
     click.echo(f"export MLFLOW_TRACKING_URI={handle.uri}")
     try:
         handle.process.wait()
-    except KeyboardInterrupt:
-        pass
     finally:
         handle.stop()
 
@@ -108,9 +102,23 @@ def init(uri, output_dir, config_path) -> None:
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds to keep retrying.")
 def sync(folder: str, timeout: float) -> None:
     """Send what runs could not deliver during an outage (mlflow-pending-*.json files)."""
+    from ..errors import HptError
     from ..tracking.mlflow_tracker import sync_pending
     done = sync_pending(folder, timeout)
     click.echo(json.dumps(done, indent=2) if done else "nothing pending")
+    problems = []
+    for path, summary in done.items():
+        if summary.get("unreadable"):
+            problems.append(f"{path} names no run and store to send to (not a spill file, "
+                            f"or cut before them): nothing sent, the file is left in place")
+        elif summary.get("kept"):
+            metrics, ops = summary["synced"]
+            what = "synced" if not summary["pending"] else "queued again (store unreachable)"
+            problems.append(f"{path} is cut short: its {metrics} metric values and {ops} "
+                            f"operations before the cut were {what}; what came after is "
+                            f"lost; the file is kept as {summary['kept']}")
+    if problems:
+        raise HptError("; ".join(problems))
     if any(s["pending"] for s in done.values()):
         raise SystemExit(1)
 

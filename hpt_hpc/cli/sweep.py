@@ -57,6 +57,7 @@ def report(experiment, tracking_uri, sweep_name, out_dir, from_files, preamble) 
     from ..experiments.report import build_report
     from ..experiments.results import rows_from_files, rows_from_mlflow
     from ..experiments.sweep import sweep_tracking
+    from ..tracking.store import normalize_uri
     spec = None
     if experiment:
         from ..plan.experiment import load_experiment
@@ -73,7 +74,7 @@ def report(experiment, tracking_uri, sweep_name, out_dir, from_files, preamble) 
             raise click.UsageError("--from-files needs the EXPERIMENT file")
         rows = rows_from_files(spec.output_dir)
     else:
-        uri = tracking_uri
+        uri = normalize_uri(tracking_uri) if tracking_uri else None
         if uri is None:
             target = sweep_tracking(spec)
             if target is None:

@@ -2,11 +2,13 @@
 planned, and handed to the one submitter."""
 from __future__ import annotations
 
+from contextlib import ExitStack
 from typing import Optional, Sequence
 
 from ..config import InitRef, config_to_dict, read_config_dict
 from ..hub import using_cache
-from ..plan import plan_config
+from ..plan import StagePlan, plan_config
+from ..train.resume import stage_lock
 from .options import SchedulerOptions
 from .record import LaunchRecord
 from .submit import run_phases
@@ -37,7 +39,11 @@ def train(config_path: str, stages: Sequence[str] = (), overrides: Sequence[str]
     planned = plan_config(read_config_dict(config_path), overrides, stages or None,
                           first_init=first, where=config_path)
     cfg = planned.config
-    return run_phases(planned.phases, SchedulerOptions(executor="debug"),
-                      output_dir=cfg.output_dir, source=config_path, name=cfg.name,
-                      tracking=planned.tracking,
-                      labels=[p.name for p in planned.phases], config=config_to_dict(cfg))
+    with ExitStack() as locks:  # a run refused by a lock touches nothing shared
+        for plan in (p for phase in planned.phases for p in phase.plans):
+            if isinstance(plan, StagePlan):
+                locks.enter_context(stage_lock(plan.layout, plan.label))
+        return run_phases(planned.phases, SchedulerOptions(executor="debug"),
+                          output_dir=cfg.output_dir, source=config_path, name=cfg.name,
+                          tracking=planned.tracking,
+                          labels=[p.name for p in planned.phases], config=config_to_dict(cfg))

@@ -9,10 +9,11 @@ from typing import Any, Dict, List, Optional
 
 from ..config import OutputLayout, StageLayout
 from ..config.schema import STAGE_NAMES
-from ..errors import HptError
+from ..errors import HptError, WorkFailed
 from ..files import write_text_atomic
 from ..progress import read_status
-from .states import cancel_local, is_active, local_state, slurm_states  # noqa: F401
+from .states import (CANCEL_WAIT_S, cancel_local, cancel_slurm, is_active,  # noqa: F401
+                     local_state, slurm_states)
 
 LATEST = OutputLayout(Path(".")).latest_launch.name
 
@@ -118,17 +119,34 @@ def job_states(record: LaunchRecord) -> List[Dict[str, Any]]:
 
 
 def cancel_jobs(record: LaunchRecord, stage: Optional[str] = None) -> List[str]:
-    """Cancel every (or one stage's) job of a launch; returns the cancelled ids."""
-    cancelled = []
-    for entry in record.jobs:
-        if record.executor == "debug":
-            break  # ran in the launching process: nothing left to cancel
-        if stage and entry.stage != stage:
-            continue
-        if record.executor == "local":  # also from a process that did not start it
-            if cancel_local(record.log_folder, entry.job_id):
+    """Cancel every (or one stage's) job of a launch that has not ended; returns the
+    cancelled ids. A local job is cancelled once none of its processes runs any more;
+    a SLURM job once ``scancel`` took the request. :class:`WorkFailed` names every job
+    that was not (its reason, or its processes still running), and the cancelled ones."""
+    if record.executor == "debug":
+        return []  # ran in the launching process: nothing left to cancel
+    entries = [e for e in record.jobs if not stage or e.stage == stage]
+    cancelled, failed = [], []
+    if record.executor == "local":  # also from a process that did not start it
+        for entry in entries:
+            running = cancel_local(record.log_folder, entry.job_id)
+            if running:
+                failed.append(f"job {entry.job_id} still running after "
+                              f"{CANCEL_WAIT_S:.0f} s: {', '.join(running)} (stop it with "
+                              f"kill -KILL <pid>)")
+            elif running is not None:
                 cancelled.append(entry.job_id)
-            continue
-        record.job(entry).cancel(check=False)
-        cancelled.append(entry.job_id)
+    else:
+        states = slurm_states([e.job_id for e in entries])
+        for entry in entries:
+            if not is_active(states.get(entry.job_id, "UNKNOWN")):
+                continue  # ended already
+            reason = cancel_slurm(entry.job_id)
+            if reason:
+                failed.append(f"job {entry.job_id} not cancelled ({reason})")
+            else:
+                cancelled.append(entry.job_id)
+    if failed:
+        raise WorkFailed("; ".join(failed) + (f"; cancelled: {', '.join(cancelled)}"
+                                               if cancelled else ""))
     return cancelled

@@ -13,7 +13,8 @@ from __future__ import annotations
 import re
 import signal
 import subprocess
-from typing import Dict, List, Sequence
+import time
+from typing import Dict, List, Optional, Sequence
 
 # Scheduler states (SLURM's, the local ones) of a job that may still change.
 ACTIVE_STATES = ("PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
@@ -23,6 +24,7 @@ ACTIVE_STATES = ("PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED"
 REQUEUE_CAUSES = ("NODE_FAIL", "PREEMPTED", "REQUEUED", "TIMEOUT", "BOOT_FAIL")
 QUERY_TIMEOUT_S = 10
 LOCAL_CONTROLLER = "submitit.local._local"  # the module every local job's controller runs
+CANCEL_WAIT_S = 8.0  # how long `cancel` waits for a local job's processes to end
 
 
 def is_active(state: str) -> bool:
@@ -120,14 +122,48 @@ def local_state(folder: str, job_id: str) -> str:
         ("RUNNING" if _local_controller(folder, job_id) else "INTERRUPTED")
 
 
-def cancel_local(folder: str, job_id: str) -> bool:
-    """Interrupt a local job's controller (it stops the job's tasks); False when it had
-    ended already."""
+def cancel_local(folder: str, job_id: str, wait: float = CANCEL_WAIT_S) -> Optional[List[str]]:
+    """Interrupt a local job's controller (it stops the job's tasks, SIGKILL after 1 s)
+    and wait up to ``wait`` s for it and every process under it to end. None when it had
+    ended already, else the processes still running (``pid N (name)``; [] once all
+    ended)."""
+    import psutil
     proc = _local_controller(folder, job_id)
     if proc is None:
-        return False
+        return None
     try:
+        family = [proc, *proc.children(recursive=True)]
+        if proc.pid != int(job_id):
+            family.append(psutil.Process(int(job_id)))  # the shell running it
         proc.send_signal(signal.SIGINT)
-    except Exception:  # noqa: BLE001 - it ended in between
+    except psutil.NoSuchProcess:  # it ended in between
+        return None
+    deadline = time.time() + wait
+    while True:
+        alive = [p for p in family if _alive(p)]
+        if not alive or time.time() > deadline:
+            return [f"pid {p.pid} ({p.name()})" for p in alive if _alive(p)]
+        time.sleep(0.1)
+
+
+def _alive(proc) -> bool:
+    import psutil
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    return True
+
+
+def cancel_slurm(job_id: str) -> Optional[str]:
+    """``scancel`` a SLURM job; None when it took the request, else why not (one line)."""
+    try:
+        out = subprocess.run(["scancel", job_id], capture_output=True, text=True,
+                             timeout=QUERY_TIMEOUT_S)
+    except FileNotFoundError:
+        return "scancel is not installed or not on PATH"
+    except subprocess.TimeoutExpired:
+        return f"scancel got no answer within {QUERY_TIMEOUT_S} s"
+    if out.returncode == 0:
+        return None
+    lines = (out.stderr or out.stdout).strip().splitlines()
+    return lines[-1].strip() if lines else f"scancel exited with code {out.returncode}"

@@ -21,7 +21,8 @@ from typing import Any, Dict, List, Mapping, Optional
 from ..files import link_atomic, write_text_atomic
 from .base import Tracker
 from .registry import ensure_registered_model
-from .store import local_artifacts
+from .spill import keep_partial, read_spill
+from .store import local_artifacts, refuse_credentials
 from .sysmetrics import SystemSampler
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,8 @@ class MlflowTracker(Tracker):
         self._step = 0
         self._closed = False
         self._healthy = True  # False during an outage: callers then only queue
+        self.partial_spill: Optional[Path] = None  # a cut spill file, moved aside
+        self.spill_loaded = (0, 0)  # metric values, operations read from the spill file
         self._spill_loaded = self._load_spill()
         self._sampler = None
         if system_metrics:
@@ -311,14 +314,26 @@ class MlflowTracker(Tracker):
                     len(data["ops"]), self.spill_path, self.spill_path.parent)
 
     def _load_spill(self) -> bool:
+        """Queue what the spill file holds (a cut file: its whole records, and the file
+        moved aside to ``self.partial_spill``); True when the file is to be removed once
+        everything was delivered."""
         if self.spill_path is None or not self.spill_path.is_file():
             return False
-        data = json.loads(self.spill_path.read_text())
+        data, whole = read_spill(self.spill_path)
         if data.get("run_id") != self.run_id:
             return False
-        self._put_back(data["metrics"])
-        self._ops = data["ops"] + self._ops
-        return True
+        metrics = [m for m in data.get("metrics", []) if isinstance(m, list) and len(m) == 4]
+        ops = [o for o in data.get("ops", []) if isinstance(o, list) and len(o) == 2]
+        self._put_back(metrics)
+        self._ops = ops + self._ops
+        self.spill_loaded = (len(metrics), len(ops))
+        if whole:
+            return True
+        self.partial_spill = keep_partial(self.spill_path)
+        log.warning("tracking: run %s: spill file %s is cut short; its %d whole metric "
+                    "values and %d operations are queued, the file is kept as %s",
+                    self.run_id, self.spill_path, len(metrics), len(ops), self.partial_spill)
+        return False
 
     def _put_back(self, rows: List[tuple]) -> None:
         """Return unsent ``(key, value, timestamp, step)`` rows to the front of the buffer."""
@@ -328,15 +343,24 @@ class MlflowTracker(Tracker):
 
 
 def sync_pending(folder: os.PathLike, timeout: float = 60.0) -> Dict[str, Dict[str, Any]]:
-    """Deliver every spill file under ``folder`` to the store it was meant for."""
+    """Deliver every spill file under ``folder`` to the store it was meant for. A cut
+    file's summary says what of it was sent (``synced``) and where it is kept (``kept``);
+    one without a run and store to send to is left in place (``unreadable``)."""
     from mlflow import MlflowClient
     out = {}
     for path in sorted(Path(folder).rglob(f"{SPILL_PREFIX}*.json")):
-        data = json.loads(path.read_text())
-        uri = data["tracking_uri"]
-        tracker = MlflowTracker(MlflowClient(uri, uri), data["run_id"], tracking_uri=uri,
+        data, _ = read_spill(path)
+        uri, run_id = data.get("tracking_uri"), data.get("run_id")
+        if not isinstance(uri, str) or not isinstance(run_id, str) or \
+                path.name != f"{SPILL_PREFIX}{run_id}.json":
+            out[str(path)] = {"pending": 0, "unreadable": True}
+            continue
+        refuse_credentials(uri)
+        tracker = MlflowTracker(MlflowClient(uri, uri), run_id, tracking_uri=uri,
                                 model_name=data.get("model_name"), alias=data.get("alias"),
                                 spill_dir=path.parent, system_metrics=False)
         tracker.close(status=None, timeout=timeout)
         out[str(path)] = tracker.summary()
+        if tracker.partial_spill is not None:
+            out[str(path)].update(kept=str(tracker.partial_spill), synced=tracker.spill_loaded)
     return out

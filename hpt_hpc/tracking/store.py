@@ -38,6 +38,14 @@ class TrackingError(HptError):
     """The tracking store cannot be used as configured (unreachable, wrong kind, ...)."""
 
 
+class AccessDenied(TrackingError):
+    """A server answered 401/403 to the credentials in the environment (or to none)."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+
 class StoreMissing(TrackingError):
     """A command that only reads found no store where it looked (none is created)."""
 
@@ -50,14 +58,8 @@ def default_uri(output_dir: str) -> str:
 def normalize_uri(uri: str) -> str:
     """Absolute sqlite paths; reject plain paths, the (maintenance-mode) file store and
     credentials inside the URI (they would reach params, artifacts, records and logs)."""
-    parsed = urlparse(uri)
-    scheme = parsed.scheme
-    if "@" in parsed.netloc:
-        host = parsed.netloc.rsplit("@", 1)[1]
-        raise TrackingError(f"the tracking URI carries a user name or password "
-                            f"({scheme}://…@{host}): remove them and set "
-                            f"MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD instead "
-                            f"(a URI is stored in params, checkpoints and records)")
+    refuse_credentials(uri)
+    scheme = urlparse(uri).scheme
     if scheme == "sqlite":
         path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
         if not path or path == ":memory:":
@@ -71,6 +73,18 @@ def normalize_uri(uri: str) -> str:
             f"use sqlite:///{Path(uri.replace('file://', '')).resolve() / DB_NAME} or a "
             f"server URI http://host:port")
     return uri
+
+
+def refuse_credentials(uri: str) -> None:
+    """Refuse a URI with a user name or password in it (never repeating them): they would
+    reach params, artifacts, records, logs and error messages."""
+    parsed = urlparse(uri)
+    if "@" in parsed.netloc:
+        host = parsed.netloc.rsplit("@", 1)[1]
+        raise TrackingError(f"the tracking URI carries a user name or password "
+                            f"({parsed.scheme}://…@{host}): remove them and set "
+                            f"MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD instead "
+                            f"(a URI is stored in params, checkpoints and records)")
 
 
 def resolve_uri(configured: Optional[str], output_dir: str) -> str:
@@ -166,6 +180,7 @@ def _create_schema(db: Path, artifacts: str) -> None:
 
 def check_reachable(uri: str, timeout: float = 10.0) -> None:
     """Fail fast with a clear :class:`TrackingError` when ``uri`` cannot take runs."""
+    refuse_credentials(uri)
     db = sqlite_path(uri)
     if db is not None:
         folder = db.parent
@@ -197,6 +212,10 @@ def check_reachable(uri: str, timeout: float = 10.0) -> None:
             f"MLflow tracking server {uri} is not reachable ({type(exc).__name__}: {exc}). "
             f"Start one with `hpt-hpc mlflow serve`, fix MLFLOW_TRACKING_URI / tracking.uri, "
             f"or unset both to use the embedded sqlite store") from None
+    if resp.status_code in (401, 403):
+        raise AccessDenied(f"{uri} answered HTTP {resp.status_code} to an MLflow API call: "
+                           f"access denied to the account in MLFLOW_TRACKING_USERNAME/"
+                           f"MLFLOW_TRACKING_PASSWORD (or to no account)", resp.status_code)
     if resp.status_code != 200:
         raise TrackingError(f"{uri} answered HTTP {resp.status_code} to an MLflow API call "
                             f"(not an MLflow server, or access denied): {resp.text[:200]}")
@@ -307,6 +326,7 @@ def reader_for(uri: str, hint: str = "run `hpt-hpc train`, `launch` or `sweep` f
 
 def _client(uri: str) -> Any:
     from mlflow import MlflowClient
+    refuse_credentials(uri)
     if is_server_uri(uri):
         # Keep one failed request short (MLflow's default retries for minutes): the tracker
         # retries on its own schedule without blocking training.

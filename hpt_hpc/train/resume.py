@@ -42,13 +42,22 @@ class StageBusy(HptError):
     """Another run holds the stage's lock."""
 
 
+_HELD: set = set()  # the stage locks this process holds (a nested stage_lock: a no-op)
+
+
 @contextmanager
 def stage_lock(layout: StageLayout, label: str, hold: bool = True) -> Iterator[None]:
-    """Hold the stage's lock for the duration (``hold`` False: a no-op, other ranks)."""
-    if not hold:
+    """Hold the stage's lock for the duration (``hold`` False: a no-op, other ranks; a lock
+    this process already holds: a no-op, so ``train`` can take every stage's lock before
+    it touches the pipeline run and the launch records)."""
+    key = os.path.abspath(layout.lock)
+    if not hold or key in _HELD:
         yield
         return
-    created = not layout.root.exists()
+    created = layout.root
+    while not created.parent.exists() and created.parent != created.parent.parent:
+        created = created.parent  # the topmost folder this call creates
+    created = None if created.exists() else created
     make_folder(layout.root)
     with open(layout.lock, "a+") as handle:
         try:
@@ -64,16 +73,30 @@ def stage_lock(layout: StageLayout, label: str, hold: bool = True) -> Iterator[N
         handle.write(f"host {socket.gethostname()}, pid {os.getpid()}, since "
                      f"{time.strftime('%Y-%m-%d %H:%M:%S')}")
         handle.flush()
+        _HELD.add(key)
         try:
             yield
         except BaseException:
             if created and [p.name for p in layout.root.iterdir()] == [layout.lock.name]:
                 # failed before any work: leave no folder behind (a retry starts clean)
                 layout.lock.unlink(missing_ok=True)
-                layout.root.rmdir()
+                _remove_empty(layout.root, created)
             raise
         finally:
+            _HELD.discard(key)
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _remove_empty(folder, top) -> None:
+    """Remove ``folder`` and its parents up to ``top`` while they are empty."""
+    while True:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+        if folder == top:
+            return
+        folder = folder.parent
 
 
 def fingerprint(plan: StagePlan) -> Dict[str, Any]:
