@@ -13,12 +13,11 @@ import typing
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Union
 
-import yaml
-
 from ..errors import ConfigError
 from ..tracking.store import TrackingError, normalize_uri
 from .refs import InitRef
 from .schema import ARCHS, STAGE_NAMES, TIMM_PREFIX, ExperimentConfig
+from .yamlfile import parse_yaml, read_yaml_file
 
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")  # what YAML 1.1 misses
 
@@ -104,7 +103,7 @@ def apply_overrides(data: Dict[str, Any], overrides: Iterable[str]) -> Dict[str,
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not of the form key.path=value")
         dotted, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = parse_yaml(raw, f"override '{item}'") if raw.strip() else None
         if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
             value = float(value)  # 1e-3: a number, though YAML 1.1 reads it as a string
         node = data
@@ -292,10 +291,7 @@ def read_config_dict(path: Union[str, Path], kind: str = "config") -> Dict[str, 
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{kind} file '{path}' does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{kind} file '{path}' is not valid YAML: {exc}") from exc
+    data = read_yaml_file(path, kind) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{kind} file '{path}' must hold a mapping at the top level")
     return data

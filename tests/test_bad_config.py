@@ -1,0 +1,104 @@
+"""Hostile config and experiment files, names and references through the real CLI (#24):
+each gives exit code 2 and one ``error:`` line without a traceback, and writes nothing.
+
+Which mechanism covers which issue case:
+
+- 11 (alias bomb), 21 (duplicate keys), 25 (binary file): the one YAML reader of user files,
+  :mod:`hpt_hpc.config.yamlfile` (configs, experiment files, profiles, ``--set`` values).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from hpt_hpc.cli.main import cli
+from tiny import write_tiny_config, write_tiny_experiment
+
+STAGES = {"target": {"dataset": "mnist", "variant": "scratch", "iterations": 4}}
+STUDY = {"s": {"method": ["HPT"], "dataset": ["mnist"], "steps": [2]}}
+
+
+@pytest.fixture(autouse=True)
+def _no_tracking_env(monkeypatch):
+    for var in ("MLFLOW_TRACKING_URI", "HPT_MLFLOW_PARENT_RUN_ID", "MLFLOW_TRACKING_USERNAME",
+                "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def assert_user_error(result, text: str) -> str:
+    """Exit 2, no traceback, the error on one line containing ``text``; returns it."""
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and text in errors[0], result.output
+    return errors[0]
+
+
+def _config(tmp_path, mnist_tree) -> Path:
+    return write_tiny_config(tmp_path, {"mnist": mnist_tree}, STAGES)
+
+
+LAUGHS = "\n".join(["grid:", "  a: &a [x, x, x, x, x, x, x, x, x, x]"]
+                   + [f"  {chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, "
+                      f"*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, "
+                      f"*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]"
+                      for i in range(5)]) + "\n"
+
+
+def test_alias_bomb_is_refused_at_its_line(tmp_path, mnist_tree):  # case 11
+    cfg = _config(tmp_path, mnist_tree)
+    cfg.write_text(cfg.read_text() + LAUGHS)
+    lines = cfg.read_text().splitlines()
+    line = lines.index(LAUGHS.splitlines()[2]) + 1
+    result = run("config", "show", "--config", cfg)
+    error = assert_user_error(result, f"line {line}: YAML aliases ('*a') are not supported")
+    assert len(result.output) < 1000 and str(cfg) in error
+
+
+def test_alias_in_an_experiment_file_and_a_set_value_is_refused(tmp_path, mnist_tree):
+    path = write_tiny_experiment(tmp_path, {"mnist": mnist_tree}, STUDY)
+    path.write_text(path.read_text() + "prepare: &p {}\nset: *p\n")
+    assert_user_error(run("sweep", path, "--dry-run"), "YAML aliases ('*p')")
+    cfg = _config(tmp_path, mnist_tree)
+    assert_user_error(run("config", "show", "--config", cfg, "--set", "grid=[&g 1, *g]"),
+                      "override 'grid=[&g 1, *g]': line 1: YAML aliases ('*g')")
+
+
+def test_duplicate_keys_are_refused_at_any_depth(tmp_path, mnist_tree):  # case 21
+    path = write_tiny_experiment(tmp_path, {"mnist": mnist_tree}, STUDY)
+    text = path.read_text() + "methods:\n  Base: {bn_batches: 5}\n  Base: {bn_batches: 999}\n"
+    path.write_text(text)
+    line = len(text.splitlines())
+    assert_user_error(run("sweep", path, "--dry-run"),
+                      f"line {line}: duplicate key 'Base' (first given on line {line - 1})")
+    assert not (tmp_path / "out").exists()
+    cfg = _config(tmp_path, mnist_tree)
+    data = cfg.read_text().replace("  lr: 0.05\n", "  lr: 0.05\n  lr: 5.0\n", 1)
+    cfg.write_text(data)
+    assert_user_error(run("train", "--config", cfg), "duplicate key 'lr'")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_binary_file_is_one_line(tmp_path, mnist_tree):  # case 25
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"name: \xff\xfe\x00\x89PNG\r\n\x1a\n")
+    for args in (["sweep", binary, "--dry-run"], ["train", "--config", binary],
+                 ["config", "show", "--config", binary]):
+        assert_user_error(run(*args), "is not UTF-8 text (byte 0xff at offset 6)")
+    nul = tmp_path / "nul.yaml"
+    nul.write_bytes(b"name: a\x00b\n")
+    assert_user_error(run("config", "show", "--config", nul), "not valid YAML")
+
+
+def test_plain_yaml_still_reads(tmp_path, mnist_tree):
+    cfg = _config(tmp_path, mnist_tree)
+    result = run("config", "show", "--config", cfg, "--set", "grid={a: [1, 2]}")
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load(result.output)["grid"] == {"a": [1, 2]}
