@@ -5,6 +5,9 @@ Which mechanism covers which issue case:
 
 - 11 (alias bomb), 21 (duplicate keys), 25 (binary file): the one YAML reader of user files,
   :mod:`hpt_hpc.config.yamlfile` (configs, experiment files, profiles, ``--set`` values).
+- 4 (``runs:/<id>/../..``): :meth:`InitRef.parse` refuses an artifact path that leaves the
+  run's artifacts; :func:`hpt_hpc.tracking.registry.fetch_checkpoint` resolves the path
+  and refuses one outside the run's artifact root before linking or downloading.
 """
 from __future__ import annotations
 
@@ -102,3 +105,47 @@ def test_plain_yaml_still_reads(tmp_path, mnist_tree):
     result = run("config", "show", "--config", cfg, "--set", "grid={a: [1, 2]}")
     assert result.exit_code == 0, result.output
     assert yaml.safe_load(result.output)["grid"] == {"a": [1, 2]}
+
+
+def _store_with_a_run(tmp_path) -> tuple:
+    """A local sqlite store holding one run with one artifact: ``(uri, run_id)``."""
+    import mlflow
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    (tmp_path / "store").mkdir()
+    client = mlflow.MlflowClient(uri)
+    exp = client.create_experiment("e", artifact_location=str(tmp_path / "store" / "art"))
+    run = client.create_run(exp)
+    weights = tmp_path / "final.pt"
+    weights.write_bytes(b"not a checkpoint")
+    client.log_artifact(run.info.run_id, str(weights), "checkpoints")
+    return uri, run.info.run_id
+
+
+@pytest.mark.parametrize("path", ["../../../../etc/hostname", "checkpoints/../../../secret",
+                                  "/etc/hostname", "checkpoints//etc/hostname"])
+def test_a_run_artifact_path_stays_inside_the_run(tmp_path, mnist_tree, path):  # case 4
+    uri, run_id = _store_with_a_run(tmp_path)
+    secret = tmp_path / "store" / "secret"
+    secret.write_text("outside the run's artifacts")
+    cfg = _config(tmp_path, mnist_tree)
+    ref = f"runs:/{run_id}/{path}"
+    result = run("probe", "--config", cfg, "--set", f"tracking.uri={uri}",
+                 "--set", "tracking.enabled=true", "--checkpoint", ref, "--dataset", "mnist")
+    assert_user_error(result, "must stay inside the run's artifacts")
+    cache = tmp_path / "out" / "evaluations" / "init-cache"
+    linked = [p for p in cache.rglob("*") if p.is_file()] if cache.exists() else []
+    assert linked == []
+
+
+def test_a_run_artifact_that_links_outside_is_refused(tmp_path, mnist_tree):  # case 4
+    uri, run_id = _store_with_a_run(tmp_path)
+    outside = tmp_path / "outside.pt"
+    outside.write_bytes(b"x")
+    art = next((tmp_path / "store" / "art").rglob("checkpoints"))
+    (art / "link.pt").symlink_to(outside)
+    result = run("probe", "--config", _config(tmp_path, mnist_tree), "--set",
+                 f"tracking.uri={uri}", "--set", "tracking.enabled=true", "--checkpoint",
+                 f"runs:/{run_id}/checkpoints/link.pt", "--dataset", "mnist")
+    assert_user_error(result, f"leads to {outside}")
+    cache = tmp_path / "out" / "evaluations" / "init-cache"
+    assert not cache.exists() or not any(p.is_file() for p in cache.rglob("*"))
