@@ -8,6 +8,8 @@ Which mechanism covers which issue case:
 - 4 (``runs:/<id>/../..``): :meth:`InitRef.parse` refuses an artifact path that leaves the
   run's artifacts; :func:`hpt_hpc.tracking.registry.fetch_checkpoint` resolves the path
   and refuses one outside the run's artifact root before linking or downloading.
+- 20 (``name: ../../srv/escaped``): :func:`hpt_hpc.config.layout.folder_name`, applied to
+  an experiment file's name before its default output folder is derived.
 """
 from __future__ import annotations
 
@@ -149,3 +151,29 @@ def test_a_run_artifact_that_links_outside_is_refused(tmp_path, mnist_tree):  # 
     assert_user_error(result, f"leads to {outside}")
     cache = tmp_path / "out" / "evaluations" / "init-cache"
     assert not cache.exists() or not any(p.is_file() for p in cache.rglob("*"))
+
+
+@pytest.mark.parametrize("name", ["../../../../srv/escaped", "..", "a/b", "a\\b", "", None,
+                                  ["x"]])
+def test_an_experiment_name_stays_inside_the_outputs(tmp_path, mnist_tree, monkeypatch,
+                                                      name):  # case 20
+    work = tmp_path / "project" / "work"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    path = write_tiny_experiment(tmp_path, {"mnist": mnist_tree}, STUDY, name=name,
+                                 output_dir=None)
+    before = sorted(tmp_path.rglob("*"))
+    for args in (["sweep", path, "--dry-run"], ["report", path]):
+        assert_user_error(run(*args), f"{path}: name: ")
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_a_plain_experiment_name_gets_its_default_folder(tmp_path, mnist_tree, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = write_tiny_experiment(tmp_path, {"mnist": mnist_tree}, STUDY, name="my run..1",
+                                 output_dir=None)
+    result = run("sweep", path, "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "outputs").exists() or \
+        all(p.is_relative_to(tmp_path / "outputs" / "experiments" / "my run..1")
+            for p in (tmp_path / "outputs").rglob("*") if p.is_file())
