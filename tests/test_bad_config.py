@@ -10,6 +10,11 @@ Which mechanism covers which issue case:
   and refuses one outside the run's artifact root before linking or downloading.
 - 20 (``name: ../../srv/escaped``): :func:`hpt_hpc.config.layout.folder_name`, applied to
   an experiment file's name before its default output folder is derived.
+- 26 (a quote in a name breaks MLflow filters): :func:`hpt_hpc.tracking.runs.run_filter`,
+  the one builder of search filters, quotes every value the way MLflow's parser reads it
+  (a name with both kinds of quote is refused when the config is validated).
+- 26 (a launch record holding ``null`` or other wrong JSON types): ``LaunchRecord.load``
+  checks every field against its declared type before ``status``/``cancel`` use it.
 """
 from __future__ import annotations
 
@@ -177,3 +182,57 @@ def test_a_plain_experiment_name_gets_its_default_folder(tmp_path, mnist_tree, m
     assert not (tmp_path / "outputs").exists() or \
         all(p.is_relative_to(tmp_path / "outputs" / "experiments" / "my run..1")
             for p in (tmp_path / "outputs").rglob("*") if p.is_file())
+
+
+def test_a_quote_in_a_name_is_searched_for_correctly(tmp_path, mnist_tree):  # case 26
+    cfg = write_tiny_config(tmp_path, {"mnist": mnist_tree}, STAGES,
+                            tracking={"enabled": True, "system_metrics": False})
+    name = "bob's run"
+    for _ in range(2):  # the second train finds the pipeline run the first one made
+        result = run("train", "--config", cfg, "--set", f"name={name}")
+        assert result.exit_code == 0, result.output
+    import mlflow
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], "")
+    pipelines = [r for r in runs if r.data.tags.get("hpt.kind") == "pipeline"]
+    assert [r.data.tags["hpt.pipeline"] for r in pipelines] == [name]
+    table = run("runs", "--output-dir", tmp_path / "out", "--pipeline", name)
+    assert table.exit_code == 0 and "FINISHED" in table.output, table.output
+    both = run("train", "--config", cfg, "--set", "name=bob's \"run\"")
+    assert_user_error(both, "holds both ' and \"")
+
+
+GOOD_RECORD = {"created": "20240101-000000", "executor": "local", "config": "/c.yaml",
+               "stages": ["target"], "log_folder": "logs/%j", "output_dir": "out",
+               "jobs": [{"stage": "target", "job_id": "123", "depends_on": [], "tasks": 1}]}
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda r: None, "the record is NoneType, not an object"),
+    (lambda r: [r], "the record is list, not an object"),
+    (lambda r: {**r, "jobs": None}, "jobs is null, not"),
+    (lambda r: {**r, "jobs": [None]}, "jobs[0] is NoneType, not an object"),
+    (lambda r: {**r, "log_folder": None}, "log_folder is null, not str"),
+    (lambda r: {**r, "executor": 5}, "executor is 5, not str"),
+    (lambda r: {**r, "stages": ["target", None]}, "stages is [\"target\", null]"),
+    (lambda r: {**r, "jobs": [{**r["jobs"][0], "job_id": None}]}, "jobs[0]: job_id is null"),
+    (lambda r: {**r, "jobs": [{**r["jobs"][0], "tasks": "2"}]}, "jobs[0]: tasks is \"2\""),
+    (lambda r: {**r, "live": {}}, "unknown field 'live'"),
+])
+def test_a_damaged_launch_record_is_one_line(tmp_path, change, message):  # case 26
+    import json
+    record = tmp_path / "launch.json"
+    good = run("status", _write(record, GOOD_RECORD))
+    assert good.exit_code == 0 and "123" in good.output, good.output
+    text = json.dumps(change(json.loads(json.dumps(GOOD_RECORD))))
+    _write(record, text)
+    for command in ("status", "cancel"):
+        assert_user_error(run(command, record), f"launch record {record} is unreadable")
+        assert_user_error(run(command, record), message)
+    assert record.read_text() == text
+
+
+def _write(path: Path, data) -> Path:
+    import json
+    path.write_text(data if isinstance(data, str) else json.dumps(data))
+    return path

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Union
 
 from ..errors import ConfigError
+from ..tracking.filters import filter_value
 from ..tracking.store import TrackingError, normalize_uri
 from .refs import InitRef
 from .schema import ARCHS, STAGE_NAMES, TIMM_PREFIX, ExperimentConfig
@@ -261,11 +262,13 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
             raise ConfigError(f"{where}.init: '{stage.init}' names no other stage")
         if stage.variant in NEEDS_INIT and not stage.init:
             raise ConfigError(f"{where}: variant '{stage.variant}' needs an init checkpoint")
-    if cfg.tracking.uri:
+    for key, check, value in (("tracking.uri", normalize_uri, cfg.tracking.uri),
+                              ("name", filter_value, cfg.tracking.enabled and cfg.name)):
         try:
-            normalize_uri(cfg.tracking.uri)
+            if value:
+                check(value)  # the name: runs are searched for by it
         except TrackingError as exc:
-            raise ConfigError(f"tracking.uri: {exc}") from None
+            raise ConfigError(f"{key}: {exc}") from None
     return cfg
 
 
