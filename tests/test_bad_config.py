@@ -15,9 +15,16 @@ Which mechanism covers which issue case:
   (a name with both kinds of quote is refused when the config is validated).
 - 26 (a launch record holding ``null`` or other wrong JSON types): ``LaunchRecord.load``
   checks every field against its declared type before ``status``/``cancel`` use it.
+- 13 (the divergence advice was refused by the resume settings check): the config key
+  ``checkpoint.resume_changes`` names the settings (learning rates only) allowed to differ
+  from the checkpoint's; the divergence error gives the exact options to add
+  (``train.resume.lower_rate_advice``), and the resume records what changed.
 """
 from __future__ import annotations
 
+import json
+import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -236,3 +243,27 @@ def _write(path: Path, data) -> Path:
     import json
     path.write_text(data if isinstance(data, str) else json.dumps(data))
     return path
+
+
+def test_the_divergence_advice_resumes_the_stage(tmp_path, mnist_tree):  # case 13
+    cfg = write_tiny_config(tmp_path, {"mnist": mnist_tree},
+                            {"target": {"dataset": "mnist", "variant": "scratch",
+                                        "iterations": 8}}, checkpoint={"every": 3})
+    command = ["train", "--config", cfg, "--set", "optim.lr=1e5",
+               "--set", "optim.schedule=constant"]
+    line = assert_user_error(run(*command), "add --set optim.lr=10000 --set "
+                             "checkpoint.resume_changes=[optim.lr] to the same command")
+    last = tmp_path / "out" / "target" / "checkpoints" / "last.pt"
+    assert last.is_file() and str(last) in line  # a good checkpoint to resume from
+    advice = shlex.split(re.search(r"add (.*) to the same command", line)[1])
+    # the lower rate alone is refused: the settings differ from the checkpoint's
+    assert_user_error(run(*command, *advice[:2]), "was written with other settings")
+    result = run(*command, *advice)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "out" / "target" / "result.json").read_text())
+    assert summary["resumed_from"] == 3 and summary["steps"] == summary["total_steps"] == 8
+    assert summary["resume_changes"] == ["optim.lr: 100000.0 -> 10000.0",
+                                         "plan.lr: 100000.0 -> 10000.0"]
+    assert_user_error(run("config", "show", "--config", cfg, "--set",
+                          "checkpoint.resume_changes=[model.width]"),
+                      "checkpoint.resume_changes: 'model.width' cannot differ")

@@ -161,6 +161,8 @@ RANGES = {
 }
 NEEDS_INIT = ("bn", "bn-stats", "last-blocks", "lora")  # variants that freeze weights
 COLOUR_CHANNELS = (1, 3)  # data.channels of grey/RGB images; others are band stacks
+# settings a resumed stage may change (checkpoint.resume_changes): the learning rate
+RESUME_CHANGES = ("optim.lr", *(f"stages.{name}.lr" for name in STAGE_NAMES))
 
 
 def _values(data: Any, parts: List[str], where: str):
@@ -249,6 +251,10 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     if len(cfg.data.mean) != cfg.data.channels or len(cfg.data.std) != cfg.data.channels:
         raise ConfigError(f"data.mean and data.std need {cfg.data.channels} values "
                           f"(one per channel)")
+    for setting in cfg.checkpoint.resume_changes:
+        if setting not in RESUME_CHANGES:
+            raise ConfigError(f"checkpoint.resume_changes: '{setting}' cannot differ from a "
+                              f"resume checkpoint's; allowed: {', '.join(RESUME_CHANGES)}")
     for name, stage in cfg.stages.items():
         where = f"stages.{name}"
         if name not in STAGE_NAMES:
