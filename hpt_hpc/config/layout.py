@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
+from ..errors import ConfigError
+
 CHECKPOINTS = "checkpoints"
 LAST = "last.pt"
 PREVIOUS = "previous.pt"
@@ -32,6 +34,19 @@ KEPT_PREFIX = "step-"  # <stage>/checkpoints/step-<step>.pt (checkpoint.keep)
 INIT_CACHE = "init-cache"
 STAGE_RESULT = "result.json"
 UNIT_STAGE = "target"  # a sweep unit trains its target stage
+EXPERIMENTS = Path("outputs") / "experiments"  # an experiment file's default output folders
+
+
+def folder_name(name: object, where: str) -> str:
+    """``name`` (from a file) as one folder inside its parent: refused in one line when it
+    is not a string, is empty, ``.`` or ``..``, or holds a path separator or NUL."""
+    if isinstance(name, bool) or not isinstance(name, (str, int)):
+        raise ConfigError(f"{where}: expected a name, got {name!r}")
+    text = str(name)
+    if not text.strip() or text in (".", "..") or any(c in text for c in "/\\\0"):
+        raise ConfigError(f"{where}: {text!r} is not a folder name (no '/', '\\', '..' or "
+                          f"empty names: it names a folder inside its output root)")
+    return text
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,12 @@ import typing
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Union
 
-import yaml
-
 from ..errors import ConfigError
+from ..tracking.filters import filter_value
 from ..tracking.store import TrackingError, normalize_uri
 from .refs import InitRef
 from .schema import ARCHS, STAGE_NAMES, TIMM_PREFIX, ExperimentConfig
+from .yamlfile import parse_yaml, read_yaml_file
 
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")  # what YAML 1.1 misses
 
@@ -104,7 +104,7 @@ def apply_overrides(data: Dict[str, Any], overrides: Iterable[str]) -> Dict[str,
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not of the form key.path=value")
         dotted, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = parse_yaml(raw, f"override '{item}'") if raw.strip() else None
         if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
             value = float(value)  # 1e-3: a number, though YAML 1.1 reads it as a string
         node = data
@@ -161,6 +161,8 @@ RANGES = {
 }
 NEEDS_INIT = ("bn", "bn-stats", "last-blocks", "lora")  # variants that freeze weights
 COLOUR_CHANNELS = (1, 3)  # data.channels of grey/RGB images; others are band stacks
+# settings a resumed stage may change (checkpoint.resume_changes): the learning rate
+RESUME_CHANGES = ("optim.lr", *(f"stages.{name}.lr" for name in STAGE_NAMES))
 
 
 def _values(data: Any, parts: List[str], where: str):
@@ -249,6 +251,10 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     if len(cfg.data.mean) != cfg.data.channels or len(cfg.data.std) != cfg.data.channels:
         raise ConfigError(f"data.mean and data.std need {cfg.data.channels} values "
                           f"(one per channel)")
+    for setting in cfg.checkpoint.resume_changes:
+        if setting not in RESUME_CHANGES:
+            raise ConfigError(f"checkpoint.resume_changes: '{setting}' cannot differ from a "
+                              f"resume checkpoint's; allowed: {', '.join(RESUME_CHANGES)}")
     for name, stage in cfg.stages.items():
         where = f"stages.{name}"
         if name not in STAGE_NAMES:
@@ -262,11 +268,13 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
             raise ConfigError(f"{where}.init: '{stage.init}' names no other stage")
         if stage.variant in NEEDS_INIT and not stage.init:
             raise ConfigError(f"{where}: variant '{stage.variant}' needs an init checkpoint")
-    if cfg.tracking.uri:
+    for key, check, value in (("tracking.uri", normalize_uri, cfg.tracking.uri),
+                              ("name", filter_value, cfg.tracking.enabled and cfg.name)):
         try:
-            normalize_uri(cfg.tracking.uri)
+            if value:
+                check(value)  # the name: runs are searched for by it
         except TrackingError as exc:
-            raise ConfigError(f"tracking.uri: {exc}") from None
+            raise ConfigError(f"{key}: {exc}") from None
     return cfg
 
 
@@ -292,10 +300,7 @@ def read_config_dict(path: Union[str, Path], kind: str = "config") -> Dict[str, 
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{kind} file '{path}' does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{kind} file '{path}' is not valid YAML: {exc}") from exc
+    data = read_yaml_file(path, kind) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{kind} file '{path}' must hold a mapping at the top level")
     return data

@@ -80,7 +80,12 @@ INTRO = ("Every key of an experiment config (YAML; `--set key.path=value` overri
          "allowed values) and the range table of `hpt_hpc/config/loader.py` by "
          f"`{GENERATOR}`; a test fails when this file is out of date. Ranges: `[` `]` "
          "include the bound, `(` `)` exclude it; a `null` value is not checked. "
-         "`configs/paper/` holds the published settings, `configs/tutorial/` a small one.")
+         "`configs/paper/` holds the published settings, `configs/tutorial/` a small one. "
+         "Config files, experiment files, cluster profiles and `--set` values are read by "
+         "one YAML reader (`hpt_hpc/config/yamlfile.py`) that refuses, in one line naming "
+         "the line, aliases (`*name`: a small file could expand without bound), a key given "
+         "twice in one mapping (at any depth; YAML would keep the last one silently) and a "
+         "file that is not UTF-8 text.")
 
 
 def sections() -> List[Tuple[str, str, List[tuple]]]:

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from .. import hub
-from ..errors import ConfigError
-from ..tracking.registry import fetch_checkpoint
+from ..errors import ConfigError, HptError
+from ..tracking.registry import artifact_path, fetch_checkpoint
 from .layout import StageLayout
 from .schema import STAGE_NAMES
 
@@ -75,6 +75,10 @@ class InitRef:
         if text.startswith("runs:/"):
             if not _RUN.fullmatch(text):
                 raise InitRefError(f"{where}: '{text}' is not runs:/<run_id>/<path>")
+            try:
+                artifact_path(text)
+            except HptError as exc:
+                raise InitRefError(f"{where}: {exc}") from None
             return cls("run", text)
         kind, _, name = text.partition(":")
         if kind in _PUBLIC:

@@ -256,6 +256,11 @@ class CheckpointConfig:
     every: int = key(1000, "periodic checkpoint interval in steps (0: final only)")
     keep: int = key(0, "also keep the last N periodic checkpoints (`step-<n>.pt`, hard "
                       "links)")
+    resume_changes: List[str] = key(
+        doc="settings allowed to differ from the resume checkpoint's: `optim.lr`, "
+            "`stages.<name>.lr` (a lower rate after a divergence); each change is logged, "
+            "tagged `hpt.resume_changes` and kept in the stage's result.json",
+        factory=list)
 
 
 @dataclass

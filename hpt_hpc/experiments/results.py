@@ -15,6 +15,7 @@ from ..config import OutputLayout
 from ..errors import HptError
 from ..eval.record import (PREDICTIONS_ARTIFACTS, CellKey, EvalRecord, Predictions,
                            is_eval_run, read_record_files)
+from ..tracking.filters import run_filter
 from ..tracking.store import TrackingError, reader_for
 from .evidence import Interval, seed_interval
 from .tables import markdown_table, text_table
@@ -85,8 +86,8 @@ def rows_from_mlflow(uri: str, experiment: str, sweep: str) -> List[EvalRecord]:
     token = None
     while True:
         page = client.search_runs([exp.experiment_id],
-                                  f"tags.`hpt.sweep` = '{sweep}' and tags.`hpt.unit_kind` = "
-                                  f"'eval' and attributes.status = 'FINISHED'",
+                                  run_filter({"hpt.sweep": sweep, "hpt.unit_kind": "eval"},
+                                             status="FINISHED"),
                                   max_results=1000, page_token=token)
         for run in page:
             unit = run.data.tags["hpt.unit"]
@@ -190,9 +191,8 @@ def find_pipeline_run(client: Any, pipeline: Optional[str] = None,
     """A pipeline run by id, or the newest pipeline run named ``pipeline`` (or any)."""
     if pipeline and re.fullmatch(r"[0-9a-f]{32}", pipeline):
         return client.get_run(pipeline)
-    query = "tags.`hpt.kind` = 'pipeline'"
-    if pipeline:
-        query += f" and tags.`hpt.pipeline` = '{pipeline}'"
+    query = run_filter({"hpt.kind": "pipeline", **({"hpt.pipeline": pipeline} if pipeline
+                                                    else {})})
     runs = client.search_runs(_experiments(client, experiment), query,
                               order_by=["attributes.start_time DESC"], max_results=1)
     if not runs:
@@ -232,7 +232,7 @@ def pipeline_rows(client: Any, pipeline: Optional[str] = None,
     first, oldest first)."""
     parent = find_pipeline_run(client, pipeline, experiment)
     children = client.search_runs([parent.info.experiment_id],
-                                  f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+                                  run_filter({"mlflow.parentRunId": parent.info.run_id}),
                                   order_by=["attributes.start_time ASC"], max_results=5000)
     names = {r.info.run_id: r.info.run_name for r in children}
     children = sorted(children, key=lambda r: 0 if r.data.tags.get("hpt.kind") == "stage"

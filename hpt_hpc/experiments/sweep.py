@@ -21,6 +21,7 @@ from ..plan import Phase, TrackingTarget, describe_phases, tracking_target
 from ..plan.experiment import ExperimentSpec, prepare_offline_data
 from ..plan.units import (CONTROL_STAGE, CONTROL_SUFFIX, UPSTREAM, EvalUnit, Expansion,
                           PretrainUnit, expand, sweep_phases)
+from ..tracking.filters import run_filter
 from ..tracking.runs import search_all
 from ..tracking.store import MAX_SQLITE_WRITERS, StoreMissing, prepare_store, requires_server
 
@@ -53,8 +54,8 @@ def finished_units(spec: ExperimentSpec, uri: Optional[str]) -> Set[str]:
     if not uri:
         return _finished_on_disk(spec)
     try:
-        runs = search_all(uri, spec.experiment, f"tags.`hpt.sweep` = '{spec.name}' and "
-                                                f"attributes.status = 'FINISHED'") or []
+        runs = search_all(uri, spec.experiment, run_filter({"hpt.sweep": spec.name},
+                                                           status="FINISHED")) or []
     except StoreMissing:
         return _finished_on_disk(spec)
     return {r.data.tags["hpt.unit"] for r in runs if r.data.tags.get("hpt.unit")}

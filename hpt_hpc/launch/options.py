@@ -10,8 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-import yaml
-
+from ..config.yamlfile import read_yaml_file
 from ..errors import HptError
 from ..hub import CACHE_ENV
 
@@ -85,7 +84,9 @@ def load_profile(name: Optional[str]) -> Dict[str, Any]:
         known = sorted({p.stem for d in profile_dirs() if d.is_dir() for p in d.glob("*.yaml")})
         raise HptError(f"unknown cluster profile '{name}'; known: {', '.join(known) or 'none'}"
                        f" (searched {', '.join(str(d) for d in profile_dirs())})")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = read_yaml_file(path, "profile") or {}
+    if not isinstance(data, dict):
+        raise HptError(f"profile {path}: expected a mapping of options at the top level")
     valid = {f.name for f in dataclasses.fields(SchedulerOptions)}
     unknown = set(data) - valid
     if unknown:

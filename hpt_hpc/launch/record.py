@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import time
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -76,8 +77,9 @@ class LaunchRecord:
             raise HptError(f"no launch record at {path}; pass the record file or the "
                            f"experiment's output_dir")
         try:
-            data: Dict[str, Any] = json.loads(path.read_text())
-            jobs = [JobEntry(**j) for j in data.pop("jobs", [])]
+            data = _typed(cls, json.loads(path.read_text()), "the record")
+            jobs = [JobEntry(**_typed(JobEntry, j, f"jobs[{i}]"))
+                    for i, j in enumerate(data.pop("jobs", []))]
             return cls(**{**data, "jobs": jobs})
         except (ValueError, TypeError) as exc:
             raise HptError(f"launch record {path} is unreadable ({exc}); pass an earlier "
@@ -94,6 +96,26 @@ class LaunchRecord:
         if self.executor == "slurm":
             return submitit.SlurmJob(folder=folder, job_id=entry.job_id, tasks=tasks)
         return submitit.local.local.LocalJob(folder=folder, job_id=entry.job_id, tasks=tasks)
+
+
+def _typed(cls: type, data: Any, where: str) -> Dict[str, Any]:
+    """``data`` (read from JSON) as the fields of ``cls``, each of its declared type
+    (``TypeError`` naming the first that is not: a record edited or damaged by hand)."""
+    if not isinstance(data, dict):
+        raise TypeError(f"{where} is {type(data).__name__}, not an object")
+    hints = typing.get_type_hints(cls)
+    for key, value in data.items():
+        tp = hints.get(key) if key != "live" else None
+        if tp is None:
+            raise TypeError(f"{where} has an unknown field {key!r}")
+        inner = typing.get_args(tp)[0] if typing.get_origin(tp) is list else None
+        ok = (isinstance(value, list) and (inner is JobEntry or all(
+            isinstance(v, inner) for v in value))) if inner is not None \
+            else isinstance(value, tp) and not isinstance(value, bool)
+        if not ok:
+            raise TypeError(f"{where}: {key} is {json.dumps(value)}, not "
+                            f"{getattr(tp, '__name__', str(tp))}")
+    return data
 
 
 def job_states(record: LaunchRecord) -> List[Dict[str, Any]]:

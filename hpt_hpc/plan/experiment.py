@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from ..config import ConfigError, ExperimentConfig, OutputLayout, config_from_dict
+from ..config.layout import EXPERIMENTS, folder_name
 from ..config.loader import apply_overrides, read_config_dict, suggest
 from ..data.prepare import prepare_dataset
 from .units import UPSTREAM, check_axes
@@ -139,6 +140,7 @@ def load_experiment(path: str, overrides: Sequence[str] = (),
     for key in ("name", "config", "studies"):
         if key not in data:
             raise ConfigError(f"{path}: '{key}' is required")
+    data["name"] = folder_name(data["name"], f"{path}: name")
     here = Path(os.path.abspath(file)).parent  # the file as named: symlinks not followed
     config_path = Path(_relative_to(here, data["config"]))
     if not config_path.is_file():
@@ -157,7 +159,7 @@ def load_experiment(path: str, overrides: Sequence[str] = (),
     elif data.get("output_dir"):
         raw["output_dir"] = _relative_to(here, data["output_dir"])
     else:
-        raw["output_dir"] = str(Path(f"outputs/experiments/{data['name']}").resolve())
+        raw["output_dir"] = str((EXPERIMENTS / data["name"]).resolve())
     raw["stages"] = {}
     raw = apply_overrides(raw, list(data.get("set") or []) + list(overrides))
     config_from_dict(raw)  # validate early: unknown keys, bad values

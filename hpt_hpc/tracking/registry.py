@@ -97,6 +97,25 @@ def _model_version(client: Any, uri: str, where: str) -> Any:
                        f"aliases: {listing}") from None
 
 
+def artifact_path(uri: str) -> str:
+    """The artifact path of ``runs:/<run_id>/<path>``, refused unless it is relative and
+    stays inside the run's artifacts (no ``..``, absolute or empty parts)."""
+    rel = uri[len("runs:/"):].partition("/")[2]
+    if not rel or any(part in ("", ".", "..") for part in rel.split("/")):
+        raise InitNotFound(f"'{uri}': the artifact path '{rel}' must stay inside the run's "
+                           f"artifacts (a relative path without '..', '.' or empty parts)")
+    return rel
+
+
+def _inside(root: Path, rel: str, uri: str) -> Path:
+    """``root/rel`` with links resolved, refused when it leaves ``root``."""
+    real_root, target = root.resolve(), (root / rel).resolve()
+    if not target.is_relative_to(real_root):
+        raise InitNotFound(f"'{uri}': the artifact must stay inside the run's artifacts "
+                           f"({root}); it leads to {target}")
+    return target
+
+
 def fetch_checkpoint(uri: str, tracking_uri: str, cache_dir: Path) -> Fetched:
     """Download a ``models:/`` or ``runs:/`` checkpoint into ``cache_dir`` (once)."""
     from mlflow.artifacts import download_artifacts
@@ -114,11 +133,12 @@ def fetch_checkpoint(uri: str, tracking_uri: str, cache_dir: Path) -> Fetched:
     dest = Path(cache_dir) / key
     cached = _single_checkpoint(dest) if dest.is_dir() else None
     if cached is None and source.startswith("runs:/"):  # a local store: link, no copy
-        run_id, _, rel = source[len("runs:/"):].partition("/")
-        local = local_artifacts(client, run_id)
-        if local is not None and (local / rel).is_file():
+        rel = artifact_path(source)  # a registered version's source is checked as well
+        local = local_artifacts(client, source[len("runs:/"):].split("/", 1)[0])
+        target = _inside(local, rel, uri) if local is not None else None
+        if target is not None and target.is_file():
             cached = dest / Path(rel).name
-            link_atomic(local / rel, cached)
+            link_atomic(target, cached)
             log.info("init %s -> %s (linked)", uri, cached)
     if cached is None:
         dest.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 from .. import __version__
 from ..files import write_text_atomic
+from .filters import run_filter
 from .mlflow_tracker import MlflowTracker
 from .registry import safe_name
 from .store import UI_KIND_TAG, TrackingError, artifact_root, client_for, reader_for
@@ -121,8 +122,8 @@ def run_place(uri: str, run_id: str) -> Optional[RunPlace]:
     parent, pipeline = tags.get("mlflow.parentRunId"), tags.get("hpt.pipeline")
     if parent is None and pipeline:
         runs = client.search_runs([run.info.experiment_id],
-                                  f"tags.`hpt.kind` = 'pipeline' and tags.`hpt.pipeline` = "
-                                  f"'{pipeline}'", order_by=["attributes.start_time DESC"],
+                                  run_filter({"hpt.kind": "pipeline", "hpt.pipeline": pipeline}),
+                                  order_by=["attributes.start_time DESC"],
                                   max_results=1)
         parent = runs[0].info.run_id if runs else None
     return RunPlace(client.get_experiment(run.info.experiment_id).name, parent, pipeline)
@@ -219,8 +220,8 @@ def start_pipeline_run(uri: str, experiment: str, name: str, record_dir: os.Path
 def _refuse_namesake(client: Any, exp_id: str, name: str, record_dir: Path) -> None:
     """Registry aliases are ``<pipeline>-<label>``: a second pipeline of the same name in
     the same store (another output folder) would move the first one's aliases."""
-    runs = client.search_runs([exp_id], f"tags.`hpt.kind` = 'pipeline' and "
-                                        f"tags.`hpt.pipeline` = '{name}'", max_results=20)
+    runs = client.search_runs([exp_id], run_filter({"hpt.kind": "pipeline",
+                                                    "hpt.pipeline": name}), max_results=20)
     others = {r.data.tags.get("hpt.output_dir") for r in runs} - {str(record_dir), None}
     if others:
         raise TrackingError(f"a pipeline named '{name}' already logs to this store from "
@@ -242,9 +243,8 @@ def end_pipeline_run(uri: str, run_id: Optional[str], status: str = "FINISHED",
         client.log_artifact(run_id, str(path))
     if open_children:
         experiment = client.get_run(run_id).info.experiment_id
-        for child in client.search_runs([experiment], f"tags.mlflow.parentRunId = "
-                                                      f"'{run_id}' and attributes.status = "
-                                                      f"'RUNNING'", max_results=5000):
+        for child in client.search_runs([experiment], run_filter(
+                {"mlflow.parentRunId": run_id}, status="RUNNING"), max_results=5000):
             client.set_terminated(child.info.run_id, open_children)
     client.set_terminated(run_id, status)
 

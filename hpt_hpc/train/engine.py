@@ -18,7 +18,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
@@ -32,7 +32,8 @@ from ..ssl import SslMethod, build_method
 from ..tracking import NullTracker, Tracker
 from .distributed import DistInfo
 from .initial import load_stage_init
-from .resume import check_finite, load_resume_point, save_resume_point
+from .resume import (RESUME_CHANGES_KEY, check_finite, load_resume_point, lower_rate_advice,
+                     save_resume_point)
 from .speed import (StepSpeed, check_accumulation, make_optimizer, prepare_model,
                     resolve_speed, set_optimizer_impl, to_device, train_step)
 from ..device import resolve_device
@@ -53,6 +54,7 @@ class StageResult:
     final_loss: float = float("nan")
     skipped_images: int = 0
     resumed_from: Optional[int] = None
+    resume_changes: List[str] = field(default_factory=list)  # checkpoint.resume_changes used
     init_report: Dict[str, Any] = field(default_factory=dict)
     init: Dict[str, Any] = field(default_factory=dict)  # what the init loaded (.initial)
     seconds: float = 0.0
@@ -199,11 +201,14 @@ def run_stage(plan: StagePlan, loader: Any, tracker: Optional[Tracker] = None,
             set_optimizer_impl(optimizer, speed)
         restore_rng_state(_own_rng(resume_state["rng"], dist))
         start = result.resumed_from = int(resume_state["step"])
+        result.resume_changes = list(resume_state.get(RESUME_CHANGES_KEY) or [])
         log.info("stage %s: resuming at step %d of %d", stage, start, total)
 
     tracker.log_params(flatten(config_to_dict(cfg)))
     if result.resumed_from is not None:
         tracker.set_tags({"hpt.resumed_from_step": str(start)})
+    if result.resume_changes:
+        tracker.set_tags({"hpt.resume_changes": "; ".join(result.resume_changes)})
 
     if variant == "bn-stats":
         if not any(is_bn(m) for m in model.online_encoder().modules()):
@@ -293,10 +298,7 @@ def _train_loop(plan: StagePlan, net: torch.nn.Module,
             if not math.isfinite(loss_value):
                 raise HptError(f"stage '{plan.label}': the loss became {loss_value} by step "
                                f"{step + 1} (learning rate {lr:g}); nothing diverged was "
-                               f"saved. Lower the learning rate (optim.lr or "
-                               f"stages.{plan.stage}.lr) and re-run: the stage resumes from "
-                               f"its last good checkpoint ({plan.layout.last}), or move "
-                               f"{plan.layout.root} away to start fresh")
+                               f"saved. {lower_rate_advice(plan)}")
             now_perf = time.perf_counter()
             durations += [(now_perf - window_started) / window_steps] * window_steps
             window_started, window_steps = now_perf, 0

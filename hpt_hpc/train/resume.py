@@ -7,7 +7,9 @@ that wrote the checkpoint, never a diverged state.
   (``flock`` over NFS/Lustre depends on the mount: see docs/tracking.md.)
 * :func:`fingerprint`: the settings a resume must not change (model, MoCo, optimiser,
   augmentation, data, the stage's dataset and settings, seed); stored in every
-  checkpoint and compared key by key before anything is loaded.
+  checkpoint and compared key by key before anything is loaded. Only the learning rate
+  may differ, when ``checkpoint.resume_changes`` names it (after a divergence:
+  :func:`lower_rate_advice`).
 * :func:`save_resume_point`: parameters must be finite before a save; the previous
   ``last.pt`` is kept as ``previous.pt`` and used when ``last.pt`` cannot be loaded.
 * :func:`clean_temporaries`: temporary files of interrupted saves are removed at start.
@@ -36,6 +38,7 @@ log = logging.getLogger(__name__)
 FINGERPRINT_SECTIONS = ("model.", "moco.", "optim.", "augment.", "compute.accumulate", "seed",
                         "data.image_size", "data.channels", "data.mean", "data.std", "ssl")
 FINGERPRINT_KEY = "resume_settings"
+RESUME_CHANGES_KEY = "resume_changes"  # the allowed differences a resume found (not saved)
 
 
 class StageBusy(HptError):
@@ -126,11 +129,30 @@ def _default(key: str) -> Any:
     return value if isinstance(value, (int, float, str, bool)) or value is None else repr(value)
 
 
-def _differences(saved: Dict[str, Any], current: Dict[str, Any]) -> list:
+def _differences(saved: Dict[str, Any], current: Dict[str, Any]) -> Dict[str, str]:
+    """``{key: "key: old -> new"}`` of every setting that differs."""
     def old(key: str) -> Any:
         return saved[key] if key in saved else _default(key)
-    return [f"{k}: {old(k)!r} -> {current.get(k)!r}"
-            for k in sorted(set(saved) | set(current)) if old(k) != current.get(k)]
+    return {k: f"{k}: {old(k)!r} -> {current.get(k)!r}"
+            for k in sorted(set(saved) | set(current)) if old(k) != current.get(k)}
+
+
+def _allowed_changes(plan: StagePlan) -> set:
+    """The fingerprint keys ``checkpoint.resume_changes`` lets differ (a learning rate
+    changes the stage's effective rate, ``plan.lr``, too)."""
+    allowed = set(plan.config.checkpoint.resume_changes)
+    return allowed | {"plan.lr"} if allowed else allowed
+
+
+def lower_rate_advice(plan: StagePlan) -> str:
+    """What to do after a divergence, as options to add to the same command."""
+    stage_lr = plan.config.stages[plan.stage].lr
+    key = f"stages.{plan.stage}.lr" if stage_lr is not None else "optim.lr"
+    lower = (stage_lr if stage_lr is not None else plan.config.optim.lr) / 10
+    return (f"Lower the learning rate and re-run to resume from the last good checkpoint "
+            f"({plan.layout.last}): add --set {key}={lower:g} --set "
+            f"checkpoint.resume_changes=[{key}] to the same command, or move "
+            f"{plan.layout.root} away to start fresh")
 
 
 def finite(model: torch.nn.Module) -> bool:
@@ -173,25 +195,29 @@ def load_resume_point(plan: StagePlan) -> Optional[Dict[str, Any]]:
                            f"away to start the stage fresh")
         return None
     saved = state.get(FINGERPRINT_KEY)
-    differ = _differences(saved, fingerprint(plan)) if saved is not None else []
-    if differ:
-        shown = "; ".join(differ[:6]) + (f"; ... ({len(differ) - 6} more)" if len(differ) > 6
-                                         else "")
+    differ = _differences(saved, fingerprint(plan)) if saved is not None else {}
+    allowed = _allowed_changes(plan)
+    refused = [text for key, text in differ.items() if key not in allowed]
+    if refused:
+        shown = "; ".join(refused[:6]) + (f"; ... ({len(refused) - 6} more)"
+                                          if len(refused) > 6 else "")
         raise HptError(f"stage '{plan.label}': its checkpoint {layout.last} was written with "
                        f"other settings ({shown}). Resume with the original settings, or "
                        f"start fresh by moving {layout.root} away (or another output_dir)")
+    state[RESUME_CHANGES_KEY] = [text for key, text in differ.items() if key in allowed]
+    if state[RESUME_CHANGES_KEY]:
+        log.warning("stage %s: resuming with changed settings (checkpoint.resume_changes): "
+                    "%s", plan.label, "; ".join(state[RESUME_CHANGES_KEY]))
     return state
 
 
 def check_finite(model: torch.nn.Module, plan: StagePlan, step: int, lr: float) -> None:
     """Refuse non-finite parameters before a save (every rank: their weights agree)."""
-    layout = plan.layout
     if not finite(model):
         raise HptError(f"stage '{plan.label}': the parameters became non-finite by step "
                        f"{step} (learning rate {lr:g}); nothing was saved, so the stage's "
-                       f"last good checkpoint stays its resume point. Lower the learning rate "
-                       f"(optim.lr or stages.{plan.stage}.lr) and re-run to resume from it, "
-                       f"or move {layout.root} away to start fresh")
+                       f"last good checkpoint stays its resume point. "
+                       f"{lower_rate_advice(plan)}")
 
 
 def _saved_step(path) -> Optional[int]:
