@@ -10,7 +10,7 @@ Which mechanism covers which issue case:
   and refuses one outside the run's artifact root before linking or downloading.
 - 20 (``name: ../../srv/escaped``): :func:`hpt_hpc.config.layout.folder_name`, applied to
   an experiment file's name before its default output folder is derived.
-- 26 (a quote in a name breaks MLflow filters): :func:`hpt_hpc.tracking.runs.run_filter`,
+- 26 (a quote in a name breaks MLflow filters): :func:`hpt_hpc.tracking.filters.run_filter`,
   the one builder of search filters, quotes every value the way MLflow's parser reads it
   (a name with both kinds of quote is refused when the config is validated).
 - 26 (a launch record holding ``null`` or other wrong JSON types): ``LaunchRecord.load``
