@@ -47,26 +47,39 @@ class OutputError(HptError, ValueError):
     read-only file system, a full disk)."""
 
 
-def _reason(exc: BaseException) -> Optional[str]:
-    """What ``exc`` (or an ``OSError`` it was raised from: torch's writer wraps them) says
-    the user can fix, in words; None for anything else."""
+class WriteFailure(OutputError, OSError):
+    """A write the system refused (read-only, full disk, quota, permission), as one line.
+    Still an ``OSError`` with its ``errno``: code that tolerates a failed write (advisory
+    files, a fallback place) catches it as before."""
+
+
+def _failure(message: str, errno_value: int) -> WriteFailure:
+    failure = WriteFailure(message)
+    failure.errno = errno_value
+    return failure
+
+
+def _cause(exc: BaseException) -> Optional[OSError]:
+    """The ``OSError`` the user can fix in ``exc`` or what it was raised from (torch's
+    writer wraps them); None for anything else."""
     seen = 0
     while exc is not None and seen < 8:
         if isinstance(exc, OSError) and exc.errno in _REASONS:
-            return _REASONS[exc.errno]
+            return exc
         exc, seen = exc.__cause__ or exc.__context__, seen + 1
     return None
 
 
 def write_failure(exc: BaseException, path: os.PathLike,
-                  kept: str = "") -> Optional[OutputError]:
+                  kept: str = "") -> Optional[WriteFailure]:
     """The one-line error of a failure the user can fix (a read-only file system, a full
     disk, a quota, a permission) while writing ``path``; None for any other failure.
     ``kept``: what is left as it was."""
-    reason = _reason(exc)
-    if reason is None:
+    cause = _cause(exc)
+    if cause is None:
         return None
-    return OutputError(f"cannot write {path}: {reason}" + (f"; {kept}" if kept else ""))
+    return _failure(f"cannot write {path}: {_REASONS[cause.errno]}" +
+                    (f"; {kept}" if kept else ""), cause.errno)
 
 
 @contextmanager
@@ -97,10 +110,11 @@ def make_folder(folder: os.PathLike) -> Path:
                         folder)
         raise OutputError(f"cannot create the folder {folder}: {blocking} is a file") from None
     except OSError as exc:
-        reason = _reason(exc)
-        if reason is None:
+        cause = _cause(exc)
+        if cause is None:
             raise
-        raise OutputError(f"cannot create the folder {folder}: {reason}") from None
+        raise _failure(f"cannot create the folder {folder}: {_REASONS[cause.errno]}",
+                       cause.errno) from None
     return folder
 
 
