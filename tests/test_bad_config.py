@@ -29,10 +29,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from click.testing import CliRunner
 
-from hpt_hpc.cli.main import cli
 from tiny import write_tiny_config, write_tiny_experiment
+from usererror import assert_user_error, clear_tracking_env, run
 
 STAGES = {"target": {"dataset": "mnist", "variant": "scratch", "iterations": 4}}
 STUDY = {"s": {"method": ["HPT"], "dataset": ["mnist"], "steps": [2]}}
@@ -40,22 +39,7 @@ STUDY = {"s": {"method": ["HPT"], "dataset": ["mnist"], "steps": [2]}}
 
 @pytest.fixture(autouse=True)
 def _no_tracking_env(monkeypatch):
-    for var in ("MLFLOW_TRACKING_URI", "HPT_MLFLOW_PARENT_RUN_ID", "MLFLOW_TRACKING_USERNAME",
-                "MLFLOW_TRACKING_PASSWORD"):
-        monkeypatch.delenv(var, raising=False)
-
-
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def assert_user_error(result, text: str) -> str:
-    """Exit 2, no traceback, the error on one line containing ``text``; returns it."""
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and text in errors[0], result.output
-    return errors[0]
+    clear_tracking_env(monkeypatch)
 
 
 def _config(tmp_path, mnist_tree) -> Path:

@@ -14,39 +14,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 from PIL import Image
 
-from hpt_hpc.cli.main import cli
 from hpt_hpc.models import load_checkpoint
 from tiny import run_stage_of, tiny_config, write_tiny_config
+from usererror import assert_user_error, clear_tracking_env, run
 
 STAGES = {"target": {"dataset": "mnist", "variant": "scratch", "iterations": 4}}
 
 
 @pytest.fixture(autouse=True)
 def _no_tracking_env(monkeypatch):
-    for var in ("MLFLOW_TRACKING_URI", "HPT_MLFLOW_PARENT_RUN_ID", "MLFLOW_TRACKING_USERNAME",
-                "MLFLOW_TRACKING_PASSWORD"):
-        monkeypatch.delenv(var, raising=False)
+    clear_tracking_env(monkeypatch)
 
 
 def config(tmp_path, mnist_tree, **sections) -> Path:
     sections.setdefault("checkpoint", {"every": 2})
     return write_tiny_config(tmp_path, {"mnist": mnist_tree}, STAGES, **sections)
-
-
-def run(*args: str):
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def assert_user_error(result, text: str) -> str:
-    """Exit 2, no traceback, the error on one line containing ``text``; returns it."""
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and text in errors[0], result.output
-    return errors[0]
 
 
 @pytest.mark.parametrize("override, message", [

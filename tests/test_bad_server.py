@@ -42,13 +42,12 @@ import psutil
 import pytest
 
 from hpt_hpc.tracking.server import free_port
+from usererror import assert_user_error, clear_tracking_env, run
 
 
 @pytest.fixture(autouse=True)
 def _no_tracking_env(monkeypatch):
-    for var in ("MLFLOW_TRACKING_URI", "HPT_MLFLOW_PARENT_RUN_ID", "MLFLOW_TRACKING_USERNAME",
-                "MLFLOW_TRACKING_PASSWORD"):
-        monkeypatch.delenv(var, raising=False)
+    clear_tracking_env(monkeypatch)
 
 
 def cli_process(out: Path, *args, env=None) -> subprocess.Popen:
@@ -126,7 +125,6 @@ def test_serve_stops_its_group(tmp_path, sig, moment):
     assert port_free(port)
 
 
-
 def _serve_until_ready(tmp_path: Path, name: str, *args, env=None):
     """``mlflow serve ARGS`` as a subprocess, returned once it said it is ready (or ended);
     its output is in ``tmp_path/<name>``."""
@@ -171,22 +169,6 @@ def test_serve_auth_takes_a_changed_password(tmp_path):
     for path in [p for p in tmp_path.rglob("*") if p.is_file()]:
         data = path.read_bytes()
         assert old.encode() not in data and new.encode() not in data, path
-
-
-def run(*args):
-    from click.testing import CliRunner
-
-    from hpt_hpc.cli.main import cli
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def assert_user_error(result, text: str) -> str:
-    """Exit 2, no traceback, the error on one line containing ``text``; returns it."""
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and text in errors[0], result.output
-    return errors[0]
 
 
 @pytest.mark.parametrize("args", [
