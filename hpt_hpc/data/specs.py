@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from hpt_hpc.config.schema import AugmentConfig, BlurConfig
 
 INTERPOLATION = "bilinear"  # the test view's resize (PIL, torchvision's Resize default)
+GLOBAL_VIEWS = 2  # the first views of every pretraining batch; local views follow
 
 
 def blur_kernel_size(blur: "BlurConfig", image_size: int) -> int:
@@ -71,13 +72,14 @@ def local_crop_size(aug: "AugmentConfig", data: "DataConfig") -> int:
 
 def view_crops(aug: "AugmentConfig", data: "DataConfig") -> Tuple[ViewCrop, ...]:
     """The crops of the pretraining views, in the order both backends yield the views:
-    2 global (``data.image_size``, ``augment.crop``), then ``augment.local_crops.number``
-    local ones (their own size and area, always random, aspect ``augment.crop.ratio``)."""
+    :data:`GLOBAL_VIEWS` global (``data.image_size``, ``augment.crop``), then
+    ``augment.local_crops.number`` local ones (their own size and area, always random,
+    aspect ``augment.crop.ratio``)."""
     ratio = tuple(aug.crop.ratio)
     scale = tuple(aug.crop.scale) if aug.crop.enabled else None
     global_view = ViewCrop(int(data.image_size), scale, ratio)
     local = ViewCrop(local_crop_size(aug, data), tuple(aug.local_crops.scale), ratio)
-    return (global_view,) * 2 + (local,) * int(aug.local_crops.number)
+    return (global_view,) * GLOBAL_VIEWS + (local,) * int(aug.local_crops.number)
 
 
 @dataclass(frozen=True)
