@@ -4,6 +4,7 @@ then ``number`` local views (``local_crops.size``, ``local_crops.scale``)."""
 from __future__ import annotations
 
 import pytest
+import torch
 import yaml
 
 from test_dali_common import DEVICE, MEAN, STD
@@ -220,3 +221,77 @@ def test_unreadable_image_is_topped_up_in_every_view(mnist_tree, tmp_path, backe
     records = [ImageRecord(str(broken), (0,))] + list(_records(mnist_tree)[:31])
     for views in _stream(records, _local(AugmentConfig(), 2), _data(backend, 16, 1), 8, 1, 4):
         assert [tuple(v.shape) for v in views] == [(8, 1, 16, 16)] * 2 + [(8, 1, 7, 7)] * 2
+
+
+# ------------------------------------------------------------------ engine
+
+def test_bn_stats_reestimates_on_the_global_views(mnist_tree):
+    """Variant bn-stats with local crops (views of two sizes, which one batch cannot hold):
+    BatchNorm statistics come from the 2 global views of each batch, as with no local
+    crops. Checked against the running mean/var computed by hand from the same stream."""
+    import torch
+    from hpt_hpc.config import AugmentConfig
+    from hpt_hpc.data import build_pretrain_loader
+    from hpt_hpc.models import reestimate_bn_stats
+    from hpt_hpc.train.engine import bn_stats_batches
+    records, data = _records(mnist_tree)[:40], _data("torchvision", 16, 1)
+    aug = _local(AugmentConfig(), 2)
+    expected = _stream(records, aug, data, 8, 2, 6)  # 6 steps from step 0
+    torch.manual_seed(2)
+    loader = build_pretrain_loader(records, aug, data, 8, seed=2)
+    bn = torch.nn.BatchNorm2d(1)
+    used = reestimate_bn_stats(bn, bn_stats_batches(loader, 0, torch.device("cpu")), 6)
+    loader.close()
+    inputs = [torch.cat(views[:2]) for views in expected]
+    assert used == 6 and all(x.shape == (16, 1, 16, 16) for x in inputs)
+    mean = torch.stack([x.mean() for x in inputs]).mean()
+    var = torch.stack([x.var() for x in inputs]).mean()  # unbiased per batch, averaged
+    assert torch.allclose(bn.running_mean, mean.reshape(1), atol=1e-6)
+    assert torch.allclose(bn.running_var, var.reshape(1), atol=1e-6)
+    everything = torch.stack([torch.cat([v.flatten() for v in views]).mean()
+                              for views in expected]).mean()
+    assert abs(float(everything - mean)) > 1e-3  # the local views would have changed it
+
+
+class _PairedViews(torch.nn.Module):
+    """A minimal method for the step: its loss couples image i's global view 1 with image
+    i's every other view, so a micro-batch that paired other images changes the gradient."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(1, 4, 3)
+
+    def forward(self, *views):
+        feats = [self.conv(v).mean((2, 3)) for v in views]
+        return sum((feats[0] * f).sum(1).mean() for f in feats[1:])
+
+    def micro_batch(self, first, last):
+        return {}
+
+    def loss_of(self, out):
+        return out
+
+
+def test_micro_batches_split_every_view_alike(mnist_tree):
+    """compute.accumulate 2 with channels_last on 2 global + 2 local views of a real batch:
+    the accumulated gradient equals the one-batch gradient (each micro-batch holds the
+    same images in every view). Micro-batches that split the local views otherwise (other
+    images paired, as shown by reversing them) give another gradient."""
+    from hpt_hpc.config import AugmentConfig
+    from hpt_hpc.train.speed import StepSpeed, prepare_model, to_device, train_step
+    views = _stream(_records(mnist_tree)[:16], _local(AugmentConfig(), 2),
+                    _data("torchvision", 16, 1), 8, 4, 1)[0]
+    assert [v.shape[-1] for v in views] == [16, 16, 7, 7]
+
+    def grad(speed, batch):
+        method = prepare_model(_PairedViews(), speed)
+        batch = [to_device(v, torch.device("cpu"), speed) for v in batch]
+        loss, _ = train_step(method, method, batch, speed)
+        return loss, method.conv.weight.grad.clone()
+
+    loss1, whole = grad(StepSpeed(), views)
+    loss2, split = grad(StepSpeed(accumulate=2, channels_last=True), views)
+    assert torch.allclose(loss1, loss2, atol=1e-6) and torch.allclose(whole, split, atol=1e-6)
+    mispaired = list(views[:2]) + [v.flip(0) for v in views[2:]]
+    assert not torch.allclose(grad(StepSpeed(), mispaired)[1], whole, atol=1e-4)
