@@ -52,9 +52,8 @@ def build_pretrain_loader(records: Sequence[ImageRecord], aug_cfg: "AugmentConfi
                           start_epoch: int = 0, start_step: int = 0,
                           fill_skipped: bool = True):
     """The pretraining loader (2 global + ``augment.local_crops.number`` local views) for
-    one rank: a
-    :class:`~hpt_hpc.data.loader.PretrainLoader`, or with ``data.backend: dali`` a
-    :class:`~hpt_hpc.data.dali_loader.DaliPretrainLoader`."""
+    one rank: a :class:`~hpt_hpc.data.loader.PretrainLoader`, or with ``data.backend:
+    dali`` a :class:`~hpt_hpc.data.dali_loader.DaliPretrainLoader`."""
     _check_backend(data_cfg)
     dali = _dali_loaders(data_cfg)
     if dali is not None:
