@@ -13,8 +13,8 @@ from torchvision import transforms as T
 from hpt_hpc.config import AugmentConfig, DataConfig, DatasetConfig, ProbeConfig
 from hpt_hpc.config.schema import BlurConfig
 from hpt_hpc.data import (DatasetError, ImageRecord, build_eval_loader, build_eval_transform,
-                          build_pretrain_loader, build_probe_train_transform,
-                          build_two_view_transform, list_split, load_image)
+                          build_pretrain_loader, build_pretrain_transform,
+                          build_probe_train_transform, list_split, load_image)
 from hpt_hpc.data.loader import ShardSampler
 from hpt_hpc.data.specs import eval_spec
 from hpt_hpc.data.transforms import ToNormalizedTensor, blur_kernel_size, normalisation
@@ -46,10 +46,10 @@ def test_data_import_keeps_torch_lazy():
 def test_two_view_transform_shapes_and_randomness(train_records):
     img = load_image(train_records[0].path, 3)
     data = DataConfig(image_size=24, channels=3, workers=0)
-    v1, v2 = build_two_view_transform(AugmentConfig(), data)(img)
+    v1, v2 = build_pretrain_transform(AugmentConfig(), data)(img)
     assert v1.shape == v2.shape == (3, 24, 24) and v1.dtype == torch.float32
     assert not torch.equal(v1, v2)
-    grey = build_two_view_transform(AugmentConfig(), DataConfig(**GREY))
+    grey = build_pretrain_transform(AugmentConfig(), DataConfig(**GREY))
     g1, g2 = grey(load_image(train_records[0].path, 1))
     assert g1.shape == (1, 16, 16) and not torch.equal(g1, g2)
 
@@ -57,7 +57,7 @@ def test_two_view_transform_shapes_and_randomness(train_records):
 def test_no_augmentation_views_identical_and_normalised(train_records):
     img = load_image(train_records[5].path, 1)  # 28x28 grey digit
     data = DataConfig(image_size=28, channels=1, mean=[0.5], std=[0.25], workers=0)
-    v1, v2 = build_two_view_transform(no_augment(), data)(img)
+    v1, v2 = build_pretrain_transform(no_augment(), data)(img)
     assert torch.equal(v1, v2)
     expected = (np.asarray(img, np.float32) / 255.0 - 0.5) / 0.25
     assert np.allclose(v1[0].numpy(), expected, atol=1e-6)

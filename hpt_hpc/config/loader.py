@@ -138,6 +138,8 @@ RANGES = {
     "augment.color_jitter.saturation": (0, None, False, False),
     "augment.color_jitter.hue": (0, 0.5, False, False),
     "augment.*.p": (0, 1, False, False), "augment.blur.kernel_size": (1, None, False, False),
+    "augment.local_crops.number": (0, None, False, False),
+    "augment.local_crops.size": (1, None, False, False),
     "data.image_size": (1, None, False, False), "data.channels": (1, None, False, False), "data.workers": (0, None, False, False),
     "data.max_pixels": (1, None, False, False), "checkpoint.every": (0, None, False, False),
     "checkpoint.keep": (0, None, False, False),
@@ -190,6 +192,7 @@ def check_ranges(cfg: ExperimentConfig) -> None:
                 raise ConfigError(f"{where}: {value!r} is outside its range "
                                   f"{range_text(RANGES[path])}")
     check_bands(cfg)
+    check_local_crops(cfg)
 
 
 def range_text(bounds: tuple) -> str:
@@ -232,6 +235,20 @@ def check_bands(cfg: ExperimentConfig) -> None:
                           + " need grey or RGB images; switch "
                           + ("them" if len(on) > 1 else "it") + " off ("
                           + " ".join(f"--set augment.{n}.enabled=false" for n in on) + ")")
+
+
+def check_local_crops(cfg: ExperimentConfig) -> None:
+    """``augment.local_crops``: a side no larger than the global views', an area range
+    ``0 < low <= high <= 1``."""
+    local = cfg.augment.local_crops
+    if local.size is not None and local.size > cfg.data.image_size:
+        raise ConfigError(f"augment.local_crops.size: {local.size} is larger than "
+                          f"data.image_size {cfg.data.image_size} (local views are the "
+                          f"small ones)")
+    scale = list(local.scale)
+    if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+        raise ConfigError(f"augment.local_crops.scale: {scale} must be [low, high] with "
+                          f"0 < low <= high <= 1 (fractions of the image area)")
 
 
 def validate(cfg: ExperimentConfig) -> ExperimentConfig:

@@ -170,6 +170,17 @@ class FlipConfig:
 
 
 @dataclass
+class LocalCropsConfig:
+    """Multi-crop (DINO): small random resized crops (aspect crop.ratio), augmented alike."""
+
+    number: int = key(0, "local views per image (0: the two global views only)")
+    size: Optional[int] = key(None, "side of the local views in pixels, at most "
+                                    "data.image_size (null: round(3/7 image_size), 96 at 224)")
+    scale: List[float] = key(doc="[low, high] fraction of the image area a local view keeps "
+                                 "(within (0, 1])", factory=lambda: [0.05, 0.4])
+
+
+@dataclass
 class AugmentConfig:
     """MoCo-v2's augmentations, each switchable (the paper's robustness study drops them)."""
 
@@ -178,6 +189,7 @@ class AugmentConfig:
     grayscale: GrayscaleConfig = key(doc="random grey", factory=GrayscaleConfig)
     blur: BlurConfig = key(doc="Gaussian blur", factory=BlurConfig)
     flip: FlipConfig = key(doc="horizontal flip", factory=FlipConfig)
+    local_crops: LocalCropsConfig = key(doc="multi-crop (DINO)", factory=LocalCropsConfig)
 
 
 @dataclass

@@ -16,9 +16,9 @@ from .table import RecordTable
 
 _LAZY = {
     "EvalSpec": "specs", "eval_spec": "specs", "normalisation": "specs",
-    "blur_kernel_size": "specs",
-    "build_two_view_transform": "transforms", "build_eval_transform": "transforms",
-    "build_probe_train_transform": "transforms", "TwoViewTransform": "transforms",
+    "blur_kernel_size": "specs", "ViewCrop": "specs", "view_crops": "specs",
+    "build_pretrain_transform": "transforms", "build_eval_transform": "transforms",
+    "build_probe_train_transform": "transforms", "MultiCropTransform": "transforms",
     "ImageDataset": "dataset", "SkippedImages": "dataset", "collate_skipping": "dataset",
     "ShardSampler": "dataset",
     "PretrainLoader": "loader", "EvalLoader": "loader",

@@ -51,9 +51,9 @@ def build_pretrain_loader(records: Sequence[ImageRecord], aug_cfg: "AugmentConfi
                           world_size: int = 1, workers: Optional[int] = None,
                           start_epoch: int = 0, start_step: int = 0,
                           fill_skipped: bool = True):
-    """The MoCo two-view loader for one rank: a
-    :class:`~hpt_hpc.data.loader.PretrainLoader`, or with ``data.backend: dali`` a
-    :class:`~hpt_hpc.data.dali_loader.DaliPretrainLoader`."""
+    """The pretraining loader (2 global + ``augment.local_crops.number`` local views) for
+    one rank: a :class:`~hpt_hpc.data.loader.PretrainLoader`, or with ``data.backend:
+    dali`` a :class:`~hpt_hpc.data.dali_loader.DaliPretrainLoader`."""
     _check_backend(data_cfg)
     dali = _dali_loaders(data_cfg)
     if dali is not None:

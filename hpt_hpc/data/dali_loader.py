@@ -24,8 +24,8 @@ import torch
 from ..errors import HptError
 from .dali_colour import ColourStage
 from .dali_feed import EvalFeed, FileReader, PretrainFeed
-from .dali_pipelines import (eval_graph, pipeline_kwargs, resolve_device, two_view_graph,
-                             view_spec)
+from .dali_pipelines import (eval_graph, multi_view_graph, pipeline_kwargs, resolve_device,
+                             view_spec, view_specs)
 from .dataset import ImageDataset, ShardSampler, SkippedImages
 from .sources import DatasetError, ImageRecord
 from .table import as_table
@@ -107,7 +107,8 @@ class _DaliBase:
 
 
 class DaliPretrainLoader(_DaliBase):
-    """Infinite iterator of ``(view1, view2)`` batches ``(B, C, S, S)`` from DALI.
+    """Infinite iterator of batches of views from DALI: the 2 global views ``(B, C, S, S)``
+    then the local ones ``(B, C, s, s)``, as :class:`~hpt_hpc.data.loader.PretrainLoader`.
 
     Same constructor and attributes as :class:`~hpt_hpc.data.loader.PretrainLoader`;
     ``workers`` (default ``data.workers``, at least 1) is DALI's thread count and
@@ -123,7 +124,8 @@ class DaliPretrainLoader(_DaliBase):
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.device = resolve_device(data_cfg.device)
-        self.spec = view_spec(aug_cfg, data_cfg)
+        self.spec = view_spec(aug_cfg, data_cfg)  # the global views' (local: view_specs)
+        self._configs = aug_cfg, data_cfg
         self.records = as_table(records)
         self.sampler = ShardSampler(len(self.records), batch_size, seed, rank, world_size)
         if self.sampler.steps_per_epoch == 0:
@@ -153,29 +155,30 @@ class DaliPretrainLoader(_DaliBase):
         position = self.epoch * self.steps_per_epoch + self.step
         kwargs = pipeline_kwargs(self.batch_size, self.threads, self.device,
                                  pipeline_seed(self.seed, self.rank, position), self.prefetch)
-        self._pipe = two_view_graph(self._feed, self.spec, self.device, **kwargs)
+        specs = view_specs(*self._configs, self.spec)
+        self._pipe = multi_view_graph(self._feed, specs, self.device, **kwargs)
         self._pipe.build()
         colour = ColourStage(self.spec, *self.normalisation,
                              seed=pipeline_seed(self.seed, self.rank, position, 1))
         self._colour = colour if colour.active and not self.spec.colour_in_dali else None
 
-    def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[Tuple[torch.Tensor, ...]]:
         while True:
             if self._pipe is None:
                 self._build()
             outputs = self._run()
             if outputs is None:
                 continue
-            view1, view2, meta = outputs
+            *views, meta = outputs
             self._feed.in_flight.popleft()
             _, epoch, step = (int(v) for v in meta.as_array()[0])
             self.epoch, self.step = (epoch, step + 1) if step + 1 < self.steps_per_epoch \
                 else (epoch + 1, 0)
             colour = self._colour  # writes a new tensor: no copy of DALI's output needed
-            view1, view2 = (to_torch(v, self.device, copy=colour is None) for v in (view1, view2))
-            if colour is not None:
-                view1, view2 = colour(view1), colour(view2)
-            yield view1, view2
+            views = [to_torch(v, self.device, copy=colour is None) for v in views]
+            if colour is not None:  # in view order: the same draws as before multi-crop
+                views = [colour(v) for v in views]
+            yield tuple(views)
 
 
 class DaliEvalLoader(_DaliBase):

@@ -1,12 +1,13 @@
-"""DALI graphs: MoCo-v2's two views per image and the evaluation transforms (the DALI
-form of :class:`~hpt_hpc.data.specs.EvalSpec`).
+"""DALI graphs: the pretraining views per image (2 global + ``augment.local_crops.number``
+local, :func:`~hpt_hpc.data.specs.view_crops`) and the evaluation transforms (the DALI form
+of :class:`~hpt_hpc.data.specs.EvalSpec`).
 
 Driven by the same ``augment``/``data`` config as the torchvision reference
 (:mod:`hpt_hpc.data.transforms`); per view, on DALI CPU operators (``device: cpu``) or
 nvJPEG ``mixed`` decoding and GPU operators (``device: gpu``):
 
-* crop: ``random_resized_crop`` (scale, ratio, 10 attempts, antialiased linear), or resize
-  + centre crop when disabled;
+* crop: ``random_resized_crop`` (the view's scale and ratio, 10 attempts, antialiased
+  linear), or resize + centre crop when disabled (global views only);
 * colour jitter and grayscale (each with its ``p``): by default not in the graph but one
   affine colour map per view applied by torch to the output batch
   (:mod:`hpt_hpc.data.dali_colour`), because DALI's CPU colour operators cost ~1.1 ms per
@@ -21,11 +22,12 @@ nvJPEG ``mixed`` decoding and GPU operators (``device: gpu``):
   (see :func:`_blur` for the CPU implementation);
 * flip (with ``p``) fused with normalisation and HWC->CHW in ``crop_mirror_normalize``.
 
-Images are decoded once and augmented twice. Randomness comes from the pipeline seed.
+Images are decoded once and augmented once per view. Randomness comes from the pipeline
+seed.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Optional, Tuple
 
 import numpy as np
@@ -36,7 +38,7 @@ import nvidia.dali.types as types
 from nvidia.dali import pipeline_def
 
 from ..errors import HptError
-from .specs import EvalSpec, blur_kernel_size, normalisation
+from .specs import EvalSpec, ViewCrop, blur_kernel_size, normalisation, view_crops
 
 if TYPE_CHECKING:  # pragma: no cover
     from hpt_hpc.config.schema import AugmentConfig, DataConfig
@@ -76,11 +78,12 @@ def _base(data: "DataConfig") -> dict:
 
 
 def view_spec(aug: "AugmentConfig", data: "DataConfig") -> ViewSpec:
-    """The MoCo-v2 view of the config, with the torchvision backend's enable rules (the
-    colour fields drive :class:`~hpt_hpc.data.dali_colour.ColourStage` by default)."""
+    """The MoCo-v2 (global) view of the config, with the torchvision backend's enable rules
+    (the colour fields drive :class:`~hpt_hpc.data.dali_colour.ColourStage` by default)."""
     spec = _base(data)
-    if aug.crop.enabled:
-        spec["crop"] = (tuple(aug.crop.scale), tuple(aug.crop.ratio))
+    crop = view_crops(aug, data)[0]
+    if crop.scale is not None:
+        spec["crop"] = (crop.scale, crop.ratio)
     cj, colour = aug.color_jitter, data.channels == 3
     if cj.enabled and cj.p > 0:
         spec.update(brightness=float(cj.brightness), contrast=float(cj.contrast),
@@ -96,6 +99,22 @@ def view_spec(aug: "AugmentConfig", data: "DataConfig") -> ViewSpec:
     if aug.flip.enabled:
         spec["flip_p"] = float(aug.flip.p)
     return ViewSpec(**spec)
+
+
+def view_specs(aug: "AugmentConfig", data: "DataConfig",
+               spec: Optional[ViewSpec] = None) -> Tuple[ViewSpec, ...]:
+    """One :class:`ViewSpec` per view of :func:`~hpt_hpc.data.specs.view_crops`, in order:
+    the global views take ``spec`` (None: :func:`view_spec`; a changed one for
+    comparisons), each local view the same augmentations with its own crop and blur
+    window."""
+    spec = spec or view_spec(aug, data)
+    crops = view_crops(aug, data)
+    return tuple(spec if crop == crops[0] else _local(spec, crop, aug) for crop in crops)
+
+
+def _local(spec: ViewSpec, crop: ViewCrop, aug: "AugmentConfig") -> ViewSpec:
+    window = blur_kernel_size(aug.blur, crop.size) if spec.blur_sigma is not None else 0
+    return replace(spec, size=crop.size, crop=(crop.scale, crop.ratio), blur_max_window=window)
 
 
 def train_view_spec(spec: EvalSpec) -> ViewSpec:
@@ -230,11 +249,11 @@ def _source(feed):
 
 
 @pipeline_def(enable_conditionals=True)
-def two_view_graph(feed, spec: ViewSpec, device: str):
-    """(view1, view2, meta): two independent views of each decoded image."""
+def multi_view_graph(feed, specs: Tuple[ViewSpec, ...], device: str):
+    """(view 1, ..., view n, meta): one independent view per spec of each decoded image."""
     raw, meta = _source(feed)
-    images = _decode(raw, spec.channels, device)
-    return _view(images, spec), _view(images, spec), meta
+    images = _decode(raw, specs[0].channels, device)
+    return (*(_view(images, spec) for spec in specs), meta)
 
 
 @pipeline_def(enable_conditionals=True)

@@ -1,4 +1,4 @@
-"""Torchvision data loading: the infinite sharded MoCo pretraining loader and the finite
+"""Torchvision data loading: the infinite sharded pretraining loader and the finite
 evaluation loader over :class:`~hpt_hpc.data.dataset.ImageDataset`. Pick a backend with
 :func:`hpt_hpc.data.backends.build_pretrain_loader` / ``build_eval_loader``.
 
@@ -20,7 +20,7 @@ from .dataset import (ImageDataset, ShardSampler, SkippedImages, SkippedItem,  #
 from .sources import DatasetError, ImageRecord
 from .table import as_table
 from .transforms import (build_eval_transform, build_probe_train_transform,
-                         build_two_view_transform)
+                         build_pretrain_transform)
 
 if TYPE_CHECKING:  # pragma: no cover
     from hpt_hpc.config.schema import AugmentConfig, DataConfig, ProbeConfig
@@ -57,7 +57,9 @@ class _WorkerLoader:
 
 
 class PretrainLoader(_WorkerLoader):
-    """Infinite iterator of ``(view1, view2)`` batches of shape ``(B, C, S, S)``.
+    """Infinite iterator of batches of views: a tuple of the 2 global views ``(B, C, S, S)``
+    then the ``augment.local_crops.number`` local ones ``(B, C, s, s)``
+    (:func:`~hpt_hpc.data.specs.view_crops`).
 
     Epoch ``e`` uses the permutation seeded ``seed + e``; ranks get disjoint shards and the
     same ``steps_per_epoch``. ``epoch`` / ``step`` tell where the next batch comes from.
@@ -69,7 +71,7 @@ class PretrainLoader(_WorkerLoader):
                  start_step: int = 0, fill_skipped: bool = True):
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        self.dataset = ImageDataset(records, build_two_view_transform(aug_cfg, data_cfg),
+        self.dataset = ImageDataset(records, build_pretrain_transform(aug_cfg, data_cfg),
                                     data_cfg.channels, max_pixels=data_cfg.max_pixels)
         self.sampler = ShardSampler(len(self.dataset), batch_size, seed, rank, world_size)
         if self.sampler.steps_per_epoch == 0:
@@ -89,7 +91,7 @@ class PretrainLoader(_WorkerLoader):
         self.sampler.set_epoch(epoch, step)
         self.epoch, self.step = int(epoch), int(step)
 
-    def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[Tuple[torch.Tensor, ...]]:
         while True:
             self.sampler.set_epoch(self.epoch, self.step)
             for views, _, _, skipped in self._loader:
@@ -98,7 +100,7 @@ class PretrainLoader(_WorkerLoader):
                     views = self._top_up(views)
                 self.step += 1
                 if views is not None:
-                    yield views[0], views[1]
+                    yield tuple(views)
             self.epoch, self.step = self.epoch + 1, 0
 
     def _top_up(self, views):
@@ -124,7 +126,7 @@ class PretrainLoader(_WorkerLoader):
         more = default_collate(extra)[0]
         if views is None:
             return more
-        return [torch.cat([views[i], more[i]]) for i in range(2)]
+        return [torch.cat([view, extra_view]) for view, extra_view in zip(views, more)]
 
 
 class EvalLoader(_WorkerLoader):

@@ -2,8 +2,9 @@
 
 The torchvision transforms (:mod:`hpt_hpc.data.transforms`), the DALI graphs
 (:mod:`hpt_hpc.data.dali_pipelines`) and the probe / fine-tune code all build their
-evaluation transforms from one :class:`EvalSpec`, so the backends and protocols cannot
-drift apart.
+evaluation transforms from one :class:`EvalSpec`, and both backends' pretraining views
+from one tuple of :class:`ViewCrop` (:func:`view_crops`: multi-crop), so the backends and
+protocols cannot drift apart.
 """
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ from ..config.schema import DataConfig, ProbeConfig
 from ..errors import HptError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hpt_hpc.config.schema import BlurConfig
+    from hpt_hpc.config.schema import AugmentConfig, BlurConfig
 
 INTERPOLATION = "bilinear"  # the test view's resize (PIL, torchvision's Resize default)
+GLOBAL_VIEWS = 2  # the first views of every pretraining batch; local views follow
 
 
 def blur_kernel_size(blur: "BlurConfig", image_size: int) -> int:
@@ -49,6 +51,35 @@ def normalisation(data: "DataConfig") -> Tuple[List[float], List[float]]:
     if any(s <= 0 for s in stats[1]):
         raise ValueError(f"data.std must be positive, got {data.std}")
     return stats[0], stats[1]
+
+
+@dataclass(frozen=True)
+class ViewCrop:
+    """The crop of one pretraining view: side ``size``; random resized crop of area
+    ``scale`` and aspect ``ratio``, or (``scale`` None) short side to ``size`` and centre
+    crop."""
+
+    size: int
+    scale: Optional[Tuple[float, float]]
+    ratio: Tuple[float, float]
+
+
+def local_crop_size(aug: "AugmentConfig", data: "DataConfig") -> int:
+    """``augment.local_crops.size``, or (null) ``round(3/7 data.image_size)``: 96 at 224."""
+    size = aug.local_crops.size
+    return int(size) if size is not None else max(1, int(round(data.image_size * 3 / 7)))
+
+
+def view_crops(aug: "AugmentConfig", data: "DataConfig") -> Tuple[ViewCrop, ...]:
+    """The crops of the pretraining views, in the order both backends yield the views:
+    :data:`GLOBAL_VIEWS` global (``data.image_size``, ``augment.crop``), then
+    ``augment.local_crops.number`` local ones (their own size and area, always random,
+    aspect ``augment.crop.ratio``)."""
+    ratio = tuple(aug.crop.ratio)
+    scale = tuple(aug.crop.scale) if aug.crop.enabled else None
+    global_view = ViewCrop(int(data.image_size), scale, ratio)
+    local = ViewCrop(local_crop_size(aug, data), tuple(aug.local_crops.scale), ratio)
+    return (global_view,) * GLOBAL_VIEWS + (local,) * int(aug.local_crops.number)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
-"""MoCo-v2 two-view augmentation and evaluation transforms (torchvision v1 API, PIL input;
-multi-band images come as float tensors, see :mod:`hpt_hpc.data.bands`, and take the same
-crop, flip and blur; colour jitter and random grey need 1 or 3 channels).
+"""Pretraining (MoCo-v2 per view, multi-crop) and evaluation transforms (torchvision v1
+API, PIL input; multi-band images come as float tensors, see :mod:`hpt_hpc.data.bands`, and
+take the same crop, flip and blur; colour jitter and random grey need 1 or 3 channels).
 
-Order per view, all on the PIL image: crop -> colour jitter -> random grey -> flip -> blur,
+Order per view, all on the PIL image: crop (the view's own
+:class:`~hpt_hpc.data.specs.ViewCrop`) -> colour jitter -> random grey -> flip -> blur,
 then one numpy pass to a normalised tensor. Blur commutes with the flip, so this is
 MoCo-v2's pipeline. Every piece is built only when enabled in the config. The evaluation
 transforms are the torchvision form of :class:`~hpt_hpc.data.specs.EvalSpec`.
@@ -10,7 +11,7 @@ transforms are the torchvision form of :class:`~hpt_hpc.data.specs.EvalSpec`.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, List, Optional, Tuple
+from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -18,14 +19,14 @@ from PIL import ImageFilter
 from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
-from .specs import EvalSpec, blur_kernel_size, eval_spec, normalisation
+from .specs import EvalSpec, ViewCrop, blur_kernel_size, eval_spec, normalisation, view_crops
 
 if TYPE_CHECKING:  # pragma: no cover
     from hpt_hpc.config.schema import AugmentConfig, DataConfig, ProbeConfig
 
-__all__ = ["EvalResize", "RandomGaussianBlur", "ToNormalizedTensor", "TwoViewTransform",
-           "blur_kernel_size", "build_eval_transform", "build_probe_train_transform",
-           "build_two_view_transform", "build_view_transform", "normalisation"]
+__all__ = ["EvalResize", "MultiCropTransform", "RandomGaussianBlur", "ToNormalizedTensor",
+           "blur_kernel_size", "build_eval_transform", "build_pretrain_transform",
+           "build_probe_train_transform", "build_view_transform", "normalisation"]
 
 
 class ToNormalizedTensor:
@@ -80,13 +81,15 @@ def _tensor_tail(data: "DataConfig") -> List:
     return [ToNormalizedTensor(mean, std)]
 
 
-def build_view_transform(aug: "AugmentConfig", data: "DataConfig") -> T.Compose:
-    """One random MoCo-v2 view: PIL image -> normalised float tensor (C, S, S)."""
-    size = int(data.image_size)
+def build_view_transform(aug: "AugmentConfig", data: "DataConfig",
+                         crop: Optional[ViewCrop] = None) -> T.Compose:
+    """One random MoCo-v2 view with ``crop`` (None: the global view's): PIL image ->
+    normalised float tensor (C, S, S)."""
+    crop = crop or view_crops(aug, data)[0]
+    size = crop.size
     pil: List = []
-    if aug.crop.enabled:
-        pil.append(T.RandomResizedCrop(size, scale=tuple(aug.crop.scale),
-                                       ratio=tuple(aug.crop.ratio)))
+    if crop.scale is not None:
+        pil.append(T.RandomResizedCrop(size, scale=crop.scale, ratio=crop.ratio))
     else:
         pil += [T.Resize(size), T.CenterCrop(size)]
     cj = aug.color_jitter
@@ -108,22 +111,26 @@ def build_view_transform(aug: "AugmentConfig", data: "DataConfig") -> T.Compose:
     return T.Compose(pil + _tensor_tail(data))
 
 
-class TwoViewTransform:
-    """Apply the same random view transform twice: image -> (view1, view2)."""
+class MultiCropTransform:
+    """Each view transform once, in order: image -> (global 1, global 2, local 1, ...)."""
 
-    def __init__(self, view: T.Compose):
-        self.view = view
+    def __init__(self, views: Sequence[T.Compose]):
+        self.views = tuple(views)
 
-    def __call__(self, img) -> Tuple[torch.Tensor, torch.Tensor]:
-        return self.view(img), self.view(img)
+    def __call__(self, img) -> Tuple[torch.Tensor, ...]:
+        return tuple(view(img) for view in self.views)
 
     def __repr__(self) -> str:
-        return f"TwoViewTransform({self.view!r})"
+        return f"MultiCropTransform({list(self.views)!r})"
 
 
-def build_two_view_transform(aug: "AugmentConfig", data: "DataConfig") -> TwoViewTransform:
-    """MoCo-v2 query/key augmentation: PIL image -> (view1, view2) float tensors."""
-    return TwoViewTransform(build_view_transform(aug, data))
+def build_pretrain_transform(aug: "AugmentConfig", data: "DataConfig") -> MultiCropTransform:
+    """The pretraining views of :func:`~hpt_hpc.data.specs.view_crops`: PIL image -> 2
+    global + ``augment.local_crops.number`` local float tensors (one transform per kind of
+    crop: with no local crops the same draws as one MoCo-v2 view transform applied twice)."""
+    crops = view_crops(aug, data)
+    built = {crop: build_view_transform(aug, data, crop) for crop in set(crops)}
+    return MultiCropTransform([built[crop] for crop in crops])
 
 
 class EvalResize:

@@ -24,6 +24,7 @@ import torch
 
 from ..config import config_to_dict, flatten
 from ..config.refs import Resolved
+from ..data.specs import GLOBAL_VIEWS
 from ..errors import ConfigError, HptError
 from ..models import is_bn, reestimate_bn_stats, stage_checkpoint
 from ..plan import StagePlan
@@ -82,7 +83,7 @@ def learning_rate(step: int, total: int, base_lr: float, warmup: int, schedule: 
     return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _batches(loader: Any, start_step: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+def _batches(loader: Any, start_step: int) -> Iterator[Tuple[torch.Tensor, ...]]:
     """The loader's batch stream positioned at global step ``start_step``.
 
     Resumable loaders expose ``steps_per_epoch`` and ``set_epoch(epoch, step)``; the
@@ -92,6 +93,14 @@ def _batches(loader: Any, start_step: int) -> Iterator[Tuple[torch.Tensor, torch
     if per_epoch and hasattr(loader, "set_epoch"):
         loader.set_epoch(start_step // per_epoch, start_step % per_epoch)
     return iter(loader)
+
+
+def bn_stats_batches(loader: Any, start_step: int, device: torch.device
+                     ) -> Iterator[torch.Tensor]:
+    """Variant bn-stats' input from step ``start_step`` on: each batch's global views (the
+    first :data:`~hpt_hpc.data.specs.GLOBAL_VIEWS`, at ``data.image_size``, the size the
+    evaluation sees) as one batch; multi-crop's local views are left out."""
+    return (torch.cat(views[:GLOBAL_VIEWS]).to(device) for views in _batches(loader, start_step))
 
 
 def _rng_states(dist: DistInfo) -> Dict[str, Any]:
@@ -147,7 +156,8 @@ def run_stage(plan: StagePlan, loader: Any, tracker: Optional[Tracker] = None,
               resolved: Optional[Resolved] = None) -> StageResult:
     """Run (or resume) one stage; return where its checkpoint is and how far it got.
 
-    ``loader`` yields ``(view1, view2)`` batches and reports ``num_images``;
+    ``loader`` yields batches of views (2 global, then any local ones: the method gets
+    them all, bn-stats the global ones) and reports ``num_images``;
     ``init`` is a checkpoint file (``None``: random init; ``resolved``: the reference it
     was resolved from, which names it and the model its weights are for: :mod:`.initial`). ``stop_after`` ends the run
     early after that many steps of this call (used to test resumption); ``should_stop(step)``
@@ -216,8 +226,8 @@ def run_stage(plan: StagePlan, loader: Any, tracker: Optional[Tracker] = None,
                      "there are no statistics to re-estimate; the result is the initial "
                      "model as is", stage, cfg.model.arch)
         elif start < total:
-            batches = (torch.cat(views).to(device) for views in _batches(loader, start))
-            reestimate_bn_stats(model.online_encoder(), batches, total)
+            reestimate_bn_stats(model.online_encoder(), bn_stats_batches(loader, start, device),
+                                total)
             if dist.world_size > 1:
                 _average_buffers(model.online_encoder(), dist.world_size)
             model.sync_targets()

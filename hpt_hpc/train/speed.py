@@ -144,6 +144,8 @@ def train_step(net: torch.nn.Module, method: Any, views: Sequence[torch.Tensor],
     """Forward and backward of one optimiser step (gradients accumulated, not applied).
 
     ``net`` is the ssl method ``method`` or its DDP wrapper, called with the step's views.
+    Micro-batches split every view (any number, global and local sizes) alike: micro-batch
+    ``k`` holds the same images in every view.
     Returns the step's mean loss (detached) and the last micro-batch's forward result.
     Under DDP, gradients are all-reduced once, on the last micro-batch.
     """

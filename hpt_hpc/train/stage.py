@@ -28,8 +28,8 @@ log = logging.getLogger(__name__)
 
 
 def build_stage_loader(plan: StagePlan, dist: Optional[DistInfo] = None):
-    """The two-view pretraining loader of a stage for this rank (backend from
-    ``data.backend``)."""
+    """The pretraining loader of a stage for this rank (2 global + any local views;
+    backend from ``data.backend``)."""
     dist = dist or DistInfo()
     cfg = plan.config
     records = training_records(cfg, plan.stage, plan.batch_size)
