@@ -249,9 +249,10 @@ def test_cancel_says_which_local_job_keeps_running(tmp_path):
     assert f"job {stubborn.pid} still running" in lines[0] and f"pid {stubborn.pid}" in lines[0]
 
 
-def test_cancel_says_when_scancel_fails(tmp_path):
-    """The real scancel, on a job id no controller knows (or with no controller at all):
-    its error, not "cancelled"."""
+def test_cancel_says_when_scancel_fails(tmp_path, monkeypatch):
+    """The real scancel with no controller to ask: its error, not "cancelled" (a job id
+    the running cluster does not know: tests/slurm/test_launch.py)."""
+    monkeypatch.setenv("SLURM_CONF", str(tmp_path / "no-such-slurm.conf"))
     result = run("cancel", _record(tmp_path, "slurm", "999999999"))
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
     assert not any(ln.startswith("cancelled:") for ln in result.output.splitlines())

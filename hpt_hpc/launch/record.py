@@ -161,9 +161,13 @@ def cancel_jobs(record: LaunchRecord, stage: Optional[str] = None) -> List[str]:
     else:
         states = slurm_states([e.job_id for e in entries])
         for entry in entries:
-            if not is_active(states.get(entry.job_id, "UNKNOWN")):
+            state = states.get(entry.job_id, "UNKNOWN")
+            if not is_active(state):
                 continue  # ended already
             reason = cancel_slurm(entry.job_id)
+            if not reason and state == "UNKNOWN":  # scancel is silent about unknown ids
+                reason = ("SLURM knows no such job: neither squeue nor sacct lists it; is "
+                          "SLURM_CONF the cluster it was submitted to?")
             if reason:
                 failed.append(f"job {entry.job_id} not cancelled ({reason})")
             else:

@@ -180,3 +180,19 @@ def test_status_and_cancel_from_the_record(slurm_cluster, tmp_path, mnist_tree):
     from hpt_hpc.launch.record import cancel_jobs
     assert cancel_jobs(record) == [record.jobs[0].job_id]
     assert slurm_cluster.wait(job, timeout=60) == "CANCELLED"
+
+
+def test_cancel_of_a_job_the_cluster_does_not_know(slurm_cluster, tmp_path):
+    """scancel exits 0 and says nothing for an id the controller does not know; `cancel`
+    checks squeue and sacct first and names the job as not cancelled (exit 1)."""
+    from hpt_hpc.launch.record import JobEntry
+    record = LaunchRecord.new(tmp_path / "out", "slurm", str(tmp_path / "config.yaml"),
+                              ["target"], str(tmp_path / "logs"))
+    record.jobs.append(JobEntry(stage="target", job_id="999999999",
+                                output_dir=str(tmp_path / "out")))
+    result = CliRunner().invoke(cli, ["cancel", str(record.save())])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert not any(ln.startswith("cancelled:") for ln in result.output.splitlines())
+    lines = [ln for ln in result.output.splitlines() if ln.startswith("failed:")]
+    assert len(lines) == 1 and "job 999999999 not cancelled (SLURM knows no such job" \
+        in lines[0], result.output
