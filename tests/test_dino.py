@@ -75,11 +75,14 @@ class FixedLoader:
 
 
 def run_engine(cfg, rank: int = 0, world: int = 1):
-    """The stage through the engine; per step: rank 0's loss and the checkpointed model."""
+    """The stage through the engine; per step: this rank's loss and (rank 0) the
+    checkpointed model."""
     losses = []
     plan = stage_plan(cfg, "base", world_size=world, tracking=None)
     run_stage(plan, FixedLoader(rank, world), dist=DistInfo(rank, world, 0),
               on_step=lambda step, loss: losses.append(loss))
+    if rank:
+        return losses, []  # rank 0 writes the checkpoints
     folder = plan.layout.checkpoints
     states = [load_checkpoint(folder / f"step-{s:09d}.pt")["model"] for s in range(1, STEPS)]
     return losses, states + [load_checkpoint(plan.layout.final)["model"]]
