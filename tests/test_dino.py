@@ -5,22 +5,30 @@ guard; the CLI; the cross-method rule. The 2-rank case: test_dino_distributed.py
 from __future__ import annotations
 
 import copy
+import csv
+import json
 import math
+import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from click.testing import CliRunner
 from torch import nn
 
-from hpt_hpc.config import config_from_dict
+from hpt_hpc.cli.main import cli
+from hpt_hpc.config import OutputLayout, config_from_dict, load_config
+from hpt_hpc.data import build_eval_loader
+from hpt_hpc.data.sources import ImageRecord
 from hpt_hpc.models import load_checkpoint
 from hpt_hpc.plan import stage_plan
-from hpt_hpc.ssl import build_method
+from hpt_hpc.ssl import Dino, build_method
 from hpt_hpc.train.distributed import DistInfo
 from hpt_hpc.train.engine import run_stage
 from hpt_hpc.train.state import seed_everything
-from tiny import tiny_config_data
+from tiny import tiny_config_data, write_tiny_config
 
 STEPS, BATCH, GLOBAL, LOCAL = 3, 4, 16, 8
 DINO = {"out_dim": 32, "hidden_dim": 16, "bottleneck_dim": 8, "freeze_last_layer_steps": 1,
@@ -211,3 +219,147 @@ def test_engine_equals_the_papers_algorithm(tmp_path, model, optimizer):
     cfg = dino_config(tmp_path, model, optimizer, norm_last_layer=norm)
     losses, states = run_engine(cfg)
     compare(losses, states, Reference(cfg))
+
+
+# -- the collapse guard, the CLI, the cross-method rule -------------------------------------
+SMALL = {"out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16, "freeze_last_layer_steps": 0}
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def _dino_cli_config(folder, mnist_tree, dino, iterations=8, **sections):
+    folder.mkdir(parents=True)
+    return write_tiny_config(folder, {"mnist": mnist_tree},
+                             {"base": {"dataset": "mnist", "iterations": iterations}},
+                             ssl="dino", dino={**SMALL, **dino}, **sections)
+
+
+def test_a_collapse_stops_the_stage_with_one_line(tmp_path, mnist_tree):
+    # neither centring (the centre stays 0) nor sharpening (teacher as warm as the
+    # student): the student learns to match the teacher on every view, KL falls to ~0
+    off = {"center_momentum": 1.0, "teacher_temp": 0.1, "warmup_teacher_temp": 0.1,
+           "collapse_min_kl": 0.01}
+    out = invoke("train", "--config", _dino_cli_config(tmp_path / "off", mnist_tree, off))
+    assert out.exit_code == 2 and out.output.count("\n") == 1, out.output
+    line = out.output
+    assert line.startswith("error: ") and "Traceback" not in line
+    assert "stage 'base' stopped at step " in line
+    assert "DINO collapsed: KL(teacher || student)" in line and "dino.collapse_min_kl 0.01" in line
+    assert "dino.center_momentum below 1" in line and "dino.teacher_temp below" in line
+    kl = float(re.search(r"student\) ([\d.e-]+) is below", line).group(1))
+    assert 0 <= kl < 0.01
+    checkpoints = tmp_path / "off" / "out" / "base" / "checkpoints"
+    assert not (checkpoints / "final.pt").exists()
+    # the same guard lets the paper's settings (centring, teacher 0.04 < student 0.1) run
+    healthy = _dino_cli_config(tmp_path / "on", mnist_tree, {"collapse_min_kl": 0.01})
+    assert invoke("train", "--config", healthy).exit_code == 0
+
+
+def test_the_feature_std_guard_names_the_statistic():
+    model = Dino("resnet18", 0.125, True, 1, 2, 16, out_dim=8, hidden_dim=8, bottleneck_dim=4,
+                 collapse_min_feature_std=1e-3, collapse_min_kl=1e-3)
+    healthy = {"feature_std": 0.09, "kl": 0.5, "teacher_entropy": 1.0}
+    assert model.failure_of(healthy) == ""
+    line = model.failure_of({**healthy, "feature_std": 1e-4})
+    assert line.startswith("DINO collapsed: the student's feature std 0.0001 is below "
+                           "dino.collapse_min_feature_std 0.001 (teacher entropy 1)")
+    assert "KL" in model.failure_of({**healthy, "kl": 1e-4})
+
+
+def test_the_metrics_are_the_papers_statistics():
+    """teacher_entropy, kl and feature_std recomputed from the outputs independently."""
+    torch.manual_seed(0)
+    model = Dino("resnet18", 0.125, True, 1, 2, 16, out_dim=8, hidden_dim=8, bottleneck_dim=4)
+    views = views_of(0)
+    out = model(*views)
+    with torch.no_grad():
+        t = model.teacher(torch.cat(views[:2]))
+        s = model.student(torch.cat(views[:2])), model.student(torch.cat(views[2:]))
+        feats = model.student.forward_features(torch.cat(views[:2]))
+    q = F.softmax(t / 0.04, dim=-1)  # centre 0 before the first update
+    entropy = float(-(q * q.log()).sum(-1).mean())
+    logp = F.log_softmax(torch.cat(s) / 0.1, dim=-1).chunk(4)
+    qs = q.chunk(2)
+    kls = [float(F.kl_div(logp[v], qs[i], reduction="batchmean")) for i in range(2)
+           for v in range(4) if v != i]
+    std = float(F.normalize(feats, dim=1).std(dim=0).mean())
+    metrics = model.metrics_of(out)
+    assert metrics["teacher_entropy"] == pytest.approx(entropy, rel=1e-4)
+    assert metrics["kl"] == pytest.approx(sum(kls) / len(kls), rel=1e-4, abs=1e-5)
+    assert metrics["feature_std"] == pytest.approx(std, rel=1e-4)
+    assert metrics["teacher_temp"] == pytest.approx(0.04)
+
+
+VIT = {"model": {"arch": "timm:vit_small_patch16_224", "in_channels": 1,
+                 "timm_kwargs": {"patch_size": 4, "depth": 2, "embed_dim": 32,
+                                 "num_heads": 2}}}
+
+
+def test_a_dino_stage_after_a_moco_stage_through_the_cli(tmp_path, mnist_tree):
+    """base: MoCo; target: DINO from stage:base (backbone loaded, heads fresh); then probe
+    (cached, knn), a timm export and embed of the DINO result."""
+    config = write_tiny_config(tmp_path, {"mnist": mnist_tree}, {
+        "base": {"dataset": "mnist", "iterations": 2},
+        "target": {"dataset": "mnist", "iterations": 3, "init": "stage:base", "ssl": "dino"}},
+        dino=SMALL, **VIT)
+    out = invoke("train", "--config", config)
+    assert out.exit_code == 0, out.output
+    layout = OutputLayout(tmp_path / "out")
+    base = load_checkpoint(layout.stage("base").final)
+    target = load_checkpoint(layout.stage("target").final)
+    assert (base["ssl"], target["ssl"]) == ("moco-v2", "dino")
+    assert target["backbone_key"] == "student." and target["target_key"] == "teacher."
+    result = json.loads((layout.stage("target").root / "result.json").read_text())
+    init = result["init"]
+    assert init["ssl"] == "moco-v2" and not init["head_loaded"]
+    assert init["loaded"] == init["of"] > 0
+    # the backbone was MoCo's at step 0: recompute it from the base and a fresh DINO
+    cfg = load_config(config)
+    seed_everything(cfg.seed)
+    fresh = build_method(cfg, "dino", num_images=64, global_batch=8)
+    report = fresh.load_initial(str(layout.stage("base").final))
+    assert report["teacher"] == "copied from the student" and not report["head_loaded"]
+    moco_backbone = {k[len("encoder_q."):]: v for k, v in base["model"].items()
+                     if k.startswith("encoder_q.") and not k.startswith("encoder_q.fc.")}
+    for key, value in fresh.student.state_dict().items():
+        if key.startswith("fc."):  # DINO's head: its own fresh init, no MoCo tensor
+            assert not any(k.endswith(key[3:]) and v.shape == value.shape and torch.equal(
+                v, value) for k, v in base["model"].items()), key
+        else:
+            assert torch.equal(value, moco_backbone[key]), key
+    assert all(torch.equal(v, fresh.student.state_dict()[k])
+               for k, v in fresh.teacher.state_dict().items())
+
+    for mode in ("cached", "knn"):
+        probe = invoke("probe", "--config", config, "--dataset", "mnist", "--checkpoint",
+                       "stage:target", "--set", f"probe.mode={mode}")
+        assert probe.exit_code == 0, probe.output
+        assert 10 < float(re.search(r"top1 ([\d.]+) %", probe.output).group(1)) <= 100
+    exported = invoke("export", layout.stage("target").final, "--format", "timm", "--out",
+                      tmp_path / "dino.pt")
+    assert exported.exit_code == 0, exported.output
+    state = torch.load(tmp_path / "dino.pt", weights_only=True)
+    student = {k[len("student.backbone."):]: v for k, v in target["model"].items()
+               if k.startswith("student.backbone.")}
+    assert state.keys() == student.keys()
+    assert all(torch.equal(state[k], student[k]) for k in student)
+    import timm
+    vit = timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=0,
+                            in_chans=1, img_size=16, **VIT["model"]["timm_kwargs"])
+    vit.load_state_dict(state, strict=True)
+    prefix = tmp_path / "emb" / "val"
+    embed = invoke("embed", "--config", config, "--dataset", "mnist", "--split", "val",
+                   "--checkpoint", "stage:target", "--out", prefix)
+    assert embed.exit_code == 0, embed.output
+    embedded = np.load(f"{prefix}.npy")
+    with open(f"{prefix}.index.csv", encoding="utf-8") as handle:
+        root = handle.readline().removeprefix("# root: ").rstrip("\n")
+        rows = [(int(r["row"]), f"{root}/{r['path']}") for r in csv.DictReader(handle)][:8]
+    records = [ImageRecord(p, ()) for _, p in rows]
+    images = next(iter(build_eval_loader(records, cfg.data, batch_size=len(records),
+                                         probe=cfg.probe)))[0]
+    with torch.no_grad():
+        expected = vit.eval()(images).numpy()
+    assert np.allclose(embedded[[r for r, _ in rows]], expected, atol=1e-5)

@@ -118,7 +118,7 @@ class DinoConfig:
     collapse_min_feature_std: float = key(1e-4, "stop when the mean per-dimension std of the "
                                                 "student's L2-normalised backbone features "
                                                 "falls below this (0: never)")
-    collapse_min_kl: float = key(1e-6, "stop when the mean KL(teacher || student) falls "
+    collapse_min_kl: float = key(1e-3, "stop when the mean KL(teacher || student) falls "
                                        "below this: both collapses drive it to 0 (0: never)")
 
 

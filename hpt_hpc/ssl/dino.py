@@ -181,19 +181,15 @@ class Dino(SslMethod):
 
     def failure_of(self, metrics: Dict[str, float]) -> str:
         std, kl = metrics.get("feature_std"), metrics.get("kl")
-        entropy = metrics.get("teacher_entropy", 0.0)
-        mode = ("the teacher's outputs are near uniform: sharpen more (dino.teacher_temp "
-                "below dino.student_temp)" if entropy > 0.5 * math.log(self.out_dim) else
-                "one prototype dominates the teacher: keep centring (dino.center_momentum "
-                "below 1)")
+        advice = (f"(teacher entropy {metrics.get('teacher_entropy', float('nan')):.3g}); "
+                  f"keep centring (dino.center_momentum below 1) and sharpening "
+                  f"(dino.teacher_temp below dino.student_temp), or lower the learning rate")
         if std is not None and std < self.collapse_min_feature_std:
             return (f"DINO collapsed: the student's feature std {std:.3g} is below "
-                    f"dino.collapse_min_feature_std {self.collapse_min_feature_std:g}; "
-                    f"{mode}, or lower the learning rate")
+                    f"dino.collapse_min_feature_std {self.collapse_min_feature_std:g} {advice}")
         if kl is not None and kl < self.collapse_min_kl:
             return (f"DINO collapsed: KL(teacher || student) {kl:.3g} is below "
-                    f"dino.collapse_min_kl {self.collapse_min_kl:g}; {mode}, or lower the "
-                    f"learning rate")
+                    f"dino.collapse_min_kl {self.collapse_min_kl:g} {advice}")
         return ""
 
     def before_step(self, step: int, total: int) -> None:
