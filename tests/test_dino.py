@@ -363,3 +363,24 @@ def test_a_dino_stage_after_a_moco_stage_through_the_cli(tmp_path, mnist_tree):
     with torch.no_grad():
         expected = vit.eval()(images).numpy()
     assert np.allclose(embedded[[r for r, _ in rows]], expected, atol=1e-5)
+
+
+def test_local_views_are_refused_for_a_method_without_them(tmp_path):
+    """The contract with the data side (``augment.local_crops``, added there): the
+    planner's check on the config object as the merged schema will give it."""
+    from types import SimpleNamespace
+
+    from hpt_hpc.config import ConfigError
+    from hpt_hpc.plan.planner import check_local_crops
+    plans = {ssl: stage_plan(dino_config(tmp_path / ssl, "resnet", "sgd"), "base",
+                             tracking=None) for ssl in ("moco-v2", "dino")}
+    for ssl, plan in plans.items():
+        plan.config.ssl = ssl
+        plan.config.augment.local_crops = SimpleNamespace(number=2)
+    check_local_crops([plans["dino"]])
+    with pytest.raises(ConfigError, match=r"^stages.base: ssl method 'moco-v2' takes the two "
+                       r"global views only, but augment.local_crops.number is 2; set it to 0 "
+                       r"or use ssl: dino$"):
+        check_local_crops([plans["moco-v2"]])
+    plans["moco-v2"].config.augment.local_crops.number = 0
+    check_local_crops([plans["moco-v2"]])
