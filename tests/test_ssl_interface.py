@@ -97,12 +97,12 @@ def _byol_config(tmp_path, mnist_tree, stages=STAGES):
 
 
 def test_the_table_is_the_configs_closed_set(tmp_path, mnist_tree):
-    assert tuple(ssl.METHODS) == SSL_METHODS == ("moco-v2",)
+    assert tuple(ssl.METHODS) == SSL_METHODS == ("moco-v2", "dino")
     config = write_tiny_config(tmp_path, {"mnist": mnist_tree}, STAGES)
     out = CliRunner().invoke(cli, ["config", "show", "--config", str(config), "--plan",
                                    "--set", "stages.target.ssl=mocov2"])
     assert out.exit_code == 2 and out.output.count("\n") == 1
-    assert "'mocov2' is not one of moco-v2 (did you mean 'moco-v2'?)" in out.output
+    assert "'mocov2' is not one of moco-v2, dino (did you mean 'moco-v2'?)" in out.output
     shown = CliRunner().invoke(cli, ["config", "show", "--config", str(config), "--plan"])
     assert "ssl moco-v2" in shown.output
 

@@ -20,10 +20,11 @@ PROBE_MODES = ("cached", "augmented", "knn")  # probe.mode: features once | the 
 # augmented probe | k-nearest-neighbour vote on the cached features
 ARCHS = ("resnet18", "resnet50")  # built in; `timm:<name>` names any timm model
 TIMM_PREFIX = "timm:"
-SSL_METHODS = ("moco-v2",)  # the rows of hpt_hpc.ssl.METHODS (ssl:)
+SSL_METHODS = ("moco-v2", "dino")  # the rows of hpt_hpc.ssl.METHODS (ssl:)
 SCHEDULES = ("cosine", "constant")
 PRECISIONS = ("auto", "fp32", "bf16")
 FUSED_OPTIMIZERS = ("auto", "fused", "foreach", "off")
+OPTIMIZERS = ("sgd", "adamw")
 
 
 def key(default: Any = MISSING, doc: str = "", *, factory: Optional[Callable[[], Any]] = None,
@@ -95,8 +96,35 @@ class MocoConfig:
 
 
 @dataclass
+class DinoConfig:
+    """DINO hyper-parameters (Caron et al. 2021; defaults: the paper's)."""
+
+    out_dim: int = key(65536, "prototypes: output width of the DINO head")
+    hidden_dim: int = key(2048, "hidden width of the head's MLP")
+    bottleneck_dim: int = key(256, "width of the head's bottleneck (L2-normalised)")
+    norm_last_layer: bool = key(True, "the weight-normalised last layer keeps unit norm "
+                                      "(its weight_g frozen at 1)")
+    freeze_last_layer_steps: int = key(1000, "the last layer's gradient is dropped for the "
+                                             "first N steps (the paper: one epoch)")
+    teacher_temp: float = key(0.04, "teacher softmax temperature after its warm-up")
+    warmup_teacher_temp: float = key(0.04, "teacher temperature at step 0")
+    warmup_teacher_temp_steps: int = key(0, "steps of linear warm-up from "
+                                            "warmup_teacher_temp to teacher_temp")
+    student_temp: float = key(0.1, "student softmax temperature")
+    center_momentum: float = key(0.9, "momentum of the teacher-output centre (1: the centre "
+                                      "stays 0, no centring)")
+    momentum_teacher: float = key(0.996, "EMA momentum of the teacher at step 0, raised to 1 "
+                                         "by a cosine schedule")
+    collapse_min_feature_std: float = key(1e-4, "stop when the mean per-dimension std of the "
+                                                "student's L2-normalised backbone features "
+                                                "falls below this (0: never)")
+    collapse_min_kl: float = key(1e-3, "stop when the mean KL(teacher || student) falls "
+                                       "below this: both collapses drive it to 0 (0: never)")
+
+
+@dataclass
 class OptimConfig:
-    """SGD with cosine decay (to 0) after an optional linear warm-up.
+    """SGD or AdamW with cosine decay (to 0) after an optional linear warm-up.
 
     ``batch_size`` is the global batch, split evenly over the ranks (as in MoCo's code).
     ``lr`` is the rate for a global batch of ``lr_batch_reference`` (``None``: equal to
@@ -107,8 +135,13 @@ class OptimConfig:
     lr: float = key(0.03, "learning rate for a global batch of lr_batch_reference")
     lr_batch_reference: Optional[int] = key(None, "batch the lr is given for; the rate used "
                                                   "is lr x batch_size / this (null: batch_size)")
-    weight_decay: float = key(1e-4, "SGD weight decay")
-    momentum: float = key(0.9, "SGD momentum")
+    optimizer: str = key("sgd", "sgd (with momentum) or adamw (betas 0.9, 0.999; DINO's)",
+                         choices=OPTIMIZERS)
+    weight_decay: float = key(1e-4, "weight decay (SGD: L2 in the gradient; AdamW: "
+                                    "decoupled)")
+    momentum: float = key(0.9, "SGD momentum (adamw: unused)")
+    clip_grad: Optional[float] = key(None, "cap on each parameter's gradient norm, applied "
+                                           "before the step (DINO uses 3.0); null: off")
     batch_size: int = key(256, "global batch (split evenly over the ranks)")
     iterations: int = key(5000, "training steps of a stage "
                                 "(`stages.<name>.iterations` overrides it)")
@@ -381,6 +414,7 @@ class ExperimentConfig:
                                              factory=dict)
     model: ModelConfig = key(doc="the backbone", factory=ModelConfig)
     moco: MocoConfig = key(doc="MoCo-v2", factory=MocoConfig)
+    dino: DinoConfig = key(doc="DINO", factory=DinoConfig)
     optim: OptimConfig = key(doc="pretraining optimiser", factory=OptimConfig)
     augment: AugmentConfig = key(doc="pretraining augmentations", factory=AugmentConfig)
     data: DataConfig = key(doc="image reading and feeding", factory=DataConfig)

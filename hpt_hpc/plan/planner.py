@@ -173,6 +173,19 @@ def check_variants(plans: Sequence[StagePlan]) -> None:
             check_variant(cfg.model, cfg.data.image_size, plan.stage, section)
 
 
+def check_local_crops(plans: Sequence[StagePlan]) -> None:
+    """A stage whose ssl method takes the two global views only is refused when
+    ``augment.local_crops.number`` asks for local views."""
+    for plan in plans:
+        number = getattr(getattr(plan.config.augment, "local_crops", None), "number", 0)
+        if number:
+            from ..ssl import method_class  # torch: only when local views are asked for
+            if not method_class(plan.ssl).local_crops:
+                raise ConfigError(f"stages.{plan.stage}: ssl method '{plan.ssl}' takes the "
+                                  f"two global views only, but augment.local_crops.number "
+                                  f"is {number}; set it to 0 or use ssl: dino")
+
+
 def plan_config(raw: Dict[str, Any], overrides: Sequence[str] = (),
                 stages: Optional[Sequence[str]] = None, *, world_size: int = 1,
                 handover: bool = False, first_init: Optional[InitRef] = None,
@@ -210,6 +223,7 @@ def plan_config(raw: Dict[str, Any], overrides: Sequence[str] = (),
                                     label=label, tracking=target, start=start))
         check_data(plans)
         check_variants(plans)
+        check_local_crops(plans)
         phases.append(Phase(stage, plans, (stages[i - 1],) if i else ()))
     return ConfigPlan(cfg, target, phases)
 

@@ -12,9 +12,10 @@ from typing import Any, Dict, Type
 from ..config.schema import SSL_METHODS
 from ..errors import ConfigError
 from .base import SslMethod
+from .dino import Dino, DinoHead
 from .moco import MoCo, cap_queue_size, projection_head
 
-METHODS: Dict[str, Type[SslMethod]] = {MoCo.name: MoCo}
+METHODS: Dict[str, Type[SslMethod]] = {MoCo.name: MoCo, Dino.name: Dino}
 assert tuple(METHODS) == SSL_METHODS, "config.schema.SSL_METHODS names the rows of METHODS"
 
 
@@ -37,5 +38,5 @@ def build_method(cfg: Any, name: str, *, num_images: int, global_batch: int) -> 
     return method_class(name).for_stage(cfg, num_images=num_images, global_batch=global_batch)
 
 
-__all__ = ["METHODS", "MoCo", "SslMethod", "build_method", "cap_queue_size",
+__all__ = ["METHODS", "Dino", "DinoHead", "MoCo", "SslMethod", "build_method", "cap_queue_size",
            "load_initial_weights", "method_class", "projection_head"]

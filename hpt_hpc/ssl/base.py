@@ -13,8 +13,9 @@ A method is an ``nn.Module`` (its ``state_dict`` is the checkpoint's ``model``) 
 
 The engine calls the method (through DDP when distributed) as
 ``out = net(*views, **method.micro_batch(first, last))`` for each micro-batch of a step,
-takes the loss from :meth:`SslMethod.loss_of`, steps the optimiser, then calls
-:meth:`SslMethod.after_step`; :meth:`SslMethod.metrics_of` names what is logged.
+takes the loss from :meth:`SslMethod.loss_of`, calls :meth:`SslMethod.before_step`, steps
+the optimiser, then calls :meth:`SslMethod.after_step`; :meth:`SslMethod.metrics_of` names
+what is logged and :meth:`SslMethod.failure_of` may stop the stage on it.
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ class SslMethod(nn.Module):
     backbone_key: ClassVar[str] = ""  # state-dict prefix of the online encoder
     target_key: ClassVar[str] = ""  # state-dict prefix of the (first) target encoder
     head_layouts: ClassVar[Tuple[str, ...]] = ()  # foreign layouts holding this head
+    local_crops: ClassVar[bool] = False  # takes local views after the two global ones
 
     @classmethod
     def from_config(cls, cfg: Any, *, num_images: int, global_batch: int) -> "SslMethod":
@@ -72,6 +74,15 @@ class SslMethod(nn.Module):
     def metrics_of(self, out: Any) -> Dict[str, float]:
         """Named metrics of one ``forward`` result (read when a step is logged)."""
         return {}
+
+    def failure_of(self, metrics: Dict[str, float]) -> str:
+        """Why the logged ``metrics`` show the training failed (e.g. collapsed) and what to
+        change, or "" when healthy; the engine stops the stage with this line."""
+        return ""
+
+    def before_step(self, step: int, total: int) -> None:
+        """Called after the backward of step ``step`` (0-based), before gradient clipping
+        and the optimiser step (e.g. dropping a frozen layer's gradient)."""
 
     def after_step(self, step: int, total: int) -> None:
         """Called after every optimiser step (e.g. an EMA update that follows it)."""

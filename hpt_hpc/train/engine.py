@@ -2,7 +2,7 @@
 tracker and an initial checkpoint file. The ssl method (MoCo-v2, ...) is asked only
 through its interface (:class:`hpt_hpc.ssl.SslMethod`).
 
-Iteration-based SGD with cosine decay. Periodic and final checkpoints are written
+Iteration-based SGD or AdamW with cosine decay (optional per-parameter gradient clipping). Periodic and final checkpoints are written
 atomically; if the stage's output folder already holds a checkpoint the stage resumes
 from it at the saved step. Variants: ``full`` (HPT), ``bn`` (HPT-BN), ``bn-stats`` (the
 Base baseline: BatchNorm statistics re-estimated, no gradient step), ``scratch`` (Target),
@@ -35,8 +35,8 @@ from .distributed import DistInfo
 from .initial import load_stage_init
 from .resume import (RESUME_CHANGES_KEY, check_finite, load_resume_point, lower_rate_advice,
                      save_resume_point)
-from .speed import (StepSpeed, check_accumulation, make_optimizer, prepare_model,
-                    resolve_speed, set_optimizer_impl, to_device, train_step)
+from .speed import (StepSpeed, check_accumulation, clip_gradients, make_optimizer,
+                    prepare_model, resolve_speed, set_optimizer_impl, to_device, train_step)
 from ..device import resolve_device
 from .state import capture_rng_state, restore_rng_state, seed_everything
 
@@ -202,7 +202,7 @@ def run_stage(plan: StagePlan, loader: Any, tracker: Optional[Tracker] = None,
         raise ConfigError(f"stages.{stage}: {exc}") from None
     prepare_model(model, speed)
     optimizer = (make_optimizer(params, plan.lr, cfg.optim.momentum, cfg.optim.weight_decay,
-                                speed) if params else None)
+                                speed, cfg.optim.optimizer) if params else None)
     start = 0
     if resume_state is not None:
         model.load_state_dict(resume_state["model"])
@@ -299,6 +299,9 @@ def _train_loop(plan: StagePlan, net: torch.nn.Module,
             group["lr"] = lr
         optimizer.zero_grad(set_to_none=True)
         loss, out = train_step(net, model, views, speed)
+        model.before_step(step, total)
+        if cfg.optim.clip_grad:
+            clip_gradients(model.parameters(), cfg.optim.clip_grad)
         optimizer.step()
         model.after_step(step + 1, total)
         window_steps += 1
@@ -316,8 +319,12 @@ def _train_loop(plan: StagePlan, net: torch.nn.Module,
             on_step(step + 1, loss_value)
         if logged:
             now = time.time()
-            tracker.log_metrics({"loss": loss_value, "lr": lr, **model.metrics_of(out),
+            metrics = model.metrics_of(out)
+            tracker.log_metrics({"loss": loss_value, "lr": lr, **metrics,
                                  "step_seconds": (now - tick) / log_every}, step=step + 1)
+            failure = model.failure_of(metrics)
+            if failure:
+                raise HptError(f"stage '{plan.label}' stopped at step {step + 1}: {failure}")
             tick = now
         progress.update(step + 1, wait, f"loss {loss_value:.4f} lr {lr:.4g}")
         if every and (step + 1) % every == 0 and step + 1 < total:

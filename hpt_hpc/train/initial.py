@@ -44,7 +44,7 @@ def summary(report: Dict[str, Any], source: str) -> Dict[str, Any]:
             "shape_mismatches": list(report["shape_mismatches"]),
             "classifier_dropped": int(report["dropped_keys"]),
             "adapted": list(report.get("adapted") or []),
-            "head_loaded": bool(report.get("head_loaded"))}
+            "head_loaded": bool(report.get("head_loaded")), "ssl": report.get("ssl") or ""}
 
 
 def describe(init: Dict[str, Any]) -> str:
@@ -54,7 +54,10 @@ def describe(init: Dict[str, Any]) -> str:
         text += f" (adapted as timm adapts pretrained weights: {'; '.join(init['adapted'])})"
     left = [f"{len(init[k])} {k.replace('_', ' ')}" for k in
             ("missing", "unexpected", "shape_mismatches") if init[k]]
-    return text + (f"; not loaded: {', '.join(left)}" if left else "")
+    text += f"; not loaded: {', '.join(left)}" if left else ""
+    if init.get("ssl") and not init.get("head_loaded"):
+        text += f"; heads start fresh (the file was written by ssl method {init['ssl']})"
+    return text
 
 
 def tags(init: Dict[str, Any]) -> Dict[str, str]:

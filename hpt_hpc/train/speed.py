@@ -120,10 +120,27 @@ def _impl_flags(impl: str) -> dict:
 
 
 def make_optimizer(params: Iterable[torch.nn.Parameter], lr: float, momentum: float,
-                   weight_decay: float, speed: StepSpeed) -> torch.optim.SGD:
-    """SGD with momentum using the configured kernel (fused, foreach or per-parameter)."""
+                   weight_decay: float, speed: StepSpeed,
+                   kind: str = "sgd") -> torch.optim.Optimizer:
+    """SGD with momentum, or AdamW (``kind``: ``optim.optimizer``; ``momentum`` is SGD's),
+    using the configured kernel (fused, foreach or per-parameter)."""
+    if kind == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay,
+                                 **_impl_flags(speed.optimizer_impl))
     return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
                            **_impl_flags(speed.optimizer_impl))
+
+
+@torch.no_grad()
+def clip_gradients(params: Iterable[torch.nn.Parameter], max_norm: float) -> None:
+    """Scale each parameter's gradient down to L2 norm ``max_norm`` where it is larger
+    (per parameter, as DINO clips: ``g * min(1, max_norm / (|g| + 1e-6))``)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    norms = torch._foreach_norm(grads)
+    scales = [torch.clamp(max_norm / (n + 1e-6), max=1.0) for n in norms]
+    torch._foreach_mul_(grads, scales)
 
 
 def set_optimizer_impl(optimizer: torch.optim.Optimizer, speed: StepSpeed) -> None:
