@@ -4,12 +4,17 @@ Every section is a dataclass; unknown keys are rejected by :mod:`hpt_hpc.config.
 Defaults are the small CPU-friendly settings of the quickstart; ``configs/paper/``
 carries the published HPT settings. Every key is declared with :func:`key`: its default,
 one line of meaning and, for a closed set of values, the values. ``docs/config.md`` is
-generated from these declarations (``hpt-hpc config reference``).
+generated from these declarations (``hpt-hpc config reference``). The augmentation
+sections live in :mod:`.augment`, :func:`key` in :mod:`.keys`; both are re-exported here.
 """
 from __future__ import annotations
 
-from dataclasses import MISSING, dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
+
+from .augment import (AugmentConfig, BlurConfig, ColorJitterConfig, CropConfig, FlipConfig,
+                      GrayscaleConfig, LocalCropsConfig)
+from .keys import key
 
 VARIANTS = ("full", "bn", "bn-stats", "scratch", "last-blocks", "lora")
 BLOCK_VARIANTS = ("last-blocks", "lora")  # train the last stages.<s>.blocks blocks
@@ -25,16 +30,8 @@ SCHEDULES = ("cosine", "constant")
 PRECISIONS = ("auto", "fp32", "bf16")
 FUSED_OPTIMIZERS = ("auto", "fused", "foreach", "off")
 OPTIMIZERS = ("sgd", "adamw")
-
-
-def key(default: Any = MISSING, doc: str = "", *, factory: Optional[Callable[[], Any]] = None,
-        choices: Sequence[str] = ()) -> Any:
-    """A config key: its default (``factory`` for mutable ones), one line of meaning and
-    the values of a closed set (checked by the loader)."""
-    meta = {"doc": doc, "choices": tuple(choices)}
-    if factory is not None:
-        return field(default_factory=factory, metadata=meta)
-    return field(default=default, metadata=meta)
+__all__ = ["AugmentConfig", "BlurConfig", "ColorJitterConfig", "CropConfig", "FlipConfig",
+           "GrayscaleConfig", "LocalCropsConfig", "key"]  # re-exported (see above)
 
 
 @dataclass
@@ -148,81 +145,6 @@ class OptimConfig:
     schedule: str = key("cosine", "learning-rate schedule after the warm-up (cosine: to 0)",
                         choices=SCHEDULES)
     warmup_iterations: int = key(0, "steps of linear warm-up from 0")
-
-
-@dataclass
-class CropConfig:
-    """RandomResizedCrop of both views."""
-
-    enabled: bool = key(True, "random crop at all (false: resize and centre-crop to "
-                              "image_size)")
-    scale: List[float] = key(doc="[low, high] fraction of the image area kept",
-                             factory=lambda: [0.2, 1.0])
-    ratio: List[float] = key(doc="[low, high] aspect ratio of the crop",
-                             factory=lambda: [3 / 4, 4 / 3])
-
-
-@dataclass
-class ColorJitterConfig:
-    """Colour jitter (grey images: brightness and contrast only; N bands: refused)."""
-
-    enabled: bool = key(True, "jitter colours at all")
-    brightness: float = key(0.4, "brightness factor drawn from [1 - b, 1 + b]")
-    contrast: float = key(0.4, "contrast factor drawn from [1 - c, 1 + c]")
-    saturation: float = key(0.4, "saturation factor drawn from [1 - s, 1 + s]")
-    hue: float = key(0.1, "hue shift drawn from [-h, h] (fraction of the colour circle)")
-    p: float = key(0.8, "probability that a view is jittered")
-
-
-@dataclass
-class GrayscaleConfig:
-    """Random conversion to grey (RGB images only)."""
-
-    enabled: bool = key(True, "random grey at all")
-    p: float = key(0.2, "probability that a view turns grey")
-
-
-@dataclass
-class BlurConfig:
-    """Gaussian blur of MoCo-v2."""
-
-    enabled: bool = key(True, "blur at all")
-    sigma: List[float] = key(doc="[low, high] range of the blur's sigma in pixels",
-                             factory=lambda: [0.1, 2.0])
-    kernel_size: Optional[int] = key(None, "DALI's kernel size (odd); null: about 10% of the "
-                                           "image side")
-    p: float = key(0.5, "probability that a view is blurred")
-
-
-@dataclass
-class FlipConfig:
-    """Random horizontal flip."""
-
-    enabled: bool = key(True, "flip at all")
-    p: float = key(0.5, "probability that a view is flipped")
-
-
-@dataclass
-class LocalCropsConfig:
-    """Multi-crop (DINO): small random resized crops (aspect crop.ratio), augmented alike."""
-
-    number: int = key(0, "local views per image (0: the two global views only)")
-    size: Optional[int] = key(None, "side of the local views in pixels, at most "
-                                    "data.image_size (null: round(3/7 image_size), 96 at 224)")
-    scale: List[float] = key(doc="[low, high] fraction of the image area a local view keeps "
-                                 "(within (0, 1])", factory=lambda: [0.05, 0.4])
-
-
-@dataclass
-class AugmentConfig:
-    """MoCo-v2's augmentations, each switchable (the paper's robustness study drops them)."""
-
-    crop: CropConfig = key(doc="random resized crop", factory=CropConfig)
-    color_jitter: ColorJitterConfig = key(doc="colour jitter", factory=ColorJitterConfig)
-    grayscale: GrayscaleConfig = key(doc="random grey", factory=GrayscaleConfig)
-    blur: BlurConfig = key(doc="Gaussian blur", factory=BlurConfig)
-    flip: FlipConfig = key(doc="horizontal flip", factory=FlipConfig)
-    local_crops: LocalCropsConfig = key(doc="multi-crop (DINO)", factory=LocalCropsConfig)
 
 
 @dataclass
