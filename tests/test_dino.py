@@ -201,7 +201,6 @@ def compare(engine_losses, states, ref: Reference, world: int = 1, buffers: bool
         assert engine_losses[step] == pytest.approx(loss, rel=1e-5, abs=1e-6), step
         torch.testing.assert_close(state["center"], ref.center, rtol=1e-4, atol=1e-6)
         for prefix, net in (("student.", ref.student), ("teacher.", ref.teacher)):
-            params = {n for n, _ in net.named_parameters()}
             for key, value in net.as_project_state().items():
                 if not buffers and not value.is_floating_point() or \
                         not buffers and "running" in key:
@@ -365,22 +364,24 @@ def test_a_dino_stage_after_a_moco_stage_through_the_cli(tmp_path, mnist_tree):
     assert np.allclose(embedded[[r for r, _ in rows]], expected, atol=1e-5)
 
 
-def test_local_views_are_refused_for_a_method_without_them(tmp_path):
-    """The contract with the data side (``augment.local_crops``, added there): the
-    planner's check on the config object as the merged schema will give it."""
-    from types import SimpleNamespace
-
-    from hpt_hpc.config import ConfigError
-    from hpt_hpc.plan.planner import check_local_crops
-    plans = {ssl: stage_plan(dino_config(tmp_path / ssl, "resnet", "sgd"), "base",
-                             tracking=None) for ssl in ("moco-v2", "dino")}
-    for ssl, plan in plans.items():
-        plan.config.ssl = ssl
-        plan.config.augment.local_crops = SimpleNamespace(number=2)
-    check_local_crops([plans["dino"]])
-    with pytest.raises(ConfigError, match=r"^stages.base: ssl method 'moco-v2' takes the two "
-                       r"global views only, but augment.local_crops.number is 2; set it to 0 "
-                       r"or use ssl: dino$"):
-        check_local_crops([plans["moco-v2"]])
-    plans["moco-v2"].config.augment.local_crops.number = 0
-    check_local_crops([plans["moco-v2"]])
+@pytest.mark.parametrize("family", ["resnet", "vit"])
+def test_local_views_train_dino_and_are_refused_for_moco(tmp_path, mnist_tree, family):
+    """2 global (16 px) + 2 local (8 px) views from the real loader through `train`: a DINO
+    stage trains on them (a ViT at two input sizes: timm's dynamic_img_size); a MoCo stage
+    is refused before any work, in one line."""
+    local = ["--set", "augment.local_crops.number=2", "--set", "augment.local_crops.size=8"]
+    sections = VIT if family == "vit" else {}
+    config = _dino_cli_config(tmp_path / "dino", mnist_tree, {}, iterations=3, **sections)
+    out = invoke("train", "--config", config, *local)
+    assert out.exit_code == 0, out.output
+    assert (tmp_path / "dino" / "out" / "base" / "checkpoints" / "final.pt").is_file()
+    moco = tmp_path / "moco"
+    moco.mkdir()
+    config = write_tiny_config(moco, {"mnist": mnist_tree},
+                               {"base": {"dataset": "mnist", "iterations": 3}}, **sections)
+    out = invoke("train", "--config", config, *local)
+    assert out.exit_code == 2 and "Traceback" not in out.output, out.output
+    assert out.output.strip() == (
+        "error: stages.base: ssl method 'moco-v2' takes the two global views only, but "
+        "augment.local_crops.number is 2; set it to 0 or use ssl: dino")
+    assert not (moco / "out").exists()

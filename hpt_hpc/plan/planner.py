@@ -177,7 +177,7 @@ def check_local_crops(plans: Sequence[StagePlan]) -> None:
     """A stage whose ssl method takes the two global views only is refused when
     ``augment.local_crops.number`` asks for local views."""
     for plan in plans:
-        number = getattr(getattr(plan.config.augment, "local_crops", None), "number", 0)
+        number = plan.config.augment.local_crops.number
         if number:
             from ..ssl import method_class  # torch: only when local views are asked for
             if not method_class(plan.ssl).local_crops:
