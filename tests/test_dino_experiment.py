@@ -157,3 +157,30 @@ def test_a_report_never_averages_two_ssl_methods(tmp_path):
                           tmp_path, "old")
     assert "DINO" not in single.markdown and "MoCo-v2 (`ssl: moco-v2`)" in single.markdown
     assert "| HPT |  | 60.0 [" in single.markdown  # the mean of 0.5 and 0.7
+
+
+def test_the_dino_continue_paper_config_plans_offline(tmp_path, mnist_tree, monkeypatch):
+    """Validates and plans from a model cache holding the DINOv2 entry (a stand-in file:
+    planning checks the entry, loading happens in the job); without it, one line naming
+    the fetch command."""
+    import torch
+    from hubcache import as_bytes, hf_entry
+    base = ["config", "show", "--config", str(PAPER), "--plan", "--set",
+            f"datasets.target.path={mnist_tree}", "--set", "optim.batch_size=4"]
+    monkeypatch.setenv("HPT_MODEL_CACHE", str(tmp_path / "empty"))
+    missing = CliRunner().invoke(cli, base)
+    assert missing.exit_code == 2 and len(missing.output.strip().splitlines()) == 1
+    assert ("run `hpt-hpc models fetch timm:vit_small_patch14_dinov2.lvd142m --cache "
+            f"{tmp_path / 'empty'}`") in missing.output
+    monkeypatch.setenv("HPT_MODEL_CACHE", str(tmp_path / "cache"))
+    hf_entry(tmp_path / "cache/huggingface/hub", "timm/vit_small_patch14_dinov2.lvd142m",
+             {"model.safetensors": as_bytes({"stand-in": torch.zeros(1)}, "safetensors")})
+    for variant, method in (("full", "HPT"), ("bn", "HPT-BN"), ("last-blocks", "HPT-LB")):
+        out = invoke(*base, "--set", f"stages.target.variant={variant}")
+        # 5e-5 per 256 images at batch 4: 7.8125e-07
+        assert (f"target: {method} ({variant}) on target [{mnist_tree}], init "
+                f"timm:vit_small_patch14_dinov2.lvd142m, ssl dino, 5000 steps, lr 7.8125e-07, "
+                f"batch 4") in out, out
+    cfg = yaml.safe_load(PAPER.read_text())
+    assert (cfg["optim"]["optimizer"], cfg["optim"]["clip_grad"]) == ("adamw", 3.0)
+    assert cfg["augment"]["local_crops"]["size"] % 14 == 0  # whole ViT-S/14 patches
