@@ -37,7 +37,7 @@ def test_the_dino_experiment_plans_the_intended_grid():
     assert (cfg.model.arch, cfg.model.width, cfg.data.image_size) == ("resnet18", 0.25, 32)
     units = expand(spec)
     cells = {(u.method, u.steps, u.seed) for u in units.pretrain}
-    expected = {(m, s, seed) for m in ("Target", "HPT", "HPT-BN") for s in (100, 400)
+    expected = {(m, s, seed) for m in ("Target", "HPT", "HPT-BN") for s in (50, 200)
                 for seed in (0, 1, 2)} | {("Base", 0, seed) for seed in (0, 1, 2)}
     assert cells == expected  # the method table's names, equal budgets, 3 seeds
     assert all(u.unit_id.endswith("-dino") for u in units.pretrain)
@@ -49,9 +49,9 @@ def test_the_dino_experiment_plans_the_intended_grid():
     assert out.startswith("units: 21 pretraining, 46 evaluations; to run: upstream [base], "
                           "21 pretraining, 46 evaluations")
     assert "base-dino: DINO base (full) on fashion-mnist" in out
-    assert "ssl dino, 2000 steps, lr 0.00025, batch 64" in out  # 0.001 x 64 / 256
-    assert re.search(r"HPT-BN-mnist-400st-seed2-dino: HPT-BN \(bn\) on mnist .* ssl dino, "
-                     r"400 steps, lr 0.001,", out)
+    assert "ssl dino, 1500 steps, lr 0.00025, batch 64" in out  # 0.001 x 64 / 256
+    assert re.search(r"HPT-BN-mnist-200st-seed2-dino: HPT-BN \(bn\) on mnist .* ssl dino, "
+                     r"200 steps, lr 0.001,", out)
     assert "/upstream-dino/base/checkpoints/final.pt" in out
     assert "ssl moco" not in out
 
