@@ -52,9 +52,9 @@ def sweep(experiment, overrides, max_parallel, dry_run, **scheduler) -> None:
 @click.option("--from-files", is_flag=True,
               help="Read the units' result files instead of MLflow (tracking switched off).")
 @click.option("--preamble", help="Text placed under the title (command, machine, date).")
-@click.option("--ssl", "ssl", type=click.Choice(SSL_METHODS), help="Only the evaluations of checkpoints trained with this ssl "
-                                   "method, and the references (default: the experiment "
-                                   "file's `ssl`).")
+@click.option("--ssl", type=click.Choice(SSL_METHODS),
+              help="Only the evaluations of checkpoints trained with this ssl method, and "
+                   "the references (default: the experiment file's `ssl`).")
 def report(experiment, tracking_uri, sweep_name, out_dir, from_files, preamble, ssl) -> None:
     """Markdown report with method x dataset tables and paper-style plots, from MLflow;
     one CSV row per evaluation (with the EXPERIMENT file, paths in it are relative to its

@@ -12,8 +12,8 @@ from typing import Any, Optional, Tuple
 from ..config import ExperimentConfig, InitRef, OutputLayout, config_to_dict
 from ..device import limit_cpu_threads, resolve_device
 from ..errors import HptError
-from ..models.loading import DEFAULT_SSL  # stages written before ssl was recorded
 from ..plan import EvalPlan
+from ..plan.methods import DEFAULT_SSL  # stages written before ssl was recorded
 from ..tracking.registry import safe_name
 from ..tracking.runs import open_run
 from .lineage import checkpoint_lineage

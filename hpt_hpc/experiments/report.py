@@ -16,8 +16,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..config.schema import PROBE_MODES
 from ..eval.record import EvalRecord
-from ..files import make_folder, write_text_atomic
 from ..errors import HptError
+from ..files import make_folder, write_text_atomic
 from ..plan.methods import METHODS, PAPER_METHODS, REFERENCE_LABELS, TRANSFER, ssl_label
 from .claims import MISSING, claims_markdown, judge_claims
 from .evidence import BOOTSTRAP_METHOD, INTERVAL_METHOD

@@ -12,13 +12,12 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..config import OutputLayout
-from ..config.schema import SSL_METHODS
 from ..errors import HptError
 from ..eval.record import (PREDICTIONS_ARTIFACTS, CellKey, EvalRecord, Predictions,
                            is_eval_run, read_record_files)
+from ..plan.methods import DEFAULT_SSL, REFERENCE_LABELS
 from ..tracking.filters import run_filter
 from ..tracking.store import TrackingError, reader_for
-from ..plan.methods import REFERENCE_LABELS
 from .evidence import Interval, seed_interval
 from .tables import markdown_table, text_table
 
@@ -160,7 +159,7 @@ def ssl_of(record: EvalRecord) -> str:
     recorded before the method was: MoCo-v2, the only one then)."""
     if record.ssl or record.method in REFERENCE_LABELS:
         return record.ssl
-    return SSL_METHODS[0]
+    return DEFAULT_SSL
 
 
 def ssl_methods(records: Sequence[EvalRecord]) -> List[str]:

@@ -38,8 +38,8 @@ from typing import Any, Dict, List, Optional, Sequence
 from ..config import ConfigError, ExperimentConfig, OutputLayout, StageLayout, config_from_dict
 from ..config.layout import EXPERIMENTS, folder_name
 from ..config.loader import apply_overrides, read_config_dict, suggest
-from ..config.schema import SSL_METHODS
 from ..data.prepare import prepare_dataset
+from .methods import DEFAULT_SSL
 from .units import UPSTREAM, check_axes
 
 SPEC_KEYS = ("name", "config", "set", "datasets", "prepare", "output_dir", "upstream",
@@ -49,7 +49,6 @@ AXES = ("method", "dataset", "steps", "seed", "augment", "images", "evaluate", "
 UPSTREAM_KEYS = ("dataset", "iterations", "lr", "batch_size", "variant", "checkpoint")
 METHOD_KEYS = ("lr", "bn_batches", "batch_size", "blocks", "lora")  # target-stage settings
 DEFAULT_STEPS = "default"
-DEFAULT_SSL = SSL_METHODS[0]  # moco-v2: ids without an ssl part
 
 
 @dataclass

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Dict, Optional
 
 from ..config import STAGE_NAMES
-from ..config.schema import SSL_METHODS
 from ..config.loader import suggest
+from ..config.schema import SSL_METHODS
 from ..errors import ConfigError
 
 
@@ -73,6 +73,7 @@ TRAINS_ALL = ("full", "scratch")  # the same training: every parameter (variants
 TARGET_STAGE = STAGE_NAMES[-1]
 UPSTREAM_METHOD = "{ssl} {stage}"  # the method tag of a stage before the target
 SSL_LABELS = {"moco-v2": "MoCo-v2", "dino": "DINO"}  # config ssl: -> how tables name it
+DEFAULT_SSL = SSL_METHODS[0]  # moco-v2: the method of all recorded before ssl was
 EXTERNAL_METHOD = "external ({layout})"  # a checkpoint this toolkit did not write
 
 
@@ -121,7 +122,7 @@ def upstream_method(stage: str, ssl: Optional[str] = None) -> str:
 
 def ssl_label(ssl: Optional[str]) -> str:
     """How tables and tags name an ssl method (``None``: MoCo-v2, the default)."""
-    return SSL_LABELS.get(ssl or SSL_METHODS[0], str(ssl))
+    return SSL_LABELS.get(ssl or DEFAULT_SSL, str(ssl))
 
 
 def external_method(layout: str) -> str:
