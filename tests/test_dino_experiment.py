@@ -184,3 +184,17 @@ def test_the_dino_continue_paper_config_plans_offline(tmp_path, mnist_tree, monk
     cfg = yaml.safe_load(PAPER.read_text())
     assert (cfg["optim"]["optimizer"], cfg["optim"]["clip_grad"]) == ("adamw", 3.0)
     assert cfg["augment"]["local_crops"]["size"] % 14 == 0  # whole ViT-S/14 patches
+
+
+def test_a_dino_stage_before_the_target_is_tagged_dino(tmp_path, mnist_tree):
+    from tiny import write_tiny_config
+    cfg = write_tiny_config(tmp_path, {"m": mnist_tree},
+                            {"base": {"dataset": "m"},
+                             "target": {"dataset": "m", "init": "stage:base", "ssl": "moco-v2"}},
+                            ssl="dino")
+    out = invoke("config", "show", "--config", str(cfg), "--plan", "--chain")
+    assert re.search(r"^  base: DINO base \(full\) on m .* ssl dino,", out, re.M), out
+    assert re.search(r"^  target: HPT \(full\) on m .* ssl moco-v2,", out, re.M), out
+    moco = invoke("config", "show", "--config", str(cfg), "--plan", "--chain", "--set",
+                  "ssl=moco-v2")
+    assert re.search(r"^  base: MoCo-v2 base \(full\) on m .* ssl moco-v2,", moco, re.M)
