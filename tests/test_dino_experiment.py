@@ -14,7 +14,7 @@ from hpt_hpc.cli.main import cli
 from hpt_hpc.eval.record import EvalRecord
 from hpt_hpc.experiments.report import build_report
 from hpt_hpc.plan.experiment import load_experiment
-from hpt_hpc.plan.units import expand, registry_init, upstream_id
+from hpt_hpc.plan.units import expand, registry_init
 from hpt_hpc.plan.plans import TrackingTarget
 from tiny import write_tiny_experiment
 
@@ -70,7 +70,7 @@ def test_a_dino_unit_never_shares_a_checkpoint_or_result_with_a_moco_unit(tmp_pa
     refs = lambda e: {u.unit_id for u in e.evals if not u.pretrain}  # noqa: E731
     assert refs(a) == refs(b)  # raw pixels and a random backbone: no ssl method
     assert moco.upstream_checkpoint("base") != dino.upstream_checkpoint("base")
-    assert (upstream_id(moco, "base"), upstream_id(dino, "base")) == \
+    assert (moco.upstream_id("base"), dino.upstream_id("base")) == \
         ("upstream-base", "upstream-base-dino")
     target = TrackingTarget("sqlite:///x.db", "e", "e", "tiny-sweep")
     assert registry_init(moco, target, "base") == "models:/e@tiny-sweep-base"

@@ -20,7 +20,7 @@ from ..launch.submit import check_slurm, run_phases
 from ..plan import Phase, TrackingTarget, describe_phases, tracking_target
 from ..plan.experiment import ExperimentSpec, prepare_offline_data
 from ..plan.units import (CONTROL_STAGE, CONTROL_SUFFIX, UPSTREAM, EvalUnit, Expansion,
-                          PretrainUnit, expand, sweep_phases, upstream_id)
+                          PretrainUnit, expand, sweep_phases)
 from ..tracking.filters import run_filter
 from ..tracking.runs import search_all
 from ..tracking.store import MAX_SQLITE_WRITERS, StoreMissing, prepare_store, requires_server
@@ -63,7 +63,7 @@ def finished_units(spec: ExperimentSpec, uri: Optional[str]) -> Set[str]:
 
 def _finished_on_disk(spec: ExperimentSpec) -> Set[str]:
     layout = spec.layout
-    done = {upstream_id(spec, s) for s in UPSTREAM if spec.upstream_layout(s).final.is_file()}
+    done = {spec.upstream_id(s) for s in UPSTREAM if spec.upstream_layout(s).final.is_file()}
     done.update(layout.finished_unit_stages())
     done.update(f"{u}{CONTROL_SUFFIX}" for u in layout.finished_unit_stages(CONTROL_STAGE))
     done.update(p.stem for p in layout.eval_results())
@@ -78,7 +78,7 @@ def plan_sweep(spec: ExperimentSpec, tracking: Optional[TrackingTarget],
     done = finished_units(spec, tracking.uri if tracking else None)
     phases = sweep_phases(spec, expansion, tracking, frozenset(done), world_size)
     return SweepPlan(expansion, [s for s in expansion.upstream
-                                 if upstream_id(spec, s) not in done],
+                                 if spec.upstream_id(s) not in done],
                      [u for u in expansion.pretrain if u.unit_id not in done],
                      [u for u in expansion.evals if u.unit_id not in done], phases, done)
 

@@ -91,6 +91,10 @@ class ExperimentSpec:
         so a unit never finds another method's checkpoint or result."""
         return "" if self.ssl == DEFAULT_SSL else f"-{self.ssl}"
 
+    def upstream_id(self, stage: str) -> str:
+        """The unit id of a shared stage: ``upstream-<stage><ssl_suffix>``."""
+        return f"upstream-{stage}{self.ssl_suffix}"
+
     def upstream_layout(self, stage: str) -> StageLayout:
         """Where the sweep's shared ``stage`` (base, source) is trained."""
         return self.layout.upstream(stage, self.ssl_suffix)

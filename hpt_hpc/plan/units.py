@@ -316,10 +316,6 @@ def registry_init(spec: Any, tracking: Optional[TrackingTarget], stage: str) -> 
                      alias_for(tracking.pipeline, f"{stage}{spec.ssl_suffix}"))
 
 
-def upstream_id(spec: Any, stage: str) -> str:
-    """The unit id of a shared upstream stage: ``upstream-<stage>[<ssl suffix>]``."""
-    return f"upstream-{stage}{spec.ssl_suffix}"
-
 
 def upstream_plans(spec: Any, tracking: Optional[TrackingTarget], stages: List[str],
                    world_size: int = 1) -> List[StagePlan]:
@@ -328,7 +324,7 @@ def upstream_plans(spec: Any, tracking: Optional[TrackingTarget], stages: List[s
     plans = []
     for stage in stages:
         init = registry_init(spec, tracking, "base") if stage == "source" else None
-        tags = {"hpt.sweep": spec.name, "hpt.unit": upstream_id(spec, stage),
+        tags = {"hpt.sweep": spec.name, "hpt.unit": spec.upstream_id(stage),
                 "hpt.unit_kind": "upstream"}
         plans.append(stage_plan(cfg, stage, world_size=world_size,
                                 label=f"{stage}{spec.ssl_suffix}",  # its registry alias
@@ -396,7 +392,7 @@ def sweep_phases(spec: Any, expansion: Expansion, tracking: Optional[TrackingTar
     start from, each waiting only for that stage (``afterok``; from scratch: nothing) ->
     one phase of evaluations (``afterany`` on every pretraining phase: an evaluation whose
     checkpoint is missing fails alone). Units whose id is in ``skip`` are left out."""
-    upstream = [s for s in expansion.upstream if upstream_id(spec, s) not in skip]
+    upstream = [s for s in expansion.upstream if spec.upstream_id(s) not in skip]
     phases = [Phase(f"upstream-{plan.stage}", [plan],
                     ("upstream-base",) if plan.stage == "source" else ())
               for plan in upstream_plans(spec, tracking, upstream, world_size)]
