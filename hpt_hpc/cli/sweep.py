@@ -5,6 +5,7 @@ from pathlib import Path
 
 import click
 
+from ..config.schema import SSL_METHODS
 from .scheduler import pop_scheduler, scheduler_options
 
 
@@ -37,7 +38,9 @@ def sweep(experiment, overrides, max_parallel, dry_run, **scheduler) -> None:
     click.echo(f"record: {record.path}")
     if record.executor == "slurm":
         click.echo(f"follow: hpt-hpc status {spec.output_dir} --watch")
-    click.echo(f"next: hpt-hpc report {experiment}")
+    shown = f" --ssl {spec.ssl}" if any(o.split("=")[0].strip() == "ssl"
+                                         for o in overrides) else ""
+    click.echo(f"next: hpt-hpc report {experiment}{shown}")
 
 
 @click.command()
@@ -49,13 +52,16 @@ def sweep(experiment, overrides, max_parallel, dry_run, **scheduler) -> None:
 @click.option("--from-files", is_flag=True,
               help="Read the units' result files instead of MLflow (tracking switched off).")
 @click.option("--preamble", help="Text placed under the title (command, machine, date).")
-def report(experiment, tracking_uri, sweep_name, out_dir, from_files, preamble) -> None:
+@click.option("--ssl", type=click.Choice(SSL_METHODS),
+              help="Only the evaluations of checkpoints trained with this ssl method, and "
+                   "the references (default: the experiment file's `ssl`).")
+def report(experiment, tracking_uri, sweep_name, out_dir, from_files, preamble, ssl) -> None:
     """Markdown report with method x dataset tables and paper-style plots, from MLflow;
     one CSV row per evaluation (with the EXPERIMENT file, paths in it are relative to its
     output folder)."""
     from ..errors import HptError
     from ..experiments.report import build_report
-    from ..experiments.results import rows_from_files, rows_from_mlflow
+    from ..experiments.results import rows_from_files, rows_from_mlflow, ssl_methods, ssl_of
     from ..experiments.sweep import sweep_tracking
     from ..tracking.store import normalize_uri
     spec = None
@@ -82,8 +88,12 @@ def report(experiment, tracking_uri, sweep_name, out_dir, from_files, preamble) 
             uri = target.uri
         experiment_name = spec.experiment if spec else name
         rows = rows_from_mlflow(uri, experiment_name, name)
-    if not rows:
-        raise HptError(f"no finished evaluations of sweep '{name}' yet")
+    ssl = ssl or (spec.ssl if spec is not None else None)
+    if ssl:  # the references belong to every method's report
+        rows = [r for r in rows if ssl_of(r) in ("", ssl)]
+    if not rows or (ssl and not ssl_methods(rows)):
+        raise HptError(f"no finished evaluations of sweep '{name}'"
+                       f"{f' with ssl {ssl}' if ssl else ''} yet")
     result = build_report(rows, out, name, preamble or "",
                           spec.output_dir if spec is not None else None)
     click.echo(f"report: {result.path} ({len(rows)} evaluations, {len(result.plots)} plots)")

@@ -158,8 +158,10 @@ class OutputLayout:
     def grid_cell(self, cell: str) -> Path:
         return self.root / "grid" / cell
 
-    def upstream(self, stage: str) -> StageLayout:
-        return StageLayout(self.root / "upstream", stage)
+    def upstream(self, stage: str, suffix: str = "") -> StageLayout:
+        """A sweep's shared stage: ``upstream<suffix>/<stage>`` (``suffix``: the sweep's
+        ssl method when not MoCo-v2, e.g. ``-dino``)."""
+        return StageLayout(self.root / f"upstream{suffix}", stage)
 
     def unit_dir(self, unit_id: str) -> Path:
         return self.root / "units" / unit_id

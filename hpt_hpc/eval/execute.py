@@ -13,6 +13,7 @@ from ..config import ExperimentConfig, InitRef, OutputLayout, config_to_dict
 from ..device import limit_cpu_threads, resolve_device
 from ..errors import HptError
 from ..plan import EvalPlan
+from ..plan.methods import DEFAULT_SSL  # stages written before ssl was recorded
 from ..tracking.registry import safe_name
 from ..tracking.runs import open_run
 from .lineage import checkpoint_lineage
@@ -81,7 +82,8 @@ def evaluate_plan(plan: EvalPlan) -> Tuple[EvalRecord, Any]:
         stage=plan.stage or "none",
         pretrain_seconds=float(stage.get("seconds", 0.0)), probe_labels=plan.probe_labels,
         queue_size=int(stage.get("queue_size", 0)),
-        pretrain_images=int(stage.get("images", 0)), label=plan.label)
+        pretrain_images=int(stage.get("images", 0)), label=plan.label,
+        ssl=stage.get("ssl") or (DEFAULT_SSL if plan.evaluates else ""))
     return record, outcome
 
 

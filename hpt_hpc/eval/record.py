@@ -44,7 +44,7 @@ _TAGS = {"protocol": "hpt.protocol", "method": "hpt.method", "dataset": "hpt.dat
          "images": "hpt.images", "mode": "hpt.eval_mode", "metric": "hpt.metric",
          "checkpoint": "hpt.checkpoint", "evaluates": "hpt.evaluates", "stage": "hpt.stage",
          "probe_labels": "hpt.probe_labels", "queue_size": "hpt.queue_size",
-         "pretrain_images": "hpt.pretrain_images"}
+         "pretrain_images": "hpt.pretrain_images", "ssl": "hpt.ssl"}
 PREDICTIONS_ARTIFACTS = "predictions"  # the run's artifact folder holding the .npz
 _SCALARS = {"score": SCORE, "score_std": SCORE_STD, "val_score": VAL_SCORE,
             "best_step": BEST_STEP, "repeats": REPEATS,
@@ -122,6 +122,7 @@ class EvalRecord:
     probe_labels: str = "all"  # linear probes: labelled training images per class
     queue_size: int = 0  # the evaluated stage's effective MoCo queue (0: none)
     pretrain_images: int = 0  # the evaluated stage's training images (0: none)
+    ssl: str = ""  # the evaluated stage's ssl method ("": none, a reference)
     label: str = ""
     run_id: str = ""
     predictions_file: str = ""  # the Predictions beside a result file (name only)
@@ -249,6 +250,7 @@ class EvalRecord:
                    probe_labels=coords["probe_labels"] or "all",
                    queue_size=int(coords["queue_size"] or 0),
                    pretrain_images=int(coords["pretrain_images"] or 0),
+                   ssl=coords["ssl"],
                    label=tags.get("hpt.label", ""), run_id=run.info.run_id)
 
 

@@ -100,7 +100,7 @@ def run_quickstart(output: Path, data_dir: Path, budgets: Optional[Sequence[int]
                    and r.protocol == "linear"), key=_order)
     seconds = time.time() - started
     cfg = spec.base_config()
-    base = spec.layout.upstream("base")
+    base = spec.upstream_layout("base")
     base_seconds = float(base.read_result().get("seconds", 0.0))
     device = resolve_device(cfg.device)
     facts = machine_facts(device, cpu_threads(device, cfg.data.workers, cfg.compute.threads),

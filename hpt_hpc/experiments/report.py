@@ -16,12 +16,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..config.schema import PROBE_MODES
 from ..eval.record import EvalRecord
+from ..errors import HptError
 from ..files import make_folder, write_text_atomic
-from ..plan.methods import METHODS, PAPER_METHODS, REFERENCE_LABELS, TRANSFER
+from ..plan.methods import METHODS, PAPER_METHODS, REFERENCE_LABELS, TRANSFER, ssl_label
 from .claims import MISSING, claims_markdown, judge_claims
 from .evidence import BOOTSTRAP_METHOD, INTERVAL_METHOD
 from .plots import Series, plot_bars, plot_curves, plot_lines
-from .results import RESULT_COLUMNS, Cell, find, group_cells, result_rows
+from .results import RESULT_COLUMNS, Cell, find, group_cells, result_rows, ssl_methods
 from .tables import markdown_table, write_csv
 
 STEPLESS = tuple(name for name, m in METHODS.items() if not m.uses_steps)
@@ -271,12 +272,20 @@ def build_report(rows: Sequence[EvalRecord], out: Path, name: str, preamble: str
                  output_dir: Optional[Path] = None) -> Report:
     """Write ``<out>/<name>.md`` (+ PNGs and ``<name>.csv``) from evaluation records;
     paths below the experiment's ``output_dir`` are named relative to it."""
+    ssl = ssl_methods(rows)
+    if len(ssl) > 1:  # a cell would average two methods' seeds
+        raise HptError(f"report: the evaluations of '{name}' come from {len(ssl)} ssl "
+                       f"methods ({', '.join(ssl)}); report one at a time with --ssl "
+                       f"<method>")
     out = Path(out)
     make_folder(out)
     cells = group_cells(rows)
     plots: List[Path] = []
     modes = sorted({r.mode for r in rows})
     lines = [f"# {name}: results", ""]
+    if ssl:
+        lines += [f"Self-supervised method of every pretraining stage: {ssl_label(ssl[0])} "
+                  f"(`ssl: {ssl[0]}`).", ""]
     if preamble:
         lines += [preamble, ""]
     lines += [f"Scores in %. {METHOD_NOTE} Evaluation modes in this report: "

@@ -15,6 +15,7 @@ from ..config import OutputLayout
 from ..errors import HptError
 from ..eval.record import (PREDICTIONS_ARTIFACTS, CellKey, EvalRecord, Predictions,
                            is_eval_run, read_record_files)
+from ..plan.methods import DEFAULT_SSL, REFERENCE_LABELS
 from ..tracking.filters import run_filter
 from ..tracking.store import TrackingError, reader_for
 from .evidence import Interval, seed_interval
@@ -130,7 +131,8 @@ _COLUMNS = (("protocol", "protocol"), ("method", "method"), ("dataset", "dataset
             ("score_pct", "score"), ("score_std_pct", "score_std"),
             ("val_score_pct", "val_score"), ("best_step", "best_step"),
             ("repeats", "repeats"), ("mode", "mode"), ("metric", "metric"),
-            ("pretrain_seconds", "pretrain_seconds"), ("checkpoint", "checkpoint"),
+            ("ssl", "ssl"), ("pretrain_seconds", "pretrain_seconds"),
+            ("checkpoint", "checkpoint"),
             ("run_id", "run_id"))
 RESULT_COLUMNS = tuple(column for column, _ in _COLUMNS)
 _PERCENT = {"score", "score_std", "val_score"}
@@ -150,6 +152,19 @@ def result_rows(records: Sequence[EvalRecord],
             return round(100 * value, 4)
         return layout.relative(value) if field in _PATHS and layout else value
     return [{column: cell(r, f) for column, f in _COLUMNS} for r in records]
+
+
+def ssl_of(record: EvalRecord) -> str:
+    """The ssl method of an evaluated checkpoint ("" for a reference row; a trained one
+    recorded before the method was: MoCo-v2, the only one then)."""
+    if record.ssl or record.method in REFERENCE_LABELS:
+        return record.ssl
+    return DEFAULT_SSL
+
+
+def ssl_methods(records: Sequence[EvalRecord]) -> List[str]:
+    """The ssl methods of the trained checkpoints among ``records``."""
+    return sorted({ssl_of(r) for r in records} - {""})
 
 
 def group_cells(rows: Sequence[EvalRecord]) -> Dict[Tuple, Cell]:

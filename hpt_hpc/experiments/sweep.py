@@ -63,7 +63,7 @@ def finished_units(spec: ExperimentSpec, uri: Optional[str]) -> Set[str]:
 
 def _finished_on_disk(spec: ExperimentSpec) -> Set[str]:
     layout = spec.layout
-    done = {f"upstream-{s}" for s in UPSTREAM if layout.upstream(s).final.is_file()}
+    done = {spec.upstream_id(s) for s in UPSTREAM if spec.upstream_layout(s).final.is_file()}
     done.update(layout.finished_unit_stages())
     done.update(f"{u}{CONTROL_SUFFIX}" for u in layout.finished_unit_stages(CONTROL_STAGE))
     done.update(p.stem for p in layout.eval_results())
@@ -77,7 +77,8 @@ def plan_sweep(spec: ExperimentSpec, tracking: Optional[TrackingTarget],
     expansion = expand(spec)
     done = finished_units(spec, tracking.uri if tracking else None)
     phases = sweep_phases(spec, expansion, tracking, frozenset(done), world_size)
-    return SweepPlan(expansion, [s for s in expansion.upstream if f"upstream-{s}" not in done],
+    return SweepPlan(expansion, [s for s in expansion.upstream
+                                 if spec.upstream_id(s) not in done],
                      [u for u in expansion.pretrain if u.unit_id not in done],
                      [u for u in expansion.evals if u.unit_id not in done], phases, done)
 

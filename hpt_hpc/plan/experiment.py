@@ -35,10 +35,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from ..config import ConfigError, ExperimentConfig, OutputLayout, config_from_dict
+from ..config import ConfigError, ExperimentConfig, OutputLayout, StageLayout, config_from_dict
 from ..config.layout import EXPERIMENTS, folder_name
 from ..config.loader import apply_overrides, read_config_dict, suggest
 from ..data.prepare import prepare_dataset
+from .methods import DEFAULT_SSL
 from .units import UPSTREAM, check_axes
 
 SPEC_KEYS = ("name", "config", "set", "datasets", "prepare", "output_dir", "upstream",
@@ -81,6 +82,22 @@ class ExperimentSpec:
     studies: List[Study]
     prepare: Dict[str, str] = field(default_factory=dict)
     references: bool = True
+    ssl: str = DEFAULT_SSL  # the ssl method every stage of the sweep trains with
+
+    @property
+    def ssl_suffix(self) -> str:
+        """What names the sweep's ssl method in unit ids, upstream folders and registry
+        aliases: nothing for MoCo-v2 (the ids of every earlier sweep), ``-dino`` for DINO,
+        so a unit never finds another method's checkpoint or result."""
+        return "" if self.ssl == DEFAULT_SSL else f"-{self.ssl}"
+
+    def upstream_id(self, stage: str) -> str:
+        """The unit id of a shared stage: ``upstream-<stage><ssl_suffix>``."""
+        return f"upstream-{stage}{self.ssl_suffix}"
+
+    def upstream_layout(self, stage: str) -> StageLayout:
+        """Where the sweep's shared ``stage`` (base, source) is trained."""
+        return self.layout.upstream(stage, self.ssl_suffix)
 
     @property
     def layout(self) -> OutputLayout:
@@ -97,7 +114,7 @@ class ExperimentSpec:
     def upstream_checkpoint(self, stage: str) -> Path:
         """The final checkpoint of an upstream stage (a given file, or the trained one)."""
         given = self.upstream.get(stage, {}).get("checkpoint")
-        return Path(given) if given else self.layout.upstream(stage).final
+        return Path(given) if given else self.upstream_layout(stage).final
 
 
 def _check_keys(where: str, data: Dict[str, Any], valid: Sequence[str]) -> None:
@@ -162,7 +179,7 @@ def load_experiment(path: str, overrides: Sequence[str] = (),
         raw["output_dir"] = str((EXPERIMENTS / data["name"]).resolve())
     raw["stages"] = {}
     raw = apply_overrides(raw, list(data.get("set") or []) + list(overrides))
-    config_from_dict(raw)  # validate early: unknown keys, bad values
+    ssl = config_from_dict(raw).ssl  # validate early: unknown keys, bad values
     out = Path(raw["output_dir"]).resolve()
     raw["output_dir"] = str(out)
 
@@ -204,7 +221,7 @@ def load_experiment(path: str, overrides: Sequence[str] = (),
     spec = ExperimentSpec(name=data["name"], path=file.resolve(), config=raw, output_dir=out,
                           upstream=upstream, methods=methods, studies=studies,
                           prepare=dict(data.get("prepare") or {}),
-                          references=bool(data.get("references", True)))
+                          references=bool(data.get("references", True)), ssl=ssl)
     check_axes(spec)
     return spec
 

@@ -41,7 +41,7 @@ def checkpoint_method(info: Any) -> str:
     section = info.stage_config
     start = starting_point(InitRef.parse(section.get("init")), read_files=False)
     return stage_method(info.stage or "", info.variant or "full", start,
-                        bool(section.get("train_head", True)))
+                        bool(section.get("train_head", True)), info.ssl)
 
 
 def checkpoint_steps(info: Any) -> int:

@@ -14,6 +14,7 @@ from typing import Dict, Optional
 
 from ..config import STAGE_NAMES
 from ..config.loader import suggest
+from ..config.schema import SSL_METHODS
 from ..errors import ConfigError
 
 
@@ -70,7 +71,9 @@ PAPER_METHODS = ("Base", "Target", "HPT", "HPT-BN")
 TRANSFER = (("B", "Base"), ("B+S", "B+S"), ("B+T", "HPT"), ("B+S+T", "B+S+T"))
 TRAINS_ALL = ("full", "scratch")  # the same training: every parameter (variants.py)
 TARGET_STAGE = STAGE_NAMES[-1]
-UPSTREAM_METHOD = "MoCo-v2 {stage}"  # the method tag of a stage before the target
+UPSTREAM_METHOD = "{ssl} {stage}"  # the method tag of a stage before the target
+SSL_LABELS = {"moco-v2": "MoCo-v2", "dino": "DINO"}  # config ssl: -> how tables name it
+DEFAULT_SSL = SSL_METHODS[0]  # moco-v2: the method of all recorded before ssl was
 EXTERNAL_METHOD = "external ({layout})"  # a checkpoint this toolkit did not write
 
 
@@ -85,14 +88,15 @@ def method(name: str) -> Method:
 
 
 def stage_method(stage: str, variant: str, start: Optional[str],
-                 train_head: bool = True) -> str:
+                 train_head: bool = True, ssl: Optional[str] = None) -> str:
     """The method tag of a plain config's stage. A target stage's is the table's row of
     what trains (``variant``; ``full`` and ``scratch`` train the same) and where it starts:
     ``start`` None is a random init, ``source`` a source model; any other pretrained
     checkpoint counts as a base model. Stages before the target are the upstream models
-    (``MoCo-v2 base``); a combination without a row keeps its variant's base-model row."""
+    (``MoCo-v2 base``, ``DINO base``: ``ssl``); a combination without a row keeps its
+    variant's base-model row."""
     if stage != TARGET_STAGE:
-        return upstream_method(stage)
+        return upstream_method(stage, ssl)
     trains = "full" if variant in TRAINS_ALL else variant
     start = start if start in (None, "source") else "base"
     rows = [m for m in _TABLE if not m.is_reference and not m.continues
@@ -110,9 +114,15 @@ def filed_steps(name: str, variant: str, steps: int) -> int:
     return steps if (known.uses_steps if known else variant != "bn-stats") else 0
 
 
-def upstream_method(stage: str) -> str:
-    """The method tag of an upstream (base, source) stage: ``MoCo-v2 <stage>``."""
-    return UPSTREAM_METHOD.format(stage=stage)
+def upstream_method(stage: str, ssl: Optional[str] = None) -> str:
+    """The method tag of an upstream (base, source) stage: ``MoCo-v2 <stage>`` (``ssl``
+    None: MoCo-v2), ``DINO <stage>``."""
+    return UPSTREAM_METHOD.format(ssl=ssl_label(ssl), stage=stage)
+
+
+def ssl_label(ssl: Optional[str]) -> str:
+    """How tables and tags name an ssl method (``None``: MoCo-v2, the default)."""
+    return SSL_LABELS.get(ssl or DEFAULT_SSL, str(ssl))
 
 
 def external_method(layout: str) -> str:

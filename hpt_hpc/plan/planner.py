@@ -95,7 +95,7 @@ def stage_plan(cfg: ExperimentConfig, stage: str, *, world_size: int = 1,
         section = cfg.stages[stage]
         method = stage_method(stage, section.variant,
                               starting_point(init) if start == "init" else start,
-                              section.train_head)
+                              section.train_head, section.ssl or cfg.ssl)
     return StagePlan(cfg, stage, label or stage, method, init.absolute(),
                      StageLayout(Path(cfg.output_dir).resolve(), stage),
                      settings["iterations"], settings["lr"], settings["batch_size"],

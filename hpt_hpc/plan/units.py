@@ -179,7 +179,7 @@ def expand(spec: Any) -> Expansion:
             for steps, seed, augment, images, protocol, (mode, labels) in grid:
                 _add_units(pretrain, evals, study.name, name, dataset, steps, int(seed),
                            augment, _images(images), protocol, mode, _images(labels),
-                           tuple(study.evaluation))
+                           tuple(study.evaluation), spec.ssl_suffix)
         if spec.references:  # cached probes; random init at every seed of the study
             for dataset, labels in itertools.product(axes["dataset"],
                                                      axes.get("probe_labels", ["all"])):
@@ -207,7 +207,7 @@ def _probe_part(protocol: str, mode: str, labels: Optional[int],
 
 
 def _add_units(pretrain, evals, study, name, dataset, steps, seed, augment, images,
-               protocol, mode="cached", labels=None, overrides=()) -> None:
+               protocol, mode="cached", labels=None, overrides=(), ssl="") -> None:
     probe = _probe_part(protocol, mode, labels, overrides)
     if protocol != "linear":
         mode, labels = "cached", None
@@ -227,7 +227,7 @@ def _add_units(pretrain, evals, study, name, dataset, steps, seed, augment, imag
         parts.append(f"aug-{_slug(augment)}")
     if images is not None:
         parts.append(f"n{images}")
-    pid = "-".join(parts)
+    pid = "-".join(parts) + ssl  # the ssl method's part (none for MoCo-v2)
     unit = pretrain.setdefault(pid, PretrainUnit(pid, name, dataset, steps, seed, augment,
                                                  images))
     _add_study(unit, study)
@@ -255,7 +255,7 @@ def apply_augment_preset(config: Dict[str, Any], preset: str) -> None:
 def upstream_config(spec: Any) -> Dict[str, Any]:
     """The raw config of the shared upstream stages (``<output>/upstream/<stage>``)."""
     config = copy.deepcopy(spec.config)
-    config["output_dir"] = str(spec.layout.upstream("base").output_dir)
+    config["output_dir"] = str(spec.upstream_layout("base").output_dir)
     stages = {}
     for stage in UPSTREAM:
         settings = {k: v for k, v in spec.upstream.get(stage, {}).items() if k != "checkpoint"}
@@ -312,7 +312,9 @@ def registry_init(spec: Any, tracking: Optional[TrackingTarget], stage: str) -> 
     (``models:/<model>@<sweep>-<stage>``), else from its file (``None``)."""
     if tracking is None or "checkpoint" in spec.upstream.get(stage, {}):
         return None
-    return model_uri(tracking.model_name, alias_for(tracking.pipeline, stage))
+    return model_uri(tracking.model_name,
+                     alias_for(tracking.pipeline, f"{stage}{spec.ssl_suffix}"))
+
 
 
 def upstream_plans(spec: Any, tracking: Optional[TrackingTarget], stages: List[str],
@@ -322,11 +324,13 @@ def upstream_plans(spec: Any, tracking: Optional[TrackingTarget], stages: List[s
     plans = []
     for stage in stages:
         init = registry_init(spec, tracking, "base") if stage == "source" else None
-        tags = {"hpt.sweep": spec.name, "hpt.unit": f"upstream-{stage}",
+        tags = {"hpt.sweep": spec.name, "hpt.unit": spec.upstream_id(stage),
                 "hpt.unit_kind": "upstream"}
         plans.append(stage_plan(cfg, stage, world_size=world_size,
+                                label=f"{stage}{spec.ssl_suffix}",  # its registry alias
                                 init=InitRef.parse(init) if init else None,
-                                method=upstream_method(stage), tags=tags, tracking=tracking))
+                                method=upstream_method(stage, spec.ssl), tags=tags,
+                                tracking=tracking))
     return plans
 
 
@@ -388,7 +392,7 @@ def sweep_phases(spec: Any, expansion: Expansion, tracking: Optional[TrackingTar
     start from, each waiting only for that stage (``afterok``; from scratch: nothing) ->
     one phase of evaluations (``afterany`` on every pretraining phase: an evaluation whose
     checkpoint is missing fails alone). Units whose id is in ``skip`` are left out."""
-    upstream = [s for s in expansion.upstream if f"upstream-{s}" not in skip]
+    upstream = [s for s in expansion.upstream if spec.upstream_id(s) not in skip]
     phases = [Phase(f"upstream-{plan.stage}", [plan],
                     ("upstream-base",) if plan.stage == "source" else ())
               for plan in upstream_plans(spec, tracking, upstream, world_size)]

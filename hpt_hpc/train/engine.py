@@ -67,6 +67,7 @@ class StageResult:
     images: int = 0  # training images of the stage (all ranks)
     saved_step: int = -1  # the step of this call's last periodic checkpoint
     threads: int = 0  # torch intra-op threads the steps ran with (CPU results depend on it)
+    ssl: str = ""  # the self-supervised method the stage trained with
 
     @property
     def completed(self) -> bool:
@@ -185,7 +186,8 @@ def run_stage(plan: StagePlan, loader: Any, tracker: Optional[Tracker] = None,
     model = build_model(plan, loader.num_images)
     result = StageResult(stage, variant, layout.final, 0, total,
                          queue_size=int(model.facts().get("queue_size", 0)),
-                         images=loader.num_images, threads=torch.get_num_threads())
+                         images=loader.num_images, threads=torch.get_num_threads(),
+                         ssl=plan.ssl)
 
     resume_state = load_resume_point(plan)
     if resume_state is None and init:
