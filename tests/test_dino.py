@@ -385,3 +385,16 @@ def test_local_views_train_dino_and_are_refused_for_moco(tmp_path, mnist_tree, f
         "error: stages.base: ssl method 'moco-v2' takes the two global views only, but "
         "augment.local_crops.number is 2; set it to 0 or use ssl: dino")
     assert not (moco / "out").exists()
+
+
+def test_a_resume_with_other_dino_settings_is_refused(tmp_path, mnist_tree):
+    """A DINO stage's own settings are part of what a resume compares (like moco.*)."""
+    config = _dino_cli_config(tmp_path / "d", mnist_tree, {}, iterations=3)
+    assert invoke("train", "--config", config).exit_code == 0
+    final = tmp_path / "d" / "out" / "base" / "checkpoints" / "final.pt"
+    before = final.read_bytes()
+    out = invoke("train", "--config", config, "--set", "dino.teacher_temp=0.07")
+    assert out.exit_code == 2 and "Traceback" not in out.output, out.output
+    assert out.output.startswith("error: ") and out.output.count("\n") == 1, out.output
+    assert "dino.teacher_temp: 0.04 -> 0.07" in out.output
+    assert final.read_bytes() == before

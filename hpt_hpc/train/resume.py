@@ -35,8 +35,9 @@ from ..plan import StagePlan
 
 log = logging.getLogger(__name__)
 
-FINGERPRINT_SECTIONS = ("model.", "moco.", "optim.", "augment.", "compute.accumulate", "seed",
-                        "data.image_size", "data.channels", "data.mean", "data.std", "ssl")
+FINGERPRINT_SECTIONS = ("model.", "moco.", "dino.", "optim.", "augment.", "compute.accumulate",
+                        "seed", "data.image_size", "data.channels", "data.mean", "data.std",
+                        "ssl")
 FINGERPRINT_KEY = "resume_settings"
 RESUME_CHANGES_KEY = "resume_changes"  # the allowed differences a resume found (not saved)
 
