@@ -4,15 +4,16 @@
   folder, not one of the command's inputs (:func:`refuse_inputs`).
 * :func:`make_folder`: an output's folder created, or one line why not.
 * :func:`atomic_write` / :func:`write_text_atomic`: the bytes go to a temporary file beside
-  the target (``.<name>.<pid>.<random>.tmp``), which then replaces the target in one
+  the target (``.<name>.<pid>@<host>.<random>.tmp``), which then replaces the target in one
   rename, so a reader sees the old file or the new one, never half of one. The temporary
   file is created the way ``open`` creates a file (mode ``0o666`` less the umask, the
   folder's default ACL applied), so checkpoints, exports, embeddings and records are as
   readable by colleagues in a shared folder as any other file the user creates. The
-  temporaries of the same target that an ended process left (killed, out of disk) are
-  removed first (:func:`remove_stale_temporaries`).
+  temporaries of the same target that an ended process of this machine left (killed,
+  out of disk) are removed first (:func:`remove_stale_temporaries`).
 * :func:`writing`: a read-only file system, a full disk, an exceeded quota or a refused
-  permission while writing is one line (:class:`OutputError`) naming the file.
+  permission while writing is one line naming the file (:class:`WriteFailure`: an
+  :class:`OutputError` that is still an ``OSError``).
 * :func:`refuse_inputs`: an output that names one of the command's inputs is refused.
 * :func:`link_atomic`: one file's bytes in several places (final/last checkpoints, a local
   MLflow store's checkpoint artifacts, an init cache) without extra copies.
