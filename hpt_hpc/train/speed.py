@@ -50,7 +50,7 @@ class StepSpeed:
 
     def describe(self) -> str:
         return (f"{self.precision}, channels_last={self.channels_last}, "
-                f"sgd={self.optimizer_impl}, compile={self.compile}, "
+                f"optimizer kernel={self.optimizer_impl}, compile={self.compile}, "
                 f"accumulate={self.accumulate}")
 
 
