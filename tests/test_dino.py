@@ -46,7 +46,8 @@ MODELS = {
 }
 
 
-def dino_config(out: Path, model: str, optimizer: str, *, world: int = 1, **dino):
+def dino_config(out: Path, model: str, optimizer: str, *, world: int = 1, optim=None,
+                **dino):
     """A 3-step DINO stage on fixed views: constant lr, a checkpoint after every step."""
     data = tiny_config_data(out, {"none": out}, {
         "base": {"dataset": "none", "iterations": STEPS, "batch_size": BATCH * world}})
@@ -54,6 +55,7 @@ def dino_config(out: Path, model: str, optimizer: str, *, world: int = 1, **dino
                 checkpoint={"every": 1, "keep": STEPS})
     data["optim"].update(optimizer=optimizer, schedule="constant", clip_grad=0.05,
                          weight_decay=0.01, lr=0.05 if optimizer == "sgd" else 1e-3)
+    data["optim"].update(optim or {})
     data["compute"] = {"threads": 1}
     return config_from_dict(data)
 
@@ -140,11 +142,27 @@ class Reference:
         self.center = torch.zeros(1, d.out_dim)
         self.world, self.clipped = world, 0
         params = [p for p in self.student.parameters() if p.requires_grad]
-        o = cfg.optim
+        o = self.o = cfg.optim
+        if not o.decay_norms_and_biases:  # DINO's get_params_groups
+            params = [{"params": [p for n, p in self.student.named_parameters()
+                                  if p.requires_grad and not n.endswith(".bias")
+                                  and len(p.shape) != 1]},
+                      {"params": [p for n, p in self.student.named_parameters()
+                                  if p.requires_grad and (n.endswith(".bias")
+                                                          or len(p.shape) == 1)],
+                       "weight_decay": 0.0}]
         self.opt = (torch.optim.SGD(params, lr=o.lr, momentum=o.momentum,
                                     weight_decay=o.weight_decay) if o.optimizer == "sgd"
                     else torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay))
         self.clip = o.clip_grad
+
+    def weight_decay(self, step: int) -> float:
+        """DINO's cosine_scheduler(wd, wd_end) over the stage's steps."""
+        o = self.o
+        if o.weight_decay_end is None:
+            return o.weight_decay
+        return o.weight_decay_end + 0.5 * (o.weight_decay - o.weight_decay_end) * (
+            1 + math.cos(math.pi * step / STEPS))
 
     def temperature(self, step: int) -> float:
         d = self.d
@@ -167,6 +185,7 @@ class Reference:
         temp = self.temperature(step)
         losses, outs = zip(*[self.rank_loss([v[r * BATCH:(r + 1) * BATCH] for v in views],
                                             temp) for r in range(self.world)])
+        self.opt.param_groups[0]["weight_decay"] = self.weight_decay(step)
         self.opt.zero_grad()
         (sum(losses) / self.world).backward()
         last = self.student.last.parametrizations.weight
@@ -216,6 +235,17 @@ def compare(engine_losses, states, ref: Reference, world: int = 1, buffers: bool
 def test_engine_equals_the_papers_algorithm(tmp_path, model, optimizer):
     norm = model == "resnet"  # the ViT trains its last layer's norms too
     cfg = dino_config(tmp_path, model, optimizer, norm_last_layer=norm)
+    losses, states = run_engine(cfg)
+    compare(losses, states, Reference(cfg))
+
+
+@pytest.mark.parametrize("model", ["resnet", "vit"])
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_the_weight_decay_schedule_spares_biases_and_norms(tmp_path, model, optimizer):
+    """DINO's weight decay: a cosine from weight_decay to weight_decay_end, none on biases
+    and norm parameters; large decays, so a constant or misplaced one shows."""
+    cfg = dino_config(tmp_path, model, optimizer, norm_last_layer=False, optim={
+        "weight_decay": 0.5, "weight_decay_end": 5.0, "decay_norms_and_biases": False})
     losses, states = run_engine(cfg)
     compare(losses, states, Reference(cfg))
 

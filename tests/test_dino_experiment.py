@@ -29,7 +29,21 @@ def invoke(*args: str) -> str:
     return result.output
 
 
-def test_the_dino_experiment_plans_the_intended_grid():
+def outside_the_checkout(tmp_path: Path) -> Path:
+    """The experiment file with its paths made absolute and its outputs under tmp_path, so
+    a run of it in this checkout (finished units) does not change what the test sees."""
+    data = yaml.safe_load(DINO_FILE.read_text())
+    here = DINO_FILE.parent
+    data["config"] = str((here / data["config"]).resolve())
+    for entry in data["datasets"].values():
+        entry["path"] = str((here / entry["path"]).resolve())
+    data["output_dir"] = str(tmp_path / "out")
+    path = tmp_path / "dino.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def test_the_dino_experiment_plans_the_intended_grid(tmp_path):
     spec = load_experiment(str(DINO_FILE))
     cfg = spec.base_config()
     assert (cfg.ssl, cfg.optim.optimizer, cfg.optim.clip_grad) == ("dino", "adamw", 3.0)
@@ -45,7 +59,8 @@ def test_the_dino_experiment_plans_the_intended_grid():
     assert sorted({e.probe_mode for e in trained}) == ["cached", "knn"]
     assert len(trained) == 2 * len(units.pretrain)
     assert units.upstream == ["base"]
-    out = invoke("sweep", str(DINO_FILE), "--dry-run", "--executor", "debug")
+    out = invoke("sweep", str(outside_the_checkout(tmp_path)), "--dry-run", "--executor",
+                 "debug")
     assert out.startswith("units: 21 pretraining, 46 evaluations; to run: upstream [base], "
                           "21 pretraining, 46 evaluations")
     assert "base-dino: DINO base (full) on fashion-mnist" in out

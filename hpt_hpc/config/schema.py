@@ -136,6 +136,12 @@ class OptimConfig:
                          choices=OPTIMIZERS)
     weight_decay: float = key(1e-4, "weight decay (SGD: L2 in the gradient; AdamW: "
                                     "decoupled)")
+    weight_decay_end: Optional[float] = key(None, "weight decay at the last step, reached by "
+                                                  "a cosine from weight_decay (DINO: 0.04 to "
+                                                  "0.4); null: constant")
+    decay_norms_and_biases: bool = key(True, "weight decay on biases and normalisation "
+                                             "parameters (every tensor of <= 1 dimension) "
+                                             "too; DINO: false")
     momentum: float = key(0.9, "SGD momentum (adamw: unused)")
     clip_grad: Optional[float] = key(None, "cap on each parameter's gradient norm, applied "
                                            "before the step (DINO uses 3.0); null: off")

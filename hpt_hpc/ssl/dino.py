@@ -15,8 +15,9 @@ and every student view but the same one, averaged over those pairs. The head's l
 layer drops its gradient for the first ``freeze_last_layer_steps`` steps. Logits and the
 loss are computed in fp32.
 
-Differences from the official code: schedules count steps, not epochs; weight decay is
-the optimiser's constant one (``optim.weight_decay``, on every parameter).
+Differences from the official code: schedules count steps, not epochs. Its weight decay
+(a cosine from 0.04 to 0.4, none on biases and norms) is the optimiser's:
+``optim.weight_decay_end`` and ``optim.decay_norms_and_biases: false``.
 """
 from __future__ import annotations
 

@@ -35,8 +35,9 @@ from .distributed import DistInfo
 from .initial import load_stage_init
 from .resume import (RESUME_CHANGES_KEY, check_finite, load_resume_point, lower_rate_advice,
                      save_resume_point)
-from .speed import (StepSpeed, check_accumulation, clip_gradients, make_optimizer,
-                    prepare_model, resolve_speed, set_optimizer_impl, to_device, train_step)
+from .speed import (DECAYED, StepSpeed, check_accumulation, clip_gradients, make_optimizer,
+                    prepare_model, resolve_speed, set_optimizer_impl, to_device, train_step,
+                    weight_decay_at)
 from ..device import resolve_device
 from .state import capture_rng_state, restore_rng_state, seed_everything
 
@@ -204,7 +205,8 @@ def run_stage(plan: StagePlan, loader: Any, tracker: Optional[Tracker] = None,
         raise ConfigError(f"stages.{stage}: {exc}") from None
     prepare_model(model, speed)
     optimizer = (make_optimizer(params, plan.lr, cfg.optim.momentum, cfg.optim.weight_decay,
-                                speed, cfg.optim.optimizer) if params else None)
+                                speed, cfg.optim.optimizer, cfg.optim.decay_norms_and_biases)
+                 if params else None)
     start = 0
     if resume_state is not None:
         model.load_state_dict(resume_state["model"])
@@ -297,8 +299,12 @@ def _train_loop(plan: StagePlan, net: torch.nn.Module,
         views = [to_device(view, device, speed) for view in next(batches)]
         wait = time.perf_counter() - fetch
         lr = learning_rate(step, total, base_lr, cfg.optim.warmup_iterations, cfg.optim.schedule)
+        decay = weight_decay_at(step, total, cfg.optim.weight_decay,
+                                cfg.optim.weight_decay_end)
         for group in optimizer.param_groups:
             group["lr"] = lr
+            if group.get(DECAYED, True):
+                group["weight_decay"] = decay
         optimizer.zero_grad(set_to_none=True)
         loss, out = train_step(net, model, views, speed)
         model.before_step(step, total)
@@ -322,6 +328,8 @@ def _train_loop(plan: StagePlan, net: torch.nn.Module,
         if logged:
             now = time.time()
             metrics = model.metrics_of(out)
+            if cfg.optim.weight_decay_end is not None:
+                metrics["weight_decay"] = decay
             tracker.log_metrics({"loss": loss_value, "lr": lr, **metrics,
                                  "step_seconds": (now - tick) / log_every}, step=step + 1)
             failure = model.failure_of(metrics)

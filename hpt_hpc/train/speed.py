@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional, Sequence, Tuple
@@ -119,16 +120,38 @@ def _impl_flags(impl: str) -> dict:
     return {"fused": impl == "fused" or None, "foreach": impl == "foreach"}
 
 
+DECAYED = "hpt_decayed"  # a parameter group's flag: its weight decay follows the schedule
+
+
 def make_optimizer(params: Iterable[torch.nn.Parameter], lr: float, momentum: float,
-                   weight_decay: float, speed: StepSpeed,
-                   kind: str = "sgd") -> torch.optim.Optimizer:
+                   weight_decay: float, speed: StepSpeed, kind: str = "sgd",
+                   decay_norms_and_biases: bool = True) -> torch.optim.Optimizer:
     """SGD with momentum, or AdamW (``kind``: ``optim.optimizer``; ``momentum`` is SGD's),
-    using the configured kernel (fused, foreach or per-parameter)."""
+    using the configured kernel (fused, foreach or per-parameter). Without
+    ``decay_norms_and_biases``, tensors of <= 1 dimension (biases, norm weights) form a
+    second group without weight decay (DINO's ``get_params_groups``); the group whose
+    decay follows :func:`weight_decay_at` is flagged :data:`DECAYED`."""
+    params = list(params)
+    if decay_norms_and_biases:
+        groups = [{"params": params, DECAYED: True}]
+    else:
+        groups = [{"params": [p for p in params if p.ndim > 1], DECAYED: True},
+                  {"params": [p for p in params if p.ndim <= 1], DECAYED: False,
+                   "weight_decay": 0.0}]
+        groups = [g for g in groups if g["params"]]
     if kind == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay,
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay,
                                  **_impl_flags(speed.optimizer_impl))
-    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay,
                            **_impl_flags(speed.optimizer_impl))
+
+
+def weight_decay_at(step: int, total: int, start: float, end: Optional[float]) -> float:
+    """``start`` (``end`` None), or a cosine from ``start`` at step 0 to ``end`` at step
+    ``total`` (DINO's ``cosine_scheduler`` over steps)."""
+    if end is None:
+        return start
+    return end + 0.5 * (start - end) * (1.0 + math.cos(math.pi * step / max(1, total)))
 
 
 @torch.no_grad()
