@@ -417,6 +417,33 @@ def test_local_views_train_dino_and_are_refused_for_moco(tmp_path, mnist_tree, f
     assert not (moco / "out").exists()
 
 
+def test_a_moco_base_and_a_dino_target_share_one_augment_section(tmp_path, mnist_tree):
+    """local_crops in a config whose target is DINO: the MoCo base trains on the two
+    global views, the DINO target on 2 + 2 (the views its loader really made)."""
+    config = write_tiny_config(tmp_path, {"mnist": mnist_tree}, {
+        "base": {"dataset": "mnist", "iterations": 2},
+        "target": {"dataset": "mnist", "iterations": 2, "init": "stage:base", "ssl": "dino"}},
+        dino=SMALL, augment={"local_crops": {"number": 2, "size": 8}})
+    seen = {}
+    import hpt_hpc.train.engine as engine
+    real = engine.train_step
+
+    def spy(net, method, views, speed):
+        seen.setdefault(type(method).__name__, [tuple(v.shape[-1] for v in views)])
+        return real(net, method, views, speed)
+    engine.train_step = spy
+    try:
+        out = invoke("train", "--config", config)
+    finally:
+        engine.train_step = real
+    assert out.exit_code == 0, out.output
+    assert seen == {"MoCo": [(16, 16)], "Dino": [(16, 16, 8, 8)]}
+    layout = OutputLayout(tmp_path / "out")
+    settings = [load_checkpoint(layout.stage(s).final)["resume_settings"]
+                for s in ("base", "target")]
+    assert [x["augment.local_crops.number"] for x in settings] == [0, 2]
+
+
 def test_a_resume_with_other_dino_settings_is_refused(tmp_path, mnist_tree):
     """A DINO stage's own settings are part of what a resume compares (like moco.*)."""
     config = _dino_cli_config(tmp_path / "d", mnist_tree, {}, iterations=3)

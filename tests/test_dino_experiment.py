@@ -105,7 +105,7 @@ def test_a_dino_unit_never_shares_a_checkpoint_or_result_with_a_moco_unit(tmp_pa
 
 def _dino_sweep(folder: Path, fashion: Path, mnist: Path) -> Path:
     """The real dino.yaml (its config and every `set:`) scaled down: a tiny backbone,
-    2 base steps, one seed, Base and HPT at 3 steps, tracking off."""
+    2 base steps, one seed, Base and HPT at 3 steps, every probe mode, tracking off."""
     real = yaml.safe_load(DINO_FILE.read_text())
     tiny = ["model.width=0.125", "data.image_size=16", "optim.batch_size=8",
             "dino.out_dim=64", "dino.hidden_dim=32", "dino.bottleneck_dim=16",
@@ -119,7 +119,8 @@ def _dino_sweep(folder: Path, fashion: Path, mnist: Path) -> Path:
             "upstream": {"base": {**real["upstream"]["base"], "iterations": 2}},
             "methods": {"Base": {"bn_batches": 2}, "HPT-BN": real["methods"]["HPT-BN"]},
             "studies": {"main": {**real["studies"]["main"], "method": ["Base", "HPT"],
-                                 "steps": [3], "seed": [0]}}}
+                                 "steps": [3], "seed": [0],
+                                 "probe_mode": ["cached", "knn", "augmented"]}}}
     path = folder / "dino.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
@@ -128,7 +129,7 @@ def _dino_sweep(folder: Path, fashion: Path, mnist: Path) -> Path:
 def test_a_tiny_real_dino_sweep_reports_its_ssl_method(tmp_path, mnist_tree, fashion_tree):
     path = _dino_sweep(tmp_path, fashion_tree, mnist_tree)
     out = invoke("sweep", str(path), "--executor", "debug")
-    assert "to run: upstream [base], 2 pretraining, 6 evaluations" in out  # 2 x 2 + 2 refs
+    assert "to run: upstream [base], 2 pretraining, 8 evaluations" in out  # 2 x 3 + 2 refs
     unit = tmp_path / "out" / "units" / "HPT-mnist-3st-seed0-dino"
     import torch
     state = torch.load(unit / "target" / "checkpoints" / "final.pt", map_location="cpu",
@@ -138,13 +139,14 @@ def test_a_tiny_real_dino_sweep_reports_its_ssl_method(tmp_path, mnist_tree, fas
 
     report = tmp_path / "report"
     out = invoke("report", str(path), "--from-files", "--out", str(report))
-    assert "(6 evaluations" in out
+    assert "(8 evaluations" in out
     md = (report / "dino.md").read_text()
     assert "Self-supervised method of every pretraining stage: DINO (`ssl: dino`)." in md
     with open(report / "dino.csv") as handle:
         rows = list(csv.DictReader(handle))
     ssl = {(r["method"], r["mode"].split(" ")[0]): r["ssl"] for r in rows}
     assert ssl == {("Base", "cached"): "dino", ("Base", "knn"): "dino",
+                   ("Base", "augmented"): "dino", ("HPT", "augmented"): "dino",
                    ("HPT", "cached"): "dino", ("HPT", "knn"): "dino",
                    ("raw-pixels", "cached"): "", ("random-init", "cached"): ""}
     wrong = CliRunner().invoke(cli, ["report", str(path), "--from-files", "--out",

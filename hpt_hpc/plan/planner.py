@@ -13,6 +13,8 @@ of :class:`StagePlan` objects (``hpt-hpc train``, ``launch``, ``config show --pl
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import itertools
 import re
 from dataclasses import dataclass
@@ -173,17 +175,30 @@ def check_variants(plans: Sequence[StagePlan]) -> None:
             check_variant(cfg.model, cfg.data.image_size, plan.stage, section)
 
 
-def check_local_crops(plans: Sequence[StagePlan]) -> None:
-    """A stage whose ssl method takes the two global views only is refused when
-    ``augment.local_crops.number`` asks for local views."""
+def check_local_crops(plans: Sequence[StagePlan]) -> List[StagePlan]:
+    """``augment.local_crops`` is for the stages whose ssl method takes local views (DINO).
+    A stage of another method gets the two global views (its plan's ``local_crops.number``
+    0) when some stage of the config takes them; when none does, the setting would do
+    nothing anywhere and is refused. Returns the plans, resolved."""
+    out = []
     for plan in plans:
-        number = plan.config.augment.local_crops.number
+        cfg = plan.config
+        number = cfg.augment.local_crops.number
         if number:
             from ..ssl import method_class  # torch: only when local views are asked for
             if not method_class(plan.ssl).local_crops:
-                raise ConfigError(f"stages.{plan.stage}: ssl method '{plan.ssl}' takes the "
-                                  f"two global views only, but augment.local_crops.number "
-                                  f"is {number}; set it to 0 or use ssl: dino")
+                used_by = [s for s, section in cfg.stages.items()
+                           if method_class(section.ssl or cfg.ssl).local_crops]
+                if not used_by:
+                    raise ConfigError(f"stages.{plan.stage}: ssl method '{plan.ssl}' takes "
+                                      f"the two global views only, but "
+                                      f"augment.local_crops.number is {number}; set it to 0 "
+                                      f"or use ssl: dino")
+                cfg = copy.deepcopy(cfg)
+                cfg.augment.local_crops.number = 0
+                plan = dataclasses.replace(plan, config=cfg)
+        out.append(plan)
+    return out
 
 
 def plan_config(raw: Dict[str, Any], overrides: Sequence[str] = (),
@@ -223,7 +238,7 @@ def plan_config(raw: Dict[str, Any], overrides: Sequence[str] = (),
                                     label=label, tracking=target, start=start))
         check_data(plans)
         check_variants(plans)
-        check_local_crops(plans)
+        plans = check_local_crops(plans)
         phases.append(Phase(stage, plans, (stages[i - 1],) if i else ()))
     return ConfigPlan(cfg, target, phases)
 
