@@ -226,6 +226,23 @@ def remove_stale_temporaries(path: os.PathLike) -> int:
     return removed
 
 
+def remove_folder_temporaries(folder: os.PathLike) -> int:
+    """Remove every temporary file (:func:`temporary_beside`) in ``folder``, whichever
+    process or host left it; returns how many. Only for a folder whose writers all hold
+    one lock the caller now holds (a stage's checkpoints under its stage lock: a requeued
+    job on another node must clear what the preempted one left)."""
+    removed = 0
+    for path in Path(folder).glob(f".*{TEMP_SUFFIX}"):
+        try:
+            path.unlink()
+            removed += 1
+        except FileNotFoundError:
+            pass
+    if removed:
+        log.info("removed %d temporary file(s) of interrupted saves in %s", removed, folder)
+    return removed
+
+
 def write_text_atomic(path: os.PathLike, text: str, encoding: str = "utf-8") -> Path:
     """``path`` holds ``text`` (see :func:`atomic_write`); returns ``path``."""
     with atomic_write(path, "w", encoding=encoding) as handle:

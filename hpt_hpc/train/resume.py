@@ -12,7 +12,8 @@ that wrote the checkpoint, never a diverged state.
   :func:`lower_rate_advice`).
 * :func:`save_resume_point`: parameters must be finite before a save; the previous
   ``last.pt`` is kept as ``previous.pt`` and used when ``last.pt`` cannot be loaded.
-* :func:`clean_temporaries`: temporary files of interrupted saves are removed at start.
+* temporary files of interrupted saves are removed at start, under the stage lock
+  (:func:`hpt_hpc.files.remove_folder_temporaries`).
 """
 from __future__ import annotations
 
@@ -264,18 +265,3 @@ def save_resume_point(state: Dict[str, Any], plan: StagePlan, final: bool = Fals
     if final:
         link_atomic(layout.final, layout.last)
         layout.previous.unlink(missing_ok=True)
-
-
-def clean_temporaries(layout: StageLayout) -> int:
-    """Remove the temporary files interrupted saves left behind; returns how many."""
-    removed = 0
-    for path in layout.checkpoints.glob(".*.tmp"):
-        try:
-            path.unlink()
-            removed += 1
-        except FileNotFoundError:
-            pass
-    if removed:
-        log.info("removed %d temporary file(s) of interrupted saves in %s", removed,
-                 layout.checkpoints)
-    return removed

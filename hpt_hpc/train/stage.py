@@ -12,7 +12,7 @@ from dataclasses import asdict
 from typing import Callable, Optional
 
 from ..data import build_pretrain_loader
-from ..files import write_text_atomic
+from ..files import remove_folder_temporaries, write_text_atomic
 from ..models import checkpoint_run_id
 from ..plan import StagePlan, training_records
 from ..plan.plans import config_dict
@@ -21,7 +21,7 @@ from ..tracking.registry import alias_for
 from ..tracking.runs import open_run
 from .distributed import DistInfo
 from .engine import StageResult, run_stage
-from .resume import clean_temporaries, stage_lock
+from .resume import stage_lock
 from ..device import limit_cpu_threads, resolve_device
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ def run_plan(plan: StagePlan, dist: Optional[DistInfo] = None,
     dist = dist or DistInfo()
     with stage_lock(plan.layout, plan.label, hold=dist.is_main):
         if dist.is_main:
-            clean_temporaries(plan.layout)
+            remove_folder_temporaries(plan.layout.checkpoints)
         result = _run_locked(plan, dist, tracker, stop_after, should_stop, on_step)
     if dist.is_main:
         write_result(plan, result)
