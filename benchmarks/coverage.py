@@ -131,6 +131,15 @@ def _markdown(rows, machine: str, seconds: float) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _cpu() -> str:
+    try:
+        with open("/proc/cpuinfo") as info:
+            return next(line.split(":", 1)[1].strip() for line in info
+                        if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "cpu"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=4000)
@@ -145,10 +154,11 @@ def main() -> None:
                              bootstrap_reps=args.bootstrap_reps))
         print(json.dumps(rows[-1]), flush=True)
     seconds = time.perf_counter() - start
-    machine = f"{platform.node()}, {os.cpu_count()} CPUs, {platform.processor() or 'cpu'}"
+    machine = f"{platform.machine()} {_cpu()}, {os.cpu_count()} CPU cores, no GPU used"
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "coverage.json").write_text(json.dumps(
-        {"machine": machine, "seconds": round(seconds, 1), "args": vars(args),
+        {"machine": machine, "date": time.strftime("%Y-%m-%d"), "seconds": round(seconds, 1),
+         "args": vars(args),
          "rows": rows}, indent=1))
     (RESULTS / "coverage.md").write_text(_markdown(rows, machine, seconds))
     print(_markdown(rows, machine, seconds))

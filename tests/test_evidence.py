@@ -138,3 +138,22 @@ def test_predictions_round_trip_through_result_files(tmp_path):
     assert back.predictions.paths[:2] == ["img0.png", "img1.png"] and back.score == rec.score
     with np.load(tmp_path / "units/u/results/e.npz", allow_pickle=False) as raw:
         assert raw["predictions"].dtype == np.int16  # compact
+
+
+def test_committed_verdicts_are_the_csv_recomputed(capsys):
+    """docs/results: the recomputed verdict table is the script's output on the committed
+    CSV, and one interval of it matches scipy's t-interval of the per-seed differences."""
+    import csv
+    import runpy
+    results = Path(__file__).resolve().parents[1] / "docs" / "results"
+    runpy.run_path(str(results / "verdicts_from_csv.py"), run_name="__main__")
+    table = capsys.readouterr().out
+    assert table.strip() in (results / "mnist-hpt.md").read_text()
+    with open(results / "mnist-hpt.csv", newline="") as handle:
+        rows = [r for r in csv.DictReader(handle) if r["protocol"] == "linear"
+                and r["mode"] == "cached" and r["probe_labels_per_class"] == "all"
+                and r["augment"] == "all" and r["images_axis"] == "all"]
+    score = {(r["method"], r["target_steps"], r["seed"]): float(r["score_pct"]) for r in rows}
+    d = [score[("HPT", "50", s)] - score[("Base", "0", s)] for s in "012"]
+    low, high = stats.ttest_1samp(d, 0).confidence_interval(0.95)
+    assert f"| 1: HPT@50 − Base | {np.mean(d):+.1f} [{low:+.1f}, {high:+.1f}] |" in table

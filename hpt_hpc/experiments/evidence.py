@@ -11,9 +11,9 @@ correction for a claim that any of several comparisons suffices.
   plus the test-image part ``var(D_i) / N - MS_err / (S N)`` (``D_i`` the per-image
   difference averaged over seeds: what a new test set changes, which every seed shares
   and a t over seeds alone misses; ``MS_err`` the seed x image residual, already in the
-  seed part). AUROC is no mean over images: its image part is a bootstrap over images. The 95 % interval is a Student-t one with the
-  seeds' ``S - 1`` degrees of freedom. Its coverage is measured, not assumed:
-  ``benchmarks/coverage.py``, docs/evaluation.md.
+  seed part). AUROC is no mean over images: its image part is a bootstrap over images.
+  The 95 % interval is a Student-t one with the seeds' ``S - 1`` degrees of freedom.
+  Its coverage is measured, not assumed: ``benchmarks/coverage.py``, docs/evaluation.md.
 * **Verdict** of a claimed difference (claimed to be positive), with the claim's
   equivalence ``margin``: *supported* when the interval lies above 0, *contradicted*
   when it lies below 0, *equivalent* when it lies inside ``[-margin, +margin]``,
