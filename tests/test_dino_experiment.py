@@ -46,8 +46,10 @@ def test_the_dino_experiment_plans_the_intended_grid():
     assert len(trained) == 2 * len(units.pretrain)
     assert units.upstream == ["base"]
     out = invoke("sweep", str(DINO_FILE), "--dry-run", "--executor", "debug")
-    assert out.startswith("units: 21 pretraining, 46 evaluations; to run: upstream [base], "
-                          "21 pretraining, 46 evaluations")
+    # 46 evaluations of the measured run + random init's kNN vote at 3 seeds, the reference
+    # the kNN claims check against (planned since #26)
+    assert out.startswith("units: 21 pretraining, 49 evaluations; to run: upstream [base], "
+                          "21 pretraining, 49 evaluations")
     assert "base-dino: DINO base (full) on fashion-mnist" in out
     assert "ssl dino, 1500 steps, lr 0.00025, batch 64" in out  # 0.001 x 64 / 256
     assert re.search(r"HPT-BN-mnist-200st-seed2-dino: HPT-BN \(bn\) on mnist .* ssl dino, "

@@ -180,13 +180,17 @@ def expand(spec: Any) -> Expansion:
                 _add_units(pretrain, evals, study.name, name, dataset, steps, int(seed),
                            augment, _images(images), protocol, mode, _images(labels),
                            tuple(study.evaluation), spec.ssl_suffix)
-        if spec.references:  # cached probes; random init at every seed of the study
-            for dataset, labels in itertools.product(axes["dataset"],
-                                                     axes.get("probe_labels", ["all"])):
-                for ref in REFERENCES:
+        if spec.references:  # cached; random init also in the study's other probe modes
+            modes = [("cached", labels) for labels in axes.get("probe_labels", ["all"])]
+            for dataset, (mode, labels) in itertools.product(
+                    axes["dataset"], modes + [p for p in probing if p[0] != "cached"]):
+                for ref in REFERENCES:  # (a claim's precondition compares in its own mode)
+                    if ref != "random-init" and mode != "cached":
+                        continue
+                    overrides = tuple(study.evaluation) if mode != "cached" else ()
                     for seed in (axes.get("seed", [0]) if ref == "random-init" else [0]):
                         _add_units(pretrain, evals, study.name, ref, dataset, 0, int(seed),
-                                   "all", None, "linear", "cached", _images(labels))
+                                   "all", None, "linear", mode, _images(labels), overrides)
     needed = {METHODS[u.method].starts_from for u in pretrain.values()} - {None}
     if "source" in needed:
         needed.add("base")
