@@ -16,8 +16,13 @@ goal <= 3 %; nominal 2.5 %). Methods: the report's :func:`paired_t` (seed + imag
 variance), the t over seeds alone (``image variance 0``), and the percentile bootstrap
 over seeds and images the report used before (fewer reps: it is slow).
 
-Results: ``benchmarks/results/coverage.json`` and ``coverage.md``.
-Usage: ``PYTHONPATH=. python benchmarks/coverage.py [--reps 4000]``
+``--two-level``: an HPT-like cell over 3 base x 3 target seeds (base SD 0.5-4 points,
+target seed SD 2) against a Target-like cell with no base, paired as the report pairs
+them; the interval is then a t over the base seeds' means.
+
+Results: ``benchmarks/results/coverage.json`` and ``coverage.md``; ``--two-level``:
+``coverage-two-level.{json,md}``.
+Usage: ``PYTHONPATH=. python benchmarks/coverage.py [--reps 4000] [--two-level]``
 """
 from __future__ import annotations
 
@@ -114,6 +119,39 @@ def simulate(seed_sd: float, seeds: int, difference: float, reps: int, images: i
     return out
 
 
+def simulate_two_level(base_sd: float, seed_sd: float, difference: float, reps: int,
+                       bases: int = 3, seeds: int = 3, images: int = 1000,
+                       rng_seed: int = 0) -> Dict:
+    """HPT-like cell A (base effect of SD ``base_sd`` per base seed, plus its target
+    seeds' effects) against a Target-like cell B that starts from no base (its target
+    seeds' effects only), paired as the report pairs them: (base, target) rows of A with
+    B's row of the same target seed. Coverage of :func:`paired_t` over both levels."""
+    rng = np.random.default_rng(rng_seed)
+    slope = _slope()
+    sd = float(np.sqrt(IMAGE_SD ** 2 + CELL_IMAGE_SD ** 2 + ((base_sd ** 2 + seed_sd ** 2)
+                                                              / slope ** 2)))
+    sd_b = float(np.sqrt(IMAGE_SD ** 2 + CELL_IMAGE_SD ** 2 + (seed_sd / slope) ** 2))
+    truth = expected_clipped(ACCURACY + difference, sd) - expected_clipped(ACCURACY, sd_b)
+    ids = [(b, t) for b in range(bases) for t in range(seeds)]
+    hits, above = [], []
+    for _ in range(reps):
+        z = rng.normal(0, IMAGE_SD, images)
+        pa = (ACCURACY + difference + z + rng.normal(0, CELL_IMAGE_SD, images)
+              + np.repeat(rng.normal(0, base_sd / slope, bases), seeds)[:, None]
+              + rng.normal(0, seed_sd / slope, (bases * seeds, 1)))
+        pb = ACCURACY + z + rng.normal(0, CELL_IMAGE_SD, images) + \
+            rng.normal(0, seed_sd / slope, (seeds, 1))
+        a = (rng.random(pa.shape) < np.clip(pa, 0, 1)).astype(np.float64)
+        b = (rng.random(pb.shape) < np.clip(pb, 0, 1)).astype(np.float64)
+        diff = paired_t([Term(1, a, seed_ids=tuple(ids)),
+                         Term(-1, b[[t for _, t in ids]], seed_ids=tuple(ids))])
+        hits.append(diff.low <= truth <= diff.high)
+        above.append(diff.low > 0)
+    return {"base_sd_points": 100 * base_sd, "seed_sd_points": 100 * seed_sd,
+            "bases": bases, "seeds": seeds, "true_difference_points": round(100 * truth, 4),
+            "reps": reps, "coverage": float(np.mean(hits)), "supported": float(np.mean(above))}
+
+
 def _markdown(rows, machine: str, seconds: float) -> str:
     lines = [f"# Coverage of the 95 % difference intervals ({machine}, {seconds:.0f} s)", "",
              "| seed SD (pts) | seeds | true diff (pts) | paired t: coverage | paired t: "
@@ -145,8 +183,12 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=4000)
     parser.add_argument("--bootstrap-reps", type=int, default=400)
     parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument("--two-level", action="store_true",
+                        help="3 base x 3 target seeds (coverage-two-level.{json,md})")
     args = parser.parse_args()
     start = time.perf_counter()
+    if args.two_level:
+        return _two_level(args, start)
     rows = []
     for k, (sd, seeds, diff) in enumerate((sd, n, d) for n in SEEDS for sd in SEED_SDS
                                           for d in DIFFERENCES):
@@ -162,6 +204,25 @@ def main() -> None:
          "rows": rows}, indent=1))
     (RESULTS / "coverage.md").write_text(_markdown(rows, machine, seconds))
     print(_markdown(rows, machine, seconds))
+
+
+def _two_level(args, start: float) -> None:
+    rows = [simulate_two_level(base, 0.02, diff, args.reps, images=args.images, rng_seed=k)
+            for k, (base, diff) in enumerate((b, d) for b in (0.005, 0.01, 0.02, 0.04)
+                                             for d in DIFFERENCES)]
+    seconds = time.perf_counter() - start
+    machine = f"{platform.machine()} {_cpu()}, {os.cpu_count()} CPU cores, no GPU used"
+    (RESULTS / "coverage-two-level.json").write_text(json.dumps(
+        {"machine": machine, "date": time.strftime("%Y-%m-%d"), "seconds": round(seconds, 1),
+         "args": vars(args), "rows": rows}, indent=1))
+    lines = [f"# Coverage over 3 base x 3 target seeds ({machine}, {seconds:.0f} s)", "",
+             "| base SD (pts) | target seed SD (pts) | true diff (pts) | coverage | "
+             "supported |", "|---|---|---|---|---|"]
+    lines += [f"| {r['base_sd_points']:.1f} | {r['seed_sd_points']:.1f} | "
+              f"{r['true_difference_points']:+.2f} | {100 * r['coverage']:.1f} % | "
+              f"{100 * r['supported']:.1f} % |" for r in rows]
+    (RESULTS / "coverage-two-level.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

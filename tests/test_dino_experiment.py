@@ -115,7 +115,8 @@ def _dino_sweep(folder: Path, fashion: Path, mnist: Path) -> Path:
 def test_a_tiny_real_dino_sweep_reports_its_ssl_method(tmp_path, mnist_tree, fashion_tree):
     path = _dino_sweep(tmp_path, fashion_tree, mnist_tree)
     out = invoke("sweep", str(path), "--executor", "debug")
-    assert "to run: upstream [base], 2 pretraining, 6 evaluations" in out  # 2 x 2 + 2 refs
+    # 2 x 2 + raw pixels + random init in each probe mode (cached, kNN)
+    assert "to run: upstream [base], 2 pretraining, 7 evaluations" in out
     unit = tmp_path / "out" / "units" / "HPT-mnist-3st-seed0-dino"
     import torch
     state = torch.load(unit / "target" / "checkpoints" / "final.pt", map_location="cpu",
@@ -125,7 +126,7 @@ def test_a_tiny_real_dino_sweep_reports_its_ssl_method(tmp_path, mnist_tree, fas
 
     report = tmp_path / "report"
     out = invoke("report", str(path), "--from-files", "--out", str(report))
-    assert "(6 evaluations" in out
+    assert "(7 evaluations" in out
     md = (report / "dino.md").read_text()
     assert "Self-supervised method of every pretraining stage: DINO (`ssl: dino`)." in md
     with open(report / "dino.csv") as handle:
@@ -133,7 +134,8 @@ def test_a_tiny_real_dino_sweep_reports_its_ssl_method(tmp_path, mnist_tree, fas
     ssl = {(r["method"], r["mode"].split(" ")[0]): r["ssl"] for r in rows}
     assert ssl == {("Base", "cached"): "dino", ("Base", "knn"): "dino",
                    ("HPT", "cached"): "dino", ("HPT", "knn"): "dino",
-                   ("raw-pixels", "cached"): "", ("random-init", "cached"): ""}
+                   ("raw-pixels", "cached"): "", ("random-init", "cached"): "",
+                   ("random-init", "knn"): ""}
     wrong = CliRunner().invoke(cli, ["report", str(path), "--from-files", "--out",
                                      str(report), "--ssl", "moco-v2"])
     assert wrong.exit_code == 2 and wrong.output.startswith("error: no finished evaluations "

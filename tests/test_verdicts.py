@@ -73,3 +73,26 @@ def test_report_verdicts_name_seeds_equivalence_and_preconditions(tmp_path, mnis
     # one (65): judged in its own mode, HPT vs Target is inconclusive there
     assert "HPT@500 − Target@500 (augmented inconclusive, cached supported)" in md
     assert "equivalent (inside ± the claim's margin)" in md and "| ±1.0 |" in md
+
+
+def test_a_baseline_gaining_by_its_next_budget_is_not_converged():
+    """Target@2000 judged against a sweep that also has Target@4000: a plateau (+1 point,
+    within noise) passes, a clear gain makes the comparison inconclusive."""
+    from hpt_hpc.experiments.claims import judge_claims
+    from hpt_hpc.experiments.results import group_cells
+
+    def claim4(target4000: float):
+        rows = [r for r in _rows() if not (r.method == "HPT" and r.steps == 2000)]
+        for s in SEEDS:  # the augmentation study on 3 seeds now
+            rows += [record("HPT", 2000, s, 0.96), record("HPT", 2000, s, 0.93, augment="crop"),
+                     record("Target", 2000, s, 0.70, augment="crop"),
+                     record("Target", 4000, s, target4000)]
+        claims = judge_claims(group_cells(rows), "mnist", [50, 500, 2000, 4000])
+        return next(c for c in claims if c.number == "4").judgements[0]
+
+    plateau = claim4(0.905)
+    assert plateau.verdict == "supported" and plateau.seeds == "1 base × 3 target seeds"
+    climbing = claim4(0.97)
+    assert climbing.verdict == "inconclusive"
+    assert "Target not converged at 2000 steps" in climbing.reasons[0]
+    assert "from 2000 to 4000 steps" in climbing.reasons[0]

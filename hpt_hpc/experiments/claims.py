@@ -9,17 +9,21 @@ A comparison is *inconclusive* when a cell it needs is missing or lacks per-imag
 predictions, when its cells share fewer than :data:`.evidence.MIN_SEEDS` seeds (the cells
 named), when a baseline's mean score is below the random-init reference of the same probe
 mode (the baseline has not learned anything yet, so beating it says nothing), or when a
-baseline whose meaning needs it converged is still improving between its two longest
-budgets by more than that improvement's interval ("<method> not converged at N steps").
+baseline whose meaning needs it converged still gains more than that gain's interval by
+its next longer budget (at its longest: since its previous one): "<method> not converged
+at N steps".
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from ..plan.methods import METHODS
 from .evidence import (INCONCLUSIVE, LEVEL, MARGIN, MIN_SEEDS, SUPPORTED, UNRESOLVED,
                        Judgement, holm, judge, overall, paired_t, term)
 from .results import Cell, find
+
+Pair = Tuple[Optional[int], int]  # (base seed, target seed); None: the cell has no base
 
 
 @dataclass
@@ -61,13 +65,41 @@ def label(cell: Cell) -> str:
     return name + "".join(f" ({e})" for e in extra if e)
 
 
-def seeds_of(cell: Cell) -> List[int]:
-    return sorted({r.seed for r in cell.rows})
+def base_free(cell: Cell) -> bool:
+    """A cell whose method starts from no upstream stage (Target, the references): its
+    seeds pair with every base seed of the cells it is compared with."""
+    recipe = METHODS.get(cell.first.method)
+    return recipe is not None and recipe.starts_from is None
 
 
-def levels(seeds: int) -> str:
-    """Which levels a spread covers: base and source are trained once per study."""
-    return f"1 base × {seeds} target seed{'s' if seeds != 1 else ''}"
+def seeds_of(cell: Cell) -> List[Pair]:
+    return sorted({(None if base_free(cell) else r.base_seed, r.seed) for r in cell.rows},
+                  key=lambda p: (p[0] or 0, p[1]))
+
+
+def _seed_text(pairs: Sequence[Pair]) -> str:
+    if all(b in (None, 0) for b, _ in pairs):
+        return ", ".join(str(t) for _, t in pairs)
+    return ", ".join(f"b{b or 0}:{t}" for b, t in pairs)
+
+
+def shared(cells: Sequence[Cell]) -> List[Pair]:
+    """The (base, target) seed pairs every cell has, as a full base × target grid."""
+    targets = set.intersection(*({r.seed for r in c.rows} for c in cells))
+    dependent = [c for c in cells if not base_free(c)]
+    if not dependent:
+        return [(None, t) for t in sorted(targets)]
+    pairs = set.intersection(*(set(seeds_of(c)) for c in dependent))
+    bases = sorted({b for b, _ in pairs})
+    grid = [t for t in sorted(targets) if all((b, t) in pairs for b in bases)]
+    return [(b, t) for b in bases for t in grid]
+
+
+def levels(pairs: Sequence[Pair]) -> str:
+    """Which levels a spread covers: ``1 base × 3 target seeds``, ``3 base × 3 ...``."""
+    bases = len({b for b, _ in pairs if b is not None}) or 1
+    targets = len({t for _, t in pairs})
+    return f"{bases} base × {targets} target seed{'s' if targets != 1 else ''}"
 
 
 def _missing(cell: Optional[Cell]) -> Optional[str]:
@@ -79,22 +111,29 @@ def _missing(cell: Optional[Cell]) -> Optional[str]:
 
 
 def _seed_problem(cells: Sequence[Cell]) -> Optional[str]:
-    shared = set.intersection(*(set(seeds_of(c)) for c in cells))
-    if len(shared) >= MIN_SEEDS:
+    common = shared(cells)
+    if len(common) >= MIN_SEEDS:
         return None
-    every = set.union(*(set(seeds_of(c)) for c in cells))
-    short = [c for c in cells if len(seeds_of(c)) < MIN_SEEDS or set(seeds_of(c)) != every]
+    most = max(len(seeds_of(c)) for c in cells)
+    short = [c for c in cells if len(seeds_of(c)) < max(MIN_SEEDS, most)] or list(cells)
     named = ", ".join(f"{label(c)} has seed{'s' if len(seeds_of(c)) > 1 else ''} "
-                      f"{', '.join(map(str, seeds_of(c)))}" for c in short)
-    return f"{len(shared)} seed(s) shared by all cells, {MIN_SEEDS} needed: {named}"
+                      f"{_seed_text(seeds_of(c))}" for c in short)
+    return f"{len(common)} seed(s) shared by all cells, {MIN_SEEDS} needed: {named}"
+
+
+def _row(cell: Cell, pair: Pair):
+    base, seed = pair
+    return next(r for r in cell.rows if r.seed == seed
+                and (base is None or base_free(cell) or r.base_seed == base))
 
 
 def difference(terms: Sequence[Tuple[float, Cell]]):
-    """The paired-t difference of ``sum(w * score(cell))`` on the seeds all cells share."""
-    shared = sorted(set.intersection(*(set(seeds_of(c)) for _, c in terms)))
+    """The paired-t difference of ``sum(w * score(cell))`` on the seed pairs all cells
+    share (two levels when they span several base seeds)."""
+    pairs = shared([c for _, c in terms])
     targets = terms[0][1].rows[0].predictions.targets
-    return paired_t([term(w, [next(r for r in c.rows if r.seed == s).predictions.predictions
-                               for s in shared], targets, shared) for w, c in terms])
+    return paired_t([term(w, [_row(c, p).predictions.predictions for p in pairs], targets,
+                          pairs) for w, c in terms])
 
 
 def compare(name: str, terms: Sequence[Tuple[float, Optional[Cell]]],
@@ -120,7 +159,7 @@ def compare(name: str, terms: Sequence[Tuple[float, Optional[Cell]]],
     if unmet:
         return judge(name, None, sorted(set(unmet)))
     diff = difference([(w, c) for w, c in terms])
-    return judge(name, diff, margin=margin, seeds=levels(diff.seeds))
+    return judge(name, diff, margin=margin, seeds=levels(shared([c for _, c in terms])))
 
 
 def judge_claims(cells: Dict[Tuple, Cell], dataset: str, linear_steps: Sequence[int],
@@ -130,21 +169,25 @@ def judge_claims(cells: Dict[Tuple, Cell], dataset: str, linear_steps: Sequence[
         return find(cells, "linear", method, dataset, steps, mode=mode, **coords)
 
     def converged(method: str, steps: int, **coords) -> str:
-        """Why ``method`` at ``steps`` is not a plateau ('' when it is, or when a longer
-        budget is in the study, or when it has one budget only)."""
+        """Why ``method`` at ``steps`` is no plateau: it gains more than that gain's
+        interval by its next longer budget, or (at its longest) since its previous one
+        ('' when not, or when it has one budget only)."""
         budgets = sorted({k.steps for k in cells if k.protocol == "linear"
                           and k.method == method and k.dataset == dataset and k.mode == mode
                           and cells[k] is cell(method, k.steps, **coords)})
-        if steps not in budgets or steps != budgets[-1] or len(budgets) < 2:
+        if steps not in budgets or len(budgets) < 2:
             return ""
-        top, previous = cell(method, steps, **coords), cell(method, budgets[-2], **coords)
+        i = budgets.index(steps)
+        low, high = (budgets[i - 1], steps) if i == len(budgets) - 1 else \
+            (steps, budgets[i + 1])
+        top, previous = cell(method, high, **coords), cell(method, low, **coords)
         if _missing(top) or _missing(previous) or _seed_problem([top, previous]):
             return ""
         gain = difference([(1, top), (-1, previous)])
         if gain.low <= 0:
             return ""
-        return (f"{method} not converged at {steps} steps ({gain.text()} points over "
-                f"{budgets[-2]} steps)")
+        return (f"{method} not converged at {steps} steps ({gain.text()} points from "
+                f"{low} to {high} steps)")
 
     rand = find(cells, "linear", "random-init", dataset, mode=mode)
     base = cell("Base")

@@ -6,7 +6,8 @@ correction for a claim that any of several comparisons suffices.
   seeds (``n`` seeds, ``n - 1`` degrees of freedom); one seed has no interval.
 * **Difference** ``sum_k w_k * score(cell_k)`` on the seeds all cells share
   (:func:`paired_t`): per shared seed ``s`` the difference ``d_s`` over all test images;
-  the estimate is their mean. Its variance is the two-way (seed x image) random-effects
+  the estimate is their mean. With several base seeds (seed ids ``(base, target)``) the
+  seed part is over the base seeds' means (two levels: ``S`` = the number of bases). Its variance is the two-way (seed x image) random-effects
   variance of a mean: the seed part ``var(d_s) / S`` (what new pretraining seeds change)
   plus the test-image part ``var(D_i) / N - MS_err / (S N)`` (``D_i`` the per-image
   difference averaged over seeds: what a new test set changes, which every seed shares
@@ -177,6 +178,10 @@ def paired_t(terms: Sequence[Term], level: float = LEVEL) -> Difference:
     n, s = sizes.pop(), seeds.pop()
     everything = np.arange(n)
     per_seed = [sum(t.weight * t.seed_score(k, everything) for t in terms) for k in range(s)]
+    bases = [i[0] if isinstance(i, tuple) else None for i in terms[0].seed_ids]
+    if len({b for b in bases if b is not None}) > 1:  # two levels: t over base-seed means
+        per_seed = [float(np.mean([d for d, b in zip(per_seed, bases) if b == base]))
+                    for base in sorted(set(bases))]
     if not any(t.multi_label for t in terms):  # two-way seed x image decomposition
         d = sum(t.weight * t.values for t in terms)
         residual = d - d.mean(1, keepdims=True) - d.mean(0, keepdims=True) + d.mean()

@@ -37,7 +37,7 @@ METHOD_NOTE = (f"Cells: mean over pretraining seeds with its {INTERVAL_METHOD} a
                f"equivalent (inside ± the claim's margin), unresolved (contains 0, reaches "
                f"beyond the margin), inconclusive (a cell missing, fewer than {MIN_SEEDS} "
                f"seeds shared by its cells, a baseline below the random-init reference of "
-               f"its probe mode, or a baseline not converged at its longest budget).")
+               f"its probe mode, or a baseline still gaining by its next budget).")
 
 
 @dataclass
