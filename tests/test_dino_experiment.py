@@ -61,8 +61,10 @@ def test_the_dino_experiment_plans_the_intended_grid(tmp_path):
     assert units.upstream == ["base"]
     out = invoke("sweep", str(outside_the_checkout(tmp_path)), "--dry-run", "--executor",
                  "debug")
-    assert out.startswith("units: 21 pretraining, 46 evaluations; to run: upstream [base], "
-                          "21 pretraining, 46 evaluations")
+    # 46 evaluations of the measured run + random init's kNN vote at 3 seeds, the reference
+    # the kNN claims check against (planned since #26)
+    assert out.startswith("units: 21 pretraining, 49 evaluations; to run: upstream [base], "
+                          "21 pretraining, 49 evaluations")
     assert "base-dino: DINO base (full) on fashion-mnist" in out
     assert "ssl dino, 1500 steps, lr 0.00025, batch 64" in out  # 0.001 x 64 / 256
     assert re.search(r"HPT-BN-mnist-200st-seed2-dino: HPT-BN \(bn\) on mnist .* ssl dino, "
@@ -129,7 +131,8 @@ def _dino_sweep(folder: Path, fashion: Path, mnist: Path) -> Path:
 def test_a_tiny_real_dino_sweep_reports_its_ssl_method(tmp_path, mnist_tree, fashion_tree):
     path = _dino_sweep(tmp_path, fashion_tree, mnist_tree)
     out = invoke("sweep", str(path), "--executor", "debug")
-    assert "to run: upstream [base], 2 pretraining, 8 evaluations" in out  # 2 x 3 + 2 refs
+    # 2 x 3 + raw pixels + random init in each probe mode (cached, kNN, augmented)
+    assert "to run: upstream [base], 2 pretraining, 10 evaluations" in out
     unit = tmp_path / "out" / "units" / "HPT-mnist-3st-seed0-dino"
     import torch
     state = torch.load(unit / "target" / "checkpoints" / "final.pt", map_location="cpu",
@@ -139,7 +142,7 @@ def test_a_tiny_real_dino_sweep_reports_its_ssl_method(tmp_path, mnist_tree, fas
 
     report = tmp_path / "report"
     out = invoke("report", str(path), "--from-files", "--out", str(report))
-    assert "(8 evaluations" in out
+    assert "(10 evaluations" in out
     md = (report / "dino.md").read_text()
     assert "Self-supervised method of every pretraining stage: DINO (`ssl: dino`)." in md
     with open(report / "dino.csv") as handle:
@@ -148,7 +151,8 @@ def test_a_tiny_real_dino_sweep_reports_its_ssl_method(tmp_path, mnist_tree, fas
     assert ssl == {("Base", "cached"): "dino", ("Base", "knn"): "dino",
                    ("Base", "augmented"): "dino", ("HPT", "augmented"): "dino",
                    ("HPT", "cached"): "dino", ("HPT", "knn"): "dino",
-                   ("raw-pixels", "cached"): "", ("random-init", "cached"): ""}
+                   ("raw-pixels", "cached"): "", ("random-init", "cached"): "",
+                   ("random-init", "knn"): "", ("random-init", "augmented"): ""}
     wrong = CliRunner().invoke(cli, ["report", str(path), "--from-files", "--out",
                                      str(report), "--ssl", "moco-v2"])
     assert wrong.exit_code == 2 and wrong.output.startswith("error: no finished evaluations "

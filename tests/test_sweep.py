@@ -219,8 +219,10 @@ def test_seed_probe_axes_and_the_compute_matched_control(tmp_path, mnist_tree, f
     assert sorted((u.method, u.seed) for u in exp.pretrain) == \
         sorted((m, s) for m in ("HPT", "Base+N") for s in range(3))
     evals = {u.unit_id: u for u in exp.evals}
-    # 6 pretrained x (2 label budgets x 2 probe modes) + raw pixels x 2 + random init x 3 x 2
-    assert len(evals) == 6 * 4 + 2 + 6
+    # 6 pretrained x (2 label budgets x 2 probe modes) + raw pixels x 2 + random init x 3
+    # seeds x 2 label budgets x 2 probe modes (each mode's claims check against its own)
+    assert len(evals) == 6 * 4 + 2 + 12
+    assert evals["ref-random-init-mnist-seed2-linear-augmented-10pc"].probe_mode == "augmented"
     low = evals["HPT-mnist-4st-seed1-linear-augmented-10pc"]
     assert (low.probe_mode, low.probe_labels, low.seed) == ("augmented", 10, 1)
     assert "ref-random-init-mnist-seed2-linear-10pc" in evals
@@ -287,7 +289,7 @@ def test_every_study_shape_runs_and_the_report_computes_verdicts(tmp_path, mnist
                   "| 4 | HPT degrades less", "| 5 | HPT beats Target, and HPT-BN",
                   "| C | HPT's gain over Base"):
         assert claim in report
-    assert "HPT@2 − Base+N@2" in report and "paired bootstrap" in report
+    assert "HPT@2 − Base+N@2" in report and "paired t: per-seed differences" in report
     assert "low-label probing" in report and "2 labels/class" in report
     assert "protocol check" in report and "HPT-BN-frozen-head" in report
     assert "40 (40)" in report  # the data-amount table names queue and images

@@ -77,7 +77,7 @@ def evaluate_plan(plan: EvalPlan) -> Tuple[EvalRecord, Any]:
     stage = plan.layout.read_result() if plan.evaluates else {}
     record = EvalRecord.from_outcome(
         plan.protocol, outcome, method=plan.method, dataset=plan.dataset, steps=plan.steps,
-        seed=plan.seed, augment=plan.augment, images=plan.images,
+        seed=plan.seed, base_seed=plan.base_seed, augment=plan.augment, images=plan.images,
         checkpoint=ref.text or "none", evaluates=plan.evaluates or "none",
         stage=plan.stage or "none",
         pretrain_seconds=float(stage.get("seconds", 0.0)), probe_labels=plan.probe_labels,

@@ -4,6 +4,7 @@ path (``hpt-hpc probe``/``finetune``, sweep and quickstart evaluations) and read
 
 MLflow: an evaluation run (tag ``hpt.kind=eval``) carries the coordinates as tags
 (``hpt.protocol``, ``hpt.method``, ``hpt.dataset``, ``hpt.target_steps``, ``hpt.seed``,
+``hpt.base_seed``,
 ``hpt.augment``, ``hpt.images``, ``hpt.eval_mode``, ``hpt.metric``, ``hpt.checkpoint``,
 ``hpt.evaluates``, ``hpt.stage``) and the scores as metrics: ``score`` (test score at the
 best val score, mean over probe repeats), ``score_std``, ``val_score``, ``best_step``,
@@ -40,7 +41,8 @@ SCORE, SCORE_STD, VAL_SCORE, BEST_STEP, REPEATS = ("score", "score_std", "val_sc
 PRETRAIN_SECONDS, SCORE_REPEAT, CURVE_VAL, CURVE_TEST = ("pretrain_seconds", "score_repeat",
                                                          "curve_val", "curve_test")
 _TAGS = {"protocol": "hpt.protocol", "method": "hpt.method", "dataset": "hpt.dataset",
-         "steps": "hpt.target_steps", "seed": "hpt.seed", "augment": "hpt.augment",
+         "steps": "hpt.target_steps", "seed": "hpt.seed", "base_seed": "hpt.base_seed",
+         "augment": "hpt.augment",
          "images": "hpt.images", "mode": "hpt.eval_mode", "metric": "hpt.metric",
          "checkpoint": "hpt.checkpoint", "evaluates": "hpt.evaluates", "stage": "hpt.stage",
          "probe_labels": "hpt.probe_labels", "queue_size": "hpt.queue_size",
@@ -113,6 +115,7 @@ class EvalRecord:
     curve: List[Tuple[int, float, float]] = field(default_factory=list)  # step, val, test
     steps: int = 0  # target pretraining steps of the evaluated checkpoint
     seed: int = 0
+    base_seed: int = 0  # the seed of the upstream (base, source) stages it started from
     augment: str = "all"
     images: str = "all"
     checkpoint: str = "none"
@@ -243,6 +246,7 @@ class EvalRecord:
                    per_repeat=[v for _, v in history[SCORE_REPEAT]],
                    curve=[(s, val.get(s, math.nan), t) for s, t in history[CURVE_TEST]],
                    steps=int(coords["steps"] or 0), seed=int(coords["seed"] or 0),
+                   base_seed=int(coords["base_seed"] or 0),
                    augment=coords["augment"] or "all", images=coords["images"] or "all",
                    checkpoint=coords["checkpoint"] or "none",
                    evaluates=coords["evaluates"] or "none", stage=coords["stage"] or "none",

@@ -1,19 +1,25 @@
-"""Statistics a comparison rests on: intervals over pretraining seeds, a paired bootstrap
-over test images and seeds, and verdicts from one stated rule.
+"""Statistics a comparison rests on: intervals over pretraining seeds, a paired t-interval
+of a difference over seeds and test images, verdicts from one stated rule, and Holm's
+correction for a claim that any of several comparisons suffices.
 
 * **Cell interval**: mean of the seeds' scores and a 95 % Student-t interval over the
   seeds (``n`` seeds, ``n - 1`` degrees of freedom); one seed has no interval.
-* **Paired bootstrap** of a difference ``sum_k w_k * score(cell_k)``: each of ``B``
-  rounds draws the test images with replacement (the same draw for every cell: the
-  comparison is paired over images) and the pretraining seeds with replacement (the same
-  draw for every cell when all cells have the same seeds, which share data order and
-  augmentation draws; else per cell); a cell's score is the mean over the drawn seeds of
-  the metric on the drawn images. The interval is the 2.5th-97.5th percentile of the
-  ``B`` differences.
-* **Verdict** of a claimed difference (claimed to be positive): *supported* when its
-  interval lies above 0, *tie* when it contains 0, *contradicted* when it lies below 0,
-  *inconclusive* when a precondition fails (named), e.g. a baseline below the random-init
-  reference.
+* **Difference** ``sum_k w_k * score(cell_k)`` on the seeds all cells share
+  (:func:`paired_t`): per shared seed ``s`` the difference ``d_s`` over all test images;
+  the estimate is their mean. With several base seeds (seed ids ``(base, target)``) the
+  seed part is over the base seeds' means (two levels: ``S`` = the number of bases). Its variance is the two-way (seed x image) random-effects
+  variance of a mean: the seed part ``var(d_s) / S`` (what new pretraining seeds change)
+  plus the test-image part ``var(D_i) / N - MS_err / (S N)`` (``D_i`` the per-image
+  difference averaged over seeds: what a new test set changes, which every seed shares
+  and a t over seeds alone misses; ``MS_err`` the seed x image residual, already in the
+  seed part). AUROC is no mean over images: its image part is a bootstrap over images.
+  The 95 % interval is a Student-t one with the seeds' ``S - 1`` degrees of freedom.
+  Its coverage is measured, not assumed: ``benchmarks/coverage.py``, docs/evaluation.md.
+* **Verdict** of a claimed difference (claimed to be positive), with the claim's
+  equivalence ``margin``: *supported* when the interval lies above 0, *contradicted*
+  when it lies below 0, *equivalent* when it lies inside ``[-margin, +margin]``,
+  *unresolved* when it contains 0 and reaches beyond the margin, *inconclusive* when a
+  precondition fails (named).
 """
 from __future__ import annotations
 
@@ -27,15 +33,18 @@ import numpy as np
 from ..eval.metrics import binary_auroc
 
 LEVEL = 0.95
-BOOTSTRAP_ROUNDS = 2000
-SUPPORTED, TIE, CONTRADICTED, INCONCLUSIVE = ("supported", "tie", "contradicted",
-                                              "inconclusive")
+MARGIN = 0.01  # equivalence margin of a claim unless it states its own: 1 point
+MIN_SEEDS = 3  # a comparison needs this many seeds shared by all its cells
+IMAGE_ROUNDS = 200  # bootstrap rounds of the test-image variance of an AUROC difference
+SUPPORTED, EQUIVALENT, UNRESOLVED, CONTRADICTED, INCONCLUSIVE = (
+    "supported", "equivalent", "unresolved", "contradicted", "inconclusive")
+VERDICTS = (SUPPORTED, EQUIVALENT, UNRESOLVED, CONTRADICTED, INCONCLUSIVE)
 INTERVAL_METHOD = "95 % Student-t interval over pretraining seeds"
-BOOTSTRAP_METHOD = (f"paired bootstrap over test images and pretraining seeds "
-                    f"({BOOTSTRAP_ROUNDS} rounds, percentile 95 % interval)")
+DIFFERENCE_METHOD = ("paired t: per-seed differences on the seeds all cells share, seed "
+                     "variance + test-image variance, seeds - 1 df, 95 %")
 
 
-def _t_quantile(df: int, level: float = LEVEL) -> float:
+def _t_quantile(df: float, level: float = LEVEL) -> float:
     from scipy.stats import t
     return float(t.ppf(0.5 + level / 2, df))
 
@@ -73,7 +82,7 @@ class Term:
     weight: float
     values: np.ndarray
     targets: Optional[np.ndarray] = None
-    seed_ids: Tuple[int, ...] = ()  # the seeds of ``values``' rows (pairs cells' seeds)
+    seed_ids: Tuple = ()  # the seeds of ``values``' rows
 
     def __post_init__(self) -> None:
         self.values = np.asarray(self.values, dtype=np.float64)
@@ -87,21 +96,18 @@ class Term:
     def images(self) -> int:
         return self.values.shape[1]
 
-    def score(self, seeds: np.ndarray, images: np.ndarray) -> float:
+    def seed_score(self, seed: int, images: np.ndarray) -> float:
+        """The score of one seed's row on ``images``."""
         if not self.multi_label:
-            return float(self.values[np.ix_(seeds, images)].mean())
-        targets = self.targets[images]
-        per_seed = []
-        for s in seeds:
-            scores = self.values[s][images]
-            aucs = [binary_auroc(scores[:, c], targets[:, c]) for c in range(targets.shape[1])]
-            aucs = [a for a in aucs if not math.isnan(a)]
-            per_seed.append(float(np.mean(aucs)) if aucs else math.nan)
-        return float(np.mean(per_seed))
+            return float(self.values[seed, images].mean())
+        scores, targets = self.values[seed][images], self.targets[images]
+        aucs = [binary_auroc(scores[:, c], targets[:, c]) for c in range(targets.shape[1])]
+        aucs = [a for a in aucs if not math.isnan(a)]
+        return float(np.mean(aucs)) if aucs else math.nan
 
 
 def term(weight: float, predictions: Sequence[np.ndarray], targets: np.ndarray,
-         seed_ids: Sequence[int] = ()) -> Term:
+         seed_ids: Sequence = ()) -> Term:
     """A :class:`Term` from each seed's predictions (repeats, images[, classes]) and the
     test targets: top-1 correctness or scores, averaged over probe repeats."""
     targets = np.asarray(targets)
@@ -114,39 +120,93 @@ def term(weight: float, predictions: Sequence[np.ndarray], targets: np.ndarray,
 
 @dataclass
 class Difference:
-    """A bootstrapped difference with its interval."""
+    """An estimated difference, its standard error and degrees of freedom: the interval
+    ``estimate ± t(df) * se``."""
 
     estimate: float
-    low: float
-    high: float
-    rounds: int = BOOTSTRAP_ROUNDS
+    se: float
+    df: float
+    seeds: int
+    level: float = LEVEL
+
+    @property
+    def half(self) -> float:
+        return _t_quantile(self.df, self.level) * self.se if self.se > 0 else 0.0
+
+    @property
+    def low(self) -> float:
+        return self.estimate - self.half
+
+    @property
+    def high(self) -> float:
+        return self.estimate + self.half
+
+    def p_above_zero(self) -> float:
+        """One-sided p-value of "the difference is positive" (0 or 1 without spread)."""
+        from scipy.stats import t
+        if self.se <= 0:
+            return 0.0 if self.estimate > 0 else 1.0
+        return float(t.sf(self.estimate / self.se, self.df))
 
     def text(self, scale: float = 100.0) -> str:
         return f"{scale * self.estimate:+.1f} [{scale * self.low:+.1f}, {scale * self.high:+.1f}]"
 
 
-def paired_bootstrap(terms: Sequence[Term], rounds: int = BOOTSTRAP_ROUNDS, seed: int = 0,
-                     level: float = LEVEL) -> Difference:
+def combine(seed_differences: Sequence[float], image_variance: float,
+            level: float = LEVEL) -> Difference:
+    """The :class:`Difference` of per-seed differences and the test-image variance of
+    their mean, with the seeds' ``S - 1`` degrees of freedom (conservative: the image
+    part is known to N - 1; Welch-Satterthwaite's larger df under-covers at 3 seeds,
+    measured in ``benchmarks/coverage.py``)."""
+    d = np.asarray(seed_differences, dtype=np.float64)
+    if len(d) < 2:
+        raise ValueError("a difference needs at least 2 seeds for its interval")
+    v_seed = float(d.var(ddof=1)) / len(d)
+    total = v_seed + max(float(image_variance), 0.0)
+    return Difference(float(d.mean()), math.sqrt(total), len(d) - 1.0, len(d), level)
+
+
+def paired_t(terms: Sequence[Term], level: float = LEVEL) -> Difference:
     """The difference ``sum(w * score)`` over ``terms`` (all scored on the same test
-    images, in the same order) and its paired-bootstrap interval."""
+    images in the same order, row ``s`` of every term the same seed) and its interval."""
     sizes = {t.images for t in terms}
     if len(sizes) != 1:
         raise ValueError(f"the cells were scored on different test sets (sizes {sizes})")
-    n = sizes.pop()
+    seeds = {t.seeds for t in terms}
+    if len(seeds) != 1:
+        raise ValueError(f"the cells have different numbers of seeds ({sorted(seeds)})")
+    n, s = sizes.pop(), seeds.pop()
     everything = np.arange(n)
-    estimate = sum(t.weight * t.score(np.arange(t.seeds), everything) for t in terms)
-    rng = np.random.default_rng(seed)
-    paired = len({t.seed_ids or (None, t.seeds) for t in terms}) == 1
-    draws = np.empty(rounds)
-    for r in range(rounds):
-        images = rng.integers(0, n, size=n)
-        shared = rng.integers(0, terms[0].seeds, size=terms[0].seeds) if paired else None
-        draws[r] = sum(t.weight * t.score(shared if paired else
-                                          rng.integers(0, t.seeds, size=t.seeds), images)
-                       for t in terms)
-    tail = (1 - level) / 2
-    low, high = np.quantile(draws, [tail, 1 - tail])
-    return Difference(float(estimate), float(low), float(high), rounds)
+    per_seed = [sum(t.weight * t.seed_score(k, everything) for t in terms) for k in range(s)]
+    bases = [i[0] if isinstance(i, tuple) else None for i in terms[0].seed_ids]
+    if len({b for b in bases if b is not None}) > 1:  # two levels: t over base-seed means
+        per_seed = [float(np.mean([d for d, b in zip(per_seed, bases) if b == base]))
+                    for base in sorted(set(bases))]
+    if not any(t.multi_label for t in terms):  # two-way seed x image decomposition
+        d = sum(t.weight * t.values for t in terms)
+        residual = d - d.mean(1, keepdims=True) - d.mean(0, keepdims=True) + d.mean()
+        noise = float((residual ** 2).sum()) / ((s - 1) * (n - 1)) if s > 1 else 0.0
+        image_variance = float(d.mean(0).var(ddof=1)) / n - noise / (s * n)
+    else:  # bootstrap the images of the seed-mean difference (holds seed x image noise too)
+        rng = np.random.default_rng(0)
+        draws = []
+        for _ in range(IMAGE_ROUNDS):
+            images = rng.integers(0, n, size=n)
+            draws.append(np.mean([sum(t.weight * t.seed_score(k, images) for t in terms)
+                                  for k in range(s)]))
+        image_variance = float(np.var(draws, ddof=1))
+    return combine(per_seed, image_variance, level)
+
+
+def holm(pvalues: Sequence[float], alpha: float) -> List[bool]:
+    """Holm's step-down: which hypotheses are rejected at familywise level ``alpha``."""
+    order = sorted(range(len(pvalues)), key=lambda i: pvalues[i])
+    rejected = [False] * len(pvalues)
+    for rank, i in enumerate(order):
+        if pvalues[i] > alpha / (len(pvalues) - rank):
+            break
+        rejected[i] = True
+    return rejected
 
 
 @dataclass
@@ -157,19 +217,24 @@ class Judgement:
     verdict: str
     difference: Optional[Difference] = None
     reasons: List[str] = field(default_factory=list)
+    seeds: str = ""  # which levels the difference's spread covers
 
 
-def judge(comparison: str, difference: Optional[Difference],
-          unmet: Sequence[str] = ()) -> Judgement:
+def judge(comparison: str, difference: Optional[Difference], unmet: Sequence[str] = (),
+          margin: float = MARGIN, seeds: str = "") -> Judgement:
     """The stated rule (module docstring): preconditions first, then the interval."""
     if unmet or difference is None:
         return Judgement(comparison, INCONCLUSIVE, difference,
-                         list(unmet) or ["a cell it needs is missing"])
+                         list(unmet) or ["a cell it needs is missing"], seeds)
     if difference.low > 0:
-        return Judgement(comparison, SUPPORTED, difference)
-    if difference.high < 0:
-        return Judgement(comparison, CONTRADICTED, difference)
-    return Judgement(comparison, TIE, difference)
+        verdict = SUPPORTED
+    elif difference.high < 0:
+        verdict = CONTRADICTED
+    elif -margin <= difference.low and difference.high <= margin:
+        verdict = EQUIVALENT
+    else:
+        verdict = UNRESOLVED
+    return Judgement(comparison, verdict, difference, [], seeds)
 
 
 def overall(judgements: Sequence[Judgement]) -> Tuple[str, str]:
@@ -180,6 +245,5 @@ def overall(judgements: Sequence[Judgement]) -> Tuple[str, str]:
         return INCONCLUSIVE, "no comparison could be made"
     if len(set(verdicts)) == 1:
         return verdicts[0], f"all {len(verdicts)} comparison(s) {verdicts[0]}"
-    counts = ", ".join(f"{verdicts.count(v)} {v}" for v in
-                       (SUPPORTED, TIE, CONTRADICTED, INCONCLUSIVE) if v in verdicts)
+    counts = ", ".join(f"{verdicts.count(v)} {v}" for v in VERDICTS if v in verdicts)
     return "mixed", counts

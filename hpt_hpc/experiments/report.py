@@ -20,7 +20,7 @@ from ..errors import HptError
 from ..files import make_folder, write_text_atomic
 from ..plan.methods import METHODS, PAPER_METHODS, REFERENCE_LABELS, TRANSFER, ssl_label
 from .claims import MISSING, claims_markdown, judge_claims
-from .evidence import BOOTSTRAP_METHOD, INTERVAL_METHOD
+from .evidence import DIFFERENCE_METHOD, INTERVAL_METHOD, MIN_SEEDS
 from .plots import Series, plot_bars, plot_curves, plot_lines
 from .results import RESULT_COLUMNS, Cell, find, group_cells, result_rows, ssl_methods
 from .tables import markdown_table, write_csv
@@ -30,11 +30,16 @@ METHOD_NOTE = (f"Cells: mean over pretraining seeds with its {INTERVAL_METHOD} a
                f"number of seeds; with one seed, mean ± the probe repeats' std (n=1), or the "
                f"mean alone (one probe, or a kNN vote: nothing trained, nothing repeated). The "
                f"seed axis varies target-stage pretraining (data order, augmentation, new "
-               f"heads); the shared upstream stages (base, source) are trained once and "
-               f"stand for a published checkpoint. Differences: {BOOTSTRAP_METHOD}. "
-               f"Verdict of a claimed difference: supported (interval above 0), tie "
-               f"(contains 0), contradicted (below 0), inconclusive (a cell missing, or a "
-               f"baseline below the random-init reference).")
+               f"heads); the upstream stages (base, source) are trained once per base seed "
+               f"(one unless a study varies base_seed), and every comparison names the levels "
+               f"its spread covers (base × target seeds; a cell over several bases: a t over "
+               f"the bases' means, n=B base × T target). Differences: {DIFFERENCE_METHOD} "
+               f"(coverage measured: benchmarks/coverage.py). Verdict of a claimed "
+               f"difference: supported (interval above 0), contradicted (below 0), "
+               f"equivalent (inside ± the claim's margin), unresolved (contains 0, reaches "
+               f"beyond the margin), inconclusive (a cell missing, fewer than {MIN_SEEDS} "
+               f"seeds shared by its cells, a baseline below the random-init reference of "
+               f"its probe mode, or a baseline still gaining by its next budget).")
 
 
 @dataclass

@@ -27,8 +27,9 @@ RUN_THE_SWEEP = "run `hpt-hpc sweep <experiment file>` first, or give --tracking
 @dataclass
 class Cell:
     """The seeds of one cell, aggregated: mean over seeds and a 95 % t-interval over them
-    (:func:`.evidence.seed_interval`); std over seeds when there are several, else the
-    probe repeats' std (none for one probe or a kNN vote)."""
+    (:func:`.evidence.seed_interval`; over the base seeds' means when the cell has several
+    base seeds); std over seeds when there are several, else the probe repeats' std (none
+    for one probe or a kNN vote)."""
 
     rows: List[EvalRecord]
 
@@ -52,7 +53,15 @@ class Cell:
             f"{self.first.repeats} probe repeats"
 
     @property
+    def bases(self) -> List[int]:
+        return sorted({r.base_seed for r in self.rows})
+
+    @property
     def interval(self) -> Interval:
+        """Over the seeds; with several base seeds, over the base seeds' means."""
+        if len(self.bases) > 1:
+            return seed_interval([statistics.fmean(r.score for r in self.rows
+                                                   if r.base_seed == b) for b in self.bases])
         return seed_interval([r.score for r in self.rows])
 
     @property
@@ -64,6 +73,10 @@ class Cell:
         when one evaluation has no spread (one probe, a kNN vote)."""
         if len(self.rows) == 1 and self.first.repeats > 1:
             return f"{100 * self.mean:.1f} ± {100 * self.std:.1f} (n=1)"
+        if len(self.bases) > 1:
+            targets = len({r.seed for r in self.rows})
+            return self.interval.text().replace(
+                f"(n={len(self.bases)})", f"(n={len(self.bases)} base × {targets} target)")
         return self.interval.text()
 
     def curve(self) -> List[Tuple[int, float]]:
@@ -125,7 +138,8 @@ def rows_from_files(output_dir: Path) -> List[EvalRecord]:
 # The results table: one row per evaluation, column -> EvalRecord field (``_pct``: the
 # fraction as percent, 4 decimals). The report's CSV and hpt_hpc.results() are this table.
 _COLUMNS = (("protocol", "protocol"), ("method", "method"), ("dataset", "dataset"),
-            ("target_steps", "steps"), ("seed", "seed"), ("augment", "augment"),
+            ("target_steps", "steps"), ("seed", "seed"), ("base_seed", "base_seed"),
+            ("augment", "augment"),
             ("pretrain_images", "pretrain_images"), ("images_axis", "images"),
             ("queue_size_keys", "queue_size"), ("probe_labels_per_class", "probe_labels"),
             ("score_pct", "score"), ("score_std_pct", "score_std"),

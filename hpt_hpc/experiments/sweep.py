@@ -36,11 +36,15 @@ class SweepPlan:
     evals: List[EvalUnit]
     phases: List[Phase]
     finished: Set[str] = field(default_factory=set)
+    base_seeds: List[int] = field(default_factory=lambda: [0])
 
     def describe(self) -> str:
         e = self.expansion
+        bases = (f" (base seeds {', '.join(map(str, self.base_seeds))})"
+                 if len(self.base_seeds) > 1 else "")
+        upstream = ", ".join(f"{s}{bases}" for s in self.upstream) or "none"
         return (f"units: {len(e.pretrain)} pretraining, {len(e.evals)} evaluations; "
-                f"to run: upstream [{', '.join(self.upstream) or 'none'}], "
+                f"to run: upstream [{upstream}], "
                 f"{len(self.pretrain)} pretraining, {len(self.evals)} evaluations "
                 f"({len(self.finished)} finished units skipped)")
 
@@ -63,7 +67,8 @@ def finished_units(spec: ExperimentSpec, uri: Optional[str]) -> Set[str]:
 
 def _finished_on_disk(spec: ExperimentSpec) -> Set[str]:
     layout = spec.layout
-    done = {spec.upstream_id(s) for s in UPSTREAM if spec.upstream_layout(s).final.is_file()}
+    done = {spec.upstream_id(s, b) for s in UPSTREAM for b in spec.base_seeds
+            if spec.upstream_layout(s, b).final.is_file()}
     done.update(layout.finished_unit_stages())
     done.update(f"{u}{CONTROL_SUFFIX}" for u in layout.finished_unit_stages(CONTROL_STAGE))
     done.update(p.stem for p in layout.eval_results())
@@ -78,9 +83,11 @@ def plan_sweep(spec: ExperimentSpec, tracking: Optional[TrackingTarget],
     done = finished_units(spec, tracking.uri if tracking else None)
     phases = sweep_phases(spec, expansion, tracking, frozenset(done), world_size)
     return SweepPlan(expansion, [s for s in expansion.upstream
-                                 if spec.upstream_id(s) not in done],
+                                 if any(spec.upstream_id(s, b) not in done
+                                        for b in spec.base_seeds)],
                      [u for u in expansion.pretrain if u.unit_id not in done],
-                     [u for u in expansion.evals if u.unit_id not in done], phases, done)
+                     [u for u in expansion.evals if u.unit_id not in done], phases, done,
+                     spec.base_seeds)
 
 
 def sweep_tracking(spec: ExperimentSpec) -> Optional[TrackingTarget]:

@@ -24,7 +24,9 @@ unit ids carry a short hash of it, so they never merge with other studies' evalu
 Every relative path in the file (``config``, ``output_dir``, ``datasets.*.path``,
 ``upstream.*.checkpoint``) is relative to the file itself. Grid axes: ``method``,
 ``dataset`` (target), ``steps`` (target pretraining steps: a list for every method, or a
-mapping ``{<method>: [...], default: [...]}``), ``seed``, ``augment`` (preset names, see
+mapping ``{<method>: [...], default: [...]}``), ``seed`` (target seeds), ``base_seed``
+(seeds of the shared upstream stages: each base seed trains its own base and source,
+``upstream-b<n>/`` for n > 0, and the units starting from them), ``augment`` (preset names, see
 :mod:`.units`), ``images`` (target pretraining images: an integer or ``all``) and
 ``evaluate`` (protocols: ``linear``, ``finetune``).
 """
@@ -44,8 +46,8 @@ from .units import UPSTREAM, check_axes
 
 SPEC_KEYS = ("name", "config", "set", "datasets", "prepare", "output_dir", "upstream",
              "methods", "studies", "references")
-AXES = ("method", "dataset", "steps", "seed", "augment", "images", "evaluate", "probe_mode",
-        "probe_labels")
+AXES = ("method", "dataset", "steps", "seed", "base_seed", "augment", "images", "evaluate",
+        "probe_mode", "probe_labels")
 UPSTREAM_KEYS = ("dataset", "iterations", "lr", "batch_size", "variant", "checkpoint")
 METHOD_KEYS = ("lr", "bn_batches", "batch_size", "blocks", "lora")  # target-stage settings
 DEFAULT_STEPS = "default"
@@ -91,13 +93,24 @@ class ExperimentSpec:
         so a unit never finds another method's checkpoint or result."""
         return "" if self.ssl == DEFAULT_SSL else f"-{self.ssl}"
 
-    def upstream_id(self, stage: str) -> str:
-        """The unit id of a shared stage: ``upstream-<stage><ssl_suffix>``."""
-        return f"upstream-{stage}{self.ssl_suffix}"
+    def upstream_suffix(self, base_seed: int = 0) -> str:
+        """What names an upstream stage's ssl method and base seed: ``-b<n>`` for base
+        seed n > 0 (base seed 0: the folders, ids and aliases of every earlier sweep)."""
+        return self.ssl_suffix + (f"-b{base_seed}" if base_seed else "")
 
-    def upstream_layout(self, stage: str) -> StageLayout:
+    @property
+    def base_seeds(self) -> List[int]:
+        """The base seeds of all studies (``[0]`` when no study varies them)."""
+        return sorted({int(b) for study in self.studies
+                       for b in study.axes.get("base_seed", [0])})
+
+    def upstream_id(self, stage: str, base_seed: int = 0) -> str:
+        """The unit id of a shared stage: ``upstream-<stage><upstream_suffix>``."""
+        return f"upstream-{stage}{self.upstream_suffix(base_seed)}"
+
+    def upstream_layout(self, stage: str, base_seed: int = 0) -> StageLayout:
         """Where the sweep's shared ``stage`` (base, source) is trained."""
-        return self.layout.upstream(stage, self.ssl_suffix)
+        return self.layout.upstream(stage, self.upstream_suffix(base_seed))
 
     @property
     def layout(self) -> OutputLayout:
@@ -111,10 +124,10 @@ class ExperimentSpec:
     def base_config(self) -> ExperimentConfig:
         return config_from_dict(self.config)
 
-    def upstream_checkpoint(self, stage: str) -> Path:
+    def upstream_checkpoint(self, stage: str, base_seed: int = 0) -> Path:
         """The final checkpoint of an upstream stage (a given file, or the trained one)."""
         given = self.upstream.get(stage, {}).get("checkpoint")
-        return Path(given) if given else self.upstream_layout(stage).final
+        return Path(given) if given else self.upstream_layout(stage, base_seed).final
 
 
 def _check_keys(where: str, data: Dict[str, Any], valid: Sequence[str]) -> None:

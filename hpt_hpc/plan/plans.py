@@ -130,6 +130,7 @@ class EvalPlan:
     probe_labels: str = "all"  # linear probes: labelled images per class
     resumable: bool = False  # save resume state beside result_file (a stable path: sweeps)
     stage: Optional[str] = None  # the evaluated checkpoint's stage (None: not a stage's)
+    base_seed: int = 0  # the seed of the upstream stages the evaluated stage started from
     kind = "eval"
 
     def describe(self) -> str:

@@ -50,11 +50,13 @@ class PretrainUnit:
     augment: str = "all"
     images: Optional[int] = None  # None: every training image
     studies: List[str] = field(default_factory=list)
+    base_seed: int = 0  # the seed of the upstream stages it starts from
 
     def tags(self, sweep: str) -> Dict[str, str]:
         return {"hpt.sweep": sweep, "hpt.unit": self.unit_id, "hpt.unit_kind": "pretrain",
                 "hpt.method": self.method, "hpt.dataset": self.dataset,
                 "hpt.target_steps": str(self.steps), "hpt.seed": str(self.seed),
+                "hpt.base_seed": str(self.base_seed),
                 "hpt.augment": self.augment, "hpt.images": str(self.images or "all"),
                 "hpt.studies": ",".join(self.studies)}
 
@@ -74,6 +76,7 @@ class EvalUnit:
     probe_mode: str = "cached"  # linear probes: cached | augmented
     probe_labels: Optional[int] = None  # linear probes: labelled images per class (None: all)
     overrides: Tuple[str, ...] = ()  # the study's probe.*/finetune.* overrides
+    base_seed: int = 0
 
     def tags(self, sweep: str) -> Dict[str, str]:
         tags = {"hpt.sweep": sweep, "hpt.unit": self.unit_id, "hpt.unit_kind": "eval",
@@ -139,6 +142,15 @@ def check_axes(spec: Any) -> None:
                                   f"datasets")
         for value in study.axes.get("images", []):
             _images(value)
+        for value in study.axes.get("base_seed", []):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"{where}.base_seed: '{value}' is not a seed (an integer "
+                                  f">= 0)")
+            given = [st for st in UPSTREAM if "checkpoint" in spec.upstream.get(st, {})]
+            if value and given:
+                raise ConfigError(f"{where}.base_seed: upstream.{given[0]} is a given "
+                                  f"checkpoint, which has no seed to vary; train it "
+                                  f"(upstream.{given[0]}.dataset) or drop base_seed")
         for value in study.axes.get("probe_labels", []):
             _images(value, f"{where}.probe_labels")
         for value in study.axes.get("probe_mode", []):
@@ -172,21 +184,27 @@ def expand(spec: Any) -> Expansion:
                                          axes.get("probe_labels", ["all"])))
         for name, dataset in itertools.product(axes.get("method", ["HPT"]), axes["dataset"]):
             name = method(name).name
+            bases = axes.get("base_seed", [0]) if METHODS[name].starts_from else [0]
             grid = itertools.product(study.steps_for(name, default_steps),
-                                     axes.get("seed", [0]), axes.get("augment", ["all"]),
+                                     axes.get("seed", [0]), bases,
+                                     axes.get("augment", ["all"]),
                                      axes.get("images", ["all"]),
                                      axes.get("evaluate", ["linear"]), probing)
-            for steps, seed, augment, images, protocol, (mode, labels) in grid:
+            for steps, seed, base, augment, images, protocol, (mode, labels) in grid:
                 _add_units(pretrain, evals, study.name, name, dataset, steps, int(seed),
                            augment, _images(images), protocol, mode, _images(labels),
-                           tuple(study.evaluation), spec.ssl_suffix)
-        if spec.references:  # cached probes; random init at every seed of the study
-            for dataset, labels in itertools.product(axes["dataset"],
-                                                     axes.get("probe_labels", ["all"])):
-                for ref in REFERENCES:
+                           tuple(study.evaluation), spec.ssl_suffix, int(base))
+        if spec.references:  # cached; random init also in the study's other probe modes
+            modes = [("cached", labels) for labels in axes.get("probe_labels", ["all"])]
+            for dataset, (mode, labels) in itertools.product(
+                    axes["dataset"], modes + [p for p in probing if p[0] != "cached"]):
+                for ref in REFERENCES:  # (a claim's precondition compares in its own mode)
+                    if ref != "random-init" and mode != "cached":
+                        continue
+                    overrides = tuple(study.evaluation) if mode != "cached" else ()
                     for seed in (axes.get("seed", [0]) if ref == "random-init" else [0]):
                         _add_units(pretrain, evals, study.name, ref, dataset, 0, int(seed),
-                                   "all", None, "linear", "cached", _images(labels))
+                                   "all", None, "linear", mode, _images(labels), overrides)
     needed = {METHODS[u.method].starts_from for u in pretrain.values()} - {None}
     if "source" in needed:
         needed.add("base")
@@ -207,7 +225,8 @@ def _probe_part(protocol: str, mode: str, labels: Optional[int],
 
 
 def _add_units(pretrain, evals, study, name, dataset, steps, seed, augment, images,
-               protocol, mode="cached", labels=None, overrides=(), ssl="") -> None:
+               protocol, mode="cached", labels=None, overrides=(), ssl="",
+               base_seed=0) -> None:
     probe = _probe_part(protocol, mode, labels, overrides)
     if protocol != "linear":
         mode, labels = "cached", None
@@ -223,18 +242,20 @@ def _add_units(pretrain, evals, study, name, dataset, steps, seed, augment, imag
         return
     steps = int(steps) if METHODS[name].uses_steps else 0
     parts = [_slug(name), _slug(str(dataset)), f"{steps}st", f"seed{seed}"]
+    if base_seed:  # base seed 0: the ids of every earlier sweep
+        parts.append(f"b{base_seed}")
     if augment != "all":
         parts.append(f"aug-{_slug(augment)}")
     if images is not None:
         parts.append(f"n{images}")
     pid = "-".join(parts) + ssl  # the ssl method's part (none for MoCo-v2)
     unit = pretrain.setdefault(pid, PretrainUnit(pid, name, dataset, steps, seed, augment,
-                                                 images))
+                                                 images, base_seed=base_seed))
     _add_study(unit, study)
     eid = f"{pid}-{probe}"
     ev = evals.setdefault(eid, EvalUnit(eid, protocol, name, dataset, steps, seed, augment,
                                         images, pid, probe_mode=mode, probe_labels=labels,
-                                        overrides=overrides))
+                                        overrides=overrides, base_seed=base_seed))
     _add_study(ev, study)
 
 
@@ -252,10 +273,13 @@ def apply_augment_preset(config: Dict[str, Any], preset: str) -> None:
             augment.setdefault(name, {})["enabled"] = False
 
 
-def upstream_config(spec: Any) -> Dict[str, Any]:
-    """The raw config of the shared upstream stages (``<output>/upstream/<stage>``)."""
+def upstream_config(spec: Any, base_seed: int = 0) -> Dict[str, Any]:
+    """The raw config of the shared upstream stages (``<output>/upstream/<stage>``; base
+    seed n > 0: ``upstream-b<n>``, trained with the config's seed + n)."""
     config = copy.deepcopy(spec.config)
-    config["output_dir"] = str(spec.upstream_layout("base").output_dir)
+    config["output_dir"] = str(spec.upstream_layout("base", base_seed).output_dir)
+    if base_seed:
+        config["seed"] = int(config.get("seed", 0)) + base_seed
     stages = {}
     for stage in UPSTREAM:
         settings = {k: v for k, v in spec.upstream.get(stage, {}).items() if k != "checkpoint"}
@@ -263,7 +287,7 @@ def upstream_config(spec: Any) -> Dict[str, Any]:
             continue
         settings.setdefault("variant", "full")
         if stage == "source":
-            settings["init"] = str(spec.upstream_checkpoint("base"))
+            settings["init"] = str(spec.upstream_checkpoint("base", base_seed))
         stages[stage] = settings
     config["stages"] = stages
     return config
@@ -291,7 +315,7 @@ def unit_config(spec: Any, unit: Any, init_uri: Optional[str] = None) -> Dict[st
         return config
     settings = dict(spec.methods.get(unit.method) or {})
     bn_batches = settings.pop("bn_batches", DEFAULT_BN_BATCHES)
-    start = init_uri or str(spec.upstream_checkpoint(recipe.starts_from)) \
+    start = init_uri or str(spec.upstream_checkpoint(recipe.starts_from, unit.base_seed)) \
         if recipe.starts_from else None
     stage = {"dataset": unit.dataset, "variant": recipe.variant,
              "iterations": unit.steps if recipe.uses_steps and not recipe.continues
@@ -307,27 +331,28 @@ def unit_config(spec: Any, unit: Any, init_uri: Optional[str] = None) -> Dict[st
     return config
 
 
-def registry_init(spec: Any, tracking: Optional[TrackingTarget], stage: str) -> Optional[str]:
+def registry_init(spec: Any, tracking: Optional[TrackingTarget], stage: str,
+                  base_seed: int = 0) -> Optional[str]:
     """Units start from an upstream stage through the MLflow registry when tracked
     (``models:/<model>@<sweep>-<stage>``), else from its file (``None``)."""
     if tracking is None or "checkpoint" in spec.upstream.get(stage, {}):
         return None
     return model_uri(tracking.model_name,
-                     alias_for(tracking.pipeline, f"{stage}{spec.ssl_suffix}"))
+                     alias_for(tracking.pipeline, f"{stage}{spec.upstream_suffix(base_seed)}"))
 
 
 
 def upstream_plans(spec: Any, tracking: Optional[TrackingTarget], stages: List[str],
-                   world_size: int = 1) -> List[StagePlan]:
-    """Plans of the shared upstream stages (source starts from base)."""
-    cfg = config_from_dict(upstream_config(spec))
+                   world_size: int = 1, base_seed: int = 0) -> List[StagePlan]:
+    """Plans of the shared upstream stages of one base seed (source starts from base)."""
+    cfg = config_from_dict(upstream_config(spec, base_seed))
     plans = []
     for stage in stages:
-        init = registry_init(spec, tracking, "base") if stage == "source" else None
-        tags = {"hpt.sweep": spec.name, "hpt.unit": spec.upstream_id(stage),
-                "hpt.unit_kind": "upstream"}
+        init = registry_init(spec, tracking, "base", base_seed) if stage == "source" else None
+        tags = {"hpt.sweep": spec.name, "hpt.unit": spec.upstream_id(stage, base_seed),
+                "hpt.unit_kind": "upstream", "hpt.base_seed": str(base_seed)}
         plans.append(stage_plan(cfg, stage, world_size=world_size,
-                                label=f"{stage}{spec.ssl_suffix}",  # its registry alias
+                                label=f"{stage}{spec.upstream_suffix(base_seed)}",  # alias
                                 init=InitRef.parse(init) if init else None,
                                 method=upstream_method(stage, spec.ssl), tags=tags,
                                 tracking=tracking))
@@ -336,7 +361,8 @@ def upstream_plans(spec: Any, tracking: Optional[TrackingTarget], stages: List[s
 
 def _unit_config(spec: Any, unit: PretrainUnit, tracking: Optional[TrackingTarget]):
     start = METHODS[unit.method].starts_from
-    return config_from_dict(unit_config(spec, unit, registry_init(spec, tracking, start)
+    return config_from_dict(unit_config(spec, unit, registry_init(spec, tracking, start,
+                                                                  unit.base_seed)
                                         if start else None))
 
 
@@ -371,7 +397,8 @@ def eval_plan(spec: Any, unit: EvalUnit, tracking: Optional[TrackingTarget]) -> 
                     layout, spec.layout.eval_result(unit.pretrain or unit.unit_id, unit.unit_id),
                     tracking, unit.steps, unit.seed, unit.augment, str(unit.images or "all"),
                     unit.pretrain, unit.tags(spec.name), str(unit.probe_labels or "all"),
-                    resumable=True, stage=layout.stage if layout else None)
+                    resumable=True, stage=layout.stage if layout else None,
+                    base_seed=unit.base_seed)
 
 
 def pretrain_phase(method: str) -> Tuple[str, Tuple[str, ...]]:
@@ -392,10 +419,13 @@ def sweep_phases(spec: Any, expansion: Expansion, tracking: Optional[TrackingTar
     start from, each waiting only for that stage (``afterok``; from scratch: nothing) ->
     one phase of evaluations (``afterany`` on every pretraining phase: an evaluation whose
     checkpoint is missing fails alone). Units whose id is in ``skip`` are left out."""
-    upstream = [s for s in expansion.upstream if spec.upstream_id(s) not in skip]
-    phases = [Phase(f"upstream-{plan.stage}", [plan],
-                    ("upstream-base",) if plan.stage == "source" else ())
-              for plan in upstream_plans(spec, tracking, upstream, world_size)]
+    phases = []
+    for stage in expansion.upstream:  # one phase per stage: every base seed's plan
+        plans = [plan for b in spec.base_seeds if spec.upstream_id(stage, b) not in skip
+                 for plan in upstream_plans(spec, tracking, [stage], world_size, b)]
+        if plans:
+            phases.append(Phase(f"upstream-{stage}", plans,
+                                ("upstream-base",) if stage == "source" else ()))
     phases.append(Phase("control", [control_plan(spec, u, tracking, world_size)
                                     for u in expansion.pretrain
                                     if METHODS[u.method].continues

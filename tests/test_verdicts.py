@@ -1,0 +1,98 @@
+"""The report's verdicts through the real CLI (``hpt-hpc report --from-files``) on
+synthetic result files with planted accuracies: equal seed sets, equivalent vs unresolved,
+an unconverged baseline, and the random-init reference of the same probe mode."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+from click.testing import CliRunner
+
+from hpt_hpc.cli.main import cli
+from hpt_hpc.eval.record import write_record_file
+from tiny import write_tiny_experiment
+from verdicts import TARGETS, record
+
+SEEDS = (0, 1, 2)
+
+
+def _rows():
+    rows = []
+    for s in SEEDS:
+        hpt300 = record("HPT", 500, s, 0.90, images="300")
+        twin = hpt300.predictions.predictions.copy()  # HPT-BN: 2 images differ, or none
+        right = np.flatnonzero(twin[0] == TARGETS)[:2]
+        wrong = np.flatnonzero(twin[0] != TARGETS)[:2]
+        if s == 0:
+            twin[0, wrong] = TARGETS[wrong]
+        elif s == 1:
+            twin[0, right] = (TARGETS[right] + 1) % 10
+        rows += [record("random-init", 0, s, 0.50), record("Base", 0, s, 0.85),
+                 record("HPT", 50, s, 0.86), record("HPT", 500, s, 0.95),
+                 record("Target", 500, s, 0.70), record("Target", 2000, s, 0.90),
+                 record("Target", 500, s, 0.80, images="300"), hpt300,
+                 record("HPT-BN", 500, s, 0, preds=twin, images="300"),
+                 record("random-init", 0, s, 0.65, mode="augmented"),
+                 record("Target", 500, s, 0.60, mode="augmented"),
+                 record("HPT", 500, s, 0.95, mode="augmented")]
+    # the augmentation study on seed 0 only
+    rows += [record("HPT", 2000, 0, 0.96), record("HPT", 2000, 0, 0.93, augment="crop"),
+             record("Target", 2000, 0, 0.70, augment="crop")]
+    return rows
+
+
+def _line(markdown: str, comparison: str) -> str:
+    return next(line for line in markdown.splitlines() if f"| {comparison} |" in line)
+
+
+def test_report_verdicts_name_seeds_equivalence_and_preconditions(tmp_path, mnist_tree):
+    experiment = write_tiny_experiment(tmp_path, {"mnist": mnist_tree}, {
+        "s": {"method": ["HPT"], "dataset": ["mnist"], "steps": [2]}})
+    for i, rec in enumerate(_rows()):
+        uid = f"u{i}-{rec.method}-{rec.steps}-{rec.seed}"
+        write_record_file(rec, tmp_path / "out" / "units" / uid / "results" / f"{uid}.json")
+    result = CliRunner().invoke(cli, ["report", str(experiment), "--from-files",
+                                      "--out", str(tmp_path / "report")])
+    assert result.exit_code == 0, result.output
+    md = (tmp_path / "report" / "tiny-sweep.md").read_text()
+    assert "tie" not in md.lower().replace("tied", "")
+    # a difference inside ±1 point is equivalent; one containing 0 but wider, unresolved
+    equivalent = _line(md, "HPT-BN − HPT (300 images)")
+    assert "| equivalent |" in equivalent and "1 base × 3 target seeds" in equivalent
+    assert "| unresolved |" in _line(md, "HPT@50 − Base")
+    assert "| supported |" in _line(md, "HPT − Target (300 images)")
+    # Target still climbs from 500 to 2000 steps (70 -> 90): claim 2 cannot be judged
+    claim2 = _line(md, "HPT@50 − Target@2000")
+    assert "| inconclusive |" in claim2
+    assert re.search(r"Target not converged at 2000 steps \(\+\d+\.\d \[\+\d", claim2)
+    # the augmentation study shares one seed only: inconclusive, naming the cells
+    claim4 = _line(md, "Target drop − HPT drop (crop, 2000 steps)")
+    assert "1 seed(s) shared by all cells, 3 needed: " in claim4
+    assert "Target@2000 (aug. crop) has seed 0" in claim4 and "HPT@2000 has seed 0" in claim4
+    # augmented Target (60) is above the cached random init (50) but below the augmented
+    # one (65): judged in its own mode, HPT vs Target is inconclusive there
+    assert "HPT@500 − Target@500 (augmented inconclusive, cached supported)" in md
+    assert "equivalent (inside ± the claim's margin)" in md and "| ±1.0 |" in md
+
+
+def test_a_baseline_gaining_by_its_next_budget_is_not_converged():
+    """Target@2000 judged against a sweep that also has Target@4000: a plateau (+1 point,
+    within noise) passes, a clear gain makes the comparison inconclusive."""
+    from hpt_hpc.experiments.claims import judge_claims
+    from hpt_hpc.experiments.results import group_cells
+
+    def claim4(target4000: float):
+        rows = [r for r in _rows() if not (r.method == "HPT" and r.steps == 2000)]
+        for s in SEEDS:  # the augmentation study on 3 seeds now
+            rows += [record("HPT", 2000, s, 0.96), record("HPT", 2000, s, 0.93, augment="crop"),
+                     record("Target", 2000, s, 0.70, augment="crop"),
+                     record("Target", 4000, s, target4000)]
+        claims = judge_claims(group_cells(rows), "mnist", [50, 500, 2000, 4000])
+        return next(c for c in claims if c.number == "4").judgements[0]
+
+    plateau = claim4(0.905)
+    assert plateau.verdict == "supported" and plateau.seeds == "1 base × 3 target seeds"
+    climbing = claim4(0.97)
+    assert climbing.verdict == "inconclusive"
+    assert "Target not converged at 2000 steps" in climbing.reasons[0]
+    assert "from 2000 to 4000 steps" in climbing.reasons[0]
