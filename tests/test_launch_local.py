@@ -85,7 +85,7 @@ def test_local_chain_with_grid(tmp_path, mnist_tree, fashion_tree):
     results = [record.job(e).result() for e in targets]
     base_final = str(tmp_path / "out/base/checkpoints/final.pt")
     for res in results:  # each cell started from base, found through the registry
-        assert res["steps"] == 4 and res["init"] == "hpt-hpc"
+        assert res["steps"] == 4 and res["init_layout"] == "hpt-hpc"
         started = load_checkpoint(load_checkpoint(res["checkpoint"])["init"])["model"]
         assert torch.equal(started["encoder_q.conv1.weight"],
                            load_checkpoint(base_final)["model"]["encoder_q.conv1.weight"])

@@ -26,15 +26,16 @@ def train(config_path: str, overrides, stages, init) -> None:
     Tracked in MLflow (``tracking`` config section): one pipeline run, a nested run per stage.
     """
     from ..launch.commands import train as run_train
+    from ..plan.record import StageRecord
     if init is not None and len(stages) != 1:
         raise click.UsageError("--init needs exactly one --stage")
     record = run_train(config_path, stages, overrides, init)
     for entry in record.jobs:
-        res = record.live[entry.job_id].result()
-        click.echo(f"{res['stage']}: {res['steps']}/{res['total_steps']} steps, loss "
-                   f"{res['final_loss']:.4f}, skipped images {res['skipped_images']}, "
-                   f"checkpoint {res['checkpoint']}"
-                   + (f", registered as {res['model_uri']}" if res["model_uri"] else ""))
+        res = StageRecord.from_json(record.live[entry.job_id].result())
+        click.echo(f"{res.stage}: {res.steps}/{res.total_steps} steps, loss "
+                   f"{res.final_loss:.4f}, skipped images {res.skipped_images}, "
+                   f"checkpoint {res.checkpoint}"
+                   + (f", registered as {res.model_uri}" if res.model_uri else ""))
 
 
 _checkpoint = click.option(

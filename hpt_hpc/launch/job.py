@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 from typing import Any, Dict, Optional
 
 import submitit
@@ -97,7 +96,8 @@ def _logging() -> None:
 class StageJob(submitit.helpers.Checkpointable):
     """The submitted stage callable: ``StageJob()(plan)``. ``checkpoint()`` (inherited)
     resubmits the same plan; the stage folder's ``last.pt`` makes the requeued run resume
-    at the saved step."""
+    at the saved step. Returns the stage's :class:`~hpt_hpc.plan.record.StageRecord` as a
+    dict (``StageRecord.from_json`` reads it back)."""
 
     def __call__(self, plan: StagePlan) -> Dict[str, Any]:
         _logging()
@@ -107,20 +107,11 @@ class StageJob(submitit.helpers.Checkpointable):
             result = run_plan(plan, dist=dist_info, should_stop=flag)
         finally:
             _teardown(dist_info)
-        summary = {"stage": plan.stage, "label": plan.label, "rank": dist_info.rank,
-                   "host": socket.gethostname(),
-                   "world_size": dist_info.world_size, "steps": result.steps,
-                   "total_steps": result.total_steps, "checkpoint": str(result.checkpoint),
-                   "resumed_from": result.resumed_from, "final_loss": result.final_loss,
-                   "skipped_images": result.skipped_images,
-                   "init": result.init_report.get("layout"), "model_uri": result.model_uri,
-                   "param_digest": result.param_digest, "step_seconds": result.step_seconds,
-                   "seconds": result.seconds}
         if not result.completed and flag.requested:
             if dist_info.is_main:
                 flag.requeue()  # does not return when the requeue succeeds
-            summary["interrupted"] = True
-        return summary
+            result.interrupted = True
+        return result.to_json()
 
 
 class EvalJob(submitit.helpers.Checkpointable):

@@ -5,6 +5,7 @@ from .methods import (ALIASES, METHODS, REFERENCES, Method, external_method, met
                       stage_method, upstream_method)
 from .planner import (ConfigPlan, GridCell, check_data, grid_cells, plan_config, plan_stages,
                       stage_plan, tracking_target, training_records)
+from .record import StageRecord
 from .plans import (PROTOCOLS, EvalPlan, Phase, StagePlan, TrackingTarget, describe_phases,
                     with_parent)
 
@@ -12,4 +13,4 @@ __all__ = ["ALIASES", "METHODS", "REFERENCES", "Method", "external_method", "met
            "stage_method", "upstream_method",
            "ConfigPlan", "GridCell", "check_data", "grid_cells", "plan_config", "plan_stages",
            "stage_plan", "tracking_target", "training_records", "PROTOCOLS", "EvalPlan",
-           "Phase", "StagePlan", "TrackingTarget", "describe_phases", "with_parent"]
+           "Phase", "StagePlan", "TrackingTarget", "describe_phases", "with_parent", "StageRecord"]
