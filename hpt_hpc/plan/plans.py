@@ -139,7 +139,28 @@ class EvalPlan:
         return f"{self.label}: {self.protocol} ({mode}) of {what} on {self.dataset}"
 
 
-Plan = Union[StagePlan, EvalPlan]
+@dataclass
+class EmbedPlan:
+    """Features of one dataset split under the file name prefix ``out``
+    (``hpt-hpc embed``); ``inputs``: the caller's inputs (``{what: path}``) no output may
+    replace."""
+
+    config: ExperimentConfig
+    dataset: str
+    split: Optional[str]
+    checkpoint: InitRef
+    out: str
+    label: str
+    inputs: Dict[str, str] = field(default_factory=dict)
+    tracking: Optional[TrackingTarget] = None  # where the embed run logs (lineage's)
+    kind = "embed"
+
+    def describe(self) -> str:
+        return (f"{self.label}: features of {self.dataset}/{self.split or 'default split'} "
+                f"from {self.checkpoint} -> {self.out}.npy")
+
+
+Plan = Union[StagePlan, EvalPlan, EmbedPlan]
 
 
 @dataclass
