@@ -190,7 +190,38 @@ def test_executors_are_chosen_only_through_the_class_table():
     assert makers == [EXECUTOR_TABLE], makers
 
 
+REFERENCE_OWNER = "hpt_hpc.config.refs"
+# The tracking layer sits below InitRef: the two MLflow URIs it writes are built in one
+# place there, pinned to InitRef by tests/test_refs_owner.py.
+MLFLOW_URIS = "hpt_hpc.tracking.registry"
+_PREFIX = r"""["'](?:models:/|runs:/|stage:)"""
+
+
+def _reference_parsing(text: str) -> List[str]:
+    """A reference string taken apart by its prefix (only InitRef parses references)."""
+    return re.findall(rf"startswith\(\s*{_PREFIX}|len\(\s*{_PREFIX}|"
+                      rf"(?:split|partition)\(\s*{_PREFIX}", text)
+
+
+def _reference_building(text: str) -> List[str]:
+    """A reference put together by hand (InitRef builds them)."""
+    return re.findall(rf"\bf{_PREFIX}[^\"']*\{{", text)
+
+
+def test_only_initref_parses_and_builds_references():
+    parsed = {m: f for m, t in SOURCES.items() if m != REFERENCE_OWNER
+              for f in [_reference_parsing(t)] if f}
+    assert not parsed, f"parse references with InitRef (config/refs.py): {parsed}"
+    built = {m: f for m, t in SOURCES.items() if m not in (REFERENCE_OWNER, MLFLOW_URIS)
+             for f in [_reference_building(t)] if f}
+    assert not built, f"build references with InitRef (config/refs.py): {built}"
+
+
 @pytest.mark.parametrize("rule, planted", [
+    (_reference_parsing, 'if uri.startswith("models:/"):'),
+    (_reference_parsing, "rel = uri[len('runs:/'):]"),
+    (_reference_building, 'init = f"stage:{name}"'),
+    (_reference_building, "uri = f'models:/{name}@{alias}'"),
     (_private_submitit, "sig = submitit.JobEnvironment._usr_sig()"),
     (_private_submitit, "return submitit.local.local.LocalJob(folder)"),
     (_private_submitit, 'CONTROLLER = "submitit.local._local"'),

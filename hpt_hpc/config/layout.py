@@ -31,6 +31,7 @@ LOCK = "stage.lock"
 PROGRESS = "progress.json"
 KEPT_PREFIX = "step-"  # <stage>/checkpoints/step-<step>.pt (checkpoint.keep)
 INIT_CACHE = "init-cache"
+STAGE_NAMES = ("base", "source", "target")  # the stages (run order), a folder each
 STAGE_RESULT = "result.json"
 UNIT_STAGE = "target"  # a sweep unit trains its target stage
 EXPERIMENTS = Path("outputs") / "experiments"  # an experiment file's default output folders

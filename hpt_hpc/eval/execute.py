@@ -12,6 +12,7 @@ from typing import Any, Optional, Tuple
 from ..config import ExperimentConfig, InitRef, OutputLayout, config_to_dict
 from ..device import limit_cpu_threads, resolve_device
 from ..errors import HptError
+from ..models.resolve import resolve
 from ..plan import EvalPlan
 from ..plan.record import StageRecord
 from ..plan.methods import DEFAULT_SSL  # stages written before ssl was recorded
@@ -66,7 +67,7 @@ def evaluate_plan(plan: EvalPlan) -> Tuple[EvalRecord, Any]:
         raise HptError(f"unit {plan.label}: its pretraining ({plan.evaluates}) has no final "
                        f"checkpoint at {ref.value}; it failed or was cancelled. Re-run the "
                        f"sweep: finished units are skipped, this one is retried")
-    resolved = ref.resolve(plan.layout, plan.tracking.uri if plan.tracking else None,
+    resolved = resolve(ref, plan.layout, plan.tracking.uri if plan.tracking else None,
                            who=f"evaluation '{plan.label}'")
     saved = resume_checkpoints(plan, resolved.path)
     if plan.method == "raw-pixels":

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
 from ..config import ExperimentConfig, InitRef, StageLayout, config_to_dict
+from ..config.refs import INIT_TAG
 from .methods import filed_steps
 
 DEPENDENCIES = ("afterok", "afterany")
@@ -90,7 +91,7 @@ class StagePlan:
         """The tags of the stage's run (lineage tags are added when the init resolves)."""
         tags = {"hpt.stage": self.stage, "hpt.method": self.method,
                 "hpt.dataset": self.dataset, "hpt.variant": self.variant,
-                "hpt.init": str(self.init), "hpt.ssl": self.ssl}
+                INIT_TAG: str(self.init), "hpt.ssl": self.ssl}
         if self.tracking:
             tags.update(self.tracking.tags())
         return {**tags, **self.tags}

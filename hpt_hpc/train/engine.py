@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 import torch
 
 from ..config import config_to_dict, flatten
-from ..config.refs import Resolved
+from ..models.resolve import Resolved
 from ..data.specs import GLOBAL_VIEWS
 from ..errors import ConfigError, HptError
 from ..models import is_bn, reestimate_bn_stats, stage_checkpoint

@@ -13,6 +13,7 @@ from typing import Callable, Optional
 
 from ..data import build_pretrain_loader
 from ..models import checkpoint_run_id
+from ..models.resolve import resolve
 from ..plan import StagePlan, training_records
 from ..plan.plans import config_dict
 from ..plan.record import StageRecord
@@ -78,7 +79,7 @@ def _run_locked(plan: StagePlan, dist: DistInfo, tracker: Optional[Tracker],
                 stop_after: Optional[int], should_stop: Optional[Callable[[int], bool]],
                 on_step: Optional[Callable[[int, float], None]]) -> StageRecord:
     uri = plan.tracking.uri if plan.tracking else None
-    resolved = plan.init.resolve(plan.layout, uri, who=f"stage '{plan.stage}'")
+    resolved = resolve(plan.init, plan.layout, uri, who=f"stage '{plan.stage}'")
     loader = build_stage_loader(plan, dist)
     own_tracker, status, result = tracker is None, "FAILED", None
     try:
