@@ -18,6 +18,15 @@ def _invoke(*args, code: int = 0) -> str:
     return result.output
 
 
+def _job_result(out):
+    """The newest launch: one local job, FINISHED; its result, read back through the
+    record (another process's view)."""
+    record = LaunchRecord.load(out)
+    assert record.executor == "local" and len(record.jobs) == 1
+    assert [r["state"] for r in job_states(record)] == ["FINISHED"]
+    return record.job(record.jobs[0]).result()
+
+
 def test_probe_finetune_and_embed_run_as_local_jobs(tmp_path, mnist_tree):
     config = write_tiny_config(tmp_path, {"mnist": mnist_tree},
                                {"target": {"dataset": "mnist", "iterations": 2}})
@@ -28,24 +37,23 @@ def test_probe_finetune_and_embed_run_as_local_jobs(tmp_path, mnist_tree):
     launches = sorted((out / "launches").iterdir())  # train's
     here = _invoke("probe", *knn).strip().splitlines()[-1]
     assert sorted((out / "launches").iterdir()) == launches  # in-process: none, as before
+    [written] = (out / "evaluations").glob("*.json")
+    score = json.loads(written.read_text())["score"]
     local = _invoke("probe", *knn, "--executor", "local").strip().splitlines()[-1]
     assert local == here and local.startswith("mnist: kNN")
-    record = LaunchRecord.load(out)
-    assert record.executor == "local" and len(record.jobs) == 1
-    assert [r["state"] for r in job_states(record)] == ["FINISHED"]
-    scores = [json.loads(p.read_text())["score"] for p in
-              sorted((out / "evaluations").glob("*.json"))]
-    assert len(scores) == 2 and scores[0] == scores[1]
+    assert _job_result(out)["score"] == score
+
 
     tune = ["--config", config, "--dataset", "mnist", "--checkpoint", "stage:target",
             "--labels", "10", "--iterations", "2", "--set", "finetune.batch_size=10",
             "--set", "finetune.eval_every=2"]
     _invoke("finetune", *tune)
+    [written] = (out / "evaluations").glob("finetune*.json")
+    first = json.loads(written.read_text())
     line = _invoke("finetune", *tune, "--executor", "local").strip().splitlines()[-1]
-    [first, second] = [json.loads(p.read_text()) for p in
-                       sorted((out / "evaluations").glob("finetune*.json"))]
-    assert first["score"] == second["score"] and first["protocol"] == "finetune"
-    assert line.startswith("mnist: fine-tune") and f"{100 * second['score']:.2f} %" in line
+    job = _job_result(out)
+    assert job["score"] == first["score"] and job["protocol"] == "finetune"
+    assert line.startswith("mnist: fine-tune") and f"{100 * job['score']:.2f} %" in line
 
     embed = ["--config", config, "--dataset", "mnist", "--split", "val", "--checkpoint",
              "stage:target"]
@@ -53,8 +61,7 @@ def test_probe_finetune_and_embed_run_as_local_jobs(tmp_path, mnist_tree):
     said = _invoke("embed", *embed, "--out", tmp_path / "job", "--executor", "local")
     assert said.strip().splitlines()[-1].startswith(f"wrote {tmp_path / 'job.npy'} (")
     assert np.array_equal(np.load(tmp_path / "here.npy"), np.load(tmp_path / "job.npy"))
-    assert len(LaunchRecord.load(out).jobs) == 1  # the newest launch: the embedding
-    assert [r["state"] for r in job_states(LaunchRecord.load(out))] == ["FINISHED"]
+    assert _job_result(out)["rows"] == len(np.load(tmp_path / "job.npy"))
 
 
 def test_bad_input_is_refused_before_any_local_job(tmp_path, mnist_tree):

@@ -48,12 +48,12 @@ def test_expansion_dedupes_aliases_and_adds_references(tmp_path, mnist_tree):
     cfg = config_from_dict(unit_config(spec, crop, init_uri=None))
     assert cfg.augment.crop.enabled and not cfg.augment.color_jitter.enabled
     assert not cfg.augment.blur.enabled and not cfg.augment.flip.enabled
-    assert cfg.stages["target"].init.endswith("upstream/base/checkpoints/final.pt")
+    assert cfg.stages["target"].init.value.endswith("upstream/base/checkpoints/final.pt")
     few = next(u for u in exp.pretrain if u.images == 100)
     assert config_from_dict(unit_config(spec, few)).datasets["mnist"].max_images == 100
     bps = next(u for u in exp.pretrain if u.method == "B+S")
     stage = config_from_dict(unit_config(spec, bps)).stages["target"]
-    assert stage.variant == "bn-stats" and "upstream/source" in stage.init
+    assert stage.variant == "bn-stats" and "upstream/source" in stage.init.value
 
 
 @pytest.mark.parametrize("studies, extra, message", [
