@@ -34,6 +34,7 @@ from .eval.probe import extract_features
 from .eval.runner import EXTRACT_BATCH, seeded_backbone
 from .eval.splits import kept_paths
 from .experiments.results import RESULT_COLUMNS, result_rows, rows_from_files
+from .models.resolve import resolve
 from .models import CHECKPOINT_FORMAT, backbone_for_features, build_encoder, load_backbone_into
 from .models.export import (MODEL_KEYS, export_backbone, export_meta, export_meta_of,
                             load_export_file, read_export, read_toolkit_checkpoint,
@@ -110,7 +111,7 @@ def _resolve(source: PathLike, cfg: Optional[ExperimentConfig],
     if tracking_uri is None:
         target = tracking_target(cfg) if cfg is not None else None
         tracking_uri = target.uri if target else os.environ.get("MLFLOW_TRACKING_URI")
-    return ref.resolve(layout, tracking_uri, who="load_backbone").path
+    return resolve(ref, layout, tracking_uri, who="load_backbone").path
 
 
 def load_backbone(source: PathLike, *, config: Union[None, PathLike, ExperimentConfig] = None,

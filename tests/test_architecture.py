@@ -4,6 +4,7 @@ sideways or up, and no group of modules imports itself in a circle."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 from typing import Dict, List, Set
 
@@ -151,3 +152,81 @@ def test_the_checks_catch_violations(monkeypatch, broken, expect):
         else test_no_import_circles
     with pytest.raises(AssertionError):
         check()
+
+
+# One owner per fact, kept (#27): rules over the source text of every module.
+SOURCES = {name: path.read_text() for name, path in MODULES.items()}
+SUBMITIT_PRIVATE = "hpt_hpc.launch.submitit_private"  # the one adapter, pinned to a version
+EXECUTOR_TABLE = "hpt_hpc.launch.executors"
+
+
+def _private_submitit(text: str) -> List[str]:
+    """submitit names outside its public API (the top-level names, ``submitit.helpers``):
+    a module path (``submitit.local.local.LocalJob``, ``submitit.local._local``), and
+    private attributes read through submitit objects (``JobEnvironment._usr_sig``)."""
+    dotted = re.findall(r"\bsubmitit\.(?!helpers\b)(?:_|[a-z])\w*\.\w+|\bsubmitit\._\w+", text)
+    through = re.findall(r"\b(?:JobEnvironment|AutoExecutor|LocalJob|SlurmJob|executor|job)"
+                         r"\._(?!_)\w+", text)
+    return dotted + through
+
+
+def _executor_branches(text: str) -> List[str]:
+    """Branches on an executor's name instead of asking the executor's class."""
+    return re.findall(r"""(?:executor|kind)\s*(?:==|!=|in)\s*\(?\s*["'](?:slurm|local|debug)""",
+                      text)
+
+
+def test_no_private_submitit_name_outside_its_adapter():
+    bad = {m: f for m, t in SOURCES.items() if m != SUBMITIT_PRIVATE
+           for f in [_private_submitit(t)] if f}
+    assert not bad, f"private submitit names belong in launch/submitit_private.py: {bad}"
+
+
+def test_executors_are_chosen_only_through_the_class_table():
+    bad = {m: f for m, t in SOURCES.items() for f in [_executor_branches(t)] if f}
+    assert not bad, f"ask the executor (launch/executors.py), not its name: {bad}"
+    makers = [m for m, t in SOURCES.items()
+              if re.search(r"submitit\.(?:Auto|Slurm|Local|Debug)Executor\(", t)]
+    assert makers == [EXECUTOR_TABLE], makers
+
+
+REFERENCE_OWNER = "hpt_hpc.config.refs"
+# The tracking layer sits below InitRef: the two MLflow URIs it writes are built in one
+# place there, pinned to InitRef by tests/test_refs_owner.py.
+MLFLOW_URIS = "hpt_hpc.tracking.registry"
+_PREFIX = r"""["'](?:models:/|runs:/|stage:)"""
+
+
+def _reference_parsing(text: str) -> List[str]:
+    """A reference string taken apart by its prefix (only InitRef parses references)."""
+    return re.findall(rf"startswith\(\s*{_PREFIX}|len\(\s*{_PREFIX}|"
+                      rf"(?:split|partition)\(\s*{_PREFIX}", text)
+
+
+def _reference_building(text: str) -> List[str]:
+    """A reference put together by hand (InitRef builds them)."""
+    return re.findall(rf"\bf{_PREFIX}[^\"']*\{{", text)
+
+
+def test_only_initref_parses_and_builds_references():
+    parsed = {m: f for m, t in SOURCES.items() if m != REFERENCE_OWNER
+              for f in [_reference_parsing(t)] if f}
+    assert not parsed, f"parse references with InitRef (config/refs.py): {parsed}"
+    built = {m: f for m, t in SOURCES.items() if m not in (REFERENCE_OWNER, MLFLOW_URIS)
+             for f in [_reference_building(t)] if f}
+    assert not built, f"build references with InitRef (config/refs.py): {built}"
+
+
+@pytest.mark.parametrize("rule, planted", [
+    (_reference_parsing, 'if uri.startswith("models:/"):'),
+    (_reference_parsing, "rel = uri[len('runs:/'):]"),
+    (_reference_building, 'init = f"stage:{name}"'),
+    (_reference_building, "uri = f'models:/{name}@{alias}'"),
+    (_private_submitit, "sig = submitit.JobEnvironment._usr_sig()"),
+    (_private_submitit, "return submitit.local.local.LocalJob(folder)"),
+    (_private_submitit, 'CONTROLLER = "submitit.local._local"'),
+    (_executor_branches, 'if record.executor == "slurm":'),
+    (_executor_branches, "if kind != 'debug':"),
+])
+def test_the_source_rules_catch_violations(rule, planted):
+    assert rule(planted)

@@ -228,13 +228,14 @@ def _record(tmp_path: Path, executor: str, job_id: str) -> Path:
 def test_cancel_says_which_local_job_keeps_running(tmp_path):
     """A local job whose controller ignores SIGINT/SIGTERM: `cancel` waits a little, then
     names the job and its pid and exits non-zero instead of printing "cancelled"."""
+    from hpt_hpc.launch.submitit_private import LOCAL_CONTROLLER
     (tmp_path / "logs").mkdir()
     ready = tmp_path / "ignoring"
     stubborn = subprocess.Popen(
         [sys.executable, "-c", "import pathlib, signal, sys, time\n"
          "for s in (signal.SIGINT, signal.SIGTERM): signal.signal(s, signal.SIG_IGN)\n"
          "pathlib.Path(sys.argv[3]).touch()\n"
-         "time.sleep(120)", "submitit.local._local", str(tmp_path / "logs"), str(ready)])
+         "time.sleep(120)", LOCAL_CONTROLLER, str(tmp_path / "logs"), str(ready)])
     try:
         wait_for(ready.exists, 30, "the job's controller ignoring signals")
         result = run("cancel", _record(tmp_path, "local", str(stubborn.pid)))

@@ -135,15 +135,16 @@ def test_init_references_have_one_parser(tmp_path):
                          ("stage:tagret", "names no stage")):
         with pytest.raises(InitRefError, match=message):
             InitRef.parse(bad)
+    from hpt_hpc.models.resolve import resolve
     layout = StageLayout(tmp_path, "target")
     assert InitRef.parse("stage:base").local_path(layout) == tmp_path / "base/checkpoints/final.pt"
     with pytest.raises(InitRefError, match="run stage 'base' first"):
-        InitRef.parse("stage:base").resolve(layout, None, who="stage 'target'")
+        resolve(InitRef.parse("stage:base"), layout, None, who="stage 'target'")
     with pytest.raises(InitRefError, match="neither in this --chain nor finished"):
         InitRef.parse("stage:base").check(layout, (), who="stage 'target'")
     InitRef.parse("stage:base").check(layout, ("base",))  # runs first in the chain: fine
     with pytest.raises(InitRefError, match="needs MLflow tracking"):
-        InitRef.parse("models:/m@a").resolve(layout, None)
+        resolve(InitRef.parse("models:/m@a"), layout, None)
     assert InitRef.parse(str(tmp_path / "x.pt")).host_paths() == [tmp_path / "x.pt"]
     assert InitRef.parse("stage:base").tags() == {"hpt.init_source": "stage:base"}
 

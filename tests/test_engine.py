@@ -117,7 +117,7 @@ def test_chain_target_starts_from_base(tmp_path, mnist_tree, fashion_tree):
                    "iterations": 1}}, optim={"lr": 0.0, "batch_size": 8, "iterations": 6,
                                              "weight_decay": 0.0})
     results = run_all_stages(cfg)
-    assert results["target"].init_report["layout"] == "hpt-hpc"
+    assert results["target"].init_layout == "hpt-hpc"
     base = load_checkpoint(results["base"].checkpoint)
     target = load_checkpoint(results["target"].checkpoint)
     # lr 0 and wd 0: conv weights after one target step equal the base's exactly.

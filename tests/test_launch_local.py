@@ -16,8 +16,8 @@ from click.testing import CliRunner
 
 from hpt_hpc.cli.main import cli
 from hpt_hpc.errors import HptError
-from hpt_hpc.launch.options import SchedulerOptions, build_options, parse_minutes, \
-    resolve_executor
+from hpt_hpc.launch.executors import resolve_executor
+from hpt_hpc.launch.options import SchedulerOptions, build_options, parse_minutes
 from hpt_hpc.launch.record import LaunchRecord, job_states
 from hpt_hpc.launch.commands import launch
 from hpt_hpc.config import load_config
@@ -37,13 +37,13 @@ def write_config(folder: Path, datasets: dict, stages: dict, **sections) -> Path
 
 
 def test_executor_rule(monkeypatch, tmp_path):
-    assert resolve_executor(SchedulerOptions(executor="debug")) == "debug"
+    assert resolve_executor(SchedulerOptions(executor="debug")).name == "debug"
     monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch anywhere
-    assert resolve_executor(SchedulerOptions()) == "local"
+    assert resolve_executor(SchedulerOptions()).name == "local"
     fake = tmp_path / "sbatch"
     fake.write_text("#!/bin/sh\n")
     fake.chmod(0o755)
-    assert resolve_executor(SchedulerOptions()) == "slurm"
+    assert resolve_executor(SchedulerOptions()).name == "slurm"
 
 
 def test_profiles_and_flags():
@@ -85,7 +85,7 @@ def test_local_chain_with_grid(tmp_path, mnist_tree, fashion_tree):
     results = [record.job(e).result() for e in targets]
     base_final = str(tmp_path / "out/base/checkpoints/final.pt")
     for res in results:  # each cell started from base, found through the registry
-        assert res["steps"] == 4 and res["init"] == "hpt-hpc"
+        assert res["steps"] == 4 and res["init_layout"] == "hpt-hpc"
         started = load_checkpoint(load_checkpoint(res["checkpoint"])["init"])["model"]
         assert torch.equal(started["encoder_q.conv1.weight"],
                            load_checkpoint(base_final)["model"]["encoder_q.conv1.weight"])
@@ -218,7 +218,7 @@ def test_failed_stage_stops_its_dependants_without_slurm(tmp_path, mnist_tree, e
 def test_launch_and_sweep_take_the_same_scheduler_options(tmp_path):
     """One convention: every scheduler flag on both commands, with help text; the timeout
     requeue budget reaches submitit."""
-    from hpt_hpc.launch.submit import make_executor
+    from hpt_hpc.launch.executors import executor_named
 
     def flags(command):
         out = CliRunner().invoke(cli, [command, "--help"], terminal_width=200)
@@ -229,9 +229,10 @@ def test_launch_and_sweep_take_the_same_scheduler_options(tmp_path):
                  "--qos", "--constraint", "--sbatch", "--max-num-timeout", "--log-folder",
                  "--container", "--container-bind", "--container-runtime"}
     assert scheduler <= flags("launch") and scheduler <= flags("sweep")
-    default = make_executor("slurm", tmp_path, build_options("dev"), "x")
+    slurm = executor_named("slurm")
+    default = slurm.submitter(tmp_path, build_options("dev"), "x")
     assert default._executor.max_num_timeout == 30
-    chosen = make_executor("slurm", tmp_path, build_options(None, max_num_timeout=5), "x")
+    chosen = slurm.submitter(tmp_path, build_options(None, max_num_timeout=5), "x")
     assert chosen._executor.max_num_timeout == 5
 
 
@@ -281,9 +282,9 @@ def test_local_jobs_run_by_dependency_not_phase_by_phase(tmp_path, monkeypatch):
     (afterany) after everything else; never more than 2 jobs ran at once, and each got
     half of the cores."""
     from hpt_hpc.device import available_cores
-    from hpt_hpc.launch import submit as submitter
+    from hpt_hpc.launch import job, submit as submitter
     from hpt_hpc.plan import Phase
-    monkeypatch.setattr(submitter, "job_for", lambda plan: clocked)
+    monkeypatch.setattr(job, "job_for", lambda plan: clocked)
     where = SimpleNamespace(output_dir=str(tmp_path))
     phases = [Phase("up", [ClockPlan("up", where, meet="scratch-0")]),
               Phase("scratch", [ClockPlan("scratch-0", where, meet="up"),

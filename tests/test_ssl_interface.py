@@ -160,7 +160,7 @@ def test_a_stage_after_another_method_takes_the_backbone_only(tmp_path, mnist_tr
         assert torch.equal(value, moco.encoder_q.state_dict()[key]), key
     # and the same through a real MoCo stage started from the BYOL checkpoint
     stage = run_stage_of(cfg, "target", init=str(byol.checkpoint))
-    assert stage.init_report["ssl"] == "tiny-byol" and not stage.init_report["head_loaded"]
+    assert stage.init["ssl"] == "tiny-byol" and not stage.init["head_loaded"]
 
 
 def test_the_engine_and_its_readers_name_no_method():

@@ -7,6 +7,7 @@ import pytest
 from hpt_hpc.config import ConfigError, config_from_dict
 from hpt_hpc.experiments.results import rows_from_mlflow
 from hpt_hpc.experiments.report import build_report
+from hpt_hpc.launch.executors import executor_named
 from hpt_hpc.experiments.sweep import default_max_parallel, finished_units, plan_sweep, \
     run_sweep, sweep_tracking
 from hpt_hpc.launch.options import build_options
@@ -47,12 +48,12 @@ def test_expansion_dedupes_aliases_and_adds_references(tmp_path, mnist_tree):
     cfg = config_from_dict(unit_config(spec, crop, init_uri=None))
     assert cfg.augment.crop.enabled and not cfg.augment.color_jitter.enabled
     assert not cfg.augment.blur.enabled and not cfg.augment.flip.enabled
-    assert cfg.stages["target"].init.endswith("upstream/base/checkpoints/final.pt")
+    assert cfg.stages["target"].init.value.endswith("upstream/base/checkpoints/final.pt")
     few = next(u for u in exp.pretrain if u.images == 100)
     assert config_from_dict(unit_config(spec, few)).datasets["mnist"].max_images == 100
     bps = next(u for u in exp.pretrain if u.method == "B+S")
     stage = config_from_dict(unit_config(spec, bps)).stages["target"]
-    assert stage.variant == "bn-stats" and "upstream/source" in stage.init
+    assert stage.variant == "bn-stats" and "upstream/source" in stage.init.value
 
 
 @pytest.mark.parametrize("studies, extra, message", [
@@ -75,9 +76,10 @@ def test_default_max_parallel(tmp_path):
     """Local: every core, within what the tracking store takes; elsewhere one."""
     from hpt_hpc.device import available_cores
     cores = available_cores()
-    assert default_max_parallel("local", None) == cores
-    assert default_max_parallel("local", f"sqlite:///{tmp_path}/mlflow.db") == min(cores, 8)
-    assert default_max_parallel("slurm", None) == default_max_parallel("debug", None) == 1
+    assert default_max_parallel(executor_named("local"), None) == cores
+    assert default_max_parallel(executor_named("local"), f"sqlite:///{tmp_path}/mlflow.db") == min(cores, 8)
+    assert default_max_parallel(executor_named("slurm"), None) == \
+        default_max_parallel(executor_named("debug"), None) == 1
 
 
 def test_sweep_skips_finished_units_and_resumes_unfinished(tmp_path, mnist_tree):

@@ -171,10 +171,11 @@ def test_runs_table_and_other_init_forms(chain, tmp_path):
 
     base_id = results["base"].run_id
     from hpt_hpc.config import InitRef, StageLayout
+    from hpt_hpc.models.resolve import resolve
 
     def resolve_init_source(text):
         layout = StageLayout(Path(cfg.output_dir), "target")
-        resolved = InitRef.parse(text).resolve(layout, resolve_tracking_uri(cfg))
+        resolved = resolve(InitRef.parse(text), layout, resolve_tracking_uri(cfg))
         return resolved.path, resolved.tags
     path, tags = resolve_init_source(f"runs:/{base_id}/checkpoints/final.pt")
     assert Path(path).is_file() and tags["hpt.init_run_id"] == base_id

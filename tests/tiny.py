@@ -96,7 +96,7 @@ def run_stage_of(cfg, stage: str, *, stop_after=None, should_stop=None, **plan_a
 
 
 def run_all_stages(cfg) -> dict:
-    """Every stage of ``cfg`` in order, in this process: ``{stage: StageResult}``."""
+    """Every stage of ``cfg`` in order, in this process: ``{stage: StageRecord}``."""
     from hpt_hpc.plan import plan_stages
     from hpt_hpc.train import run_plan
     return {plan.stage: run_plan(plan) for plan in plan_stages(cfg)}

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import click
 
+from .scheduler import HERE, pop_scheduler, scheduler_options, submitted
+
 
 @click.command()
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
@@ -60,18 +62,21 @@ def export(checkpoint: str, fmt: str, out: str) -> None:
                    "--out f/run.v2 writes f/run.v2.npy, the features, and "
                    "f/run.v2.index.csv: a '# root: <folder>' line, then row,path,labels "
                    "with paths relative to that folder; labels empty when unlabelled).")
-def embed(config_path, overrides, dataset, split, checkpoint, out) -> None:
+@scheduler_options
+def embed(config_path, overrides, dataset, split, checkpoint, out, **scheduler) -> None:
     """Features of every image of a dataset split (frozen backbone, eval transform),
-    labelled or not (format: folder)."""
+    labelled or not (format: folder). In this process unless --executor (or --profile)
+    says otherwise."""
     from ..config import InitRef, load_config
-    from ..device import resolve_device
-    from ..eval.embed import embed_outputs, embed_split
-    from ..eval.lineage import checkpoint_lineage, log_embedding
-    features, index = embed_outputs(out)
+    from ..eval.embed import embed_outputs, embed_plan, run_embed_plan
+    options, log_folder = pop_scheduler(scheduler, default_executor="debug")
+    embed_outputs(out)  # a bad name: one line before any work
     cfg = load_config(config_path, overrides)
     ref = InitRef.parse(checkpoint, "--checkpoint").absolute()
-    lineage = checkpoint_lineage(cfg, ref, who="embed")
-    rows, dim = embed_split(cfg, dataset, split, lineage.path, out,
-                            resolve_device(cfg.device), {"the --config file": config_path})
-    log_embedding(lineage, ref, dataset, split, {"out": out, "rows": rows, "dim": dim})
-    click.echo(f"wrote {features} ({rows} x {dim} float32) and {index}")
+    plan = embed_plan(cfg, dataset, split, ref, out, {"the --config file": config_path})
+    result = submitted(plan, options, config_path, log_folder)
+    if result is HERE:
+        result = run_embed_plan(plan)
+    if result is not None:
+        click.echo(f"wrote {result['features']} ({result['rows']} x {result['dim']} float32) "
+                   f"and {result['index']}")

@@ -1,13 +1,15 @@
 """The scheduler options shared by every command that submits work (``launch``,
-``sweep``): one decorator, one way to turn them into
+``sweep``, and ``probe``/``finetune``/``embed``): one decorator, one way to turn them into
 :class:`~hpt_hpc.launch.options.SchedulerOptions` (a profile, then the flags given)."""
 from __future__ import annotations
 
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Optional
 
 import click
 
-EXECUTORS = ["auto", "slurm", "local", "debug"]
+from ..launch.executors import EXECUTORS as TABLE  # light: no torch, no submitit
+
+EXECUTORS = ["auto", *TABLE]
 # keyword names the decorator adds, in the order of --help
 NAMES = ("executor", "profile", "partition", "nodes", "gpus_per_node", "tasks_per_node",
          "cpus_per_task", "mem", "time", "account", "qos", "constraint", "sbatch_extra",
@@ -67,13 +69,35 @@ def _extra(values) -> Dict[str, Any]:
     return extra
 
 
-def pop_scheduler(kwargs: Dict[str, Any]):
+def pop_scheduler(kwargs: Dict[str, Any], default_executor: Optional[str] = None):
     """Remove the scheduler keywords from ``kwargs``; return ``(SchedulerOptions,
-    log_folder)``."""
+    log_folder)``. ``default_executor``: the executor when neither ``--executor`` nor
+    ``--profile`` names one (else the profile's, else auto)."""
     from ..launch.options import build_options
     values = {name: kwargs.pop(name) for name in NAMES}
+    if values["executor"] is None and values["profile"] is None:
+        values["executor"] = default_executor
     log_folder = values.pop("log_folder")
     profile = values.pop("profile")
     values["extra"] = _extra(values.pop("sbatch_extra"))
     values["container_binds"] = list(values["container_binds"])
     return build_options(profile, **values), log_folder
+
+
+HERE = object()  # submitted(): the plan runs in this process
+
+
+def submitted(plan: Any, options: Any, source: str, log_folder: Optional[str]) -> Any:
+    """``probe``/``finetune``/``embed``: :data:`HERE` when the executor runs jobs in this
+    process (the caller runs the plan as it always did), else the plan submitted as one
+    job: its result, or ``None`` when it runs later (its launch printed)."""
+    from ..launch.commands import submit_one
+    from ..launch.executors import resolve_executor
+    from ..launch.submit import describe
+    if resolve_executor(options).in_process and not options.container:
+        return HERE
+    record, result = submit_one(plan, options, source, log_folder)
+    if result is None:
+        click.echo(describe(record))
+        click.echo(f"follow: hpt-hpc status {record.output_dir} --watch")
+    return result

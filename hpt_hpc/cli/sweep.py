@@ -26,6 +26,7 @@ def sweep(experiment, overrides, max_parallel, dry_run, **scheduler) -> None:
     an array of evaluations. Re-running skips finished units (found through MLflow tags)
     and resumes unfinished ones."""
     from ..experiments.sweep import run_sweep
+    from ..launch.executors import executor_named
     from ..plan.experiment import load_experiment
     options, log_folder = pop_scheduler(scheduler)
     spec = load_experiment(experiment, overrides)
@@ -36,7 +37,7 @@ def sweep(experiment, overrides, max_parallel, dry_run, **scheduler) -> None:
         click.echo(plan.describe_phases())
         return
     click.echo(f"record: {record.path}")
-    if record.executor == "slurm":
+    if executor_named(record.executor).detached(wait=True):
         click.echo(f"follow: hpt-hpc status {spec.output_dir} --watch")
     shown = f" --ssl {spec.ssl}" if any(o.split("=")[0].strip() == "ssl"
                                          for o in overrides) else ""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import click
 
 from ..config.schema import STAGE_NAMES
+from .scheduler import HERE, pop_scheduler, scheduler_options, submitted
 
 _config = click.option("--config", "config_path", required=True,
                        type=click.Path(dir_okay=False), help="Experiment YAML file.")
@@ -26,15 +27,16 @@ def train(config_path: str, overrides, stages, init) -> None:
     Tracked in MLflow (``tracking`` config section): one pipeline run, a nested run per stage.
     """
     from ..launch.commands import train as run_train
+    from ..plan.record import StageRecord
     if init is not None and len(stages) != 1:
         raise click.UsageError("--init needs exactly one --stage")
     record = run_train(config_path, stages, overrides, init)
     for entry in record.jobs:
-        res = record.live[entry.job_id].result()
-        click.echo(f"{res['stage']}: {res['steps']}/{res['total_steps']} steps, loss "
-                   f"{res['final_loss']:.4f}, skipped images {res['skipped_images']}, "
-                   f"checkpoint {res['checkpoint']}"
-                   + (f", registered as {res['model_uri']}" if res["model_uri"] else ""))
+        res = StageRecord.from_json(record.live[entry.job_id].result())
+        click.echo(f"{res.stage}: {res.steps}/{res.total_steps} steps, loss "
+                   f"{res.final_loss:.4f}, skipped images {res.skipped_images}, "
+                   f"checkpoint {res.checkpoint}"
+                   + (f", registered as {res.model_uri}" if res.model_uri else ""))
 
 
 _checkpoint = click.option(
@@ -47,16 +49,26 @@ _dataset = click.option("--dataset", required=True,
                         help="Dataset name from the config's datasets.")
 
 
-def _evaluate(config_path, overrides, protocol, dataset, checkpoint, section, changes):
+def _evaluate(config_path, overrides, protocol, dataset, checkpoint, section, changes,
+              scheduler):
+    """Run the evaluation here (debug, the default: ``(record, protocol result)``) or as
+    a job on another executor (``(record, None)``; ``(None, None)`` once submitted to a
+    scheduler that runs it later, its launch printed)."""
     import dataclasses
 
     from ..config import load_config
     from ..eval.execute import cli_plan, run_eval_plan
+    from ..eval.record import EvalRecord
+    options, log_folder = pop_scheduler(scheduler, default_executor="debug")
     cfg = load_config(config_path, overrides)
     changes = {k: v for k, v in changes.items() if v is not None}
     cfg = dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section),
                                                                     **changes)})
-    return run_eval_plan(cli_plan(cfg, protocol, dataset, checkpoint))
+    plan = cli_plan(cfg, protocol, dataset, checkpoint)
+    result = submitted(plan, options, config_path, log_folder)
+    if result is HERE:
+        return run_eval_plan(plan)
+    return (EvalRecord.from_json(result) if result is not None else None), None
 
 
 @click.command()
@@ -72,12 +84,17 @@ def _evaluate(config_path, overrides, protocol, dataset, checkpoint, section, ch
 @click.option("--repeats", type=click.IntRange(min=1), default=None,
               help="Independent probes (seeds seed..seed+N-1), reported as mean +- std "
                    "(default: probe.repeats).")
-def probe(config_path: str, overrides, checkpoint, dataset, mode, repeats) -> None:
+@scheduler_options
+def probe(config_path: str, overrides, checkpoint, dataset, mode, repeats,
+          **scheduler) -> None:
     """Linear probe of a checkpoint's frozen backbone (test score at the best val score),
-    or a kNN vote on its features (--mode knn: nothing trained)."""
+    or a kNN vote on its features (--mode knn: nothing trained). In this process unless
+    --executor (or --profile) says otherwise."""
     record, summary = _evaluate(config_path, overrides, "linear", dataset, checkpoint,
-                                "probe", {"mode": mode, "repeats": repeats})
-    for res in summary.results if record.trained else ():
+                                "probe", {"mode": mode, "repeats": repeats}, scheduler)
+    if record is None:
+        return
+    for res in summary.results if record.trained and summary is not None else ():
         click.echo(f"seed {res.seed}: test {res.metric} at best val "
                    f"{100 * res.test_at_best_val:.2f}% (val {100 * res.best_val:.2f}% at "
                    f"probe step {res.best_step})")
@@ -96,12 +113,18 @@ def probe(config_path: str, overrides, checkpoint, dataset, mode, repeats) -> No
               help="Seed choosing the labelled images (default: finetune.label_seed).")
 @click.option("--iterations", type=click.IntRange(min=1), default=None,
               help="SGD steps (default: finetune.iterations).")
+@scheduler_options
 def finetune(config_path: str, overrides, checkpoint, dataset, labels, label_seed,
-             iterations) -> None:
-    """Semi-supervised transfer: fine-tune the whole network on a label budget."""
+             iterations, **scheduler) -> None:
+    """Semi-supervised transfer: fine-tune the whole network on a label budget. In this
+    process unless --executor (or --profile) says otherwise."""
     record, res = _evaluate(config_path, overrides, "finetune", dataset, checkpoint,
                             "finetune", {"labels": labels, "label_seed": label_seed,
-                                         "iterations": iterations})
+                                         "iterations": iterations}, scheduler)
+    if record is None or res is None:  # a job's record: its one line
+        if record is not None:
+            click.echo(f"{dataset}: {record.describe()}")
+        return
     click.echo(f"{dataset}: test {res.metric} at best val {100 * res.test_at_best_val:.2f}% "
                f"(val {100 * res.best_val:.2f}% at step {res.best_step}; {res.labels} "
                f"labels; mode: {res.mode})")

@@ -3,7 +3,7 @@
 * a stage: ``<output_dir>/<stage>/`` with ``checkpoints/last.pt`` (periodic, resume
   point; the one before it as ``checkpoints/previous.pt``), ``checkpoints/final.pt`` (the
   finished stage), ``stage.lock`` (held while a run owns the stage), ``init-cache/`` (registry and run
-  checkpoints downloaded once), ``result.json`` (the job's summary: steps, seconds, run id)
+  checkpoints downloaded once), ``result.json`` (the stage's record, :mod:`hpt_hpc.plan.record`)
   and the tracker's spill files;
 * a launch: ``launches/`` (launch records, ``latest.json`` the newest), ``slurm-logs/%j/``
   (submitit's folder);
@@ -16,7 +16,6 @@
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ LOCK = "stage.lock"
 PROGRESS = "progress.json"
 KEPT_PREFIX = "step-"  # <stage>/checkpoints/step-<step>.pt (checkpoint.keep)
 INIT_CACHE = "init-cache"
+STAGE_NAMES = ("base", "source", "target")  # the stages (run order), a folder each
 STAGE_RESULT = "result.json"
 UNIT_STAGE = "target"  # a sweep unit trains its target stage
 EXPERIMENTS = Path("outputs") / "experiments"  # an experiment file's default output folders
@@ -103,10 +103,6 @@ class StageLayout:
     @property
     def result(self) -> Path:
         return self.root / STAGE_RESULT
-
-    def read_result(self) -> dict:
-        """The stage's ``result.json`` (``{}`` while it has not finished once)."""
-        return json.loads(self.result.read_text()) if self.result.is_file() else {}
 
     def checkpoint(self, completed: bool) -> Path:
         """``final.pt`` for a finished stage, else ``last.pt``."""

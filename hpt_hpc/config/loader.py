@@ -36,6 +36,13 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], where)
+    if tp is InitRef:  # parsed once, here; its text is what config_to_dict gives back
+        if isinstance(value, InitRef):
+            return value
+        if value is not None and (not isinstance(value, str) or isinstance(value, bool)):
+            raise ConfigError(f"{where}: expected a reference (a string) or null, got "
+                              f"{value!r}")
+        return InitRef.parse(value, where)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
@@ -290,10 +297,10 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
         if stage.dataset not in cfg.datasets:
             raise ConfigError(f"{where}.dataset: '{stage.dataset}' is not defined under "
                               f"datasets{suggest(stage.dataset, cfg.datasets)}")
-        ref = InitRef.parse(stage.init, f"{where}.init")
+        ref = stage.init
         if ref.kind == "stage" and (ref.value not in cfg.stages or ref.value == name):
-            raise ConfigError(f"{where}.init: '{stage.init}' names no other stage")
-        if stage.variant in NEEDS_INIT and not stage.init:
+            raise ConfigError(f"{where}.init: '{ref}' names no other stage")
+        if stage.variant in NEEDS_INIT and ref.is_random:
             raise ConfigError(f"{where}: variant '{stage.variant}' needs an init checkpoint")
     for key, check, value in (("tracking.uri", normalize_uri, cfg.tracking.uri),
                               ("name", filter_value, cfg.tracking.enabled and cfg.name)):
@@ -339,8 +346,21 @@ def load_config(path: Union[str, Path], overrides: Iterable[str] = ()) -> Experi
 
 
 def config_to_dict(cfg: Any) -> Dict[str, Any]:
-    """Plain nested dict of a config (for checkpoints, YAML dumps and MLflow params)."""
-    return dataclasses.asdict(cfg)
+    """Plain nested dict of a config (for checkpoints, YAML dumps and MLflow params); a
+    reference as its text (``None``: random)."""
+    return _plain(cfg)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, InitRef):
+        return value.text
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    return copy.deepcopy(value)
 
 
 def config_digest(config: Dict[str, Any]) -> str:

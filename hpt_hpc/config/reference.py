@@ -10,6 +10,7 @@ import typing
 from typing import Any, Iterator, List, Optional, Tuple
 
 from .loader import RANGES, range_text
+from .refs import InitRef
 from .schema import ExperimentConfig
 
 GENERATOR = "hpt-hpc config reference > docs/config.md"
@@ -25,6 +26,8 @@ def _type(tp: Any) -> str:
         return f"list of {_type(args[0])}" if args[0] is not Any else "list"
     if origin in (dict, typing.Dict):
         return f"mapping of {_type(args[1])}" if args[1] is not Any else "mapping"
+    if tp is InitRef:
+        return "string or null"  # a reference, parsed on load
     if dataclasses.is_dataclass(tp):
         return "section"
     return {bool: "bool", int: "int", float: "float", str: "string"}.get(tp, str(tp))
@@ -32,6 +35,8 @@ def _type(tp: Any) -> str:
 
 def _default(f: dataclasses.Field) -> str:
     value = f.default_factory() if f.default is dataclasses.MISSING else f.default
+    if isinstance(value, InitRef):
+        value = value.text
     if isinstance(value, str):
         return f"`{value}`" if value else '`""`'
     return f"`{json.dumps(value)}`"
@@ -58,7 +63,7 @@ def _sections(cls: type, where: str) -> Iterator[Tuple[str, type, List[tuple]]]:
                 dataclasses.is_dataclass(typing.get_args(tp)[1]):
             nested.append((typing.get_args(tp)[1], f"{path}.<name>"))
             continue
-        if dataclasses.is_dataclass(tp):
+        if dataclasses.is_dataclass(tp) and tp is not InitRef:
             nested.append((tp, path))
             continue
         rows.append((f"`{path}`", _type(tp), _default(f), values or _range(path) or "",

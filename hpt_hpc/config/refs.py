@@ -5,23 +5,26 @@ Forms: ``null`` (random), ``stage:<name>`` (that stage's final checkpoint in the
 output_dir), a checkpoint file, ``models:/<name>@<alias>`` / ``models:/<name>/<version>``
 (the MLflow registry), ``runs:/<run_id>/<path>`` (a run's artifact) and public weights by
 name: ``timm:<model>[.<tag>]``, ``torchvision:<Enum>.<NAME>``, ``hf-hub:<org>/<name>``
-(read from the libraries' caches, never downloaded at run time: :mod:`hpt_hpc.hub`). One
-way to resolve it to a local file (:meth:`InitRef.resolve`), to list the host paths a
-container must bind (:meth:`InitRef.host_paths`) and to describe it in tags
-(:meth:`InitRef.tags`).
+(read from the libraries' caches, never downloaded at run time: :mod:`hpt_hpc.hub`).
+``StageConfig.init`` is an ``InitRef`` from config load on; its string form
+(:attr:`InitRef.text`) is what configs, checkpoints and tags hold. The only builder of
+``stage:``/``models:/``/``runs:/`` references (:meth:`InitRef.stage_of`,
+:meth:`InitRef.registered`, :meth:`InitRef.run_artifact`) and the only reader of their
+parts (:attr:`InitRef.model_parts`, :attr:`InitRef.run_parts`); it lists the host paths a
+container must bind (:meth:`InitRef.host_paths`), checks a reference before work
+(:meth:`InitRef.check`) and names it in tags (:data:`INIT_TAG`). Resolving one to a local
+file (downloads) is :func:`hpt_hpc.models.resolve.resolve`'s.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from .. import hub
-from ..errors import ConfigError, HptError
-from ..tracking.registry import artifact_path, fetch_checkpoint
-from .layout import StageLayout
-from .schema import STAGE_NAMES
+from ..errors import ConfigError
+from .layout import STAGE_NAMES, StageLayout
 
 KINDS = ("random", "stage", "file", "model", "run", *hub.KINDS)
 FORMS = ("null (random), stage:<name>, a checkpoint file, models:/<name>@<alias>, "
@@ -34,18 +37,22 @@ _PUBLIC = {"timm": (re.compile(r"[a-z0-9_]+(\.[\w\-]+)?"), "timm:<model>[.<tag>]
            "hf-hub": (re.compile(r"[\w.\-]+/[\w.\-]+(@[\w.\-]+)?"), "hf-hub:<org>/<name>")}
 
 
+INIT_TAG = "hpt.init_source"  # a stage run's tag: where it started (the reference)
+OLD_INIT_TAG = "hpt.init"  # the same fact, as runs before #27 also tagged it (read only)
+
+
 class InitRefError(ConfigError):
     """A reference that cannot be parsed or resolved."""
 
 
-@dataclass(frozen=True)
-class Resolved:
-    """A reference resolved to a local checkpoint file (``None``: random init)."""
-
-    path: Optional[str]
-    tags: Dict[str, str]
-    arch: str = ""  # the model public weights are for (timm's/torchvision's name)
-    name: str = ""  # the reference, public names completed (timm's default tag)
+def run_artifact_path(text: str) -> str:
+    """The artifact path of ``runs:/<run_id>/<path>``, refused unless it is relative and
+    stays inside the run's artifacts (no ``..``, absolute or empty parts)."""
+    rel = text[len("runs:/"):].partition("/")[2]
+    if not rel or any(part in ("", ".", "..") for part in rel.split("/")):
+        raise InitRefError(f"'{text}': the artifact path '{rel}' must stay inside the run's "
+                           f"artifacts (a relative path without '..', '.' or empty parts)")
+    return rel
 
 
 @dataclass(frozen=True)
@@ -76,8 +83,8 @@ class InitRef:
             if not _RUN.fullmatch(text):
                 raise InitRefError(f"{where}: '{text}' is not runs:/<run_id>/<path>")
             try:
-                artifact_path(text)
-            except HptError as exc:
+                run_artifact_path(text)
+            except InitRefError as exc:
                 raise InitRefError(f"{where}: {exc}") from None
             return cls("run", text)
         kind, _, name = text.partition(":")
@@ -94,6 +101,44 @@ class InitRef:
     @classmethod
     def file(cls, path: object) -> "InitRef":
         return cls("file", str(path))
+
+    @classmethod
+    def stage_of(cls, name: str) -> "InitRef":
+        """``stage:<name>``: that stage's final checkpoint in the same output_dir."""
+        return cls.parse(f"stage:{name}")
+
+    @classmethod
+    def registered(cls, name: str, alias: str) -> "InitRef":
+        """``models:/<name>@<alias>``: the registry version an alias points to."""
+        return cls("model", f"models:/{name}@{alias}")
+
+    @classmethod
+    def run_artifact(cls, run_id: str, path: str) -> "InitRef":
+        """``runs:/<run_id>/<path>``: one artifact of a run."""
+        return cls.parse(f"runs:/{run_id}/{path}")
+
+    @staticmethod
+    def run_parts_of(uri: str) -> Optional[Tuple[str, str]]:
+        """``(run_id, artifact path)`` when ``uri`` is a ``runs:/`` URI (a registered
+        version's source), else ``None``; a path leaving the run's artifacts is refused."""
+        if not uri.startswith("runs:/"):
+            return None
+        return uri[len("runs:/"):].split("/", 1)[0], run_artifact_path(uri)
+
+    @property
+    def model_parts(self) -> Tuple[str, Optional[str], Optional[str]]:
+        """``(name, alias, version)`` of a registry reference (one of the last two set)."""
+        ref = self.value[len("models:/"):]
+        if "@" in ref:
+            name, alias = ref.split("@", 1)
+            return name, alias, None
+        name, version = ref.rsplit("/", 1)
+        return name, None, version
+
+    @property
+    def run_parts(self) -> Tuple[str, str]:
+        """``(run_id, artifact path)`` of a run reference."""
+        return self.run_parts_of(self.value)
 
     @property
     def is_random(self) -> bool:
@@ -147,7 +192,7 @@ class InitRef:
 
     def tags(self) -> Dict[str, str]:
         """How the run records where it started (before resolution)."""
-        return {} if self.is_random else {"hpt.init_source": str(self)}
+        return {} if self.is_random else {INIT_TAG: str(self)}
 
     def check(self, layout: Optional[StageLayout], pending: tuple = (),
               who: str = "stage") -> None:
@@ -156,7 +201,7 @@ class InitRef:
         public weights are not in the model cache. Registry references are checked when
         they resolve."""
         if self.is_public:
-            self._public(who)
+            self.public(who)
         if self.kind == "file" and not Path(self.value).is_file():
             raise InitRefError(f"{who}: init checkpoint '{self.value}' does not exist; copy "
                                f"the file here first (nothing is downloaded at run time)")
@@ -166,41 +211,7 @@ class InitRef:
                 raise InitRefError(f"{who} starts from stage '{self.value}', which is neither "
                                    f"in this --chain nor finished ({final} missing)")
 
-    def resolve(self, layout: Optional[StageLayout], tracking_uri: Optional[str],
-                who: str = "stage") -> Resolved:
-        """The local checkpoint file plus lineage tags. Registry and run references are
-        downloaded once into ``layout.init_cache`` from ``tracking_uri``."""
-        if self.is_random:
-            return Resolved(None, {})
-        tags = self.tags()
-        if self.is_public:
-            found = self._public(who)
-            tags["hpt.init_weights"] = found.source.ref
-            if found.revision:
-                tags["hpt.init_revision"] = found.revision
-            return Resolved(str(found.path), tags, found.arch, found.source.ref)
-        if self.in_registry:
-            if not tracking_uri:
-                raise InitRefError(f"{who}: '{self}' needs MLflow tracking (it is switched "
-                                   f"off); use a checkpoint file instead")
-            if layout is None:
-                raise InitRefError(f"'{self}' needs an output_dir to cache the download in")
-            fetched = fetch_checkpoint(self.value, tracking_uri, layout.init_cache)
-            tags["hpt.init_run_id"] = fetched.run_id
-            if fetched.model:
-                tags.update({"hpt.init_model": fetched.model,
-                             "hpt.init_model_version": fetched.version})
-            return Resolved(fetched.path, tags, name=str(self))
-        path = self.local_path(layout)
-        if not path.is_file():
-            if self.kind == "stage":
-                raise InitRefError(f"{who} starts from stage '{self.value}', but "
-                                   f"'{self.value}' has no final checkpoint at {path}; run "
-                                   f"stage '{self.value}' first")
-            raise InitRefError(f"{who}: init checkpoint '{self.value}' does not exist")
-        return Resolved(str(path), tags, name=str(path) if self.kind == "file" else str(self))
-
-    def _public(self, who: str) -> "hub.Located":
+    def public(self, who: str) -> "hub.Located":
         """The cached file of public weights (one line naming the fetch command if not)."""
         try:
             return hub.locate(self.kind, self.value)

@@ -15,10 +15,11 @@ from typing import Any, Dict, List, Optional
 from .augment import (AugmentConfig, BlurConfig, ColorJitterConfig, CropConfig, FlipConfig,
                       GrayscaleConfig, LocalCropsConfig)
 from .keys import key
+from .layout import STAGE_NAMES  # noqa: F401 - config.STAGE_NAMES, named with the folders
+from .refs import InitRef
 
 VARIANTS = ("full", "bn", "bn-stats", "scratch", "last-blocks", "lora")
 BLOCK_VARIANTS = ("last-blocks", "lora")  # train the last stages.<s>.blocks blocks
-STAGE_NAMES = ("base", "source", "target")
 DATASET_FORMATS = ("imagefolder", "filelist", "folder")  # datasets.<name>.format
 BACKENDS = ("torchvision", "dali")  # data.backend
 PROBE_MODES = ("cached", "augmented", "knn")  # probe.mode: features once | the paper's
@@ -201,7 +202,7 @@ class StageConfig:
                                "(Target), last-blocks (HPT-LB: + the last blocks), lora "
                                "(HPT-LoRA: + LoRA adapters on the other blocks)",
                        choices=VARIANTS)
-    init: Optional[str] = key(None, "start weights: null, `stage:<name>`, a file, "
+    init: InitRef = key(InitRef(), "start weights: null, `stage:<name>`, a file, "
                                     "`models:/<name>@<alias>`, `runs:/<id>/<path>`, public "
                                     "weights `timm:<model>.<tag>`, "
                                     "`torchvision:<Enum>.<NAME>`, `hf-hub:<org>/<name>` "

@@ -19,17 +19,20 @@ import csv
 import os
 from contextlib import suppress
 from pathlib import Path
-from typing import Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
 
-from ..config import ExperimentConfig
+from ..config import ExperimentConfig, InitRef
+from ..device import resolve_device
 from ..data import build_eval_loader
 from ..data.sources import split_location
 from ..files import (OutputError, atomic_write, make_folder, refuse_inputs,
                      remove_stale_temporaries, temporary_beside, writing)
+from ..plan import EmbedPlan
 from ..progress import Progress
+from .lineage import checkpoint_lineage, log_embedding
 from .runner import EXTRACT_BATCH, seeded_backbone
 from .splits import dataset_config, kept_paths, listed_split
 
@@ -104,6 +107,31 @@ def embed_split(cfg: ExperimentConfig, dataset: str, split: Optional[str],
         with suppress(OSError):
             raw.unlink(missing_ok=True)
     return rows, dim
+
+
+def embed_plan(cfg: ExperimentConfig, dataset: str, split: Optional[str], ref: InitRef,
+               out: os.PathLike, inputs: Optional[Mapping[str, os.PathLike]] = None
+               ) -> EmbedPlan:
+    """The plan of ``hpt-hpc embed``: the output name and the dataset checked here (one
+    line, before any job)."""
+    embed_outputs(out)
+    dataset_config(cfg, dataset)
+    return EmbedPlan(cfg, dataset, split, ref, os.fspath(out), f"embed {dataset}",
+                     inputs={k: os.fspath(v) for k, v in (inputs or {}).items()})
+
+
+def run_embed_plan(plan: EmbedPlan) -> Dict[str, Any]:
+    """What ``hpt-hpc embed`` runs, in this process or as a job: resolve the checkpoint
+    (its lineage names the run), write the features, log the embed run. Returns the two
+    files written, the rows and the dimensions."""
+    cfg = plan.config
+    lineage = checkpoint_lineage(cfg, plan.checkpoint, who="embed")
+    rows, dim = embed_split(cfg, plan.dataset, plan.split, lineage.path, plan.out,
+                            resolve_device(cfg.device), plan.inputs)
+    log_embedding(lineage, plan.checkpoint, plan.dataset, plan.split,
+                  {"out": plan.out, "rows": rows, "dim": dim})
+    features, index = embed_outputs(plan.out)
+    return {"features": str(features), "index": str(index), "rows": rows, "dim": dim}
 
 
 def _write_npy(raw: Path, out: Path, rows: int, dim: int) -> None:

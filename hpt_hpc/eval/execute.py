@@ -12,7 +12,9 @@ from typing import Any, Optional, Tuple
 from ..config import ExperimentConfig, InitRef, OutputLayout, config_to_dict
 from ..device import limit_cpu_threads, resolve_device
 from ..errors import HptError
+from ..models.resolve import resolve
 from ..plan import EvalPlan
+from ..plan.record import StageRecord
 from ..plan.methods import DEFAULT_SSL  # stages written before ssl was recorded
 from ..tracking.registry import safe_name
 from ..tracking.runs import open_run
@@ -65,7 +67,7 @@ def evaluate_plan(plan: EvalPlan) -> Tuple[EvalRecord, Any]:
         raise HptError(f"unit {plan.label}: its pretraining ({plan.evaluates}) has no final "
                        f"checkpoint at {ref.value}; it failed or was cancelled. Re-run the "
                        f"sweep: finished units are skipped, this one is retried")
-    resolved = ref.resolve(plan.layout, plan.tracking.uri if plan.tracking else None,
+    resolved = resolve(ref, plan.layout, plan.tracking.uri if plan.tracking else None,
                            who=f"evaluation '{plan.label}'")
     saved = resume_checkpoints(plan, resolved.path)
     if plan.method == "raw-pixels":
@@ -74,16 +76,16 @@ def evaluate_plan(plan: EvalPlan) -> Tuple[EvalRecord, Any]:
         outcome = evaluate_finetune(cfg, plan.dataset, resolved.path, device, saved)
     else:
         outcome = evaluate_linear(cfg, plan.dataset, resolved.path, device, saved)
-    stage = plan.layout.read_result() if plan.evaluates else {}
+    stage = StageRecord.read(plan.layout) if plan.evaluates else None
     record = EvalRecord.from_outcome(
         plan.protocol, outcome, method=plan.method, dataset=plan.dataset, steps=plan.steps,
         seed=plan.seed, base_seed=plan.base_seed, augment=plan.augment, images=plan.images,
         checkpoint=ref.text or "none", evaluates=plan.evaluates or "none",
         stage=plan.stage or "none",
-        pretrain_seconds=float(stage.get("seconds", 0.0)), probe_labels=plan.probe_labels,
-        queue_size=int(stage.get("queue_size", 0)),
-        pretrain_images=int(stage.get("images", 0)), label=plan.label,
-        ssl=stage.get("ssl") or (DEFAULT_SSL if plan.evaluates else ""))
+        pretrain_seconds=float(stage.seconds) if stage else 0.0,
+        probe_labels=plan.probe_labels, queue_size=int(stage.queue_size) if stage else 0,
+        pretrain_images=int(stage.images) if stage else 0, label=plan.label,
+        ssl=(stage.ssl if stage else "") or (DEFAULT_SSL if plan.evaluates else ""))
     return record, outcome
 
 

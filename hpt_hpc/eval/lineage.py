@@ -19,6 +19,7 @@ from typing import Any, Dict, Optional
 
 from ..config import ExperimentConfig, InitRef, OutputLayout, StageLayout
 from ..models.loading import checkpoint_info
+from ..models.resolve import resolve
 from ..plan import TrackingTarget, external_method, tracking_target
 from ..plan.lineage import checkpoint_method, checkpoint_steps
 from ..tracking.runs import open_run, run_place
@@ -57,7 +58,7 @@ def checkpoint_lineage(cfg: ExperimentConfig, ref: InitRef, who: str) -> Lineage
     what the checkpoint is; bad references fail as :meth:`InitRef.resolve` does."""
     target = tracking_target(cfg)
     layout = OutputLayout(Path(cfg.output_dir).resolve()).evaluations
-    resolved = ref.resolve(layout, target.uri if target else None, who=who)
+    resolved = resolve(ref, layout, target.uri if target else None, who=who)
     if resolved.path is None:
         return Lineage(RANDOM_INIT, None, tracking=target)
     info = checkpoint_info(resolved.path)

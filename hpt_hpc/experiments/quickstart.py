@@ -25,6 +25,7 @@ from ..files import write_text_atomic
 from ..launch.options import SchedulerOptions
 from ..plan.experiment import ExperimentSpec, load_experiment
 from ..plan.methods import METHODS, display_name
+from ..plan.record import StageRecord
 from ..plan.units import DEFAULT_BN_BATCHES, check_axes
 from ..tracking.runs import end_pipeline_run
 from .plots import Series, plot_lines
@@ -101,7 +102,8 @@ def run_quickstart(output: Path, data_dir: Path, budgets: Optional[Sequence[int]
     seconds = time.time() - started
     cfg = spec.base_config()
     base = spec.upstream_layout("base")
-    base_seconds = float(base.read_result().get("seconds", 0.0))
+    base_record = StageRecord.read(base)
+    base_seconds = base_record.seconds if base_record else 0.0
     device = resolve_device(cfg.device)
     facts = machine_facts(device, cpu_threads(device, cfg.data.workers, cfg.compute.threads),
                           cfg.data.workers)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..config import OutputLayout
+from ..config.refs import INIT_TAG, OLD_INIT_TAG
 from ..errors import HptError
 from ..eval.record import (PREDICTIONS_ARTIFACTS, CellKey, EvalRecord, Predictions,
                            is_eval_run, read_record_files)
@@ -238,7 +239,7 @@ def _fmt(value: Optional[float], percent: bool = False) -> str:
 
 def _cells(run: Any, names: Dict[str, str]) -> Tuple[str, ...]:
     tags, metrics = run.data.tags, run.data.metrics
-    src = tags.get("hpt.init_source") or tags.get("hpt.init", "")
+    src = tags.get(INIT_TAG) or tags.get(OLD_INIT_TAG, "")  # runs before #27: both
     if tags.get("hpt.init_run_id") in names:
         src += f" <- {names[tags['hpt.init_run_id']]}"
     test = val = "-"

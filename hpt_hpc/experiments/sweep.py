@@ -14,9 +14,10 @@ from typing import List, Optional, Set, Tuple
 from ..config import config_to_dict
 from ..device import available_cores
 from ..hub import using_cache
-from ..launch.options import SchedulerOptions, resolve_executor
+from ..launch.executors import Executor, resolve_executor
+from ..launch.options import SchedulerOptions
 from ..launch.record import LaunchRecord
-from ..launch.submit import check_slurm, run_phases
+from ..launch.submit import run_phases
 from ..plan import Phase, TrackingTarget, describe_phases, tracking_target
 from ..plan.experiment import ExperimentSpec, prepare_offline_data
 from ..plan.units import (CONTROL_STAGE, CONTROL_SUFFIX, UPSTREAM, EvalUnit, Expansion,
@@ -95,11 +96,11 @@ def sweep_tracking(spec: ExperimentSpec) -> Optional[TrackingTarget]:
     return tracking_target(spec.base_config(), pipeline=spec.name)
 
 
-def default_max_parallel(kind: str, uri: Optional[str], nodes: int = 1) -> int:
-    """``--max-parallel`` when not given. Local: the cores available to this process, at
-    most the writers the tracking store takes (8 on a sqlite file on a local disk, 1 on a
-    network filesystem); other executors: 1."""
-    if kind != "local":
+def default_max_parallel(executor: Executor, uri: Optional[str], nodes: int = 1) -> int:
+    """``--max-parallel`` when not given. Executors whose jobs this process runs side by
+    side (local): the cores available to this process, at most the writers the tracking
+    store takes (8 on a sqlite file on a local disk, 1 on a network filesystem); others: 1."""
+    if not executor.parallel_here:
         return 1
     cores = available_cores()
     for n in (cores, min(cores, MAX_SQLITE_WRITERS)):
@@ -121,16 +122,15 @@ def run_sweep(spec: ExperimentSpec, options: SchedulerOptions, dry_run: bool = F
 def _run_sweep(spec: ExperimentSpec, options: SchedulerOptions, dry_run: bool,
                max_parallel: Optional[int], folder: Optional[str],
                end: bool) -> Tuple[SweepPlan, Optional[LaunchRecord]]:
-    kind = resolve_executor(options)
+    executor = resolve_executor(options)
     target = sweep_tracking(spec)
     if max_parallel is None:
-        max_parallel = default_max_parallel(kind, target.uri if target else None,
+        max_parallel = default_max_parallel(executor, target.uri if target else None,
                                             options.nodes)
-    writers = max_parallel if kind != "slurm" else min(options.array_parallelism, max_parallel)
+    writers = executor.writers(max_parallel, options)
     if dry_run:
         return plan_sweep(spec, target, options.world_size), None
-    if kind == "slurm":  # before anything is created
-        check_slurm(options.partition)
+    executor.check(options)  # before anything is created
     prepare_offline_data(spec)
     if target is not None:
         prepare_store(target.uri, num_tasks=max(1, writers), nodes=options.nodes)

@@ -16,8 +16,9 @@ from typing import List
 from ..config import OutputLayout
 from ..errors import HptError
 from ..tracking.runs import end_pipeline_run
-from .record import LATEST, LaunchRecord, job_states
-from .states import is_active, result_state
+from .executors import executor_named
+from .record import LATEST, LaunchRecord
+from .states import is_active
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +39,8 @@ def outcome(states: List[str], failed: bool = False) -> str:
 def settled_states(record: LaunchRecord) -> List[str]:
     """The state of every job of ``record``. Where no SLURM client answers (a closer
     running inside a container image has none), each ended job's result file tells."""
-    states = [row["state"] for row in job_states(record)]
-    if record.executor == "slurm" and states and all(s == "UNKNOWN" for s in states):
-        states = [result_state(record.log_folder, e.job_id) or "ENDED (no result)"
-                  for e in record.jobs]
-    return states
+    return executor_named(record.executor).settled(record.log_folder,
+                                                   [e.job_id for e in record.jobs])
 
 
 def _other_launch_active(record: LaunchRecord) -> bool:
@@ -55,7 +53,8 @@ def _other_launch_active(record: LaunchRecord) -> bool:
         except HptError:
             continue
         if (other.pipeline_run_id, other.tracking_uri) == \
-                (record.pipeline_run_id, record.tracking_uri) and other.executor != "debug" \
+                (record.pipeline_run_id, record.tracking_uri) \
+                and not executor_named(other.executor).in_process \
                 and any(map(is_active, settled_states(other))):
             return True
     return False

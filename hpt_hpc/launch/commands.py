@@ -1,14 +1,15 @@
-"""``hpt-hpc launch`` and ``hpt-hpc train`` as library calls: a config read once,
-planned, and handed to the one submitter."""
+"""``hpt-hpc launch``, ``train`` and ``probe``/``finetune``/``embed`` on an executor as
+library calls: a config read once, planned, and handed to the one submitter."""
 from __future__ import annotations
 
 from contextlib import ExitStack
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence, Tuple
 
 from ..config import InitRef, config_to_dict, read_config_dict
 from ..hub import using_cache
-from ..plan import StagePlan, plan_config
+from ..plan import Phase, StagePlan, plan_config
 from ..train.resume import stage_lock
+from .executors import resolve_executor
 from .options import SchedulerOptions
 from .record import LaunchRecord
 from .submit import run_phases
@@ -47,3 +48,17 @@ def train(config_path: str, stages: Sequence[str] = (), overrides: Sequence[str]
                           output_dir=cfg.output_dir, source=config_path, name=cfg.name,
                           tracking=planned.tracking,
                           labels=[p.name for p in planned.phases], config=config_to_dict(cfg))
+
+
+def submit_one(plan: Any, options: SchedulerOptions, source: str,
+               folder: Optional[str] = None) -> Tuple[LaunchRecord, Any]:
+    """One plan that is not a stage (``hpt-hpc probe``/``finetune``/``embed`` with an
+    ``--executor``) as one job on the options' executor; its run is filed where the plan
+    says (no pipeline run of its own). Returns the launch record and the job's result:
+    ``None`` when the job runs on after this call (slurm)."""
+    record = run_phases([Phase(plan.kind, [plan])], options,
+                        output_dir=plan.config.output_dir, source=source, name=plan.label,
+                        tracking=None, folder=folder, wait=True, labels=[plan.label])
+    if resolve_executor(options).detached(wait=True):
+        return record, None
+    return record, record.live[record.jobs[0].job_id].result()

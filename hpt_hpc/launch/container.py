@@ -1,6 +1,6 @@
 """Run every task of a job inside an Apptainer/Singularity image.
 
-submitit starts each task as ``<python> -u -m submitit.core._submit <folder>``; with a
+submitit starts each task as ``<python> -u -m <its task module> <folder>``; with a
 container that ``<python>`` becomes ``apptainer exec [--nv] --bind ... IMAGE python3``.
 The job's environment (``SLURM_*`` ranks, ``MLFLOW_TRACKING_URI``, ...) reaches the task
 because Apptainer passes the host environment through unless told to clean it; the
@@ -83,6 +83,9 @@ def plan_paths(plans: Iterable, tracking_uri: Optional[str] = None) -> List[Path
         paths.append(Path(cfg.output_dir))
         ref = plan.init if plan.kind == "stage" else plan.checkpoint
         paths += [p for p in ref.host_paths() if p.exists()]
+        if plan.kind == "embed":  # its files go where --out says (the folder it exists in)
+            folder = Path(plan.out).resolve().parent
+            paths.append(next(p for p in (folder, *folder.parents) if p.exists()))
     db = sqlite_path(tracking_uri or "")
     if db is not None:
         paths.append(db.parent)
@@ -122,9 +125,10 @@ def check_environment() -> None:
                            f"(SLURM_*) or MLflow settings; unset it for hpt-hpc launch")
 
 
-def preflight(options, kind: str) -> tuple:
-    """Fail before submission: executor, environment, runtime and image."""
-    if kind == "debug":
+def preflight(options, in_process: bool = False) -> tuple:
+    """Fail before submission: executor (not one that runs jobs in this process),
+    environment, runtime and image."""
+    if in_process:
         raise HptError("--container runs tasks as separate processes: use --executor "
                        "slurm or local, not debug")
     check_environment()
@@ -133,7 +137,7 @@ def preflight(options, kind: str) -> tuple:
 
 def task_python(options, kind: str, folder: Path) -> str:
     """The shell command submitit runs in place of ``python`` for every task."""
-    runtime, image = preflight(options, kind)
+    runtime, image = preflight(options)
     logs = folder_before_placeholders(folder)
     logs.mkdir(parents=True, exist_ok=True)
     binds = bind_specs([logs, *options.container_binds])

@@ -1,6 +1,6 @@
 """What runs inside each task: :class:`StageJob` (one DDP rank of one MoCo-v2 stage,
-preemptible) and :class:`EvalJob` (one evaluation). Both receive a plan object and nothing
-else (the launcher knows no model).
+preemptible), :class:`EvalJob` (one evaluation) and :class:`EmbedJob` (one embedding).
+Each receives a plan object and nothing else (the launcher knows no model).
 
 Preemption: the preemption signal (submitit's, SIGUSR2 by default, and SIGUSR1) only sets
 a flag; the engine checks it after every step, all ranks agree on it, rank 0 writes a full
@@ -12,13 +12,13 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 from typing import Any, Dict, Optional
 
 import submitit
 
+from ..eval.embed import run_embed_plan
 from ..eval.execute import run_eval_plan
-from ..plan import EvalPlan, StagePlan
+from ..plan import EmbedPlan, EvalPlan, StagePlan
 from ..train import DistInfo, run_plan
 
 log = logging.getLogger(__name__)
@@ -56,11 +56,10 @@ class PreemptionFlag:
         self.submitit_handler: Any = None
 
     def install(self) -> "PreemptionFlag":
-        try:
-            sig = submitit.JobEnvironment._usr_sig()
-            self.submitit_handler = signal.getsignal(sig)
-        except Exception:  # noqa: BLE001 - outside a submitit job there is no handler
-            self.submitit_handler = None
+        # submitit's preemption signal by its public name (``USR2`` unless its
+        # environment variable names another); outside a submitit job: no handler there
+        sig = getattr(signal, f"SIG{submitit.JobEnvironment.USR_SIG}", None)
+        self.submitit_handler = signal.getsignal(sig) if sig is not None else None
         for sig in self.SIGNALS:
             signal.signal(sig, self._handle)
         return self
@@ -97,7 +96,8 @@ def _logging() -> None:
 class StageJob(submitit.helpers.Checkpointable):
     """The submitted stage callable: ``StageJob()(plan)``. ``checkpoint()`` (inherited)
     resubmits the same plan; the stage folder's ``last.pt`` makes the requeued run resume
-    at the saved step."""
+    at the saved step. Returns the stage's :class:`~hpt_hpc.plan.record.StageRecord` as a
+    dict (``StageRecord.from_json`` reads it back)."""
 
     def __call__(self, plan: StagePlan) -> Dict[str, Any]:
         _logging()
@@ -107,20 +107,11 @@ class StageJob(submitit.helpers.Checkpointable):
             result = run_plan(plan, dist=dist_info, should_stop=flag)
         finally:
             _teardown(dist_info)
-        summary = {"stage": plan.stage, "label": plan.label, "rank": dist_info.rank,
-                   "host": socket.gethostname(),
-                   "world_size": dist_info.world_size, "steps": result.steps,
-                   "total_steps": result.total_steps, "checkpoint": str(result.checkpoint),
-                   "resumed_from": result.resumed_from, "final_loss": result.final_loss,
-                   "skipped_images": result.skipped_images,
-                   "init": result.init_report.get("layout"), "model_uri": result.model_uri,
-                   "param_digest": result.param_digest, "step_seconds": result.step_seconds,
-                   "seconds": result.seconds}
         if not result.completed and flag.requested:
             if dist_info.is_main:
                 flag.requeue()  # does not return when the requeue succeeds
-            summary["interrupted"] = True
-        return summary
+            result.interrupted = True
+        return result.to_json()
 
 
 class EvalJob(submitit.helpers.Checkpointable):
@@ -135,9 +126,22 @@ class EvalJob(submitit.helpers.Checkpointable):
         return record.to_json()
 
 
+class EmbedJob(submitit.helpers.Checkpointable):
+    """The submitted embedding callable: ``EmbedJob()(plan)``; returns the files written,
+    rows and dimensions. Requeued, it writes the features again (files are replaced
+    whole)."""
+
+    def __call__(self, plan: EmbedPlan) -> Dict[str, Any]:
+        _logging()
+        return run_embed_plan(plan)
+
+
+JOBS = {StagePlan.kind: StageJob, EvalPlan.kind: EvalJob, EmbedPlan.kind: EmbedJob}
+
+
 def job_for(plan: Any) -> Any:
-    """The callable that runs ``plan``."""
-    return StageJob() if isinstance(plan, StagePlan) else EvalJob()
+    """The callable that runs ``plan`` (by its kind)."""
+    return JOBS[plan.kind]()
 
 
 def _teardown(dist_info: DistInfo) -> None:

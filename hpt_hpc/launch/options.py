@@ -5,7 +5,6 @@ import dataclasses
 import os
 import re
 import shlex
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -105,17 +104,6 @@ def build_options(profile: Optional[str], **flags: Any) -> SchedulerOptions:
     options = SchedulerOptions(**values, extra=extra, container_binds=binds)
     parse_minutes(options.time)
     return options
-
-
-def resolve_executor(options: SchedulerOptions) -> str:
-    """The documented rule: an explicit ``--executor`` wins; ``auto`` means ``slurm`` when
-    ``sbatch`` is on PATH, else ``local``. (submitit's own AutoExecutor picks slurm whenever
-    ``srun`` exists, even with no controller; we never let it guess.)"""
-    if options.executor != "auto":
-        if options.executor not in ("slurm", "local", "debug"):
-            raise HptError(f"--executor '{options.executor}': use slurm, local or debug")
-        return options.executor
-    return "slurm" if shutil.which("sbatch") else "local"
 
 
 def executor_parameters(options: SchedulerOptions, name: str) -> Dict[str, Any]:

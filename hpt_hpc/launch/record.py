@@ -13,8 +13,8 @@ from ..config.schema import STAGE_NAMES
 from ..errors import HptError, WorkFailed
 from ..files import write_text_atomic
 from ..progress import read_status
-from .states import (CANCEL_WAIT_S, cancel_local, cancel_slurm, is_active,  # noqa: F401
-                     local_state, slurm_states)
+from .executors import executor_named
+from .states import is_active  # noqa: F401 - status and the closer read it from here
 
 LATEST = OutputLayout(Path(".")).latest_launch.name
 
@@ -58,6 +58,16 @@ class LaunchRecord:
         return cls(stamp, executor, str(Path(config).resolve()), stages, log_folder,
                    str(output_dir), path=str(path))
 
+    def add_job(self, stage: str, plan: Any, job: Any, after: List[str], tasks: int) -> None:
+        """A submitted job of ``plan`` (its handle kept in ``live``)."""
+        self.live[str(job.job_id)] = job
+        paths = getattr(job, "paths", None)
+        self.jobs.append(JobEntry(stage=stage, job_id=str(job.job_id), cell=plan.label,
+                                  depends_on=list(after),
+                                  output_dir=str(Path(plan.config.output_dir).resolve()),
+                                  stdout=str(paths.stdout) if paths else "",
+                                  stderr=str(paths.stderr) if paths else "", tasks=tasks))
+
     def save(self) -> Path:
         path = Path(self.path)  # its folder: made by write_text_atomic
         data = asdict(self)
@@ -88,14 +98,9 @@ class LaunchRecord:
     def job(self, entry: JobEntry):
         """The submitit job object for an entry, for its result and logs (its state:
         :func:`job_states`)."""
-        import submitit
         if entry.job_id in self.live:
             return self.live[entry.job_id]
-        folder = self.log_folder
-        tasks = tuple(range(entry.tasks))
-        if self.executor == "slurm":
-            return submitit.SlurmJob(folder=folder, job_id=entry.job_id, tasks=tasks)
-        return submitit.local.local.LocalJob(folder=folder, job_id=entry.job_id, tasks=tasks)
+        return executor_named(self.executor).job(self.log_folder, entry.job_id, entry.tasks)
 
 
 def _typed(cls: type, data: Any, where: str) -> Dict[str, Any]:
@@ -122,16 +127,11 @@ def job_states(record: LaunchRecord) -> List[Dict[str, Any]]:
     """Stage, cell, job id, scheduler state (:mod:`hpt_hpc.launch.states`) and the latest
     progress figures (step, total, percent, ETA: :mod:`hpt_hpc.progress`; None before the
     first report) of every job."""
-    slurm = slurm_states([e.job_id for e in record.jobs]) if record.executor == "slurm" \
-        else {}
+    states = executor_named(record.executor).states(record.log_folder,
+                                                    [e.job_id for e in record.jobs])
     rows = []
     for entry in record.jobs:
-        if record.executor == "debug":
-            state = "ran in-process (debug)"
-        elif record.executor == "local":
-            state = local_state(record.log_folder, entry.job_id)
-        else:
-            state = slurm[entry.job_id]
+        state = states[entry.job_id]
         progress = None
         if entry.output_dir and entry.stage in STAGE_NAMES:
             progress = read_status(StageLayout(Path(entry.output_dir), entry.stage).progress)
@@ -145,33 +145,8 @@ def cancel_jobs(record: LaunchRecord, stage: Optional[str] = None) -> List[str]:
     cancelled ids. A local job is cancelled once none of its processes runs any more;
     a SLURM job once ``scancel`` took the request. :class:`WorkFailed` names every job
     that was not (its reason, or its processes still running), and the cancelled ones."""
-    if record.executor == "debug":
-        return []  # ran in the launching process: nothing left to cancel
-    entries = [e for e in record.jobs if not stage or e.stage == stage]
-    cancelled, failed = [], []
-    if record.executor == "local":  # also from a process that did not start it
-        for entry in entries:
-            running = cancel_local(record.log_folder, entry.job_id)
-            if running:
-                failed.append(f"job {entry.job_id} still running after "
-                              f"{CANCEL_WAIT_S:.0f} s: {', '.join(running)} (stop it with "
-                              f"kill -KILL <pid>)")
-            elif running is not None:
-                cancelled.append(entry.job_id)
-    else:
-        states = slurm_states([e.job_id for e in entries])
-        for entry in entries:
-            state = states.get(entry.job_id, "UNKNOWN")
-            if not is_active(state):
-                continue  # ended already
-            reason = cancel_slurm(entry.job_id)
-            if not reason and state == "UNKNOWN":  # scancel is silent about unknown ids
-                reason = ("SLURM knows no such job: neither squeue nor sacct lists it; is "
-                          "SLURM_CONF the cluster it was submitted to?")
-            if reason:
-                failed.append(f"job {entry.job_id} not cancelled ({reason})")
-            else:
-                cancelled.append(entry.job_id)
+    entries = [e.job_id for e in record.jobs if not stage or e.stage == stage]
+    cancelled, failed = executor_named(record.executor).cancel(record.log_folder, entries)
     if failed:
         raise WorkFailed("; ".join(failed) + (f"; cancelled: {', '.join(cancelled)}"
                                                if cancelled else ""))

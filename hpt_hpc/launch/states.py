@@ -16,6 +16,8 @@ import subprocess
 import time
 from typing import Dict, List, Optional, Sequence
 
+from .submitit_private import LOCAL_CONTROLLER  # the module every local job's controller runs
+
 # Scheduler states (SLURM's, the local ones) of a job that may still change.
 ACTIVE_STATES = ("PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
                  "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING", "QUEUED", "UNKNOWN",
@@ -23,7 +25,6 @@ ACTIVE_STATES = ("PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED"
 # Final states of one attempt after which SLURM may requeue the job under the same id.
 REQUEUE_CAUSES = ("NODE_FAIL", "PREEMPTED", "REQUEUED", "TIMEOUT", "BOOT_FAIL")
 QUERY_TIMEOUT_S = 10
-LOCAL_CONTROLLER = "submitit.local._local"  # the module every local job's controller runs
 CANCEL_WAIT_S = 8.0  # how long `cancel` waits for a local job's processes to end
 
 
@@ -106,12 +107,15 @@ def _local_controller(folder: str, job_id: str):
 def result_state(folder: str, job_id: str) -> str:
     """What submitit's result file of a job says: ``FINISHED``, ``FAILED`` (the job
     raised), or '' when there is none (yet)."""
-    from submitit.core.utils import JobPaths, pickle_load
-    result = JobPaths(folder, job_id=job_id, task_id=0).result_pickle
+    import pickle
+
+    import submitit
+    result = submitit.Job(folder=folder, job_id=job_id).paths.result_pickle
     if not result.exists():
         return ""
     try:
-        return "FINISHED" if pickle_load(result)[0] == "success" else "FAILED"
+        with open(result, "rb") as handle:
+            return "FINISHED" if pickle.load(handle)[0] == "success" else "FAILED"
     except Exception:  # noqa: BLE001 - no result to read: not a success
         return "FAILED (unreadable result)"
 

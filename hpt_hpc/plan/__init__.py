@@ -5,11 +5,13 @@ from .methods import (ALIASES, METHODS, REFERENCES, Method, external_method, met
                       stage_method, upstream_method)
 from .planner import (ConfigPlan, GridCell, check_data, grid_cells, plan_config, plan_stages,
                       stage_plan, tracking_target, training_records)
-from .plans import (PROTOCOLS, EvalPlan, Phase, StagePlan, TrackingTarget, describe_phases,
-                    with_parent)
+from .record import StageRecord
+from .plans import (PROTOCOLS, EmbedPlan, EvalPlan, Phase, StagePlan, TrackingTarget,
+                    describe_phases, with_parent)
 
 __all__ = ["ALIASES", "METHODS", "REFERENCES", "Method", "external_method", "method",
            "stage_method", "upstream_method",
            "ConfigPlan", "GridCell", "check_data", "grid_cells", "plan_config", "plan_stages",
-           "stage_plan", "tracking_target", "training_records", "PROTOCOLS", "EvalPlan",
-           "Phase", "StagePlan", "TrackingTarget", "describe_phases", "with_parent"]
+           "stage_plan", "tracking_target", "training_records", "PROTOCOLS", "EmbedPlan",
+           "EvalPlan", "Phase", "StagePlan", "TrackingTarget", "describe_phases", "with_parent",
+           "StageRecord"]

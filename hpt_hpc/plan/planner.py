@@ -30,7 +30,7 @@ from ..data import list_split
 from ..data.bands import read_image
 from ..data.images import UnreadableImage
 from ..errors import HptError
-from ..tracking.registry import alias_for, model_uri, safe_name
+from ..tracking.registry import alias_for, safe_name
 from ..tracking.store import resolve_uri
 from .lineage import starting_point
 from .methods import stage_method
@@ -90,7 +90,7 @@ def stage_plan(cfg: ExperimentConfig, stage: str, *, world_size: int = 1,
                        f"{', '.join(cfg.stages) or 'none'})")
     settings = stage_settings(cfg, stage, world_size)
     if init is None:
-        init = InitRef.parse(cfg.stages[stage].init, f"stages.{stage}.init")
+        init = cfg.stages[stage].init
     if tracking == "config":
         tracking = tracking_target(cfg)
     if method is None:
@@ -220,15 +220,15 @@ def plan_config(raw: Dict[str, Any], overrides: Sequence[str] = (),
     for i, stage in enumerate(stages):
         init = first_init if i == 0 else None
         if handover and i > 0:
-            init = (InitRef.parse(model_uri(target.model_name,
-                                            alias_for(target.pipeline, stages[i - 1])))
-                    if target else InitRef("stage", stages[i - 1]))
+            init = (InitRef.registered(target.model_name,
+                                       alias_for(target.pipeline, stages[i - 1]))
+                    if target else InitRef.stage_of(stages[i - 1]))
         cells = grid_cells(cfg, stage) if i == len(stages) - 1 else [GridCell(DEFAULT_CELL, {}, [])]
         plans = []
         for cell in cells:
             cell_cfg = config_from_dict(raw, list(overrides) + cell.overrides) \
                 if cell.overrides else cfg
-            ref = init or InitRef.parse(cell_cfg.stages[stage].init, f"stages.{stage}.init")
+            ref = init or cell_cfg.stages[stage].init
             ref.check(base_layout.stage(stage), tuple(stages[:i]), who=f"stage '{stage}'")
             start = starting_point(ref, stages[i - 1] if handover and i > 0 else None)
             if ref.kind == "stage" and cell.overrides:

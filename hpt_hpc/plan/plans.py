@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
 from ..config import ExperimentConfig, InitRef, StageLayout, config_to_dict
+from ..config.refs import INIT_TAG
 from .methods import filed_steps
 
 DEPENDENCIES = ("afterok", "afterany")
@@ -90,7 +91,7 @@ class StagePlan:
         """The tags of the stage's run (lineage tags are added when the init resolves)."""
         tags = {"hpt.stage": self.stage, "hpt.method": self.method,
                 "hpt.dataset": self.dataset, "hpt.variant": self.variant,
-                "hpt.init": str(self.init), "hpt.ssl": self.ssl}
+                INIT_TAG: str(self.init), "hpt.ssl": self.ssl}
         if self.tracking:
             tags.update(self.tracking.tags())
         return {**tags, **self.tags}
@@ -140,7 +141,28 @@ class EvalPlan:
         return f"{self.label}: {self.protocol} ({mode}) of {what} on {self.dataset}"
 
 
-Plan = Union[StagePlan, EvalPlan]
+@dataclass
+class EmbedPlan:
+    """Features of one dataset split under the file name prefix ``out``
+    (``hpt-hpc embed``); ``inputs``: the caller's inputs (``{what: path}``) no output may
+    replace."""
+
+    config: ExperimentConfig
+    dataset: str
+    split: Optional[str]
+    checkpoint: InitRef
+    out: str
+    label: str
+    inputs: Dict[str, str] = field(default_factory=dict)
+    tracking: Optional[TrackingTarget] = None  # where the embed run logs (lineage's)
+    kind = "embed"
+
+    def describe(self) -> str:
+        return (f"{self.label}: features of {self.dataset}/{self.split or 'default split'} "
+                f"from {self.checkpoint} -> {self.out}.npy")
+
+
+Plan = Union[StagePlan, EvalPlan, EmbedPlan]
 
 
 @dataclass

@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from ..config import STAGE_NAMES, ConfigError, InitRef, config_from_dict
 from ..config.loader import apply_overrides, suggest
-from ..tracking.registry import alias_for, model_uri
+from ..tracking.registry import alias_for
 from .methods import METHODS, REFERENCES, method, upstream_method
 from .planner import check_variants, stage_plan
 from ..config.schema import PROBE_MODES
@@ -327,7 +327,7 @@ def unit_config(spec: Any, unit: Any, init_uri: Optional[str] = None) -> Dict[st
                     if k in ("dataset", "lr", "batch_size")}
         config["stages"] = {CONTROL_STAGE: {**upstream, "variant": "full", "init": start,
                                             "iterations": unit.steps},
-                            "target": {**stage, "init": f"stage:{CONTROL_STAGE}"}}
+                            "target": {**stage, "init": InitRef.stage_of(CONTROL_STAGE).text}}
     return config
 
 
@@ -337,8 +337,8 @@ def registry_init(spec: Any, tracking: Optional[TrackingTarget], stage: str,
     (``models:/<model>@<sweep>-<stage>``), else from its file (``None``)."""
     if tracking is None or "checkpoint" in spec.upstream.get(stage, {}):
         return None
-    return model_uri(tracking.model_name,
-                     alias_for(tracking.pipeline, f"{stage}{spec.upstream_suffix(base_seed)}"))
+    return InitRef.registered(tracking.model_name, alias_for(
+        tracking.pipeline, f"{stage}{spec.upstream_suffix(base_seed)}")).text
 
 
 

@@ -24,7 +24,7 @@ _LAZY = {
     "filesystem_type": "store", "server_advice": "store",
     "MAX_SQLITE_WRITERS": "store",
     "InitNotFound": "registry", "fetch_checkpoint": "registry", "alias_for": "registry",
-    "model_uri": "registry", "safe_name": "registry",
+    "registered_uri": "registry", "safe_name": "registry",
     "start_server": "server", "ServerHandle": "server",
 }
 

@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 from ..files import link_atomic, write_text_atomic
 from .base import Tracker
-from .registry import ensure_registered_model
+from .registry import ensure_registered_model, registered_uri, version_source
 from .spill import keep_partial, read_spill
 from .store import local_artifacts, refuse_credentials
 from .sysmetrics import SystemSampler
@@ -263,14 +263,15 @@ class MlflowTracker(Tracker):
         if state["version"] is None:
             ensure_registered_model(self.client, self.model_name)
             version = self.client.create_model_version(
-                self.model_name, f"runs:/{self.run_id}/checkpoints/{name}", run_id=self.run_id,
+                self.model_name, version_source(self.run_id, f"checkpoints/{name}"),
+                run_id=self.run_id,
                 tags={"hpt.kind": kind, **{k: v for k, v in self._tags.items()
                                             if k in ("hpt.pipeline", "hpt.stage", "hpt.method")}},
                 await_creation_for=0)
             state["version"] = version.version
         alias = self.alias if kind == "final" else f"{self.alias}-{kind}"
         self.client.set_registered_model_alias(self.model_name, alias, state["version"])
-        uri = f"models:/{self.model_name}@{alias}"
+        uri = registered_uri(self.model_name, alias)
         tags = {model_tag(kind): uri, f"{model_tag(kind)}_version": str(state["version"])}
         self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         self._tags.update(tags)

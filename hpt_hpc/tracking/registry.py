@@ -1,7 +1,7 @@
 """The MLflow model registry: registered models, aliases, and downloading a registered
-(``models:/<name>@<alias>``, ``models:/<name>/<version>``) or run (``runs:/<id>/<path>``)
-checkpoint once into a cache folder. Plain values only: what the URIs mean to a stage is
-:class:`hpt_hpc.plan.refs.InitRef`'s business.
+version's or a run's checkpoint once into a cache folder. Plain values only: the
+references themselves (``models:/``, ``runs:/``) are parsed and built by
+:class:`hpt_hpc.config.refs.InitRef`, which hands over their parts.
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Tuple
 
 from ..errors import HptError
 from ..files import link_atomic
@@ -45,8 +45,16 @@ def alias_for(pipeline: str, label: str) -> str:
     return alias
 
 
-def model_uri(name: str, alias: str) -> str:
-    """``models:/<name>@<alias>``."""
+def version_source(run_id: str, path: str) -> str:
+    """MLflow's URI of a run's artifact, the source a model version records. The tracking
+    layer sits below :class:`~hpt_hpc.config.refs.InitRef` and cannot ask it; a test
+    (tests/test_refs_owner.py) pins that InitRef reads this form back as that run and path."""
+    return f"runs:/{run_id}/{path}"
+
+
+def registered_uri(name: str, alias: str) -> str:
+    """MLflow's URI of a registered alias, as a stage reports its final checkpoint (the
+    same test pins it to :meth:`InitRef.registered`)."""
     return f"models:/{name}@{alias}"
 
 
@@ -66,17 +74,11 @@ def ensure_registered_model(client: Any, name: str) -> None:
                 raise
 
 
-def _model_version(client: Any, uri: str, where: str) -> Any:
-    """The model version a ``models:/name@alias`` or ``models:/name/version`` URI names."""
+def _model_version(client: Any, name: str, alias: Optional[str], version: Optional[str],
+                   uri: str, where: str) -> Any:
+    """The model version ``alias`` or ``version`` of the registered model ``name``
+    (``uri``: the reference, for messages)."""
     from mlflow.exceptions import MlflowException
-    ref = uri[len("models:/"):]
-    name, alias, version = ref, None, None
-    if "@" in ref:
-        name, alias = ref.split("@", 1)
-    elif "/" in ref:
-        name, version = ref.rsplit("/", 1)
-    else:
-        raise HptError(f"init '{uri}': use models:/<name>@<alias> or models:/<name>/<version>")
     try:
         return (client.get_model_version_by_alias(name, alias) if alias
                 else client.get_model_version(name, version))
@@ -97,16 +99,6 @@ def _model_version(client: Any, uri: str, where: str) -> Any:
                        f"aliases: {listing}") from None
 
 
-def artifact_path(uri: str) -> str:
-    """The artifact path of ``runs:/<run_id>/<path>``, refused unless it is relative and
-    stays inside the run's artifacts (no ``..``, absolute or empty parts)."""
-    rel = uri[len("runs:/"):].partition("/")[2]
-    if not rel or any(part in ("", ".", "..") for part in rel.split("/")):
-        raise InitNotFound(f"'{uri}': the artifact path '{rel}' must stay inside the run's "
-                           f"artifacts (a relative path without '..', '.' or empty parts)")
-    return rel
-
-
 def _inside(root: Path, rel: str, uri: str) -> Path:
     """``root/rel`` with links resolved, refused when it leaves ``root``."""
     real_root, target = root.resolve(), (root / rel).resolve()
@@ -116,25 +108,36 @@ def _inside(root: Path, rel: str, uri: str) -> Path:
     return target
 
 
-def fetch_checkpoint(uri: str, tracking_uri: str, cache_dir: Path) -> Fetched:
-    """Download a ``models:/`` or ``runs:/`` checkpoint into ``cache_dir`` (once)."""
+RunParts = Tuple[str, str]  # (run id, artifact path inside the run)
+
+
+def fetch_checkpoint(uri: str, tracking_uri: str, cache_dir: Path, *,
+                     model: Optional[Tuple[str, Optional[str], Optional[str]]] = None,
+                     run: Optional[RunParts] = None,
+                     run_of: Callable[[str], Optional[RunParts]] = lambda source: None
+                     ) -> Fetched:
+    """Download the checkpoint of a registered version (``model``: name, alias, version)
+    or of a run (``run``) into ``cache_dir`` (once); ``uri``: the reference, for messages;
+    ``run_of``: a version's source as run parts (None: downloaded as it is)."""
     from mlflow.artifacts import download_artifacts
     from mlflow.exceptions import MlflowException
 
     client = reader_for(tracking_uri, hint=f"init '{uri}' can only come from the "
                                                 f"store that registered it")
-    if uri.startswith("models:/"):
-        mv = _model_version(client, uri, tracking_uri)
+    if model is not None:
+        mv = _model_version(client, *model, uri, tracking_uri)
         source, key = mv.source, f"{safe_name(mv.name)}-v{mv.version}"
         fetched = dict(run_id=mv.run_id or "", model=mv.name, version=str(mv.version))
+        parts = run_of(source)  # a registered version's source is checked as well
     else:
-        source, key = uri, safe_name(uri[len("runs:/"):].replace("/", "_"))
-        fetched = dict(run_id=uri[len("runs:/"):].split("/", 1)[0])
+        parts = run
+        source, key = uri, safe_name(f"{run[0]}_{run[1].replace('/', '_')}")
+        fetched = dict(run_id=run[0])
     dest = Path(cache_dir) / key
     cached = _single_checkpoint(dest) if dest.is_dir() else None
-    if cached is None and source.startswith("runs:/"):  # a local store: link, no copy
-        rel = artifact_path(source)  # a registered version's source is checked as well
-        local = local_artifacts(client, source[len("runs:/"):].split("/", 1)[0])
+    if cached is None and parts is not None:  # a local store: link, no copy
+        run_id, rel = parts
+        local = local_artifacts(client, run_id)
         target = _inside(local, rel, uri) if local is not None else None
         if target is not None and target.is_file():
             cached = dest / Path(rel).name

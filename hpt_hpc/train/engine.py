@@ -16,18 +16,17 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import torch
 
 from ..config import config_to_dict, flatten
-from ..config.refs import Resolved
+from ..models.resolve import Resolved
 from ..data.specs import GLOBAL_VIEWS
 from ..errors import ConfigError, HptError
 from ..models import is_bn, reestimate_bn_stats, stage_checkpoint
 from ..plan import StagePlan
+from ..plan.record import StageRecord
 from ..progress import Progress
 from ..ssl import SslMethod, build_method
 from ..tracking import NullTracker, Tracker
@@ -42,37 +41,6 @@ from ..device import resolve_device
 from .state import capture_rng_state, restore_rng_state, seed_everything
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class StageResult:
-    """What a finished (or interrupted) stage leaves behind."""
-
-    stage: str
-    variant: str
-    checkpoint: Path
-    steps: int
-    total_steps: int
-    final_loss: float = float("nan")
-    skipped_images: int = 0
-    resumed_from: Optional[int] = None
-    resume_changes: List[str] = field(default_factory=list)  # checkpoint.resume_changes used
-    init_report: Dict[str, Any] = field(default_factory=dict)
-    init: Dict[str, Any] = field(default_factory=dict)  # what the init loaded (.initial)
-    seconds: float = 0.0
-    run_id: Optional[str] = None  # the tracker's run (MLflow run id)
-    model_uri: Optional[str] = None  # registry URI of the final checkpoint, when registered
-    param_digest: str = ""  # sha256 of the query encoder's parameters (compare ranks/runs)
-    step_seconds: float = float("nan")  # median step time of this call, first 5 steps skipped
-    queue_size: int = 0  # MoCo's effective queue length (capped to what the data fills)
-    images: int = 0  # training images of the stage (all ranks)
-    saved_step: int = -1  # the step of this call's last periodic checkpoint
-    threads: int = 0  # torch intra-op threads the steps ran with (CPU results depend on it)
-    ssl: str = ""  # the self-supervised method the stage trained with
-
-    @property
-    def completed(self) -> bool:
-        return self.steps >= self.total_steps
 
 
 def learning_rate(step: int, total: int, base_lr: float, warmup: int, schedule: str) -> float:
@@ -155,7 +123,7 @@ def run_stage(plan: StagePlan, loader: Any, tracker: Optional[Tracker] = None,
               stop_after: Optional[int] = None,
               on_step: Optional[Callable[[int, float], None]] = None,
               should_stop: Optional[Callable[[int], bool]] = None,
-              resolved: Optional[Resolved] = None) -> StageResult:
+              resolved: Optional[Resolved] = None) -> StageRecord:
     """Run (or resume) one stage; return where its checkpoint is and how far it got.
 
     ``loader`` yields batches of views (2 global, then any local ones: the method gets
@@ -185,15 +153,16 @@ def run_stage(plan: StagePlan, loader: Any, tracker: Optional[Tracker] = None,
     check_accumulation(plan.rank_batch_size, speed.accumulate, stage)
     seed_everything(cfg.seed + dist.rank)
     model = build_model(plan, loader.num_images)
-    result = StageResult(stage, variant, layout.final, 0, total,
+    result = StageRecord(stage, variant, layout.final, 0, total, label=plan.label,
+                         rank=dist.rank, world_size=dist.world_size,
                          queue_size=int(model.facts().get("queue_size", 0)),
                          images=loader.num_images, threads=torch.get_num_threads(),
                          ssl=plan.ssl)
 
     resume_state = load_resume_point(plan)
     if resume_state is None and init:
-        result.init_report = load_stage_init(model, plan, init, resolved, tracker)
-        result.init = result.init_report["init"]
+        report = load_stage_init(model, plan, init, resolved, tracker)
+        result.init, result.init_layout = report["init"], report.get("layout")
     elif resume_state is not None:
         result.init = dict(resume_state.get("init_report") or {})
     model.to(device)
@@ -275,11 +244,11 @@ def _average_buffers(module: torch.nn.Module, world_size: int) -> None:
 
 
 def _train_loop(plan: StagePlan, net: torch.nn.Module,
-                optimizer: Optional[torch.optim.Optimizer], loader: Any, result: StageResult,
+                optimizer: Optional[torch.optim.Optimizer], loader: Any, result: StageRecord,
                 start: int, tracker: Tracker, device: torch.device, dist: DistInfo,
                 stop_after: Optional[int], on_step: Optional[Callable[[int, float], None]],
                 init: Optional[str], should_stop: Optional[Callable[[int], bool]],
-                speed: StepSpeed) -> StageResult:
+                speed: StepSpeed) -> StageRecord:
     cfg, base_lr = plan.config, plan.lr
     model: SslMethod = getattr(net, "module", net)
     total = result.total_steps

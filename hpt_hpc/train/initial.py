@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Dict, Optional
 
-from ..config.refs import Resolved
+from ..models.resolve import Resolved
 from ..config.schema import ARCHS
 from ..models.backbones import is_timm, timm_name
 from ..models.weights import IncompatibleCheckpointError

@@ -1,26 +1,28 @@
 """Running a :class:`StagePlan`: its loader, its initial checkpoint, its MLflow run, the
-engine, and the stage's result file. What every executor's stage job calls.
+engine, and the stage's record (``result.json``, :class:`StageRecord`). What every
+executor's stage job calls.
 
 A stage resumed from ``last.pt`` continues the MLflow run saved in that checkpoint, so a
 requeued job never makes a second run.
 """
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import asdict
+import socket
 from typing import Callable, Optional
 
 from ..data import build_pretrain_loader
-from ..files import remove_folder_temporaries, write_text_atomic
+from ..files import remove_folder_temporaries
 from ..models import checkpoint_run_id
+from ..models.resolve import resolve
 from ..plan import StagePlan, training_records
 from ..plan.plans import config_dict
+from ..plan.record import StageRecord
 from ..tracking import NullTracker, Tracker
 from ..tracking.registry import alias_for
 from ..tracking.runs import open_run
 from .distributed import DistInfo
-from .engine import StageResult, run_stage
+from .engine import run_stage
 from .resume import stage_lock
 from ..device import limit_cpu_threads, resolve_device
 
@@ -54,27 +56,20 @@ def open_stage_tracker(plan: StagePlan, rank: int = 0) -> Tracker:
                     flush_seconds=target.flush_seconds, system_metrics=target.system_metrics)
 
 
-def write_result(plan: StagePlan, result: StageResult) -> None:
-    """The stage's summary next to its checkpoints (``result.json``, atomic)."""
-    data = {k: v for k, v in asdict(result).items() if k != "init_report"}
-    data["checkpoint"] = str(result.checkpoint)
-    data["init_layout"] = result.init_report.get("layout")
-    write_text_atomic(plan.layout.result, json.dumps(data, indent=1, default=str))
-
-
 def run_plan(plan: StagePlan, dist: Optional[DistInfo] = None,
              tracker: Optional[Tracker] = None, stop_after: Optional[int] = None,
              should_stop: Optional[Callable[[int], bool]] = None,
-             on_step: Optional[Callable[[int, float], None]] = None) -> StageResult:
+             on_step: Optional[Callable[[int, float], None]] = None) -> StageRecord:
     """Resolve the init, build the loader and the tracker (closed at the end unless
-    given), run the engine, and write the stage's result file (rank 0)."""
+    given), run the engine, and write the stage's record (rank 0)."""
     dist = dist or DistInfo()
     with stage_lock(plan.layout, plan.label, hold=dist.is_main):
         if dist.is_main:
             remove_folder_temporaries(plan.layout.checkpoints)
         result = _run_locked(plan, dist, tracker, stop_after, should_stop, on_step)
+    result.host = socket.gethostname()
     if dist.is_main:
-        write_result(plan, result)
+        result.write(plan.layout)
     log.info("stage %s (%s): %d/%d steps in %.0f s, checkpoint %s", plan.label,
              result.variant, result.steps, result.total_steps, result.seconds,
              result.checkpoint)
@@ -83,9 +78,9 @@ def run_plan(plan: StagePlan, dist: Optional[DistInfo] = None,
 
 def _run_locked(plan: StagePlan, dist: DistInfo, tracker: Optional[Tracker],
                 stop_after: Optional[int], should_stop: Optional[Callable[[int], bool]],
-                on_step: Optional[Callable[[int, float], None]]) -> StageResult:
+                on_step: Optional[Callable[[int, float], None]]) -> StageRecord:
     uri = plan.tracking.uri if plan.tracking else None
-    resolved = plan.init.resolve(plan.layout, uri, who=f"stage '{plan.stage}'")
+    resolved = resolve(plan.init, plan.layout, uri, who=f"stage '{plan.stage}'")
     loader = build_stage_loader(plan, dist)
     own_tracker, status, result = tracker is None, "FAILED", None
     try:

@@ -14,11 +14,11 @@ from hpt_hpc.cli.main import cli
 from hpt_hpc.config import load_config
 from hpt_hpc.errors import HptError
 from hpt_hpc.launch.container import bind_specs, find_runtime, plan_paths, \
-    folder_before_placeholders, task_python
+    folder_before_placeholders, preflight, task_python
 from hpt_hpc.launch.options import SchedulerOptions, build_options
 from hpt_hpc.plan import plan_stages
 from hpt_hpc.launch.commands import launch
-from hpt_hpc.launch.submit import make_executor
+from hpt_hpc.launch.executors import executor_named, make_executor
 from tiny import write_tiny_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -89,7 +89,7 @@ def test_missing_runtime_image_or_bind_are_clear_errors(tmp_path, image, monkeyp
         task_python(SchedulerOptions(container=str(image), container_binds=["/absent:/d"]),
                     "slurm", tmp_path)
     with pytest.raises(HptError, match="use --executor slurm or local, not debug"):
-        make_executor("debug", tmp_path, SchedulerOptions(container=str(image)), "x")
+        preflight(SchedulerOptions(container=str(image)), executor_named("debug").in_process)
     monkeypatch.setenv("APPTAINER_CLEANENV", "1")
     with pytest.raises(HptError, match="APPTAINER_CLEANENV.*SLURM_"):
         task_python(SchedulerOptions(container=str(image)), "slurm", tmp_path)

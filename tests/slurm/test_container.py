@@ -17,7 +17,7 @@ import pytest
 from hpt_hpc import __version__
 from hpt_hpc.launch.options import build_options
 from hpt_hpc.launch.record import JobEntry, LaunchRecord
-from hpt_hpc.launch.submit import make_executor
+from hpt_hpc.launch.executors import executor_named
 from tiny import write_tiny_config
 
 pytestmark = pytest.mark.slurm
@@ -95,7 +95,8 @@ def test_every_task_runs_in_the_image_with_the_job_environment(slurm_cluster, im
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////shared/mlflow.db")
     options = build_options("dev", tasks_per_node=2, container=str(image),
                             container_binds=host_env_binds())
-    job = make_executor("slurm", submitit_folder, options, "probe").submit(probe, IMAGE_MARKER)
+    job = executor_named("slurm").submitter(submitit_folder, options, "probe").submit(
+        probe, IMAGE_MARKER)
     results = job.results()
     assert [r["SLURM_PROCID"] for r in results] == ["0", "1"]
     for rank, r in enumerate(results):

@@ -62,7 +62,7 @@ def test_chain_target_starts_from_base_checkpoint(slurm_cluster, tmp_path, mnist
     assert record.jobs[1].depends_on == [str(base_job.job_id)]
     assert record.tracking_uri.startswith("sqlite:///") and record.pipeline_run_id
     base, target = base_job.result(), target_job.result()
-    assert target["init"] == "hpt-hpc"
+    assert target["init_layout"] == "hpt-hpc"
     ckpt = load_checkpoint(target["checkpoint"])
     assert "init-cache" in ckpt["init"], ckpt["init"]
     started_from = load_checkpoint(ckpt["init"])["model"]
