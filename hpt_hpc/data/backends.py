@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 from ..config.schema import BACKENDS
 from ..errors import HptError
 from .loader import EvalLoader, PretrainLoader
+from .shard_set import ShardTable
 from .sources import ImageRecord
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -56,6 +57,10 @@ def build_pretrain_loader(records: Sequence[ImageRecord], aug_cfg: "AugmentConfi
     dali`` a :class:`~hpt_hpc.data.dali_loader.DaliPretrainLoader`."""
     _check_backend(data_cfg)
     dali = _dali_loaders(data_cfg)
+    if isinstance(records, ShardTable):
+        from .shard_loader import ShardPretrainLoader
+        return ShardPretrainLoader(records, aug_cfg, data_cfg, batch_size, seed, rank,
+                                   world_size, workers, start_epoch, start_step, fill_skipped)
     if dali is not None:
         return dali.DaliPretrainLoader(
             records, aug_cfg, data_cfg, batch_size, seed, rank, world_size, workers,
@@ -75,6 +80,10 @@ def build_eval_loader(records: Sequence[ImageRecord], data_cfg: "DataConfig",
     :class:`~hpt_hpc.data.dali_loader.DaliEvalLoader`."""
     _check_backend(data_cfg)
     dali = _dali_loaders(data_cfg)
+    if isinstance(records, ShardTable):
+        from .shard_loader import ShardEvalLoader
+        return ShardEvalLoader(records, data_cfg, batch_size, train, workers, num_classes,
+                               multi_label, seed, probe)
     if dali is not None:
         return dali.DaliEvalLoader(records, data_cfg, batch_size, train, workers,
                                               num_classes, multi_label, seed, probe)

@@ -1,0 +1,323 @@
+"""Torchvision loaders over tar shards (``format: shards``), read with ``webdataset``.
+
+Pretraining (:class:`ShardPretrainLoader`): rank ``r`` of ``R`` reads shards ``r, r+R,
+...``; its loader worker ``w`` of ``W`` reads every ``W``-th of those. Each epoch every
+worker reads its shards in an order seeded by ``(seed, epoch, rank, worker)`` through a
+shuffle buffer of ``data.shuffle_buffer`` samples drawn from the same generator; the
+loader takes one sample from each worker in turn (PyTorch's order), so the stream is a
+function of ``seed`` and the epoch. Every rank makes the same ``steps_per_epoch``: the
+smallest rank's images // batch. ``set_epoch(e, step)`` starts epoch ``e`` at batch
+``step``: each worker passes over (reads, never decodes) its share of the first ``step``
+batches, so a resumed stage sees the stream an uninterrupted one would have.
+
+Evaluation (:class:`ShardEvalLoader`): the test view reads every shard in the packed
+order (worker ``w`` decodes every ``W``-th sample: the order is the listing's, as
+``embed`` and the probes expect); the training view reads shards shuffled, as above.
+
+Bad samples (a missing image or label member, a corrupt image) are skipped and named
+like unreadable files; a damaged tar (truncated, not a tar) is named and the rest of it
+skipped; no read blocks.
+"""
+from __future__ import annotations
+
+import logging
+import random
+from typing import Dict, Iterator, List, Optional, Sequence
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data._utils.collate import default_collate
+
+from .bands import read_image
+from .dataset import SkippedImages, SkippedItem
+from .images import UnreadableImage
+from .shard_set import ShardTable
+from .sources import DatasetError
+from .transforms import (build_eval_transform, build_probe_train_transform,
+                         build_pretrain_transform)
+
+log = logging.getLogger(__name__)
+META = ("cls", "path")  # the members of a sample that are not its image
+
+
+def read_shard(path: str) -> Iterator[dict]:
+    """The samples of one tar, in order (``__key__`` and one entry per member); a damaged
+    tar is named (one warning) after its last whole sample."""
+    from webdataset.tariterators import group_by_keys, tar_file_iterator
+    failures: List[Exception] = []
+
+    def stop(exc: Exception) -> bool:
+        failures.append(exc)
+        return False
+    try:
+        with open(path, "rb") as handle:
+            members = ({**f, "__url__": path} for f in tar_file_iterator(handle, handler=stop))
+            yield from group_by_keys(members, handler=stop)
+    except Exception as exc:  # noqa: BLE001 - tarfile reports damage in many ways
+        failures.append(exc)
+    if failures:
+        log.warning("shard %s is damaged (%s: %s); the rest of it is skipped; pack it "
+                    "again with `hpt-hpc data shard`", path, type(failures[0]).__name__,
+                    str(failures[0]).split(" @ ")[0])
+
+
+def shuffled(samples, size: int, rng: random.Random) -> Iterator:
+    """``samples`` through a buffer of ``size``: each new one replaces a random one."""
+    if size <= 1:
+        yield from samples
+        return
+    buffer: list = []
+    for sample in samples:
+        if len(buffer) < size:
+            buffer.append(sample)
+            continue
+        j = rng.randrange(size)
+        buffer[j], sample = sample, buffer[j]
+        yield sample
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+def round_robin_skips(counts: Sequence[int], total: int) -> List[int]:
+    """How many of the first ``total`` samples each worker gives when samples are taken
+    from the workers in turn, an exhausted worker left out (PyTorch's order)."""
+    taken, left = [0] * len(counts), total
+    while left > 0:
+        live = [w for w, c in enumerate(counts) if taken[w] < c]
+        if not live:
+            break
+        rounds = min(min(counts[w] - taken[w] for w in live), left // len(live))
+        for w in live:
+            taken[w] += rounds
+        left -= rounds * len(live)
+        if rounds == 0:
+            for w in live[:left]:
+                taken[w] += 1
+            left = 0
+    return taken
+
+
+class ShardStream(IterableDataset):
+    """One pass over ``shards`` of ``table`` as ``(sample, label, row)`` or
+    :class:`SkippedItem`; see the module doc for the order (``shuffle`` 0: packed order,
+    workers split the samples; else: workers split the shards, buffer of ``shuffle``)."""
+
+    def __init__(self, table: ShardTable, shards: Sequence[int], transform, channels: int,
+                 max_pixels: Optional[int], seed: int, rank: int, shuffle: int,
+                 label=None):
+        self.table, self.shards = table, list(shards)
+        self.transform, self.channels, self.max_pixels = transform, channels, max_pixels
+        self.seed, self.rank, self.shuffle, self.label = seed, rank, shuffle, label
+        self.epoch, self.skips = 0, [0]
+
+    def worker_shards(self, worker: int, workers: int) -> List[int]:
+        return self.shards[worker::workers] if self.shuffle else self.shards
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        mine = self.worker_shards(worker, workers)
+        if self.shuffle:
+            rng = random.Random(f"{self.seed}/{self.epoch}/{self.rank}/{worker}")
+            rng.shuffle(mine)
+            stream = shuffled((s for i in mine for s in read_shard(self.table.shards[i].path)),
+                              self.shuffle, rng)
+            skip = self.skips[worker] if worker < len(self.skips) else 0
+            for n, sample in enumerate(stream):
+                if n >= skip:
+                    yield self.decode(sample)
+        else:
+            samples = (s for i in mine for s in read_shard(self.table.shards[i].path))
+            for n, sample in enumerate(samples):
+                if n % workers == worker:
+                    yield self.decode(sample)
+
+    def decode(self, sample: Dict[str, bytes]):
+        key = sample.get("__key__", "?")
+        try:
+            row = int(key)
+            name = self.table.path(row)
+        except (ValueError, IndexError):
+            return SkippedItem(f"{sample.get('__url__')}:{key}", "a sample key that is not "
+                               "a row of the packed listing")
+        where = f"in {sample.get('__url__')}, key {key}"
+        images = [k for k in sample if not k.startswith("__") and k not in META]
+        if len(images) != 1 or "cls" not in sample:
+            missing = "its image" if not images else "its label (.cls)" \
+                if "cls" not in sample else f"one image ({' '.join(images)})"
+            return SkippedItem(name, f"{where}: the sample lacks {missing}")
+        try:
+            labels = tuple(int(v) for v in sample["cls"].split())
+            image = read_image(f"{name}", self.channels, self.max_pixels,
+                               data=sample[images[0]])
+        except UnreadableImage as exc:
+            return SkippedItem(name, f"{where}: {exc.reason}")
+        except ValueError:
+            return SkippedItem(name, f"{where}: labels {sample['cls'][:40]!r} are not "
+                                     "integers")
+        out = self.transform(image) if self.transform is not None else image
+        return out, (self.label(labels) if self.label else (labels[0] if labels else -1)), row
+
+
+def _as_is(item):
+    return item
+
+
+class MultiHot:
+    """Labels as a float multi-hot vector of ``num_classes`` (multi-label evaluation)."""
+
+    def __init__(self, num_classes: int):
+        self.num_classes = num_classes
+
+    def __call__(self, labels) -> torch.Tensor:
+        target = torch.zeros(self.num_classes, dtype=torch.float32)
+        target[list(labels)] = 1.0
+        return target
+
+
+def _stream_loader(stream: ShardStream, workers: int, seed: int) -> DataLoader:
+    """One pass of ``stream``; its own generator seeds the workers (the global one is
+    never drawn from, so a resumed run's augmentations continue as they would have)."""
+    return DataLoader(stream, batch_size=None, num_workers=workers, collate_fn=_as_is,
+                      pin_memory=torch.cuda.is_available(),
+                      generator=torch.Generator().manual_seed(seed))
+
+
+class _Batches:
+    """Batches of ``batch_size`` readable items from a stream loader; skipped ones named."""
+
+    def __init__(self, skipped: SkippedImages):
+        self.skipped = skipped
+
+    def batches(self, items, batch_size: int, whole: bool = True):
+        pending = []
+        for item in items:
+            if isinstance(item, SkippedItem):
+                self.skipped.add([(item.path, item.reason)])
+                continue
+            pending.append(item)
+            if len(pending) == batch_size:
+                yield default_collate(pending)
+                pending = []
+        if pending and not whole:
+            yield default_collate(pending)
+
+
+class ShardPretrainLoader(_Batches):
+    """The pretraining loader of :mod:`hpt_hpc.data.loader` (same interface) over shards."""
+
+    def __init__(self, table: ShardTable, aug_cfg, data_cfg, batch_size: int, seed: int,
+                 rank: int = 0, world_size: int = 1, workers: Optional[int] = None,
+                 start_epoch: int = 0, start_step: int = 0, fill_skipped: bool = True):
+        super().__init__(SkippedImages())
+        count = len(table.shards)
+        if count < world_size:
+            raise DatasetError(f"{count} shard(s) cannot feed {world_size} ranks: pack "
+                               "smaller shards (`hpt-hpc data shard --shard-size`)")
+        per_rank = [list(range(count))[r::world_size] for r in range(world_size)]
+        images = [sum(table.shards[i].count for i in s) for s in per_rank]
+        self.batch_size, self.num_images = batch_size, len(table)
+        self.steps_per_epoch = min(images) // batch_size
+        if self.steps_per_epoch == 0:
+            raise DatasetError(f"{min(images)} images in the shards of a rank are too few for "
+                               f"batch size {batch_size}; lower the batch size")
+        workers = data_cfg.workers if workers is None else workers
+        self.workers = max(0, min(workers, len(per_rank[rank])))
+        self.stream = ShardStream(table, per_rank[rank], build_pretrain_transform(
+            aug_cfg, data_cfg), data_cfg.channels, data_cfg.max_pixels, seed, rank,
+            data_cfg.shuffle_buffer)
+        self.set_epoch(start_epoch, start_step)
+
+    def worker_counts(self) -> List[int]:
+        table, n = self.stream.table, max(1, self.workers)
+        return [sum(table.shards[i].count for i in self.stream.worker_shards(w, n))
+                for w in range(n)]
+
+    def set_epoch(self, epoch: int, step: int = 0) -> None:
+        """Make the next batch batch ``step`` of epoch ``epoch`` (for resuming)."""
+        if not 0 <= step <= self.steps_per_epoch:
+            raise ValueError(f"step {step} outside epoch of {self.steps_per_epoch} steps")
+        self.epoch, self.step = int(epoch), int(step)
+
+    def __iter__(self):
+        while True:
+            self.stream.epoch = self.epoch
+            self.stream.skips = round_robin_skips(self.worker_counts(),
+                                                  self.step * self.batch_size)
+            if self.step < self.steps_per_epoch:
+                items = iter(_stream_loader(self.stream, self.workers, hash(
+                    (self.stream.seed, self.stream.rank, self.epoch, self.step)) % 2 ** 62))
+                for views in self._epoch_batches(items):
+                    self.step += 1
+                    yield tuple(views)
+                    if self.step == self.steps_per_epoch:
+                        break
+                del items  # stops the workers
+            self.epoch, self.step = self.epoch + 1, 0
+
+    def _epoch_batches(self, items):
+        for batch in self.batches(items, self.batch_size):
+            yield batch[0]
+        self.stream.skips = [0]  # bad samples left too few batches: read the epoch again
+        while True:
+            got = False
+            for batch in self.batches(iter(self.stream), self.batch_size):
+                got = True
+                yield batch[0]
+            if not got:
+                raise DatasetError(f"rank {self.stream.rank} found too few readable images "
+                                   "to fill a batch; run `hpt-hpc data check` on the dataset")
+
+    def close(self) -> None:
+        """Nothing to stop: each epoch's workers end with it."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class ShardEvalLoader(_Batches):
+    """The evaluation loader of :mod:`hpt_hpc.data.loader` (same interface) over shards;
+    each ``iter()`` is one pass (the training view reshuffles per pass)."""
+
+    def __init__(self, table: ShardTable, data_cfg, batch_size: int, train: bool = False,
+                 workers: Optional[int] = None, num_classes: Optional[int] = None,
+                 multi_label: Optional[bool] = None, seed: int = 0, probe=None):
+        super().__init__(SkippedImages())
+        if not len(table):
+            raise DatasetError("no images to evaluate on")
+        self.multi_label = table.multi_label if multi_label is None else multi_label
+        top = table.max_label()
+        self.num_classes = top + 1 if num_classes is None else int(num_classes)
+        if top >= self.num_classes:
+            raise DatasetError(f"label {top} found but num_classes is {self.num_classes}")
+        transform = build_probe_train_transform(data_cfg, probe) if train else \
+            build_eval_transform(data_cfg, probe)
+        shards = list(range(len(table.shards)))
+        self.stream = ShardStream(table, shards, transform, data_cfg.channels,
+                                  data_cfg.max_pixels, seed, 0,
+                                  data_cfg.shuffle_buffer if train else 0,
+                                  MultiHot(self.num_classes) if self.multi_label else None)
+        workers = data_cfg.workers if workers is None else workers
+        self.workers = min(workers, len(shards)) if train else workers
+        self.batch_size, self.num_images, self._passes = batch_size, len(table), 0
+
+    def __len__(self) -> int:
+        return -(-self.num_images // self.batch_size)
+
+    def __iter__(self):
+        self.stream.epoch, self._passes = self._passes, self._passes + 1
+        items = _stream_loader(self.stream, self.workers, self.stream.seed + self.stream.epoch)
+        for images, labels, _ in self.batches(items, self.batch_size, whole=False):
+            yield images, labels
+
+    def close(self) -> None:
+        """Nothing to stop: each pass's workers end with it."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
