@@ -47,6 +47,26 @@ def _dali_loaders(data_cfg: "DataConfig"):
     return dali_loader
 
 
+def _dali_shards(dali, table: ShardTable):
+    """The DALI shard loaders' module when DALI is asked for and can read ``table`` as it
+    is (:func:`~hpt_hpc.data.dali_shards.dali_ready`); else None (torchvision shard
+    loaders: said once per split)."""
+    if dali is None:
+        return None
+    from . import dali_shards
+    if dali_shards.dali_ready(table):
+        return dali_shards
+    where = table.manifest.get("source", {})
+    if where not in _warned:
+        _warned.append(where)
+        indirect = table.manifest.get("dali_indirect", {})
+        log.warning("%s of the %d packed images of %s (e.g. %s) are not decoded by DALI as "
+                    "the reference decodes them (CMYK, alpha, 16-bit, TIFF, damaged): these "
+                    "shards are read by the torchvision loaders", indirect.get("count", "?"),
+                    len(table), where.get("root"), ", ".join(indirect.get("examples", [])[:3]))
+    return None
+
+
 def build_pretrain_loader(records: Sequence[ImageRecord], aug_cfg: "AugmentConfig",
                           data_cfg: "DataConfig", batch_size: int, seed: int, rank: int = 0,
                           world_size: int = 1, workers: Optional[int] = None,
@@ -58,6 +78,10 @@ def build_pretrain_loader(records: Sequence[ImageRecord], aug_cfg: "AugmentConfi
     _check_backend(data_cfg)
     dali = _dali_loaders(data_cfg)
     if isinstance(records, ShardTable):
+        if _dali_shards(dali, records) is not None:
+            return _dali_shards(dali, records).DaliShardPretrainLoader(
+                records, aug_cfg, data_cfg, batch_size, seed, rank, world_size, workers,
+                start_epoch, start_step, fill_skipped)
         from .shard_loader import ShardPretrainLoader
         return ShardPretrainLoader(records, aug_cfg, data_cfg, batch_size, seed, rank,
                                    world_size, workers, start_epoch, start_step, fill_skipped)
@@ -81,6 +105,10 @@ def build_eval_loader(records: Sequence[ImageRecord], data_cfg: "DataConfig",
     _check_backend(data_cfg)
     dali = _dali_loaders(data_cfg)
     if isinstance(records, ShardTable):
+        if _dali_shards(dali, records) is not None:
+            return _dali_shards(dali, records).DaliShardEvalLoader(
+                records, data_cfg, batch_size, train, workers, num_classes, multi_label,
+                seed, probe)
         from .shard_loader import ShardEvalLoader
         return ShardEvalLoader(records, data_cfg, batch_size, train, workers, num_classes,
                                multi_label, seed, probe)

@@ -18,8 +18,10 @@ shards may be written by separate processes in any order. ``DEST/<split>/`` then
 * ``shard-<i:05d>.done.json``: the shard's count, size and SHA-256, written after it.
 * ``listing.npz``: the packed records in shard order (a
   :class:`~hpt_hpc.data.table.RecordTable`: paths below the source split, labels).
-* ``manifest.json``: source, classes, counts, bands per image, the listing digest, the
-  order seed, every shard's first record, count, bytes and SHA-256.
+* ``manifest.json``: source, classes, counts, bands per image, how many images DALI's
+  decoder would not take as they are (``dali_indirect``: CMYK, alpha, 16-bit, TIFF,
+  damaged; see :mod:`hpt_hpc.data.dali_feed`), the listing digest, the order seed, every
+  shard's first record, count, bytes and SHA-256.
 
 Resuming: a shard whose ``done.json`` matches the plan and whose SHA-256 still matches is
 kept; every other shard is written again (atomically, through :mod:`hpt_hpc.files`).
@@ -37,10 +39,12 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from ..files import OutputError, atomic_write, write_text_atomic
+from .dali_feed import is_direct
 from .shard_set import LISTING, MANIFEST, SHARDS_FORMAT, sha256_of as file_sha256
 from .sources import DatasetError, scan_split, split_location
 from .table import RecordTable
 KEY_DIGITS = 9
+EXAMPLES = 10  # images named per kind in a manifest
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
 
@@ -215,25 +219,32 @@ def shard_split(ds_cfg, split: str, dest: str, shard_size: int, seed: int = 0,
             kept.append(i)
             continue
         seen: Dict[str, int] = {}
+        indirect: List[str] = []
 
         def read(path: str) -> bytes:
             data = _read_bytes(path)
             b = _bands(data, path)
             seen[b] = seen.get(b, 0) + 1
+            if not is_direct(data):
+                indirect.append(path)
             return data
         with atomic_write(tar_path) as handle, \
                 atomic_write(os.path.join(dest, shard_name(i, "idx")), "w") as index:
             info = write_shard(handle, index, table, cuts[i], cuts[i + 1], read)
-        info.update(sha256=file_sha256(tar_path), bands=seen, plan=_shard_plan(plan, i))
+        info.update(sha256=file_sha256(tar_path), bands=seen, plan=_shard_plan(plan, i),
+                    indirect={"count": len(indirect), "examples": indirect[:EXAMPLES]})
         write_text_atomic(os.path.join(dest, shard_name(i, "done.json")), json.dumps(info))
         written.append(i)
         log(f"{split}: {shard_name(i, 'tar')} {info['count']} images, {info['bytes']} bytes")
     dones = [_done(dest, i) for i in range(count)]
     if any(d is None or d.get("plan") != _shard_plan(plan, i) for i, d in enumerate(dones)):
         return {"complete": False, "shards": count, "kept": kept, "written": written}
+    indirect = {"count": 0, "examples": []}
     for d in dones:
         for b, n in d.get("bands", {}).items():
             bands[b] = bands.get(b, 0) + n
+        indirect["count"] += d["indirect"]["count"]
+        indirect["examples"] = (indirect["examples"] + d["indirect"]["examples"])[:EXAMPLES]
     with atomic_write(os.path.join(dest, LISTING)) as handle:
         np.savez(handle, **{n: getattr(table, n) for n in RecordTable.ARRAYS})
     manifest = {
@@ -241,7 +252,8 @@ def shard_split(ds_cfg, split: str, dest: str, shard_size: int, seed: int = 0,
                                             "format": ds_cfg.format, "split": split,
                                             "root": table.root},
         "images": len(table), "classes": listing.classes, "labelled": bool(len(table.labels)),
-        "multi_label": table.multi_label, "bands": bands, "listing_digest": digest,
+        "multi_label": table.multi_label, "bands": bands, "dali_indirect": indirect,
+        "listing_digest": digest,
         "listing_sha256": file_sha256(os.path.join(dest, LISTING)), "seed": seed,
         "shard_size": shard_size,
         "shards": [{"name": shard_name(i, "tar"), "index": shard_name(i, "idx"),
