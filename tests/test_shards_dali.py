@@ -16,7 +16,8 @@ from tiny import run_stage_of, tiny_config
 pytest.importorskip("nvidia.dali")
 from hpt_hpc.data.dali_shards import (DaliShardEvalLoader,  # noqa: E402
                                       DaliShardPretrainLoader)
-from hpt_hpc.data.shard_loader import ShardEvalLoader, ShardPretrainLoader  # noqa: E402
+from hpt_hpc.data.loader import EvalLoader  # noqa: E402
+from hpt_hpc.data.shard_loader import ShardPretrainLoader  # noqa: E402
 
 DALI = {"backend": "dali", "device": DEVICE, "image_size": 16, "channels": 1,
         "mean": [0.5], "std": [0.5], "workers": 1}
@@ -45,7 +46,7 @@ def test_dali_evaluates_shards_in_the_packed_order_like_torchvision(tmp_path, pa
     dali = build_eval_loader(table, cfg.data, batch_size=64)
     cfg.data.backend = "torchvision"
     reference = build_eval_loader(table, cfg.data, batch_size=64, workers=2)
-    assert isinstance(dali, DaliShardEvalLoader) and isinstance(reference, ShardEvalLoader)
+    assert isinstance(dali, DaliShardEvalLoader) and isinstance(reference, EvalLoader)
     got = [(x, y) for x, y in dali]
     want = [(x, y) for x, y in reference]
     assert [y.tolist() for _, y in got] == [y.tolist() for _, y in want]

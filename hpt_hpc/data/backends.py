@@ -12,7 +12,7 @@ from ..config.schema import BACKENDS
 from ..errors import HptError
 from .loader import EvalLoader, PretrainLoader
 from .shard_set import ShardTable
-from .sources import ImageRecord
+from .sources import DatasetError, ImageRecord
 
 if TYPE_CHECKING:  # pragma: no cover
     from hpt_hpc.config.schema import AugmentConfig, DataConfig, ProbeConfig
@@ -78,6 +78,9 @@ def build_pretrain_loader(records: Sequence[ImageRecord], aug_cfg: "AugmentConfi
     _check_backend(data_cfg)
     dali = _dali_loaders(data_cfg)
     if isinstance(records, ShardTable):
+        if not records.complete:
+            raise DatasetError("a subset of packed shards cannot be streamed for pretraining;"
+                               " pack the subset (`hpt-hpc data shard`) instead")
         if _dali_shards(dali, records) is not None:
             return _dali_shards(dali, records).DaliShardPretrainLoader(
                 records, aug_cfg, data_cfg, batch_size, seed, rank, world_size, workers,
@@ -104,14 +107,12 @@ def build_eval_loader(records: Sequence[ImageRecord], data_cfg: "DataConfig",
     :class:`~hpt_hpc.data.dali_loader.DaliEvalLoader`."""
     _check_backend(data_cfg)
     dali = _dali_loaders(data_cfg)
-    if isinstance(records, ShardTable):
-        if _dali_shards(dali, records) is not None:
+    if isinstance(records, ShardTable):  # images read by offset from the tars
+        if records.complete and _dali_shards(dali, records) is not None:
             return _dali_shards(dali, records).DaliShardEvalLoader(
                 records, data_cfg, batch_size, train, workers, num_classes, multi_label,
                 seed, probe)
-        from .shard_loader import ShardEvalLoader
-        return ShardEvalLoader(records, data_cfg, batch_size, train, workers, num_classes,
-                               multi_label, seed, probe)
+        dali = None
     if dali is not None:
         return dali.DaliEvalLoader(records, data_cfg, batch_size, train, workers,
                                               num_classes, multi_label, seed, probe)

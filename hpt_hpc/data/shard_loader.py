@@ -10,9 +10,9 @@ smallest rank's images // batch. ``set_epoch(e, step)`` starts epoch ``e`` at ba
 ``step``: each worker passes over (reads, never decodes) its share of the first ``step``
 batches, so a resumed stage sees the stream an uninterrupted one would have.
 
-Evaluation (:class:`ShardEvalLoader`): the test view reads every shard in the packed
-order (worker ``w`` decodes every ``W``-th sample: the order is the listing's, as
-``embed`` and the probes expect); the training view reads shards shuffled, as above.
+Evaluations need any image in any order: they read shards through the usual
+:class:`~hpt_hpc.data.loader.EvalLoader`, one image at a time by its offset
+(:meth:`~hpt_hpc.data.shard_set.ShardTable.read_bytes`).
 
 Bad samples (a missing image or label member, a corrupt image) are skipped and named
 like unreadable files; a damaged tar (truncated, not a tar) is named and the rest of it
@@ -33,8 +33,7 @@ from .dataset import SkippedImages, SkippedItem
 from .images import UnreadableImage
 from .shard_set import ShardTable
 from .sources import DatasetError
-from .transforms import (build_eval_transform, build_probe_train_transform,
-                         build_pretrain_transform)
+from .transforms import build_pretrain_transform
 
 log = logging.getLogger(__name__)
 META = ("cls", "path")  # the members of a sample that are not its image
@@ -98,39 +97,32 @@ def round_robin_skips(counts: Sequence[int], total: int) -> List[int]:
 
 
 class ShardStream(IterableDataset):
-    """One pass over ``shards`` of ``table`` as ``(sample, label, row)`` or
-    :class:`SkippedItem`; see the module doc for the order (``shuffle`` 0: packed order,
-    workers split the samples; else: workers split the shards, buffer of ``shuffle``)."""
+    """One epoch of ``shards`` of ``table`` as ``(sample, first label, row)`` or
+    :class:`SkippedItem`: workers split the shards, each reads its own in a seeded order
+    through a buffer of ``shuffle`` samples (see the module doc)."""
 
     def __init__(self, table: ShardTable, shards: Sequence[int], transform, channels: int,
-                 max_pixels: Optional[int], seed: int, rank: int, shuffle: int,
-                 label=None):
+                 max_pixels: Optional[int], seed: int, rank: int, shuffle: int):
         self.table, self.shards = table, list(shards)
         self.transform, self.channels, self.max_pixels = transform, channels, max_pixels
-        self.seed, self.rank, self.shuffle, self.label = seed, rank, shuffle, label
+        self.seed, self.rank, self.shuffle = seed, rank, shuffle
         self.epoch, self.skips = 0, [0]
 
     def worker_shards(self, worker: int, workers: int) -> List[int]:
-        return self.shards[worker::workers] if self.shuffle else self.shards
+        return self.shards[worker::workers]
 
     def __iter__(self):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         mine = self.worker_shards(worker, workers)
-        if self.shuffle:
-            rng = random.Random(f"{self.seed}/{self.epoch}/{self.rank}/{worker}")
-            rng.shuffle(mine)
-            stream = shuffled((s for i in mine for s in read_shard(self.table.shards[i].path)),
-                              self.shuffle, rng)
-            skip = self.skips[worker] if worker < len(self.skips) else 0
-            for n, sample in enumerate(stream):
-                if n >= skip:
-                    yield self.decode(sample)
-        else:
-            samples = (s for i in mine for s in read_shard(self.table.shards[i].path))
-            for n, sample in enumerate(samples):
-                if n % workers == worker:
-                    yield self.decode(sample)
+        rng = random.Random(f"{self.seed}/{self.epoch}/{self.rank}/{worker}")
+        rng.shuffle(mine)
+        stream = shuffled((s for i in mine for s in read_shard(self.table.shards[i].path)),
+                          self.shuffle, rng)
+        skip = self.skips[worker] if worker < len(self.skips) else 0
+        for n, sample in enumerate(stream):
+            if n >= skip:
+                yield self.decode(sample)
 
     def decode(self, sample: Dict[str, bytes]):
         key = sample.get("__key__", "?")
@@ -156,23 +148,11 @@ class ShardStream(IterableDataset):
             return SkippedItem(name, f"{where}: labels {sample['cls'][:40]!r} are not "
                                      "integers")
         out = self.transform(image) if self.transform is not None else image
-        return out, (self.label(labels) if self.label else (labels[0] if labels else -1)), row
+        return out, labels[0] if labels else -1, row
 
 
 def _as_is(item):
     return item
-
-
-class MultiHot:
-    """Labels as a float multi-hot vector of ``num_classes`` (multi-label evaluation)."""
-
-    def __init__(self, num_classes: int):
-        self.num_classes = num_classes
-
-    def __call__(self, labels) -> torch.Tensor:
-        target = torch.zeros(self.num_classes, dtype=torch.float32)
-        target[list(labels)] = 1.0
-        return target
 
 
 def _stream_loader(stream: ShardStream, workers: int, seed: int) -> DataLoader:
@@ -189,7 +169,7 @@ class _Batches:
     def __init__(self, skipped: SkippedImages):
         self.skipped = skipped
 
-    def batches(self, items, batch_size: int, whole: bool = True):
+    def batches(self, items, batch_size: int):
         pending = []
         for item in items:
             if isinstance(item, SkippedItem):
@@ -199,8 +179,6 @@ class _Batches:
             if len(pending) == batch_size:
                 yield default_collate(pending)
                 pending = []
-        if pending and not whole:
-            yield default_collate(pending)
 
 
 class ShardPretrainLoader(_Batches):
@@ -270,51 +248,6 @@ class ShardPretrainLoader(_Batches):
 
     def close(self) -> None:
         """Nothing to stop: each epoch's workers end with it."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-class ShardEvalLoader(_Batches):
-    """The evaluation loader of :mod:`hpt_hpc.data.loader` (same interface) over shards;
-    each ``iter()`` is one pass (the training view reshuffles per pass)."""
-
-    def __init__(self, table: ShardTable, data_cfg, batch_size: int, train: bool = False,
-                 workers: Optional[int] = None, num_classes: Optional[int] = None,
-                 multi_label: Optional[bool] = None, seed: int = 0, probe=None):
-        super().__init__(SkippedImages())
-        if not len(table):
-            raise DatasetError("no images to evaluate on")
-        self.multi_label = table.multi_label if multi_label is None else multi_label
-        top = table.max_label()
-        self.num_classes = top + 1 if num_classes is None else int(num_classes)
-        if top >= self.num_classes:
-            raise DatasetError(f"label {top} found but num_classes is {self.num_classes}")
-        transform = build_probe_train_transform(data_cfg, probe) if train else \
-            build_eval_transform(data_cfg, probe)
-        shards = list(range(len(table.shards)))
-        self.stream = ShardStream(table, shards, transform, data_cfg.channels,
-                                  data_cfg.max_pixels, seed, 0,
-                                  data_cfg.shuffle_buffer if train else 0,
-                                  MultiHot(self.num_classes) if self.multi_label else None)
-        workers = data_cfg.workers if workers is None else workers
-        self.workers = min(workers, len(shards)) if train else workers
-        self.batch_size, self.num_images, self._passes = batch_size, len(table), 0
-
-    def __len__(self) -> int:
-        return -(-self.num_images // self.batch_size)
-
-    def __iter__(self):
-        self.stream.epoch, self._passes = self._passes, self._passes + 1
-        items = _stream_loader(self.stream, self.workers, self.stream.seed + self.stream.epoch)
-        for images, labels, _ in self.batches(items, self.batch_size, whole=False):
-            yield images, labels
-
-    def close(self) -> None:
-        """Nothing to stop: each pass's workers end with it."""
 
     def __enter__(self):
         return self

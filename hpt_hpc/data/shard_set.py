@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import time
-from typing import List, NamedTuple
+from typing import Dict, Iterable, List, NamedTuple, Optional
 
 import numpy as np
 
@@ -35,12 +35,74 @@ class Shard(NamedTuple):
 
 
 class ShardTable(RecordTable):
-    """The records of a packed split in shard order, with its :class:`Shard` list.
-    ``take`` gives a plain :class:`RecordTable` (a subset is no longer a set of shards)."""
+    """The records of a packed split in shard order, with its :class:`Shard` list, or a
+    subset of them (``take``: ``packed`` maps its rows to packed rows). ``read_bytes(i)``
+    reads one image from its tar by the offset in the shard's index file (one open per
+    shard and process): what evaluations, which need any image in any order, use."""
 
-    def __init__(self, root: str, arrays, shards: List[Shard], manifest: dict):
+    def __init__(self, root: str, arrays, shards: List[Shard], manifest: dict,
+                 packed: Optional[np.ndarray] = None):
         super().__init__(root, *arrays)
-        self.shards, self.manifest = shards, manifest
+        self.shards, self.manifest, self.packed = shards, manifest, packed
+        self._where: Optional[tuple] = None  # (shard, offset, size) per packed row
+        self._handles: Dict[int, int] = {}
+        self._pid = -1
+
+    @property
+    def complete(self) -> bool:
+        """True for the whole packed split (what the streaming loaders read)."""
+        return self.packed is None
+
+    def packed_row(self, row: int) -> int:
+        return row if self.packed is None else int(self.packed[row])
+
+    def take(self, indices: Iterable[int]) -> "ShardTable":
+        indices = np.asarray(list(indices), dtype=np.int64)
+        plain = super().take(indices.tolist())
+        packed = indices if self.packed is None else self.packed[indices]
+        subset = ShardTable(plain.root, [getattr(plain, n) for n in self.ARRAYS],
+                            self.shards, self.manifest, packed)
+        subset._where = self._where
+        return subset
+
+    def locate(self) -> None:
+        """Read every shard's index file (once; before loader workers fork)."""
+        if self._where is not None:
+            return
+        total = self.shards[-1].first + self.shards[-1].count if self.shards else 0
+        shard = np.zeros(total, np.int32)
+        offset, size = np.zeros(total, np.int64), np.zeros(total, np.int64)
+        for k, s in enumerate(self.shards):
+            try:
+                with open(s.index_path, encoding="utf-8") as handle:
+                    lines = handle.read().splitlines()[1:]
+            except OSError as exc:
+                raise DatasetError(f"cannot read the index {s.index_path}: "
+                                   f"{exc.strerror or exc}; pack the split again") from None
+            if len(lines) != s.count:
+                raise DatasetError(f"{s.index_path} lists {len(lines)} samples, the manifest "
+                                   f"{s.count}; pack the split again")
+            for j, line in enumerate(lines):  # image member first: "ext offset size name"
+                fields = line.split(" ")
+                shard[s.first + j], offset[s.first + j] = k, int(fields[1])
+                size[s.first + j] = int(fields[2])
+        self._where = (shard, offset, size)
+
+    def read_bytes(self, row: int) -> bytes:
+        """The encoded image of ``row`` (OSError when its tar cannot be read)."""
+        self.locate()
+        if self._pid != os.getpid():  # a forked worker opens its own descriptors
+            self._handles, self._pid = {}, os.getpid()
+        packed = self.packed_row(row)
+        shard, offset, size = (int(a[packed]) for a in self._where)
+        fd = self._handles.get(shard)
+        if fd is None:
+            fd = self._handles[shard] = os.open(self.shards[shard].path, os.O_RDONLY)
+        data = os.pread(fd, size, offset)
+        if len(data) != size:
+            raise OSError(f"{self.shards[shard].path} ends before image {packed:09d} "
+                          "(truncated)")
+        return data
 
     def key(self, row: int) -> str:
         """Where row ``row`` lies, for messages: ``shard-00003.tar:000000012 (0/12.png)``."""
