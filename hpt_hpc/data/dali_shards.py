@@ -16,6 +16,7 @@ grey/RGB JPEG and PNG) come here; :func:`dali_ready` says which.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -77,12 +78,26 @@ def _reader(table: ShardTable, shard_id: int, num_shards: int, shuffle: int,
                        shuffle, seed)
 
 
+def _check_sizes(table: ShardTable) -> None:
+    """Refuse shards whose size is not the manifest's (truncated, replaced) before DALI
+    reads past their end: one line naming the first."""
+    for entry in table.manifest.get("shards", []):
+        path = os.path.join(os.path.dirname(table.shards[0].path), entry["name"])
+        size = os.path.getsize(path) if os.path.isfile(path) else -1
+        if size != entry["bytes"]:
+            raise DatasetError(f"shard {path} is {'missing' if size < 0 else f'{size} bytes'}"
+                               f", its manifest says {entry['bytes']} bytes: pack the split "
+                               "again with `hpt-hpc data shard` (or read it with "
+                               "data.backend torchvision, which skips what is damaged)")
+
+
 def _run(pipe):
     try:
         return pipe.run()
     except Exception as exc:  # noqa: BLE001 - DALI reports a damaged shard as an error
-        line = next((ln.strip() for ln in str(exc).splitlines() if "rror" in ln),
-                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        line = next((ln for ln in lines if ".tar" in ln), next(
+            (ln for ln in lines if "rror" in ln), lines[0] if lines else type(exc).__name__))
         raise HptError(f"DALI could not read the shards: {line[:300]}; `hpt-hpc data check` "
                        "names the damaged shard (or read them with data.backend "
                        "torchvision, which skips it)") from None
@@ -97,6 +112,7 @@ class DaliShardPretrainLoader:
                  rank: int = 0, world_size: int = 1, workers: Optional[int] = None,
                  start_epoch: int = 0, start_step: int = 0, fill_skipped: bool = True,
                  prefetch: int = 2):
+        _check_sizes(table)
         self.device = resolve_device(data_cfg.device)
         self.table, self._configs = table, (aug_cfg, data_cfg)
         self.spec = view_spec(aug_cfg, data_cfg)
@@ -176,6 +192,7 @@ class DaliShardEvalLoader:
                  multi_label: Optional[bool] = None, seed: int = 0, probe=None):
         if not len(table):
             raise DatasetError("no images to evaluate on")
+        _check_sizes(table)
         multi_label = table.multi_label if multi_label is None else multi_label
         self.device = resolve_device(data_cfg.device)
         self.spec, self.table, self.data_cfg = eval_spec(data_cfg, probe), table, data_cfg

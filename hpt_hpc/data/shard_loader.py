@@ -37,6 +37,7 @@ from .transforms import build_pretrain_transform
 
 log = logging.getLogger(__name__)
 META = ("cls", "path")  # the members of a sample that are not its image
+_WARNED: set = set()  # damaged shards named in this process
 
 
 def read_shard(path: str) -> Iterator[dict]:
@@ -54,7 +55,8 @@ def read_shard(path: str) -> Iterator[dict]:
             yield from group_by_keys(members, handler=stop)
     except Exception as exc:  # noqa: BLE001 - tarfile reports damage in many ways
         failures.append(exc)
-    if failures:
+    if failures and path not in _WARNED:
+        _WARNED.add(path)
         log.warning("shard %s is damaged (%s: %s); the rest of it is skipped; pack it "
                     "again with `hpt-hpc data shard`", path, type(failures[0]).__name__,
                     str(failures[0]).split(" @ ")[0])

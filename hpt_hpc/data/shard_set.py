@@ -171,3 +171,22 @@ def _plain(name: str) -> str:
     if not isinstance(name, str) or os.path.basename(name) != name or name in ("", ".", ".."):
         raise ValueError(f"shard name {name!r} is not a file name in the split folder")
     return name
+
+
+def damaged_shards(table: ShardTable) -> List[dict]:
+    """``{"shard", "reason"}`` of every shard whose size or SHA-256 differs from the
+    manifest (or that cannot be read): the shards a training run would skip in part."""
+    damaged = []
+    for entry in table.manifest.get("shards", []):
+        path = os.path.join(os.path.dirname(table.shards[0].path), entry["name"])
+        try:
+            size = os.path.getsize(path)
+            reason = (f"{size} bytes, the manifest says {entry['bytes']}"
+                      if size != entry["bytes"] else
+                      "its SHA-256 differs from the manifest's"
+                      if sha256_of(path) != entry["sha256"] else None)
+        except OSError as exc:
+            reason = f"cannot be read ({exc.strerror or exc})"
+        if reason:
+            damaged.append({"shard": path, "reason": reason})
+    return damaged
