@@ -165,3 +165,21 @@ def test_a_stage_on_shards_resumes_bit_identically(tmp_path, mnist_shards):
     a, b = load_checkpoint(full.checkpoint), load_checkpoint(rest.checkpoint)
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
+
+
+def test_shards_written_by_separate_calls_are_those_of_one_packing(tmp_path, mnist_tree,
+                                                                   mnist_shards):
+    """What an array job over shard ranges relies on: shard i depends only on the plan
+    and i; the call that finds every shard written writes the manifest."""
+    from types import SimpleNamespace
+    from hpt_hpc.data.shards import shard_split
+    ds = SimpleNamespace(path=str(mnist_tree), format="imagefolder",
+                         splits={"train": "train"}, max_images=None)
+    dest = tmp_path / "train"
+    first = shard_split(ds, "train", str(dest), 40000, shards=[3, 1, 0], log=lambda _: None)
+    assert not first["complete"] and first["written"] == [3, 1, 0]
+    assert not (dest / "manifest.json").exists()
+    rest = shard_split(ds, "train", str(dest), 40000, shards=range(2, first["shards"]),
+                       log=lambda _: None)
+    assert rest["complete"] and rest["kept"] == [3] and 2 in rest["written"]
+    assert _files(dest) == _files(mnist_shards / "train")
