@@ -86,3 +86,14 @@ def test_packing_an_empty_or_missing_source_is_one_line(tmp_path):
     for path in (tmp_path / "empty", tmp_path / "missing"):
         out = _invoke("data", "shard", path, tmp_path / "out")
         assert out.exit_code == 2 and out.output.count("\n") == 1, out.output
+
+
+def test_an_index_or_a_clean_list_of_shards_is_refused_in_one_line(tmp_path, mnist_tree):
+    out = _invoke("data", "shard", mnist_tree, tmp_path / "shards", "--split", "val")
+    assert out.exit_code == 0, out.output
+    for args in (("index", tmp_path / "shards", "--format", "shards", "--split", "val"),
+                 ("check", tmp_path / "shards", "--format", "shards", "--write-clean-list",
+                  tmp_path / "clean")):
+        out = _invoke("data", *args)
+        assert out.exit_code == 2 and out.output.count("\n") == 1, out.output
+    assert not list(tmp_path.glob("clean*")) and not list(tmp_path.glob(".*index*"))

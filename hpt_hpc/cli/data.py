@@ -63,6 +63,9 @@ def check(path: str, fmt: str, channels: int, write_clean_list, max_pixels,
     """
     from ..data.check import check_dataset, format_report
     from ..data.sources import DatasetError
+    if fmt == "shards" and write_clean_list:
+        raise DatasetError("--write-clean-list does not apply to format shards (its images "
+                           "are inside the tars): pack the clean source again instead")
     report = check_dataset(path, fmt=fmt, channels=channels,
                            write_clean_list=write_clean_list, max_pixels=max_pixels)
     click.echo(format_report(report))
@@ -88,8 +91,10 @@ def index(path: str, fmt: str, splits) -> None:
     import time
     from types import SimpleNamespace
 
-    from ..data.sources import index_split
+    from ..data.sources import DatasetError, index_split
     from ..errors import HptError
+    if fmt == "shards":
+        raise DatasetError("format shards needs no index: its manifest is its listing")
     ds = SimpleNamespace(path=path, format=fmt, splits={s: s for s in splits}, max_images=None)
     for split in splits:
         started = time.monotonic()
