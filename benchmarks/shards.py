@@ -51,18 +51,21 @@ def _rchar() -> int:
     return int(io["rchar"])
 
 
-def one_epoch(path: str, fmt: str, backend: str, crop: int, batch: int) -> dict:
+def one_epoch(path: str, fmt: str, backend: str, crop: int, batch: int,
+              workers: int = 0) -> dict:
     """One epoch in this process: the figures of one case."""
     from tiny import tiny_config
     from hpt_hpc.data import build_pretrain_loader, list_split
-    from hpt_hpc.data import loader as _, shard_loader as _s  # noqa: F401 - imports untimed
-    if backend == "dali":
-        from hpt_hpc.data import dali_loader as _d, dali_shards as _ds  # noqa: F401
+    import importlib
+    for module in ("loader", "shard_loader") + (("dali_loader", "dali_shards")
+                                                 if backend == "dali" else ()):
+        importlib.import_module(f"hpt_hpc.data.{module}")  # imports are not timed
     read_before = _rchar()
     started = time.perf_counter()
     cfg = tiny_config(Path("/tmp"), {"d": path}, {"target": {"dataset": "d"}},
                       data={"backend": backend, "device": "cpu", "image_size": crop,
-                            "channels": 3, "workers": 0 if backend == "torchvision" else 1},
+                            "channels": 3,
+                            "workers": workers if backend == "torchvision" else 1},
                       model={"arch": "resnet18", "in_channels": 3})
     cfg.datasets["d"].format = fmt
     table, _ = list_split(cfg.datasets["d"], "train")
@@ -77,12 +80,14 @@ def one_epoch(path: str, fmt: str, backend: str, crop: int, batch: int) -> dict:
     return {"first_batch_s": round(first, 3),
             "images_per_s": round((loader.steps_per_epoch - 1) * batch / seconds, 1),
             "images": loader.steps_per_epoch * batch, "read_mb": round((_rchar() - read_before) / 1e6, 2),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "peak_worker_rss_mb": round(resource.getrusage(
+                resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1) if workers else None}
 
 
 def _case(args, path, fmt, backend, strace=False) -> dict:
     cmd = [sys.executable, __file__, "--case", path, fmt, backend, "--crop", str(args.crop),
-           "--batch", str(args.batch)]
+           "--batch", str(args.batch), "--workers", str(args.workers)]
     if strace:
         log = Path(args.work) / f"strace-{fmt}-{backend}.txt"
         cmd = ["strace", "-f", "-e", "trace=openat,open", "-o", str(log)] + cmd
@@ -105,10 +110,13 @@ def main() -> None:
     parser.add_argument("--backends", default="torchvision,dali")
     parser.add_argument("--work", default="/tmp/hpt-shards-bench")
     parser.add_argument("--out", default=None, help="folder for shards-<time>.json")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="torchvision loader workers (>0: bytes read are the main "
+                             "process's only; peak_worker_rss_mb is the largest worker's)")
     parser.add_argument("--case", nargs=3, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
-        print(json.dumps(one_epoch(*args.case, args.crop, args.batch)))
+        print(json.dumps(one_epoch(*args.case, args.crop, args.batch, args.workers)))
         return
     work = Path(args.work)
     folder, shards = work / f"folder-{args.images}", work / f"shards-{args.images}"
@@ -132,6 +140,7 @@ def main() -> None:
             results.append(row)
             print(json.dumps(row), flush=True)
     report = {"images": args.images, "side": args.side, "crop": args.crop,
+              "workers": args.workers,
               "batch": args.batch, "jpeg_mb": round(size / 1e6, 1),
               "shards": len(manifest["shards"]), "packing_s": round(packing, 2),
               "machine": f"{platform.processor() or platform.machine()}, "

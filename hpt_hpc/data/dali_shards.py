@@ -24,7 +24,6 @@ import numpy as np
 import torch
 
 import nvidia.dali.fn as fn
-import nvidia.dali.types as types
 
 from ..errors import HptError
 from .dali_colour import ColourStage

@@ -8,7 +8,8 @@ loader takes one sample from each worker in turn (PyTorch's order), so the strea
 function of ``seed`` and the epoch. Every rank makes the same ``steps_per_epoch``: the
 smallest rank's images // batch. ``set_epoch(e, step)`` starts epoch ``e`` at batch
 ``step``: each worker passes over (reads, never decodes) its share of the first ``step``
-batches, so a resumed stage sees the stream an uninterrupted one would have.
+batches, handing over an empty marker for each so that the workers keep their turns, and
+a resumed stage sees the stream an uninterrupted one would have.
 
 Evaluations need any image in any order: they read shards through the usual
 :class:`~hpt_hpc.data.loader.EvalLoader`, one image at a time by its offset
@@ -99,16 +100,18 @@ def round_robin_skips(counts: Sequence[int], total: int) -> List[int]:
 
 
 class ShardStream(IterableDataset):
-    """One epoch of ``shards`` of ``table`` as ``(sample, first label, row)`` or
-    :class:`SkippedItem`: workers split the shards, each reads its own in a seeded order
-    through a buffer of ``shuffle`` samples (see the module doc)."""
+    """One epoch of ``shards`` of ``table``: workers split the shards, each reads its own
+    in a seeded order through a buffer of ``shuffle`` samples (see the module doc). Items:
+    with ``batch_size`` 0, ``(sample, first label, row)`` or :class:`SkippedItem`; else
+    ``(collated batch or None, [(path, reason) skipped])``, batches made in the worker
+    (one hand-over per batch, not per image)."""
 
     def __init__(self, table: ShardTable, shards: Sequence[int], transform, channels: int,
                  max_pixels: Optional[int], seed: int, rank: int, shuffle: int):
         self.table, self.shards = table, list(shards)
         self.transform, self.channels, self.max_pixels = transform, channels, max_pixels
         self.seed, self.rank, self.shuffle = seed, rank, shuffle
-        self.epoch, self.skips = 0, [0]
+        self.epoch, self.skips, self.batch_size = 0, [0], 0
 
     def worker_shards(self, worker: int, workers: int) -> List[int]:
         return self.shards[worker::workers]
@@ -122,9 +125,28 @@ class ShardStream(IterableDataset):
         stream = shuffled((s for i in mine for s in read_shard(self.table.shards[i].path)),
                           self.shuffle, rng)
         skip = self.skips[worker] if worker < len(self.skips) else 0
-        for n, sample in enumerate(stream):
-            if n >= skip:
-                yield self.decode(sample)
+        if not self.batch_size:
+            yield from (self.decode(sample) for n, sample in enumerate(stream) if n >= skip)
+            return
+        stream = iter(stream)
+        for _ in range(skip // self.batch_size):  # batches before a resume point: read,
+            for _ in zip(range(self.batch_size), stream):  # not decoded; a marker keeps
+                pass  # this worker's turns in the loader's order
+            yield None, []
+        yield from self._batched(self.decode(sample) for sample in stream)
+
+    def _batched(self, items):
+        pending, skipped = [], []
+        for item in items:
+            if isinstance(item, SkippedItem):
+                skipped.append((item.path, item.reason))
+                continue
+            pending.append(item)
+            if len(pending) == self.batch_size:
+                yield default_collate(pending), skipped
+                pending, skipped = [], []
+        if skipped:
+            yield None, skipped
 
     def decode(self, sample: Dict[str, bytes]):
         key = sample.get("__key__", "?")
@@ -165,52 +187,39 @@ def _stream_loader(stream: ShardStream, workers: int, seed: int) -> DataLoader:
                       generator=torch.Generator().manual_seed(seed))
 
 
-class _Batches:
-    """Batches of ``batch_size`` readable items from a stream loader; skipped ones named."""
-
-    def __init__(self, skipped: SkippedImages):
-        self.skipped = skipped
-
-    def batches(self, items, batch_size: int):
-        pending = []
-        for item in items:
-            if isinstance(item, SkippedItem):
-                self.skipped.add([(item.path, item.reason)])
-                continue
-            pending.append(item)
-            if len(pending) == batch_size:
-                yield default_collate(pending)
-                pending = []
-
-
-class ShardPretrainLoader(_Batches):
-    """The pretraining loader of :mod:`hpt_hpc.data.loader` (same interface) over shards."""
+class ShardPretrainLoader:
+    """The pretraining loader of :mod:`hpt_hpc.data.loader` (same interface) over shards.
+    Each worker makes whole batches of its own samples (what is left over at its end is
+    dropped); the loader takes a batch from each worker in turn."""
 
     def __init__(self, table: ShardTable, aug_cfg, data_cfg, batch_size: int, seed: int,
                  rank: int = 0, world_size: int = 1, workers: Optional[int] = None,
                  start_epoch: int = 0, start_step: int = 0, fill_skipped: bool = True):
-        super().__init__(SkippedImages())
+        self.skipped, self.rows = SkippedImages(), []
         count = len(table.shards)
         if count < world_size:
             raise DatasetError(f"{count} shard(s) cannot feed {world_size} ranks: pack "
                                "smaller shards (`hpt-hpc data shard --shard-size`)")
         per_rank = [list(range(count))[r::world_size] for r in range(world_size)]
-        images = [sum(table.shards[i].count for i in s) for s in per_rank]
-        self.batch_size, self.num_images = batch_size, len(table)
-        self.steps_per_epoch = min(images) // batch_size
-        if self.steps_per_epoch == 0:
-            raise DatasetError(f"{min(images)} images in the shards of a rank are too few for "
-                               f"batch size {batch_size}; lower the batch size")
         workers = data_cfg.workers if workers is None else workers
-        self.workers = max(0, min(workers, len(per_rank[rank])))
+        self.workers = max(0, min(workers, min(len(s) for s in per_rank)))  # same on all
+        self.batch_size, self.num_images = batch_size, len(table)
         self.stream = ShardStream(table, per_rank[rank], build_pretrain_transform(
             aug_cfg, data_cfg), data_cfg.channels, data_cfg.max_pixels, seed, rank,
             data_cfg.shuffle_buffer)
+        self.stream.batch_size = batch_size
+        self.steps_per_epoch = min(sum(self.worker_batches(s)) for s in per_rank)
+        if self.steps_per_epoch == 0:
+            raise DatasetError(f"the shards of a rank hold too few images for batch size "
+                               f"{batch_size} per loader worker ({max(1, self.workers)}); "
+                               "lower the batch size or data.workers")
         self.set_epoch(start_epoch, start_step)
 
-    def worker_counts(self) -> List[int]:
-        table, n = self.stream.table, max(1, self.workers)
-        return [sum(table.shards[i].count for i in self.stream.worker_shards(w, n))
+    def worker_batches(self, shards: Optional[Sequence[int]] = None) -> List[int]:
+        """Whole batches each worker makes from ``shards`` (this rank's by default)."""
+        shards, n = self.stream.shards if shards is None else list(shards), max(1, self.workers)
+        table = self.stream.table
+        return [sum(table.shards[i].count for i in shards[w::n]) // self.batch_size
                 for w in range(n)]
 
     def set_epoch(self, epoch: int, step: int = 0) -> None:
@@ -222,8 +231,8 @@ class ShardPretrainLoader(_Batches):
     def __iter__(self):
         while True:
             self.stream.epoch = self.epoch
-            self.stream.skips = round_robin_skips(self.worker_counts(),
-                                                  self.step * self.batch_size)
+            self.stream.skips = [k * self.batch_size for k in round_robin_skips(
+                self.worker_batches(), self.step)]
             if self.step < self.steps_per_epoch:
                 items = iter(_stream_loader(self.stream, self.workers, hash(
                     (self.stream.seed, self.stream.rank, self.epoch, self.step)) % 2 ** 62))
@@ -235,15 +244,21 @@ class ShardPretrainLoader(_Batches):
                 del items  # stops the workers
             self.epoch, self.step = self.epoch + 1, 0
 
+    def _readable(self, items):
+        for batch, skipped in items:
+            self.skipped.add(skipped)
+            if batch is not None:
+                self.rows = batch[2].tolist()  # the packed rows of this batch
+                yield batch[0]
+
     def _epoch_batches(self, items):
-        for batch in self.batches(items, self.batch_size):
-            yield batch[0]
+        yield from self._readable(items)
         self.stream.skips = [0]  # bad samples left too few batches: read the epoch again
         while True:
             got = False
-            for batch in self.batches(iter(self.stream), self.batch_size):
+            for views in self._readable(iter(self.stream)):
                 got = True
-                yield batch[0]
+                yield views
             if not got:
                 raise DatasetError(f"rank {self.stream.rank} found too few readable images "
                                    "to fill a batch; run `hpt-hpc data check` on the dataset")

@@ -122,7 +122,7 @@ def read_shard_listing(location: str) -> Listing:
     """The listing of the packed split in folder ``location``; a missing, foreign or
     inconsistent manifest is a :class:`DatasetError` naming what to do."""
     manifest_path = os.path.join(location, MANIFEST)
-    redo = f"pack it again with `hpt-hpc data shard`"
+    redo = "pack it again with `hpt-hpc data shard`"
     try:
         with open(manifest_path, encoding="utf-8") as handle:
             manifest = json.load(handle)
