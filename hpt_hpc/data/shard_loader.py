@@ -3,10 +3,10 @@
 Pretraining (:class:`ShardPretrainLoader`): rank ``r`` of ``R`` reads shards ``r, r+R,
 ...``; its loader worker ``w`` of ``W`` reads every ``W``-th of those. Each epoch every
 worker reads its shards in an order seeded by ``(seed, epoch, rank, worker)`` through a
-shuffle buffer of ``data.shuffle_buffer`` samples drawn from the same generator; the
-loader takes one sample from each worker in turn (PyTorch's order), so the stream is a
-function of ``seed`` and the epoch. Every rank makes the same ``steps_per_epoch``: the
-smallest rank's images // batch. ``set_epoch(e, step)`` starts epoch ``e`` at batch
+shuffle buffer of ``data.shuffle_buffer`` samples drawn from the same generator and makes
+whole batches of them; the loader takes one batch from each worker in turn (PyTorch's
+order), so the stream is a function of ``seed`` and the epoch. Every rank makes the same
+``steps_per_epoch``: the smallest rank's whole batches. ``set_epoch(e, step)`` starts epoch ``e`` at batch
 ``step``: each worker passes over (reads, never decodes) its share of the first ``step``
 batches, handing over an empty marker for each so that the workers keep their turns, and
 a resumed stage sees the stream an uninterrupted one would have.
@@ -81,8 +81,8 @@ def shuffled(samples, size: int, rng: random.Random) -> Iterator:
 
 
 def round_robin_skips(counts: Sequence[int], total: int) -> List[int]:
-    """How many of the first ``total`` samples each worker gives when samples are taken
-    from the workers in turn, an exhausted worker left out (PyTorch's order)."""
+    """How many of the first ``total`` items each worker gives when items are taken from
+    the workers in turn, an exhausted worker left out (PyTorch's order)."""
     taken, left = [0] * len(counts), total
     while left > 0:
         live = [w for w, c in enumerate(counts) if taken[w] < c]
