@@ -35,6 +35,7 @@ setup(
         "timm>=1.0",  # model.arch timm:<name>; weights by name (init: timm:, hf-hub:)
         "safetensors>=0.4",
         "huggingface-hub>=0.24",  # the shared weights cache (HF_HOME), offline loading
+        "webdataset>=1.0",  # format: shards on the torchvision backend (tar streams)
     ],
     extras_require={
         # NVIDIA DALI for the CUDA major version of the site's driver (data.backend: dali;

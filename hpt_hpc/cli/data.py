@@ -63,6 +63,9 @@ def check(path: str, fmt: str, channels: int, write_clean_list, max_pixels,
     """
     from ..data.check import check_dataset, format_report
     from ..data.sources import DatasetError
+    if fmt == "shards" and write_clean_list:
+        raise DatasetError("--write-clean-list does not apply to format shards (its images "
+                           "are inside the tars): pack the clean source again instead")
     report = check_dataset(path, fmt=fmt, channels=channels,
                            write_clean_list=write_clean_list, max_pixels=max_pixels)
     click.echo(format_report(report))
@@ -88,8 +91,10 @@ def index(path: str, fmt: str, splits) -> None:
     import time
     from types import SimpleNamespace
 
-    from ..data.sources import index_split
+    from ..data.sources import DatasetError, index_split
     from ..errors import HptError
+    if fmt == "shards":
+        raise DatasetError("format shards needs no index: its manifest is its listing")
     ds = SimpleNamespace(path=path, format=fmt, splits={s: s for s in splits}, max_images=None)
     for split in splits:
         started = time.monotonic()
@@ -130,3 +135,40 @@ def stats(path: str, fmt: str, split: str, channels: int, max_images: int,
                + (f", {result['skipped']} unreadable skipped" if result["skipped"] else ""))
     click.echo(f"data:\n  channels: {channels}\n  mean: {result['mean']}\n"
                f"  std: {result['std']}")
+
+
+@data.command("shard")
+@click.argument("path", type=click.Path())
+@click.argument("dest", type=click.Path(file_okay=False))
+@click.option("--format", "fmt", type=click.Choice([f for f in DATASET_FORMATS
+                                                    if f != "shards"]),
+              default="imagefolder", show_default=True,
+              help="Format of the dataset at PATH, as in data check.")
+@click.option("--split", "splits", multiple=True, default=("train", "val", "test"),
+              show_default=True, help="A split to pack (DEST/<split>/); repeat the option "
+                                      "for more. Splits the dataset lacks are left out.")
+@click.option("--shard-size", default="64MB", show_default=True,
+              help="About this many bytes per shard (64MB, 1GB, 500k, ...).")
+@click.option("--seed", default=0, show_default=True,
+              help="Seed of the order in which images are packed (mixes the classes).")
+def shard(path: str, dest: str, fmt: str, splits, shard_size: str, seed: int) -> None:
+    """Pack a dataset into tar shards (WebDataset layout, DALI index files, a manifest)
+    under DEST/<split>/, for `format: shards`. Deterministic: the same input gives the
+    same bytes. Run again after an interruption: finished shards are verified and kept."""
+    import os
+    from types import SimpleNamespace
+
+    from ..data.shards import parse_size, shard_split
+    from ..data.sources import DatasetError, split_location
+    size = parse_size(shard_size)
+    ds = SimpleNamespace(path=path, format=fmt, splits={s: s for s in splits}, max_images=None)
+    found = [s for s in splits if os.path.exists(split_location(ds, s))]
+    if not found:
+        raise DatasetError(f"none of the splits {', '.join(splits)} exists in {path!r} "
+                           f"(format {fmt})")
+    for split in found:
+        result = shard_split(ds, split, os.path.join(dest, split), size, seed=seed,
+                             log=click.echo)
+        click.echo(f"{split}: {result['images']} images in {len(result['shards'])} shard(s) "
+                   f"({len(result['kept'])} kept, {len(result['written'])} written) -> "
+                   f"{os.path.join(dest, split, 'manifest.json')}")

@@ -158,7 +158,7 @@ RANGES = {
     "augment.local_crops.number": (0, None, False, False),
     "augment.local_crops.size": (1, None, False, False),
     "data.image_size": (1, None, False, False), "data.channels": (1, None, False, False), "data.workers": (0, None, False, False),
-    "data.max_pixels": (1, None, False, False), "checkpoint.every": (0, None, False, False),
+    "data.max_pixels": (1, None, False, False), "data.shuffle_buffer": (1, None, False, False), "checkpoint.every": (0, None, False, False),
     "checkpoint.keep": (0, None, False, False),
     "probe.lr": (0, None, True, False), "probe.momentum": (0, 1, False, True),
     "probe.weight_decay": (0, None, False, False), "probe.iterations": (1, None, False, False),

@@ -20,7 +20,7 @@ from .refs import InitRef
 
 VARIANTS = ("full", "bn", "bn-stats", "scratch", "last-blocks", "lora")
 BLOCK_VARIANTS = ("last-blocks", "lora")  # train the last stages.<s>.blocks blocks
-DATASET_FORMATS = ("imagefolder", "filelist", "folder")  # datasets.<name>.format
+DATASET_FORMATS = ("imagefolder", "filelist", "folder", "shards")  # datasets.<name>.format
 BACKENDS = ("torchvision", "dali")  # data.backend
 PROBE_MODES = ("cached", "augmented", "knn")  # probe.mode: features once | the paper's
 # augmented probe | k-nearest-neighbour vote on the cached features
@@ -43,12 +43,14 @@ class DatasetConfig:
     (``path/<split>`` is a CSV/TXT file of ``image_path[,label[,label...]]`` lines,
     image paths relative to the list's folder unless absolute) or ``folder`` (every image
     below ``path/<split>``, flat or nested, unlabelled: pretraining only; a split named
-    ``.`` is ``path`` itself).
+    ``.`` is ``path`` itself) or ``shards`` (``path/<split>/`` holds the tar shards and
+    manifest written by ``hpt-hpc data shard``).
     """
 
     path: str = key("", "the dataset's folder (relative paths: to where you run)")
     format: str = key("imagefolder", "imagefolder: `path/<split>/<class>/<image>`; filelist: "
-                      "`path/<split>` lists `image[,label...]`; folder: unlabelled images",
+                      "`path/<split>` lists `image[,label...]`; folder: unlabelled images; "
+                      "shards: `path/<split>/` written by `hpt-hpc data shard`",
                       choices=DATASET_FORMATS)
     splits: Dict[str, str] = key(doc="split name -> its folder or list file under path",
                                  factory=lambda: {"train": "train", "val": "val",
@@ -173,6 +175,9 @@ class DataConfig:
                                    "x bytes per sample, every page or frame read; from the "
                                    "header) are skipped as unreadable: 64 MiB keeps one decode "
                                    "with its conversion under ~256 MB")
+    shuffle_buffer: int = key(1000, "format shards: samples each loader stream holds to "
+                                    "shuffle from (1: the packed order; shard order is "
+                                    "shuffled per epoch anyway)")
 
 
 @dataclass

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Optional, Sequence
 from ..config.schema import BACKENDS
 from ..errors import HptError
 from .loader import EvalLoader, PretrainLoader
-from .sources import ImageRecord
+from .shard_set import ShardTable
+from .sources import DatasetError, ImageRecord
 
 if TYPE_CHECKING:  # pragma: no cover
     from hpt_hpc.config.schema import AugmentConfig, DataConfig, ProbeConfig
@@ -46,6 +47,26 @@ def _dali_loaders(data_cfg: "DataConfig"):
     return dali_loader
 
 
+def _dali_shards(dali, table: ShardTable):
+    """The DALI shard loaders' module when DALI is asked for and can read ``table`` as it
+    is (:func:`~hpt_hpc.data.dali_shards.dali_ready`); else None (torchvision shard
+    loaders: said once per split)."""
+    if dali is None:
+        return None
+    from . import dali_shards
+    if dali_shards.dali_ready(table):
+        return dali_shards
+    where = table.manifest.get("source", {})
+    if where not in _warned:
+        _warned.append(where)
+        indirect = table.manifest.get("dali_indirect", {})
+        log.warning("%s of the %d packed images of %s (e.g. %s) are not decoded by DALI as "
+                    "the reference decodes them (CMYK, alpha, 16-bit, TIFF, damaged): these "
+                    "shards are read by the torchvision loaders", indirect.get("count", "?"),
+                    len(table), where.get("root"), ", ".join(indirect.get("examples", [])[:3]))
+    return None
+
+
 def build_pretrain_loader(records: Sequence[ImageRecord], aug_cfg: "AugmentConfig",
                           data_cfg: "DataConfig", batch_size: int, seed: int, rank: int = 0,
                           world_size: int = 1, workers: Optional[int] = None,
@@ -56,6 +77,17 @@ def build_pretrain_loader(records: Sequence[ImageRecord], aug_cfg: "AugmentConfi
     dali`` a :class:`~hpt_hpc.data.dali_loader.DaliPretrainLoader`."""
     _check_backend(data_cfg)
     dali = _dali_loaders(data_cfg)
+    if isinstance(records, ShardTable):
+        if not records.complete:
+            raise DatasetError("a subset of packed shards cannot be streamed for pretraining;"
+                               " pack the subset (`hpt-hpc data shard`) instead")
+        if _dali_shards(dali, records) is not None:
+            return _dali_shards(dali, records).DaliShardPretrainLoader(
+                records, aug_cfg, data_cfg, batch_size, seed, rank, world_size, workers,
+                start_epoch, start_step, fill_skipped)
+        from .shard_loader import ShardPretrainLoader
+        return ShardPretrainLoader(records, aug_cfg, data_cfg, batch_size, seed, rank,
+                                   world_size, workers, start_epoch, start_step, fill_skipped)
     if dali is not None:
         return dali.DaliPretrainLoader(
             records, aug_cfg, data_cfg, batch_size, seed, rank, world_size, workers,
@@ -75,6 +107,12 @@ def build_eval_loader(records: Sequence[ImageRecord], data_cfg: "DataConfig",
     :class:`~hpt_hpc.data.dali_loader.DaliEvalLoader`."""
     _check_backend(data_cfg)
     dali = _dali_loaders(data_cfg)
+    if isinstance(records, ShardTable):  # images read by offset from the tars
+        if records.complete and _dali_shards(dali, records) is not None:
+            return _dali_shards(dali, records).DaliShardEvalLoader(
+                records, data_cfg, batch_size, train, workers, num_classes, multi_label,
+                seed, probe)
+        dali = None
     if dali is not None:
         return dali.DaliEvalLoader(records, data_cfg, batch_size, train, workers,
                                               num_classes, multi_label, seed, probe)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Optional
 import numpy as np
 from PIL import Image
 
-from .images import NON_FINITE, UnreadableImage, check_file, load_image, refuse_large
+from .images import NON_FINITE, UnreadableImage, check_file, load_image, opened, refuse_large
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -29,9 +29,9 @@ def _itemsize(dtype) -> int:
     return np.dtype(dtype).itemsize if dtype is not None else 1
 
 
-def _tiff(path: str, max_pixels: Optional[int]) -> np.ndarray:
+def _tiff(path: str, max_pixels: Optional[int], data: Optional[bytes] = None) -> np.ndarray:
     import tifffile
-    with tifffile.TiffFile(path) as tif:
+    with tifffile.TiffFile(opened(path, data)) as tif:
         series = tif.series[0]
         shape, axes = series.shape, series.axes
         by_page = len(shape) == 2 and len(tif.pages) > 1  # one band per page
@@ -49,9 +49,9 @@ def _tiff(path: str, max_pixels: Optional[int]) -> np.ndarray:
     return arr
 
 
-def _pil(path: str, max_pixels: Optional[int]) -> np.ndarray:
-    check_file(path, max_pixels, all_frames=True)
-    with Image.open(path) as img:
+def _pil(path: str, max_pixels: Optional[int], data: Optional[bytes] = None) -> np.ndarray:
+    check_file(path, max_pixels, all_frames=True, data=data)
+    with Image.open(opened(path, data)) as img:
         frames = getattr(img, "n_frames", 1)
         if frames > 1:
             planes = []
@@ -73,16 +73,18 @@ def _scaled(arr: np.ndarray) -> np.ndarray:
     return arr.astype(np.float32)
 
 
-def load_bands(path: str, channels: int, max_pixels: Optional[int] = None) -> "torch.Tensor":
-    """Decode ``path`` into a float32 tensor ``(channels, H, W)`` (see module doc; torch is
-    imported here, so ``data check`` of grey/RGB data stays torch-free)."""
+def load_bands(path: str, channels: int, max_pixels: Optional[int] = None,
+               data: Optional[bytes] = None) -> "torch.Tensor":
+    """Decode ``path`` (or its bytes ``data``, read from a shard) into a float32 tensor
+    ``(channels, H, W)`` (see module doc; torch is imported here, so ``data check`` of
+    grey/RGB data stays torch-free)."""
     import torch
-    check_file(path)  # a regular file, before anything opens it
+    check_file(path, data=data)  # a regular file, before anything opens it
     try:
         if os.path.splitext(path)[1].lower() in TIFF_EXTENSIONS:
-            arr = _tiff(path, max_pixels)
+            arr = _tiff(path, max_pixels, data)
         else:
-            arr = _pil(path, max_pixels)
+            arr = _pil(path, max_pixels, data)
     except UnreadableImage:
         raise
     except Exception as exc:  # noqa: BLE001 - tifffile/PIL signal corrupt data many ways
@@ -98,9 +100,11 @@ def load_bands(path: str, channels: int, max_pixels: Optional[int] = None) -> "t
     return torch.from_numpy(np.ascontiguousarray(_scaled(arr)))
 
 
-def read_image(path: str, channels: int, max_pixels: Optional[int] = None):
+def read_image(path: str, channels: int, max_pixels: Optional[int] = None,
+               data: Optional[bytes] = None):
     """The decoded image the transforms take: a PIL ``L``/``RGB`` image for 1 or 3
-    channels (:func:`~hpt_hpc.data.images.load_image`), else a band tensor."""
+    channels (:func:`~hpt_hpc.data.images.load_image`), else a band tensor. ``data``: the
+    image's bytes when they come from a shard (``path`` then names it, extension kept)."""
     if channels in (1, 3):
-        return load_image(path, channels, max_pixels)
-    return load_bands(path, channels, max_pixels)
+        return load_image(path, channels, max_pixels, data)
+    return load_bands(path, channels, max_pixels, data)

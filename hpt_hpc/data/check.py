@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple, Union
 from ..config.schema import DataConfig
 from ..files import OutputError, atomic_write, output_file
 from .bands import read_image
-from .dali_feed import is_direct_file
+from .dali_feed import is_direct, is_direct_file
 from .images import UnreadableImage
 from .index import Listing
+from .shard_set import ShardTable, damaged_shards
 from .sources import DatasetError, ImageRecord, listing_to_save, save_listing, split_location
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -29,13 +30,17 @@ DEFAULT_SPLITS = {"train": "train", "val": "val", "test": "test"}
 DEFAULT_MAX_PIXELS = DataConfig().max_pixels
 
 
-def _probe(record: ImageRecord, channels: int,
+def _probe(records: Sequence[ImageRecord], i: int, channels: int,
            max_pixels: Optional[int] = None) -> Tuple[Optional[str], Optional[tuple]]:
-    """(error reason or None, (mode, width, height, DALI decodes it directly) or None);
-    memory: one decoded image (at most ``max_pixels``) and a MiB of its file."""
+    """(error reason or None, (mode, width, height, DALI decodes it directly) or None) of
+    record ``i`` (read from its shard when packed); memory: one decoded image (at most
+    ``max_pixels``) and a MiB of its file."""
+    path = records[i].path
     try:
-        img = read_image(record.path, channels, max_pixels)
-        direct = channels in (1, 3) and is_direct_file(record.path)
+        data = records.read_bytes(i) if isinstance(records, ShardTable) else None
+        img = read_image(path, channels, max_pixels, data=data)
+        direct = channels in (1, 3) and (is_direct(data) if data is not None
+                                         else is_direct_file(path))
     except UnreadableImage as exc:
         return exc.reason, None
     except OSError as exc:
@@ -65,8 +70,8 @@ def _check_split(ds, split: str, channels: int, workers: int,
     listing = listing_to_save(ds, split)
     records, classes, others = listing[:3]
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        results = list(pool.map(lambda r: _probe(r, channels, max_pixels), records,
-                                chunksize=64))
+        results = list(pool.map(lambda i: _probe(records, i, channels, max_pixels),
+                                range(len(records)), chunksize=64))
     class_counts = {name: 0 for name in classes}
     unreadable, readable, modes, converted = [], [], {}, []
     min_size, max_size = None, None
@@ -89,7 +94,10 @@ def _check_split(ds, split: str, channels: int, workers: int,
              "classes": classes, "class_counts": class_counts, "unreadable": unreadable,
              "non_image_files": others, "min_size": min_size, "max_size": max_size,
              "unlabelled": sum(1 for r in readable if not r.labels),
-             "dali_converted": converted, "index": _save_index(ds, split, listing)}
+             "dali_converted": converted,
+             "index": None if ds.format == "shards" else _save_index(ds, split, listing)}
+    if isinstance(records, ShardTable):
+        entry["damaged_shards"] = damaged_shards(records)
     return entry, readable
 
 
@@ -169,11 +177,13 @@ def check_dataset(dataset: Union["DatasetConfig", str], fmt: str = "imagefolder"
                              for split in report["splits"] if write_clean_list}
     entries = report["splits"].values()
     report["unreadable_count"] = sum(len(e["unreadable"]) for e in entries)
+    report["damaged_shards"] = sum(len(e.get("damaged_shards", [])) for e in entries)
     report["non_image_count"] = sum(len(e["non_image_files"]) for e in entries)
     empty = [s for s, e in report["splits"].items() if e["readable"] == 0]
     report["unusable"] = ("no split found" if not report["splits"] else
                           f"no readable image in {', '.join(empty)}" if empty else None)
-    report["ok"] = report["unusable"] is None and report["unreadable_count"] == 0
+    report["ok"] = report["unusable"] is None and report["unreadable_count"] == 0 and \
+        not report["damaged_shards"]
     return report
 
 
@@ -198,7 +208,9 @@ def format_report(report: dict, max_files: int = 20) -> str:
         if e.get("dali_converted"):
             lines.append(f"    backend dali decodes {len(e['dali_converted'])} of them with PIL "
                          "(not plain 8-bit JPEG/PNG: CMYK, alpha, palette, 16-bit, GIF...)")
-        for title, items in (("unreadable", [f"{u['path']}: {u['reason']}"
+        for title, items in (("damaged shards", [f"{d['shard']}: {d['reason']}" for d in
+                                                 e.get("damaged_shards", [])]),
+                             ("unreadable", [f"{u['path']}: {u['reason']}"
                                              for u in e["unreadable"]]),
                              ("non-image files (ignored)", e["non_image_files"])):
             if items:
@@ -212,6 +224,9 @@ def format_report(report: dict, max_files: int = 20) -> str:
         lines.append(f"  clean list for {split}: {path}")
     if report["unusable"]:
         status = f"NOT USABLE ({report['unusable']})"
+    elif report["damaged_shards"]:
+        status = (f"usable, with PROBLEMS ({report['damaged_shards']} shard(s) differ from "
+                  f"their manifest: pack again with `hpt-hpc data shard`)")
     elif report["unreadable_count"]:
         status = (f"usable, with PROBLEMS ({report['unreadable_count']} unreadable, skipped "
                   f"by training)")

@@ -244,6 +244,10 @@ def _view(images, spec: ViewSpec):
 
 
 def _source(feed):
+    """``(encoded images, meta)``: from a Python feed, or from a reader of tar shards
+    (an object with ``dali_outputs``: :mod:`hpt_hpc.data.dali_shards`)."""
+    if hasattr(feed, "dali_outputs"):
+        return feed.dali_outputs()
     return fn.external_source(source=feed, num_outputs=2, batch=True,
                               dtype=[types.UINT8, types.INT64])
 

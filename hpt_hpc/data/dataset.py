@@ -16,6 +16,7 @@ from torch.utils.data._utils.collate import default_collate
 
 from .bands import read_image
 from .images import UnreadableImage
+from .shard_set import ShardTable
 from .sources import DatasetError, ImageRecord
 from .table import as_table
 
@@ -71,6 +72,9 @@ class ImageDataset(Dataset):
                  num_classes: Optional[int] = None, multi_label: bool = False,
                  max_pixels: Optional[int] = None):
         self.records = as_table(records)  # arrays: forked workers share them, never copy
+        self.packed = isinstance(self.records, ShardTable)  # images read from tar shards
+        if self.packed:
+            self.records.locate()
         self.transform = transform
         self.channels = channels
         self.max_pixels = max_pixels
@@ -92,10 +96,14 @@ class ImageDataset(Dataset):
         return labels[0] if labels else -1
 
     def __getitem__(self, index: int):
+        path = self.records.path(index)
         try:
-            img = read_image(self.records.path(index), self.channels, self.max_pixels)
+            data = self.records.read_bytes(index) if self.packed else None
+            img = read_image(path, self.channels, self.max_pixels, data=data)
         except UnreadableImage as exc:
             return SkippedItem(exc.path, exc.reason)
+        except OSError as exc:  # a damaged shard
+            return SkippedItem(path, f"{type(exc).__name__}: {exc}")
         sample = self.transform(img) if self.transform is not None else img
         return sample, self.label(index), index
 

@@ -14,6 +14,7 @@ Conversion rules:
 """
 from __future__ import annotations
 
+import io
 import os
 import stat
 from typing import Optional
@@ -76,20 +77,27 @@ def refuse_large(path: str, size: int, max_pixels: Optional[int], what: str) -> 
                                          "read this image")
 
 
-def check_file(path: str, max_pixels: Optional[int] = None, all_frames: bool = False) -> None:
+def opened(path: str, data: Optional[bytes]):
+    """What to open: the file ``path``, or ``data`` (an image read from a shard) in memory."""
+    return path if data is None else io.BytesIO(data)
+
+
+def check_file(path: str, max_pixels: Optional[int] = None, all_frames: bool = False,
+               data: Optional[bytes] = None) -> None:
     """Refuse what must not be opened: anything but a regular file (a FIFO would block
     the reader forever; sockets, devices) and, after reading only the header, images that
     decode to more than ``max_pixels`` bytes (``data.max_pixels``: decoding bombs; the
-    first frame, or every frame with ``all_frames``)."""
+    first frame, or every frame with ``all_frames``). ``data``: the image's bytes, already
+    read (from a shard; ``path`` names it)."""
     try:
-        mode = os.stat(path).st_mode
+        mode = os.stat(path).st_mode if data is None else stat.S_IFREG
     except OSError as exc:
         raise UnreadableImage(str(path), f"{type(exc).__name__}: {exc}") from None
     if not stat.S_ISREG(mode):
         raise UnreadableImage(str(path), "not a regular file (a FIFO, socket or device)")
     if max_pixels:
         try:
-            with Image.open(path) as img:
+            with Image.open(opened(path, data)) as img:
                 frames = getattr(img, "n_frames", 1) if all_frames else 1
                 size, what = decoded_bytes(img, frames), f"{img.width}x{img.height} {img.mode}"
         except (OSError, SyntaxError, ValueError, TypeError, Image.DecompressionBombError,
@@ -133,17 +141,19 @@ def convert_image(img: Image.Image, channels: int) -> Image.Image:
     return _convert(img, channels)
 
 
-def load_image(path: str, channels: int = 3, max_pixels: Optional[int] = None) -> Image.Image:
-    """Fully decode ``path`` and return an ``L`` (channels=1) or ``RGB`` (channels=3) image.
+def load_image(path: str, channels: int = 3, max_pixels: Optional[int] = None,
+               data: Optional[bytes] = None) -> Image.Image:
+    """Fully decode ``path`` (or its bytes ``data``) and return an ``L`` (channels=1) or
+    ``RGB`` (channels=3) image.
 
     Raises :class:`UnreadableImage` (naming the file) for anything that fails to decode,
     that is not a regular file, or that has more than ``max_pixels`` pixels.
     """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
-    check_file(path, max_pixels)
+    check_file(path, max_pixels, data=data)
     try:
-        with Image.open(path) as img:
+        with Image.open(opened(path, data)) as img:
             img.load()
             out = _convert(img, channels)
             if out is img:

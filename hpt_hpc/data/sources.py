@@ -28,9 +28,10 @@ import time
 from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 from ..config.schema import DATASET_FORMATS as FORMATS
-from ..errors import HptError
+from .errors import DatasetError
 from .index import (INDEX_DIR, RACY_NS, Listing, is_racy, load_index, make_room, save_index,
                     stamp)
+from .shard_set import read_shard_listing
 from .table import ImageRecord, RecordTable, TableBuilder
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -43,10 +44,6 @@ SUBSET_SEED = 0  # seed of the shuffle that picks a ``max_images`` subset
 SLOW_LISTING_S = 10.0  # a listing this slow suggests `hpt-hpc data index`
 
 log = logging.getLogger(__name__)
-
-
-class DatasetError(HptError, ValueError):
-    """A dataset is missing, empty or malformed (raised before any training work)."""
 
 
 def is_image_file(name: str) -> bool:
@@ -140,6 +137,8 @@ def scan_split(ds_cfg: "DatasetConfig", split: str, use_index: bool = True) -> L
     """The listing of one split, in any format (no subset): from its index
     (:mod:`hpt_hpc.data.index`) while the tree is unchanged, else from the tree."""
     location = split_location(ds_cfg, split)
+    if ds_cfg.format == "shards":  # the manifest is the listing
+        return read_shard_listing(location)
     if use_index:
         indexed = load_index(location, ds_cfg.format, is_own_folder(ds_cfg, location))
         if indexed is not None:
@@ -294,5 +293,8 @@ def list_split(ds_cfg: "DatasetConfig", split: str) -> Tuple[RecordTable, List[s
                            f"{split_location(ds_cfg, split)!r}; extensions: "
                            f"{' '.join(IMAGE_EXTENSIONS)})")
     if split == "train" and ds_cfg.max_images is not None:
+        if ds_cfg.format == "shards":
+            raise DatasetError(f"max_images does not apply to format shards ({ds_cfg.path!r}):"
+                               " pack the subset instead, or remove max_images")
         records = subset(records, ds_cfg.max_images)
     return records, classes

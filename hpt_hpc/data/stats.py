@@ -12,6 +12,7 @@ import numpy as np
 
 from .bands import read_image
 from .images import UnreadableImage
+from .shard_set import ShardTable
 from .sources import DatasetError, ImageRecord, scan_split
 
 STATS_SEED = 0  # the sample of --max-images is drawn with this seed
@@ -22,16 +23,19 @@ def channel_stats(records: "Sequence[ImageRecord]", channels: int,
                   max_pixels: Optional[int] = None) -> Dict[str, object]:
     """``{"mean": [...], "std": [...], "images": n, "pixels": n, "skipped": n}`` over
     ``records`` (a seeded sample of ``max_images`` of them when given)."""
+    picked = range(len(records))
     if max_images is not None and len(records) > max_images:
         picked = random.Random(STATS_SEED).sample(range(len(records)), max_images)
-        records = [records[i] for i in picked]
     total = np.zeros(channels)
     squares = np.zeros(channels)
     pixels, images, skipped, first = 0, 0, 0, None
-    for record in records:
+    for i in picked:
         try:
-            img = read_image(record.path, channels, max_pixels)
-        except UnreadableImage as exc:
+            data = records.read_bytes(i) if isinstance(records, ShardTable) else None
+            img = read_image(records[i].path, channels, max_pixels, data=data)
+        except (UnreadableImage, OSError) as exc:
+            exc = exc if isinstance(exc, UnreadableImage) else \
+                UnreadableImage(records[i].path, f"{type(exc).__name__}: {exc}")
             skipped += 1
             first = first or f"{exc.path}: {exc.reason}"
             continue

@@ -68,7 +68,7 @@ def select_label_budget(records: Sequence[ImageRecord], n: int, seed: int,
             covered.update(records[pick].labels)
     taken = set(chosen)
     chosen += [i for i in order if i not in taken][:n - len(chosen)]
-    return [records[i] for i in sorted(chosen)]
+    return _subset(records, sorted(chosen))
 
 
 def per_class_budget(records: Sequence[ImageRecord], per_class: int, seed: int,
@@ -87,7 +87,14 @@ def per_class_budget(records: Sequence[ImageRecord], per_class: int, seed: int,
             chosen.add(i)
             for c in records[i].labels:
                 taken[c] = taken.get(c, 0) + 1
-    return [records[i] for i in sorted(chosen)]
+    return _subset(records, sorted(chosen))
+
+
+def _subset(records: Sequence[ImageRecord], indices: List[int]):
+    """The records at ``indices``: a table of the same kind for a table (packed shards
+    stay readable from their tars), else a list."""
+    take = getattr(records, "take", None)
+    return take(indices) if take is not None else [records[i] for i in indices]
 
 
 def finetune_optimizer(backbone: torch.nn.Module, head: torch.nn.Module,

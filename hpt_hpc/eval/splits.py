@@ -69,7 +69,7 @@ def split_records(cfg: ExperimentConfig, dataset: str, split: str) -> List[Image
                        f"train/val/test splits (format imagefolder or filelist)")
     records = listed_split(cfg, dataset, split)
     if split == "train" and cfg.probe.max_train_images:
-        records = records[:cfg.probe.max_train_images]
+        records = records.take(range(min(len(records), cfg.probe.max_train_images)))
     if split == "train" and cfg.probe.labels_per_class:
         records = per_class_budget(records, cfg.probe.labels_per_class, cfg.seed)
     return records

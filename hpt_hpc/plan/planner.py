@@ -143,7 +143,8 @@ def training_records(cfg: ExperimentConfig, stage: str, batch_size: int) -> list
                        f"optim.batch_size")
     if cfg.data.channels not in (1, 3):  # bands are not converted: the first must fit
         try:
-            read_image(records[0].path, cfg.data.channels, cfg.data.max_pixels)
+            read_image(records[0].path, cfg.data.channels, cfg.data.max_pixels,
+                       data=records.read_bytes(0) if hasattr(records, "read_bytes") else None)
         except UnreadableImage as exc:
             raise HptError(f"stage '{stage}': dataset '{dataset}' does not hold "
                            f"{cfg.data.channels}-band images: {exc.reason} "

@@ -1,0 +1,273 @@
+"""Torchvision loaders over tar shards (``format: shards``), read with ``webdataset``.
+
+Pretraining (:class:`ShardPretrainLoader`): rank ``r`` of ``R`` reads shards ``r, r+R,
+...``; its loader worker ``w`` of ``W`` reads every ``W``-th of those. Each epoch every
+worker reads its shards in an order seeded by ``(seed, epoch, rank, worker)`` through a
+shuffle buffer of ``data.shuffle_buffer`` samples drawn from the same generator and makes
+whole batches of them; the loader takes one batch from each worker in turn (PyTorch's
+order), so the stream is a function of ``seed`` and the epoch. Every rank makes the same
+``steps_per_epoch``: the smallest rank's whole batches. ``set_epoch(e, step)`` starts epoch ``e`` at batch
+``step``: each worker passes over (reads, never decodes) its share of the first ``step``
+batches, handing over an empty marker for each so that the workers keep their turns, and
+a resumed stage sees the stream an uninterrupted one would have.
+
+Evaluations need any image in any order: they read shards through the usual
+:class:`~hpt_hpc.data.loader.EvalLoader`, one image at a time by its offset
+(:meth:`~hpt_hpc.data.shard_set.ShardTable.read_bytes`).
+
+Bad samples (a missing image or label member, a corrupt image) are skipped and named
+like unreadable files; a damaged tar (truncated, not a tar) is named and the rest of it
+skipped; no read blocks.
+"""
+from __future__ import annotations
+
+import logging
+import random
+from typing import Dict, Iterator, List, Optional, Sequence
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data._utils.collate import default_collate
+
+from .bands import read_image
+from .dataset import SkippedImages, SkippedItem
+from .images import UnreadableImage
+from .shard_set import ShardTable
+from .sources import DatasetError
+from .transforms import build_pretrain_transform
+
+log = logging.getLogger(__name__)
+META = ("cls", "path")  # the members of a sample that are not its image
+_WARNED: set = set()  # damaged shards named in this process
+
+
+def read_shard(path: str) -> Iterator[dict]:
+    """The samples of one tar, in order (``__key__`` and one entry per member); a damaged
+    tar is named (one warning) after its last whole sample."""
+    from webdataset.tariterators import group_by_keys, tar_file_iterator
+    failures: List[Exception] = []
+
+    def stop(exc: Exception) -> bool:
+        failures.append(exc)
+        return False
+    try:
+        with open(path, "rb") as handle:
+            members = ({**f, "__url__": path} for f in tar_file_iterator(handle, handler=stop))
+            yield from group_by_keys(members, handler=stop)
+    except Exception as exc:  # noqa: BLE001 - tarfile reports damage in many ways
+        failures.append(exc)
+    if failures and path not in _WARNED:
+        _WARNED.add(path)
+        log.warning("shard %s is damaged (%s: %s); the rest of it is skipped; pack it "
+                    "again with `hpt-hpc data shard`", path, type(failures[0]).__name__,
+                    str(failures[0]).split(" @ ")[0])
+
+
+def shuffled(samples, size: int, rng: random.Random) -> Iterator:
+    """``samples`` through a buffer of ``size``: each new one replaces a random one."""
+    if size <= 1:
+        yield from samples
+        return
+    buffer: list = []
+    for sample in samples:
+        if len(buffer) < size:
+            buffer.append(sample)
+            continue
+        j = rng.randrange(size)
+        buffer[j], sample = sample, buffer[j]
+        yield sample
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+def round_robin_skips(counts: Sequence[int], total: int) -> List[int]:
+    """How many of the first ``total`` items each worker gives when items are taken from
+    the workers in turn, an exhausted worker left out (PyTorch's order)."""
+    taken, left = [0] * len(counts), total
+    while left > 0:
+        live = [w for w, c in enumerate(counts) if taken[w] < c]
+        if not live:
+            break
+        rounds = min(min(counts[w] - taken[w] for w in live), left // len(live))
+        for w in live:
+            taken[w] += rounds
+        left -= rounds * len(live)
+        if rounds == 0:
+            for w in live[:left]:
+                taken[w] += 1
+            left = 0
+    return taken
+
+
+class ShardStream(IterableDataset):
+    """One epoch of ``shards`` of ``table``: workers split the shards, each reads its own
+    in a seeded order through a buffer of ``shuffle`` samples (see the module doc). Items:
+    with ``batch_size`` 0, ``(sample, first label, row)`` or :class:`SkippedItem`; else
+    ``(collated batch or None, [(path, reason) skipped])``, batches made in the worker
+    (one hand-over per batch, not per image)."""
+
+    def __init__(self, table: ShardTable, shards: Sequence[int], transform, channels: int,
+                 max_pixels: Optional[int], seed: int, rank: int, shuffle: int):
+        self.table, self.shards = table, list(shards)
+        self.transform, self.channels, self.max_pixels = transform, channels, max_pixels
+        self.seed, self.rank, self.shuffle = seed, rank, shuffle
+        self.epoch, self.skips, self.batch_size = 0, [0], 0
+
+    def worker_shards(self, worker: int, workers: int) -> List[int]:
+        return self.shards[worker::workers]
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        mine = self.worker_shards(worker, workers)
+        rng = random.Random(f"{self.seed}/{self.epoch}/{self.rank}/{worker}")
+        rng.shuffle(mine)
+        stream = shuffled((s for i in mine for s in read_shard(self.table.shards[i].path)),
+                          self.shuffle, rng)
+        skip = self.skips[worker] if worker < len(self.skips) else 0
+        if not self.batch_size:
+            yield from (self.decode(sample) for n, sample in enumerate(stream) if n >= skip)
+            return
+        stream = iter(stream)
+        for _ in range(skip // self.batch_size):  # batches before a resume point: read,
+            for _ in zip(range(self.batch_size), stream):  # not decoded; a marker keeps
+                pass  # this worker's turns in the loader's order
+            yield None, []
+        yield from self._batched(self.decode(sample) for sample in stream)
+
+    def _batched(self, items):
+        pending, skipped = [], []
+        for item in items:
+            if isinstance(item, SkippedItem):
+                skipped.append((item.path, item.reason))
+                continue
+            pending.append(item)
+            if len(pending) == self.batch_size:
+                yield default_collate(pending), skipped
+                pending, skipped = [], []
+        if skipped:
+            yield None, skipped
+
+    def decode(self, sample: Dict[str, bytes]):
+        key = sample.get("__key__", "?")
+        try:
+            row = int(key)
+            name = self.table.path(row)
+        except (ValueError, IndexError):
+            return SkippedItem(f"{sample.get('__url__')}:{key}", "a sample key that is not "
+                               "a row of the packed listing")
+        where = f"in {sample.get('__url__')}, key {key}"
+        images = [k for k in sample if not k.startswith("__") and k not in META]
+        if len(images) != 1 or "cls" not in sample:
+            missing = "its image" if not images else "its label (.cls)" \
+                if "cls" not in sample else f"one image ({' '.join(images)})"
+            return SkippedItem(name, f"{where}: the sample lacks {missing}")
+        try:
+            labels = tuple(int(v) for v in sample["cls"].split())
+            image = read_image(f"{name}", self.channels, self.max_pixels,
+                               data=sample[images[0]])
+        except UnreadableImage as exc:
+            return SkippedItem(name, f"{where}: {exc.reason}")
+        except ValueError:
+            return SkippedItem(name, f"{where}: labels {sample['cls'][:40]!r} are not "
+                                     "integers")
+        out = self.transform(image) if self.transform is not None else image
+        return out, labels[0] if labels else -1, row
+
+
+def _as_is(item):
+    return item
+
+
+def _stream_loader(stream: ShardStream, workers: int, seed: int) -> DataLoader:
+    """One pass of ``stream``; its own generator seeds the workers (the global one is
+    never drawn from, so a resumed run's augmentations continue as they would have)."""
+    return DataLoader(stream, batch_size=None, num_workers=workers, collate_fn=_as_is,
+                      pin_memory=torch.cuda.is_available(),
+                      generator=torch.Generator().manual_seed(seed))
+
+
+class ShardPretrainLoader:
+    """The pretraining loader of :mod:`hpt_hpc.data.loader` (same interface) over shards.
+    Each worker makes whole batches of its own samples (what is left over at its end is
+    dropped); the loader takes a batch from each worker in turn."""
+
+    def __init__(self, table: ShardTable, aug_cfg, data_cfg, batch_size: int, seed: int,
+                 rank: int = 0, world_size: int = 1, workers: Optional[int] = None,
+                 start_epoch: int = 0, start_step: int = 0, fill_skipped: bool = True):
+        self.skipped, self.rows = SkippedImages(), []
+        count = len(table.shards)
+        if count < world_size:
+            raise DatasetError(f"{count} shard(s) cannot feed {world_size} ranks: pack "
+                               "smaller shards (`hpt-hpc data shard --shard-size`)")
+        per_rank = [list(range(count))[r::world_size] for r in range(world_size)]
+        workers = data_cfg.workers if workers is None else workers
+        self.workers = max(0, min(workers, min(len(s) for s in per_rank)))  # same on all
+        self.batch_size, self.num_images = batch_size, len(table)
+        self.stream = ShardStream(table, per_rank[rank], build_pretrain_transform(
+            aug_cfg, data_cfg), data_cfg.channels, data_cfg.max_pixels, seed, rank,
+            data_cfg.shuffle_buffer)
+        self.stream.batch_size = batch_size
+        self.steps_per_epoch = min(sum(self.worker_batches(s)) for s in per_rank)
+        if self.steps_per_epoch == 0:
+            raise DatasetError(f"the shards of a rank hold too few images for batch size "
+                               f"{batch_size} per loader worker ({max(1, self.workers)}); "
+                               "lower the batch size or data.workers")
+        self.set_epoch(start_epoch, start_step)
+
+    def worker_batches(self, shards: Optional[Sequence[int]] = None) -> List[int]:
+        """Whole batches each worker makes from ``shards`` (this rank's by default)."""
+        shards, n = self.stream.shards if shards is None else list(shards), max(1, self.workers)
+        table = self.stream.table
+        return [sum(table.shards[i].count for i in shards[w::n]) // self.batch_size
+                for w in range(n)]
+
+    def set_epoch(self, epoch: int, step: int = 0) -> None:
+        """Make the next batch batch ``step`` of epoch ``epoch`` (for resuming)."""
+        if not 0 <= step <= self.steps_per_epoch:
+            raise ValueError(f"step {step} outside epoch of {self.steps_per_epoch} steps")
+        self.epoch, self.step = int(epoch), int(step)
+
+    def __iter__(self):
+        while True:
+            self.stream.epoch = self.epoch
+            self.stream.skips = [k * self.batch_size for k in round_robin_skips(
+                self.worker_batches(), self.step)]
+            if self.step < self.steps_per_epoch:
+                items = iter(_stream_loader(self.stream, self.workers, hash(
+                    (self.stream.seed, self.stream.rank, self.epoch, self.step)) % 2 ** 62))
+                for views in self._epoch_batches(items):
+                    self.step += 1
+                    yield tuple(views)
+                    if self.step == self.steps_per_epoch:
+                        break
+                del items  # stops the workers
+            self.epoch, self.step = self.epoch + 1, 0
+
+    def _readable(self, items):
+        for batch, skipped in items:
+            self.skipped.add(skipped)
+            if batch is not None:
+                self.rows = batch[2].tolist()  # the packed rows of this batch
+                yield batch[0]
+
+    def _epoch_batches(self, items):
+        yield from self._readable(items)
+        self.stream.skips = [0]  # bad samples left too few batches: read the epoch again
+        while True:
+            got = False
+            for views in self._readable(iter(self.stream)):
+                got = True
+                yield views
+            if not got:
+                raise DatasetError(f"rank {self.stream.rank} found too few readable images "
+                                   "to fill a batch; run `hpt-hpc data check` on the dataset")
+
+    def close(self) -> None:
+        """Nothing to stop: each epoch's workers end with it."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
