@@ -16,6 +16,7 @@ from hpt_hpc.cli.main import cli
 from hpt_hpc.config import StageLayout
 from hpt_hpc.data.bands import load_bands
 from hpt_hpc.data.images import UnreadableImage
+from hpt_hpc.plan.record import StageRecord
 from tiny import write_tiny_config
 
 BANDS = 5
@@ -84,8 +85,8 @@ def test_band_images_train_probe_and_measure_through_the_cli(tmp_path, mnist_tre
                      {"target": {"dataset": "bands", "iterations": 3}})
     trained = CliRunner().invoke(cli, ["train", "--config", str(config)])
     assert trained.exit_code == 0, trained.output
-    result = StageLayout(tmp_path / "out", "target").read_result()
-    assert result["steps"] == 3 and not result.get("skipped_images"), result
+    result = StageRecord.read(StageLayout(tmp_path / "out", "target"))
+    assert result.steps == 3 and not result.skipped_images, result
     probe = CliRunner().invoke(cli, ["probe", "--config", str(config), "--dataset", "bands",
                                      "--checkpoint", "stage:target"])
     assert probe.exit_code == 0, probe.output

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from hpt_hpc.cli.main import cli
 from hpt_hpc.config import DatasetConfig, StageLayout
 from hpt_hpc.data import list_split
+from hpt_hpc.plan.record import StageRecord
 from test_bands import BANDS, _band_tree, _config
 
 
@@ -40,8 +41,8 @@ def test_multi_band_tiffs_pack_measure_and_train_from_shards(tmp_path, mnist_tre
                      {"target": {"dataset": "bands", "iterations": 3}})
     trained = _invoke("train", "--config", config, "--set", "datasets.bands.format=shards")
     assert trained.exit_code == 0, trained.output
-    result = StageLayout(tmp_path / "out", "target").read_result()
-    assert result["steps"] == 3 and not result.get("skipped_images"), result
+    result = StageRecord.read(StageLayout(tmp_path / "out", "target"))
+    assert result.steps == 3 and not result.skipped_images, result
 
 
 def test_a_multi_label_file_list_packs_with_every_label(tmp_path, mnist_tree):

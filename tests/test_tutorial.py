@@ -17,6 +17,7 @@ from hpt_hpc.cli.main import cli
 from hpt_hpc.config import StageLayout
 from hpt_hpc.data.sources import ImageRecord
 from hpt_hpc.data.stats import channel_stats
+from hpt_hpc.plan.record import StageRecord
 from tiny import write_tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,8 +70,8 @@ def test_pretraining_on_an_unlabelled_folder_and_evaluation_refused(tmp_path, mn
                                                  f"path: {folder}\n    format: folder"))
     trained = CliRunner().invoke(cli, ["train", "--config", str(config)])
     assert trained.exit_code == 0, trained.output
-    result = StageLayout(tmp_path / "out", "target").read_result()
-    assert result["images"] == 200 and result["steps"] == 2, result  # nested ones included
+    result = StageRecord.read(StageLayout(tmp_path / "out", "target"))
+    assert result.images == 200 and result.steps == 2, result  # nested ones included
     checked = CliRunner().invoke(cli, ["data", "check", str(folder), "--format", "folder"])
     assert checked.exit_code == 0, checked.output
     assert "200" in checked.output and "notes.txt" in checked.output
