@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import torch
@@ -92,14 +93,32 @@ def _own_rng(state: Dict[str, Any], dist: DistInfo) -> Dict[str, Any]:
     return ranks[dist.rank] if ranks and len(ranks) == dist.world_size else state
 
 
-def _checkpoint(model: SslMethod, optimizer: Optional[torch.optim.Optimizer], step: int,
-                plan: StagePlan, tracker: Tracker, init: Optional[str],
-                rng: Dict[str, Any], init_report: Dict[str, Any]) -> Dict[str, Any]:
-    return stage_checkpoint(model, optimizer, step, plan.iterations, plan.stage, plan.variant,
-                            init, config_to_dict(plan.config), rng, tracker.run_id,
-                            method=plan.method, label=plan.label,
-                            target_steps=plan.target_steps, init_report=init_report or None,
-                            **model.checkpoint_keys())
+@dataclass
+class StageRun:
+    """One call of :func:`run_stage`: what the loop and its checkpoints need besides the
+    model and the optimiser (the plan, its data, tracker, device, ranks, step kernels, the
+    init file, and the caller's hooks)."""
+
+    plan: StagePlan
+    loader: Any
+    tracker: Tracker
+    device: torch.device
+    dist: DistInfo
+    speed: StepSpeed
+    init: Optional[str] = None
+    stop_after: Optional[int] = None
+    on_step: Optional[Callable[[int, float], None]] = None
+    should_stop: Optional[Callable[[int], bool]] = None
+
+    def checkpoint(self, model: SslMethod, optimizer: Optional[torch.optim.Optimizer],
+                   step: int, rng: Dict[str, Any], init_report: Dict[str, Any]
+                   ) -> Dict[str, Any]:
+        plan = self.plan
+        return stage_checkpoint(model, optimizer, step, plan.iterations, plan.stage,
+                                plan.variant, self.init, config_to_dict(plan.config), rng,
+                                self.tracker.run_id, method=plan.method, label=plan.label,
+                                target_steps=plan.target_steps,
+                                init_report=init_report or None, **model.checkpoint_keys())
 
 
 def parameter_digest(model: SslMethod) -> str:
@@ -151,6 +170,8 @@ def run_stage(plan: StagePlan, loader: Any, tracker: Optional[Tracker] = None,
 
     speed = resolve_speed(cfg.compute, device)
     check_accumulation(plan.rank_batch_size, speed.accumulate, stage)
+    run = StageRun(plan, loader, tracker, device, dist, speed, init, stop_after, on_step,
+                   should_stop)
     seed_everything(cfg.seed + dist.rank)
     model = build_model(plan, loader.num_images)
     result = StageRecord(stage, variant, layout.final, 0, total, label=plan.label,
@@ -211,12 +232,10 @@ def run_stage(plan: StagePlan, loader: Any, tracker: Optional[Tracker] = None,
             net = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[device.index] if device.type == "cuda" else None)
         log.info("stage %s: step %s", stage, speed.describe())
-        result = _train_loop(plan, net, optimizer, loader, result, start, tracker, device,
-                             dist, stop_after, on_step, init, should_stop, speed)
+        result = _train_loop(run, net, optimizer, result, start)
 
     check_finite(model, plan, result.steps, plan.lr)
-    state = _checkpoint(model, optimizer, result.steps, plan, tracker, init, _rng_states(dist),
-                        result.init)
+    state = run.checkpoint(model, optimizer, result.steps, _rng_states(dist), result.init)
     if dist.is_main and (result.completed or result.saved_step != result.steps):
         save_resume_point(state, plan, final=result.completed)
         if result.completed:
@@ -243,18 +262,17 @@ def _average_buffers(module: torch.nn.Module, world_size: int) -> None:
             buf.div_(world_size)
 
 
-def _train_loop(plan: StagePlan, net: torch.nn.Module,
-                optimizer: Optional[torch.optim.Optimizer], loader: Any, result: StageRecord,
-                start: int, tracker: Tracker, device: torch.device, dist: DistInfo,
-                stop_after: Optional[int], on_step: Optional[Callable[[int, float], None]],
-                init: Optional[str], should_stop: Optional[Callable[[int], bool]],
-                speed: StepSpeed) -> StageRecord:
+def _train_loop(run: StageRun, net: torch.nn.Module,
+                optimizer: Optional[torch.optim.Optimizer], result: StageRecord,
+                start: int) -> StageRecord:
+    plan, tracker, device, dist, speed = run.plan, run.tracker, run.device, run.dist, run.speed
+    on_step, should_stop, stop_after = run.on_step, run.should_stop, run.stop_after
     cfg, base_lr = plan.config, plan.lr
     model: SslMethod = getattr(net, "module", net)
     total = result.total_steps
     end = total if stop_after is None else min(total, start + stop_after)
     net.train()
-    batches = _batches(loader, start)
+    batches = _batches(run.loader, start)
     step, loss_value, tick = start, float("nan"), time.time()
     durations, window_started, window_steps = [], time.perf_counter(), 0
     log_every = max(1, min(50, total // 20 or 1))
@@ -310,8 +328,8 @@ def _train_loop(plan: StagePlan, net: torch.nn.Module,
             check_finite(model, plan, step + 1, lr)
             rng = _rng_states(dist)
             if dist.is_main:
-                save_resume_point(_checkpoint(model, optimizer, step + 1, plan, tracker, init,
-                                              rng, result.init), plan)
+                save_resume_point(run.checkpoint(model, optimizer, step + 1, rng,
+                                                 result.init), plan)
             result.saved_step = step + 1
         if should_stop is not None and step + 1 < end and should_stop(step + 1):
             log.warning("stage %s: stopping at step %d on request (preemption)", result.stage,

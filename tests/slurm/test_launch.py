@@ -15,6 +15,7 @@ from hpt_hpc.launch.options import build_options
 from hpt_hpc.launch.record import JobEntry, LaunchRecord, job_states
 from hpt_hpc.launch.commands import launch
 from hpt_hpc.models import load_checkpoint
+from preempt import preempted_equals_uninterrupted
 from tiny import write_tiny_config
 
 pytestmark = pytest.mark.slurm
@@ -116,25 +117,9 @@ def test_preempted_stage_requeues_and_resumes(slurm_cluster, tmp_path, mnist_tre
     """SIGUSR2 mid-run: checkpoint at a step boundary, requeue, resume, same end state as an
     uninterrupted run (bit-identical: same data stream, RNG and optimiser state)."""
     stages = {"target": {"dataset": "mnist", "variant": "scratch", "iterations": 300}}
-    runs = {}
-    for name in ("cut", "whole"):
-        folder = tmp_path / name
-        folder.mkdir()
-        runs[name] = launch(str(write_config(folder, {"mnist": mnist_tree}, stages,
-                                             progress_seconds=0.2)),
-                            ["target"], dev_options())
-    cut = jobs_of(runs["cut"], "target")[0]
-    slurm_cluster.wait_for_step(cut, 30, 300)
-    cut._interrupt()  # scancel --signal=USR2, as SLURM does before a time limit
-    result = cut.result()
-    assert 0 < (result["resumed_from"] or 0) < 300, result
-    assert result["steps"] == 300
-    assert "stopping at step" in cut.stderr()
-    whole = jobs_of(runs["whole"], "target")[0].result()
-    assert whole["resumed_from"] is None
-    a = load_checkpoint(result["checkpoint"])["model"]
-    b = load_checkpoint(whole["checkpoint"])["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    preempted_equals_uninterrupted(
+        slurm_cluster, tmp_path, lambda folder: write_config(
+            folder, {"mnist": mnist_tree}, stages, progress_seconds=0.2), "target", 300, 30)
 
 
 def test_bad_input_fails_before_submission(slurm_cluster, tmp_path, mnist_tree):

@@ -6,12 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from hpt_hpc.launch.commands import launch
 from hpt_hpc.launch.options import build_options
 from hpt_hpc.launch.record import LaunchRecord
 from hpt_hpc.models import load_checkpoint
+from preempt import preempted_equals_uninterrupted
 from tiny import write_tiny_config
 
 pytestmark = pytest.mark.slurm
@@ -81,22 +81,7 @@ def test_a_preempted_dino_stage_resumes_bit_identically(slurm_cluster, tmp_path,
     the end state equals an uninterrupted run's."""
     stages = {"target": {"dataset": "mnist", "variant": "scratch", "ssl": "dino",
                          "iterations": 200}}
-    runs = {}
-    for name in ("cut", "whole"):
-        folder = tmp_path / name
-        folder.mkdir()
-        runs[name] = launch(str(write_config(folder, {"mnist": mnist_tree}, stages,
-                                             progress_seconds=0.2)),
-                            ["target"], build_options("dev", executor="slurm"))
-    cut = jobs_of(runs["cut"], "target")[0]
-    slurm_cluster.wait_for_step(cut, 20, 200)
-    cut._interrupt()  # scancel --signal=USR2, as SLURM does before a time limit
-    result = cut.result()
-    assert 0 < (result["resumed_from"] or 0) < 200, result
-    assert result["steps"] == 200
-    whole = jobs_of(runs["whole"], "target")[0].result()
-    assert whole["resumed_from"] is None
-    a = load_checkpoint(result["checkpoint"])["model"]
-    b = load_checkpoint(whole["checkpoint"])["model"]
-    assert a.keys() == b.keys() and "center" in a
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    result = preempted_equals_uninterrupted(
+        slurm_cluster, tmp_path, lambda folder: write_config(
+            folder, {"mnist": mnist_tree}, stages, progress_seconds=0.2), "target", 200, 20)
+    assert "center" in load_checkpoint(result["checkpoint"])["model"]
