@@ -14,7 +14,8 @@ from scipy import stats
 from hpt_hpc.cli.main import cli
 from hpt_hpc.eval.record import write_record_file
 from hpt_hpc.plan.experiment import load_experiment
-from hpt_hpc.plan.units import expand, sweep_phases, unit_config
+from hpt_hpc.plan.unit_plans import sweep_phases, unit_config
+from hpt_hpc.plan.units import expand
 from tiny import write_tiny_experiment
 from verdicts import TARGETS, record
 

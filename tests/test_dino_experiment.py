@@ -14,7 +14,8 @@ from hpt_hpc.cli.main import cli
 from hpt_hpc.eval.record import EvalRecord
 from hpt_hpc.experiments.report import build_report
 from hpt_hpc.plan.experiment import load_experiment
-from hpt_hpc.plan.units import expand, registry_init
+from hpt_hpc.plan.unit_plans import registry_init
+from hpt_hpc.plan.units import expand
 from hpt_hpc.plan.plans import TrackingTarget
 from tiny import write_tiny_experiment
 

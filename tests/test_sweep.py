@@ -12,7 +12,8 @@ from hpt_hpc.experiments.sweep import default_max_parallel, finished_units, plan
     run_sweep, sweep_tracking
 from hpt_hpc.launch.options import build_options
 from hpt_hpc.plan.experiment import load_experiment as load_sweep_spec
-from hpt_hpc.plan.units import expand, pretrain_plan, unit_config
+from hpt_hpc.plan.unit_plans import pretrain_plan, unit_config
+from hpt_hpc.plan.units import expand
 from tiny import write_tiny_experiment
 
 
@@ -210,7 +211,7 @@ def test_per_method_step_budgets_and_the_report_keeps_every_method(tmp_path, mni
 
 
 def test_seed_probe_axes_and_the_compute_matched_control(tmp_path, mnist_tree, fashion_tree):
-    from hpt_hpc.plan.units import sweep_phases
+    from hpt_hpc.plan.unit_plans import sweep_phases
     path = write_tiny_experiment(tmp_path, {"mnist": mnist_tree, "fashion": fashion_tree}, {
         "linear": {"method": ["HPT", "Base+N"], "dataset": ["mnist"], "steps": [4],
                    "seed": [0, 1, 2], "probe_labels": [10, "all"],
@@ -300,7 +301,7 @@ def test_every_study_shape_runs_and_the_report_computes_verdicts(tmp_path, mnist
 
 
 def test_a_study_set_changes_only_its_own_evaluations(tmp_path, mnist_tree):
-    from hpt_hpc.plan.units import eval_plan
+    from hpt_hpc.plan.unit_plans import eval_plan
     path = write_tiny_experiment(tmp_path, {"mnist": mnist_tree}, {
         "main": {"method": ["HPT"], "dataset": ["mnist"], "steps": [2]},
         "check": {"method": ["HPT"], "dataset": ["mnist"], "steps": [2],

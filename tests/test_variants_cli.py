@@ -13,7 +13,8 @@ from hpt_hpc.config import StageLayout
 from hpt_hpc.models import load_checkpoint
 from hpt_hpc.models.loading import read_weights
 from hpt_hpc.plan.experiment import load_experiment
-from hpt_hpc.plan.units import expand, unit_config
+from hpt_hpc.plan.unit_plans import unit_config
+from hpt_hpc.plan.units import expand
 from hpt_hpc.config import config_from_dict
 from tiny import run_stage_of, tiny_config, write_tiny_config, write_tiny_experiment
 

@@ -20,8 +20,9 @@ from ..launch.record import LaunchRecord
 from ..launch.submit import run_phases
 from ..plan import Phase, TrackingTarget, describe_phases, tracking_target
 from ..plan.experiment import ExperimentSpec, prepare_offline_data
+from ..plan.unit_plans import sweep_phases
 from ..plan.units import (CONTROL_STAGE, CONTROL_SUFFIX, UPSTREAM, EvalUnit, Expansion,
-                          PretrainUnit, expand, sweep_phases)
+                          PretrainUnit, expand)
 from ..tracking.filters import run_filter
 from ..tracking.runs import search_all
 from ..tracking.store import MAX_SQLITE_WRITERS, StoreMissing, prepare_store, requires_server
