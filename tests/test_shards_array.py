@@ -59,3 +59,14 @@ def test_a_job_whose_listing_changed_since_submission_refuses_to_pack(tmp_path, 
     with pytest.raises(DatasetError, match="changed since the packing was planned"):
         shard_split(ds, "val", str(dest), 40000, shards=[0], known=known, log=print)
     assert not dest.exists() or not list(dest.iterdir())
+
+
+def test_bad_input_is_one_line_before_any_job_is_submitted(tmp_path, mnist_tree):
+    inside = shard_cli(mnist_tree, mnist_tree / "packed", "--executor", "local")
+    assert inside.exit_code == 2 and inside.output.startswith("error: ") and \
+        "overlaps the dataset" in inside.output and len(inside.output.splitlines()) == 1
+    assert not (mnist_tree / "packed").exists()
+    size = CliRunner().invoke(cli, ["data", "shard", str(mnist_tree), str(tmp_path / "s"),
+                                    "--shard-size", "lots", "--executor", "local"])
+    assert size.exit_code == 2 and "is not a size" in size.output, size.output
+    assert not (tmp_path / "s").exists()
