@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from ..config.schema import DATASET_FORMATS, DataConfig
+from .scheduler import pop_scheduler, scheduler_options
 
 DATASETS = ("fashion-mnist", "mnist", "digits", "mnist-source")
 
@@ -151,21 +152,42 @@ def stats(path: str, fmt: str, split: str, channels: int, max_images: int,
               help="About this many bytes per shard (64MB, 1GB, 500k, ...).")
 @click.option("--seed", default=0, show_default=True,
               help="Seed of the order in which images are packed (mixes the classes).")
-def shard(path: str, dest: str, fmt: str, splits, shard_size: str, seed: int) -> None:
+@click.option("--shards-per-job", type=click.IntRange(min=1), default=16, show_default=True,
+              help="With an executor other than debug: shards each job of the array packs.")
+@scheduler_options
+def shard(path: str, dest: str, fmt: str, splits, shard_size: str, seed: int,
+          shards_per_job: int, **scheduler) -> None:
     """Pack a dataset into tar shards (WebDataset layout, DALI index files, a manifest)
     under DEST/<split>/, for `format: shards`. Deterministic: the same input gives the
-    same bytes. Run again after an interruption: finished shards are verified and kept."""
+    same bytes. Run again after an interruption: finished shards are verified and kept.
+    In this process unless --executor (or --profile) says otherwise: then per split one
+    job array over shard ranges and a manifest job after it (records, logs under DEST)."""
     import os
     from types import SimpleNamespace
 
     from ..data.shards import parse_size, shard_split
     from ..data.sources import DatasetError, split_location
+    from ..launch.executors import resolve_executor
+    options, log_folder = pop_scheduler(scheduler, default_executor="debug")
     size = parse_size(shard_size)
     ds = SimpleNamespace(path=path, format=fmt, splits={s: s for s in splits}, max_images=None)
     found = [s for s in splits if os.path.exists(split_location(ds, s))]
     if not found:
         raise DatasetError(f"none of the splits {', '.join(splits)} exists in {path!r} "
                            f"(format {fmt})")
+    if not resolve_executor(options).in_process or options.container:
+        from ..launch.commands import pack_shards
+        from ..launch.submit import describe
+        from ..plan import shard_phases
+        phases = shard_phases(path, fmt, found, dest, size, seed, shards_per_job)
+        record = pack_shards(phases, options, dest, path, log_folder)
+        click.echo(describe(record))
+        if resolve_executor(options).detached(wait=True):
+            click.echo(f"follow: hpt-hpc status {dest} --watch")
+        else:
+            click.echo("\n".join(f"{s}: manifest {os.path.join(dest, s, 'manifest.json')}"
+                                 for s in found))
+        return
     for split in found:
         result = shard_split(ds, split, os.path.join(dest, split), size, seed=seed,
                              log=click.echo)

@@ -194,20 +194,39 @@ def _refuse_inside(dest: str, sources: Sequence[str]) -> None:
                               "output never replaces an input: choose a folder outside it")
 
 
-def shard_split(ds_cfg, split: str, dest: str, shard_size: int, seed: int = 0,
-                shards: Optional[Sequence[int]] = None, log=print) -> dict:
-    """Pack ``split`` of ``ds_cfg`` into ``dest`` (see the module doc); ``shards``: only
-    these shard numbers (an array task), the manifest is then left to the last call.
-    Returns the manifest (``kept``/``written``: shard numbers kept or written now)."""
+def pack_plan(ds_cfg, split: str, dest: str, shard_size: int, seed: int = 0,
+              known: Optional[dict] = None):
+    """``(listing, table in pack order, plan)`` of ``split``; the plan (listing digest,
+    seed, size, ``cuts``: first record of every shard and the end) fixes every shard.
+    ``known``: a plan made before (an array job's): its cuts are taken when the listing
+    is still the same (no image sizes read again), else the dataset changed: one line."""
     location = split_location(ds_cfg, split)
     _refuse_inside(dest, [ds_cfg.path, location])
     listing = scan_split(ds_cfg, split)
     if not len(listing.records):
         raise DatasetError(f"split {split!r} of {ds_cfg.path!r} has no images to pack")
     table = listing.records.take(pack_order(len(listing.records), seed).tolist())
-    cuts = cut_points(_sizes(table), shard_size)
-    digest = table_digest(table)
-    plan = {"listing_digest": digest, "seed": seed, "shard_size": shard_size, "cuts": cuts}
+    plan = {"listing_digest": table_digest(table), "seed": seed, "shard_size": shard_size}
+    if known is not None:
+        if {k: known.get(k) for k in plan} != plan:
+            raise DatasetError(f"split {split!r} of {ds_cfg.path!r} changed since the "
+                               "packing was planned (its listing differs); run `hpt-hpc "
+                               "data shard` again")
+        return listing, table, dict(plan, cuts=list(known["cuts"]))
+    return listing, table, dict(plan, cuts=cut_points(_sizes(table), shard_size))
+
+
+def shard_split(ds_cfg, split: str, dest: str, shard_size: int, seed: int = 0,
+                shards: Optional[Sequence[int]] = None, log=print,
+                known: Optional[dict] = None) -> dict:
+    """Pack ``split`` of ``ds_cfg`` into ``dest`` (see the module doc); ``shards``: only
+    these shard numbers (an array task; ``[]``: none, only the manifest), the manifest is
+    written by the call that finds every shard's ``done.json`` matching the plan and its
+    tar of the size recorded there (``missing``: the shards that are not).
+    ``known``: the plan :func:`pack_plan` made before (see there).
+    Returns the manifest (``kept``/``written``: shard numbers kept or written now)."""
+    listing, table, plan = pack_plan(ds_cfg, split, dest, shard_size, seed, known)
+    cuts, digest = plan["cuts"], plan["listing_digest"]
     count = len(cuts) - 1
     wanted = range(count) if shards is None else [i for i in shards if 0 <= i < count]
     kept, written, bands = [], [], {}
@@ -237,8 +256,12 @@ def shard_split(ds_cfg, split: str, dest: str, shard_size: int, seed: int = 0,
         written.append(i)
         log(f"{split}: {shard_name(i, 'tar')} {info['count']} images, {info['bytes']} bytes")
     dones = [_done(dest, i) for i in range(count)]
-    if any(d is None or d.get("plan") != _shard_plan(plan, i) for i, d in enumerate(dones)):
-        return {"complete": False, "shards": count, "kept": kept, "written": written}
+    missing = [i for i, d in enumerate(dones) if d is None or d.get("plan") !=
+               _shard_plan(plan, i) or _size(os.path.join(dest, shard_name(i, "tar")))
+               != d.get("bytes")]
+    if missing:
+        return {"complete": False, "shards": count, "kept": kept, "written": written,
+                "missing": missing}
     indirect = {"count": 0, "examples": []}
     for d in dones:
         for b, n in d.get("bands", {}).items():
@@ -261,6 +284,13 @@ def shard_split(ds_cfg, split: str, dest: str, shard_size: int, seed: int = 0,
                     "sha256": d["sha256"]} for i, d in enumerate(dones)]}
     write_text_atomic(os.path.join(dest, MANIFEST), json.dumps(manifest, indent=1) + "\n")
     return dict(manifest, complete=True, kept=kept, written=written)
+
+
+def _size(path: str) -> Optional[int]:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return None
 
 
 def _shard_plan(plan: dict, i: int) -> dict:

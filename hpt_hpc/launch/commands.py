@@ -62,3 +62,14 @@ def submit_one(plan: Any, options: SchedulerOptions, source: str,
     if resolve_executor(options).detached(wait=True):
         return record, None
     return record, record.live[record.jobs[0].job_id].result()
+
+
+def pack_shards(phases: Sequence[Phase], options: SchedulerOptions, dest: str, source: str,
+                folder: Optional[str] = None) -> LaunchRecord:
+    """``hpt-hpc data shard`` on an executor: the phases of
+    :func:`~hpt_hpc.plan.shards.shard_phases` (an array over shard ranges per split, then
+    its manifest job); records and logs under ``dest``. Local waits for the jobs; slurm
+    returns once they are submitted."""
+    return run_phases(list(phases), options, output_dir=dest, source=source,
+                      name="data-shard", tracking=None, folder=folder, wait=True,
+                      labels=["data-shard"])

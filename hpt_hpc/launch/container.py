@@ -81,8 +81,8 @@ def plan_paths(plans: Iterable, tracking_uri: Optional[str] = None) -> List[Path
         cfg = plan.config
         paths += [Path(d.path) for d in cfg.datasets.values() if d.path]
         paths.append(Path(cfg.output_dir))
-        ref = plan.init if plan.kind == "stage" else plan.checkpoint
-        paths += [p for p in ref.host_paths() if p.exists()]
+        ref = plan.init if plan.kind == "stage" else getattr(plan, "checkpoint", None)
+        paths += [p for p in ref.host_paths() if p.exists()] if ref is not None else []
         if plan.kind == "embed":  # its files go where --out says (the folder it exists in)
             folder = Path(plan.out).resolve().parent
             paths.append(next(p for p in (folder, *folder.parents) if p.exists()))

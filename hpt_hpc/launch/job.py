@@ -18,8 +18,9 @@ import submitit
 
 from ..eval.embed import run_embed_plan
 from ..eval.execute import run_eval_plan
-from ..plan import EmbedPlan, EvalPlan, StagePlan
+from ..plan import EmbedPlan, EvalPlan, ShardPlan, StagePlan
 from ..train import DistInfo, run_plan
+from .shard_job import ShardJob, job_logging as _logging
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +89,6 @@ class PreemptionFlag:
             handler(self.signum or signal.SIGUSR2, None)
 
 
-def _logging() -> None:
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
 class StageJob(submitit.helpers.Checkpointable):
     """The submitted stage callable: ``StageJob()(plan)``. ``checkpoint()`` (inherited)
     resubmits the same plan; the stage folder's ``last.pt`` makes the requeued run resume
@@ -136,7 +132,8 @@ class EmbedJob(submitit.helpers.Checkpointable):
         return run_embed_plan(plan)
 
 
-JOBS = {StagePlan.kind: StageJob, EvalPlan.kind: EvalJob, EmbedPlan.kind: EmbedJob}
+JOBS = {StagePlan.kind: StageJob, EvalPlan.kind: EvalJob, EmbedPlan.kind: EmbedJob,
+        ShardPlan.kind: ShardJob}
 
 
 def job_for(plan: Any) -> Any:

@@ -6,6 +6,7 @@ from .methods import (ALIASES, METHODS, REFERENCES, Method, external_method, met
 from .planner import (ConfigPlan, GridCell, check_data, grid_cells, plan_config, plan_stages,
                       stage_plan, tracking_target, training_records)
 from .record import StageRecord
+from .shards import ShardPlan, shard_phases
 from .plans import (PROTOCOLS, EmbedPlan, EvalPlan, Phase, StagePlan, TrackingTarget,
                     describe_phases, with_parent)
 
@@ -14,4 +15,4 @@ __all__ = ["ALIASES", "METHODS", "REFERENCES", "Method", "external_method", "met
            "ConfigPlan", "GridCell", "check_data", "grid_cells", "plan_config", "plan_stages",
            "stage_plan", "tracking_target", "training_records", "PROTOCOLS", "EmbedPlan",
            "EvalPlan", "Phase", "StagePlan", "TrackingTarget", "describe_phases", "with_parent",
-           "StageRecord"]
+           "StageRecord", "ShardPlan", "shard_phases"]
