@@ -177,3 +177,20 @@ def assert_one_error(result, text: str) -> None:
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and text in errors[0] and "Traceback" not in result.output, \
         result.output
+
+
+def test_two_evaluations_in_one_second_keep_both_results(tmp_path, mnist_tree, monkeypatch):
+    """Two probes of one checkpoint started within the same second (the clock frozen) write
+    two result files; neither replaces the other."""
+    import json
+    import hpt_hpc.eval.execute as execute
+    monkeypatch.setattr(execute.time, "strftime", lambda *_: "20261205-120000")
+    config = write_tiny_config(tmp_path, {"mnist": mnist_tree}, {})
+    for k in (1, 5):
+        out = invoke("probe", "--config", config, "--dataset", "mnist", "--set",
+                     "probe.mode=knn", "--set", f"probe.knn_k={k}")
+        assert out.exit_code == 0, out.output
+    files = sorted((tmp_path / "out" / "evaluations").glob("*-20261205-120000-*.json"))
+    assert len(files) == 2, files
+    scores = {json.loads(f.read_text())["score"] for f in files}
+    assert len(scores) == 2  # k=1 and k=5: both results kept

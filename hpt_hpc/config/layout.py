@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
@@ -146,6 +147,15 @@ class OutputLayout:
     def evaluations(self) -> StageLayout:
         """Where command-line evaluations cache downloaded checkpoints."""
         return StageLayout(self.root, "evaluations")
+
+    def evaluation_result(self, label: str, stamp: str) -> Path:
+        """A command-line evaluation's result file, ``evaluations/<label>-<stamp>-<6 hex>.json``
+        (``label``: a safe name): the random part keeps two evaluations of one checkpoint
+        started in the same second apart; a name already on disk is never returned."""
+        while True:
+            path = self.evaluations.root / f"{label}-{stamp}-{secrets.token_hex(3)}.json"
+            if not path.exists():
+                return path
 
     @property
     def log_folder(self) -> Path:

@@ -37,8 +37,9 @@ def cli_plan(cfg: ExperimentConfig, protocol: str, dataset: str,
     what = f"{'probe' if protocol == 'linear' else 'finetune'} {dataset}"
     lineage = checkpoint_lineage(cfg, ref, who=f"evaluation '{what}'")
     label = lineage.name(what)
-    layout = OutputLayout(Path(cfg.output_dir).resolve()).evaluations
-    result = layout.root / f"{safe_name(label)}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    outputs = OutputLayout(Path(cfg.output_dir).resolve())
+    layout = outputs.evaluations
+    result = outputs.evaluation_result(safe_name(label), time.strftime("%Y%m%d-%H%M%S"))
     return EvalPlan(cfg, protocol, lineage.method, dataset, ref, label,
                     lineage.layout or layout, result, tracking=lineage.tracking,
                     steps=lineage.steps, seed=cfg.seed, evaluates=lineage.evaluates,
