@@ -175,16 +175,23 @@ def test_a_stage_trains_on_shards_through_the_cli(tmp_path, mnist_shards):
     assert result["steps"] == 6
 
 
-def test_a_stage_on_shards_resumes_bit_identically(tmp_path, mnist_shards):
-    """Stopped after 3 of 6 steps (batch 8: mid-epoch of a 200-image rank) and resumed,
-    the stage ends with the weights of an uninterrupted run: the shard stream restarts
-    at the same sample."""
-    full = run_stage_of(_shard_config(tmp_path / "full", mnist_shards), "target")
-    cut_cfg = _shard_config(tmp_path / "cut", mnist_shards)
-    part = run_stage_of(cut_cfg, "target", stop_after=3)
-    assert not part.completed and part.steps == 3
+@pytest.mark.parametrize("workers,cut", [(0, 3), (2, 3), (2, 31)])
+def test_a_stage_on_shards_resumes_bit_identically(tmp_path, mnist_shards, workers, cut):
+    """Stopped after ``cut`` of 40 steps (batch 8; 3: mid-epoch, 31: in the second epoch)
+    and resumed, the stage ends with the weights of an uninterrupted run: the shard stream
+    restarts at the same sample and, in loader workers, with the same augmentation draws
+    (each worker's generator advanced over the batches it passes)."""
+    def config(folder):
+        cfg = _shard_config(folder, mnist_shards, optim={
+            "lr": 0.05, "batch_size": 8, "iterations": 40, "weight_decay": 1e-4})
+        cfg.data.workers, cfg.data.shuffle_buffer = workers, 64
+        return cfg
+    full = run_stage_of(config(tmp_path / "full"), "target")
+    cut_cfg = config(tmp_path / "cut")
+    part = run_stage_of(cut_cfg, "target", stop_after=cut)
+    assert not part.completed and part.steps == cut
     rest = run_stage_of(cut_cfg, "target")
-    assert rest.resumed_from == 3 and rest.steps == 6
+    assert rest.resumed_from == cut and rest.steps == 40
     a, b = load_checkpoint(full.checkpoint), load_checkpoint(rest.checkpoint)
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key

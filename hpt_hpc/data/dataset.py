@@ -8,6 +8,7 @@ which images each rank sees, in which order, for both backends.
 from __future__ import annotations
 
 import logging
+import signal
 from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
@@ -150,3 +151,16 @@ class ShardSampler(Sampler):
 
     def __len__(self) -> int:
         return (self.steps_per_epoch - self.start_step) * self.batch_size
+
+
+JOB_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2")  # what a scheduler sends every process
+
+
+def ignore_job_signals(_worker_id: int = 0) -> None:
+    """A loader worker's ``worker_init_fn``: it ignores the scheduler's SIGTERM (SLURM
+    sends it to every process of a job it preempts or requeues) and SIGUSR1/2. The main
+    process decides: it checkpoints at the next step boundary, then ends its workers.
+    Without this the workers die at once and the stage fails before it can checkpoint."""
+    for name in JOB_SIGNALS:
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
+

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 from torch.utils.data._utils.collate import default_collate
 
 from .dataset import (ImageDataset, ShardSampler, SkippedImages, SkippedItem,  # noqa: F401
-                      collate_skipping)
+                      collate_skipping, ignore_job_signals)
 from .sources import DatasetError, ImageRecord
 from .table import as_table
 from .transforms import (build_eval_transform, build_probe_train_transform,
@@ -30,6 +30,7 @@ def _data_loader(dataset, batch_size, sampler, workers, seed, drop_last) -> Data
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                       collate_fn=collate_skipping, drop_last=drop_last,
                       persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(),
+                      worker_init_fn=ignore_job_signals,
                       generator=torch.Generator().manual_seed(seed))
 
 

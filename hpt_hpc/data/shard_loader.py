@@ -7,9 +7,12 @@ shuffle buffer of ``data.shuffle_buffer`` samples drawn from the same generator 
 whole batches of them; the loader takes one batch from each worker in turn (PyTorch's
 order), so the stream is a function of ``seed`` and the epoch. Every rank makes the same
 ``steps_per_epoch``: the smallest rank's whole batches. ``set_epoch(e, step)`` starts epoch ``e`` at batch
-``step``: each worker passes over (reads, never decodes) its share of the first ``step``
-batches, handing over an empty marker for each so that the workers keep their turns, and
-a resumed stage sees the stream an uninterrupted one would have.
+``step``: each worker passes over its share of the first ``step`` batches, handing over
+an empty marker for each so that the workers keep their turns, and a resumed stage sees
+the stream an uninterrupted one would have. The workers' generators are seeded by
+``(seed, rank, epoch)``; a worker decodes (and drops) the samples it passes over so that
+its augmentations continue as in an unbroken run (without workers the checkpoint restores
+the main process's generator, and nothing is decoded).
 
 Evaluations need any image in any order: they read shards through the usual
 :class:`~hpt_hpc.data.loader.EvalLoader`, one image at a time by its offset
@@ -30,7 +33,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torch.utils.data._utils.collate import default_collate
 
 from .bands import read_image
-from .dataset import SkippedImages, SkippedItem
+from .dataset import SkippedImages, SkippedItem, ignore_job_signals
 from .images import UnreadableImage
 from .shard_set import ShardTable
 from .sources import DatasetError
@@ -129,10 +132,11 @@ class ShardStream(IterableDataset):
             yield from (self.decode(sample) for n, sample in enumerate(stream) if n >= skip)
             return
         stream = iter(stream)
-        for _ in range(skip // self.batch_size):  # batches before a resume point: read,
-            for _ in zip(range(self.batch_size), stream):  # not decoded; a marker keeps
-                pass  # this worker's turns in the loader's order
-            yield None, []
+        for _ in range(skip // self.batch_size):  # batches before a resume point: a marker
+            for _, sample in zip(range(self.batch_size), stream):  # keeps this worker's
+                if info is not None:  # turns. A worker's augmentations draw from its own
+                    self.decode(sample)  # generator: decode to advance it as an unbroken
+            yield None, []  # run did (in the main process the checkpoint restores it)
         yield from self._batched(self.decode(sample) for sample in stream)
 
     def _batched(self, items):
@@ -183,7 +187,7 @@ def _stream_loader(stream: ShardStream, workers: int, seed: int) -> DataLoader:
     """One pass of ``stream``; its own generator seeds the workers (the global one is
     never drawn from, so a resumed run's augmentations continue as they would have)."""
     return DataLoader(stream, batch_size=None, num_workers=workers, collate_fn=_as_is,
-                      pin_memory=torch.cuda.is_available(),
+                      pin_memory=torch.cuda.is_available(), worker_init_fn=ignore_job_signals,
                       generator=torch.Generator().manual_seed(seed))
 
 
@@ -235,7 +239,7 @@ class ShardPretrainLoader:
                 self.worker_batches(), self.step)]
             if self.step < self.steps_per_epoch:
                 items = iter(_stream_loader(self.stream, self.workers, hash(
-                    (self.stream.seed, self.stream.rank, self.epoch, self.step)) % 2 ** 62))
+                    (self.stream.seed, self.stream.rank, self.epoch)) % 2 ** 62))
                 for views in self._epoch_batches(items):
                     self.step += 1
                     yield tuple(views)

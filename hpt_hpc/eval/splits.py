@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 
 from ..config import DatasetConfig, ExperimentConfig
 from ..data import list_split
-from ..data.dataset import ImageDataset, SkippedImages, collate_skipping
+from ..data.dataset import ImageDataset, SkippedImages, collate_skipping, ignore_job_signals
 from ..data.sources import ImageRecord
 from ..data.table import RecordTable
 from ..errors import HptError
@@ -140,6 +140,6 @@ def image_batches(cfg: ExperimentConfig, records: Sequence[ImageRecord], space: 
                                   skip=start * batch)
     loader = DataLoader(dataset, batch_size=batch, sampler=sampler,
                         num_workers=cfg.data.workers, collate_fn=collate_skipping,
-                        pin_memory=torch.cuda.is_available(),
+                        pin_memory=torch.cuda.is_available(), worker_init_fn=ignore_job_signals,
                         generator=torch.Generator().manual_seed(seed))
     return _Batches(loader, endless=steps is not None)
