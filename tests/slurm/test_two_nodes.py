@@ -47,7 +47,9 @@ def test_preempted_two_node_job_requeues_and_resumes_bit_identical(slurm_cluster
     """SIGUSR2 to a 2-node job (as before a time limit): both ranks stop at one step
     boundary, rank 0 checkpoints, SLURM requeues the allocation, the run resumes and ends
     with the weights of an uninterrupted 2-node run."""
-    stages = {"target": {"dataset": "mnist", "variant": "scratch", "iterations": 200}}
+    # 600 steps: long enough that the signal lands before the end on a quiet machine (with
+    # 200 a fast run once finished before the step boundary it was to stop at)
+    stages = {"target": {"dataset": "mnist", "variant": "scratch", "iterations": 600}}
     options = build_options("dev", nodes=2, tasks_per_node=1, partition=TWO_NODES)
     jobs = {}
     for name in ("cut", "whole"):
@@ -58,12 +60,12 @@ def test_preempted_two_node_job_requeues_and_resumes_bit_identical(slurm_cluster
                                 checkpoint={"every": 1000})
         record = launch(str(cfg), ["target"], options)
         jobs[name] = record.job(record.jobs[0])
-    slurm_cluster.wait_for_step(jobs["cut"], 20, 200)
+    slurm_cluster.wait_for_step(jobs["cut"], 20, 600)
     jobs["cut"]._interrupt()  # scancel --signal=USR2 to the allocation
     cut = sorted(jobs["cut"].results(), key=lambda r: r["rank"])
     whole = sorted(jobs["whole"].results(), key=lambda r: r["rank"])
-    assert 0 < (cut[0]["resumed_from"] or 0) < 200, cut
-    assert [r["steps"] for r in cut] == [200, 200] and len({r["host"] for r in cut}) == 2
+    assert 0 < (cut[0]["resumed_from"] or 0) < 600, cut
+    assert [r["steps"] for r in cut] == [600, 600] and len({r["host"] for r in cut}) == 2
     assert "stopping at step" in jobs["cut"].stderr()
     assert whole[0]["resumed_from"] is None
     a = load_checkpoint(cut[0]["checkpoint"])["model"]
