@@ -181,7 +181,37 @@ class DaliPretrainLoader(_DaliBase):
             yield tuple(views)
 
 
-class DaliEvalLoader(_DaliBase):
+class DaliEvalSetup:
+    """What both DALI evaluation loaders (image files here, tar shards in
+    :mod:`.dali_shards`) share: their arguments as :class:`~hpt_hpc.data.loader.EvalLoader`
+    takes them, the label lookup, the number of batches of a pass."""
+
+    def _setup(self, table, data_cfg, batch_size: int, train: bool, workers: Optional[int],
+               num_classes: Optional[int], multi_label: Optional[bool], seed: int,
+               probe) -> None:
+        if not len(table):
+            raise DatasetError("no images to evaluate on")
+        multi_label = table.multi_label if multi_label is None else multi_label
+        self.device = resolve_device(data_cfg.device)
+        self.spec = eval_spec(data_cfg, probe)
+        self.labels = ImageDataset(table, None, data_cfg.channels, num_classes, multi_label)
+        self.num_images, self.num_classes = len(table), self.labels.num_classes
+        self.multi_label, self.train, self.seed = multi_label, train, seed
+        self.batch_size = int(batch_size)
+        self.threads = max(1, data_cfg.workers if workers is None else workers)
+        self.skipped = SkippedImages()
+        self.passes = 0
+
+    def __len__(self) -> int:
+        return -(-self.num_images // self.batch_size)
+
+    def _targets(self, rows) -> torch.Tensor:
+        if self.multi_label:
+            return torch.stack([self.labels.label(i) for i in rows])
+        return torch.tensor([self.labels.label(i) for i in rows], dtype=torch.int64)
+
+
+class DaliEvalLoader(_DaliBase, DaliEvalSetup):
     """Finite loader of ``(images, labels)`` from DALI; each ``iter()`` is one pass.
 
     Same arguments and labels as :class:`~hpt_hpc.data.loader.EvalLoader`: the test view
@@ -197,24 +227,10 @@ class DaliEvalLoader(_DaliBase):
                  num_classes: Optional[int] = None, multi_label: Optional[bool] = None,
                  seed: int = 0, probe: Optional["ProbeConfig"] = None):
         records = as_table(records)
-        if not len(records):
-            raise DatasetError("no images to evaluate on")
-        if multi_label is None:
-            multi_label = records.multi_label
-        self.device = resolve_device(data_cfg.device)
-        self.spec = eval_spec(data_cfg, probe)
-        self.labels = ImageDataset(records, None, data_cfg.channels, num_classes, multi_label)
-        self.num_images, self.num_classes = len(records), self.labels.num_classes
-        self.multi_label, self.train, self.seed = multi_label, train, seed
-        self.batch_size = int(batch_size)
-        self.threads = max(1, data_cfg.workers if workers is None else workers)
-        self.skipped = SkippedImages()
+        self._setup(records, data_cfg, batch_size, train, workers, num_classes, multi_label,
+                    seed, probe)
         self.reader = FileReader(records.paths, data_cfg.channels, self.skipped,
                                  data_cfg.max_pixels)
-        self.passes = 0
-
-    def __len__(self) -> int:
-        return -(-self.num_images // self.batch_size)
 
     def _order(self):
         if not self.train:
@@ -228,11 +244,6 @@ class DaliEvalLoader(_DaliBase):
                                  pipeline_seed(self.seed, self.passes, position))
         self._pipe = eval_graph(self._feed, self.spec, self.device, self.train, **kwargs)
         self._pipe.build()
-
-    def _targets(self, indices) -> torch.Tensor:
-        if self.multi_label:
-            return torch.stack([self.labels.label(i) for i in indices])
-        return torch.tensor([self.labels.label(i) for i in indices], dtype=torch.int64)
 
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         order, position = self._order(), 0

@@ -21,19 +21,18 @@ from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import numpy as np
-import torch
 
 import nvidia.dali.fn as fn
 
 from ..errors import HptError
 from .dali_colour import ColourStage
-from .dali_loader import pipeline_seed, to_torch
+from .dali_loader import DaliEvalSetup, pipeline_seed, to_torch
 from .dali_pipelines import (eval_graph, multi_view_graph, pipeline_kwargs, resolve_device,
                              view_spec, view_specs)
-from .dataset import ImageDataset, SkippedImages
+from .dataset import SkippedImages
 from .shard_set import ShardTable
 from .sources import DatasetError
-from .specs import eval_spec, normalisation
+from .specs import normalisation
 
 IMAGE_EXTS = "png;jpg;jpeg"  # what dali_ready admits
 
@@ -179,7 +178,7 @@ class DaliShardPretrainLoader:
         self.close()
 
 
-class DaliShardEvalLoader:
+class DaliShardEvalLoader(DaliEvalSetup):
     """The evaluation loader of :mod:`hpt_hpc.data.dali_loader` over shards: the test view
     in the packed order, or the training view through the shuffle buffer (reseeded per
     pass); each ``iter()`` is one pass."""
@@ -189,27 +188,10 @@ class DaliShardEvalLoader:
     def __init__(self, table: ShardTable, data_cfg, batch_size: int, train: bool = False,
                  workers: Optional[int] = None, num_classes: Optional[int] = None,
                  multi_label: Optional[bool] = None, seed: int = 0, probe=None):
-        if not len(table):
-            raise DatasetError("no images to evaluate on")
+        self._setup(table, data_cfg, batch_size, train, workers, num_classes, multi_label,
+                    seed, probe)
         _check_sizes(table)
-        multi_label = table.multi_label if multi_label is None else multi_label
-        self.device = resolve_device(data_cfg.device)
-        self.spec, self.table, self.data_cfg = eval_spec(data_cfg, probe), table, data_cfg
-        self.labels = ImageDataset(table, None, data_cfg.channels, num_classes, multi_label)
-        self.num_images, self.num_classes = len(table), self.labels.num_classes
-        self.multi_label, self.train, self.seed = multi_label, train, seed
-        self.batch_size = int(batch_size)
-        self.threads = max(1, data_cfg.workers if workers is None else workers)
-        self.skipped = SkippedImages()
-        self.passes = 0
-
-    def __len__(self) -> int:
-        return -(-self.num_images // self.batch_size)
-
-    def _targets(self, rows) -> torch.Tensor:
-        if self.multi_label:
-            return torch.stack([self.labels.label(i) for i in rows])
-        return torch.tensor([self.labels.label(i) for i in rows], dtype=torch.int64)
+        self.table, self.data_cfg = table, data_cfg
 
     def __iter__(self):
         shuffle = self.data_cfg.shuffle_buffer if self.train else 0
