@@ -154,7 +154,7 @@ def test_committed_verdicts_are_the_csv_recomputed(capsys):
     CSV, and one interval of it matches scipy's t-interval of the per-seed differences."""
     import csv
     import runpy
-    results = Path(__file__).resolve().parents[1] / "docs" / "results"
+    results = Path(__file__).resolve().parents[1] / "docs" / "results" / "2026-12-01"
     runpy.run_path(str(results / "verdicts_from_csv.py"), run_name="__main__")
     table = capsys.readouterr().out
     assert table.strip() in (results / "mnist-hpt.md").read_text()

@@ -6,7 +6,7 @@ difference is given twice: with the seed part alone (narrowest possible) and wit
 upper bound of the image part, ``(err_A + err_B) / N`` (a per-image difference of two
 top-1 cells is non-zero only where one errs; N = 1,000 test images). A verdict both give
 is the report's verdict; where they differ, the CSV cannot decide it.
-Usage: ``PYTHONPATH=. python docs/results/verdicts_from_csv.py``
+Usage: ``PYTHONPATH=. python docs/results/2026-12-01/verdicts_from_csv.py``
 """
 from __future__ import annotations
 
