@@ -16,11 +16,13 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 from ..config import STAGE_NAMES, ConfigError
 from ..config.loader import suggest
+from ..config.protocols import LINEAR, PROTOCOLS as PROTOCOL_TABLE
 from ..config.schema import PROBE_MODES
 from .methods import METHODS, REFERENCES, method
 from .plans import PROTOCOLS
 from .spec import ExperimentSpec
 
+DEFAULT_MODE = PROTOCOL_TABLE[LINEAR].default_mode  # a sweep's probe mode unless it says
 AUGMENTATIONS = ("crop", "color_jitter", "grayscale", "blur", "flip")
 AUGMENT_PRESETS: Dict[str, Tuple[str, ...]] = {  # preset -> augmentations kept
     "all": AUGMENTATIONS,
@@ -70,7 +72,7 @@ class EvalUnit:
     images: Optional[int] = None
     pretrain: Optional[str] = None  # the pretrain unit evaluated (None: a reference)
     studies: List[str] = field(default_factory=list)
-    probe_mode: str = "cached"  # linear probes: cached | augmented
+    probe_mode: str = DEFAULT_MODE  # linear probes: a probe mode (config/protocols.py)
     probe_labels: Optional[int] = None  # linear probes: labelled images per class (None: all)
     overrides: Tuple[str, ...] = ()  # the study's probe.*/finetune.* overrides
     base_seed: int = 0
@@ -177,7 +179,7 @@ def expand(spec: ExperimentSpec) -> Expansion:
     default_steps = int(spec.config.get("optim", {}).get("iterations", 500))
     for study in spec.studies:
         axes = study.axes
-        probing = list(itertools.product(axes.get("probe_mode", ["cached"]),
+        probing = list(itertools.product(axes.get("probe_mode", [DEFAULT_MODE]),
                                          axes.get("probe_labels", ["all"])))
         for name, dataset in itertools.product(axes.get("method", ["HPT"]), axes["dataset"]):
             name = method(name).name
@@ -186,22 +188,22 @@ def expand(spec: ExperimentSpec) -> Expansion:
                                      axes.get("seed", [0]), bases,
                                      axes.get("augment", ["all"]),
                                      axes.get("images", ["all"]),
-                                     axes.get("evaluate", ["linear"]), probing)
+                                     axes.get("evaluate", [LINEAR]), probing)
             for steps, seed, base, augment, images, protocol, (mode, labels) in grid:
                 _add_units(pretrain, evals, study.name, name, dataset, steps, int(seed),
                            augment, _images(images), protocol, mode, _images(labels),
                            tuple(study.evaluation), spec.ssl_suffix, int(base))
         if spec.references:  # cached; random init also in the study's other probe modes
-            modes = [("cached", labels) for labels in axes.get("probe_labels", ["all"])]
+            modes = [(DEFAULT_MODE, labels) for labels in axes.get("probe_labels", ["all"])]
             for dataset, (mode, labels) in itertools.product(
-                    axes["dataset"], modes + [p for p in probing if p[0] != "cached"]):
+                    axes["dataset"], modes + [p for p in probing if p[0] != DEFAULT_MODE]):
                 for ref in REFERENCES:  # (a claim's precondition compares in its own mode)
-                    if ref != "random-init" and mode != "cached":
+                    if ref != "random-init" and mode != DEFAULT_MODE:
                         continue
-                    overrides = tuple(study.evaluation) if mode != "cached" else ()
+                    overrides = tuple(study.evaluation) if mode != DEFAULT_MODE else ()
                     for seed in (axes.get("seed", [0]) if ref == "random-init" else [0]):
                         _add_units(pretrain, evals, study.name, ref, dataset, 0, int(seed),
-                                   "all", None, "linear", mode, _images(labels), overrides)
+                                   "all", None, LINEAR, mode, _images(labels), overrides)
     needed = {METHODS[u.method].starts_from for u in pretrain.values()} - {None}
     if "source" in needed:
         needed.add("base")
@@ -214,25 +216,25 @@ def _probe_part(protocol: str, mode: str, labels: Optional[int],
     """The evaluation's id suffix: protocol, then non-default probing choices, then a
     short hash of a study's evaluation overrides."""
     parts = [protocol]
-    if protocol == "linear":
-        parts += ([mode] if mode != "cached" else []) + ([f"{labels}pc"] if labels else [])
+    if PROTOCOL_TABLE[protocol].modes:  # the linear probe's non-default mode and labels
+        parts += ([mode] if mode != DEFAULT_MODE else []) + ([f"{labels}pc"] if labels else [])
     if overrides:
         parts.append("s" + hashlib.sha256("\n".join(overrides).encode()).hexdigest()[:6])
     return "-".join(parts)
 
 
 def _add_units(pretrain, evals, study, name, dataset, steps, seed, augment, images,
-               protocol, mode="cached", labels=None, overrides=(), ssl="",
+               protocol, mode=DEFAULT_MODE, labels=None, overrides=(), ssl="",
                base_seed=0) -> None:
     probe = _probe_part(protocol, mode, labels, overrides)
-    if protocol != "linear":
-        mode, labels = "cached", None
+    if protocol != LINEAR:
+        mode, labels = DEFAULT_MODE, None
     if name in REFERENCES:
-        if protocol != "linear":
+        if protocol != LINEAR:
             return  # references are linear probes
         seed_part = f"-seed{seed}" if name == "random-init" else ""
         uid = f"ref-{name}-{dataset}{seed_part}-{probe}"
-        unit = evals.setdefault(uid, EvalUnit(uid, "linear", name, dataset, 0,
+        unit = evals.setdefault(uid, EvalUnit(uid, LINEAR, name, dataset, 0,
                                               seed if seed_part else 0, probe_mode=mode,
                                               probe_labels=labels, overrides=overrides))
         _add_study(unit, study)
