@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
 LINEAR, FINETUNE = "linear", "finetune"
-CACHED, AUGMENTED, KNN = "cached", "augmented", "knn"
+CACHED, AUGMENTED, KNN, NCM = "cached", "augmented", "knn", "ncm"
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,10 @@ PROTOCOLS: Dict[str, Protocol] = {p.name: p for p in (
                  Mode(KNN, "hpt_hpc.eval.knn:knn_trials",
                       "a k-nearest-neighbour vote on the cached features (probe.knn_k, "
                       "probe.knn_temperature)", trained=False, label="kNN"),
+                 Mode(NCM, "hpt_hpc.eval.ncm:ncm_trials",
+                      "nearest class mean: cosine similarity to each class's mean of the "
+                      "normalised cached training features (one label per image)",
+                      trained=False, label="NCM"),
              ), _LINEAR_OPTIONS),
     Protocol(FINETUNE, "finetune", "finetune", "hpt_hpc.eval.runner:evaluate_finetune",
              "hpt_hpc.eval.runner:finetune_record", "fine-tune", (), _FINETUNE_OPTIONS),
