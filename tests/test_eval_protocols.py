@@ -208,3 +208,13 @@ def test_split_images_are_decoded_once_per_process(tmp_path, mnist_tree, monkeyp
             assert fresh[split].paths == cached[split].paths
     assert len(built) == 9 and not decoded._CACHE
     assert not torch.equal(first["test"].x, second["test"].x)
+
+
+def test_every_function_the_protocol_table_names_exists():
+    """The table's runners and record builders (``"module:function"`` strings, so the
+    config layer needs no torch) name functions of the eval package."""
+    from hpt_hpc.config.protocols import PROTOCOLS
+    from hpt_hpc.eval.runner import table_function
+    names = [n for p in PROTOCOLS.values() for n in [p.runner, p.record]
+             + [m.runner for m in p.modes]]
+    assert len(names) >= 7 and all(callable(table_function(n)) for n in names)
