@@ -174,8 +174,7 @@ def check_axes(spec: ExperimentSpec) -> None:
 
 def expand(spec: ExperimentSpec) -> Expansion:
     """All units of all studies, deduplicated, in a stable order."""
-    pretrain: Dict[str, PretrainUnit] = {}
-    evals: Dict[str, EvalUnit] = {}
+    units = _Units()
     default_steps = int(spec.config.get("optim", {}).get("iterations", 500))
     for study in spec.studies:
         axes = study.axes
@@ -190,9 +189,9 @@ def expand(spec: ExperimentSpec) -> Expansion:
                                      axes.get("images", ["all"]),
                                      axes.get("evaluate", [LINEAR]), probing)
             for steps, seed, base, augment, images, protocol, (mode, labels) in grid:
-                _add_units(pretrain, evals, study.name, name, dataset, steps, int(seed),
-                           augment, _images(images), protocol, mode, _images(labels),
-                           tuple(study.evaluation), spec.ssl_suffix, int(base))
+                units.add(GridPoint(study.name, name, dataset, steps, int(seed), augment,
+                                    _images(images), protocol, mode, _images(labels),
+                                    tuple(study.evaluation), spec.ssl_suffix, int(base)))
         if spec.references:  # cached; random init also in the study's other probe modes
             modes = [(DEFAULT_MODE, labels) for labels in axes.get("probe_labels", ["all"])]
             for dataset, (mode, labels) in itertools.product(
@@ -202,8 +201,10 @@ def expand(spec: ExperimentSpec) -> Expansion:
                         continue
                     overrides = tuple(study.evaluation) if mode != DEFAULT_MODE else ()
                     for seed in (axes.get("seed", [0]) if ref == "random-init" else [0]):
-                        _add_units(pretrain, evals, study.name, ref, dataset, 0, int(seed),
-                                   "all", None, LINEAR, mode, _images(labels), overrides)
+                        units.add(GridPoint(study.name, ref, dataset, 0, int(seed), "all",
+                                            None, LINEAR, mode, _images(labels),
+                                            overrides))
+    pretrain, evals = units.pretrain, units.evals
     needed = {METHODS[u.method].starts_from for u in pretrain.values()} - {None}
     if "source" in needed:
         needed.add("base")
@@ -223,39 +224,64 @@ def _probe_part(protocol: str, mode: str, labels: Optional[int],
     return "-".join(parts)
 
 
-def _add_units(pretrain, evals, study, name, dataset, steps, seed, augment, images,
-               protocol, mode=DEFAULT_MODE, labels=None, overrides=(), ssl="",
-               base_seed=0) -> None:
-    probe = _probe_part(protocol, mode, labels, overrides)
-    if protocol != LINEAR:
-        mode, labels = DEFAULT_MODE, None
-    if name in REFERENCES:
-        if protocol != LINEAR:
-            return  # references are linear probes
-        seed_part = f"-seed{seed}" if name == "random-init" else ""
-        uid = f"ref-{name}-{dataset}{seed_part}-{probe}"
-        unit = evals.setdefault(uid, EvalUnit(uid, LINEAR, name, dataset, 0,
-                                              seed if seed_part else 0, probe_mode=mode,
-                                              probe_labels=labels, overrides=overrides))
-        _add_study(unit, study)
-        return
-    steps = int(steps) if METHODS[name].uses_steps else 0
-    parts = [_slug(name), _slug(str(dataset)), f"{steps}st", f"seed{seed}"]
-    if base_seed:  # base seed 0: the ids of every earlier sweep
-        parts.append(f"b{base_seed}")
-    if augment != "all":
-        parts.append(f"aug-{_slug(augment)}")
-    if images is not None:
-        parts.append(f"n{images}")
-    pid = "-".join(parts) + ssl  # the ssl method's part (none for MoCo-v2)
-    unit = pretrain.setdefault(pid, PretrainUnit(pid, name, dataset, steps, seed, augment,
-                                                 images, base_seed=base_seed))
-    _add_study(unit, study)
-    eid = f"{pid}-{probe}"
-    ev = evals.setdefault(eid, EvalUnit(eid, protocol, name, dataset, steps, seed, augment,
-                                        images, pid, probe_mode=mode, probe_labels=labels,
-                                        overrides=overrides, base_seed=base_seed))
-    _add_study(ev, study)
+@dataclass(frozen=True)
+class GridPoint:
+    """One point of a study's grid: a method's pretraining coordinates and one evaluation
+    of it (``ssl``: the sweep's ssl suffix of unit ids)."""
+
+    study: str
+    method: str
+    dataset: str
+    steps: int
+    seed: int
+    augment: str
+    images: Optional[int]
+    protocol: str
+    mode: str = DEFAULT_MODE
+    labels: Optional[int] = None
+    overrides: Tuple[str, ...] = ()
+    ssl: str = ""
+    base_seed: int = 0
+
+
+@dataclass
+class _Units:
+    """The units of an expansion by id (a unit several studies share is kept once)."""
+
+    pretrain: Dict[str, PretrainUnit] = field(default_factory=dict)
+    evals: Dict[str, EvalUnit] = field(default_factory=dict)
+
+    def add(self, p: GridPoint) -> None:
+        """The pretraining unit and the evaluation of one grid point (a reference: the
+        evaluation alone; references are linear probes only)."""
+        probe = _probe_part(p.protocol, p.mode, p.labels, p.overrides)
+        mode, labels = (p.mode, p.labels) if p.protocol == LINEAR else (DEFAULT_MODE, None)
+        if p.method in REFERENCES:
+            if p.protocol != LINEAR:
+                return
+            seed_part = f"-seed{p.seed}" if p.method == "random-init" else ""
+            uid = f"ref-{p.method}-{p.dataset}{seed_part}-{probe}"
+            _add_study(self.evals.setdefault(uid, EvalUnit(
+                uid, LINEAR, p.method, p.dataset, 0, p.seed if seed_part else 0,
+                probe_mode=mode, probe_labels=labels, overrides=p.overrides)), p.study)
+            return
+        steps = int(p.steps) if METHODS[p.method].uses_steps else 0
+        parts = [_slug(p.method), _slug(str(p.dataset)), f"{steps}st", f"seed{p.seed}"]
+        if p.base_seed:  # base seed 0: the ids of every earlier sweep
+            parts.append(f"b{p.base_seed}")
+        if p.augment != "all":
+            parts.append(f"aug-{_slug(p.augment)}")
+        if p.images is not None:
+            parts.append(f"n{p.images}")
+        pid = "-".join(parts) + p.ssl  # the ssl method's part (none for MoCo-v2)
+        _add_study(self.pretrain.setdefault(pid, PretrainUnit(
+            pid, p.method, p.dataset, steps, p.seed, p.augment, p.images,
+            base_seed=p.base_seed)), p.study)
+        eid = f"{pid}-{probe}"
+        _add_study(self.evals.setdefault(eid, EvalUnit(
+            eid, p.protocol, p.method, p.dataset, steps, p.seed, p.augment, p.images, pid,
+            probe_mode=mode, probe_labels=labels, overrides=p.overrides,
+            base_seed=p.base_seed)), p.study)
 
 
 def _add_study(unit: Union[PretrainUnit, EvalUnit], study: str) -> None:
