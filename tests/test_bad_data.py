@@ -268,3 +268,20 @@ def test_stats_without_a_readable_image_is_one_line(tmp_path):
     (tree / "train" / "a" / "x.png").write_bytes(b"not a png")
     out = run("data", "stats", tree)
     assert_user_error(out, "no readable image")
+
+
+def test_skipped_images_are_all_counted_and_the_first_twenty_named(caplog):
+    """A split with many unreadable images (a truncated shard loses thousands): every one
+    is counted once, the log names the first 20 and then says the rest are counted."""
+    import logging
+
+    from hpt_hpc.data.dataset import SkippedImages
+    skipped = SkippedImages()
+    with caplog.at_level(logging.WARNING):
+        for batch in range(5):
+            skipped.add([(f"img{i}.png", "cut") for i in range(batch * 10, batch * 10 + 12)])
+    assert skipped.count == 52  # img0..img51; the overlapping pairs counted once
+    named = [r.getMessage() for r in caplog.records if "skipping unreadable" in r.getMessage()]
+    assert len(named) == 20 and "img0.png" in named[0] and "img19.png" in named[-1]
+    assert sum("counted in skipped_images, not named" in r.getMessage()
+               for r in caplog.records) == 1

@@ -96,3 +96,36 @@ def test_a_baseline_gaining_by_its_next_budget_is_not_converged():
     assert climbing.verdict == "inconclusive"
     assert "Target not converged at 2000 steps" in climbing.reasons[0]
     assert "from 2000 to 4000 steps" in climbing.reasons[0]
+
+
+def test_an_experiment_file_caveat_follows_its_claims_verdict(tmp_path, mnist_tree):
+    """``caveats: {5: ...}`` prints after claim 5's verdict and nowhere else; a caveat for
+    a claim that does not exist is refused in one line before anything runs."""
+    studies = {"s": {"method": ["HPT"], "dataset": ["mnist"], "steps": [2]}}
+    text = "the queue and the passes per image change with the amount"
+    experiment = write_tiny_experiment(tmp_path, {"mnist": mnist_tree}, studies,
+                                       caveats={5: text})
+    for i, rec in enumerate(_rows()):
+        uid = f"u{i}-{rec.method}-{rec.steps}-{rec.seed}"
+        write_record_file(rec, tmp_path / "out" / "units" / uid / "results" / f"{uid}.json")
+    result = CliRunner().invoke(cli, ["report", str(experiment), "--from-files",
+                                      "--out", str(tmp_path / "report")])
+    assert result.exit_code == 0, result.output
+    md = (tmp_path / "report" / "tiny-sweep.md").read_text()
+    claim5 = next(line for line in md.splitlines() if line.startswith("| 5 | HPT beats"))
+    assert claim5.endswith(f"; caveat: {text} |")
+    assert md.count("caveat:") == 1
+    write_tiny_experiment(tmp_path, {"mnist": mnist_tree}, studies, caveats={"6": text})
+    for args in (["sweep", str(experiment), "--dry-run"], ["report", str(experiment)]):
+        bad = CliRunner().invoke(cli, args)
+        assert bad.exit_code == 2 and bad.output.count("\n") == 1
+        assert "caveats: '6' is not a claim (claims: 1, 2, 3, 4, 5, C)" in bad.output
+
+
+def test_the_claims_judged_are_the_claim_numbers_a_caveat_may_name():
+    import inspect
+
+    from hpt_hpc.experiments import claims
+    from hpt_hpc.plan.methods import CLAIM_NUMBERS
+    judged = re.findall(r'Claim\("(\w+)"', inspect.getsource(claims.judge_claims))
+    assert tuple(judged) == CLAIM_NUMBERS

@@ -96,5 +96,6 @@ def report(experiment, tracking_uri, sweep_name, out_dir, from_files, preamble, 
         raise HptError(f"no finished evaluations of sweep '{name}'"
                        f"{f' with ssl {ssl}' if ssl else ''} yet")
     result = build_report(rows, out, name, preamble or "",
-                          spec.output_dir if spec is not None else None)
+                          spec.output_dir if spec is not None else None,
+                          spec.caveats if spec is not None else None)
     click.echo(f"report: {result.path} ({len(rows)} evaluations, {len(result.plots)} plots)")

@@ -34,7 +34,10 @@ class SkippedItem(NamedTuple):
 
 
 class SkippedImages:
-    """Unique unreadable images seen by a loader (main process); warns once per file."""
+    """Unique unreadable images seen by a loader (main process); warns once per file for
+    the first :attr:`NAMED`, then once that the rest are counted, not named."""
+
+    NAMED = 20
 
     def __init__(self):
         self._reasons: Dict[str, str] = {}
@@ -43,8 +46,13 @@ class SkippedImages:
         for path, reason in items:
             if path not in self._reasons:
                 self._reasons[path] = reason
-                log.warning("skipping unreadable image %s (%s); `hpt-hpc data check` lists all "
-                            "such files", path, reason)
+                if len(self._reasons) <= self.NAMED:
+                    log.warning("skipping unreadable image %s (%s); `hpt-hpc data check` "
+                                "lists all such files", path, reason)
+                elif len(self._reasons) == self.NAMED + 1:
+                    log.warning("more unreadable images are skipped: counted in "
+                                "skipped_images, not named here; `hpt-hpc data check` "
+                                "lists them")
 
     def __contains__(self, path: str) -> bool:
         return path in self._reasons

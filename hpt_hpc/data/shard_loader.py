@@ -35,12 +35,13 @@ from torch.utils.data._utils.collate import default_collate
 from .bands import read_image
 from .dataset import SkippedImages, SkippedItem, ignore_job_signals
 from .images import UnreadableImage
-from .shard_set import ShardTable
+from .shard_set import ShardTable, sample_key
 from .sources import DatasetError
 from .transforms import build_pretrain_transform
 
 log = logging.getLogger(__name__)
 META = ("cls", "path")  # the members of a sample that are not its image
+LOST = "__lost__"  # marks a sample its damaged shard no longer holds (see ShardStream)
 _WARNED: set = set()  # damaged shards named in this process
 
 
@@ -125,8 +126,7 @@ class ShardStream(IterableDataset):
         mine = self.worker_shards(worker, workers)
         rng = random.Random(f"{self.seed}/{self.epoch}/{self.rank}/{worker}")
         rng.shuffle(mine)
-        stream = shuffled((s for i in mine for s in read_shard(self.table.shards[i].path)),
-                          self.shuffle, rng)
+        stream = shuffled((s for i in mine for s in self.samples(i)), self.shuffle, rng)
         skip = self.skips[worker] if worker < len(self.skips) else 0
         if not self.batch_size:
             yield from (self.decode(sample) for n, sample in enumerate(stream) if n >= skip)
@@ -138,6 +138,20 @@ class ShardStream(IterableDataset):
                     self.decode(sample)  # generator: decode to advance it as an unbroken
             yield None, []  # run did (in the main process the checkpoint restores it)
         yield from self._batched(self.decode(sample) for sample in stream)
+
+    def samples(self, index: int) -> Iterator[dict]:
+        """The samples of shard ``index``, then a :data:`LOST` marker for every row the
+        manifest places in it that it did not give (a damaged tar ends early): each is
+        skipped and counted like an unreadable image, by its name."""
+        shard, seen = self.table.shards[index], set()
+        for sample in read_shard(shard.path):
+            seen.add(sample.get("__key__"))
+            yield sample
+        if len(seen) < shard.count:
+            for row in range(shard.first, shard.first + shard.count):
+                key = sample_key(row)
+                if key not in seen:
+                    yield {"__key__": key, "__url__": shard.path, LOST: b""}
 
     def _batched(self, items):
         pending, skipped = [], []
@@ -161,6 +175,8 @@ class ShardStream(IterableDataset):
             return SkippedItem(f"{sample.get('__url__')}:{key}", "a sample key that is not "
                                "a row of the packed listing")
         where = f"in {sample.get('__url__')}, key {key}"
+        if LOST in sample:
+            return SkippedItem(name, f"{where}: not read, its shard is damaged (truncated)")
         images = [k for k in sample if not k.startswith("__") and k not in META]
         if len(images) != 1 or "cls" not in sample:
             missing = "its image" if not images else "its label (.cls)" \

@@ -23,6 +23,12 @@ from .table import RecordTable
 SHARDS_FORMAT = "hpt-hpc-shards/1"
 MANIFEST = "manifest.json"
 LISTING = "listing.npz"
+KEY_DIGITS = 9
+
+
+def sample_key(row: int) -> str:
+    """The key of packed row ``row`` inside its tar (``%09d``: members sort in row order)."""
+    return f"{row:0{KEY_DIGITS}d}"
 
 
 class Shard(NamedTuple):

@@ -40,10 +40,9 @@ import numpy as np
 
 from ..files import OutputError, atomic_write, write_text_atomic
 from .dali_feed import is_direct
-from .shard_set import LISTING, MANIFEST, SHARDS_FORMAT, sha256_of as file_sha256
+from .shard_set import LISTING, MANIFEST, SHARDS_FORMAT, sample_key, sha256_of as file_sha256
 from .sources import DatasetError, scan_split, split_location
 from .table import RecordTable
-KEY_DIGITS = 9
 EXAMPLES = 10  # images named per kind in a manifest
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
@@ -121,7 +120,7 @@ def write_shard(handle, index_handle, table: RecordTable, first: int, last: int,
     lines = []
     with tarfile.open(fileobj=handle, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for i in range(first, last):
-            key = f"{i:0{KEY_DIGITS}d}"
+            key = sample_key(i)
             rel = table.relative_path(i)
             members = [(image_ext(rel), read(table.path(i))),
                        ("cls", " ".join(str(v) for v in table.labels_of(i)).encode()),

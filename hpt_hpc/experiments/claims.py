@@ -257,15 +257,19 @@ def judge_claims(cells: Dict[Tuple, Cell], dataset: str, linear_steps: Sequence[
     return [c for c in claims if c.judgements]
 
 
-def claims_markdown(claims: Sequence[Claim]) -> List[str]:
-    """The verdict table and each comparison's difference with its interval and seeds."""
+def claims_markdown(claims: Sequence[Claim],
+                    caveats: Optional[Dict[str, str]] = None) -> List[str]:
+    """The verdict table and each comparison's difference with its interval and seeds;
+    ``caveats``: the experiment file's text per claim number, after that claim's verdict."""
     from .tables import markdown_table
     if not claims:
         return []
     rows = []
     for c in claims:
         verdict, why = c.verdict
-        rows.append([c.number, c.text, f"±{100 * c.margin:.1f}", f"**{verdict}** ({why})"])
+        caveat = (caveats or {}).get(c.number)
+        rows.append([c.number, c.text, f"±{100 * c.margin:.1f}", f"**{verdict}** ({why})"
+                     + (f"; caveat: {caveat}" if caveat else "")])
     lines = markdown_table(["#", "claim", "equivalence margin, points", "verdict"], rows)
     detail = []
     for c in claims:

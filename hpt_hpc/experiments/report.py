@@ -275,9 +275,11 @@ def _finetune_section(cells, dataset: str) -> List[str]:
 
 
 def build_report(rows: Sequence[EvalRecord], out: Path, name: str, preamble: str = "",
-                 output_dir: Optional[Path] = None) -> Report:
+                 output_dir: Optional[Path] = None,
+                 caveats: Optional[Dict[str, str]] = None) -> Report:
     """Write ``<out>/<name>.md`` (+ PNGs and ``<name>.csv``) from evaluation records;
-    paths below the experiment's ``output_dir`` are named relative to it."""
+    paths below the experiment's ``output_dir`` are named relative to it; ``caveats``:
+    the experiment file's, printed with the claims' verdicts."""
     ssl = ssl_methods(rows)
     if len(ssl) > 1:  # a cell would average two methods' seeds
         raise HptError(f"report: the evaluations of '{name}' come from {len(ssl)} ssl "
@@ -299,7 +301,7 @@ def build_report(rows: Sequence[EvalRecord], out: Path, name: str, preamble: str
     for dataset in sorted({r.dataset for r in rows}):
         steps = sorted({k.steps for k in _main(cells, dataset) if k.steps > 0})
         lines += [f"## {dataset}", "", "### The paper's claims: computed verdicts", ""]
-        lines += claims_markdown(judge_claims(cells, dataset, steps)) or ["(no claim can be "
+        lines += claims_markdown(judge_claims(cells, dataset, steps), caveats) or ["(no claim can be "
                                                                           "judged)", ""]
         lines += _linear_section(cells, dataset, out, name, plots)
         lines += _transfer_section(cells, dataset)

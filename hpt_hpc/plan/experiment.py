@@ -40,11 +40,12 @@ from ..config import ConfigError, config_from_dict
 from ..config.layout import EXPERIMENTS, folder_name
 from ..config.loader import apply_overrides, read_config_dict, suggest
 from ..data.prepare import prepare_dataset
+from .methods import CLAIM_NUMBERS
 from .spec import ExperimentSpec, Study
 from .units import UPSTREAM, check_axes
 
 SPEC_KEYS = ("name", "config", "set", "datasets", "prepare", "output_dir", "upstream",
-             "methods", "studies", "references")
+             "methods", "studies", "references", "caveats")
 AXES = ("method", "dataset", "steps", "seed", "base_seed", "augment", "images", "evaluate",
         "probe_mode", "probe_labels")
 UPSTREAM_KEYS = ("dataset", "iterations", "lr", "batch_size", "variant", "checkpoint")
@@ -72,6 +73,25 @@ def _axes(where: str, axes: Dict[str, Any]) -> Dict[str, Any]:
                 raise ConfigError(f"{where}.steps: expected a list or a non-empty mapping")
         else:
             out[key] = _as_list(f"{where}.{key}", value)
+    return out
+
+
+def _caveats(where: str, value: Any) -> Dict[str, str]:
+    """``caveats``: ``{<claim number>: <text>}``, printed with that claim's verdict (what
+    the study's design cannot show, e.g. a source from the target's own domain)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a mapping of claim number to text, e.g. "
+                          f"{{3: \"the source is ...\"}}")
+    out = {}
+    for number, text in value.items():
+        if str(number) not in CLAIM_NUMBERS:
+            raise ConfigError(f"{where}: '{number}' is not a claim (claims: "
+                              f"{', '.join(CLAIM_NUMBERS)})")
+        if not isinstance(text, str) or not text.strip():
+            raise ConfigError(f"{where}.{number}: expected a non-empty text")
+        out[str(number)] = " ".join(text.split())
     return out
 
 
@@ -136,6 +156,7 @@ def load_experiment(path: str, overrides: Sequence[str] = (),
     for method, settings in methods.items():
         _check_keys(f"{path}: methods.{method}", settings or {}, METHOD_KEYS)
 
+    caveats = _caveats(f"{path}: caveats", data.get("caveats"))
     studies = []
     for name, axes in (data.get("studies") or {}).items():
         axes = dict(axes or {})
@@ -153,7 +174,8 @@ def load_experiment(path: str, overrides: Sequence[str] = (),
     spec = ExperimentSpec(name=data["name"], path=file.resolve(), config=raw, output_dir=out,
                           upstream=upstream, methods=methods, studies=studies,
                           prepare=dict(data.get("prepare") or {}),
-                          references=bool(data.get("references", True)), ssl=ssl)
+                          references=bool(data.get("references", True)), ssl=ssl,
+                          caveats=caveats)
     check_axes(spec)
     return spec
 

@@ -68,6 +68,9 @@ REFERENCES = tuple(m.name for m in _TABLE if m.is_reference)
 REFERENCE_LABELS = {"raw-pixels": "raw pixels (reference)",
                     "random-init": "random init (reference)"}
 PAPER_METHODS = ("Base", "Target", "HPT", "HPT-BN")
+# The claims a report judges (experiments/claims.py): the paper's 1-5 and our control C;
+# an experiment file's `caveats` name them.
+CLAIM_NUMBERS = ("1", "2", "3", "4", "5", "C")
 TRANSFER = (("B", "Base"), ("B+S", "B+S"), ("B+T", "HPT"), ("B+S+T", "B+S+T"))
 TRAINS_ALL = ("full", "scratch")  # the same training: every parameter (variants.py)
 TARGET_STAGE = STAGE_NAMES[-1]

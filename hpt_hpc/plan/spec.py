@@ -45,6 +45,7 @@ class ExperimentSpec:
     prepare: Dict[str, str] = field(default_factory=dict)
     references: bool = True
     ssl: str = DEFAULT_SSL  # the ssl method every stage of the sweep trains with
+    caveats: Dict[str, str] = field(default_factory=dict)  # claim number -> what it cannot show
 
     @property
     def ssl_suffix(self) -> str:
