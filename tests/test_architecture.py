@@ -230,3 +230,32 @@ def test_only_initref_parses_and_builds_references():
 ])
 def test_the_source_rules_catch_violations(rule, planted):
     assert rule(planted)
+
+
+PROTOCOL_TABLE = "hpt_hpc.config.protocols"
+
+
+def _protocol_literals(text: str) -> List[str]:
+    """Comparisons of a value with a protocol's or mode's name spelled as a string
+    (``protocol == "linear"``, ``mode in ("cached", "knn")``): the protocol table's facts
+    (its constants, modes and :func:`~hpt_hpc.config.protocols.probe_mode`) are asked, not
+    spelled again."""
+    from hpt_hpc.config.protocols import PROTOCOLS
+    names = set(PROTOCOLS) | {m.name for p in PROTOCOLS.values() for m in p.modes}
+    found = []
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.Compare):
+            for side in [node.left, *node.comparators]:
+                values = side.elts if isinstance(side, (ast.Tuple, ast.List, ast.Set)) \
+                    else [side]
+                found += [f"line {node.lineno}: {v.value!r}" for v in values
+                          if isinstance(v, ast.Constant) and v.value in names]
+    return found
+
+
+def test_protocol_and_mode_names_are_compared_only_in_the_protocol_table():
+    bad = {m: f for m, t in SOURCES.items() if m != PROTOCOL_TABLE
+           for f in [_protocol_literals(t)] if f}
+    assert not bad, f"ask config/protocols.py (PROTOCOLS, probe_mode), not a name: {bad}"
+    assert _protocol_literals('if protocol == "linear" or mode in ("cached",): pass') == [
+        "line 1: 'linear'", "line 1: 'cached'"]

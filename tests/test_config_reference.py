@@ -88,3 +88,17 @@ def test_a_listed_value_yaml_reads_as_a_boolean_is_accepted(tmp_path):
     out = CliRunner().invoke(cli, ["config", "show", "--config", str(config),
                                    "--set", "compute.precision=off"])
     assert out.exit_code == 2 and "expected a string, got False" in out.output
+
+
+def test_probe_mode_values_are_the_protocol_tables_modes():
+    """docs/config.md points to docs/evaluation.md for them (a new mode changes neither
+    the schema nor this reference); the loader and `probe --mode` take the table's."""
+    from hpt_hpc.config.protocols import LINEAR_MODES
+    row = next(r for r in _rows() if r[0] == "`probe.mode`")
+    assert "evaluation.md" in row[3]
+    for mode in LINEAR_MODES:
+        assert config_from_dict(BASE, [f"probe.mode={mode}"]).probe.mode == mode
+    with pytest.raises(ConfigError, match=re.escape(f"is not one of {', '.join(LINEAR_MODES)}")):
+        config_from_dict(BASE, ["probe.mode=nope"])
+    out = CliRunner().invoke(cli, ["probe", "--help"])
+    assert f"[{'|'.join(LINEAR_MODES)}]" in out.output

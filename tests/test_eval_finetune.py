@@ -81,12 +81,13 @@ def test_base_method_changes_only_batchnorm_statistics(base_chain):
 
 def test_finetune_from_checkpoint_trains_the_backbone(base_chain):
     cfg, _, target_ckpt = base_chain
-    result = evaluate_finetune(cfg, "mnist", str(target_ckpt), "cpu")
+    record, (result,) = evaluate_finetune(cfg, "mnist", str(target_ckpt), "cpu")
     assert result.mode == "finetune" and result.metric == "top1" and result.labels == 20
-    assert [step for step, _, _ in result.curve] == [4, 8]
+    assert record.mode == "finetune (20 labels)" and record.protocol == "finetune"
+    assert [step for step, _, _ in result.curve] == [4, 8] and record.curve == result.curve
     best = dict((step, (val, test)) for step, val, test in result.curve)[result.best_step]
-    assert (result.best_val, result.test_at_best_val) == best
-    assert result.best_val == max(val for _, val, _ in result.curve)
+    assert (result.val_score, result.score) == best == (record.val_score, record.score)
+    assert result.val_score == max(val for _, val, _ in result.curve)
 
 
 def test_finetune_updates_backbone_weights_only_with_a_backbone_rate(base_chain):

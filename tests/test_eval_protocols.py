@@ -12,7 +12,6 @@ from hpt_hpc.config import DatasetConfig, config_from_dict
 from hpt_hpc.data import list_split
 from hpt_hpc.errors import HptError
 from hpt_hpc.eval.metrics import binary_auroc, mean_auroc, score
-from hpt_hpc.eval.record import EvalRecord
 from hpt_hpc.eval.runner import evaluate_linear, evaluate_pixels
 from hpt_hpc.data.transforms import build_eval_transform, build_probe_train_transform
 from hpt_hpc.eval.splits import label_space
@@ -73,42 +72,43 @@ def test_multilabel_filelist_is_probed_with_auroc(tmp_path, mnist_tree):
     train, _ = list_split(cfg.datasets["digits"], "train")
     assert label_space(train) == (11, True)  # odd digits carry one label, even digits two
 
-    pixels = evaluate_pixels(cfg, "digits")
+    pixels, _ = evaluate_pixels(cfg, "digits")
     assert pixels.metric == "auroc" and pixels.mode == "cached (raw pixels)"
-    assert 0.75 < pixels.mean <= 1.0, "raw MNIST pixels separate digits/parity well"
-    learned = evaluate_linear(cfg, "digits", None, "cpu")
+    assert 0.75 < pixels.score <= 1.0, "raw MNIST pixels separate digits/parity well"
+    learned, trials = evaluate_linear(cfg, "digits", None, "cpu")
     assert learned.metric == "auroc" and learned.mode == "cached"
     assert all(0.0 <= val <= 1.0 and 0.0 <= test <= 1.0
-               for r in learned.results for _, val, test in r.curve)
+               for r in trials for _, val, test in r.curve)
 
 
 def test_cached_repeats_give_mean_and_std(tmp_path, mnist_tree):
     cfg = _cfg(tmp_path, {"mnist": mnist_tree}, repeats=3)
-    summary = evaluate_linear(cfg, "mnist", None, "cpu")
-    scores = [r.test_at_best_val for r in summary.results]
-    assert summary.mode == "cached" and summary.metric == "top1"
-    assert [r.seed for r in summary.results] == [0, 1, 2]
-    assert summary.mean == pytest.approx(statistics.fmean(scores))
-    assert summary.std == pytest.approx(statistics.stdev(scores))
-    assert len({tuple(r.curve) for r in summary.results}) > 1, "seeds must differ"
-    assert EvalRecord.from_outcome("linear", summary, method="random-init",
-                                   dataset="mnist").describe() == (
-        f"top1 {100 * summary.mean:.2f} +- {100 * summary.std:.2f} % over 3 probes "
+    record, trials = evaluate_linear(cfg, "mnist", None, "cpu")
+    scores = [r.score for r in trials]
+    assert record.mode == "cached" and record.metric == "top1"
+    assert [r.seed for r in trials] == [0, 1, 2] and record.per_repeat == scores
+    assert record.score == pytest.approx(statistics.fmean(scores))
+    assert record.score_std == pytest.approx(statistics.stdev(scores))
+    assert record.val_score == pytest.approx(statistics.fmean(r.val_score for r in trials))
+    assert record.predictions.predictions.shape[0] == record.repeats == 3
+    assert len({tuple(r.curve) for r in trials}) > 1, "seeds must differ"
+    assert record.describe() == (
+        f"top1 {100 * record.score:.2f} +- {100 * record.score_std:.2f} % over 3 probes "
         f"(mode: cached)")
     # the same seed reproduces its probe exactly; the random init is drawn from cfg.seed
-    again = evaluate_linear(dataclasses.replace(
+    again, again_trials = evaluate_linear(dataclasses.replace(
         cfg, probe=dataclasses.replace(cfg.probe, repeats=1)), "mnist", None, "cpu")
-    assert again.results[0].curve == summary.results[0].curve and again.std == 0.0
+    assert again_trials[0].curve == trials[0].curve and again.score_std == 0.0
 
 
 def test_augmented_mode_runs_and_says_so(tmp_path, mnist_tree):
     cfg = _cfg(tmp_path, {"mnist": mnist_tree}, mode="augmented", repeats=2, batch_size=32)
-    summary = evaluate_linear(cfg, "mnist", None, "cpu")
-    assert summary.mode == "augmented" and len(summary.results) == 2
-    assert all(r.mode == "augmented" and r.metric == "top1" for r in summary.results)
-    assert summary.results[0].curve != summary.results[1].curve
-    assert [step for step, _, _ in summary.results[0].curve] == [10, 20]
-    assert evaluate_pixels(cfg, "mnist").mode == "cached (raw pixels)"
+    record, trials = evaluate_linear(cfg, "mnist", None, "cpu")
+    assert record.mode == "augmented" and len(trials) == record.repeats == 2
+    assert all(r.mode == "augmented" and r.metric == "top1" for r in trials)
+    assert trials[0].curve != trials[1].curve
+    assert [step for step, _, _ in trials[0].curve] == [10, 20]
+    assert evaluate_pixels(cfg, "mnist")[0].mode == "cached (raw pixels)"
 
 
 def test_augmented_transforms_crop_randomly_and_evaluate_deterministically(tmp_path,
@@ -208,3 +208,13 @@ def test_split_images_are_decoded_once_per_process(tmp_path, mnist_tree, monkeyp
             assert fresh[split].paths == cached[split].paths
     assert len(built) == 9 and not decoded._CACHE
     assert not torch.equal(first["test"].x, second["test"].x)
+
+
+def test_every_function_the_protocol_table_names_exists():
+    """The table's runners and record builders (``"module:function"`` strings, so the
+    config layer needs no torch) name functions of the eval package."""
+    from hpt_hpc.config.protocols import PROTOCOLS
+    from hpt_hpc.eval.runner import table_function
+    names = [n for p in PROTOCOLS.values() for n in [p.runner, p.record]
+             + [m.runner for m in p.modes]]
+    assert len(names) >= 7 and all(callable(table_function(n)) for n in names)

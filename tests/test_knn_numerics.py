@@ -49,7 +49,7 @@ def test_a_separable_set_scores_100_at_every_temperature(temperature):
     train = Features(torch.from_numpy(x), torch.from_numpy(y))
     val = test = Features(torch.from_numpy(qx), torch.from_numpy(qy))
     result = knn_probe(train, val, test, 20, temperature)
-    assert result.test_at_best_val == result.best_val == 1.0
+    assert result.score == result.val_score == 1.0
 
 
 @pytest.mark.parametrize("temperature", TEMPERATURES)
@@ -67,15 +67,15 @@ def test_multi_label_auroc_equals_float64_and_scikit_learn(temperature):
     # every share is the float64 one to rounding, the tiny ones (1e-80 at T=0.002) too
     np.testing.assert_allclose(ours, shares, rtol=1e-9, atol=0)
     auroc = np.mean([roc_auc_score(qy[:, c], ours[:, c]) for c in range(3)])
-    assert result.test_at_best_val == pytest.approx(auroc, abs=1e-12)
+    assert result.score == pytest.approx(auroc, abs=1e-12)
     # shares a hair (1e-16) below 1 may swap a pair against the reference's exact ones
     expected = np.mean([roc_auc_score(qy[:, c], shares[:, c]) for c in range(3)])
-    assert result.test_at_best_val == pytest.approx(expected, abs=1e-3)
+    assert result.score == pytest.approx(expected, abs=1e-3)
     assert 0.55 < expected < 0.99  # not a degenerate all-ties score
     if temperature < 0.07:
         return  # below, float16 predictions round the smallest shares to 0 (ties)
     # the stored predictions (float16 shares) give the score back
-    stored = result.test_predictions.astype(np.float64)
+    stored = result.predictions.astype(np.float64)
     assert np.allclose(stored, shares, atol=1e-3)
     assert np.mean([roc_auc_score(qy[:, c], stored[:, c]) for c in range(3)]) == \
         pytest.approx(expected, abs=0.01)

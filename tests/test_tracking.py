@@ -118,8 +118,8 @@ def chain(tmp_path_factory, mnist_tree):
                                         str(results["target"].checkpoint)),
                                label="probe target", method="HPT",
                                tracking=tracking_target(cfg, parent_run_id=parent))
-    record, probe = run_eval_plan(plan)
-    return cfg, parent, results, record.run_id, probe
+    record, _ = run_eval_plan(plan)
+    return cfg, parent, results, record.run_id, record
 
 
 def test_chain_is_nested_tagged_and_registered(chain):
@@ -154,7 +154,7 @@ def test_chain_is_nested_tagged_and_registered(chain):
     # The evaluation is a nested run with the probe's scores and curve.
     ev = client.get_run(eval_id)
     assert ev.data.tags["mlflow.parentRunId"] == parent and ev.data.tags["hpt.kind"] == "eval"
-    assert ev.data.metrics["score"] == pytest.approx(probe.test_at_best_val)
+    assert ev.data.metrics["score"] == pytest.approx(probe.score)
     assert len(client.get_metric_history(eval_id, "curve_val")) == len(probe.curve)
 
 
@@ -167,7 +167,7 @@ def test_runs_table_and_other_init_forms(chain, tmp_path):
     target_line = next(line for line in lines if line.startswith("target"))
     assert "models:/tiny@tiny-base <- base" in target_line and "FINISHED" in target_line
     probe_line = next(line for line in lines if line.startswith("probe target"))
-    assert f"{100 * probe.test_at_best_val:.1f}%" in probe_line
+    assert f"{100 * probe.score:.1f}%" in probe_line
 
     base_id = results["base"].run_id
     from hpt_hpc.config import InitRef, StageLayout

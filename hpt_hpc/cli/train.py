@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import click
 
+from ..config.protocols import FINETUNE, LINEAR, PROTOCOLS
 from ..config.schema import STAGE_NAMES
 from .scheduler import HERE, pop_scheduler, scheduler_options, submitted
 
@@ -49,11 +50,11 @@ _dataset = click.option("--dataset", required=True,
                         help="Dataset name from the config's datasets.")
 
 
-def _evaluate(config_path, overrides, protocol, dataset, checkpoint, section, changes,
-              scheduler):
-    """Run the evaluation here (debug, the default: ``(record, protocol result)``) or as
-    a job on another executor (``(record, None)``; ``(None, None)`` once submitted to a
-    scheduler that runs it later, its launch printed)."""
+def _evaluate(config_path, overrides, protocol, dataset, checkpoint, changes, scheduler):
+    """Run the evaluation here (debug, the default: ``(record, trials)``) or as a job on
+    another executor (``(record, None)``; ``(None, None)`` once submitted to a scheduler
+    that runs it later, its launch printed); ``changes`` set keys of the protocol's config
+    section."""
     import dataclasses
 
     from ..config import load_config
@@ -62,6 +63,7 @@ def _evaluate(config_path, overrides, protocol, dataset, checkpoint, section, ch
     options, log_folder = pop_scheduler(scheduler, default_executor="debug")
     cfg = load_config(config_path, overrides)
     changes = {k: v for k, v in changes.items() if v is not None}
+    section = PROTOCOLS[protocol].section
     cfg = dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section),
                                                                     **changes)})
     plan = cli_plan(cfg, protocol, dataset, checkpoint)
@@ -71,33 +73,47 @@ def _evaluate(config_path, overrides, protocol, dataset, checkpoint, section, ch
     return (EvalRecord.from_json(result) if result is not None else None), None
 
 
+def _protocol_options(protocol: str):
+    """The protocol's CLI options, from the protocol table (mode choices included)."""
+    entry = PROTOCOLS[protocol]
+    kinds = {"count": click.IntRange(min=1), "int": int,
+             "mode": click.Choice(list(entry.mode_names))}
+
+    def decorate(command):
+        for opt in reversed(entry.options):
+            text = opt.help
+            if opt.kind == "mode":
+                text = "; ".join([f"{m.name}: {m.help}" for m in entry.modes] + [text])
+            command = click.option(opt.flag, opt.key, type=kinds[opt.kind], default=None,
+                                   help=text)(command)
+        return command
+    return decorate
+
+
+def _changes(protocol: str, given: dict) -> dict:
+    return {opt.key: given.pop(opt.key) for opt in PROTOCOLS[protocol].options}
+
+
 @click.command()
 @_config
 @_overrides
 @_checkpoint
 @_dataset
-@click.option("--mode", type=click.Choice(["cached", "augmented", "knn"]), default=None,
-              help="cached: features once, no augmentation; augmented: the paper's "
-                   "random-resized-crop + flip every step; knn: a k-nearest-neighbour vote "
-                   "on the cached features (probe.knn_k, probe.knn_temperature); "
-                   "default: probe.mode.")
-@click.option("--repeats", type=click.IntRange(min=1), default=None,
-              help="Independent probes (seeds seed..seed+N-1), reported as mean +- std "
-                   "(default: probe.repeats).")
+@_protocol_options(LINEAR)
 @scheduler_options
-def probe(config_path: str, overrides, checkpoint, dataset, mode, repeats,
-          **scheduler) -> None:
+def probe(config_path: str, overrides, checkpoint, dataset, **options) -> None:
     """Linear probe of a checkpoint's frozen backbone (test score at the best val score),
     or a kNN vote on its features (--mode knn: nothing trained). In this process unless
     --executor (or --profile) says otherwise."""
-    record, summary = _evaluate(config_path, overrides, "linear", dataset, checkpoint,
-                                "probe", {"mode": mode, "repeats": repeats}, scheduler)
+    changes = _changes(LINEAR, options)
+    record, trials = _evaluate(config_path, overrides, LINEAR, dataset, checkpoint,
+                               changes, options)
     if record is None:
         return
-    for res in summary.results if record.trained and summary is not None else ():
-        click.echo(f"seed {res.seed}: test {res.metric} at best val "
-                   f"{100 * res.test_at_best_val:.2f}% (val {100 * res.best_val:.2f}% at "
-                   f"probe step {res.best_step})")
+    for trial in trials if record.trained and trials is not None else ():
+        click.echo(f"seed {trial.seed}: test {trial.metric} at best val "
+                   f"{100 * trial.score:.2f}% (val {100 * trial.val_score:.2f}% at "
+                   f"probe step {trial.best_step})")
     click.echo(f"{dataset}: {record.describe()}")
 
 
@@ -106,28 +122,22 @@ def probe(config_path: str, overrides, checkpoint, dataset, mode, repeats,
 @_overrides
 @_checkpoint
 @_dataset
-@click.option("--labels", type=click.IntRange(min=1), default=None,
-              help="Labelled training images, at least one per class "
-                   "(default: finetune.labels).")
-@click.option("--label-seed", type=int, default=None,
-              help="Seed choosing the labelled images (default: finetune.label_seed).")
-@click.option("--iterations", type=click.IntRange(min=1), default=None,
-              help="SGD steps (default: finetune.iterations).")
+@_protocol_options(FINETUNE)
 @scheduler_options
-def finetune(config_path: str, overrides, checkpoint, dataset, labels, label_seed,
-             iterations, **scheduler) -> None:
+def finetune(config_path: str, overrides, checkpoint, dataset, **options) -> None:
     """Semi-supervised transfer: fine-tune the whole network on a label budget. In this
     process unless --executor (or --profile) says otherwise."""
-    record, res = _evaluate(config_path, overrides, "finetune", dataset, checkpoint,
-                            "finetune", {"labels": labels, "label_seed": label_seed,
-                                         "iterations": iterations}, scheduler)
-    if record is None or res is None:  # a job's record: its one line
+    changes = _changes(FINETUNE, options)
+    record, trials = _evaluate(config_path, overrides, FINETUNE, dataset, checkpoint,
+                               changes, options)
+    if record is None or trials is None:  # a job's record: its one line
         if record is not None:
             click.echo(f"{dataset}: {record.describe()}")
         return
-    click.echo(f"{dataset}: test {res.metric} at best val {100 * res.test_at_best_val:.2f}% "
-               f"(val {100 * res.best_val:.2f}% at step {res.best_step}; {res.labels} "
-               f"labels; mode: {res.mode})")
+    trial = trials[0]
+    click.echo(f"{dataset}: test {trial.metric} at best val {100 * trial.score:.2f}% "
+               f"(val {100 * trial.val_score:.2f}% at step {trial.best_step}; "
+               f"{trial.labels} labels; mode: {trial.mode})")
 
 
 @click.group("config")

@@ -7,10 +7,11 @@ from typing import Any, Callable, Optional, Sequence
 
 
 def key(default: Any = MISSING, doc: str = "", *, factory: Optional[Callable[[], Any]] = None,
-        choices: Sequence[str] = ()) -> Any:
+        choices: Sequence[str] = (), shown: str = "") -> Any:
     """A config key: its default (``factory`` for mutable ones), one line of meaning and
-    the values of a closed set (checked by the loader)."""
-    meta = {"doc": doc, "choices": tuple(choices)}
+    the values of a closed set (checked by the loader; ``shown``: where the reference
+    points for them instead of listing them, for a set another table owns)."""
+    meta = {"doc": doc, "choices": tuple(choices), "shown": shown}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)

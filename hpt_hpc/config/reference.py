@@ -58,7 +58,8 @@ def _sections(cls: type, where: str) -> Iterator[Tuple[str, type, List[tuple]]]:
     rows, nested = [], []
     for f in dataclasses.fields(cls):
         tp, path = hints[f.name], f"{where}.{f.name}" if where else f.name
-        values = ", ".join(f"`{c}`" for c in f.metadata.get("choices", ()))
+        values = f.metadata.get("shown") or \
+            ", ".join(f"`{c}`" for c in f.metadata.get("choices", ()))
         if typing.get_origin(tp) in (dict, typing.Dict) and \
                 dataclasses.is_dataclass(typing.get_args(tp)[1]):
             nested.append((typing.get_args(tp)[1], f"{path}.<name>"))

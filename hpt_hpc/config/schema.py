@@ -16,14 +16,14 @@ from .augment import (AugmentConfig, BlurConfig, ColorJitterConfig, CropConfig, 
                       GrayscaleConfig, LocalCropsConfig)
 from .keys import key
 from .layout import STAGE_NAMES  # noqa: F401 - config.STAGE_NAMES, named with the folders
+from .protocols import LINEAR, LINEAR_MODES, PROTOCOLS
 from .refs import InitRef
 
 VARIANTS = ("full", "bn", "bn-stats", "scratch", "last-blocks", "lora")
 BLOCK_VARIANTS = ("last-blocks", "lora")  # train the last stages.<s>.blocks blocks
 DATASET_FORMATS = ("imagefolder", "filelist", "folder", "shards")  # datasets.<name>.format
 BACKENDS = ("torchvision", "dali")  # data.backend
-PROBE_MODES = ("cached", "augmented", "knn")  # probe.mode: features once | the paper's
-# augmented probe | k-nearest-neighbour vote on the cached features
+PROBE_MODES = LINEAR_MODES  # probe.mode: the linear protocol's modes (config/protocols.py)
 ARCHS = ("resnet18", "resnet50")  # built in; `timm:<name>` names any timm model
 TIMM_PREFIX = "timm:"
 SSL_METHODS = ("moco-v2", "dino")  # the rows of hpt_hpc.ssl.METHODS (ssl:)
@@ -258,8 +258,9 @@ class ProbeConfig:
                                                 "split (null: all)")
     labels_per_class: Optional[int] = key(None, "low-label probing: N seeded images per "
                                                 "class (null: all)")
-    mode: str = key("cached", "cached: features once; augmented: the paper's crops and "
-                              "flips; knn: neighbour vote", choices=PROBE_MODES)
+    mode: str = key(PROTOCOLS[LINEAR].default_mode, "how the linear evaluation runs: a "
+                    "probe mode (the modes of `hpt-hpc probe --help`)", choices=PROBE_MODES,
+                    shown="a probe mode of [evaluation.md](evaluation.md)")
     knn_k: int = key(20, "knn mode: neighbours that vote")
     knn_temperature: float = key(0.07, "knn mode: vote weight exp(cosine similarity / T)")
     repeats: int = key(1, "independent probes (seeds seed..seed+repeats-1): mean +- std")

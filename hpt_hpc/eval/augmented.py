@@ -12,14 +12,14 @@ import torch
 from ..config import ProbeConfig
 from ..progress import Progress
 from .metrics import compact_predictions, metric_for, score
-from .probe import (AUGMENTED, Features, ProbeResult, Resume, head_loss, label_targets,
+from .probe import (AUGMENTED, Features, Trial, Resume, head_loss, label_targets,
                     new_head, run_schedule, sgd_step, step_decay)
 
 
 def augmented_probe(backbone: torch.nn.Module, train_batches: Iterable, val: Features,
                     test: Features, cfg: ProbeConfig, device: torch.device, seed: int,
                     num_classes: int, progress: Optional[Progress] = None,
-                    state=None, saved: Optional[dict] = None) -> ProbeResult:
+                    state=None, saved: Optional[dict] = None) -> Trial:
     """Train a linear head on augmented training batches (at least ``cfg.iterations`` of
     them); return the test score at the best val score."""
     backbone.eval().to(device)
@@ -49,8 +49,8 @@ def augmented_probe(backbone: torch.nn.Module, train_batches: Iterable, val: Fea
         test_score, best_val, best_step, curve, predictions = run_schedule(
             train_step, evaluate, cfg.iterations, cfg.eval_every, progress,
             _resume(head, optimizer, scheduler, state, saved))
-    return ProbeResult(test_score, best_val, best_step, curve, AUGMENTED,
-                       metric_for(val.multi_label), seed, predictions)
+    return Trial(test_score, best_val, best_step, curve, AUGMENTED,
+                 metric_for(val.multi_label), seed, predictions)
 
 
 def _resume(head, optimizer, scheduler, state, saved) -> Optional[Resume]:

@@ -7,9 +7,10 @@ import dataclasses
 import math
 import time
 from pathlib import Path
-from typing import Any, Optional, Tuple
+from typing import List, Optional, Tuple
 
 from ..config import ExperimentConfig, InitRef, OutputLayout, config_to_dict
+from ..config.protocols import PROTOCOLS
 from ..device import limit_cpu_threads, resolve_device
 from ..errors import HptError
 from ..models.resolve import resolve
@@ -21,7 +22,8 @@ from ..tracking.runs import open_run
 from .lineage import checkpoint_lineage
 from .record import PREDICTIONS_ARTIFACTS, EvalRecord, save_predictions, write_record_file
 from .resume import Checkpoints, settings_key
-from .runner import evaluate_finetune, evaluate_linear, evaluate_pixels
+from .probe import Trial
+from .runner import evaluate_pixels, table_function
 
 
 def cli_plan(cfg: ExperimentConfig, protocol: str, dataset: str,
@@ -34,7 +36,7 @@ def cli_plan(cfg: ExperimentConfig, protocol: str, dataset: str,
     if dataset not in cfg.datasets:
         raise HptError(f"dataset '{dataset}' is not defined in the config (defined: "
                        f"{', '.join(sorted(cfg.datasets)) or 'none'})")
-    what = f"{'probe' if protocol == 'linear' else 'finetune'} {dataset}"
+    what = f"{PROTOCOLS[protocol].command} {dataset}"
     lineage = checkpoint_lineage(cfg, ref, who=f"evaluation '{what}'")
     label = lineage.name(what)
     outputs = OutputLayout(Path(cfg.output_dir).resolve())
@@ -58,8 +60,9 @@ def resume_checkpoints(plan: EvalPlan, weights: Optional[str]) -> Checkpoints:
         (stat.st_size, stat.st_mtime_ns) if stat else None, config_to_dict(plan.config)))
 
 
-def evaluate_plan(plan: EvalPlan) -> Tuple[EvalRecord, Any]:
-    """Run the plan's protocol; returns the record and the protocol's own result."""
+def evaluate_plan(plan: EvalPlan) -> Tuple[EvalRecord, List[Trial]]:
+    """Run the plan's protocol (its runner in the protocol table); returns the record, its
+    coordinates filled in, and the protocol's trials."""
     cfg = plan.config
     device = resolve_device(cfg.device)
     limit_cpu_threads(device, cfg.data.workers, cfg.compute.threads)
@@ -72,14 +75,13 @@ def evaluate_plan(plan: EvalPlan) -> Tuple[EvalRecord, Any]:
                            who=f"evaluation '{plan.label}'")
     saved = resume_checkpoints(plan, resolved.path)
     if plan.method == "raw-pixels":
-        outcome = evaluate_pixels(cfg, plan.dataset)
-    elif plan.protocol == "finetune":
-        outcome = evaluate_finetune(cfg, plan.dataset, resolved.path, device, saved)
+        record, trials = evaluate_pixels(cfg, plan.dataset)
     else:
-        outcome = evaluate_linear(cfg, plan.dataset, resolved.path, device, saved)
+        run = table_function(PROTOCOLS[plan.protocol].runner)
+        record, trials = run(cfg, plan.dataset, resolved.path, device, saved)
     stage = StageRecord.read(plan.layout) if plan.evaluates else None
-    record = EvalRecord.from_outcome(
-        plan.protocol, outcome, method=plan.method, dataset=plan.dataset, steps=plan.steps,
+    record = dataclasses.replace(
+        record, method=plan.method, dataset=plan.dataset, steps=plan.steps,
         seed=plan.seed, base_seed=plan.base_seed, augment=plan.augment, images=plan.images,
         checkpoint=ref.text or "none", evaluates=plan.evaluates or "none",
         stage=plan.stage or "none",
@@ -87,7 +89,7 @@ def evaluate_plan(plan: EvalPlan) -> Tuple[EvalRecord, Any]:
         probe_labels=plan.probe_labels, queue_size=int(stage.queue_size) if stage else 0,
         pretrain_images=int(stage.images) if stage else 0, label=plan.label,
         ssl=(stage.ssl if stage else "") or (DEFAULT_SSL if plan.evaluates else ""))
-    return record, outcome
+    return record, trials
 
 
 def log_record(plan: EvalPlan, record: EvalRecord,
@@ -97,7 +99,7 @@ def log_record(plan: EvalPlan, record: EvalRecord,
     target = plan.tracking
     if target is None:
         return None
-    section = plan.config.probe if plan.protocol == "linear" else plan.config.finetune
+    section = getattr(plan.config, PROTOCOLS[plan.protocol].section)
     tracker = open_run(target.uri, target.experiment, plan.label, "eval",
                        tags={**target.tags(), **plan.tags},
                        parent_run_id=target.parent_run_id, system_metrics=False,
@@ -116,10 +118,10 @@ def log_record(plan: EvalPlan, record: EvalRecord,
     return tracker.run_id
 
 
-def run_eval_plan(plan: EvalPlan) -> Tuple[EvalRecord, Any]:
+def run_eval_plan(plan: EvalPlan) -> Tuple[EvalRecord, List[Trial]]:
     """Evaluate, log the record to MLflow and to the plan's result file; a NaN score is
     an error (after it was recorded)."""
-    record, outcome = evaluate_plan(plan)
+    record, trials = evaluate_plan(plan)
     saved = save_predictions(record, plan.result_file) if plan.result_file else None
     log_record(plan, record, saved)
     if plan.result_file is not None:
@@ -127,4 +129,4 @@ def run_eval_plan(plan: EvalPlan) -> Tuple[EvalRecord, Any]:
         Checkpoints(plan.result_file, "").remove()  # nothing is left to resume
     if math.isnan(record.score):
         raise HptError(f"evaluation {plan.label}: the score is NaN")
-    return record, outcome
+    return record, trials

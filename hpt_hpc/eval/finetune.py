@@ -8,37 +8,20 @@ score at the best val score is reported with the whole curve.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
 from typing import Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from ..config import FinetuneConfig
+from ..config.protocols import FINETUNE
 from ..data.sources import ImageRecord
 from ..errors import HptError
 from ..progress import Progress
 from .metrics import compact_predictions, metric_for, score
-from .probe import (Resume, head_loss, label_targets, new_head, run_schedule, sgd_step,
-                    step_decay)
+from .probe import (Resume, Trial, head_loss, label_targets, new_head, run_schedule,
+                    sgd_step, step_decay)
 
-FINETUNE = "finetune"
-
-
-@dataclass
-class FinetuneResult:
-    """Outcome of one fine-tune; ``curve`` holds ``(step, val_score, test_score)`` rows."""
-
-    test_at_best_val: float
-    best_val: float
-    best_step: int
-    curve: List[Tuple[int, float, float]] = field(default_factory=list)
-    labels: int = 0
-    mode: str = FINETUNE
-    metric: str = "top1"
-    test_predictions: Optional[np.ndarray] = None  # at the best val step (compact)
-    test_targets: Optional[np.ndarray] = None
-    test_paths: Optional[List[str]] = None
 
 
 def select_label_budget(records: Sequence[ImageRecord], n: int, seed: int,
@@ -120,9 +103,10 @@ def finetune(backbone: torch.nn.Module, feature_dim: int, train_batches: Iterabl
              val_batches: Iterable, test_batches: Iterable, cfg: FinetuneConfig,
              device: torch.device, num_classes: int, multi_label: bool, seed: int = 0,
              progress: Optional[Progress] = None, state=None,
-             saved: Optional[dict] = None) -> FinetuneResult:
+             saved: Optional[dict] = None) -> Tuple[Trial, np.ndarray]:
     """Fine-tune ``backbone`` (in place) and a new head on ``train_batches`` (at least
-    ``cfg.iterations`` batches); ``labels`` of the result is left for the caller."""
+    ``cfg.iterations`` batches); returns the trial (its ``labels`` left for the caller)
+    and the test targets its predictions score."""
     head = new_head(feature_dim, num_classes, seed)
     network = torch.nn.Sequential(backbone, torch.nn.Flatten(1), head).to(device)
     for p in network.parameters():
@@ -151,8 +135,8 @@ def finetune(backbone: torch.nn.Module, feature_dim: int, train_batches: Iterabl
         test_score, best_val, best_step, curve, predictions = run_schedule(
             train_step, evaluate, cfg.iterations, cfg.eval_every, progress,
             _resume(network, optimizer, scheduler, seen, state, saved))
-    return FinetuneResult(test_score, best_val, best_step, curve, 0, FINETUNE,
-                          metric_for(multi_label), predictions, seen["targets"].numpy())
+    return (Trial(test_score, best_val, best_step, curve, FINETUNE, metric_for(multi_label),
+                  seed, predictions), seen["targets"].numpy())
 
 
 def _resume(network, optimizer, scheduler, seen: dict, state, saved) -> Optional[Resume]:

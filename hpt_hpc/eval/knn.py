@@ -7,11 +7,13 @@ first (a softmax), so no temperature overflows: ``exp(1 / 0.005)`` is not a floa
 Deterministic; the similarities are computed in chunks (bounded memory)."""
 from __future__ import annotations
 
+from typing import List
+
 import torch
 import torch.nn.functional as F
 
 from .metrics import compact_predictions, metric_for, score
-from .probe import KNN, Features, ProbeResult, num_classes_of
+from .probe import KNN, Features, Trial, num_classes_of
 
 CHUNK = 1024
 
@@ -49,7 +51,7 @@ def _as_logits(votes: torch.Tensor, multi_label: bool) -> torch.Tensor:
 
 
 def knn_probe(train: Features, val: Features, test: Features, k: int,
-              temperature: float) -> ProbeResult:
+              temperature: float) -> Trial:
     """Val and test scores of the kNN classifier (``best_step`` 0: nothing is trained);
     its mode names the neighbours that voted, ``knn (k=<k>)`` (``k`` capped at the
     training images)."""
@@ -57,7 +59,14 @@ def knn_probe(train: Features, val: Features, test: Features, k: int,
     val_scores, test_scores = (knn_scores(train, split, k, temperature, classes)
                                for split in (val, test))
     voted = min(int(k), train.x.shape[0])
-    return ProbeResult(score(test_scores, test.y), score(val_scores, val.y), 0, [],
-                       f"{KNN} (k={voted})", metric_for(train.multi_label), 0,
-                       compact_predictions(_as_logits(test_scores, train.multi_label),
-                                           test.y))
+    return Trial(score(test_scores, test.y), score(val_scores, val.y), 0, [],
+                 f"{KNN} (k={voted})", metric_for(train.multi_label), 0,
+                 compact_predictions(_as_logits(test_scores, train.multi_label), test.y))
+
+
+def knn_trials(inputs) -> List[Trial]:
+    """The knn mode's runner: one vote on the cached features of ``inputs``
+    (:class:`~hpt_hpc.eval.runner.ProbeInputs`), whatever probe.repeats says."""
+    feats, probe = inputs.features(), inputs.cfg.probe
+    return [knn_probe(feats["train"], feats["val"], feats["test"], probe.knn_k,
+                      probe.knn_temperature)]

@@ -18,10 +18,8 @@ import torch.nn.functional as F
 
 from ..config import ProbeConfig
 from ..progress import Progress
-from ..config.schema import PROBE_MODES
+from ..config.protocols import AUGMENTED, CACHED, KNN  # noqa: F401 - the modes' names
 from .metrics import compact_predictions, metric_for, score
-
-CACHED, AUGMENTED, KNN = PROBE_MODES
 
 
 @dataclass
@@ -38,17 +36,22 @@ class Features:
 
 
 @dataclass
-class ProbeResult:
-    """Outcome of one probe; ``curve`` holds ``(step, val_score, test_score)`` rows."""
+class Trial:
+    """One trained head (a probe, a fine-tune) or one vote, with the record's field names:
+    ``score`` the test score at the best val score ``val_score`` (reached at
+    ``best_step``), ``curve`` its ``(step, val, test)`` rows, ``predictions`` the compact
+    test predictions at the best val step; ``labels``: the labelled training images of a
+    fine-tune's budget (0: not a budget)."""
 
-    test_at_best_val: float
-    best_val: float
+    score: float
+    val_score: float
     best_step: int
     curve: List[Tuple[int, float, float]] = field(default_factory=list)
     mode: str = CACHED
     metric: str = "top1"
     seed: int = 0
-    test_predictions: Optional[np.ndarray] = None  # at the best val step (compact)
+    predictions: Optional[np.ndarray] = None
+    labels: int = 0
 
 
 def label_targets(labels) -> torch.Tensor:
@@ -184,7 +187,7 @@ def num_classes_of(*splits: Features) -> int:
 def linear_probe(train: Features, val: Features, test: Features, cfg: ProbeConfig,
                  seed: int = 0, num_classes: Optional[int] = None,
                  normalize: bool = True, mode: str = CACHED,
-                 progress: Optional[Progress] = None) -> ProbeResult:
+                 progress: Optional[Progress] = None) -> Trial:
     """Cached mode: train a linear head with SGD on fixed features; return the test score
     at the best val score."""
     if normalize:
@@ -214,5 +217,5 @@ def linear_probe(train: Features, val: Features, test: Features, cfg: ProbeConfi
 
     test_score, best_val, best_step, curve, predictions = run_schedule(
         train_step, evaluate, cfg.iterations, cfg.eval_every, progress)
-    return ProbeResult(test_score, best_val, best_step, curve, mode,
-                       metric_for(train.multi_label), seed, predictions)
+    return Trial(test_score, best_val, best_step, curve, mode, metric_for(train.multi_label),
+                 seed, predictions)

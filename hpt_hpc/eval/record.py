@@ -30,11 +30,10 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tup
 
 import numpy as np
 
-from ..config.schema import PROBE_MODES
+from ..config.protocols import LINEAR, PROTOCOLS, find_mode, probe_mode
 from ..files import atomic_write, write_text_atomic
 from ..tracking import Tracker
 from .metrics import TOP1
-from .probe import KNN
 
 SCORE, SCORE_STD, VAL_SCORE, BEST_STEP, REPEATS = ("score", "score_std", "val_score",
                                                    "best_step", "repeats")
@@ -66,7 +65,7 @@ class CellKey(NamedTuple):
     mode: str  # cached | augmented (linear probes), "" (fine-tuning)
 
 
-def _mean_curve(curves: Sequence[Sequence[Any]]) -> List[Tuple[int, float, float]]:
+def mean_curve(curves: Sequence[Sequence[Any]]) -> List[Tuple[int, float, float]]:
     """Step-wise mean of several ``(step, val, test)`` curves (same steps)."""
     curves = [c for c in curves if c]
     if not curves:
@@ -133,58 +132,32 @@ class EvalRecord:
 
     @property
     def probe_mode(self) -> str:
-        """The probe mode of linear evaluations (cached, augmented, knn; raw pixels:
-        cached), "" for fine-tuning."""
-        if self.protocol != "linear":
-            return ""
-        mode = self.mode.split(" ")[0]
-        return mode if mode in PROBE_MODES else "cached"
+        """The mode of its cell (:func:`~hpt_hpc.config.protocols.probe_mode`)."""
+        return probe_mode(self.protocol, self.mode)
 
     @property
     def trained(self) -> bool:
-        """False for a kNN vote: no probe steps, no repeats, nothing trained."""
-        return self.probe_mode != KNN
+        """False for a vote (kNN): no probe steps, no repeats, nothing trained."""
+        mode = find_mode(self.protocol, self.mode)
+        return mode is None or mode.trained
 
     @property
     def evaluation(self) -> str:
         """What the evaluation is: ``linear probe (cached)``, ``linear probe (cached, raw
         pixels)``, ``kNN (k=20)``, ``fine-tune (100 labels)``."""
-        if not self.trained:
-            return "kNN" + self.mode[len(KNN):]
-        if self.protocol == "linear":
-            return f"linear probe ({self.mode.replace(' (', ', ').replace(')', '')})"
-        return "fine-tune" + self.mode[len("finetune"):]
+        mode = find_mode(self.protocol, self.mode)
+        if mode is not None and not mode.trained:
+            return mode.label + self.mode[len(mode.name):]
+        entry = PROTOCOLS.get(self.protocol)
+        if entry is not None and entry.modes:  # linear probe (cached, raw pixels)
+            return f"{entry.title} ({self.mode.replace(' (', ', ').replace(')', '')})"
+        return (entry.title if entry else self.protocol) + self.mode[len(self.protocol):]
 
     @property
     def key(self) -> CellKey:
         """The cell this record belongs to (seeds of one cell share it)."""
         return CellKey(self.protocol, self.method, self.dataset, self.steps, self.augment,
                        str(self.images), str(self.probe_labels), self.probe_mode)
-
-    @classmethod
-    def from_outcome(cls, protocol: str, outcome: Any, **coords: Any) -> "EvalRecord":
-        """From a :class:`~hpt_hpc.eval.runner.LinearSummary` or a
-        :class:`~hpt_hpc.eval.finetune.FinetuneResult`."""
-        predictions = None
-        if outcome.test_targets is not None:
-            per_repeat = [r.test_predictions for r in getattr(outcome, "results", [outcome])]
-            predictions = Predictions(np.stack(per_repeat), np.asarray(outcome.test_targets),
-                                      list(outcome.test_paths or []))
-        if protocol == "linear":
-            results = outcome.results
-            return cls("linear", mode=outcome.mode, metric=outcome.metric, score=outcome.mean,
-                       score_std=outcome.std,
-                       val_score=statistics.fmean(r.best_val for r in results),
-                       best_step=statistics.fmean(r.best_step for r in results),
-                       repeats=len(results),
-                       per_repeat=[r.test_at_best_val for r in results],
-                       curve=_mean_curve([r.curve for r in results]),
-                       predictions=predictions, **coords)
-        return cls("finetune", mode=f"{outcome.mode} ({outcome.labels} labels)",
-                   metric=outcome.metric, score=outcome.test_at_best_val,
-                   val_score=outcome.best_val, best_step=outcome.best_step,
-                   per_repeat=[outcome.test_at_best_val], curve=list(outcome.curve),
-                   predictions=predictions, **coords)
 
     def tags(self) -> Dict[str, str]:
         return {tag: str(getattr(self, name)) for name, tag in _TAGS.items()}
@@ -196,7 +169,7 @@ class EvalRecord:
         score = f"{self.metric} {100 * self.score:.2f}"
         if not self.trained:
             return f"{self.evaluation} test {score} %, val {100 * self.val_score:.2f} %"
-        if self.protocol != "linear":
+        if self.protocol != LINEAR:
             return (f"{self.evaluation} test {score} % at the best val score (val "
                     f"{100 * self.val_score:.2f} % at step {int(self.best_step)})")
         if self.repeats == 1:
@@ -237,7 +210,7 @@ class EvalRecord:
                    if client is not None else []
                    for name in (CURVE_VAL, CURVE_TEST, SCORE_REPEAT)}
         val = dict(history[CURVE_VAL])
-        return cls(protocol=coords["protocol"] or "linear", method=coords["method"],
+        return cls(protocol=coords["protocol"] or LINEAR, method=coords["method"],
                    dataset=coords["dataset"], mode=coords["mode"] or "?",
                    metric=coords["metric"] or TOP1, score=metrics.get(SCORE, math.nan),
                    score_std=metrics.get(SCORE_STD, 0.0),

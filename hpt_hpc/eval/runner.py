@@ -1,25 +1,29 @@
 """Evaluate a checkpoint (or a reference: raw pixels, random init) on a dataset's splits.
 
-The entry points the CLI and the sweeps call:
+The runners of the protocol table (:mod:`hpt_hpc.config.protocols`), each returning the
+protocol's :class:`~hpt_hpc.eval.record.EvalRecord` (coordinates left to the caller) and
+its :class:`~hpt_hpc.eval.probe.Trial` list:
 
-* :func:`evaluate_linear` - linear separability, ``probe.mode`` ``cached`` or
-  ``augmented``, ``probe.repeats`` seeds -> :class:`LinearSummary` (mean +- std);
+* :func:`evaluate_linear` - linear separability in ``probe.mode`` (the mode's runner,
+  given the :class:`ProbeInputs`), ``probe.repeats`` seeds -> :func:`linear_record`;
 * :func:`evaluate_pixels` - the raw-pixel reference (always cached);
-* :func:`evaluate_finetune` - semi-supervised transfer -> :class:`FinetuneResult`.
+* :func:`evaluate_finetune` - semi-supervised transfer -> :func:`finetune_record`.
 
 Checkpoints are local files here; references (``stage:``, ``models:/``...) are resolved by
 the caller (:mod:`hpt_hpc.eval.execute`).
 """
 from __future__ import annotations
 
+import importlib
 import statistics
-from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 
 from ..config import ExperimentConfig
+from ..config.protocols import FINETUNE, LINEAR, LINEAR_MODES, PROTOCOLS
 from ..data import build_eval_loader
 from ..data.specs import eval_spec
 from ..data.transforms import build_eval_transform, build_probe_train_transform
@@ -28,67 +32,47 @@ from ..models import backbone_for_features, encoder_from_config, load_backbone_i
 from ..progress import Progress
 from .augmented import augmented_probe
 from .decoded import decoded_batches
-from .finetune import FinetuneResult, finetune, select_label_budget
-from .knn import knn_probe
-from .probe import (AUGMENTED, CACHED, KNN, Features, ProbeResult, extract_features,
-                    linear_probe, pixel_features)
+from .finetune import finetune, select_label_budget
+from .probe import Features, Trial, extract_features, linear_probe, pixel_features
+from .record import EvalRecord, Predictions, mean_curve
 from .resume import NONE, Checkpoints, EvalState
 from .splits import SPLITS, SplitRecords, image_batches, kept_paths, load_splits
 
 PIXELS_MODE = "cached (raw pixels)"
 EXTRACT_BATCH = 256
+Evaluation = Tuple[EvalRecord, List[Trial]]
 
 
-@dataclass
-class LinearSummary:
-    """``repeats`` linear probes of one backbone: mean and sample std (0 for one probe) of
-    their test scores at the best val score. ``mode``: cached | augmented | knn (k=<k>) |
-    cached (raw pixels); ``metric``: top1 | auroc (described by its
-    :class:`~hpt_hpc.eval.record.EvalRecord`). The ``test_at_best_val`` / ``best_val`` /
-    ``best_step`` / ``curve`` properties let it stand in for a :class:`ProbeResult`."""
-
-    mean: float
-    std: float
-    results: List[ProbeResult]
-    mode: str
-    metric: str
-    dataset: str = ""
-    checkpoint: Optional[str] = None
-    test_targets: Optional[np.ndarray] = None  # the test labels the predictions score
-    test_paths: Optional[List[str]] = None
-
-    @property
-    def test_at_best_val(self) -> float:
-        return self.mean
-
-    @property
-    def best_val(self) -> float:
-        return statistics.fmean(r.best_val for r in self.results)
-
-    @property
-    def best_step(self) -> int:
-        return self.results[0].best_step
-
-    @property
-    def curve(self) -> List[Tuple[int, float, float]]:
-        return self.results[0].curve
-
-    @property
-    def repeats(self) -> int:
-        return len(self.results)
+def table_function(dotted: str) -> Callable:
+    """The function a protocol table entry names (``"module:function"``)."""
+    module, name = dotted.split(":")
+    return getattr(importlib.import_module(module), name)
 
 
-def summarize(results: List[ProbeResult], mode: str, dataset: str = "",
-              checkpoint: Optional[str] = None, test: Optional[Features] = None,
-              ) -> LinearSummary:
-    """Mean and sample std of the probes' test scores at their best val scores
-    (``test``: the test features, whose labels and paths the predictions refer to)."""
-    scores = [r.test_at_best_val for r in results]
-    std = statistics.stdev(scores) if len(scores) > 1 else 0.0
-    return LinearSummary(statistics.fmean(scores), std, list(results), mode,
-                         results[0].metric, dataset, checkpoint,
-                         test.y.numpy() if test is not None else None,
-                         test.paths if test is not None else None)
+def linear_record(trials: List[Trial], test: Features) -> EvalRecord:
+    """The linear protocol's record: mean and sample std (0 for one) of the trials' test
+    scores at their best val scores, their mean val score, best step and curve, and every
+    trial's predictions on ``test`` (whose labels and paths they refer to)."""
+    scores = [t.score for t in trials]
+    return EvalRecord(
+        LINEAR, "", "", mode=trials[0].mode, metric=trials[0].metric,
+        score=statistics.fmean(scores),
+        score_std=statistics.stdev(scores) if len(scores) > 1 else 0.0,
+        val_score=statistics.fmean(t.val_score for t in trials),
+        best_step=statistics.fmean(t.best_step for t in trials), repeats=len(trials),
+        per_repeat=scores, curve=mean_curve([t.curve for t in trials]),
+        predictions=Predictions(np.stack([t.predictions for t in trials]), test.y.numpy(),
+                                list(test.paths or [])))
+
+
+def finetune_record(trial: Trial, targets: np.ndarray, paths: List[str]) -> EvalRecord:
+    """The fine-tuning protocol's record: one trial, its mode naming the label budget."""
+    return EvalRecord(FINETUNE, "", "", mode=f"{trial.mode} ({trial.labels} labels)",
+                      metric=trial.metric, score=trial.score, val_score=trial.val_score,
+                      best_step=trial.best_step, per_repeat=[trial.score],
+                      curve=list(trial.curve),
+                      predictions=Predictions(np.stack([trial.predictions]),
+                                              np.asarray(targets), list(paths)))
 
 
 def backbone_from_checkpoint(cfg: ExperimentConfig, path: Optional[str]) -> torch.nn.Module:
@@ -156,7 +140,7 @@ def split_features(cfg: ExperimentConfig, dataset: str,
 
 
 def probe_features(cfg: ExperimentConfig, feats: Dict[str, Features], seed: int = 0,
-                   ) -> ProbeResult:
+                   ) -> Trial:
     """One cached-mode probe on extracted features."""
     return linear_probe(feats["train"], feats["val"], feats["test"], cfg.probe, seed=seed,
                         progress=_progress(cfg, f"probe (seed {seed})", cfg.probe.iterations,
@@ -179,45 +163,80 @@ def _cached(saved: EvalState, compute) -> Dict[str, Features]:
     return feats
 
 
+@dataclass
+class ProbeInputs:
+    """What a linear mode's runner is given: the config, the backbone, the splits and
+    where a requeued job resumes; :meth:`features` (cached features of every split, saved
+    for a requeue) or :meth:`held_out` (val and test only) set ``test``, the features the
+    trials' predictions refer to."""
+
+    cfg: ExperimentConfig
+    dataset: str
+    backbone: torch.nn.Module
+    device: torch.device
+    space: SplitRecords
+    checkpoints: Checkpoints
+    test: Optional[Features] = field(default=None, repr=False)
+
+    def features(self) -> Dict[str, Features]:
+        feats = _cached(self.checkpoints.features, lambda: split_features(
+            self.cfg, self.dataset, self.backbone, self.device, self.space))
+        self.test = feats["test"]
+        return feats
+
+    def held_out(self) -> Dict[str, Features]:
+        feats = _cached(self.checkpoints.features, lambda: _held_out(
+            self.cfg, self.dataset, self.backbone, self.device, self.space))
+        self.test = feats["test"]
+        return feats
+
+    @property
+    def seeds(self) -> range:
+        return _seeds(self.cfg)
+
+
+def cached_trials(inputs: ProbeInputs) -> List[Trial]:
+    """The cached mode's runner: a probe per seed on features extracted once."""
+    feats = inputs.features()  # shared by repeats
+    return [probe_features(inputs.cfg, feats, seed) for seed in inputs.seeds]
+
+
+def augmented_trials(inputs: ProbeInputs) -> List[Trial]:
+    """The augmented mode's runner: a probe per seed on augmented training batches."""
+    cfg, space, checkpoints = inputs.cfg, inputs.space, inputs.checkpoints
+    held_out = inputs.held_out()
+    trials = []
+    for seed in inputs.seeds:
+        state = checkpoints.schedule(seed)
+        saved = state.load()
+        train = image_batches(cfg, space.records["train"], space,
+                              build_probe_train_transform(cfg.data, cfg.probe),
+                              cfg.probe.batch_size, steps=cfg.probe.iterations,
+                              seed=seed, start=int(saved["step"]) if saved else 0)
+        trials.append(augmented_probe(inputs.backbone, train, held_out["val"],
+                                      held_out["test"], cfg.probe, inputs.device, seed,
+                                      space.num_classes,
+                                      _progress(cfg, f"augmented probe (seed {seed})",
+                                                cfg.probe.iterations, cfg.probe.batch_size),
+                                      state, saved))
+    return trials
+
+
 def evaluate_linear(cfg: ExperimentConfig, dataset: str, checkpoint: Optional[str],
-                    device, checkpoints: Checkpoints = NONE) -> LinearSummary:
+                    device, checkpoints: Checkpoints = NONE) -> Evaluation:
     """Linear separability of a checkpoint's frozen backbone (``None``: random init, drawn
-    from ``cfg.seed``) in ``cfg.probe.mode``, repeated ``cfg.probe.repeats`` times;
-    ``checkpoints``: where a requeued job finds its features and training state."""
+    from ``cfg.seed``) in ``cfg.probe.mode`` (its runner in the protocol table), repeated
+    ``cfg.probe.repeats`` times for a trained mode; ``checkpoints``: where a requeued job
+    finds its features and training state."""
+    mode = PROTOCOLS[LINEAR].mode(cfg.probe.mode)
+    if mode is None:
+        raise HptError(f"probe.mode '{cfg.probe.mode}' is not one of "
+                       f"{', '.join(LINEAR_MODES)}")
     device = torch.device(device)
-    backbone = seeded_backbone(cfg, checkpoint).to(device)
-    space = load_splits(cfg, dataset)
-    if cfg.probe.mode in (CACHED, KNN):
-        feats = _cached(checkpoints.features,  # shared by repeats
-                        lambda: split_features(cfg, dataset, backbone, device, space))
-        if cfg.probe.mode == KNN:  # deterministic: one result, whatever probe.repeats says
-            results = [knn_probe(feats["train"], feats["val"], feats["test"],
-                                 cfg.probe.knn_k, cfg.probe.knn_temperature)]
-        else:
-            results = [probe_features(cfg, feats, seed) for seed in _seeds(cfg)]
-    elif cfg.probe.mode == AUGMENTED:
-        held_out = _cached(checkpoints.features,
-                           lambda: _held_out(cfg, dataset, backbone, device, space))
-        results = []
-        for seed in _seeds(cfg):
-            state = checkpoints.schedule(seed)
-            saved = state.load()
-            train = image_batches(cfg, space.records["train"], space,
-                                  build_probe_train_transform(cfg.data, cfg.probe),
-                                  cfg.probe.batch_size, steps=cfg.probe.iterations,
-                                  seed=seed, start=int(saved["step"]) if saved else 0)
-            results.append(augmented_probe(backbone, train, held_out["val"],
-                                           held_out["test"], cfg.probe, device, seed,
-                                           space.num_classes,
-                                           _progress(cfg, f"augmented probe (seed {seed})",
-                                                     cfg.probe.iterations,
-                                                     cfg.probe.batch_size), state, saved))
-    else:
-        raise HptError(f"probe.mode '{cfg.probe.mode}' is not one of {CACHED}, {AUGMENTED}, "
-                       f"{KNN}")
-    test = held_out["test"] if cfg.probe.mode == AUGMENTED else feats["test"]
-    mode = results[0].mode if cfg.probe.mode == KNN else cfg.probe.mode  # knn (k=<k>)
-    return summarize(results, mode, dataset, checkpoint, test)
+    inputs = ProbeInputs(cfg, dataset, seeded_backbone(cfg, checkpoint).to(device), device,
+                         load_splits(cfg, dataset), checkpoints)
+    trials = table_function(mode.runner)(inputs)
+    return linear_record(trials, inputs.test), trials
 
 
 def _held_out(cfg: ExperimentConfig, dataset: str, backbone, device,
@@ -232,17 +251,17 @@ def _held_out(cfg: ExperimentConfig, dataset: str, backbone, device,
     return held_out
 
 
-def evaluate_pixels(cfg: ExperimentConfig, dataset: str) -> LinearSummary:
+def evaluate_pixels(cfg: ExperimentConfig, dataset: str) -> Evaluation:
     """The raw-pixel reference: ``cfg.probe.repeats`` cached probes on normalised pixels."""
     feats = split_features(cfg, dataset, None, torch.device("cpu"))
-    results = [probe_features(cfg, feats, seed) for seed in _seeds(cfg)]
-    for result in results:
-        result.mode = PIXELS_MODE
-    return summarize(results, PIXELS_MODE, dataset, None, feats["test"])
+    trials = [probe_features(cfg, feats, seed) for seed in _seeds(cfg)]
+    for trial in trials:
+        trial.mode = PIXELS_MODE
+    return linear_record(trials, feats["test"]), trials
 
 
 def evaluate_finetune(cfg: ExperimentConfig, dataset: str, checkpoint: Optional[str],
-                      device, checkpoints: Checkpoints = NONE) -> FinetuneResult:
+                      device, checkpoints: Checkpoints = NONE) -> Evaluation:
     """Semi-supervised transfer: fine-tune a checkpoint's backbone (``None``: random init)
     plus a new head on ``cfg.finetune.labels`` training images chosen with
     ``cfg.finetune.label_seed``; test score at the best val score."""
@@ -260,11 +279,10 @@ def evaluate_finetune(cfg: ExperimentConfig, dataset: str, checkpoint: Optional[
     held_out = [image_batches(cfg, space.records[split], space,
                               build_eval_transform(cfg.data, cfg.probe), EXTRACT_BATCH)
                 for split in ("val", "test")]
-    result = finetune(backbone, backbone.feature_dim, train,
-                      *held_out, ft, device, space.num_classes, space.multi_label,
-                      seed=cfg.seed, progress=_progress(cfg, "fine-tune", ft.iterations,
-                                                        min(ft.batch_size, len(budget))),
-                      state=state, saved=saved)
-    result.labels = len(budget)
-    result.test_paths = kept_paths(space.records["test"], held_out[1])
-    return result
+    progress = _progress(cfg, "fine-tune", ft.iterations, min(ft.batch_size, len(budget)))
+    trial, targets = finetune(backbone, backbone.feature_dim, train, *held_out, ft, device,
+                              space.num_classes, space.multi_label, seed=cfg.seed,
+                              progress=progress, state=state, saved=saved)
+    trial.labels = len(budget)
+    return (finetune_record(trial, targets, kept_paths(space.records["test"], held_out[1])),
+            [trial])

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from ..config.protocols import CACHED, LINEAR
 from ..plan.methods import METHODS
 from .evidence import (INCONCLUSIVE, LEVEL, MARGIN, MIN_SEEDS, SUPPORTED, UNRESOLVED,
                        Judgement, holm, judge, overall, paired_t, term)
@@ -163,16 +164,16 @@ def compare(name: str, terms: Sequence[Tuple[float, Optional[Cell]]],
 
 
 def judge_claims(cells: Dict[Tuple, Cell], dataset: str, linear_steps: Sequence[int],
-                 mode: str = "cached") -> List[Claim]:
+                 mode: str = CACHED) -> List[Claim]:
     """Claims 1-5 of the paper and the compute-matched control, on ``dataset``."""
     def cell(method: str, steps: Optional[int] = None, **coords) -> Optional[Cell]:
-        return find(cells, "linear", method, dataset, steps, mode=mode, **coords)
+        return find(cells, LINEAR, method, dataset, steps, mode=mode, **coords)
 
     def converged(method: str, steps: int, **coords) -> str:
         """Why ``method`` at ``steps`` is no plateau: it gains more than that gain's
         interval by its next longer budget, or (at its longest) since its previous one
         ('' when not, or when it has one budget only)."""
-        budgets = sorted({k.steps for k in cells if k.protocol == "linear"
+        budgets = sorted({k.steps for k in cells if k.protocol == LINEAR
                           and k.method == method and k.dataset == dataset and k.mode == mode
                           and cells[k] is cell(method, k.steps, **coords)})
         if steps not in budgets or len(budgets) < 2:
@@ -189,7 +190,7 @@ def judge_claims(cells: Dict[Tuple, Cell], dataset: str, linear_steps: Sequence[
         return (f"{method} not converged at {steps} steps ({gain.text()} points from "
                 f"{low} to {high} steps)")
 
-    rand = find(cells, "linear", "random-init", dataset, mode=mode)
+    rand = find(cells, LINEAR, "random-init", dataset, mode=mode)
     base = cell("Base")
     claims = []
 

@@ -19,6 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from ..config.protocols import LINEAR
 from ..device import cpu_threads, machine_facts, resolve_device
 from ..eval.record import EvalRecord
 from ..files import write_text_atomic
@@ -98,7 +99,7 @@ def run_quickstart(output: Path, data_dir: Path, budgets: Optional[Sequence[int]
     spec = load_quickstart(output, data_dir, budgets, base_steps, overrides)
     _, record = run_sweep(spec, SchedulerOptions(executor="debug"), end=False)
     rows = sorted((r for r in rows_from_files(spec.output_dir) if r.method in ROW_ORDER
-                   and r.protocol == "linear"), key=_order)
+                   and r.protocol == LINEAR), key=_order)
     seconds = time.time() - started
     cfg = spec.base_config()
     base = spec.upstream_layout("base")

@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from ..config.schema import PROBE_MODES
+from ..config.protocols import FINETUNE, LINEAR, LINEAR_MODES, PROTOCOLS
+
+DEFAULT_MODE = PROTOCOLS[LINEAR].default_mode
 from ..eval.record import EvalRecord
 from ..errors import HptError
 from ..files import make_folder, write_text_atomic
@@ -62,9 +64,9 @@ def _text(cell: Optional[Cell]) -> str:
     return cell.text() if cell else "–"
 
 
-def _main(cells, dataset: str, protocol: str = "linear") -> list:
+def _main(cells, dataset: str, protocol: str = LINEAR) -> list:
     """Keys of the dataset's cells at every default coordinate but steps and method."""
-    mode = "cached" if protocol == "linear" else ""
+    mode = PROTOCOLS[protocol].default_mode
     return [k for k in cells if k.protocol == protocol and k.dataset == dataset
             and k.augment == "all" and k.images == "all" and k.labels == "all"
             and k.mode == mode]
@@ -75,7 +77,7 @@ def _reference_rows(cells, dataset: str, width: int, labels: int = 1,
     """Raw-pixel and random-init rows; the score sits in the first value column."""
     rows = []
     for method, label in REFERENCE_LABELS.items():
-        cell = find(cells, "linear", method, dataset, labels=probe_labels)
+        cell = find(cells, LINEAR, method, dataset, labels=probe_labels)
         if cell:
             rows.append([label] + [""] * (labels - 1) + [cell.text()]
                         + [""] * (width - labels - 1))
@@ -105,15 +107,15 @@ def _linear_section(cells, dataset: str, out: Path, name: str,
         return []
     steps = sorted({k.steps for k in keys if k.steps > 0})
     methods = _ordered(k.method for k in keys)
-    header, body = _steps_table(cells, "linear", dataset, methods, steps)
+    header, body = _steps_table(cells, LINEAR, dataset, methods, steps)
     lines = [f"### {dataset}: linear probe vs target pretraining steps", ""]
     lines += _table(header, body)
     plot = out / f"{name}-{dataset}-pretraining-steps.png"
     plot_lines(plot, f"{dataset}: linear probe vs target pretraining steps",
                "target pretraining steps",
-               [Series(m, m, [(s, find(cells, "linear", m, dataset, s)) for s in steps])
+               [Series(m, m, [(s, find(cells, LINEAR, m, dataset, s)) for s in steps])
                 for m in methods if m not in STEPLESS],
-               {m: find(cells, "linear", m, dataset)
+               {m: find(cells, LINEAR, m, dataset)
                 for m in [m for m in methods if m in STEPLESS] + list(REFERENCE_LABELS)},
                log_x=True)
     plots.append(plot)
@@ -136,11 +138,11 @@ def probe_curves(cells, keys, methods: Sequence[str],
     curves: Dict[str, Tuple[str, Optional[Cell]]] = {}
     for m in methods:
         if m in STEPLESS:
-            curves[m] = (m, find(cells, "linear", m, dataset))
+            curves[m] = (m, find(cells, LINEAR, m, dataset))
         else:
             own = max((k.steps for k in keys if k.method == m and k.steps > 0), default=0)
-            curves[f"{m} ({own} steps)"] = (m, find(cells, "linear", m, dataset, own))
-    curves.update({label: (m, find(cells, "linear", m, dataset))
+            curves[f"{m} ({own} steps)"] = (m, find(cells, LINEAR, m, dataset, own))
+    curves.update({label: (m, find(cells, LINEAR, m, dataset))
                    for m, label in REFERENCE_LABELS.items()})
     return curves
 
@@ -153,10 +155,10 @@ def _transfer_section(cells, dataset: str) -> List[str]:
     body = []
     for name, method in TRANSFER:
         if method in STEPLESS:
-            body.append([name, method, _text(find(cells, "linear", method, dataset))]
+            body.append([name, method, _text(find(cells, LINEAR, method, dataset))]
                         + [""] * (len(steps) - 1))
         else:
-            body.append([name, method] + [_text(find(cells, "linear", method, dataset, s))
+            body.append([name, method] + [_text(find(cells, LINEAR, method, dataset, s))
                                           for s in steps])
     body += _reference_rows(cells, dataset, len(header), labels=2)
     return [f"### {dataset}: sequential transfer (linear probe)", ""] + _table(header, body)
@@ -169,8 +171,8 @@ def _value_order(values) -> List[str]:
 
 def _ablation_section(cells, dataset: str, axis: str, title: str, label: str, out: Path,
                       plot_name: str, plots: List[Path]) -> List[str]:
-    keys = [k for k in cells if k.protocol == "linear" and k.dataset == dataset
-            and k.labels == "all" and k.mode == "cached" and getattr(k, axis) != "all"
+    keys = [k for k in cells if k.protocol == LINEAR and k.dataset == dataset
+            and k.labels == "all" and k.mode == DEFAULT_MODE and getattr(k, axis) != "all"
             and (k.augment == "all" or k.images == "all")]
     if not keys:
         return []
@@ -182,7 +184,7 @@ def _ablation_section(cells, dataset: str, axis: str, title: str, label: str, ou
     body, series = [], []
     for method in _ordered({k.method for k in keys}):
         for steps in sorted({k.steps for k in keys if k.method == method}):
-            row = [find(cells, "linear", method, dataset, steps, **{axis: v}) for v in values]
+            row = [find(cells, LINEAR, method, dataset, steps, **{axis: v}) for v in values]
             full = row[-1]
             texts = [_text(c) + (f" ({100 * (c.mean - full.mean):+.1f})"
                                  if c and full and c is not full else "") for c in row]
@@ -196,7 +198,7 @@ def _ablation_section(cells, dataset: str, axis: str, title: str, label: str, ou
     plot = out / plot_name
     if amounts:
         plot_lines(plot, f"{dataset}: {title}", "target pretraining images", series,
-                   {m: find(cells, "linear", m, dataset) for m in REFERENCE_LABELS},
+                   {m: find(cells, LINEAR, m, dataset) for m in REFERENCE_LABELS},
                    categorical=True)
         note = ("in parentheses: change against all target images; queue (images): the "
                 "effective MoCo queue (capped to what the data fills) and the training "
@@ -211,8 +213,8 @@ def _ablation_section(cells, dataset: str, axis: str, title: str, label: str, ou
 
 
 def _labels_section(cells, dataset: str) -> List[str]:
-    keys = [k for k in cells if k.protocol == "linear" and k.dataset == dataset
-            and k.labels != "all" and k.mode == "cached"]
+    keys = [k for k in cells if k.protocol == LINEAR and k.dataset == dataset
+            and k.labels != "all" and k.mode == DEFAULT_MODE]
     if not keys:
         return []
     values = _value_order({k.labels for k in keys}) + ["all"]
@@ -224,9 +226,9 @@ def _labels_section(cells, dataset: str) -> List[str]:
             if method in REFERENCE_LABELS:
                 continue
             body.append([method, str(steps or "–")] + [
-                _text(find(cells, "linear", method, dataset, steps, labels=v)) for v in values])
+                _text(find(cells, LINEAR, method, dataset, steps, labels=v)) for v in values])
     for method, label in REFERENCE_LABELS.items():
-        body.append([label, "–"] + [_text(find(cells, "linear", method, dataset, labels=v))
+        body.append([label, "–"] + [_text(find(cells, LINEAR, method, dataset, labels=v))
                                     for v in values])
     return ([f"### {dataset}: low-label probing (cached linear probe)", "",
              "probe training labels per class, seeded, every class covered", ""]
@@ -241,12 +243,11 @@ def _protocol_section(cells, dataset: str, steps: Sequence[int], mode: str) -> L
         return []
     body = []
     for k in sorted(keys, key=lambda k: (_ordered([k.method]), k.steps)):
-        cached = find(cells, "linear", k.method, dataset, k.steps or None)
+        cached = find(cells, LINEAR, k.method, dataset, k.steps or None)
         body.append([k.method, str(k.steps or "–"), _text(cells[k]), _text(cached)])
-    title = "the paper's augmented probe" if mode == "augmented" else \
-        cells[keys[0]].first.evaluation
-    lines = [f"### {dataset}: protocol check ({title} vs cached)", ""]
-    lines += _table(["method", "target steps", mode, "cached"], body)
+    title = PROTOCOLS[LINEAR].mode(mode).title or cells[keys[0]].first.evaluation
+    lines = [f"### {dataset}: protocol check ({title} vs {DEFAULT_MODE})", ""]
+    lines += _table(["method", "target steps", mode, DEFAULT_MODE], body)
     other = {j.comparison: j.verdict for c in judge_claims(cells, dataset, steps, mode)
              for j in c.judgements if MISSING not in j.reasons}
     cached = {j.comparison: j.verdict for c in judge_claims(cells, dataset, steps)
@@ -262,13 +263,13 @@ def _protocol_section(cells, dataset: str, steps: Sequence[int], mode: str) -> L
 
 
 def _finetune_section(cells, dataset: str) -> List[str]:
-    keys = _main(cells, dataset, "finetune")
+    keys = _main(cells, dataset, FINETUNE)
     if not keys:
         return []
     steps = sorted({k.steps for k in keys if k.steps > 0})
-    header, body = _steps_table(cells, "finetune", dataset, _ordered({k.method for k in keys}),
+    header, body = _steps_table(cells, FINETUNE, dataset, _ordered({k.method for k in keys}),
                                 steps)
-    labels = cells[keys[0]].first.mode.replace("finetune", "").strip(" ()")
+    labels = cells[keys[0]].first.mode.replace(FINETUNE, "").strip(" ()")
     return ([f"### {dataset}: semi-supervised fine-tuning ({labels}), test accuracy", "",
              "reference rows are linear probes", ""] + _table(header, body))
 
@@ -309,7 +310,7 @@ def build_report(rows: Sequence[EvalRecord], out: Path, name: str, preamble: str
         lines += _ablation_section(cells, dataset, "images", "target-data amount", "n =",
                                    out, f"{name}-{dataset}-data-amount.png", plots)
         lines += _labels_section(cells, dataset)
-        for mode in PROBE_MODES[1:]:
+        for mode in LINEAR_MODES[1:]:
             lines += _protocol_section(cells, dataset, steps, mode)
         lines += _finetune_section(cells, dataset)
     md = "\n".join(lines) + "\n"

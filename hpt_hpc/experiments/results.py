@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..config import OutputLayout
+from ..config.protocols import probe_mode
 from ..config.refs import INIT_TAG, OLD_INIT_TAG
 from ..errors import HptError
 from ..eval.record import (PREDICTIONS_ARTIFACTS, CellKey, EvalRecord, Predictions,
@@ -193,9 +194,9 @@ def find(cells: Dict[Tuple, Cell], protocol: str, method: str, dataset: str,
          steps: Optional[int] = None, augment: str = "all", images: str = "all",
          labels: str = "all", mode: Optional[str] = None) -> Optional[Cell]:
     """The cell of these coordinates (``steps=None``: methods without a step budget;
-    ``mode``: cached | augmented for linear probes, default cached)."""
+    ``mode``: a linear probe's mode, default the protocol's default mode)."""
     if mode is None:
-        mode = "cached" if protocol == "linear" else ""
+        mode = probe_mode(protocol, "")  # the protocol's default mode
     return cells.get(CellKey(protocol, method, dataset, steps or 0, augment, str(images),
                              str(labels), mode))
 

@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
 from ..config import ExperimentConfig, InitRef, StageLayout, config_to_dict
+from ..config.protocols import PROTOCOLS as PROTOCOL_TABLE
 from ..config.refs import INIT_TAG
 from .methods import filed_steps
 
 DEPENDENCIES = ("afterok", "afterany")
-PROTOCOLS = ("linear", "finetune")  # evaluation protocols: linear probe, fine-tuning
+PROTOCOLS = tuple(PROTOCOL_TABLE)  # evaluation protocols (config/protocols.py)
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,7 @@ class EvalPlan:
 
     def describe(self) -> str:
         what = self.method if self.checkpoint.is_random else str(self.checkpoint)
-        mode = self.config.probe.mode if self.protocol == "linear" else \
+        mode = self.config.probe.mode if PROTOCOL_TABLE[self.protocol].modes else \
             f"{self.config.finetune.labels} labels"
         return f"{self.label}: {self.protocol} ({mode}) of {what} on {self.dataset}"
 

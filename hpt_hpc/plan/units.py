@@ -16,11 +16,13 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 from ..config import STAGE_NAMES, ConfigError
 from ..config.loader import suggest
+from ..config.protocols import LINEAR, PROTOCOLS as PROTOCOL_TABLE
 from ..config.schema import PROBE_MODES
 from .methods import METHODS, REFERENCES, method
 from .plans import PROTOCOLS
 from .spec import ExperimentSpec
 
+DEFAULT_MODE = PROTOCOL_TABLE[LINEAR].default_mode  # a sweep's probe mode unless it says
 AUGMENTATIONS = ("crop", "color_jitter", "grayscale", "blur", "flip")
 AUGMENT_PRESETS: Dict[str, Tuple[str, ...]] = {  # preset -> augmentations kept
     "all": AUGMENTATIONS,
@@ -70,7 +72,7 @@ class EvalUnit:
     images: Optional[int] = None
     pretrain: Optional[str] = None  # the pretrain unit evaluated (None: a reference)
     studies: List[str] = field(default_factory=list)
-    probe_mode: str = "cached"  # linear probes: cached | augmented
+    probe_mode: str = DEFAULT_MODE  # linear probes: a probe mode (config/protocols.py)
     probe_labels: Optional[int] = None  # linear probes: labelled images per class (None: all)
     overrides: Tuple[str, ...] = ()  # the study's probe.*/finetune.* overrides
     base_seed: int = 0
@@ -172,12 +174,11 @@ def check_axes(spec: ExperimentSpec) -> None:
 
 def expand(spec: ExperimentSpec) -> Expansion:
     """All units of all studies, deduplicated, in a stable order."""
-    pretrain: Dict[str, PretrainUnit] = {}
-    evals: Dict[str, EvalUnit] = {}
+    units = _Units()
     default_steps = int(spec.config.get("optim", {}).get("iterations", 500))
     for study in spec.studies:
         axes = study.axes
-        probing = list(itertools.product(axes.get("probe_mode", ["cached"]),
+        probing = list(itertools.product(axes.get("probe_mode", [DEFAULT_MODE]),
                                          axes.get("probe_labels", ["all"])))
         for name, dataset in itertools.product(axes.get("method", ["HPT"]), axes["dataset"]):
             name = method(name).name
@@ -186,22 +187,24 @@ def expand(spec: ExperimentSpec) -> Expansion:
                                      axes.get("seed", [0]), bases,
                                      axes.get("augment", ["all"]),
                                      axes.get("images", ["all"]),
-                                     axes.get("evaluate", ["linear"]), probing)
+                                     axes.get("evaluate", [LINEAR]), probing)
             for steps, seed, base, augment, images, protocol, (mode, labels) in grid:
-                _add_units(pretrain, evals, study.name, name, dataset, steps, int(seed),
-                           augment, _images(images), protocol, mode, _images(labels),
-                           tuple(study.evaluation), spec.ssl_suffix, int(base))
+                units.add(GridPoint(study.name, name, dataset, steps, int(seed), augment,
+                                    _images(images), protocol, mode, _images(labels),
+                                    tuple(study.evaluation), spec.ssl_suffix, int(base)))
         if spec.references:  # cached; random init also in the study's other probe modes
-            modes = [("cached", labels) for labels in axes.get("probe_labels", ["all"])]
+            modes = [(DEFAULT_MODE, labels) for labels in axes.get("probe_labels", ["all"])]
             for dataset, (mode, labels) in itertools.product(
-                    axes["dataset"], modes + [p for p in probing if p[0] != "cached"]):
+                    axes["dataset"], modes + [p for p in probing if p[0] != DEFAULT_MODE]):
                 for ref in REFERENCES:  # (a claim's precondition compares in its own mode)
-                    if ref != "random-init" and mode != "cached":
+                    if ref != "random-init" and mode != DEFAULT_MODE:
                         continue
-                    overrides = tuple(study.evaluation) if mode != "cached" else ()
+                    overrides = tuple(study.evaluation) if mode != DEFAULT_MODE else ()
                     for seed in (axes.get("seed", [0]) if ref == "random-init" else [0]):
-                        _add_units(pretrain, evals, study.name, ref, dataset, 0, int(seed),
-                                   "all", None, "linear", mode, _images(labels), overrides)
+                        units.add(GridPoint(study.name, ref, dataset, 0, int(seed), "all",
+                                            None, LINEAR, mode, _images(labels),
+                                            overrides))
+    pretrain, evals = units.pretrain, units.evals
     needed = {METHODS[u.method].starts_from for u in pretrain.values()} - {None}
     if "source" in needed:
         needed.add("base")
@@ -214,46 +217,71 @@ def _probe_part(protocol: str, mode: str, labels: Optional[int],
     """The evaluation's id suffix: protocol, then non-default probing choices, then a
     short hash of a study's evaluation overrides."""
     parts = [protocol]
-    if protocol == "linear":
-        parts += ([mode] if mode != "cached" else []) + ([f"{labels}pc"] if labels else [])
+    if PROTOCOL_TABLE[protocol].modes:  # the linear probe's non-default mode and labels
+        parts += ([mode] if mode != DEFAULT_MODE else []) + ([f"{labels}pc"] if labels else [])
     if overrides:
         parts.append("s" + hashlib.sha256("\n".join(overrides).encode()).hexdigest()[:6])
     return "-".join(parts)
 
 
-def _add_units(pretrain, evals, study, name, dataset, steps, seed, augment, images,
-               protocol, mode="cached", labels=None, overrides=(), ssl="",
-               base_seed=0) -> None:
-    probe = _probe_part(protocol, mode, labels, overrides)
-    if protocol != "linear":
-        mode, labels = "cached", None
-    if name in REFERENCES:
-        if protocol != "linear":
-            return  # references are linear probes
-        seed_part = f"-seed{seed}" if name == "random-init" else ""
-        uid = f"ref-{name}-{dataset}{seed_part}-{probe}"
-        unit = evals.setdefault(uid, EvalUnit(uid, "linear", name, dataset, 0,
-                                              seed if seed_part else 0, probe_mode=mode,
-                                              probe_labels=labels, overrides=overrides))
-        _add_study(unit, study)
-        return
-    steps = int(steps) if METHODS[name].uses_steps else 0
-    parts = [_slug(name), _slug(str(dataset)), f"{steps}st", f"seed{seed}"]
-    if base_seed:  # base seed 0: the ids of every earlier sweep
-        parts.append(f"b{base_seed}")
-    if augment != "all":
-        parts.append(f"aug-{_slug(augment)}")
-    if images is not None:
-        parts.append(f"n{images}")
-    pid = "-".join(parts) + ssl  # the ssl method's part (none for MoCo-v2)
-    unit = pretrain.setdefault(pid, PretrainUnit(pid, name, dataset, steps, seed, augment,
-                                                 images, base_seed=base_seed))
-    _add_study(unit, study)
-    eid = f"{pid}-{probe}"
-    ev = evals.setdefault(eid, EvalUnit(eid, protocol, name, dataset, steps, seed, augment,
-                                        images, pid, probe_mode=mode, probe_labels=labels,
-                                        overrides=overrides, base_seed=base_seed))
-    _add_study(ev, study)
+@dataclass(frozen=True)
+class GridPoint:
+    """One point of a study's grid: a method's pretraining coordinates and one evaluation
+    of it (``ssl``: the sweep's ssl suffix of unit ids)."""
+
+    study: str
+    method: str
+    dataset: str
+    steps: int
+    seed: int
+    augment: str
+    images: Optional[int]
+    protocol: str
+    mode: str = DEFAULT_MODE
+    labels: Optional[int] = None
+    overrides: Tuple[str, ...] = ()
+    ssl: str = ""
+    base_seed: int = 0
+
+
+@dataclass
+class _Units:
+    """The units of an expansion by id (a unit several studies share is kept once)."""
+
+    pretrain: Dict[str, PretrainUnit] = field(default_factory=dict)
+    evals: Dict[str, EvalUnit] = field(default_factory=dict)
+
+    def add(self, p: GridPoint) -> None:
+        """The pretraining unit and the evaluation of one grid point (a reference: the
+        evaluation alone; references are linear probes only)."""
+        probe = _probe_part(p.protocol, p.mode, p.labels, p.overrides)
+        mode, labels = (p.mode, p.labels) if p.protocol == LINEAR else (DEFAULT_MODE, None)
+        if p.method in REFERENCES:
+            if p.protocol != LINEAR:
+                return
+            seed_part = f"-seed{p.seed}" if p.method == "random-init" else ""
+            uid = f"ref-{p.method}-{p.dataset}{seed_part}-{probe}"
+            _add_study(self.evals.setdefault(uid, EvalUnit(
+                uid, LINEAR, p.method, p.dataset, 0, p.seed if seed_part else 0,
+                probe_mode=mode, probe_labels=labels, overrides=p.overrides)), p.study)
+            return
+        steps = int(p.steps) if METHODS[p.method].uses_steps else 0
+        parts = [_slug(p.method), _slug(str(p.dataset)), f"{steps}st", f"seed{p.seed}"]
+        if p.base_seed:  # base seed 0: the ids of every earlier sweep
+            parts.append(f"b{p.base_seed}")
+        if p.augment != "all":
+            parts.append(f"aug-{_slug(p.augment)}")
+        if p.images is not None:
+            parts.append(f"n{p.images}")
+        pid = "-".join(parts) + p.ssl  # the ssl method's part (none for MoCo-v2)
+        _add_study(self.pretrain.setdefault(pid, PretrainUnit(
+            pid, p.method, p.dataset, steps, p.seed, p.augment, p.images,
+            base_seed=p.base_seed)), p.study)
+        eid = f"{pid}-{probe}"
+        _add_study(self.evals.setdefault(eid, EvalUnit(
+            eid, p.protocol, p.method, p.dataset, steps, p.seed, p.augment, p.images, pid,
+            probe_mode=mode, probe_labels=labels, overrides=p.overrides,
+            base_seed=p.base_seed)), p.study)
 
 
 def _add_study(unit: Union[PretrainUnit, EvalUnit], study: str) -> None:
