@@ -129,3 +129,19 @@ def test_the_claims_judged_are_the_claim_numbers_a_caveat_may_name():
     from hpt_hpc.plan.methods import CLAIM_NUMBERS
     judged = re.findall(r'Claim\("(\w+)"', inspect.getsource(claims.judge_claims))
     assert tuple(judged) == CLAIM_NUMBERS
+
+
+def test_the_report_sections_of_each_protocol_are_headed_by_the_table(tmp_path):
+    """The linear and fine-tuning sections take their headings from the protocol table
+    (a protocol's heading changed there is what the report prints)."""
+    import dataclasses
+
+    from hpt_hpc.config.protocols import FINETUNE, LINEAR, PROTOCOLS
+    from hpt_hpc.experiments.report import build_report
+    rows = [record("HPT", 50, s, 0.9) for s in SEEDS]
+    rows += [dataclasses.replace(record("HPT", 50, s, 0.93), protocol=FINETUNE,
+                                 mode="finetune (100 labels)") for s in SEEDS]
+    md = build_report(rows, tmp_path, "r").markdown
+    assert f"### mnist: {PROTOCOLS[LINEAR].heading}\n" in md
+    assert f"### mnist: {PROTOCOLS[FINETUNE].heading} (100 labels), test accuracy" in md
+    assert PROTOCOLS[FINETUNE].heading == "semi-supervised fine-tuning"

@@ -52,7 +52,8 @@ class Protocol:
     command: str  # its CLI command (``hpt-hpc <command>``)
     runner: str  # ``"module:function"`` -> (EvalRecord, trials)
     record: str  # ``"module:function"``: its trials -> its EvalRecord
-    title: str  # its report section and descriptions
+    title: str  # its name in descriptions (``fine-tune (100 labels)``)
+    heading: str = ""  # its report section's heading (after ``<dataset>: ``)
     modes: Tuple[Mode, ...] = ()
     options: Tuple[Option, ...] = ()
 
@@ -83,7 +84,8 @@ _FINETUNE_OPTIONS = (
 
 PROTOCOLS: Dict[str, Protocol] = {p.name: p for p in (
     Protocol(LINEAR, "probe", "probe", "hpt_hpc.eval.runner:evaluate_linear",
-             "hpt_hpc.eval.runner:linear_record", "linear probe", (
+             "hpt_hpc.eval.runner:linear_record", "linear probe", "linear probe vs target "
+             "pretraining steps", (
                  Mode(CACHED, "hpt_hpc.eval.runner:cached_trials",
                       "features once, no augmentation"),
                  Mode(AUGMENTED, "hpt_hpc.eval.runner:augmented_trials",
@@ -98,7 +100,8 @@ PROTOCOLS: Dict[str, Protocol] = {p.name: p for p in (
                       trained=False, label="NCM"),
              ), _LINEAR_OPTIONS),
     Protocol(FINETUNE, "finetune", "finetune", "hpt_hpc.eval.runner:evaluate_finetune",
-             "hpt_hpc.eval.runner:finetune_record", "fine-tune", (), _FINETUNE_OPTIONS),
+             "hpt_hpc.eval.runner:finetune_record", "fine-tune",
+             "semi-supervised fine-tuning", (), _FINETUNE_OPTIONS),
 )}
 LINEAR_MODES = PROTOCOLS[LINEAR].mode_names  # probe.mode's values
 

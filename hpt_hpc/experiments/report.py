@@ -108,7 +108,7 @@ def _linear_section(cells, dataset: str, out: Path, name: str,
     steps = sorted({k.steps for k in keys if k.steps > 0})
     methods = _ordered(k.method for k in keys)
     header, body = _steps_table(cells, LINEAR, dataset, methods, steps)
-    lines = [f"### {dataset}: linear probe vs target pretraining steps", ""]
+    lines = [f"### {dataset}: {PROTOCOLS[LINEAR].heading}", ""]
     lines += _table(header, body)
     plot = out / f"{name}-{dataset}-pretraining-steps.png"
     plot_lines(plot, f"{dataset}: linear probe vs target pretraining steps",
@@ -270,7 +270,7 @@ def _finetune_section(cells, dataset: str) -> List[str]:
     header, body = _steps_table(cells, FINETUNE, dataset, _ordered({k.method for k in keys}),
                                 steps)
     labels = cells[keys[0]].first.mode.replace(FINETUNE, "").strip(" ()")
-    return ([f"### {dataset}: semi-supervised fine-tuning ({labels}), test accuracy", "",
+    return ([f"### {dataset}: {PROTOCOLS[FINETUNE].heading} ({labels}), test accuracy", "",
              "reference rows are linear probes", ""] + _table(header, body))
 
 
