@@ -45,16 +45,21 @@ def _line(markdown: str, comparison: str) -> str:
     return next(line for line in markdown.splitlines() if f"| {comparison} |" in line)
 
 
-def test_report_verdicts_name_seeds_equivalence_and_preconditions(tmp_path, mnist_tree):
-    experiment = write_tiny_experiment(tmp_path, {"mnist": mnist_tree}, {
-        "s": {"method": ["HPT"], "dataset": ["mnist"], "steps": [2]}})
+def _report(tmp_path, experiment) -> str:
+    """The planted rows as result files, reported through the CLI: the Markdown."""
     for i, rec in enumerate(_rows()):
         uid = f"u{i}-{rec.method}-{rec.steps}-{rec.seed}"
         write_record_file(rec, tmp_path / "out" / "units" / uid / "results" / f"{uid}.json")
     result = CliRunner().invoke(cli, ["report", str(experiment), "--from-files",
                                       "--out", str(tmp_path / "report")])
     assert result.exit_code == 0, result.output
-    md = (tmp_path / "report" / "tiny-sweep.md").read_text()
+    return (tmp_path / "report" / "tiny-sweep.md").read_text()
+
+
+def test_report_verdicts_name_seeds_equivalence_and_preconditions(tmp_path, mnist_tree):
+    experiment = write_tiny_experiment(tmp_path, {"mnist": mnist_tree}, {
+        "s": {"method": ["HPT"], "dataset": ["mnist"], "steps": [2]}})
+    md = _report(tmp_path, experiment)
     assert "tie" not in md.lower().replace("tied", "")
     # a difference inside ±1 point is equivalent; one containing 0 but wider, unresolved
     equivalent = _line(md, "HPT-BN − HPT (300 images)")
@@ -105,13 +110,7 @@ def test_an_experiment_file_caveat_follows_its_claims_verdict(tmp_path, mnist_tr
     text = "the queue and the passes per image change with the amount"
     experiment = write_tiny_experiment(tmp_path, {"mnist": mnist_tree}, studies,
                                        caveats={5: text})
-    for i, rec in enumerate(_rows()):
-        uid = f"u{i}-{rec.method}-{rec.steps}-{rec.seed}"
-        write_record_file(rec, tmp_path / "out" / "units" / uid / "results" / f"{uid}.json")
-    result = CliRunner().invoke(cli, ["report", str(experiment), "--from-files",
-                                      "--out", str(tmp_path / "report")])
-    assert result.exit_code == 0, result.output
-    md = (tmp_path / "report" / "tiny-sweep.md").read_text()
+    md = _report(tmp_path, experiment)
     claim5 = next(line for line in md.splitlines() if line.startswith("| 5 | HPT beats"))
     assert claim5.endswith(f"; caveat: {text} |")
     assert md.count("caveat:") == 1
