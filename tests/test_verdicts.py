@@ -144,3 +144,10 @@ def test_the_report_sections_of_each_protocol_are_headed_by_the_table(tmp_path):
     assert f"### mnist: {PROTOCOLS[LINEAR].heading}\n" in md
     assert f"### mnist: {PROTOCOLS[FINETUNE].heading} (100 labels), test accuracy" in md
     assert PROTOCOLS[FINETUNE].heading == "semi-supervised fine-tuning"
+
+
+def test_a_pipe_in_a_table_cell_never_adds_a_column():
+    from hpt_hpc.experiments.tables import markdown_table
+    lines = markdown_table(["#", "verdict"], [["3", "supported; caveat: a | b"]])
+    assert lines[2] == "| 3 | supported; caveat: a \\| b |"
+    assert len(lines[2].replace("\\|", "").split("|")) == len(lines[0].split("|"))

@@ -11,11 +11,13 @@ from ..files import atomic_write
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]],
                    align: str = "") -> List[str]:
-    """Lines of a Markdown table; ``align`` per column: ``l`` (default) or ``r``."""
+    """Lines of a Markdown table; ``align`` per column: ``l`` (default) or ``r``. A ``|``
+    inside a cell (a caveat's text, a dataset name) is escaped: it never adds a column."""
     marks = ["---:" if align[i:i + 1] == "r" else "---" for i in range(len(header))]
-    lines = ["| " + " | ".join(str(h) for h in header) + " |", "|" + "|".join(marks) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return lines
+
+    def line(cells) -> str:
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+    return [line(header), "|" + "|".join(marks) + "|"] + [line(row) for row in rows]
 
 
 def text_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> List[str]:
