@@ -90,12 +90,15 @@ def _check_sizes(table: ShardTable) -> None:
 
 
 def _run(pipe):
+    """``pipe.run()``; DALI's failure (a damaged shard, a corrupt image: DALI skips no
+    sample) as one line: the shard when DALI names it, else the operator's own cause."""
     try:
         return pipe.run()
     except Exception as exc:  # noqa: BLE001 - DALI reports a damaged shard as an error
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-        line = next((ln for ln in lines if ".tar" in ln), next(
-            (ln for ln in lines if "rror" in ln), lines[0] if lines else type(exc).__name__))
+        cause = lines[lines.index("encountered:") + 1:] if "encountered:" in lines else []
+        line = next((ln for ln in lines if ".tar" in ln), next(iter(cause), next(
+            (ln for ln in lines if "rror" in ln), lines[0] if lines else type(exc).__name__)))
         raise HptError(f"DALI could not read the shards: {line[:300]}; `hpt-hpc data check` "
                        "names the damaged shard (or read them with data.backend "
                        "torchvision, which skips it)") from None
