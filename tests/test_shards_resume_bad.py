@@ -130,3 +130,20 @@ def test_a_stage_preempted_after_bad_samples_resumes_bit_identically(
     a, b = (load_checkpoint(r["checkpoint"])["model"] for r in (full, rest))
     for key, value in a.items():
         assert torch.equal(value, b[key]), key
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_shards_without_a_readable_image_are_one_line(tmp_path, mnist_tree, workers):
+    """Every image cut short: the top-ups find nothing either, and the stage ends with
+    one line instead of reading forever."""
+    for path in sorted((mnist_tree / "val").glob("*/*.png"))[:16]:
+        target = tmp_path / "src" / "train" / path.parent.name / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(path.read_bytes()[:120])
+    out = CliRunner().invoke(cli, ["data", "shard", str(tmp_path / "src"),
+                                   str(tmp_path / "shards"), "--shard-size", "4k"])
+    assert out.exit_code == 0, out.output
+    config, _ = _config(tmp_path / "run", tmp_path / "shards", workers)
+    out = CliRunner().invoke(cli, ["train", "--config", str(config)])
+    assert out.exit_code == 2 and out.output.count("\n") == 1, out.output
+    assert "found no readable image in its shards" in out.output

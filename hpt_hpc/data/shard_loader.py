@@ -286,9 +286,9 @@ class ShardPretrainLoader:
                         self.step += 1
                         yield tuple(batch[0])
                 if self.step < self.steps_per_epoch:
-                    raise DatasetError(f"rank {self.stream.rank} found too few readable "
-                                       "images to fill a batch; run `hpt-hpc data check` "
-                                       "on the dataset")
+                    raise DatasetError(f"rank {self.stream.rank} found no readable image "
+                                       "in its shards; run `hpt-hpc data check` on the "
+                                       "dataset")
             self.epoch, self.step = self.epoch + 1, 0
 
     def close(self) -> None:
