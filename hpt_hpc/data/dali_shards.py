@@ -7,7 +7,9 @@ Same interface and semantics as the torchvision shard loaders
 shuffle buffer of ``data.shuffle_buffer`` samples, a stream that is a function of the
 seed and the epoch (a pipeline per epoch, seeded by seed, rank and epoch), the same
 ``steps_per_epoch`` on every rank. ``set_epoch(e, step)`` rebuilds epoch ``e`` and runs
-(and drops) its first ``step`` batches, so a resumed stage sees the same stream. The two
+(and drops) its first ``step`` batches, so a resumed stage sees the same stream: DALI
+skips no sample (a corrupt image or a shard of the wrong size fails the stage in one
+line), so the batches it drops are those the unbroken run trained on. The two
 backends read different samples in a different order (each is reproducible on its own).
 
 The readers take the encoded bytes straight to DALI's decoder: only splits whose

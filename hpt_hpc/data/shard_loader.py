@@ -4,15 +4,27 @@ Pretraining (:class:`ShardPretrainLoader`): rank ``r`` of ``R`` reads shards ``r
 ...``; its loader worker ``w`` of ``W`` reads every ``W``-th of those. Each epoch every
 worker reads its shards in an order seeded by ``(seed, epoch, rank, worker)`` through a
 shuffle buffer of ``data.shuffle_buffer`` samples drawn from the same generator and makes
-whole batches of them; the loader takes one batch from each worker in turn (PyTorch's
-order), so the stream is a function of ``seed`` and the epoch. Every rank makes the same
-``steps_per_epoch``: the smallest rank's whole batches. ``set_epoch(e, step)`` starts epoch ``e`` at batch
-``step``: each worker passes over its share of the first ``step`` batches, handing over
-an empty marker for each so that the workers keep their turns, and a resumed stage sees
-the stream an uninterrupted one would have. The workers' generators are seeded by
-``(seed, rank, epoch)``; a worker decodes (and drops) the samples it passes over so that
-its augmentations continue as in an unbroken run (without workers the checkpoint restores
-the main process's generator, and nothing is decoded).
+whole batches of its readable samples; the loader takes one batch from each worker in
+turn (PyTorch's order). Every rank makes the same ``steps_per_epoch``: the smallest rank's
+whole batches by the manifest's counts, and each worker makes a fixed share of them (its
+turns, :func:`round_robin_skips` of those counts). Bad samples never change a share: a
+worker they leave short tops up from further passes over all of its rank's shards
+(seeded by the pass too), so the stream is a function of ``seed`` and the epoch. A
+worker's last batch also names the bad samples in the rest of its shards, so every
+complete epoch names all of them.
+
+``set_epoch(e, step)`` starts epoch ``e`` at batch ``step``: each worker passes over its
+share of the first ``step`` batches, handing over an empty marker (with the bad samples
+met) for each so that the workers keep their turns. A batch passed over is the next
+``batch_size`` *readable* samples, as in the unbroken run, so every sample is decoded to
+tell; in a worker the transform runs too, so that its generator (seeded by ``(seed,
+rank, epoch)``) continues as in an unbroken run; in the main process it does not, as the
+checkpoint restores that generator. A resumed stage thus sees the unbroken stream, and
+names the bad samples before the resume point once, as the unbroken run did. The cost:
+at most one epoch's decoding, once per resume (DALI's replay decodes too). Saving each
+worker's sample position in the checkpoint instead would spare only the main process's
+decoding (workers still decode to advance their generators) and would put one backend's
+loader state into the stage checkpoint.
 
 Evaluations need any image in any order: they read shards through the usual
 :class:`~hpt_hpc.data.loader.EvalLoader`, one image at a time by its offset
