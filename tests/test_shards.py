@@ -115,6 +115,7 @@ def _rows(loader, epochs=1):
     out = []
     for epoch in range(epochs):
         loader.stream.epoch, loader.stream.skips = epoch, [0]
+        loader.stream.uses = loader.worker_batches()  # every whole batch of each worker
         items = _stream_loader(loader.stream, loader.workers, 0)
         out.append([row for batch, _ in items for row in batch[2].tolist()])
     return out

@@ -122,3 +122,31 @@ def test_train_on_shards_with_dali_through_the_cli(tmp_path, packed):
     assert out.exit_code == 0, out.output
     result = json.loads((tmp_path / "out" / "target" / "result.json").read_text())
     assert result["steps"] == 6
+
+
+def test_dali_refuses_a_corrupt_image_in_a_shard_in_one_line(tmp_path, packed):
+    """DALI never skips a sample (a corrupt image fails the stage), so the batches a
+    resume replays are always those of the unbroken run; the line names the failure."""
+    import shutil
+    import tarfile
+    shards = tmp_path / "shards"
+    shutil.copytree(packed, shards)
+    tar_path = sorted((shards / "train").glob("*.tar"))[0]
+    with tarfile.open(tar_path) as tar:
+        member = [m for m in tar.getmembers() if m.name.endswith(".png")][1]
+    data = bytearray(tar_path.read_bytes())  # zeros after the PNG header, same size
+    data[member.offset_data + 40:member.offset_data + member.size] = bytes(member.size - 40)
+    tar_path.write_bytes(bytes(data))
+    from tiny import write_tiny_config
+    config = write_tiny_config(tmp_path, {"mnist": shards},
+                               {"target": {"dataset": "mnist", "variant": "scratch"}},
+                               data=DALI)
+    out = CliRunner().invoke(cli, ["train", "--config", str(config), "--set",
+                                   "datasets.mnist.format=shards", "--set",
+                                   "optim.iterations=25"])  # one epoch of rank 0
+    assert out.exit_code == 2 and out.output.count("\n") == 1, out.output
+    assert "DALI could not read the shards: " in out.output, out.output
+    assert "Critical error" not in out.output and "data check" in out.output
+    check = CliRunner().invoke(cli, ["data", "check", str(shards), "--format", "shards",
+                                     "--channels", "1"])
+    assert "damaged shards (1)" in check.output and tar_path.name in check.output

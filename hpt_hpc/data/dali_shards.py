@@ -7,7 +7,9 @@ Same interface and semantics as the torchvision shard loaders
 shuffle buffer of ``data.shuffle_buffer`` samples, a stream that is a function of the
 seed and the epoch (a pipeline per epoch, seeded by seed, rank and epoch), the same
 ``steps_per_epoch`` on every rank. ``set_epoch(e, step)`` rebuilds epoch ``e`` and runs
-(and drops) its first ``step`` batches, so a resumed stage sees the same stream. The two
+(and drops) its first ``step`` batches, so a resumed stage sees the same stream: DALI
+skips no sample (a corrupt image or a shard of the wrong size fails the stage in one
+line), so the batches it drops are those the unbroken run trained on. The two
 backends read different samples in a different order (each is reproducible on its own).
 
 The readers take the encoded bytes straight to DALI's decoder: only splits whose
@@ -90,12 +92,15 @@ def _check_sizes(table: ShardTable) -> None:
 
 
 def _run(pipe):
+    """``pipe.run()``; DALI's failure (a damaged shard, a corrupt image: DALI skips no
+    sample) as one line: the shard when DALI names it, else the operator's own cause."""
     try:
         return pipe.run()
     except Exception as exc:  # noqa: BLE001 - DALI reports a damaged shard as an error
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-        line = next((ln for ln in lines if ".tar" in ln), next(
-            (ln for ln in lines if "rror" in ln), lines[0] if lines else type(exc).__name__))
+        cause = lines[lines.index("encountered:") + 1:] if "encountered:" in lines else []
+        line = next((ln for ln in lines if ".tar" in ln), next(iter(cause), next(
+            (ln for ln in lines if "rror" in ln), lines[0] if lines else type(exc).__name__)))
         raise HptError(f"DALI could not read the shards: {line[:300]}; `hpt-hpc data check` "
                        "names the damaged shard (or read them with data.backend "
                        "torchvision, which skips it)") from None

@@ -4,15 +4,27 @@ Pretraining (:class:`ShardPretrainLoader`): rank ``r`` of ``R`` reads shards ``r
 ...``; its loader worker ``w`` of ``W`` reads every ``W``-th of those. Each epoch every
 worker reads its shards in an order seeded by ``(seed, epoch, rank, worker)`` through a
 shuffle buffer of ``data.shuffle_buffer`` samples drawn from the same generator and makes
-whole batches of them; the loader takes one batch from each worker in turn (PyTorch's
-order), so the stream is a function of ``seed`` and the epoch. Every rank makes the same
-``steps_per_epoch``: the smallest rank's whole batches. ``set_epoch(e, step)`` starts epoch ``e`` at batch
-``step``: each worker passes over its share of the first ``step`` batches, handing over
-an empty marker for each so that the workers keep their turns, and a resumed stage sees
-the stream an uninterrupted one would have. The workers' generators are seeded by
-``(seed, rank, epoch)``; a worker decodes (and drops) the samples it passes over so that
-its augmentations continue as in an unbroken run (without workers the checkpoint restores
-the main process's generator, and nothing is decoded).
+whole batches of its readable samples; the loader takes one batch from each worker in
+turn (PyTorch's order). Every rank makes the same ``steps_per_epoch``: the smallest rank's
+whole batches by the manifest's counts, and each worker makes a fixed share of them (its
+turns, :func:`round_robin_skips` of those counts). Bad samples never change a share: a
+worker they leave short tops up from further passes over all of its rank's shards
+(seeded by the pass too), so the stream is a function of ``seed`` and the epoch. A
+worker's last batch also names the bad samples in the rest of its shards, so every
+complete epoch names all of them.
+
+``set_epoch(e, step)`` starts epoch ``e`` at batch ``step``: each worker passes over its
+share of the first ``step`` batches, handing over an empty marker (with the bad samples
+met) for each so that the workers keep their turns. A batch passed over is the next
+``batch_size`` *readable* samples, as in the unbroken run, so every sample is decoded to
+tell; in a worker the transform runs too, so that its generator (seeded by ``(seed,
+rank, epoch)``) continues as in an unbroken run; in the main process it does not, as the
+checkpoint restores that generator. A resumed stage thus sees the unbroken stream, and
+names the bad samples before the resume point once, as the unbroken run did. The cost:
+at most one epoch's decoding, once per resume (DALI's replay decodes too). Saving each
+worker's sample position in the checkpoint instead would spare only the main process's
+decoding (workers still decode to advance their generators) and would put one backend's
+loader state into the stage checkpoint.
 
 Evaluations need any image in any order: they read shards through the usual
 :class:`~hpt_hpc.data.loader.EvalLoader`, one image at a time by its offset
@@ -24,6 +36,7 @@ skipped; no read blocks.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 from typing import Dict, Iterator, List, Optional, Sequence
@@ -104,40 +117,72 @@ def round_robin_skips(counts: Sequence[int], total: int) -> List[int]:
 
 
 class ShardStream(IterableDataset):
-    """One epoch of ``shards`` of ``table``: workers split the shards, each reads its own
-    in a seeded order through a buffer of ``shuffle`` samples (see the module doc). Items:
-    with ``batch_size`` 0, ``(sample, first label, row)`` or :class:`SkippedItem`; else
-    ``(collated batch or None, [(path, reason) skipped])``, batches made in the worker
-    (one hand-over per batch, not per image)."""
+    """One epoch of ``shards`` of ``table`` in batches of ``batch_size``: workers split the
+    shards, each reads its own in a seeded order through a buffer of ``shuffle`` samples
+    (see the module doc). Worker ``w`` hands over ``uses[w]`` items ``(collated batch or
+    None, [(path, reason) skipped])``, batches made in the worker (one hand-over per
+    batch, not per image); the first ``skips[w]`` are passed over (``None``)."""
 
     def __init__(self, table: ShardTable, shards: Sequence[int], transform, channels: int,
                  max_pixels: Optional[int], seed: int, rank: int, shuffle: int):
         self.table, self.shards = table, list(shards)
         self.transform, self.channels, self.max_pixels = transform, channels, max_pixels
         self.seed, self.rank, self.shuffle = seed, rank, shuffle
-        self.epoch, self.skips, self.batch_size = 0, [0], 0
+        self.epoch, self.skips, self.uses, self.batch_size = 0, [0], [0], 1
 
     def worker_shards(self, worker: int, workers: int) -> List[int]:
         return self.shards[worker::workers]
 
+    def passes(self, worker: int, workers: int) -> Iterator[Iterator[dict]]:
+        """This worker's own shards, then (top-ups) all of this rank's, each pass in an
+        order seeded by seed, epoch, rank, worker and pass, through the shuffle buffer."""
+        for n in itertools.count():
+            mine = self.worker_shards(worker, workers) if n == 0 else list(self.shards)
+            rng = random.Random(f"{self.seed}/{self.epoch}/{self.rank}/{worker}"
+                                + (f"/{n}" if n else ""))
+            rng.shuffle(mine)
+            yield shuffled((s for i in mine for s in self.samples(i)), self.shuffle, rng)
+
     def __iter__(self):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        mine = self.worker_shards(worker, workers)
-        rng = random.Random(f"{self.seed}/{self.epoch}/{self.rank}/{worker}")
-        rng.shuffle(mine)
-        stream = shuffled((s for i in mine for s in self.samples(i)), self.shuffle, rng)
+        uses = self.uses[worker] if worker < len(self.uses) else 0
         skip = self.skips[worker] if worker < len(self.skips) else 0
-        if not self.batch_size:
-            yield from (self.decode(sample) for n, sample in enumerate(stream) if n >= skip)
-            return
-        stream = iter(stream)
-        for _ in range(skip // self.batch_size):  # batches before a resume point: a marker
-            for _, sample in zip(range(self.batch_size), stream):  # keeps this worker's
-                if info is not None:  # turns. A worker's augmentations draw from its own
-                    self.decode(sample)  # generator: decode to advance it as an unbroken
-            yield None, []  # run did (in the main process the checkpoint restores it)
-        yield from self._batched(self.decode(sample) for sample in stream)
+        # A batch passed over before a resume point is the next ``batch_size`` *readable*
+        # samples, as in the unbroken run, so its bad samples are decided by decoding. In a
+        # worker the transform runs too (its generator then advances as it did unbroken);
+        # in the main process the checkpoint restores the generator: nothing is drawn.
+        made, pending, skipped = 0, [], []
+        for n, stream in enumerate(self.passes(worker, workers)):
+            if made == uses:  # no batch of this epoch is this worker's: name its bad ones
+                skipped += self._unreadable(stream)
+                break
+            readable = False
+            for sample in stream:
+                item = self.decode(sample, transform=made >= skip or info is not None)
+                if isinstance(item, SkippedItem):
+                    skipped.append((item.path, item.reason))
+                    continue
+                readable = True
+                pending.append(item)
+                if len(pending) == self.batch_size:
+                    made += 1
+                    if made == uses:  # its last batch: the rest of its shards is
+                        skipped += self._unreadable(stream) if n == 0 else []  # checked
+                    yield (default_collate(pending) if made > skip else None), skipped
+                    pending, skipped = [], []
+                    if made == uses:
+                        return
+            if n and not readable:  # nothing readable in the rank: the loader says so
+                break
+        if skipped:
+            yield None, skipped
+
+    def _unreadable(self, stream) -> List[tuple]:
+        """The unreadable samples among the rest of ``stream`` (none is transformed)."""
+        return [(item.path, item.reason) for item in
+                (self.decode(s, transform=False) for s in stream)
+                if isinstance(item, SkippedItem)]
 
     def samples(self, index: int) -> Iterator[dict]:
         """The samples of shard ``index``, then a :data:`LOST` marker for every row the
@@ -153,20 +198,9 @@ class ShardStream(IterableDataset):
                 if key not in seen:
                     yield {"__key__": key, "__url__": shard.path, LOST: b""}
 
-    def _batched(self, items):
-        pending, skipped = [], []
-        for item in items:
-            if isinstance(item, SkippedItem):
-                skipped.append((item.path, item.reason))
-                continue
-            pending.append(item)
-            if len(pending) == self.batch_size:
-                yield default_collate(pending), skipped
-                pending, skipped = [], []
-        if skipped:
-            yield None, skipped
-
-    def decode(self, sample: Dict[str, bytes]):
+    def decode(self, sample: Dict[str, bytes], transform: bool = True):
+        """``(view(s), first label, row)``, or :class:`SkippedItem` for a bad sample;
+        ``transform`` False: the decoded image, untransformed (nothing random drawn)."""
         key = sample.get("__key__", "?")
         try:
             row = int(key)
@@ -191,7 +225,7 @@ class ShardStream(IterableDataset):
         except ValueError:
             return SkippedItem(name, f"{where}: labels {sample['cls'][:40]!r} are not "
                                      "integers")
-        out = self.transform(image) if self.transform is not None else image
+        out = self.transform(image) if transform and self.transform is not None else image
         return out, labels[0] if labels else -1, row
 
 
@@ -250,38 +284,24 @@ class ShardPretrainLoader:
 
     def __iter__(self):
         while True:
+            counts = self.worker_batches()
             self.stream.epoch = self.epoch
-            self.stream.skips = [k * self.batch_size for k in round_robin_skips(
-                self.worker_batches(), self.step)]
+            self.stream.uses = round_robin_skips(counts, self.steps_per_epoch)
+            self.stream.skips = round_robin_skips(counts, self.step)
             if self.step < self.steps_per_epoch:
-                items = iter(_stream_loader(self.stream, self.workers, hash(
-                    (self.stream.seed, self.stream.rank, self.epoch)) % 2 ** 62))
-                for views in self._epoch_batches(items):
-                    self.step += 1
-                    yield tuple(views)
-                    if self.step == self.steps_per_epoch:
-                        break
-                del items  # stops the workers
+                items = _stream_loader(self.stream, self.workers, hash(
+                    (self.stream.seed, self.stream.rank, self.epoch)) % 2 ** 62)
+                for batch, skipped in items:
+                    self.skipped.add(skipped)
+                    if batch is not None:
+                        self.rows = batch[2].tolist()  # the packed rows of this batch
+                        self.step += 1
+                        yield tuple(batch[0])
+                if self.step < self.steps_per_epoch:
+                    raise DatasetError(f"rank {self.stream.rank} found no readable image "
+                                       "in its shards; run `hpt-hpc data check` on the "
+                                       "dataset")
             self.epoch, self.step = self.epoch + 1, 0
-
-    def _readable(self, items):
-        for batch, skipped in items:
-            self.skipped.add(skipped)
-            if batch is not None:
-                self.rows = batch[2].tolist()  # the packed rows of this batch
-                yield batch[0]
-
-    def _epoch_batches(self, items):
-        yield from self._readable(items)
-        self.stream.skips = [0]  # bad samples left too few batches: read the epoch again
-        while True:
-            got = False
-            for views in self._readable(iter(self.stream)):
-                got = True
-                yield views
-            if not got:
-                raise DatasetError(f"rank {self.stream.rank} found too few readable images "
-                                   "to fill a batch; run `hpt-hpc data check` on the dataset")
 
     def close(self) -> None:
         """Nothing to stop: each epoch's workers end with it."""
