@@ -4,6 +4,7 @@ caveat in the report; ill-formed ``probe_at`` refused in one line."""
 from __future__ import annotations
 
 import csv
+import json
 
 import pytest
 import torch
@@ -59,6 +60,12 @@ def test_a_study_probes_one_run_per_seed_along_the_way(tmp_path, mnist_tree):
     assert theirs["step"] == 5 and ours["model"].keys() == theirs["model"].keys()
     assert all(torch.equal(ours["model"][k], theirs["model"][k]) for k in ours["model"])
 
+    # the same checkpoint probed on its own is filed at its step, along its run
+    invoke("probe", "--config", tmp_path / "config.yaml", "--dataset", "mnist", "--mode",
+           "knn", "--checkpoint", spec.layout.unit_stage(alone.unit_id).kept(5))
+    [alone_result] = (tmp_path / "out" / "evaluations").glob("*.json")
+    assert (json.loads(alone_result.read_text())["steps"],
+            json.loads(alone_result.read_text())["along"]) == (5, 8)
     invoke("report", path, "--from-files", "--out", tmp_path / "report")
     with open(tmp_path / "report" / "tiny-sweep.csv", newline="") as handle:
         rows = [r for r in csv.DictReader(handle) if r["method"] == "Target"]
