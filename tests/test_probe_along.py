@@ -130,3 +130,18 @@ def test_ill_formed_probe_at_is_refused_in_one_line(tmp_path, mnist_tree, study,
         studies["t"] = {"method": ["Target"], "dataset": ["mnist"], "steps": [4]}
     path = write_tiny_experiment(tmp_path, {"mnist": mnist_tree}, studies)
     assert_user_error(run("sweep", path, "--dry-run"), message)
+
+
+def test_a_run_finished_before_probe_at_listed_a_step_fails_only_that_evaluation(
+        tmp_path, mnist_tree):
+    study = {"method": ["Target"], "dataset": ["mnist"], "steps": [4]}
+    path = write_tiny_experiment(tmp_path, {"mnist": mnist_tree}, {"s": study})
+    invoke("sweep", path, "--executor", "debug")
+    write_tiny_experiment(tmp_path, {"mnist": mnist_tree}, {"s": {**study, "probe_at": [3]}})
+    stage = load_experiment(str(path)).layout.unit_stage("Target-mnist-4st-seed0")
+    # in this process (debug) a failure caught as bad input is exit 2, one line
+    assert_user_error(run("sweep", path, "--executor", "debug"),
+                      f"1 job(s) failed or did not run: eval Target-mnist-4st-seed0-at3-linear:"
+                      f" unit Target-mnist-4st-seed0-at3-linear: its pretraining "
+                      f"(Target-mnist-4st-seed0) kept no checkpoint at step 3 "
+                      f"({stage.kept(3)})")
