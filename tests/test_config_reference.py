@@ -62,8 +62,11 @@ def _outside(interval: str):
                          ids=lambda r: r[0].strip("`"))
 def test_a_value_outside_the_shown_range_fails_with_that_range(row):
     path, kind = _concrete(row[0].strip("`")), row[1]
+    listed = kind.startswith("list of ")  # a list's items each (checkpoint.at)
+    kind = kind[len("list of "):] if listed else kind
     value = _outside(row[3])
     value = int(value) if kind.startswith("int") else value
+    value = f"[{value}]" if listed else value
     with pytest.raises(ConfigError, match=re.escape(f"outside its range {row[3]}")):
         config_from_dict(BASE, [f"{path}={value}"])
 

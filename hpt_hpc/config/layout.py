@@ -30,7 +30,7 @@ PREVIOUS = "previous.pt"
 FINAL = "final.pt"
 LOCK = "stage.lock"
 PROGRESS = "progress.json"
-KEPT_PREFIX = "step-"  # <stage>/checkpoints/step-<step>.pt (checkpoint.keep)
+KEPT_PREFIX = "step-"  # <stage>/checkpoints/step-<step>.pt (checkpoint.keep, .at)
 INIT_CACHE = "init-cache"
 STAGE_NAMES = ("base", "source", "target")  # the stages (run order), a folder each
 STAGE_RESULT = "result.json"
@@ -81,7 +81,8 @@ class StageLayout:
         return self.checkpoints / PREVIOUS
 
     def kept(self, step: int) -> Path:
-        """A resume point kept by ``checkpoint.keep`` (a hard link: no extra bytes)."""
+        """A resume point kept by ``checkpoint.keep`` or ``checkpoint.at`` (a hard link: no
+        extra bytes)."""
         return self.checkpoints / f"{KEPT_PREFIX}{step:09d}.pt"
 
     def kept_checkpoints(self) -> list:

@@ -159,7 +159,7 @@ RANGES = {
     "augment.local_crops.size": (1, None, False, False),
     "data.image_size": (1, None, False, False), "data.channels": (1, None, False, False), "data.workers": (0, None, False, False),
     "data.max_pixels": (1, None, False, False), "data.shuffle_buffer": (1, None, False, False), "checkpoint.every": (0, None, False, False),
-    "checkpoint.keep": (0, None, False, False),
+    "checkpoint.keep": (0, None, False, False), "checkpoint.at": (1, None, False, False),
     "probe.lr": (0, None, True, False), "probe.momentum": (0, 1, False, True),
     "probe.weight_decay": (0, None, False, False), "probe.iterations": (1, None, False, False),
     "probe.batch_size": (1, None, False, False), "probe.eval_every": (1, None, False, False),
@@ -186,8 +186,9 @@ RESUME_CHANGES = ("optim.lr", *(f"stages.{name}.lr" for name in STAGE_NAMES))
 
 def _values(data: Any, parts: List[str], where: str):
     """``(dotted path, value)`` of every key a RANGES path names."""
-    if not parts:
-        yield where, data
+    if not parts:  # a list's items each (checkpoint.at)
+        yield from ((f"{where}[{i}]", v) for i, v in enumerate(data)) \
+            if isinstance(data, list) else [(where, data)]
         return
     head, rest = parts[0], parts[1:]
     items = (data.items() if isinstance(data, dict) else vars(data).items()) if head == "*" \

@@ -235,6 +235,10 @@ class CheckpointConfig:
     every: int = key(1000, "periodic checkpoint interval in steps (0: final only)")
     keep: int = key(0, "also keep the last N periodic checkpoints (`step-<n>.pt`, hard "
                       "links)")
+    at: List[int] = key(doc="also save the checkpoint of each of these steps and keep it as "
+                            "`step-<n>.pt` (a hard link), never pruned by `keep`; steps at or "
+                            "after a stage's end keep nothing (a study's `probe_at` sets it)",
+                        factory=list)
     resume_changes: List[str] = key(
         doc="settings allowed to differ from the resume checkpoint's: `optim.lr`, "
             "`stages.<name>.lr` (a lower rate after a divergence); each change is logged, "

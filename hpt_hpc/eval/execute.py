@@ -45,7 +45,7 @@ def cli_plan(cfg: ExperimentConfig, protocol: str, dataset: str,
     return EvalPlan(cfg, protocol, lineage.method, dataset, ref, label,
                     lineage.layout or layout, result, tracking=lineage.tracking,
                     steps=lineage.steps, seed=cfg.seed, evaluates=lineage.evaluates,
-                    stage=lineage.stage)
+                    stage=lineage.stage, along=lineage.along)
 
 
 def resume_checkpoints(plan: EvalPlan, weights: Optional[str]) -> Checkpoints:
@@ -67,6 +67,11 @@ def evaluate_plan(plan: EvalPlan) -> Tuple[EvalRecord, List[Trial]]:
     device = resolve_device(cfg.device)
     limit_cpu_threads(device, cfg.data.workers, cfg.compute.threads)
     ref = plan.checkpoint
+    if plan.along and not Path(ref.value).is_file():
+        raise HptError(f"unit {plan.label}: its pretraining ({plan.evaluates}) kept no "
+                       f"checkpoint at step {plan.steps} ({ref.value}): it stopped before, or "
+                       f"finished before probe_at listed the step (then move "
+                       f"{plan.layout.root} away to train it again). Re-run the sweep")
     if plan.evaluates and ref.kind == "file" and not Path(ref.value).is_file():
         raise HptError(f"unit {plan.label}: its pretraining ({plan.evaluates}) has no final "
                        f"checkpoint at {ref.value}; it failed or was cancelled. Re-run the "
@@ -88,6 +93,7 @@ def evaluate_plan(plan: EvalPlan) -> Tuple[EvalRecord, List[Trial]]:
         pretrain_seconds=float(stage.seconds) if stage else 0.0,
         probe_labels=plan.probe_labels, queue_size=int(stage.queue_size) if stage else 0,
         pretrain_images=int(stage.images) if stage else 0, label=plan.label,
+        along=plan.along,
         ssl=(stage.ssl if stage else "") or (DEFAULT_SSL if plan.evaluates else ""))
     return record, trials
 

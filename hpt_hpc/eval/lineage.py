@@ -21,7 +21,7 @@ from ..config import ExperimentConfig, InitRef, OutputLayout, StageLayout
 from ..models.loading import checkpoint_info
 from ..models.resolve import resolve
 from ..plan import TrackingTarget, external_method, tracking_target
-from ..plan.lineage import checkpoint_method, checkpoint_steps
+from ..plan.lineage import checkpoint_along, checkpoint_method, checkpoint_steps
 from ..tracking.runs import open_run, run_place
 from .record import record_tags
 
@@ -41,6 +41,7 @@ class Lineage:
     evaluates: Optional[str] = None
     tracking: Optional[TrackingTarget] = None
     layout: Optional[StageLayout] = None
+    along: int = 0  # a checkpoint saved along a run of this many steps (0: a final one)
 
     def name(self, what: str) -> str:
         """The run's name: ``<what> of <evaluated stage run>``, or ``what`` alone."""
@@ -50,7 +51,8 @@ class Lineage:
         """The lineage as tags, spelled by the evaluation record."""
         return record_tags(method=self.method, dataset=dataset, steps=self.steps,
                            checkpoint=reference.text or "none",
-                           evaluates=self.evaluates or "none", stage=self.stage or "none")
+                           evaluates=self.evaluates or "none", stage=self.stage or "none",
+                           along=self.along)
 
 
 def checkpoint_lineage(cfg: ExperimentConfig, ref: InitRef, who: str) -> Lineage:
@@ -71,7 +73,8 @@ def checkpoint_lineage(cfg: ExperimentConfig, ref: InitRef, who: str) -> Lineage
                                      pipeline=place.pipeline or target.pipeline,
                                      parent_run_id=place.parent_run_id)
     return Lineage(checkpoint_method(info), resolved.path, info.stage, checkpoint_steps(info),
-                   info.label or info.stage, target, StageLayout.finished_at(resolved.path))
+                   info.label or info.stage, target, StageLayout.finished_at(resolved.path),
+                   checkpoint_along(info))
 
 
 def log_embedding(lineage: Lineage, reference: InitRef, dataset: str, split: str,

@@ -6,7 +6,8 @@ MLflow: an evaluation run (tag ``hpt.kind=eval``) carries the coordinates as tag
 (``hpt.protocol``, ``hpt.method``, ``hpt.dataset``, ``hpt.target_steps``, ``hpt.seed``,
 ``hpt.base_seed``,
 ``hpt.augment``, ``hpt.images``, ``hpt.eval_mode``, ``hpt.metric``, ``hpt.checkpoint``,
-``hpt.evaluates``, ``hpt.stage``) and the scores as metrics: ``score`` (test score at the
+``hpt.evaluates``, ``hpt.stage``; ``hpt.along``: the steps of the run whose checkpoint at
+``hpt.target_steps`` was probed along the way, 0 for a run's final) and the scores as metrics: ``score`` (test score at the
 best val score, mean over probe repeats), ``score_std``, ``val_score``, ``best_step``,
 ``repeats``, ``pretrain_seconds``, ``score_repeat`` (one value per repeat, step = repeat
 index) and the curves ``curve_val``/``curve_test`` (step = probe or fine-tune step); the
@@ -45,7 +46,7 @@ _TAGS = {"protocol": "hpt.protocol", "method": "hpt.method", "dataset": "hpt.dat
          "images": "hpt.images", "mode": "hpt.eval_mode", "metric": "hpt.metric",
          "checkpoint": "hpt.checkpoint", "evaluates": "hpt.evaluates", "stage": "hpt.stage",
          "probe_labels": "hpt.probe_labels", "queue_size": "hpt.queue_size",
-         "pretrain_images": "hpt.pretrain_images", "ssl": "hpt.ssl"}
+         "pretrain_images": "hpt.pretrain_images", "ssl": "hpt.ssl", "along": "hpt.along"}
 PREDICTIONS_ARTIFACTS = "predictions"  # the run's artifact folder holding the .npz
 _SCALARS = {"score": SCORE, "score_std": SCORE_STD, "val_score": VAL_SCORE,
             "best_step": BEST_STEP, "repeats": REPEATS,
@@ -125,6 +126,7 @@ class EvalRecord:
     queue_size: int = 0  # the evaluated stage's effective MoCo queue (0: none)
     pretrain_images: int = 0  # the evaluated stage's training images (0: none)
     ssl: str = ""  # the evaluated stage's ssl method ("": none, a reference)
+    along: int = 0  # a checkpoint probed along a run of this many steps (0: a run's final)
     label: str = ""
     run_id: str = ""
     predictions_file: str = ""  # the Predictions beside a result file (name only)
@@ -227,7 +229,7 @@ class EvalRecord:
                    probe_labels=coords["probe_labels"] or "all",
                    queue_size=int(coords["queue_size"] or 0),
                    pretrain_images=int(coords["pretrain_images"] or 0),
-                   ssl=coords["ssl"],
+                   ssl=coords["ssl"], along=int(coords["along"] or 0),
                    label=tags.get("hpt.label", ""), run_id=run.info.run_id)
 
 

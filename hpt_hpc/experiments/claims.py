@@ -158,9 +158,13 @@ def compare(name: str, terms: Sequence[Tuple[float, Optional[Cell]]],
                          f"({100 * random_init.mean:.1f})")
     unmet += [u for u in unconverged if u]
     if unmet:
-        return judge(name, None, sorted(set(unmet)))
-    diff = difference([(w, c) for w, c in terms])
-    return judge(name, diff, margin=margin, seeds=levels(shared([c for _, c in terms])))
+        judgement = judge(name, None, sorted(set(unmet)))
+    else:
+        diff = difference([(w, c) for w, c in terms])
+        judgement = judge(name, diff, margin=margin,
+                          seeds=levels(shared([c for _, c in terms])))
+    judgement.schedule = [n for n in (c.schedule_note(label(c)) for _, c in terms if c) if n]
+    return judgement
 
 
 def judge_claims(cells: Dict[Tuple, Cell], dataset: str, linear_steps: Sequence[int],
@@ -268,8 +272,10 @@ def claims_markdown(claims: Sequence[Claim],
     for c in claims:
         verdict, why = c.verdict
         caveat = (caveats or {}).get(c.number)
+        schedule = list(dict.fromkeys(n for j in c.judgements for n in j.schedule))
         rows.append([c.number, c.text, f"±{100 * c.margin:.1f}", f"**{verdict}** ({why})"
-                     + (f"; caveat: {caveat}" if caveat else "")])
+                     + (f"; caveat: {caveat}" if caveat else "")
+                     + "".join(f"; schedule caveat: {n}" for n in schedule)])
     lines = markdown_table(["#", "claim", "equivalence margin, points", "verdict"], rows)
     detail = []
     for c in claims:

@@ -218,6 +218,7 @@ class Judgement:
     difference: Optional[Difference] = None
     reasons: List[str] = field(default_factory=list)
     seeds: str = ""  # which levels the difference's spread covers
+    schedule: List[str] = field(default_factory=list)  # cells probed along longer runs
 
 
 def judge(comparison: str, difference: Optional[Difference], unmet: Sequence[str] = (),

@@ -70,16 +70,32 @@ class Cell:
     def seed_scores(self) -> List[float]:
         return [r.score for r in self.rows]
 
+    @property
+    def along(self) -> int:
+        """The steps of the runs whose checkpoints this cell probed along the way (0: the
+        runs' final checkpoints; one value per cell, :func:`group_cells`)."""
+        return self.first.along
+
+    def schedule_note(self, name: str) -> str:
+        """The schedule caveat of an along-the-way cell named ``name`` ('' for finals)."""
+        if not self.along:
+            return ""
+        return (f"{name} is the {self.first.steps:,}-step checkpoint of {self.along:,}-step "
+                f"runs (their learning-rate schedule spans {self.along:,} steps)")
+
     def text(self) -> str:
         """``mean [low, high] (n=seeds)``, ``mean ± repeats' std (n=1)``, or ``mean (n=1)``
-        when one evaluation has no spread (one probe, a kNN vote)."""
+        when one evaluation has no spread (one probe, a kNN vote); a cell probed along a
+        longer run ends in ``, of <N>-step runs``."""
+        along = f", of {self.along}-step runs" if self.along else ""
         if len(self.rows) == 1 and self.first.repeats > 1:
-            return f"{100 * self.mean:.1f} ± {100 * self.std:.1f} (n=1)"
+            return f"{100 * self.mean:.1f} ± {100 * self.std:.1f} (n=1)" + along
         if len(self.bases) > 1:
             targets = len({r.seed for r in self.rows})
             return self.interval.text().replace(
-                f"(n={len(self.bases)})", f"(n={len(self.bases)} base × {targets} target)")
-        return self.interval.text()
+                f"(n={len(self.bases)})", f"(n={len(self.bases)} base × {targets} target)") \
+                + along
+        return self.interval.text() + along
 
     def curve(self) -> List[Tuple[int, float]]:
         """Mean test score against probe steps over the cell's seeds."""
@@ -140,7 +156,7 @@ def rows_from_files(output_dir: Path) -> List[EvalRecord]:
 # The results table: one row per evaluation, column -> EvalRecord field (``_pct``: the
 # fraction as percent, 4 decimals). The report's CSV and hpt_hpc.results() are this table.
 _COLUMNS = (("protocol", "protocol"), ("method", "method"), ("dataset", "dataset"),
-            ("target_steps", "steps"), ("seed", "seed"), ("base_seed", "base_seed"),
+            ("target_steps", "steps"), ("along_steps", "along"), ("seed", "seed"), ("base_seed", "base_seed"),
             ("augment", "augment"),
             ("pretrain_images", "pretrain_images"), ("images_axis", "images"),
             ("queue_size_keys", "queue_size"), ("probe_labels_per_class", "probe_labels"),
@@ -184,9 +200,21 @@ def ssl_methods(records: Sequence[EvalRecord]) -> List[str]:
 
 
 def group_cells(rows: Sequence[EvalRecord]) -> Dict[Tuple, Cell]:
+    """The records by cell; a cell holding both checkpoints probed along a run and runs'
+    final checkpoints (or along runs of several lengths) is refused: its seeds would
+    average two schedules."""
     cells: Dict[Tuple, Cell] = {}
     for row in rows:
-        cells.setdefault(row.key, Cell([])).rows.append(row)
+        cell = cells.setdefault(row.key, Cell([]))
+        if cell.rows and cell.along != row.along:
+            a, b = sorted((cell.along, row.along))
+            what = f"checkpoints probed along {a}-step runs" if a else \
+                f"the final checkpoints of {row.steps}-step runs"
+            raise HptError(f"cell {row.method}@{row.steps} ({row.dataset}) mixes {what} with "
+                           f"checkpoints probed along {b}-step runs (two schedules); report "
+                           f"them separately: one experiment file gives a method's step as a "
+                           f"budget or in probe_at, not both")
+        cell.rows.append(row)
     return cells
 
 

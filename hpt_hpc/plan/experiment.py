@@ -28,7 +28,9 @@ mapping ``{<method>: [...], default: [...]}``), ``seed`` (target seeds), ``base_
 (seeds of the shared upstream stages: each base seed trains its own base and source,
 ``upstream-b<n>/`` for n > 0, and the units starting from them), ``augment`` (preset names, see
 :mod:`.units`), ``images`` (target pretraining images: an integer or ``all``) and
-``evaluate`` (protocols: ``linear``, ``finetune``).
+``evaluate`` (protocols: ``linear``, ``finetune``); ``probe_at`` (steps at which each
+run is also evaluated along the way, from one run per seed at its one longer budget: a
+list, or a mapping like ``steps``).
 """
 from __future__ import annotations
 
@@ -47,7 +49,7 @@ from .units import UPSTREAM, check_axes
 SPEC_KEYS = ("name", "config", "set", "datasets", "prepare", "output_dir", "upstream",
              "methods", "studies", "references", "caveats")
 AXES = ("method", "dataset", "steps", "seed", "base_seed", "augment", "images", "evaluate",
-        "probe_mode", "probe_labels")
+        "probe_mode", "probe_labels", "probe_at")
 UPSTREAM_KEYS = ("dataset", "iterations", "lr", "batch_size", "variant", "checkpoint")
 METHOD_KEYS = ("lr", "bn_batches", "batch_size", "blocks", "lora")  # target-stage settings
 def _check_keys(where: str, data: Dict[str, Any], valid: Sequence[str]) -> None:
@@ -67,10 +69,10 @@ def _as_list(where: str, value: Any) -> List[Any]:
 def _axes(where: str, axes: Dict[str, Any]) -> Dict[str, Any]:
     out = {}
     for key, value in axes.items():
-        if key == "steps" and isinstance(value, dict):
-            out[key] = {str(m): _as_list(f"{where}.steps.{m}", v) for m, v in value.items()}
+        if key in ("steps", "probe_at") and isinstance(value, dict):
+            out[key] = {str(m): _as_list(f"{where}.{key}.{m}", v) for m, v in value.items()}
             if not out[key]:
-                raise ConfigError(f"{where}.steps: expected a list or a non-empty mapping")
+                raise ConfigError(f"{where}.{key}: expected a list or a non-empty mapping")
         else:
             out[key] = _as_list(f"{where}.{key}", value)
     return out

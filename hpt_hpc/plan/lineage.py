@@ -46,7 +46,21 @@ def checkpoint_method(info: Any) -> str:
 
 def checkpoint_steps(info: Any) -> int:
     """The step budget a toolkit checkpoint is filed under: recorded, else its steps when
-    its method has a budget (0: BN statistics only)."""
+    its method has a budget (0: BN statistics only); a checkpoint saved along the way
+    (:func:`checkpoint_along`): the steps it had."""
+    if checkpoint_along(info):
+        return info.step
     if info.target_steps is not None:
         return info.target_steps
     return filed_steps(checkpoint_method(info), info.variant or "full", info.step)
+
+
+def checkpoint_along(info: Any) -> int:
+    """The steps of the run a checkpoint was saved along (a kept ``step-<n>.pt``, a
+    resume point): its recorded budget when it holds fewer steps than its stage trains
+    and its method has a budget; 0 for a stage's final checkpoint."""
+    run = info.target_steps if info.target_steps is not None else info.total_steps
+    if not 0 < info.step < info.total_steps or not filed_steps(
+            checkpoint_method(info), info.variant or "full", run):
+        return 0
+    return run

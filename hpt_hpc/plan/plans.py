@@ -133,6 +133,7 @@ class EvalPlan:
     resumable: bool = False  # save resume state beside result_file (a stable path: sweeps)
     stage: Optional[str] = None  # the evaluated checkpoint's stage (None: not a stage's)
     base_seed: int = 0  # the seed of the upstream stages the evaluated stage started from
+    along: int = 0  # the checkpoint at ``steps`` of a run of this many steps (0: its final)
     kind = "eval"
 
     def describe(self) -> str:

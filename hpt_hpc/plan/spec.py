@@ -29,6 +29,14 @@ class Study:
             return list(steps.get(method, steps.get(DEFAULT_STEPS, [fallback])))
         return list(steps)
 
+    def probes_for(self, method: str) -> List[int]:
+        """The steps at which ``method``'s runs are probed along the way (``probe_at``:
+        a list for every method, or a mapping like ``steps``)."""
+        probes = self.axes.get("probe_at", [])
+        if isinstance(probes, dict):
+            return list(probes.get(method, probes.get(DEFAULT_STEPS, [])))
+        return list(probes)
+
 
 @dataclass
 class ExperimentSpec:

@@ -50,6 +50,8 @@ def unit_config(spec: ExperimentSpec, unit: PretrainUnit,
     config["seed"] = unit.seed
     if unit.images is not None:
         config["datasets"][unit.dataset]["max_images"] = unit.images
+    if isinstance(unit, PretrainUnit) and unit.keep_at:  # kept as step-<n>.pt to probe
+        config.setdefault("checkpoint", {})["at"] = list(unit.keep_at)
     apply_augment_preset(config, unit.augment)
     recipe = METHODS[unit.method]
     if isinstance(unit, EvalUnit):
@@ -138,13 +140,14 @@ def control_id(unit: PretrainUnit) -> str:
 def eval_plan(spec: ExperimentSpec, unit: EvalUnit, tracking: Optional[TrackingTarget]) -> EvalPlan:
     cfg = config_from_dict(unit_config(spec, unit))
     layout = spec.layout.unit_stage(unit.pretrain) if unit.pretrain else None
-    checkpoint = InitRef.file(layout.final) if layout else InitRef()
+    checkpoint = InitRef.file(layout.kept(unit.steps) if unit.along else layout.final) \
+        if layout else InitRef()
     return EvalPlan(cfg, unit.protocol, unit.method, unit.dataset, checkpoint, unit.unit_id,
                     layout, spec.layout.eval_result(unit.pretrain or unit.unit_id, unit.unit_id),
                     tracking, unit.steps, unit.seed, unit.augment, str(unit.images or "all"),
                     unit.pretrain, unit.tags(spec.name), str(unit.probe_labels or "all"),
                     resumable=True, stage=layout.stage if layout else None,
-                    base_seed=unit.base_seed)
+                    base_seed=unit.base_seed, along=unit.along)
 
 
 def pretrain_phase(method: str) -> Tuple[str, Tuple[str, ...]]:

@@ -50,6 +50,7 @@ class PretrainUnit:
     images: Optional[int] = None  # None: every training image
     studies: List[str] = field(default_factory=list)
     base_seed: int = 0  # the seed of the upstream stages it starts from
+    keep_at: List[int] = field(default_factory=list)  # steps probed along it (checkpoint.at)
 
     def tags(self, sweep: str) -> Dict[str, str]:
         return {"hpt.sweep": sweep, "hpt.unit": self.unit_id, "hpt.unit_kind": "pretrain",
@@ -76,6 +77,7 @@ class EvalUnit:
     probe_labels: Optional[int] = None  # linear probes: labelled images per class (None: all)
     overrides: Tuple[str, ...] = ()  # the study's probe.*/finetune.* overrides
     base_seed: int = 0
+    along: int = 0  # the steps of the run probed at ``steps`` along the way (0: its final)
 
     def tags(self, sweep: str) -> Dict[str, str]:
         tags = {"hpt.sweep": sweep, "hpt.unit": self.unit_id, "hpt.unit_kind": "eval",
@@ -170,6 +172,55 @@ def check_axes(spec: ExperimentSpec) -> None:
         if "dataset" not in study.axes:
             raise ConfigError(f"{where}: give a dataset axis (the target dataset(s), e.g. "
                               f"dataset: [mnist])")
+    _check_probes(spec)
+
+
+def _check_probes(spec: ExperimentSpec) -> None:
+    """``probe_at``: positive steps below the one budget of each method probed; a method's
+    step is a budget or a step probed along runs of one length, never both (a cell holds
+    one schedule)."""
+    default = int(spec.config.get("optim", {}).get("iterations", 500))
+    budgets: Dict[str, set] = {}
+    along: Dict[Tuple[str, int], int] = {}  # (method, step probed) -> the run's steps
+    for study in spec.studies:
+        where = f"studies.{study.name}.probe_at"
+        names = [method(m).name for m in study.axes.get("method", ["HPT"])]
+        probes = study.axes.get("probe_at", [])
+        if isinstance(probes, dict):
+            for key, values in probes.items():
+                if key != "default" and method(key).name not in names:
+                    raise ConfigError(f"{where}: '{key}' is not a method of this study "
+                                      f"({', '.join(names)}) nor 'default'")
+                _check_steps(f"{where}.{key}", values)
+            study.axes["probe_at"] = {("default" if k == "default" else method(k).name): v
+                                      for k, v in probes.items()}
+        else:
+            _check_steps(where, probes)
+        for name in (n for n in names if METHODS[n].uses_steps):
+            steps, at = study.steps_for(name, default), study.probes_for(name)
+            budgets.setdefault(name, set()).update(steps)
+            if not at:
+                continue
+            if METHODS[name].continues:
+                raise ConfigError(f"{where}: '{name}' continues the base stage before its "
+                                  f"target stage; give its budgets as steps instead")
+            if len(steps) != 1:
+                raise ConfigError(f"{where}: '{name}' has {len(steps)} budgets "
+                                  f"({', '.join(map(str, steps))}); probing along the way "
+                                  f"trains one run per seed: give it its longest budget only")
+            late = [s for s in at if s >= steps[0]]
+            if late:
+                raise ConfigError(f"{where}: step {late[0]} is not below {name}'s budget of "
+                                  f"{steps[0]} steps")
+            for s in at:
+                if along.setdefault((name, s), steps[0]) != steps[0]:
+                    raise ConfigError(f"{where}: {name}@{s} is probed along runs of "
+                                      f"{along[(name, s)]} and {steps[0]} steps; one length")
+    for (name, s), length in along.items():
+        if s in budgets.get(name, ()):
+            raise ConfigError(f"studies: {name}@{s} is both a budget and a checkpoint probed "
+                              f"along {length}-step runs (two schedules in one cell); drop "
+                              f"one")
 
 
 def expand(spec: ExperimentSpec) -> Expansion:
@@ -183,6 +234,8 @@ def expand(spec: ExperimentSpec) -> Expansion:
         for name, dataset in itertools.product(axes.get("method", ["HPT"]), axes["dataset"]):
             name = method(name).name
             bases = axes.get("base_seed", [0]) if METHODS[name].starts_from else [0]
+            probes = tuple(sorted(set(study.probes_for(name)))) \
+                if METHODS[name].uses_steps else ()
             grid = itertools.product(study.steps_for(name, default_steps),
                                      axes.get("seed", [0]), bases,
                                      axes.get("augment", ["all"]),
@@ -191,7 +244,8 @@ def expand(spec: ExperimentSpec) -> Expansion:
             for steps, seed, base, augment, images, protocol, (mode, labels) in grid:
                 units.add(GridPoint(study.name, name, dataset, steps, int(seed), augment,
                                     _images(images), protocol, mode, _images(labels),
-                                    tuple(study.evaluation), spec.ssl_suffix, int(base)))
+                                    tuple(study.evaluation), spec.ssl_suffix, int(base),
+                                    probes))
         if spec.references:  # cached; random init also in the study's other probe modes
             modes = [(DEFAULT_MODE, labels) for labels in axes.get("probe_labels", ["all"])]
             for dataset, (mode, labels) in itertools.product(
@@ -242,6 +296,7 @@ class GridPoint:
     overrides: Tuple[str, ...] = ()
     ssl: str = ""
     base_seed: int = 0
+    probes: Tuple[int, ...] = ()  # steps at which the run is also evaluated
 
 
 @dataclass
@@ -274,14 +329,17 @@ class _Units:
         if p.images is not None:
             parts.append(f"n{p.images}")
         pid = "-".join(parts) + p.ssl  # the ssl method's part (none for MoCo-v2)
-        _add_study(self.pretrain.setdefault(pid, PretrainUnit(
+        unit = self.pretrain.setdefault(pid, PretrainUnit(
             pid, p.method, p.dataset, steps, p.seed, p.augment, p.images,
-            base_seed=p.base_seed)), p.study)
-        eid = f"{pid}-{probe}"
-        _add_study(self.evals.setdefault(eid, EvalUnit(
-            eid, p.protocol, p.method, p.dataset, steps, p.seed, p.augment, p.images, pid,
-            probe_mode=mode, probe_labels=labels, overrides=p.overrides,
-            base_seed=p.base_seed)), p.study)
+            base_seed=p.base_seed))
+        _add_study(unit, p.study)
+        unit.keep_at = sorted(set(unit.keep_at) | set(p.probes))
+        for at in (*p.probes, 0):  # the checkpoints probed along the way, then the final
+            eid = f"{pid}-at{at}-{probe}" if at else f"{pid}-{probe}"
+            _add_study(self.evals.setdefault(eid, EvalUnit(
+                eid, p.protocol, p.method, p.dataset, at or steps, p.seed, p.augment,
+                p.images, pid, probe_mode=mode, probe_labels=labels, overrides=p.overrides,
+                base_seed=p.base_seed, along=steps if at else 0)), p.study)
 
 
 def _add_study(unit: Union[PretrainUnit, EvalUnit], study: str) -> None:

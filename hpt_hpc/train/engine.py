@@ -324,7 +324,8 @@ def _train_loop(run: StageRun, net: torch.nn.Module,
                 raise HptError(f"stage '{plan.label}' stopped at step {step + 1}: {failure}")
             tick = now
         progress.update(step + 1, wait, f"loss {loss_value:.4f} lr {lr:.4g}")
-        if every and (step + 1) % every == 0 and step + 1 < total:
+        if (every and (step + 1) % every == 0 or step + 1 in cfg.checkpoint.at) \
+                and step + 1 < total:
             check_finite(model, plan, step + 1, lr)
             rng = _rng_states(dist)
             if dist.is_main:

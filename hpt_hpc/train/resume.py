@@ -23,7 +23,7 @@ import os
 import socket
 import time
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import torch
 
@@ -231,10 +231,15 @@ def _saved_step(path) -> Optional[int]:
         return None
 
 
-def _keep(layout: StageLayout, step: int, keep: int) -> None:
-    """Keep ``last.pt`` (about to be replaced) as ``step-<n>.pt``; prune to ``keep``."""
+def _keep(layout: StageLayout, step: int, keep: int, at: List[int]) -> None:
+    """Keep ``last.pt`` (about to be replaced) as ``step-<n>.pt`` when it is one of the
+    last ``keep`` or of the steps ``at``; prune the others to ``keep`` (those ``at`` stay)."""
+    if not keep and step not in at:
+        return
     link_atomic(layout.last, layout.kept(step))
-    for old in layout.kept_checkpoints()[:-keep]:
+    pinned = {layout.kept(s) for s in at}
+    periodic = [p for p in layout.kept_checkpoints() if p not in pinned]
+    for old in periodic[:-keep] if keep else periodic:
         old.unlink(missing_ok=True)
 
 
@@ -253,8 +258,7 @@ def save_resume_point(state: Dict[str, Any], plan: StagePlan, final: bool = Fals
             log.warning("stage %s: %s cannot be read; replacing it, %s stays the previous "
                         "checkpoint", plan.label, layout.last, layout.previous)
         else:
-            if plan.config.checkpoint.keep:
-                _keep(layout, step, plan.config.checkpoint.keep)
+            _keep(layout, step, plan.config.checkpoint.keep, plan.config.checkpoint.at)
             link_atomic(layout.last, layout.previous)
     target = layout.final if final else layout.last
     try:
