@@ -33,7 +33,7 @@ from .files import output_file
 from .eval.probe import extract_features
 from .eval.runner import EXTRACT_BATCH, seeded_backbone
 from .eval.splits import kept_paths
-from .experiments.results import RESULT_COLUMNS, result_rows, rows_from_files
+from .experiments.results import RESULT_COLUMNS, Planned, result_rows, rows_from_files
 from .models.resolve import resolve
 from .models import CHECKPOINT_FORMAT, backbone_for_features, build_encoder, load_backbone_into
 from .models.export import (MODEL_KEYS, export_backbone, export_meta, export_meta_of,
@@ -198,18 +198,20 @@ def embed(model: Union[PathLike, Backbone, Tuple[torch.nn.Module, Preprocessing]
 
 
 def results(source: PathLike, *, as_frame: Optional[bool] = None) -> Any:
-    """A sweep's finished evaluations (``source``: its experiment file or output folder)
-    as the results table - the rows and columns of the report's CSV: a pandas DataFrame
-    when pandas is installed (``as_frame=False``: a list of dicts)."""
-    source = Path(source)
+    """A sweep's finished evaluations (``source``: its experiment file, then those of the
+    units it plans, as its report; or its output folder, then all) as the results table -
+    the rows and columns of the report's CSV: a pandas DataFrame when pandas is installed
+    (``as_frame=False``: a list of dicts)."""
+    source, keep = Path(source), (lambda unit: True)
     if source.is_dir():
         output = source
     elif source.is_file():
-        output = Path(load_experiment(str(source)).output_dir)
+        spec = load_experiment(str(source))
+        output, keep = Path(spec.output_dir), Planned.by(spec)
     else:
         raise HptError(f"results: '{source}' is neither an experiment file nor a sweep's "
                        f"output folder")
-    rows = result_rows(rows_from_files(output), output)
+    rows = result_rows(rows_from_files(output, keep), output)
     if as_frame is False:
         return rows
     try:

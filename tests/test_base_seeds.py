@@ -57,6 +57,22 @@ def test_base_seeds_train_their_own_upstream_and_units(tmp_path, mnist_tree):
     assert {r["base_seed"] for r in rows if r["method"] == "Target"} == {"0"}
     again = invoke("sweep", str(path), "--dry-run")
     assert "to run: upstream [none], 0 pretraining, 0 evaluations" in again
+    # the file drops HPT: its report leaves HPT's finished evaluations out, and says so
+    write_tiny_experiment(tmp_path, {"mnist": mnist_tree}, {
+        "s": {"method": ["Target"], "dataset": ["mnist"], "steps": [2], "seed": [0, 1]}})
+    out = invoke("report", str(path), "--from-files", "--out", str(tmp_path / "r2"))
+    assert ("report: left out 4 evaluation(s) of units " f"{path} no longer plans "
+            "(HPT-mnist-2st-seed0-b1-linear, HPT-mnist-2st-seed0-linear, "
+            "HPT-mnist-2st-seed1-b1-linear, ...); --all-units includes them") in out
+    with open(tmp_path / "r2" / "tiny-sweep.csv", newline="") as handle:
+        assert sorted({r["method"] for r in csv.DictReader(handle)}) == [
+            "Target", "random-init", "raw-pixels"]
+    invoke("report", str(path), "--from-files", "--all-units", "--out", str(tmp_path / "r3"))
+    with open(tmp_path / "r3" / "tiny-sweep.csv", newline="") as handle:
+        assert len(list(csv.DictReader(handle))) == len(rows)
+    import hpt_hpc  # the API reads the same rows: the file's units, or the folder's all
+    assert "HPT" not in {r["method"] for r in hpt_hpc.results(path, as_frame=False)}
+    assert len(hpt_hpc.results(tmp_path / "out", as_frame=False)) == len(rows)
 
 
 def test_a_given_base_checkpoint_has_no_seed_to_vary(tmp_path, mnist_tree):
@@ -83,7 +99,8 @@ def test_report_intervals_cover_both_levels(tmp_path, mnist_tree):
     for i, rec in enumerate(rows):
         uid = f"u{i}"
         write_record_file(rec, tmp_path / "out" / "units" / uid / "results" / f"{uid}.json")
-    invoke("report", str(experiment), "--from-files", "--out", str(tmp_path / "report"))
+    invoke("report", str(experiment), "--from-files", "--all-units", "--out",
+           str(tmp_path / "report"))
     md = (tmp_path / "report" / "tiny-sweep.md").read_text()
     line = next(x for x in md.splitlines() if "| HPT@50 − Target@50 |" in x)
     assert "| 3 base × 3 target seeds |" in line

@@ -94,7 +94,7 @@ def test_along_cells_are_budgets_of_the_claims_and_the_convergence_rule(tmp_path
                  record("Base", 0, s, 0.70), record("random-init", 0, s, 0.3)]
     for i, rec in enumerate(rows):
         write_record_file(rec, tmp_path / "out" / "units" / f"u{i}" / "results" / f"u{i}.json")
-    invoke("report", experiment, "--from-files", "--out", tmp_path / "report")
+    invoke("report", experiment, "--from-files", "--all-units", "--out", tmp_path / "report")
     md = (tmp_path / "report" / "tiny-sweep.md").read_text()
     lines = md.splitlines()
     # claim 1 compares HPT@500 with the 500-step checkpoint, as with a 500-step budget
@@ -109,7 +109,8 @@ def test_along_cells_are_budgets_of_the_claims_and_the_convergence_rule(tmp_path
     # a cell never mixes a 2,000-step run with 2,000-step checkpoints of longer runs
     write_record_file(record("Target", 2000, 5, 0.7), tmp_path / "out" / "units" / "x" /
                       "results" / "x.json")
-    assert_user_error(run("report", experiment, "--from-files", "--out", tmp_path / "r2"),
+    assert_user_error(run("report", experiment, "--from-files", "--all-units", "--out",
+                          tmp_path / "r2"),
                       "cell Target@2000 (mnist) mixes the final checkpoints of 2000-step "
                       "runs with checkpoints probed along 8000-step runs")
 

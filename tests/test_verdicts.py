@@ -51,7 +51,7 @@ def _report(tmp_path, experiment) -> str:
         uid = f"u{i}-{rec.method}-{rec.steps}-{rec.seed}"
         write_record_file(rec, tmp_path / "out" / "units" / uid / "results" / f"{uid}.json")
     result = CliRunner().invoke(cli, ["report", str(experiment), "--from-files",
-                                      "--out", str(tmp_path / "report")])
+                                      "--all-units", "--out", str(tmp_path / "report")])
     assert result.exit_code == 0, result.output
     return (tmp_path / "report" / "tiny-sweep.md").read_text()
 

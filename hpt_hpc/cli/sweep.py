@@ -53,22 +53,29 @@ def sweep(experiment, overrides, max_parallel, dry_run, **scheduler) -> None:
 @click.option("--from-files", is_flag=True,
               help="Read the units' result files instead of MLflow (tracking switched off).")
 @click.option("--preamble", help="Text placed under the title (command, machine, date).")
+@click.option("--all-units", is_flag=True,
+              help="Also the evaluations of units the EXPERIMENT file no longer plans "
+                   "(by default they are left out, and counted).")
 @click.option("--ssl", type=click.Choice(SSL_METHODS),
               help="Only the evaluations of checkpoints trained with this ssl method, and "
                    "the references (default: the experiment file's `ssl`).")
-def report(experiment, tracking_uri, sweep_name, out_dir, from_files, preamble, ssl) -> None:
+def report(experiment, tracking_uri, sweep_name, out_dir, from_files, preamble, ssl,
+           all_units) -> None:
     """Markdown report with method x dataset tables and paper-style plots, from MLflow;
     one CSV row per evaluation (with the EXPERIMENT file, paths in it are relative to its
-    output folder)."""
+    output folder). With the file, only the evaluations of the units it plans."""
     from ..errors import HptError
     from ..experiments.report import build_report
-    from ..experiments.results import rows_from_files, rows_from_mlflow, ssl_methods, ssl_of
+    from ..experiments.results import (Planned, rows_from_files, rows_from_mlflow,
+                                       ssl_methods, ssl_of)
     from ..experiments.sweep import sweep_tracking
     from ..tracking.store import normalize_uri
-    spec = None
+    spec, keep = None, (lambda unit: True)
     if experiment:
         from ..plan.experiment import load_experiment
         spec = load_experiment(experiment)
+        if not all_units:  # the units of the ssl method reported (a sweep run --set ssl=)
+            keep = Planned.by(load_experiment(experiment, [f"ssl={ssl}"]) if ssl else spec)
     if spec is None and not (tracking_uri and sweep_name and out_dir):
         missing = [o for o, v in (("--tracking-uri", tracking_uri), ("--name", sweep_name),
                                   ("--out", out_dir)) if not v]
@@ -79,7 +86,7 @@ def report(experiment, tracking_uri, sweep_name, out_dir, from_files, preamble, 
     if from_files:
         if spec is None:
             raise click.UsageError("--from-files needs the EXPERIMENT file")
-        rows = rows_from_files(spec.output_dir)
+        rows = rows_from_files(spec.output_dir, keep)
     else:
         uri = normalize_uri(tracking_uri) if tracking_uri else None
         if uri is None:
@@ -88,13 +95,18 @@ def report(experiment, tracking_uri, sweep_name, out_dir, from_files, preamble, 
                 raise click.UsageError("tracking is off in this experiment: use --from-files")
             uri = target.uri
         experiment_name = spec.experiment if spec else name
-        rows = rows_from_mlflow(uri, experiment_name, name)
+        rows = rows_from_mlflow(uri, experiment_name, name, keep)
     ssl = ssl or (spec.ssl if spec is not None else None)
     if ssl:  # the references belong to every method's report
         rows = [r for r in rows if ssl_of(r) in ("", ssl)]
     if not rows or (ssl and not ssl_methods(rows)):
         raise HptError(f"no finished evaluations of sweep '{name}'"
                        f"{f' with ssl {ssl}' if ssl else ''} yet")
+    left = sorted(getattr(keep, "left_out", ()))
+    if left:
+        click.echo(f"report: left out {len(left)} evaluation(s) of units {experiment} no "
+                   f"longer plans ({', '.join(left[:3])}{', ...' if len(left) > 3 else ''});"
+                   f" --all-units includes them", err=True)
     result = build_report(rows, out, name, preamble or "",
                           spec.output_dir if spec is not None else None,
                           spec.caveats if spec is not None else None)

@@ -9,7 +9,7 @@ import statistics
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..config import OutputLayout
 from ..config.protocols import probe_mode
@@ -107,8 +107,9 @@ class Cell:
                 for i in range(length)]
 
 
-def rows_from_mlflow(uri: str, experiment: str, sweep: str) -> List[EvalRecord]:
-    """FINISHED evaluation runs of ``sweep`` (the newest run per unit)."""
+def rows_from_mlflow(uri: str, experiment: str, sweep: str,
+                     keep: Callable[[str], bool] = lambda unit: True) -> List[EvalRecord]:
+    """FINISHED evaluation runs of ``sweep`` (the newest run per unit ``keep`` accepts)."""
     client = reader_for(uri, hint=RUN_THE_SWEEP)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
@@ -123,6 +124,8 @@ def rows_from_mlflow(uri: str, experiment: str, sweep: str) -> List[EvalRecord]:
                                   max_results=1000, page_token=token)
         for run in page:
             unit = run.data.tags["hpt.unit"]
+            if unit not in newest and not keep(unit):
+                continue
             if unit not in newest or run.info.start_time > newest[unit].info.start_time:
                 newest[unit] = run
         token = page.token
@@ -148,9 +151,31 @@ def _run_predictions(uri: str, run_id: str, folder: Path) -> Optional[Prediction
     return Predictions.load(files[0]) if files else None
 
 
-def rows_from_files(output_dir: Path) -> List[EvalRecord]:
-    """The same records from ``<output>/units/*/results/*.json`` (tracking switched off)."""
-    return read_record_files(OutputLayout(Path(output_dir)).eval_results())
+def rows_from_files(output_dir: Path,
+                    keep: Callable[[str], bool] = lambda unit: True) -> List[EvalRecord]:
+    """The same records from ``<output>/units/*/results/<unit>.json`` (tracking switched
+    off), of the units ``keep`` accepts."""
+    return read_record_files([p for p in OutputLayout(Path(output_dir)).eval_results()
+                              if keep(p.stem)])
+
+
+class Planned:
+    """``keep`` for the two readers above: the evaluation units an experiment file plans;
+    the others it was asked about (units the file no longer plans) in ``left_out``."""
+
+    def __init__(self, units) -> None:
+        self.units, self.left_out = set(units), set()
+
+    @classmethod
+    def by(cls, spec) -> "Planned":
+        """The evaluation units of the experiment ``spec`` (an ExperimentSpec)."""
+        from ..plan.units import expand
+        return cls(e.unit_id for e in expand(spec).evals)
+
+    def __call__(self, unit: str) -> bool:
+        if unit not in self.units:
+            self.left_out.add(unit)
+        return unit in self.units
 
 
 # The results table: one row per evaluation, column -> EvalRecord field (``_pct``: the
