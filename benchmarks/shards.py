@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -84,9 +83,9 @@ def _mark(path: str, name: str) -> None:
 
 
 def one_epoch(path: str, fmt: str, backend: str, crop: int, batch: int,
-              workers: int = 0, batches: int = 0) -> dict:
-    """Start-up to the first batch, then ``batches`` more (0: the rest of the epoch), in
-    this process: the figures of one case."""
+              workers: int = 0, batches: int = 0, warmup: int = 0) -> dict:
+    """Start-up to the first batch, ``warmup`` batches untimed (what the loader prefetched
+    meanwhile), then ``batches`` more (0: the rest of the epoch), in this process."""
     from tiny import tiny_config
     from hpt_hpc.data import build_pretrain_loader, list_split
     import importlib
@@ -107,7 +106,9 @@ def one_epoch(path: str, fmt: str, backend: str, crop: int, batch: int,
     stream = iter(loader)
     next(stream)
     first = time.perf_counter() - started
-    steps = min(batches or loader.steps_per_epoch, loader.steps_per_epoch - 1)
+    for _ in range(warmup):
+        next(stream)
+    steps = min(batches or loader.steps_per_epoch, loader.steps_per_epoch - 1 - warmup)
     _mark(path, "window-begin")
     begun = time.perf_counter()
     for _ in range(steps):
@@ -163,7 +164,7 @@ def epoch_opens(counts: dict, first_images: int, window_images: int, epoch_image
 def _case(args, path, fmt, backend, workers, strace=False) -> dict:
     cmd = [sys.executable, __file__, "--case", path, fmt, backend, "--crop", str(args.crop),
            "--batch", str(args.batch), "--workers", str(workers),
-           "--batches", str(args.batches)]
+           "--batches", str(args.batches), "--warmup", str(args.warmup)]
     if strace:
         log = Path(args.work) / f"strace-{fmt}-{backend}-{workers}.txt"
         cmd = ["strace", "-f", "--seccomp-bpf", "-e", "trace=openat,open", "-o", str(log)] + cmd
@@ -236,6 +237,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--batches", type=int, default=0,
                         help="measure this many batches after the first (0: the epoch)")
+    parser.add_argument("--warmup", type=int, default=0,
+                        help="untimed batches after the first (prefetched at start-up)")
     parser.add_argument("--shards", type=int, default=16)
     parser.add_argument("--backends", default="torchvision,dali",
                         help="comma-separated; torchvision:W runs W loader workers")
@@ -255,7 +258,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.case:
         print(json.dumps(one_epoch(*args.case, args.crop, args.batch, args.workers,
-                                   args.batches)))
+                                   args.batches, args.warmup)))
         return
     work = Path(args.work)
     folder, shards, packing = prepare(args, work)
@@ -271,7 +274,8 @@ def main() -> None:
             if not args.no_strace:
                 row.update(_case(args, str(path), fmt, backend, int(workers or 0), True))
                 row["epoch_opens"] = epoch_opens(
-                    row["opens"], args.batch, row["measured_images"], row["epoch_images"],
+                    row["opens"], args.batch * (1 + args.warmup), row["measured_images"],
+                    row["epoch_images"],
                     packing["shards"] if fmt == "shards" else 0)
             results.append(row)
             print(json.dumps(row), flush=True)
@@ -280,8 +284,9 @@ def main() -> None:
         print(json.dumps(results[-1]), flush=True)
     report = {"images": args.images, "distinct_jpegs": min(args.pool, args.images),
               "side": args.side, "crop": args.crop, "batch": args.batch,
-              "measured": f"{args.batches} batches after the first" if args.batches
-              else "the epoch after the first batch", "filesystem": args.label,
+              "measured": (f"{args.batches} batches" if args.batches else
+                           "the rest of the epoch") + f" after the first and {args.warmup} untimed",
+              "filesystem": args.label,
               "added_delay_ms_each_way": args.mount_delay_ms, **packing,
               "machine": f"{platform.processor() or platform.machine()}, "
                          f"{os.cpu_count()} cores (shared)", "results": results}
