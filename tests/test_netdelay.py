@@ -69,5 +69,6 @@ def test_proxy_adds_the_delay_each_way_as_a_delay_line():
     delay = DELAY_MS / 1000
     assert t["delayed"] >= 2 * delay, t  # one delay each way
     assert t["delayed"] - t["direct"] >= 2 * delay * 0.95, t
-    assert t["delayed"] < 2 * delay + 0.05, t  # not more than asked (50 ms of slack)
-    assert t["burst"] < 10 * 0.01 + 2 * delay + 0.15, t  # pipelined, not 10 x delay each way
+    assert t["delayed"] < 2 * delay + 0.1, t  # not more than asked (slack for a busy CI)
+    # pipelined: one chunk per delay would take >= 10 x delay each way (0.8 s)
+    assert t["burst"] < 10 * 0.01 + 2 * delay + 0.3, t
