@@ -158,21 +158,27 @@ def check_axes(spec: ExperimentSpec) -> None:
             if value not in PROBE_MODES:
                 raise ConfigError(f"{where}.probe_mode: '{value}' is not one of "
                                   f"{', '.join(PROBE_MODES)}")
-        steps = study.axes.get("steps", [])
-        if isinstance(steps, dict):
-            for key, values in steps.items():
-                if key != "default" and method(key).name not in names:
-                    raise ConfigError(f"{where}.steps: '{key}' is not a method of this study "
-                                      f"({', '.join(names) or 'none'}) nor 'default'")
-                _check_steps(f"{where}.steps.{key}", values)
-            study.axes["steps"] = {("default" if k == "default" else method(k).name): v
-                                   for k, v in steps.items()}
-        else:
-            _check_steps(f"{where}.steps", steps)
+        _check_per_method(study, "steps", names, f"{where}.steps")
         if "dataset" not in study.axes:
             raise ConfigError(f"{where}: give a dataset axis (the target dataset(s), e.g. "
                               f"dataset: [mnist])")
     _check_probes(spec)
+
+
+def _check_per_method(study, axis: str, names: List[str], where: str) -> None:
+    """A steps-like ``axis``: a list of steps, or ``{method or default: steps}`` (each key
+    a method of the study, stored by its table name)."""
+    values = study.axes.get(axis, [])
+    if not isinstance(values, dict):
+        _check_steps(where, values)
+        return
+    for key, steps in values.items():
+        if key != "default" and method(key).name not in names:
+            raise ConfigError(f"{where}: '{key}' is not a method of this study "
+                              f"({', '.join(names) or 'none'}) nor 'default'")
+        _check_steps(f"{where}.{key}", steps)
+    study.axes[axis] = {("default" if k == "default" else method(k).name): v
+                        for k, v in values.items()}
 
 
 def _check_probes(spec: ExperimentSpec) -> None:
@@ -185,17 +191,7 @@ def _check_probes(spec: ExperimentSpec) -> None:
     for study in spec.studies:
         where = f"studies.{study.name}.probe_at"
         names = [method(m).name for m in study.axes.get("method", ["HPT"])]
-        probes = study.axes.get("probe_at", [])
-        if isinstance(probes, dict):
-            for key, values in probes.items():
-                if key != "default" and method(key).name not in names:
-                    raise ConfigError(f"{where}: '{key}' is not a method of this study "
-                                      f"({', '.join(names)}) nor 'default'")
-                _check_steps(f"{where}.{key}", values)
-            study.axes["probe_at"] = {("default" if k == "default" else method(k).name): v
-                                      for k, v in probes.items()}
-        else:
-            _check_steps(where, probes)
+        _check_per_method(study, "probe_at", names, where)
         for name in (n for n in names if METHODS[n].uses_steps):
             steps, at = study.steps_for(name, default), study.probes_for(name)
             budgets.setdefault(name, set()).update(steps)
