@@ -54,6 +54,12 @@ class SkippedImages:
                                 "skipped_images, not named here; `hpt-hpc data check` "
                                 "lists them")
 
+    def restore(self, reasons: Dict[str, str]) -> None:
+        """Take in the images an earlier run of the stage met (a resume): counted and
+        known to be unreadable, not warned about again."""
+        for path, reason in reasons.items():
+            self._reasons.setdefault(str(path), str(reason))
+
     def __contains__(self, path: str) -> bool:
         return path in self._reasons
 

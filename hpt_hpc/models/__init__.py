@@ -7,8 +7,8 @@ from .loading import (CheckpointInfo, Weights, checkpoint_info, load_backbone_in
                       read_weights)
 from .resnet import ResNetBackbone, build_backbone_from_config, build_resnet, feature_dim_for
 from .variants import VARIANTS, configure_variant, is_bn, is_norm, reestimate_bn_stats
-from .weights import (CHECKPOINT_FORMAT, CheckpointReadError, IncompatibleCheckpointError,
-                      checkpoint_run_id, load_checkpoint, save_checkpoint_atomic,
+from .weights import (CHECKPOINT_FORMAT, SKIPPED_KEY, CheckpointReadError,
+                      IncompatibleCheckpointError, checkpoint_run_id, load_checkpoint, save_checkpoint_atomic,
                       stage_checkpoint)
 
 __all__ = [
@@ -17,6 +17,6 @@ __all__ = [
     "CheckpointInfo", "Weights", "checkpoint_info", "load_backbone_into", "read_weights",
     "ResNetBackbone", "build_backbone_from_config", "build_resnet", "feature_dim_for",
     "VARIANTS", "configure_variant", "is_bn", "is_norm", "reestimate_bn_stats",
-    "CHECKPOINT_FORMAT", "CheckpointReadError", "IncompatibleCheckpointError",
+    "CHECKPOINT_FORMAT", "SKIPPED_KEY", "CheckpointReadError", "IncompatibleCheckpointError",
     "checkpoint_run_id", "load_checkpoint", "save_checkpoint_atomic", "stage_checkpoint",
 ]

@@ -24,6 +24,7 @@ from ..errors import HptError
 from ..files import atomic_write
 
 CHECKPOINT_FORMAT = "hpt-hpc/1"
+SKIPPED_KEY = "skipped_images"  # {path: reason} of every unreadable image the stage met
 SAFETENSORS_SUFFIX = ".safetensors"
 _MAX_LISTED = 10
 
@@ -35,7 +36,8 @@ def stage_checkpoint(model: torch.nn.Module, optimizer: Any, step: int, total: i
                      ssl: Optional[str] = None, backbone_key: Optional[str] = None,
                      target_key: Optional[str] = None,
                      feature_dim: Optional[int] = None,
-                     init_report: Optional[dict] = None) -> dict:
+                     init_report: Optional[dict] = None,
+                     skipped: Optional[Dict[str, str]] = None) -> dict:
     """The toolkit's checkpoint of a stage: ``format``, ``model`` (the ssl method's state:
     online and target encoders, heads, queue; which is which: ``ssl`` names the method,
     ``backbone_key``/``target_key`` the prefixes of its online and target encoders,
@@ -44,8 +46,9 @@ def stage_checkpoint(model: torch.nn.Module, optimizer: Any, step: int, total: i
     ``config`` (plain dict), ``rng`` states, the tracker's ``tracker_run_id``, and its
     lineage: the stage's ``method`` tag, ``label`` (its run's name: the stage, grid cell or
     sweep unit) and ``target_steps`` (the step budget tables file it under), and
-    ``init_report``: what the init loaded (plain values; a resumed stage reports it).
-    Checkpoints written before the lineage keys lack them (:func:`checkpoint_info` reads
+    ``init_report``: what the init loaded (plain values; a resumed stage reports it), and
+    under :data:`SKIPPED_KEY` the unreadable images all ranks met so far (``{path: reason}``;
+    a resumed stage counts on from them). Checkpoints written before the lineage keys lack them (:func:`checkpoint_info` reads
     them as None)."""
     return {
         "format": CHECKPOINT_FORMAT,
@@ -67,6 +70,7 @@ def stage_checkpoint(model: torch.nn.Module, optimizer: Any, step: int, total: i
         "target_key": target_key,
         "feature_dim": feature_dim,
         "init_report": init_report,
+        SKIPPED_KEY: dict(skipped or {}),
     }
 
 

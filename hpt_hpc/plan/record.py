@@ -30,7 +30,7 @@ class StageRecord:
     total_steps: int
     label: str = ""  # the stage's run label (``<label>`` of the job)
     final_loss: float = math.nan
-    skipped_images: int = 0
+    skipped_images: int = 0  # unreadable images the stage met: all ranks, across resumes
     resumed_from: Optional[int] = None
     resume_changes: List[str] = field(default_factory=list)  # checkpoint.resume_changes used
     init: Dict[str, Any] = field(default_factory=dict)  # what the init loaded (train.initial)

@@ -25,7 +25,7 @@ from ..config import config_to_dict, flatten
 from ..models.resolve import Resolved
 from ..data.specs import GLOBAL_VIEWS
 from ..errors import ConfigError, HptError
-from ..models import is_bn, reestimate_bn_stats, stage_checkpoint
+from ..models import SKIPPED_KEY, is_bn, reestimate_bn_stats, stage_checkpoint
 from ..plan import StagePlan
 from ..plan.record import StageRecord
 from ..progress import Progress
@@ -87,6 +87,23 @@ def _rng_states(dist: DistInfo) -> Dict[str, Any]:
     return state
 
 
+def _skipped_images(loader: Any, dist: DistInfo) -> Dict[str, str]:
+    """The unreadable images every rank's loader met so far (``{path: reason}``: the union
+    of the ranks' sets; each rank reads its own part of the data). Collective."""
+    skipped = getattr(loader, "skipped", None)
+    own = skipped.reasons if skipped is not None else {}
+    if dist.world_size == 1:
+        return own
+    import torch.distributed as torch_dist
+    ranks: list = [None] * dist.world_size
+    torch_dist.all_gather_object(ranks, own)
+    union: Dict[str, str] = {}
+    for part in ranks:
+        for path, reason in part.items():
+            union.setdefault(path, reason)
+    return union
+
+
 def _own_rng(state: Dict[str, Any], dist: DistInfo) -> Dict[str, Any]:
     """The states this rank saved (rank 0's in a checkpoint written by one rank)."""
     ranks = state.get("ranks")
@@ -111,14 +128,15 @@ class StageRun:
     should_stop: Optional[Callable[[int], bool]] = None
 
     def checkpoint(self, model: SslMethod, optimizer: Optional[torch.optim.Optimizer],
-                   step: int, rng: Dict[str, Any], init_report: Dict[str, Any]
-                   ) -> Dict[str, Any]:
+                   step: int, rng: Dict[str, Any], init_report: Dict[str, Any],
+                   skipped: Dict[str, str]) -> Dict[str, Any]:
         plan = self.plan
         return stage_checkpoint(model, optimizer, step, plan.iterations, plan.stage,
                                 plan.variant, self.init, config_to_dict(plan.config), rng,
                                 self.tracker.run_id, method=plan.method, label=plan.label,
                                 target_steps=plan.target_steps,
-                                init_report=init_report or None, **model.checkpoint_keys())
+                                init_report=init_report or None, skipped=skipped,
+                                **model.checkpoint_keys())
 
 
 def parameter_digest(model: SslMethod) -> str:
@@ -204,6 +222,8 @@ def run_stage(plan: StagePlan, loader: Any, tracker: Optional[Tracker] = None,
             optimizer.load_state_dict(resume_state["optimizer"])
             set_optimizer_impl(optimizer, speed)
         restore_rng_state(_own_rng(resume_state["rng"], dist))
+        if getattr(loader, "skipped", None) is not None:  # counted on, not met again
+            loader.skipped.restore(resume_state.get(SKIPPED_KEY) or {})
         start = result.resumed_from = int(resume_state["step"])
         result.resume_changes = list(resume_state.get(RESUME_CHANGES_KEY) or [])
         log.info("stage %s: resuming at step %d of %d", stage, start, total)
@@ -235,17 +255,20 @@ def run_stage(plan: StagePlan, loader: Any, tracker: Optional[Tracker] = None,
         result = _train_loop(run, net, optimizer, result, start)
 
     check_finite(model, plan, result.steps, plan.lr)
-    state = run.checkpoint(model, optimizer, result.steps, _rng_states(dist), result.init)
+    skipped = _skipped_images(loader, dist)
+    state = run.checkpoint(model, optimizer, result.steps, _rng_states(dist), result.init,
+                           skipped)
     if dist.is_main and (result.completed or result.saved_step != result.steps):
         save_resume_point(state, plan, final=result.completed)
         if result.completed:
             result.model_uri = tracker.log_checkpoint(str(layout.final), kind="final")
     result.run_id = tracker.run_id
     result.checkpoint = layout.checkpoint(result.completed)
-    result.skipped_images = int(getattr(getattr(loader, "skipped", None), "count", 0))
+    result.skipped_images = len(skipped)  # the stage's, resumed or not, over all ranks
     if result.skipped_images:
-        log.warning("stage %s: skipped %d unreadable image(s): %s", stage,
-                    result.skipped_images, ", ".join(loader.skipped.paths[:5]))
+        log.warning("stage %s: skipped %d unreadable image(s)%s: %s", stage,
+                    result.skipped_images, f" over {dist.world_size} ranks"
+                    if dist.world_size > 1 else "", ", ".join(list(skipped)[:5]))
     result.seconds = time.time() - started
     result.param_digest = parameter_digest(model)
     tracker.log_metrics({"skipped_images": result.skipped_images}, step=result.steps)
@@ -327,10 +350,10 @@ def _train_loop(run: StageRun, net: torch.nn.Module,
         if (every and (step + 1) % every == 0 or step + 1 in cfg.checkpoint.at) \
                 and step + 1 < total:
             check_finite(model, plan, step + 1, lr)
-            rng = _rng_states(dist)
+            rng, skipped = _rng_states(dist), _skipped_images(run.loader, dist)
             if dist.is_main:
                 save_resume_point(run.checkpoint(model, optimizer, step + 1, rng,
-                                                 result.init), plan)
+                                                 result.init, skipped), plan)
             result.saved_step = step + 1
         if should_stop is not None and step + 1 < end and should_stop(step + 1):
             log.warning("stage %s: stopping at step %d on request (preemption)", result.stage,
