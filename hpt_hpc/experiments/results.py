@@ -181,8 +181,8 @@ class Planned:
 # The results table: one row per evaluation, column -> EvalRecord field (``_pct``: the
 # fraction as percent, 4 decimals). The report's CSV and hpt_hpc.results() are this table.
 _COLUMNS = (("protocol", "protocol"), ("method", "method"), ("dataset", "dataset"),
-            ("target_steps", "steps"), ("along_steps", "along"), ("seed", "seed"), ("base_seed", "base_seed"),
-            ("augment", "augment"),
+            ("target_steps", "steps"), ("along_steps", "along"), ("seed", "seed"),
+            ("base_seed", "base_seed"), ("augment", "augment"),
             ("pretrain_images", "pretrain_images"), ("images_axis", "images"),
             ("queue_size_keys", "queue_size"), ("probe_labels_per_class", "probe_labels"),
             ("score_pct", "score"), ("score_std_pct", "score_std"),
