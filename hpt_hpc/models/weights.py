@@ -47,9 +47,9 @@ def stage_checkpoint(model: torch.nn.Module, optimizer: Any, step: int, total: i
     lineage: the stage's ``method`` tag, ``label`` (its run's name: the stage, grid cell or
     sweep unit) and ``target_steps`` (the step budget tables file it under), and
     ``init_report``: what the init loaded (plain values; a resumed stage reports it), and
-    under :data:`SKIPPED_KEY` the unreadable images all ranks met so far (``{path: reason}``;
-    a resumed stage counts on from them). Checkpoints written before the lineage keys lack them (:func:`checkpoint_info` reads
-    them as None)."""
+    under :data:`SKIPPED_KEY` the unreadable images all ranks met so far (``{path:
+    reason}``; a resumed stage counts on from them). Checkpoints written before the lineage
+    keys lack them (:func:`checkpoint_info` reads them as None)."""
     return {
         "format": CHECKPOINT_FORMAT,
         "model": model.state_dict(),

@@ -24,18 +24,20 @@ class Study:
 
     def steps_for(self, method: str, fallback: int) -> List[int]:
         """The step budgets of ``method`` in this study."""
-        steps = self.axes.get("steps", [fallback])
-        if isinstance(steps, dict):
-            return list(steps.get(method, steps.get(DEFAULT_STEPS, [fallback])))
-        return list(steps)
+        return self._per_method("steps", method, [fallback])
 
     def probes_for(self, method: str) -> List[int]:
         """The steps at which ``method``'s runs are probed along the way (``probe_at``:
         a list for every method, or a mapping like ``steps``)."""
-        probes = self.axes.get("probe_at", [])
-        if isinstance(probes, dict):
-            return list(probes.get(method, probes.get(DEFAULT_STEPS, [])))
-        return list(probes)
+        return self._per_method("probe_at", method, [])
+
+    def _per_method(self, axis: str, method: str, absent: List[int]) -> List[int]:
+        """A steps-like axis for ``method``: the list, or the mapping's entry for it (else
+        its ``default``); ``absent`` where neither gives one."""
+        values = self.axes.get(axis, absent)
+        if isinstance(values, dict):
+            return list(values.get(method, values.get(DEFAULT_STEPS, absent)))
+        return list(values)
 
 
 @dataclass
