@@ -146,3 +146,24 @@ def test_a_run_finished_before_probe_at_listed_a_step_fails_only_that_evaluation
                       f" unit Target-mnist-4st-seed0-at3-linear: its pretraining "
                       f"(Target-mnist-4st-seed0) kept no checkpoint at step 3 "
                       f"({stage.kept(3)})")
+
+
+def test_the_steps_plot_draws_along_cells_open_and_says_of_which_runs(tmp_path):
+    import matplotlib.image
+
+    from hpt_hpc.experiments.plots import Series, plot_lines
+    from hpt_hpc.experiments.results import Cell
+
+    def cell(method, steps, along=0):
+        return Cell([record(method, steps, s, 0.9, along=along) for s in range(3)])
+
+    along = Series("Target", "Target", [(s, cell("Target", s, 8000 if s < 8000 else 0))
+                                        for s in (500, 4000, 8000)])
+    finals = Series("HPT", "HPT", [(s, cell("HPT", s)) for s in (500, 4000)])
+    path = tmp_path / "steps.png"
+    labels = plot_lines(path, "t", "steps", [along, finals], {}, log_x=True)
+    assert labels == ["Target (open: 500, 4,000 = checkpoints of 8,000-step runs)", "HPT"]
+    assert matplotlib.image.imread(path).shape[2] in (3, 4)
+    only_along = Series("Target", "Target", [(500, cell("Target", 500, 2000))])
+    assert plot_lines(tmp_path / "b.png", "t", "steps", [only_along], {}) == \
+        ["Target (open: 500 = checkpoints of 2,000-step runs)"]

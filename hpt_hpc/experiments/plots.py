@@ -1,6 +1,8 @@
 """The report's plots. Every method keeps one colour in every plot (its row in the method
 table); lines are means over pretraining seeds with their 95 % intervals as error bars
-(the probe repeats' std for one seed), and each seed is drawn as a point."""
+(the probe repeats' std for one seed), and each seed is drawn as a point. A point probed
+along a longer run (:attr:`.results.Cell.along`) is drawn open and its line's legend says
+of which runs."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -42,15 +44,18 @@ def _axes(title: str):
     return plt, fig, ax
 
 
-def _save(plt, fig, ax, path: Path, ylabel: str) -> None:
+def _save(plt, fig, ax, path: Path, ylabel: str) -> List[str]:
+    """Write the figure; the legend's labels, in order."""
     ax.set_ylabel(ylabel)
-    ax.legend(fontsize=7)
+    legend = ax.legend(fontsize=7)
+    labels = [t.get_text() for t in legend.get_texts()]
     fig.tight_layout()
     try:
         with atomic_write(path) as handle:
             fig.savefig(handle, format=Path(path).suffix.lstrip(".") or "png")
     finally:
         plt.close(fig)
+    return labels
 
 
 def _error(cell: Cell) -> float:
@@ -58,23 +63,40 @@ def _error(cell: Cell) -> float:
     return 100 * (interval.high - interval.mean) if interval.n > 1 else 100 * cell.std
 
 
+def _label(line: Series, cells: Sequence[Cell]) -> str:
+    """The series' label; with cells probed along longer runs, which points are those."""
+    runs = sorted({c.along for c in cells if c.along})
+    if not runs:
+        return line.label
+    steps = ", ".join(f"{c.first.steps:,}" for c in cells if c.along)
+    lengths = " and ".join(f"{n:,}" for n in runs)
+    return f"{line.label} (open: {steps} = checkpoints of {lengths}-step runs)"
+
+
 def plot_lines(path: Path, title: str, xlabel: str, series: Sequence[Series],
                flat: Dict[str, Optional[Cell]], log_x: bool = False,
-               categorical: bool = False, ylabel: str = "test score (%)") -> None:
+               categorical: bool = False, ylabel: str = "test score (%)") -> List[str]:
     """One line per series (error bars: 95 % interval over seeds), every seed a point,
-    and a dashed horizontal line per ``flat`` cell (references, step-less methods)."""
+    and a dashed horizontal line per ``flat`` cell (references, step-less methods); a
+    point probed along a longer run is open. Returns the legend's labels."""
     plt, fig, ax = _axes(title)
     for line in series:
         pts = [(x, c) for x, c in line.points if c is not None]
         if not pts:
             continue
         xs = [str(x) if categorical else x for x, _ in pts]
+        col = colour(line.method)
         ax.errorbar(xs, [100 * c.mean for _, c in pts], yerr=[_error(c) for _, c in pts],
-                    marker="o", capsize=3, label=line.label, color=colour(line.method))
+                    marker="o", capsize=3, label=_label(line, [c for _, c in pts]),
+                    color=col, markevery=[i for i, (_, c) in enumerate(pts) if not c.along])
+        hollow = [(x, c) for x, (_, c) in zip(xs, pts) if c.along]
+        if hollow:
+            ax.scatter([x for x, _ in hollow], [100 * c.mean for _, c in hollow], s=36,
+                       facecolors="white", edgecolors=col, zorder=4)
         for x, c in zip(xs, (c for _, c in pts)):
             if len(c.rows) > 1:
                 ax.scatter([x] * len(c.rows), [100 * s for s in c.seed_scores], s=8,
-                           color=colour(line.method), alpha=0.5, zorder=3)
+                           color=col, alpha=0.5, zorder=3)
     for name, cell in flat.items():
         if cell is not None:
             ax.axhline(100 * cell.mean, linestyle="--", linewidth=1, color=colour(name),
@@ -86,7 +108,7 @@ def plot_lines(path: Path, title: str, xlabel: str, series: Sequence[Series],
             ax.set_xticks(ticks, [str(t) for t in ticks])
             ax.minorticks_off()
     ax.set_xlabel(xlabel)
-    _save(plt, fig, ax, path, ylabel)
+    return _save(plt, fig, ax, path, ylabel)
 
 
 def plot_curves(path: Path, title: str, cells: Dict[str, Tuple[str, Optional[Cell]]]) -> None:
