@@ -22,6 +22,7 @@ from ..errors import HptError
 from ..files import make_folder, write_text_atomic
 from ..plan.methods import METHODS, PAPER_METHODS, REFERENCE_LABELS, TRANSFER, ssl_label
 from .claims import MISSING, claims_markdown, judge_claims
+from .convergence import convergence_markdown
 from .evidence import DIFFERENCE_METHOD, INTERVAL_METHOD, MIN_SEEDS
 from .plots import Series, plot_bars, plot_curves, plot_lines
 from .results import RESULT_COLUMNS, Cell, find, group_cells, result_rows, ssl_methods
@@ -127,7 +128,8 @@ def _linear_section(cells, dataset: str, out: Path, name: str,
                     probe_curves(cells, keys, methods, dataset))
         plots.append(plot)
         lines += [f"![probe score vs probe steps]({plot.name})", ""]
-    return lines
+    return lines + convergence_markdown(
+        cells, dataset, [m for m in methods if m not in STEPLESS], steps)
 
 
 def probe_curves(cells, keys, methods: Sequence[str],
