@@ -1,7 +1,8 @@
 """``hpt-hpc report``: Markdown tables, plots and computed verdicts of a sweep.
 
 Sections appear when the sweep has the units for them: the paper's claims with computed
-verdicts (:mod:`.claims`), linear separability (method x pretraining steps), probe score
+verdicts (:mod:`.claims`), linear separability (method x pretraining steps) with each
+method's gain between its budgets (:mod:`.convergence`), probe score
 vs probe steps, sequential transfer (B, B+S, B+T, B+S+T), augmentation robustness,
 target-data amount (with each unit's training images and effective MoCo queue),
 low-label probing, the augmented-probe protocol check, semi-supervised fine-tuning. Every
