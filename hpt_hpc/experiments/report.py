@@ -1,7 +1,8 @@
 """``hpt-hpc report``: Markdown tables, plots and computed verdicts of a sweep.
 
 Sections appear when the sweep has the units for them: the paper's claims with computed
-verdicts (:mod:`.claims`), linear separability (method x pretraining steps), probe score
+verdicts (:mod:`.claims`), linear separability (method x pretraining steps) with each
+method's gain between its budgets (:mod:`.convergence`), probe score
 vs probe steps, sequential transfer (B, B+S, B+T, B+S+T), augmentation robustness,
 target-data amount (with each unit's training images and effective MoCo queue),
 low-label probing, the augmented-probe protocol check, semi-supervised fine-tuning. Every
@@ -22,6 +23,7 @@ from ..errors import HptError
 from ..files import make_folder, write_text_atomic
 from ..plan.methods import METHODS, PAPER_METHODS, REFERENCE_LABELS, TRANSFER, ssl_label
 from .claims import MISSING, claims_markdown, judge_claims
+from .convergence import convergence_markdown
 from .evidence import DIFFERENCE_METHOD, INTERVAL_METHOD, MIN_SEEDS
 from .plots import Series, plot_bars, plot_curves, plot_lines
 from .results import RESULT_COLUMNS, Cell, find, group_cells, result_rows, ssl_methods
@@ -127,7 +129,8 @@ def _linear_section(cells, dataset: str, out: Path, name: str,
                     probe_curves(cells, keys, methods, dataset))
         plots.append(plot)
         lines += [f"![probe score vs probe steps]({plot.name})", ""]
-    return lines
+    return lines + convergence_markdown(
+        cells, dataset, [m for m in methods if m not in STEPLESS], steps)
 
 
 def probe_curves(cells, keys, methods: Sequence[str],
