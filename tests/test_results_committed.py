@@ -2,7 +2,9 @@
 recomputed here without the report code: every claim comparison's estimate is the mean of
 its per-seed differences, its interval contains the seed-only paired t over the base
 seeds' means (the report adds the test-image variance, so it can only be wider), and the
-cells of the sequential-transfer table are the t over the base means of the CSV's rows."""
+cells of the sequential-transfer table are the t over the base means of the CSV's rows;
+the gains between a method's budgets likewise, and each gain's word follows its printed
+interval."""
 import csv
 import re
 from pathlib import Path
@@ -42,12 +44,15 @@ def cell(table: dict, text: str, steps_of_left: str = "0") -> dict:
 
 
 def seed_only(left: dict, right: dict, right_has_base: bool):
-    """Estimate and seed-only 95 % t interval over base means of left − right, paired by
-    (base, target) seed; a right cell without a base pairs by target seed."""
+    """Estimate and seed-only 95 % t interval over base means (one base: over target
+    seeds) of left − right, paired by (base, target) seed; a right cell without a base
+    pairs by target seed."""
     bases = sorted({b for b, _ in left})
-    per_base = [fmean(v - right[(b, s) if right_has_base else (0, s)]
-                      for (b, s), v in left.items() if b == base) for base in bases]
-    half = stats.t.ppf(0.975, len(bases) - 1) * stdev(per_base) / len(bases) ** 0.5
+    diffs = {(b, s): v - right[(b, s) if right_has_base else (0, s)]
+             for (b, s), v in left.items()}
+    per_base = [fmean(d for (b, _), d in diffs.items() if b == base) for base in bases] \
+        if len(bases) > 1 else list(diffs.values())  # one base: the t over target seeds
+    half = stats.t.ppf(0.975, len(per_base) - 1) * stdev(per_base) / len(per_base) ** 0.5
     estimate = fmean(per_base)
     return estimate, estimate - half, estimate + half
 
@@ -83,3 +88,31 @@ def test_committed_transfer_cells_are_the_t_over_base_means():
             assert abs(float(figure) - value) <= ROUNDING, (method, figure, value)
         found += 1
     assert found == 4
+
+
+GAIN = re.compile(r"^\| (\S+) \| ([\d,]+) → ([\d,]+) \| ([+-]\d+\.\d) \[([+-]\d+\.\d), "
+                  r"([+-]\d+\.\d)\] \| (\d) base × (\d) target seeds \| (\w+) \|$", re.M)
+
+
+def _word(low: float, high: float) -> str:
+    """The gain's verdict from its printed interval (margin 1 point)."""
+    if low > 0:
+        return "gaining"
+    if high < 0:
+        return "losing"
+    return "level" if -1 <= low and high <= 1 else "unresolved"
+
+
+@pytest.mark.parametrize("name", REPORTS)
+def test_committed_gains_between_budgets_are_their_csv_recomputed(name):
+    report, table = (RESULTS / f"{name}.md").read_text(), scores(name)
+    rows = GAIN.findall(report)
+    assert rows, "the report's gain-with-more-steps rows were not found"
+    for method, low_steps, high_steps, est, low, high, bases, targets, word in rows:
+        a = table[(method, int(high_steps.replace(",", "")))]
+        b = table[(method, int(low_steps.replace(",", "")))]
+        assert len({k[0] for k in a}) == int(bases) and len({k[1] for k in a}) == int(targets)
+        estimate, s_low, s_high = seed_only(a, b, method not in NO_BASE)
+        assert abs(estimate - float(est)) <= ROUNDING, (method, low_steps, estimate, est)
+        assert float(low) <= s_low + ROUNDING and float(high) >= s_high - ROUNDING
+        assert word == _word(float(low), float(high)), (method, low_steps, word)
