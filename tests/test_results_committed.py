@@ -14,21 +14,22 @@ import pytest
 from scipy import stats
 
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
-REPORTS = ["mnist-hpt", "mnist-hpt-transfer"]  # parts 1 and 2; parts 3, 4 once run
+# report -> how many generic comparison rows it has at least (claim 4's: their own test)
+REPORTS = {"mnist-hpt": 3, "mnist-hpt-transfer": 3, "mnist-hpt-augment": 1}  # + part 4
 NO_BASE = {"Target"}  # trained from scratch: its seeds pair with every base seed
 ROUNDING = 0.11  # the CSV keeps 0.1-point scores; the report prints 0.1-point figures
 COMPARISON = re.compile(r"^\| [0-9C] \| (\S+) − (\S+) \| ([+-]\d+\.\d) \[([+-]\d+\.\d), "
                         r"([+-]\d+\.\d)\] \| (\d) base × (\d) target seeds \|", re.M)
 
 
-def scores(name: str) -> dict:
+def scores(name: str, augment: str = "all") -> dict:
     """(method, steps) -> {(base seed, target seed): score} of the cached linear probes
-    with all labels, all augmentations and all images."""
+    with all labels, all images and the ``augment`` preset."""
     out = {}
     with open(RESULTS / f"{name}.csv", newline="") as handle:
         for r in csv.DictReader(handle):
             if (r["protocol"], r["mode"], r["probe_labels_per_class"], r["augment"],
-                    r["images_axis"]) == ("linear", "cached", "all", "all", "all"):
+                    r["images_axis"]) == ("linear", "cached", "all", augment, "all"):
                 cell = out.setdefault((r["method"], int(r["target_steps"])), {})
                 cell[(int(r["base_seed"]), int(r["seed"]))] = float(r["score_pct"])
     return out
@@ -61,7 +62,7 @@ def seed_only(left: dict, right: dict, right_has_base: bool):
 def test_committed_comparisons_are_their_csv_recomputed(name):
     report, table = (RESULTS / f"{name}.md").read_text(), scores(name)
     rows = COMPARISON.findall(report)
-    assert len(rows) >= 3, "the report's comparison rows were not found"
+    assert len(rows) >= REPORTS[name], "the report's comparison rows were not found"
     for left, right, est, low, high, bases, targets in rows:
         a, b = cell(table, left), cell(table, right, left.partition("@")[2] or "0")
         assert len({k[0] for k in a}) == int(bases) and len({k[1] for k in a}) == int(targets)
@@ -116,3 +117,27 @@ def test_committed_gains_between_budgets_are_their_csv_recomputed(name):
         assert abs(estimate - float(est)) <= ROUNDING, (method, low_steps, estimate, est)
         assert float(low) <= s_low + ROUNDING and float(high) >= s_high - ROUNDING
         assert word == _word(float(low), float(high)), (method, low_steps, word)
+
+
+DROP = re.compile(r"^\| 4 \| Target drop − HPT drop \((\S+), (\d+) steps\) \| ([+-]\d+\.\d) "
+                  r"\[([+-]\d+\.\d), ([+-]\d+\.\d)\] \| 1 base × (\d) target seeds \|", re.M)
+
+
+def test_committed_augmentation_drops_are_their_csv_recomputed():
+    """Claim 4: (Target all − Target preset) − (HPT all − HPT preset), per target seed."""
+    report = (RESULTS / "mnist-hpt-augment.md").read_text()
+    rows = DROP.findall(report)
+    assert len(rows) == 2, "the report's claim-4 rows were not found"
+    full = scores("mnist-hpt-augment")
+    for preset, steps, est, low, high, targets in rows:
+        dropped = scores("mnist-hpt-augment", preset)
+        t_all, t_p, h_all, h_p = (table[(m, int(steps))] for table, m in
+                                  ((full, "Target"), (dropped, "Target"), (full, "HPT"),
+                                   (dropped, "HPT")))
+        per_seed = [t_all[(0, s)] - t_p[(0, s)] - h_all[(0, s)] + h_p[(0, s)]
+                    for s in sorted(s for _, s in h_all)]
+        assert len(per_seed) == int(targets) == 3
+        half = stats.t.ppf(0.975, 2) * stdev(per_seed) / 3 ** 0.5
+        assert abs(fmean(per_seed) - float(est)) <= 2 * ROUNDING, (preset, per_seed, est)
+        assert float(low) <= fmean(per_seed) - half + 2 * ROUNDING
+        assert float(high) >= fmean(per_seed) + half - 2 * ROUNDING
