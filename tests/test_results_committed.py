@@ -14,22 +14,23 @@ import pytest
 from scipy import stats
 
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
-# report -> how many generic comparison rows it has at least (claim 4's: their own test)
-REPORTS = {"mnist-hpt": 3, "mnist-hpt-transfer": 3, "mnist-hpt-augment": 1}  # + part 4
+# report -> how many generic comparison rows it has at least (claims 4 and 5: their own tests)
+REPORTS = {"mnist-hpt": 3, "mnist-hpt-transfer": 3, "mnist-hpt-augment": 1,
+           "mnist-hpt-data": 1}
 NO_BASE = {"Target"}  # trained from scratch: its seeds pair with every base seed
 ROUNDING = 0.11  # the CSV keeps 0.1-point scores; the report prints 0.1-point figures
 COMPARISON = re.compile(r"^\| [0-9C] \| (\S+) − (\S+) \| ([+-]\d+\.\d) \[([+-]\d+\.\d), "
                         r"([+-]\d+\.\d)\] \| (\d) base × (\d) target seeds \|", re.M)
 
 
-def scores(name: str, augment: str = "all") -> dict:
+def scores(name: str, augment: str = "all", images: str = "all") -> dict:
     """(method, steps) -> {(base seed, target seed): score} of the cached linear probes
-    with all labels, all images and the ``augment`` preset."""
+    with all labels, the ``augment`` preset and ``images`` target images."""
     out = {}
     with open(RESULTS / f"{name}.csv", newline="") as handle:
         for r in csv.DictReader(handle):
             if (r["protocol"], r["mode"], r["probe_labels_per_class"], r["augment"],
-                    r["images_axis"]) == ("linear", "cached", "all", augment, "all"):
+                    r["images_axis"]) == ("linear", "cached", "all", augment, images):
                 cell = out.setdefault((r["method"], int(r["target_steps"])), {})
                 cell[(int(r["base_seed"]), int(r["seed"]))] = float(r["score_pct"])
     return out
@@ -104,7 +105,7 @@ def _word(low: float, high: float) -> str:
     return "level" if -1 <= low and high <= 1 else "unresolved"
 
 
-@pytest.mark.parametrize("name", REPORTS)
+@pytest.mark.parametrize("name", [n for n in REPORTS if n != "mnist-hpt-data"])  # 1 budget
 def test_committed_gains_between_budgets_are_their_csv_recomputed(name):
     report, table = (RESULTS / f"{name}.md").read_text(), scores(name)
     rows = GAIN.findall(report)
@@ -141,3 +142,22 @@ def test_committed_augmentation_drops_are_their_csv_recomputed():
         assert abs(fmean(per_seed) - float(est)) <= 2 * ROUNDING, (preset, per_seed, est)
         assert float(low) <= fmean(per_seed) - half + 2 * ROUNDING
         assert float(high) >= fmean(per_seed) + half - 2 * ROUNDING
+
+
+AMOUNT = re.compile(r"^\| 5 \| (\S+) − (\S+) \((\d+) images\) \| ([+-]\d+\.\d) "
+                    r"\[([+-]\d+\.\d), ([+-]\d+\.\d)\] \| (\d) base × (\d) target seeds \|",
+                    re.M)
+
+
+def test_committed_data_amount_comparisons_are_their_csv_recomputed():
+    """Claim 5: HPT − Target and HPT-BN − HPT at each cut of the target data."""
+    report = (RESULTS / "mnist-hpt-data.md").read_text()
+    rows = AMOUNT.findall(report)
+    assert len(rows) >= 3, "the report's claim-5 rows were not found"
+    for left, right, images, est, low, high, bases, targets in rows:
+        table = scores("mnist-hpt-data", images=images)
+        a, b = table[(left, 500)], table[(right, 500)]
+        assert len({k[0] for k in a}) == int(bases) and len({k[1] for k in a}) == int(targets)
+        estimate, s_low, s_high = seed_only(a, b, right not in NO_BASE)
+        assert abs(estimate - float(est)) <= ROUNDING, (left, right, images, estimate, est)
+        assert float(low) <= s_low + ROUNDING and float(high) >= s_high - ROUNDING
