@@ -185,14 +185,12 @@ def judge_claims(cells: Dict[Tuple, Cell], dataset: str, linear_steps: Sequence[
         i = budgets.index(steps)
         low, high = (budgets[i - 1], steps) if i == len(budgets) - 1 else \
             (steps, budgets[i + 1])
-        top, previous = cell(method, high, **coords), cell(method, low, **coords)
-        if _missing(top) or _missing(previous) or _seed_problem([top, previous]):
+        gain = compare(f"{method}@{high} − {method}@{low}",
+                       [(1, cell(method, high, **coords)), (-1, cell(method, low, **coords))])
+        if gain.verdict != SUPPORTED:  # missing, too few shared seeds, or not above 0
             return ""
-        gain = difference([(1, top), (-1, previous)])
-        if gain.low <= 0:
-            return ""
-        return (f"{method} not converged at {steps} steps ({gain.text()} points from "
-                f"{low} to {high} steps)")
+        return (f"{method} not converged at {steps} steps ({gain.difference.text()} points "
+                f"from {low} to {high} steps)")
 
     rand = find(cells, LINEAR, "random-init", dataset, mode=mode)
     base = cell("Base")
