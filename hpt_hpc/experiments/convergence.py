@@ -17,7 +17,7 @@ from ..config.protocols import LINEAR
 from .claims import compare
 from .evidence import (CONTRADICTED, EQUIVALENT, INCONCLUSIVE, MARGIN, SUPPORTED,
                        UNRESOLVED, Judgement)
-from .results import Cell, find
+from .results import Cell, along_caveat, find
 from .tables import markdown_table
 
 WORDS = {SUPPORTED: "gaining", EQUIVALENT: "level", CONTRADICTED: "losing",
@@ -86,6 +86,6 @@ def _schedule(cells: Dict[Tuple, Cell], dataset: str, method: str,
         cell = find(cells, LINEAR, method, dataset, s)
         if cell is not None and cell.along:
             along.setdefault(cell.along, []).append(s)
-    return [f"- Schedule caveat: {method}'s {', '.join(f'{s:,}' for s in at)}-step cells "
-            f"are checkpoints of {n:,}-step runs (their learning-rate schedule spans "
-            f"{n:,} steps)." for n, at in along.items()]
+    return ["- Schedule caveat: " + along_caveat(
+        f"{method}'s {', '.join(f'{s:,}' for s in at)}-step cells are checkpoints of", n) + "."
+        for n, at in along.items()]

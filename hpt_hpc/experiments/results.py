@@ -26,6 +26,11 @@ from .tables import markdown_table, text_table
 RUN_THE_SWEEP = "run `hpt-hpc sweep <experiment file>` first, or give --tracking-uri"
 
 
+def along_caveat(subject: str, along: int) -> str:
+    """The schedule caveat's wording: ``<subject> <N>-step runs (their schedule...)``."""
+    return f"{subject} {along:,}-step runs (their learning-rate schedule spans {along:,} steps)"
+
+
 @dataclass
 class Cell:
     """The seeds of one cell, aggregated: mean over seeds and a 95 % t-interval over them
@@ -80,8 +85,8 @@ class Cell:
         """The schedule caveat of an along-the-way cell named ``name`` ('' for finals)."""
         if not self.along:
             return ""
-        return (f"{name} is the {self.first.steps:,}-step checkpoint of {self.along:,}-step "
-                f"runs (their learning-rate schedule spans {self.along:,} steps)")
+        return along_caveat(f"{name} is the {self.first.steps:,}-step checkpoint of",
+                            self.along)
 
     def text(self) -> str:
         """``mean [low, high] (n=seeds)``, ``mean ± repeats' std (n=1)``, or ``mean (n=1)``
