@@ -47,8 +47,9 @@ def _axes(title: str):
 def _save(plt, fig, ax, path: Path, ylabel: str) -> List[str]:
     """Write the figure; the legend's labels, in order."""
     ax.set_ylabel(ylabel)
-    legend = ax.legend(fontsize=7)
-    labels = [t.get_text() for t in legend.get_texts()]
+    labels = list(ax.get_legend_handles_labels()[1])
+    if labels:                      # a figure with nothing labelled has no legend
+        ax.legend(fontsize=7)
     fig.tight_layout()
     try:
         with atomic_write(path) as handle:

@@ -58,12 +58,24 @@ class SlurmCluster:
             raise RuntimeError(f"{' '.join(args)} failed ({out.returncode}): {out.stderr}")
         return out.stdout
 
-    def sacct(self, job_id: str, fields=("JobID", "State", "Start", "End", "Reason")) -> dict:
-        """The accounting record of one job allocation (no steps) as {field: value}."""
-        for record in self.sacct_all(job_id, fields, steps=False):
-            if record["JobID"] == str(job_id):
+    def sacct(self, job_id: str, fields=("JobID", "State", "Start", "End", "Reason"),
+              settle_s: float = 60) -> dict:
+        """The accounting record of one job allocation (no steps) as {field: value}.
+
+        slurmdbd records a job after the controller ends it, and an array task's own row
+        (``123_4``) may appear later than its array's dependants start; so, for up to
+        `settle_s` seconds, this waits until the record exists with a final state, then
+        returns what accounting has ({} when it has no row for the job).
+        """
+        end = time.monotonic() + settle_s
+        while True:
+            found = [r for r in self.sacct_all(job_id, fields, steps=False)
+                     if r["JobID"] == str(job_id)]
+            record = found[0] if found else {}
+            if (record and not is_active(record.get("State", "UNKNOWN"))) \
+                    or time.monotonic() > end:
                 return record
-        return {}
+            time.sleep(0.5)
 
     def sacct_all(self, job_id: str, fields=("JobID", "State", "Start", "End"),
                   steps: bool = True) -> list:

@@ -133,8 +133,8 @@ def test_lost_node_requeues_the_job_which_resumes_when_the_node_returns(
                         "2"], check=True, capture_output=True, timeout=300)
         restarted = True
         end = time.monotonic() + 300  # until accounting's newest attempt ended
-        while slurm_cluster.sacct(base.job_id).get("State") != "COMPLETED":
-            assert time.monotonic() < end, slurm_cluster.sacct(base.job_id)
+        while slurm_cluster.sacct(base.job_id, settle_s=0).get("State") != "COMPLETED":
+            assert time.monotonic() < end, slurm_cluster.sacct(base.job_id, settle_s=0)
             time.sleep(1)
         results = sorted(base.results(), key=lambda r: r["rank"])
         assert results[0]["resumed_from"] >= saved and results[0]["steps"] == 200
