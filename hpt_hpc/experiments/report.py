@@ -43,7 +43,8 @@ METHOD_NOTE = (f"Cells: mean over pretraining seeds with its {INTERVAL_METHOD} a
                f"equivalent (inside ± the claim's margin), unresolved (contains 0, reaches "
                f"beyond the margin), inconclusive (a cell missing, fewer than {MIN_SEEDS} "
                f"seeds shared by its cells, a baseline below the random-init reference of "
-               f"its probe mode, or a baseline still gaining by its next budget).")
+               f"its probe mode, or a baseline still gaining by its next budget). A bound "
+               f"printed +0.0 or -0.0 lies within 0.05 points of 0, on the side of its sign.")
 
 
 @dataclass
