@@ -205,7 +205,7 @@ class Reference:
         with torch.no_grad():
             for pt, ps in zip(self.teacher.parameters(), self.student.parameters()):
                 pt.mul_(mt).add_(ps.detach(), alpha=1 - mt)
-        return float(losses[0])
+        return float(losses[0].detach())
 
 
 def compare(engine_losses, states, ref: Reference, world: int = 1, buffers: bool = True):
