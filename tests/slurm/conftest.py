@@ -68,11 +68,12 @@ class SlurmCluster:
         returns what accounting has ({} when it has no row for the job).
         """
         end = time.monotonic() + settle_s
+        fields = ("State",) + tuple(f for f in fields if f != "State")  # what it waits on
         while True:
             found = [r for r in self.sacct_all(job_id, fields, steps=False)
                      if r["JobID"] == str(job_id)]
             record = found[0] if found else {}
-            if (record and not is_active(record.get("State", "UNKNOWN"))) \
+            if (record and not is_active(record["State"])) \
                     or time.monotonic() > end:
                 return record
             time.sleep(0.5)
