@@ -54,8 +54,13 @@ def seed_only(left: dict, right: dict, right_has_base: bool):
              for (b, s), v in left.items()}
     per_base = [fmean(d for (b, _), d in diffs.items() if b == base) for base in bases] \
         if len(bases) > 1 else list(diffs.values())  # one base: the t over target seeds
-    half = stats.t.ppf(0.975, len(per_base) - 1) * stdev(per_base) / len(per_base) ** 0.5
-    estimate = fmean(per_base)
+    return t_interval(per_base)
+
+
+def t_interval(values: list):
+    """Mean and 95 % Student-t interval of ``values``."""
+    half = stats.t.ppf(0.975, len(values) - 1) * stdev(values) / len(values) ** 0.5
+    estimate = fmean(values)
     return estimate, estimate - half, estimate + half
 
 
@@ -143,10 +148,10 @@ def test_committed_augmentation_drops_are_their_csv_recomputed():
         per_seed = [t_all[(0, s)] - t_p[(0, s)] - h_all[(0, s)] + h_p[(0, s)]
                     for s in sorted(s for _, s in h_all)]
         assert len(per_seed) == int(targets) == 3
-        half = stats.t.ppf(0.975, 2) * stdev(per_seed) / 3 ** 0.5
-        assert abs(fmean(per_seed) - float(est)) <= 2 * ROUNDING, (preset, per_seed, est)
-        assert float(low) <= fmean(per_seed) - half + 2 * ROUNDING
-        assert float(high) >= fmean(per_seed) + half - 2 * ROUNDING
+        estimate, s_low, s_high = t_interval(per_seed)
+        assert abs(estimate - float(est)) <= 2 * ROUNDING, (preset, per_seed, est)
+        assert float(low) <= s_low + 2 * ROUNDING
+        assert float(high) >= s_high - 2 * ROUNDING
 
 
 AMOUNT = re.compile(r"^\| 5 \| (\S+) − (\S+) \((\d+) images\) \| ([+-]\d+\.\d) "
